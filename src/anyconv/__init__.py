@@ -1,0 +1,22 @@
+"""anyconv: convolution as a tensor multiplication over receptive fields, for any N and any variant.
+
+>>> import torch, anyconv
+>>> anyconv.unfold(torch.randn(1, 2, 4, 4, 4), 2).shape
+torch.Size([1, 16, 27])
+"""
+
+from .errors import ArgumentError, ArgumentTypeError
+from .functional import fold, patches, unfold
+from .geometry import Geometry, make_geometry
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
+    "Geometry",
+    "fold",
+    "make_geometry",
+    "patches",
+    "unfold",
+]

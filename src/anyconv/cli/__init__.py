@@ -1,0 +1,1 @@
+"""Layer 5, the command line: ``anyconv explain | check | bench | demo``, thin over the layers below."""

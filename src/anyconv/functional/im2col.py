@@ -1,0 +1,94 @@
+"""im2col and col2im on an already padded input: the two adjoint kernels every layer stands on.
+
+``im2col`` copies the receptive fields out of a strided view; ``col2im`` adds them back with one
+strided add per kernel tap (K adds of B*C*L elements, integer slicing only, so it is exact for any
+size and any dtype that adds). Each is the other's backward, through two autograd Functions.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from ..geometry import Geometry
+
+
+def field_view(padded: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """A zero-copy view (B, C, *out, *kernel) of the receptive fields of a padded input."""
+    view = padded
+    first_spatial = padded.dim() - geometry.ndim
+    for axis, (span, step) in enumerate(zip(geometry.field_span, geometry.stride)):
+        view = view.unfold(first_spatial + axis, span, step)
+    if any(spacing > 1 for spacing in geometry.dilation):
+        taps = tuple(slice(None, None, spacing) for spacing in geometry.dilation)
+        view = view[(..., *taps)]
+    return view
+
+
+def tap_slices(geometry: Geometry, tap: tuple[int, ...]) -> tuple[slice, ...]:
+    """The slices of the padded input that kernel tap ``tap`` reads, over all output positions."""
+    return tuple(
+        slice(offset * spacing, offset * spacing + step * (count - 1) + 1, step)
+        for offset, spacing, step, count in zip(tap, geometry.dilation, geometry.stride, geometry.output_size)
+    )
+
+
+def im2col(padded: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """Copy the fields of a padded (B, C, *padded_size) input into columns (B, C*K, L)."""
+    batch, channels = padded.shape[:2]
+    ndim = geometry.ndim
+    fields = field_view(padded, geometry)
+    # (B, C, *out, *kernel) -> (B, C, *kernel, *out): torch's F.unfold order, channel-major rows
+    order = (0, 1, *range(2 + ndim, 2 + 2 * ndim), *range(2, 2 + ndim))
+    columns = fields.permute(order).reshape(batch, channels * geometry.kernel_volume, geometry.num_positions)
+    return columns
+
+
+def col2im(columns: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """Sum columns (B, C*K, L) back into a padded (B, C, *padded_size) tensor: im2col's adjoint."""
+    batch = columns.shape[0]
+    channels = columns.shape[1] // geometry.kernel_volume
+    blocks = columns.reshape(batch, channels, *geometry.kernel_size, *geometry.output_size)
+    image = columns.new_zeros((batch, channels, *geometry.padded_size))
+    for tap in itertools.product(*(range(kernel) for kernel in geometry.kernel_size)):
+        image[(slice(None), slice(None), *tap_slices(geometry, tap))] += blocks[
+            (slice(None), slice(None), *tap)
+        ]
+    return image
+
+
+class Im2Col(torch.autograd.Function):
+    """im2col with col2im as its backward (and so twice differentiable)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(padded: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+        return im2col(padded, geometry)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.geometry = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad_columns: torch.Tensor):
+        return Col2Im.apply(grad_columns, ctx.geometry), None
+
+
+class Col2Im(torch.autograd.Function):
+    """col2im with im2col as its backward."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(columns: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+        return col2im(columns, geometry)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.geometry = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad_image: torch.Tensor):
+        return Im2Col.apply(grad_image, ctx.geometry), None

@@ -1,0 +1,42 @@
+"""im2col for any N: the receptive fields as columns, in the layout of ``F.unfold``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..geometry import make_geometry
+from .im2col import Im2Col
+from .inputs import add_batch_dim, check_tensor, spatial_ndim
+from .pad import pad
+
+
+def unfold(
+    input: torch.Tensor,
+    kernel_size: Any,
+    dilation: Any = 1,
+    padding: Any = 0,
+    stride: Any = 1,
+    *,
+    padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """Extract the receptive fields of an N-d input as columns (B, C * prod(kernel_size), L).
+
+    Acts like ``torch.nn.functional.unfold`` for a 4-D input, for any number of spatial
+    dimensions N (the length of any tuple argument, else ``input.dim() - 2``), with per-side
+    padding, 'same'/'valid', and the padding modes of ``nn.Conv2d``. Its backward is :func:`fold`.
+
+    >>> import torch
+    >>> x = torch.randn(2, 3, 5, 6, 7)
+    >>> unfold(x, 3, padding=1).shape
+    torch.Size([2, 81, 210])
+    >>> torch.equal(unfold(x[..., 0], (2, 3)), torch.nn.functional.unfold(x[..., 0], (2, 3)))
+    True
+    """
+    check_tensor("input", input)
+    ndim = spatial_ndim(input, kernel_size=kernel_size, dilation=dilation, padding=padding, stride=stride)
+    batched, was_unbatched = add_batch_dim("input", input, ndim)
+    geometry = make_geometry(batched.shape[2:], kernel_size, stride, padding, dilation, padding_mode)
+    columns = Im2Col.apply(pad(batched, geometry), geometry)
+    return columns.squeeze(0) if was_unbatched else columns

@@ -1,0 +1,16 @@
+"""Layer 1, pure integers: normalise convolution arguments and compute every size from them."""
+
+from .arguments import PADDING_MODES, infer_ndim, spatial_tuple
+from .geometry import Geometry, make_geometry
+from .padding import same_padding
+from .transposed import transposed_output_size
+
+__all__ = [
+    "PADDING_MODES",
+    "Geometry",
+    "infer_ndim",
+    "make_geometry",
+    "same_padding",
+    "spatial_tuple",
+    "transposed_output_size",
+]

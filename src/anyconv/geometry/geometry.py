@@ -1,0 +1,155 @@
+"""The Geometry of a convolution: every size the tensor code needs, computed once from integers.
+
+A Geometry is frozen, hashable and cached, so the functional layer builds it per call for free
+and never re-derives a size by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from typing import Any
+
+from ..errors import ArgumentError, invalid
+from .arguments import as_int, check_padding_mode, is_sequence, spatial_tuple
+from .padding import PaddingPairs, padding_pairs
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes of an N-d convolution over one spatial input size; build it with :func:`make_geometry`.
+
+    >>> g = make_geometry((32, 32), kernel_size=3, padding=1, stride=2)
+    >>> g.output_size, g.kernel_volume, g.num_positions
+    ((16, 16), 9, 256)
+    """
+
+    input_size: tuple[int, ...]
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: PaddingPairs
+    dilation: tuple[int, ...]
+    padding_mode: str = "zeros"
+
+    @property
+    def ndim(self) -> int:
+        """The number of spatial dimensions N."""
+        return len(self.input_size)
+
+    @cached_property
+    def padded_size(self) -> tuple[int, ...]:
+        """The spatial size after padding, before the kernel slides."""
+        return tuple(size + before + after for size, (before, after) in zip(self.input_size, self.padding))
+
+    @cached_property
+    def field_span(self) -> tuple[int, ...]:
+        """How many input elements one receptive field spans per dimension: ``d * (k - 1) + 1``."""
+        return tuple(step * (kernel - 1) + 1 for kernel, step in zip(self.kernel_size, self.dilation))
+
+    @cached_property
+    def output_size(self) -> tuple[int, ...]:
+        """The spatial output size: ``(padded - span) // stride + 1`` per dimension."""
+        return tuple(
+            (padded - span) // step + 1
+            for padded, span, step in zip(self.padded_size, self.field_span, self.stride)
+        )
+
+    @cached_property
+    def kernel_volume(self) -> int:
+        """K, the number of taps in one kernel: the product of kernel_size."""
+        return math.prod(self.kernel_size)
+
+    @cached_property
+    def num_positions(self) -> int:
+        """L, the number of receptive fields (output positions) per sample and channel."""
+        return math.prod(self.output_size)
+
+    @property
+    def is_padded(self) -> bool:
+        """Whether any side gets padding."""
+        return any(before or after for before, after in self.padding)
+
+    @cached_property
+    def torch_pad(self) -> tuple[int, ...]:
+        """The padding in ``torch.nn.functional.pad`` order: last dimension first, (before, after)."""
+        return tuple(amount for pair in reversed(self.padding) for amount in pair)
+
+
+def make_geometry(
+    input_size: Any,
+    kernel_size: Any,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    padding_mode: str = "zeros",
+) -> Geometry:
+    """Normalise the arguments of an N-d convolution and compute its sizes (cached).
+
+    N is the length of ``input_size`` (the spatial sizes only). Every other argument is an int,
+    a tuple of 1 or N ints, and for padding also 'same', 'valid' or N (before, after) pairs.
+
+    >>> make_geometry((5,), kernel_size=4, padding="same").padding
+    ((1, 2),)
+    >>> make_geometry((2, 2), kernel_size=3)
+    Traceback (most recent call last):
+    ...
+    anyconv.errors.ArgumentError: kernel_size=(3, 3) is invalid: expected a kernel that fits the padded input: with dilation (1, 1) it spans (3, 3), the padded input is (2, 2)
+    """
+    if not is_sequence(input_size) or not input_size:
+        raise invalid("input_size", input_size, "a non-empty tuple of spatial sizes")
+    sizes = tuple(as_int("input_size", size) for size in input_size)
+    if min(sizes) < 0:
+        raise invalid("input_size", input_size, "non-negative sizes")
+    ndim = len(sizes)
+    kernel = spatial_tuple("kernel_size", kernel_size, ndim, 1)
+    steps = spatial_tuple("stride", stride, ndim, 1)
+    dilations = spatial_tuple("dilation", dilation, ndim, 1)
+    pairs = padding_pairs(padding, ndim, kernel, dilations, steps)
+    return _cached_geometry(sizes, kernel, steps, pairs, dilations, check_padding_mode(padding_mode))
+
+
+@lru_cache(maxsize=4096)
+def _cached_geometry(
+    input_size: tuple[int, ...],
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: PaddingPairs,
+    dilation: tuple[int, ...],
+    padding_mode: str,
+) -> Geometry:
+    geometry = Geometry(input_size, kernel_size, stride, padding, dilation, padding_mode)
+    if any(span > padded for span, padded in zip(geometry.field_span, geometry.padded_size)):
+        raise invalid(
+            "kernel_size",
+            kernel_size,
+            f"a kernel that fits the padded input: with dilation {dilation} it spans "
+            f"{geometry.field_span}, the padded input is {geometry.padded_size}",
+        )
+    _check_padding_fits_mode(geometry)
+    return geometry
+
+
+def _check_padding_fits_mode(geometry: Geometry) -> None:
+    # The limits torch's own padding enforces: a reflection needs a pixel beyond the border it
+    # mirrors, a circular wrap may not go around more than once, replication needs one pixel.
+    mode = geometry.padding_mode
+    if mode == "zeros" or not geometry.is_padded:
+        return
+    for size, (before, after) in zip(geometry.input_size, geometry.padding):
+        largest = max(before, after)
+        if mode == "reflect" and largest >= size:
+            raise ArgumentError(
+                f"padding={geometry.padding!r} is invalid with padding_mode='reflect': each amount "
+                f"must be smaller than the input size along its dimension, got input size {geometry.input_size}"
+            )
+        if mode == "circular" and largest > size:
+            raise ArgumentError(
+                f"padding={geometry.padding!r} is invalid with padding_mode='circular': each amount "
+                f"must be at most the input size along its dimension, got input size {geometry.input_size}"
+            )
+        if mode == "replicate" and size == 0:
+            raise ArgumentError(
+                f"input_size={geometry.input_size!r} is invalid with padding_mode='replicate': "
+                "expected at least one element along each padded dimension"
+            )
