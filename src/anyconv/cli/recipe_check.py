@@ -30,8 +30,7 @@ def run() -> int:
             (recipe_convolution(input, weight, 1) - convolution(input, weight, padding=1)).abs().max()
         )
         worst = max(worst, difference.item())
-        print(
-            f"  N={ndim}: output {tuple(convolution(input, weight, padding=1).shape)}, max |difference| {difference:.2e}"
-        )
+        shape = tuple(convolution(input, weight, padding=1).shape)
+        print(f"  N={ndim}: output {shape}, max |difference| {difference:.2e}")
     print("OK" if worst < 1e-10 else "MISMATCH")
     return 0 if worst < 1e-10 else 1

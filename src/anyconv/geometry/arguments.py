@@ -6,11 +6,9 @@ Pure Python: these run once per call signature, before any tensor is touched.
 from __future__ import annotations
 
 import operator
-from typing import Any, Union
+from typing import Any
 
 from ..errors import invalid, wrong_type
-
-IntOrTuple = Union[int, tuple[int, ...], list[int]]
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
