@@ -5,6 +5,7 @@
 torch.Size([1, 16, 27])
 """
 
+from .engine import conv, generalized_conv
 from .errors import ArgumentError, ArgumentTypeError
 from .functional import fold, patches, unfold
 from .geometry import Geometry, make_geometry
@@ -15,7 +16,9 @@ __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
     "Geometry",
+    "conv",
     "fold",
+    "generalized_conv",
     "make_geometry",
     "patches",
     "unfold",

@@ -51,11 +51,14 @@ def col2im(columns: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     channels = columns.shape[1] // geometry.kernel_volume
     blocks = columns.reshape(batch, channels, *geometry.kernel_size, *geometry.output_size)
     image = columns.new_zeros((batch, channels, *geometry.padded_size))
-    for tap in itertools.product(*(range(kernel) for kernel in geometry.kernel_size)):
-        image[(slice(None), slice(None), *tap_slices(geometry, tap))] += blocks[
-            (slice(None), slice(None), *tap)
-        ]
+    add_blocks(image, blocks, geometry)
     return image
+
+
+def add_blocks(image: torch.Tensor, blocks: torch.Tensor, geometry: Geometry) -> None:
+    """Add fields shaped (B, C, *kernel, *out), any strides, into a padded image, in place."""
+    for tap in itertools.product(*(range(kernel) for kernel in geometry.kernel_size)):
+        image[(slice(None), slice(None), *tap_slices(geometry, tap))] += blocks[(slice(None), slice(None), *tap)]
 
 
 class Im2Col(torch.autograd.Function):
