@@ -30,8 +30,8 @@ def check_conv_tensors(
     ndim = weight.dim() - 2
     if ndim < 1:
         raise ArgumentError(
-            f"weight of shape {tuple(weight.shape)} is invalid: expected (out_channels, in_channels // groups, "
-            "*kernel_size) with at least one spatial dimension"
+            f"weight of shape {tuple(weight.shape)} is invalid: expected "
+            "(out_channels, in_channels // groups, *kernel_size) with at least one spatial dimension"
         )
     if input.dim() not in (ndim + 1, ndim + 2):
         raise ArgumentError(
@@ -43,7 +43,8 @@ def check_conv_tensors(
         if weight.shape[0] != channels:
             raise ArgumentError(
                 f"input of shape {tuple(input.shape)} has {channels} channels, but weight of shape "
-                f"{tuple(weight.shape)} expects {weight.shape[0]} (weight is (in_channels, out_channels // groups, *kernel))"
+                f"{tuple(weight.shape)} expects {weight.shape[0]} "
+                "(weight is (in_channels, out_channels // groups, *kernel))"
             )
         if channels % groups:
             raise invalid("groups", groups, f"a divisor of in_channels={channels}")
@@ -69,8 +70,12 @@ def check_conv_tensors(
             )
         if tensor.device != input.device:
             raise ArgumentError(
-                f"{name} is on device {tensor.device} but input is on {input.device}: expected the same device"
+                f"{name} is on device {tensor.device} but input is on {input.device}: "
+                "expected the same device"
             )
     if bias is not None and tuple(bias.shape) != (out_channels,):
-        raise ArgumentError(f"bias of shape {tuple(bias.shape)} is invalid: expected ({out_channels},), one per output channel")
+        raise ArgumentError(
+            f"bias of shape {tuple(bias.shape)} is invalid: "
+            f"expected ({out_channels},), one per output channel"
+        )
     return ndim, groups

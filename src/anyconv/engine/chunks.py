@@ -49,7 +49,9 @@ def plan_chunks(geometry: Geometry, batch: int, bytes_per_field: int, budget: in
         samples_per_chunk = 1
         fields_per_row = positions // rows_total
         rows_per_chunk = max(1, budget // (fields_per_row * bytes_per_field))
-        row_ranges = [(start, min(start + rows_per_chunk, rows_total)) for start in range(0, rows_total, rows_per_chunk)]
+        row_ranges = [
+            (start, min(start + rows_per_chunk, rows_total)) for start in range(0, rows_total, rows_per_chunk)
+        ]
     chunks = []
     for first_row, end_row in row_ranges:
         slab_start = first_row * geometry.stride[0]
@@ -62,5 +64,7 @@ def plan_chunks(geometry: Geometry, batch: int, bytes_per_field: int, budget: in
         )
         for start in range(0, batch, samples_per_chunk):
             samples = slice(start, min(start + samples_per_chunk, batch))
-            chunks.append(Chunk(samples, slice(first_row, end_row), slice(slab_start, slab_stop), slab_geometry))
+            chunks.append(
+                Chunk(samples, slice(first_row, end_row), slice(slab_start, slab_stop), slab_geometry)
+            )
     return tuple(chunks)

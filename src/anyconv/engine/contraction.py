@@ -1,6 +1,6 @@
 """The engine's autograd Function: fields meet filters chunk by chunk, forward and backward.
 
-Forward never holds more than one chunk of fields. Backward keeps only the padded input, the
+Forward never holds more than one chunk of fields. Backward keeps only the input, the
 weight and the variant's option tensors; it recomputes each chunk's fields, asks the variant
 for their gradients (its own ``contract_backward``, or autograd through ``contract`` one chunk at
 a time) and folds the field gradients back into the input with col2im.
@@ -15,7 +15,7 @@ import torch
 from ..geometry import Geometry
 from ..variants import Variant
 from .chunks import Chunk
-from .fields import add_field_grads, chunk_fields
+from .fields import add_field_grads, chunk_fields, filters_of, weight_of
 
 
 @dataclass(frozen=True)
@@ -50,55 +50,66 @@ def _as_chunk_result(block: torch.Tensor) -> torch.Tensor:
 
 
 class GeneralizedConvFunction(torch.autograd.Function):
-    """``output = variant(fields(padded), weight)`` over all chunks; see the module docstring."""
+    """``output = variant(fields(input), weight)`` over all chunks; see the module docstring.
+
+    The input is unpadded, or padded already in a non-zero mode (then ``plan.geometry`` has no
+    padding): zero padding is applied per chunk.
+    """
 
     @staticmethod
-    def forward(ctx, padded: torch.Tensor, weight: torch.Tensor, plan: Plan, *option_tensors: torch.Tensor):
+    def forward(ctx, input: torch.Tensor, weight: torch.Tensor, plan: Plan, *option_tensors: torch.Tensor):
         geometry, groups = plan.geometry, plan.groups
-        filters = weight.reshape(groups, weight.shape[0] // groups, -1)
+        filters = filters_of(weight, groups)
         options = _options(plan, option_tensors, filters.shape[1])
-        output = padded.new_empty((padded.shape[0], weight.shape[0], *geometry.output_size))
+        output = input.new_empty((input.shape[0], weight.shape[0], *geometry.output_size))
         for chunk in plan.chunks:
-            result = plan.variant.contract(chunk_fields(padded, chunk, groups), filters, **options)
+            result = plan.variant.contract(chunk_fields(input, geometry, chunk, groups), filters, **options)
             block = _output_block(output, chunk, groups)
-            block.copy_(result.transpose(1, 2).unflatten(2, (block.shape[0], *block.shape[3:])).permute(2, 0, 1, 3, 4))
+            block.copy_(
+                result.transpose(1, 2).unflatten(2, (block.shape[0], *block.shape[3:])).permute(2, 0, 1, 3, 4)
+            )
         ctx.plan = plan
-        ctx.save_for_backward(padded, weight, *option_tensors)
+        ctx.save_for_backward(input, weight, *option_tensors)
         return output
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output: torch.Tensor):
         plan: Plan = ctx.plan
-        padded, weight, *option_tensors = ctx.saved_tensors
-        groups = plan.groups
-        filters = weight.reshape(groups, weight.shape[0] // groups, -1)
+        input, weight, *option_tensors = ctx.saved_tensors
+        geometry, groups = plan.geometry, plan.groups
+        filters = filters_of(weight, groups)
         options = _options(plan, tuple(option_tensors), filters.shape[1])
         needs_input, needs_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         needs_options = ctx.needs_input_grad[3:]
         custom = plan.variant.contract_backward is not None and not any(needs_options)
-        grad_padded = torch.zeros_like(padded) if needs_input else None
+        grad_input = torch.zeros_like(input) if needs_input else None
         grad_filters = torch.zeros_like(filters) if needs_weight else None
-        grad_options = [torch.zeros_like(value) if needed else None for value, needed in zip(option_tensors, needs_options)]
+        grad_options = [
+            torch.zeros_like(value) if needed else None
+            for value, needed in zip(option_tensors, needs_options)
+        ]
         for chunk in plan.chunks:
-            fields = chunk_fields(padded, chunk, groups)
+            fields = chunk_fields(input, geometry, chunk, groups)
             grad = _as_chunk_result(_output_block(grad_output, chunk, groups))
             if custom:
-                grad_fields, grad_chunk_filters = plan.variant.contract_backward(fields, filters, grad, **options)
+                grad_fields, grad_chunk_filters = plan.variant.contract_backward(
+                    fields, filters, grad, **options
+                )
                 chunk_option_grads: tuple = ()
             else:
                 grad_fields, grad_chunk_filters, chunk_option_grads = _autograd_chunk(
                     plan, fields, filters, options, grad, needs_input, needs_weight, needs_options
                 )
             if needs_input:
-                add_field_grads(grad_padded, grad_fields, chunk)
+                add_field_grads(grad_input, grad_fields, geometry, chunk)
             if needs_weight:
                 grad_filters += grad_chunk_filters
-            for total, name, part in zip(grad_options, plan.option_names, chunk_option_grads):
+            for total, part in zip(grad_options, chunk_option_grads):
                 if total is not None and part is not None:
                     total += part.reshape(total.shape) if total.dim() == 1 else part
-        grad_weight = grad_filters.reshape(weight.shape) if needs_weight else None
-        return grad_padded, grad_weight, None, *grad_options
+        grad_weight = weight_of(grad_filters, weight) if needs_weight else None
+        return grad_input, grad_weight, None, *grad_options
 
 
 def _autograd_chunk(plan, fields, filters, options, grad, needs_input, needs_weight, needs_options):

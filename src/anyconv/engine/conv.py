@@ -39,6 +39,14 @@ def conv(
     torch.Size([1, 3, 5, 5, 5, 5])
     """
     return generalized_conv(
-        input, weight, _DOT, bias, stride, padding, dilation, groups,
-        padding_mode=padding_mode, memory_budget=memory_budget,
+        input,
+        weight,
+        _DOT,
+        bias,
+        stride,
+        padding,
+        dilation,
+        groups,
+        padding_mode=padding_mode,
+        memory_budget=memory_budget,
     )

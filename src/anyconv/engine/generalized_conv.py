@@ -46,6 +46,12 @@ def generalized_conv(
     was_unbatched = input.dim() == ndim + 1
     batched = input.unsqueeze(0) if was_unbatched else input
     geometry = make_geometry(batched.shape[2:], weight.shape[2:], stride, padding, dilation, padding_mode)
+    if geometry.padding_mode != "zeros" and geometry.is_padded:
+        # the engine zero-pads chunk by chunk; the other modes pad the whole input once, here
+        batched = pad(batched, geometry)
+        geometry = make_geometry(
+            geometry.padded_size, geometry.kernel_size, geometry.stride, 0, geometry.dilation
+        )
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
     if not isinstance(budget, int) or budget < 1:
         raise invalid("memory_budget", memory_budget, "a positive number of bytes")
@@ -57,7 +63,7 @@ def generalized_conv(
     tensors = {name: value for name, value in variant.options.items() if isinstance(value, torch.Tensor)}
     fixed = tuple((name, value) for name, value in variant.options.items() if name not in tensors)
     plan = Plan(geometry, groups, chunks, variant, tuple(tensors), fixed)
-    output = GeneralizedConvFunction.apply(pad(batched, geometry), weight, plan, *tensors.values())
+    output = GeneralizedConvFunction.apply(batched, weight, plan, *tensors.values())
     if bias is not None:
         output = output + bias.reshape(-1, *(1,) * ndim)
     return output.squeeze(0) if was_unbatched else output

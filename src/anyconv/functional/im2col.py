@@ -56,9 +56,10 @@ def col2im(columns: torch.Tensor, geometry: Geometry) -> torch.Tensor:
 
 
 def add_blocks(image: torch.Tensor, blocks: torch.Tensor, geometry: Geometry) -> None:
-    """Add fields shaped (B, C, *kernel, *out), any strides, into a padded image, in place."""
+    """Add fields shaped (*lead, *kernel, *out), any strides, into an image (*lead, *padded) in place."""
+    positions = (slice(None),) * geometry.ndim
     for tap in itertools.product(*(range(kernel) for kernel in geometry.kernel_size)):
-        image[(slice(None), slice(None), *tap_slices(geometry, tap))] += blocks[(slice(None), slice(None), *tap)]
+        image[(..., *tap_slices(geometry, tap))] += blocks[(..., *tap, *positions)]
 
 
 class Im2Col(torch.autograd.Function):

@@ -46,15 +46,21 @@ class Variant:
         unknown = sorted(set(options) - set(self.defaults))
         if unknown:
             valid = ", ".join(self.defaults) or "no options"
-            raise ArgumentError(f"{unknown[0]}={options[unknown[0]]!r} is not an option of variant "
-                                f"{self.name!r}: it takes {valid}")
+            raise ArgumentError(
+                f"{unknown[0]}={options[unknown[0]]!r} is not an option of variant "
+                f"{self.name!r}: it takes {valid}"
+            )
         self.options: dict[str, Any] = {**self.defaults, **options}
         for option, value in self.options.items():
             if isinstance(value, torch.Tensor):
                 if option not in self.per_channel:
-                    raise invalid(option, value, f"a number: option {option!r} of {self.name!r} is not per channel")
+                    raise invalid(
+                        option, value, f"a number: option {option!r} of {self.name!r} is not per channel"
+                    )
                 if value.dim() > 1:
-                    raise invalid(option, tuple(value.shape), "a number or a 1-D tensor, one value per output channel")
+                    raise invalid(
+                        option, tuple(value.shape), "a number or a 1-D tensor, one value per output channel"
+                    )
             self.check_option(option, value)
 
     def check_option(self, option: str, value: Option) -> None:

@@ -19,14 +19,12 @@ class Dot(Variant):
     name = "dot"
 
     def contract(self, fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-        # filters @ fields^T gives (G, Og, M), contiguous along M: the layout of an NC* output,
-        # so the engine's copy into the output is a straight one.
-        return torch.matmul(filters, fields.transpose(-1, -2)).transpose(-1, -2)
+        return torch.matmul(fields, filters.transpose(-1, -2))
 
     def contract_backward(
         self, fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The two matrix products of a linear map's backward; no forward recomputation."""
-        grad_fields = torch.matmul(filters.transpose(-1, -2), grad.transpose(-1, -2)).transpose(-1, -2)
+        grad_fields = torch.matmul(grad, filters)
         grad_filters = torch.matmul(grad.transpose(-1, -2), fields)
         return grad_fields, grad_filters
