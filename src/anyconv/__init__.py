@@ -5,6 +5,7 @@
 torch.Size([1, 16, 27])
 """
 
+from . import nn, variants
 from .engine import conv, generalized_conv
 from .errors import ArgumentError, ArgumentTypeError
 from .functional import fold, patches, unfold
@@ -20,6 +21,8 @@ __all__ = [
     "fold",
     "generalized_conv",
     "make_geometry",
+    "nn",
     "patches",
     "unfold",
+    "variants",
 ]
