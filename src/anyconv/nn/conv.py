@@ -13,6 +13,7 @@ import torch
 from torch.nn.modules.conv import _ConvNd
 
 from ..engine import conv
+from ..errors import wrong_type
 from ..geometry import spatial_tuple
 
 
@@ -92,10 +93,7 @@ class ConvNd(_FieldsTimesWeights, _ConvNd):
         dtype: Any = None,
     ) -> None:
         if not isinstance(kernel_size, (tuple, list)):
-            raise TypeError(
-                f"kernel_size={kernel_size!r} has type {type(kernel_size).__name__}: expected a tuple of N ints "
-                "(N, the number of spatial dimensions, is its length)"
-            )
+            raise wrong_type("kernel_size", kernel_size, "a tuple of N ints (N spatial dimensions)")
         ndim = len(kernel_size)
         kernel = spatial_tuple("kernel_size", kernel_size, ndim, 1)
         padding = padding if isinstance(padding, str) else spatial_tuple("padding", padding, ndim, 0)
