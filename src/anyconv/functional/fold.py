@@ -36,16 +36,10 @@ def fold(
             [4., 6., 6., 4.]])
     """
     check_tensor("input", input)
-    ndim = (
-        infer_ndim(
-            output_size=output_size,
-            kernel_size=kernel_size,
-            dilation=dilation,
-            padding=padding,
-            stride=stride,
-        )
-        or 2
+    arguments = dict(
+        output_size=output_size, kernel_size=kernel_size, dilation=dilation, padding=padding, stride=stride
     )
+    ndim = infer_ndim(**arguments) or (1 if any(_is_one_tuple(value) for value in arguments.values()) else 2)
     size = spatial_tuple("output_size", output_size, ndim, 1)
     geometry = make_geometry(size, kernel_size, stride, padding, dilation)
     if input.dim() not in (2, 3):
@@ -65,3 +59,8 @@ def fold(
     crop = tuple(slice(before, before + length) for length, (before, _) in zip(size, geometry.padding))
     image = image[(..., *crop)]
     return image if input.dim() == 3 else image.squeeze(0)
+
+
+def _is_one_tuple(value: Any) -> bool:
+    # (5,) names one spatial dimension, as it does for unfold; a bare int keeps F.fold's 2-D default
+    return isinstance(value, (tuple, list)) and len(value) == 1
