@@ -5,6 +5,7 @@
 torch.Size([1, 16, 27])
 """
 
+from . import nn
 from .errors import ArgumentError, ArgumentTypeError
 from .functional import fold, patches, unfold
 from .geometry import Geometry, make_geometry
@@ -17,6 +18,7 @@ __all__ = [
     "Geometry",
     "fold",
     "make_geometry",
+    "nn",
     "patches",
     "unfold",
 ]
