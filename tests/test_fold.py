@@ -186,3 +186,11 @@ def test_fold_one_element_tuples_mean_one_spatial_dimension():
     columns = anyconv.unfold(input, (3,))
     assert anyconv.fold(columns, (5,), (3,)).shape == (2, 3, 5)
     assert anyconv.fold(columns, [5], 3).shape == (2, 3, 5)
+
+
+def test_padded_fold_is_contiguous_like_torch_fold():
+    # regression: the crop of the padded image was returned as a view, so .view() failed where F.fold's works
+    columns = torch.randn(2, 18, 25)
+    image = anyconv.fold(columns, (5, 5), 3, padding=1)
+    assert image.is_contiguous()
+    assert image.view(2, -1).shape == (2, 50)

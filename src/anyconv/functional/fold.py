@@ -53,7 +53,8 @@ def fold(
         )
     image = Col2Im.apply(batched, geometry)
     crop = tuple(slice(before, before + length) for length, (before, _) in zip(size, geometry.padding))
-    image = image[(..., *crop)]
+    # contiguous like F.fold's result, so that callers may .view() it as they would torch's
+    image = image[(..., *crop)].contiguous()
     return image if input.dim() == 3 else image.squeeze(0)
 
 
