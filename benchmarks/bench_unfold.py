@@ -104,7 +104,7 @@ def run_worker(arguments: list[str], environment: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=9, help="timed runs per function (median)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs per function (median)")
     parser.add_argument("--time", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-advice", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--memory", nargs=2, metavar=("CASE", "WHICH"), help=argparse.SUPPRESS)
