@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ..errors import ArgumentError
-from ..geometry import infer_ndim, make_geometry, spatial_tuple
+from ..geometry import Geometry, infer_ndim, make_geometry, spatial_tuple
 from .im2col import Col2Im
 from .inputs import check_tensor
 
@@ -36,18 +36,8 @@ def fold(
             [4., 6., 6., 4.]])
     """
     check_tensor("input", input)
-    ndim = (
-        infer_ndim(
-            output_size=output_size,
-            kernel_size=kernel_size,
-            dilation=dilation,
-            padding=padding,
-            stride=stride,
-        )
-        or 2
-    )
-    size = spatial_tuple("output_size", output_size, ndim, 1)
-    geometry = make_geometry(size, kernel_size, stride, padding, dilation)
+    geometry = fold_geometry(output_size, kernel_size, dilation, padding, stride)
+    size = geometry.input_size
     if input.dim() not in (2, 3):
         raise ArgumentError(
             f"input of shape {tuple(input.shape)} is invalid: expected 3 dimensions "
@@ -63,5 +53,27 @@ def fold(
         )
     image = Col2Im.apply(batched, geometry)
     crop = tuple(slice(before, before + length) for length, (before, _) in zip(size, geometry.padding))
-    image = image[(..., *crop)]
+    # contiguous like F.fold's result, so that callers may .view() it as they would torch's
+    image = image[(..., *crop)].contiguous()
     return image if input.dim() == 3 else image.squeeze(0)
+
+
+def fold_geometry(
+    output_size: Any, kernel_size: Any, dilation: Any = 1, padding: Any = 0, stride: Any = 1
+) -> Geometry:
+    """The Geometry of a fold, its N read from the arguments alone (2 when all are ints, as ``F.fold``).
+
+    >>> fold_geometry((5,), 3, padding=1).num_positions
+    5
+    """
+    arguments = dict(
+        output_size=output_size, kernel_size=kernel_size, dilation=dilation, padding=padding, stride=stride
+    )
+    ndim = infer_ndim(**arguments) or (1 if any(_is_one_tuple(value) for value in arguments.values()) else 2)
+    size = spatial_tuple("output_size", output_size, ndim, 1)
+    return make_geometry(size, kernel_size, stride, padding, dilation)
+
+
+def _is_one_tuple(value: Any) -> bool:
+    # (5,) names one spatial dimension, as it does for unfold; a bare int keeps F.fold's 2-D default
+    return isinstance(value, (tuple, list)) and len(value) == 1

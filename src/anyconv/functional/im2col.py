@@ -12,6 +12,7 @@ import itertools
 import torch
 
 from ..geometry import Geometry
+from .allocation import empty_for_copy
 
 
 def field_view(padded: torch.Tensor, geometry: Geometry) -> torch.Tensor:
@@ -39,10 +40,13 @@ def im2col(padded: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     batch, channels = padded.shape[:2]
     ndim = geometry.ndim
     fields = field_view(padded, geometry)
-    # (B, C, *out, *kernel) -> (B, C, *kernel, *out): torch's F.unfold order, channel-major rows
+    # (B, C, *out, *kernel) -> (B, C, *kernel, *out): torch's F.unfold order, channel-major rows.
+    # One copy into a fresh buffer: never a view, which would alias the input when no copy is needed
+    # (a 1x1 kernel). Measured faster than a copy per kernel tap or a pad-free interior copy.
     order = (0, 1, *range(2 + ndim, 2 + 2 * ndim), *range(2, 2 + ndim))
-    columns = fields.permute(order).reshape(batch, channels * geometry.kernel_volume, geometry.num_positions)
-    return columns
+    columns = empty_for_copy((batch, channels, *geometry.kernel_size, *geometry.output_size), padded)
+    columns.copy_(fields.permute(order))
+    return columns.view(batch, channels * geometry.kernel_volume, geometry.num_positions)
 
 
 def col2im(columns: torch.Tensor, geometry: Geometry) -> torch.Tensor:

@@ -1,15 +1,19 @@
 """Layer 4, modules: drop-in conv modules, their generalized versions, and Unfold/Fold."""
 
 from .conv import Conv1d, Conv2d, Conv3d, ConvNd
+from .fold import Fold
 from .generalized import GeneralizedConv1d, GeneralizedConv2d, GeneralizedConv3d, GeneralizedConvNd
+from .unfold import Unfold
 
 __all__ = [
     "Conv1d",
     "Conv2d",
     "Conv3d",
     "ConvNd",
+    "Fold",
     "GeneralizedConv1d",
     "GeneralizedConv2d",
     "GeneralizedConv3d",
     "GeneralizedConvNd",
+    "Unfold",
 ]
