@@ -8,6 +8,7 @@ torch.Size([1, 16, 27])
 from .errors import ArgumentError, ArgumentTypeError
 from .functional import fold, patches, unfold
 from .geometry import Geometry, make_geometry
+from .geometry.summary import Summary, explain
 
 __version__ = "0.1.0"
 
@@ -15,6 +16,8 @@ __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
     "Geometry",
+    "Summary",
+    "explain",
     "fold",
     "make_geometry",
     "patches",
