@@ -5,6 +5,8 @@
 torch.Size([1, 16, 27])
 """
 
+from . import nn, variants
+from .engine import conv, generalized_conv
 from .errors import ArgumentError, ArgumentTypeError
 from .functional import fold, patches, unfold
 from .geometry import Geometry, make_geometry
@@ -17,9 +19,13 @@ __all__ = [
     "ArgumentTypeError",
     "Geometry",
     "Summary",
+    "conv",
     "explain",
     "fold",
+    "generalized_conv",
     "make_geometry",
+    "nn",
     "patches",
     "unfold",
+    "variants",
 ]

@@ -51,11 +51,15 @@ def col2im(columns: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     channels = columns.shape[1] // geometry.kernel_volume
     blocks = columns.reshape(batch, channels, *geometry.kernel_size, *geometry.output_size)
     image = columns.new_zeros((batch, channels, *geometry.padded_size))
-    for tap in itertools.product(*(range(kernel) for kernel in geometry.kernel_size)):
-        image[(slice(None), slice(None), *tap_slices(geometry, tap))] += blocks[
-            (slice(None), slice(None), *tap)
-        ]
+    add_blocks(image, blocks, geometry)
     return image
+
+
+def add_blocks(image: torch.Tensor, blocks: torch.Tensor, geometry: Geometry) -> None:
+    """Add fields shaped (*lead, *kernel, *out), any strides, into an image (*lead, *padded) in place."""
+    positions = (slice(None),) * geometry.ndim
+    for tap in itertools.product(*(range(kernel) for kernel in geometry.kernel_size)):
+        image[(..., *tap_slices(geometry, tap))] += blocks[(..., *tap, *positions)]
 
 
 class Im2Col(torch.autograd.Function):

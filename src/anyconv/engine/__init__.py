@@ -1,0 +1,7 @@
+"""Layer 3, the engine: grouping, chunking under a memory budget, bias, and the custom autograd."""
+
+from .chunks import DEFAULT_MEMORY_BUDGET
+from .conv import conv
+from .generalized_conv import generalized_conv
+
+__all__ = ["DEFAULT_MEMORY_BUDGET", "conv", "generalized_conv"]

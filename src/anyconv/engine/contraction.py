@@ -1,0 +1,129 @@
+"""The engine's autograd Function: fields meet filters chunk by chunk, forward and backward.
+
+Forward never holds more than one chunk of fields. Backward keeps only the input, the
+weight and the variant's option tensors; it recomputes each chunk's fields, asks the variant
+for their gradients (its own ``contract_backward``, or autograd through ``contract`` one chunk at
+a time) and folds the field gradients back into the input with col2im.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..geometry import Geometry
+from ..variants import Variant
+from .chunks import Chunk
+from .fields import add_field_grads, chunk_fields, filters_of, weight_of
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the Function needs besides tensors: geometry, groups, chunks, the variant."""
+
+    geometry: Geometry
+    groups: int
+    chunks: tuple[Chunk, ...]
+    variant: Variant
+    option_names: tuple[str, ...]
+    fixed_options: tuple[tuple[str, float], ...]
+
+
+def _options(plan: Plan, option_tensors: tuple[torch.Tensor, ...], filters_per_group: int) -> dict:
+    options = dict(plan.fixed_options)
+    for name, value in zip(plan.option_names, option_tensors):
+        # one value per output channel -> (G, 1, Og), broadcasting over the fields of a chunk
+        options[name] = value.reshape(plan.groups, 1, filters_per_group) if value.dim() == 1 else value
+    return options
+
+
+def _output_block(output: torch.Tensor, chunk: Chunk, groups: int) -> torch.Tensor:
+    """The part of the output (B, O, *out) a chunk writes, as (b, G, Og, rows, rest)."""
+    view = output.unflatten(1, (groups, -1))[:, :, :, chunk.rows]
+    return view[chunk.samples].flatten(4) if view.dim() > 4 else view[chunk.samples].unsqueeze(-1)
+
+
+def _as_chunk_result(block: torch.Tensor) -> torch.Tensor:
+    """(b, G, Og, rows, rest) -> (G, M, Og) with M = b * rows * rest."""
+    return block.permute(1, 2, 0, 3, 4).flatten(2).transpose(1, 2)
+
+
+class GeneralizedConvFunction(torch.autograd.Function):
+    """``output = variant(fields(input), weight)`` over all chunks; see the module docstring.
+
+    The input is unpadded, or padded already in a non-zero mode (then ``plan.geometry`` has no
+    padding): zero padding is applied per chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor, weight: torch.Tensor, plan: Plan, *option_tensors: torch.Tensor):
+        geometry, groups = plan.geometry, plan.groups
+        filters = filters_of(weight, groups)
+        options = _options(plan, option_tensors, filters.shape[1])
+        output = input.new_empty((input.shape[0], weight.shape[0], *geometry.output_size))
+        for chunk in plan.chunks:
+            result = plan.variant.contract(chunk_fields(input, geometry, chunk, groups), filters, **options)
+            block = _output_block(output, chunk, groups)
+            block.copy_(
+                result.transpose(1, 2).unflatten(2, (block.shape[0], *block.shape[3:])).permute(2, 0, 1, 3, 4)
+            )
+        ctx.plan = plan
+        ctx.save_for_backward(input, weight, *option_tensors)
+        return output
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: torch.Tensor):
+        plan: Plan = ctx.plan
+        input, weight, *option_tensors = ctx.saved_tensors
+        geometry, groups = plan.geometry, plan.groups
+        filters = filters_of(weight, groups)
+        options = _options(plan, tuple(option_tensors), filters.shape[1])
+        needs_input, needs_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        needs_options = ctx.needs_input_grad[3:]
+        custom = plan.variant.contract_backward is not None and not any(needs_options)
+        grad_input = torch.zeros_like(input) if needs_input else None
+        grad_filters = torch.zeros_like(filters) if needs_weight else None
+        grad_options = [
+            torch.zeros_like(value) if needed else None
+            for value, needed in zip(option_tensors, needs_options)
+        ]
+        for chunk in plan.chunks:
+            fields = chunk_fields(input, geometry, chunk, groups)
+            grad = _as_chunk_result(_output_block(grad_output, chunk, groups))
+            if custom:
+                grad_fields, grad_chunk_filters = plan.variant.contract_backward(
+                    fields, filters, grad, **options
+                )
+                chunk_option_grads: tuple = ()
+            else:
+                grad_fields, grad_chunk_filters, chunk_option_grads = _autograd_chunk(
+                    plan, fields, filters, options, grad, needs_input, needs_weight, needs_options
+                )
+            if needs_input:
+                add_field_grads(grad_input, grad_fields, geometry, chunk)
+            if needs_weight:
+                grad_filters += grad_chunk_filters
+            for total, part in zip(grad_options, chunk_option_grads):
+                if total is not None and part is not None:
+                    total += part.reshape(total.shape) if total.dim() == 1 else part
+        grad_weight = weight_of(grad_filters, weight) if needs_weight else None
+        return grad_input, grad_weight, None, *grad_options
+
+
+def _autograd_chunk(plan, fields, filters, options, grad, needs_input, needs_weight, needs_options):
+    """Differentiate the variant's ``contract`` on one chunk, freeing the chunk's graph after."""
+    with torch.enable_grad():
+        fields = fields.detach().requires_grad_(needs_input)
+        filters = filters.detach().requires_grad_(needs_weight)
+        tensor_options = {}
+        for name, needed in zip(plan.option_names, needs_options):
+            tensor_options[name] = options[name].detach().requires_grad_(needed)
+        result = plan.variant.contract(fields, filters, **{**options, **tensor_options})
+        wanted = [fields, filters, *tensor_options.values()]
+        mask = [needs_input, needs_weight, *needs_options]
+        inputs = [tensor for tensor, needed in zip(wanted, mask) if needed]
+        grads = iter(torch.autograd.grad(result, inputs, grad, allow_unused=True))
+        answers = [next(grads) if needed else None for needed in mask]
+    return answers[0], answers[1], tuple(answers[2:])

@@ -1,0 +1,93 @@
+"""Fields of one chunk in the engine's layout, and their gradient folded back (col2im).
+
+Each chunk pads its slab of the input into a small channels-last buffer (b, *slab, C), and its
+fields are copied out of that as (G, M, Kg) rows, each row one receptive field with its taps in
+the order (*kernel, channel): the copy reads whole channel vectors, and the matrix product that
+follows reads rows, the fastest layout for both (measured here: the product about 1.6x faster
+than on im2col's (K, L) layout, the copy about 2x).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..functional.im2col import add_blocks, field_view
+from ..geometry import Geometry
+from .chunks import Chunk
+
+
+def chunk_slab(input: torch.Tensor, geometry: Geometry, chunk: Chunk) -> torch.Tensor:
+    """The zero-padded input that ``chunk`` reads, channels last: (b, *slab, C).
+
+    Padding per chunk keeps the copy small enough to stay in cache and spares a padded copy
+    of the whole input.
+    """
+    samples, channels = chunk.samples.stop - chunk.samples.start, input.shape[1]
+    slab_size = chunk.geometry.input_size
+    slab = input.new_zeros((samples, *slab_size, channels)) if geometry.is_padded else None
+    source, target = _interior(geometry, chunk)
+    block = input[(chunk.samples, slice(None), *source)].movedim(1, -1)
+    if slab is None:
+        return block.contiguous()
+    slab[(slice(None), *target)] = block
+    return slab
+
+
+def _interior(geometry: Geometry, chunk: Chunk) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Where the input overlaps the chunk's padded slab: (input slices, slab slices) per dim."""
+    source, target = [], []
+    for axis, (size, (before, _)) in enumerate(zip(geometry.input_size, geometry.padding)):
+        start, stop = (chunk.slab.start, chunk.slab.stop) if axis == 0 else (0, geometry.padded_size[axis])
+        first, last = max(start - before, 0), min(stop - before, size)
+        source.append(slice(first, max(first, last)))
+        target.append(slice(first + before - start, max(first, last) + before - start))
+    return tuple(source), tuple(target)
+
+
+def chunk_fields(input: torch.Tensor, geometry: Geometry, chunk: Chunk, groups: int) -> torch.Tensor:
+    """Copy the receptive fields of ``chunk`` out of the (B, C, *spatial) input as (G, M, Kg)."""
+    slab = chunk_slab(input, geometry, chunk).movedim(-1, 1)
+    fields_geometry = chunk.geometry
+    ndim = geometry.ndim
+    samples, channels = slab.shape[:2]
+    view = field_view(slab, fields_geometry).unflatten(1, (groups, channels // groups))
+    # (b, G, Cg, *out, *kernel) -> (G, b, *out, *kernel, Cg)
+    order = (1, 0, *range(3, 3 + 2 * ndim), 2)
+    fields = torch.empty(
+        (groups, samples, *fields_geometry.output_size, *fields_geometry.kernel_size, channels // groups),
+        dtype=input.dtype,
+        device=input.device,
+    )
+    fields.copy_(view.permute(order))
+    return fields.view(groups, samples * fields_geometry.num_positions, -1)
+
+
+def add_field_grads(
+    grad_input: torch.Tensor, grad_fields: torch.Tensor, geometry: Geometry, chunk: Chunk
+) -> None:
+    """Fold the gradient of the fields (G, M, Kg) of ``chunk`` into the (B, C, *spatial) gradient."""
+    fields_geometry = chunk.geometry
+    ndim = geometry.ndim
+    groups = grad_fields.shape[0]
+    samples = chunk.samples.stop - chunk.samples.start
+    slab = grad_fields.new_zeros((samples, *fields_geometry.input_size, grad_input.shape[1]))
+    image = slab.movedim(-1, 1).unflatten(1, (groups, -1))
+    blocks = grad_fields.reshape(
+        groups, samples, *fields_geometry.output_size, *fields_geometry.kernel_size, -1
+    )
+    # (G, b, *out, *kernel, Cg) -> (b, G, Cg, *kernel, *out), the layout add_blocks reads
+    order = (1, 0, 2 + 2 * ndim, *range(2 + ndim, 2 + 2 * ndim), *range(2, 2 + ndim))
+    add_blocks(image, blocks.permute(order), fields_geometry)
+    source, target = _interior(geometry, chunk)
+    grad_input[(chunk.samples, slice(None), *source)] += slab[(slice(None), *target)].movedim(-1, 1)
+
+
+def filters_of(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The weight (O, Cg, *kernel) as filters (G, Og, Kg) with taps in the fields' order."""
+    return weight.movedim(1, -1).reshape(groups, weight.shape[0] // groups, -1)
+
+
+def weight_of(filters: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Filters (G, Og, Kg) back in the layout of ``weight`` (O, Cg, *kernel): the inverse of filters_of."""
+    channels_last_shape = (weight.shape[0], *weight.shape[2:], weight.shape[1])
+    return filters.reshape(channels_last_shape).movedim(-1, 1)

@@ -1,0 +1,69 @@
+"""``generalized_conv``: a convolution whose multiply-and-sum is a variant's, run by the engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import invalid
+from ..functional.pad import pad
+from ..geometry import make_geometry
+from ..variants import Variant, resolve_variant
+from .arguments import check_conv_tensors
+from .chunks import DEFAULT_MEMORY_BUDGET, plan_chunks
+from .contraction import GeneralizedConvFunction, Plan
+
+
+def generalized_conv(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    variant: str | Variant | type[Variant],
+    bias: torch.Tensor | None = None,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+    *,
+    padding_mode: str = "zeros",
+    memory_budget: int | None = None,
+    **variant_options: Any,
+) -> torch.Tensor:
+    """An N-d convolution in which each field p meets each filter w through ``variant``.
+
+    Same arguments as :func:`anyconv.conv` (N is ``weight.dim() - 2``), plus the variant: a
+    built-in name (see ``anyconv.variants.BUILTIN_VARIANTS``), a :class:`~anyconv.variants.Variant`
+    subclass or instance, and its options. The fields are made chunk by chunk, each chunk under
+    ``memory_budget`` bytes (default 16 MiB), in forward and backward alike; ``bias`` is added last.
+
+    >>> import torch
+    >>> x, w = torch.randn(2, 4, 9, 9), torch.randn(6, 2, 3, 3)
+    >>> generalized_conv(x, w, "dot", groups=2, padding="same").shape
+    torch.Size([2, 6, 9, 9])
+    """
+    ndim, groups = check_conv_tensors(input, weight, bias, groups)
+    variant = resolve_variant(variant, **variant_options)
+    was_unbatched = input.dim() == ndim + 1
+    batched = input.unsqueeze(0) if was_unbatched else input
+    geometry = make_geometry(batched.shape[2:], weight.shape[2:], stride, padding, dilation, padding_mode)
+    if geometry.padding_mode != "zeros" and geometry.is_padded:
+        # the engine zero-pads chunk by chunk; the other modes pad the whole input once, here
+        batched = pad(batched, geometry)
+        geometry = make_geometry(
+            geometry.padded_size, geometry.kernel_size, geometry.stride, 0, geometry.dilation
+        )
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    if not isinstance(budget, int) or budget < 1:
+        raise invalid("memory_budget", memory_budget, "a positive number of bytes")
+    fields_per_group = weight[0].numel()
+    filters_per_group = weight.shape[0] // groups
+    working = variant.working_elements(1, fields_per_group, filters_per_group)
+    bytes_per_field = batched.element_size() * groups * (fields_per_group + filters_per_group + working)
+    chunks = plan_chunks(geometry, batched.shape[0], bytes_per_field, budget)
+    tensors = {name: value for name, value in variant.options.items() if isinstance(value, torch.Tensor)}
+    fixed = tuple((name, value) for name, value in variant.options.items() if name not in tensors)
+    plan = Plan(geometry, groups, chunks, variant, tuple(tensors), fixed)
+    output = GeneralizedConvFunction.apply(batched, weight, plan, *tensors.values())
+    if bias is not None:
+        output = output + bias.reshape(-1, *(1,) * ndim)
+    return output.squeeze(0) if was_unbatched else output
