@@ -169,8 +169,14 @@ def _draw_panel(axes, geometry, output, leading, rows, columns, cell_px, rectang
     pairs = geometry.padding[-2:] if geometry.ndim >= 2 else ((0, 0), *geometry.padding)
     sizes = geometry.input_size[-2:] if geometry.ndim >= 2 else (1, *geometry.input_size)
 
+    # a slice through the padding of a leading dimension is padding throughout
+    in_slice = all(
+        before <= position < before + size
+        for position, (before, _), size in zip(leading, geometry.padding, geometry.input_size)
+    )
+
     def is_input(row: int, column: int) -> bool:
-        return all(
+        return in_slice and all(
             before <= position < before + size
             for position, (before, _), size in zip((row, column), pairs, sizes)
         )
@@ -192,9 +198,12 @@ def _draw_panel(axes, geometry, output, leading, rows, columns, cell_px, rectang
         axes.vlines(range(1, columns), 0, rows, colors="#9e9e9e", linewidth=0.5)
         axes.hlines(range(1, rows), 0, columns, colors="#9e9e9e", linewidth=0.5)
     (top, input_height), (left, input_width) = ((pair[0], size) for pair, size in zip(pairs, sizes))
-    axes.add_patch(
-        rectangle_class((left, top), input_width, input_height, fill=False, edgecolor="black", linewidth=1.2)
-    )
+    if in_slice:
+        axes.add_patch(
+            rectangle_class(
+                (left, top), input_width, input_height, fill=False, edgecolor="black", linewidth=1.2
+            )
+        )
     spans = geometry.field_span[-2:] if geometry.ndim >= 2 else (1, *geometry.field_span)
     starts = tuple(position * step for position, step in zip(output, geometry.stride))
     start_row, start_column = (0, starts[0]) if geometry.ndim == 1 else starts[-2:]
