@@ -256,6 +256,11 @@ def test_bench_runs_each_script_and_reports_failures(benchmarks, capsys):
     package = str(Path(anyconv.__file__))
     assert f"a ran with {package}" in captured.out and "b ran" in captured.out
     assert "not a benchmark" not in captured.out
+    assert (
+        captured.out.index("== bench_a.py")
+        < captured.out.index("a ran")
+        < captured.out.index("== bench_b.py")
+    )
     assert "failed: bench_b.py (exit 3)" in captured.err
 
 

@@ -87,6 +87,7 @@ def run_scripts(scripts: list[Path]) -> list[str]:
         else:
             print(f"[{number}/{len(scripts)}] {script.name}", file=sys.stderr, flush=True)
             write = _print_now
+        write(f"== {script.name}")
         code = _run_one(script, environment, write)
         if code != 0:
             failed.append(f"{script.name} (exit {code})")
