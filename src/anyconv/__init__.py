@@ -10,6 +10,7 @@ from .engine import conv, generalized_conv
 from .errors import ArgumentError, ArgumentTypeError
 from .functional import fold, patches, unfold
 from .geometry import Geometry, make_geometry
+from .geometry.summary import Summary, explain
 
 __version__ = "0.1.0"
 
@@ -17,7 +18,9 @@ __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
     "Geometry",
+    "Summary",
     "conv",
+    "explain",
     "fold",
     "generalized_conv",
     "make_geometry",

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
+
+from ..errors import ArgumentError, ArgumentTypeError
+from . import bench, check, explain
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -11,9 +15,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="anyconv", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="the main job: check the unfold + matmul recipe against torch")
+    for command in (explain, check, bench):
+        command.add_parser(commands)
     arguments = parser.parse_args(argv)
     if arguments.command == "demo":
         from . import recipe_check
 
         return recipe_check.run()
-    return 2
+    return run_or_refuse(arguments)
+
+
+def run_or_refuse(arguments: argparse.Namespace) -> int:
+    """Run the subcommand; a bad argument is one line on stderr and exit code 2, no traceback."""
+    try:
+        return arguments.run(arguments)
+    except (ArgumentError, ArgumentTypeError) as error:
+        message = " ".join(str(error).split())
+        print(f"anyconv {arguments.command}: error: {message}", file=sys.stderr)
+        return 2

@@ -3,6 +3,7 @@
 from .arguments import PADDING_MODES, infer_ndim, spatial_tuple
 from .geometry import Geometry, make_geometry
 from .padding import same_padding
+from .summary import Summary, explain
 from .transposed import transposed_output_size
 
 __all__ = [
@@ -10,6 +11,8 @@ __all__ = [
     "Geometry",
     "infer_ndim",
     "make_geometry",
+    "Summary",
+    "explain",
     "same_padding",
     "spatial_tuple",
     "transposed_output_size",

@@ -1,0 +1,215 @@
+"""``anyconv check``: anyconv's unfold, fold and convolution against torch's, for the user's geometry.
+
+Random float64 tensors, forward and gradients; prints the largest difference of each check and
+exits 1 if one is above the tolerance, so it doubles as a sanity check in a script.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+import anyconv
+
+from ..geometry import Geometry, Summary
+from .geometry_options import add_geometry_options, integer, summary_from
+from .references import (
+    NATIVE_CONVOLUTIONS,
+    recipe_convolution,
+    reference_convolution,
+    reference_fold,
+    reference_unfold,
+)
+
+TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One line of the report: what was compared with what, and the largest differences."""
+
+    check: str
+    reference: str
+    forward: float | None = None
+    gradient: float | None = None
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and max(self.forward, self.gradient) <= TOLERANCE
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register the ``check`` subcommand."""
+    parser = commands.add_parser(
+        "check",
+        help="anyconv's unfold, fold and convolution against torch's for one geometry",
+        description="Run anyconv.unfold, anyconv.fold and the convolution on random float64 tensors "
+        "of the given geometry, against torch's functions (or a loop reference where torch has "
+        "none), forward and gradients, and print the largest difference of each.",
+    )
+    add_geometry_options(parser, channels=4, out_channels=6, batch=2)
+    parser.add_argument("--seed", default="0", help="of the random tensors (default 0)")
+    parser.set_defaults(run=run)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    """Print the report; 0 if every difference is within the tolerance, else 1."""
+    summary = summary_from(arguments, "float64")
+    generator = torch.Generator().manual_seed(integer("--seed", arguments.seed))
+    g = summary.geometry
+    print(
+        f"anyconv check: {g.ndim}-d, input {(summary.batch, summary.channels, *g.input_size)}, "
+        f"kernel {g.kernel_size}, stride {g.stride}, padding {g.padding}, dilation {g.dilation}, "
+        f"groups {summary.groups}, padding_mode {g.padding_mode!r}, float64, seed {arguments.seed}"
+    )
+    outcomes = run_checks(summary, generator)
+    widths = (max(len(o.check) for o in outcomes), max(len(o.reference) for o in outcomes))
+    print(f"{'check'.ljust(widths[0])}  {'reference'.ljust(widths[1])}  {'forward':>9}  {'gradient':>9}")
+    for outcome in outcomes:
+        start = f"{outcome.check.ljust(widths[0])}  {outcome.reference.ljust(widths[1])}"
+        if outcome.error is not None:
+            print(f"{start}  ERROR {outcome.error}")
+        else:
+            verdict = "ok" if outcome.passed else "MISMATCH"
+            print(f"{start}  {outcome.forward:9.2e}  {outcome.gradient:9.2e}  {verdict}")
+    if not hasattr(anyconv, "conv"):
+        print("(anyconv.conv is not in this version: its check is left out)")
+    if all(outcome.passed for outcome in outcomes):
+        print(f"OK: every largest difference is at most {TOLERANCE:.0e}")
+        return 0
+    print(f"FAILED: {sum(not outcome.passed for outcome in outcomes)} check(s) above {TOLERANCE:.0e}")
+    return 1
+
+
+def run_checks(summary: Summary, generator: torch.Generator) -> list[Outcome]:
+    """Compare unfold, fold, unfold + matmul (N <= 3) and anyconv.conv (when present) with references."""
+    g = summary.geometry
+
+    def random(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, dtype=torch.float64, generator=generator).requires_grad_()
+
+    input = random(summary.batch, summary.channels, *g.input_size)
+    columns = random(*summary.unfold_shape)
+    weight = random(summary.out_channels, summary.channels // summary.groups, *g.kernel_size)
+    bias = random(summary.out_channels)
+    zeros = _with_zero_padding(g)
+    outcomes = []
+
+    def ours_unfold(x):
+        return anyconv.unfold(x, g.kernel_size, g.dilation, g.padding, g.stride, padding_mode=g.padding_mode)
+
+    torch_unfold = _is_torch_2d(g)
+    outcomes.append(
+        compare(
+            "anyconv.unfold",
+            "F.unfold" if torch_unfold else "loop over taps",
+            ours_unfold,
+            (lambda x: F.unfold(x, g.kernel_size, g.dilation, _symmetric(g), g.stride))
+            if torch_unfold
+            else (lambda x: reference_unfold(x, g)),
+            (input,),
+            generator,
+        )
+    )
+
+    torch_fold = _is_torch_2d(zeros)
+    outcomes.append(
+        compare(
+            "anyconv.fold (zero padding)" if g.padding_mode != "zeros" else "anyconv.fold",
+            "F.fold" if torch_fold else "adjoint of the loop",
+            lambda c: anyconv.fold(c, g.input_size, g.kernel_size, g.dilation, g.padding, g.stride),
+            (lambda c: F.fold(c, g.input_size, g.kernel_size, g.dilation, _symmetric(g), g.stride))
+            if torch_fold
+            else (lambda c: reference_fold(c, zeros, summary.channels)),
+            (columns,),
+            generator,
+        )
+    )
+
+    def reference(x, w, b):
+        return reference_convolution(x, w, b, g, summary.groups)[0]
+
+    reference_name = reference_convolution(input.detach(), weight.detach(), bias.detach(), g, summary.groups)[
+        1
+    ]
+    if g.ndim in NATIVE_CONVOLUTIONS:
+        outcomes.append(
+            compare(
+                "anyconv.unfold + matmul",
+                reference_name,
+                lambda x, w, b: recipe_convolution(ours_unfold(x), w, b, g, summary.groups),
+                reference,
+                (input, weight, bias),
+                generator,
+            )
+        )
+    if hasattr(anyconv, "conv"):
+        outcomes.append(
+            compare(
+                "anyconv.conv",
+                reference_name,
+                lambda x, w, b: anyconv.conv(
+                    x, w, b, g.stride, g.padding, g.dilation, summary.groups, padding_mode=g.padding_mode
+                ),
+                reference,
+                (input, weight, bias),
+                generator,
+            )
+        )
+    return outcomes
+
+
+def compare(
+    check: str,
+    reference_name: str,
+    ours: Callable[..., torch.Tensor],
+    reference: Callable[..., torch.Tensor],
+    inputs: Sequence[torch.Tensor],
+    generator: torch.Generator,
+) -> Outcome:
+    """The largest difference of the outputs, and of the gradients for one random output gradient."""
+    try:
+        expected = reference(*inputs)
+        actual = ours(*inputs)
+        cotangent = torch.randn(expected.shape, dtype=expected.dtype, generator=generator)
+        expected_grads = torch.autograd.grad(expected, inputs, cotangent)
+        actual_grads = torch.autograd.grad(actual, inputs, cotangent)
+    except Exception as error:  # a failing call is a failed check, reported with the others
+        return Outcome(check, reference_name, error=f"{type(error).__name__}: {error}")
+    if actual.shape != expected.shape:
+        return Outcome(
+            check, reference_name, error=f"shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+        )
+    gradient = max(_largest_difference(a, e) for a, e in zip(actual_grads, expected_grads))
+    return Outcome(check, reference_name, _largest_difference(actual, expected), gradient)
+
+
+def _largest_difference(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    if expected.numel() == 0:
+        return 0.0
+    return (actual - expected).abs().max().item()
+
+
+def _is_torch_2d(geometry: Geometry) -> bool:
+    # F.unfold and F.fold take 2-d, zero, symmetric padding only
+    return (
+        geometry.ndim == 2
+        and geometry.padding_mode == "zeros"
+        and all(before == after for before, after in geometry.padding)
+    )
+
+
+def _symmetric(geometry: Geometry) -> tuple[int, ...]:
+    return tuple(before for before, _ in geometry.padding)
+
+
+def _with_zero_padding(geometry: Geometry) -> Geometry:
+    # fold has no padding mode: whatever the convolution's mode, fold's padding is zeros
+    return anyconv.make_geometry(
+        geometry.input_size, geometry.kernel_size, geometry.stride, geometry.padding, geometry.dilation
+    )
