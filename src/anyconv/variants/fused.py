@@ -145,23 +145,32 @@ def _native_backward(
     grad: torch.Tensor,
     *extra,
     filter_grads: bool = True,
+    outputs_innermost: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run a backward loop nest: taps innermost (filters (G, O, K)), or outputs innermost (padded)."""
     fields = fields.contiguous()
     groups, rows, taps = fields.shape
-    transposed = _padded_filters(filters)
-    width = transposed.shape[-1]
-    grad = _padded_rows(grad, width)
+    if outputs_innermost:
+        filters_in = _padded_filters(filters)
+        width = filters_in.shape[-1]
+        grad = _padded_rows(grad, width)
+        filter_shape = (taps, width)
+    else:
+        filters_in = filters.contiguous()
+        width = filters.shape[1]
+        grad = grad.contiguous()
+        filter_shape = (width, taps)
     grad_fields = torch.empty_like(fields)
     ranges = _row_ranges(rows)
     # one filter-gradient buffer per thread, summed after: no two threads write the same one
-    per_thread = fields.new_zeros((len(ranges), groups, taps, width)) if filter_grads else None
+    per_thread = fields.new_zeros((len(ranges), groups, *filter_shape)) if filter_grads else None
     size = fields.element_size()
 
     def call(index: int, start: int, stop: int) -> None:
         for group in range(groups):
             function(
                 fields.data_ptr() + group * rows * taps * size,
-                transposed.data_ptr() + group * taps * width * size,
+                filters_in.data_ptr() + group * taps * width * size,
                 grad.data_ptr() + group * rows * width * size,
                 grad_fields.data_ptr() + group * rows * taps * size,
                 None if per_thread is None else per_thread[index, group].data_ptr(),
@@ -175,7 +184,10 @@ def _native_backward(
     _run([lambda i=i, r=r: call(i, *r) for i, r in enumerate(ranges)])
     if per_thread is None:
         return grad_fields, None
-    return grad_fields, per_thread.sum(0)[:, :, : filters.shape[1]].transpose(1, 2)
+    grad_filters = per_thread.sum(0)
+    if outputs_innermost:
+        grad_filters = grad_filters[:, :, : filters.shape[1]].transpose(1, 2)
+    return grad_fields, grad_filters
 
 
 def _blocks(fields: torch.Tensor, filters: torch.Tensor) -> Iterator[slice]:
@@ -265,7 +277,9 @@ def tropical_backward(
     """Gradients of :func:`tropical`: the winning tap (the first, on a tie) takes the whole gradient."""
     function = _native_function("tropical_backward", fields)
     if function is not None:
-        grad_fields, grad_filters = _native_backward(function, fields, filters, grad, int(minimum))
+        grad_fields, grad_filters = _native_backward(
+            function, fields, filters, grad, int(minimum), outputs_innermost=True
+        )
         return grad_fields, grad_filters
     groups, _, taps = fields.shape
     grad_fields = torch.zeros_like(fields)

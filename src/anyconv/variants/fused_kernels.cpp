@@ -1,218 +1,135 @@
-// Fused loop nests for the variants that are not a matrix product: l1 (AdderNet) and the
-// tropical max_plus / min_plus, forward and backward, in float and double.
-//
-// Layout, shared with anyconv/variants/fused.py: fields f (M, K) rows, filters transposed
-// wt (K, O) with O a multiple of lanes<T>() (the caller pads it with zeros), outputs and
-// output gradients (M, O), field gradients (M, K), filter gradients (K, O). Each call works
-// on the fields [m0, m1), so the caller can split the rows between threads; the filter
-// gradient is accumulated into the buffer it is given (one per thread).
-//
-// The output channels are the innermost loop, over a fixed-width block the compiler keeps in
-// vector registers, and a few fields are processed together so each filter load is reused.
+// Fused loop nests of l1 (AdderNet) and the tropical max_plus / min_plus, forward and backward,
+// in float and double; the loop nests and layouts are those of fused_blocks.h. Each call works
+// on the fields [m0, m1), so the caller splits the rows between threads and gives each thread
+// its own filter-gradient buffer.
 
-#include <algorithm>
 #include <cmath>
-#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#include "fused_blocks.h"
 
 namespace {
 
-// output channels per block: 256 bytes, four 512-bit (or eight 256-bit) registers
-template <typename T>
-constexpr int64_t lanes() { return 256 / sizeof(T); }
+using anyconv::out_lanes;
 
-// sum over taps of |f - w| for MB fields against one block of output channels
-template <typename T, int MB>
-void l1_forward_block(const T* f, const T* wt, T* out, int64_t K, int64_t O, int64_t m, int64_t ob) {
-  constexpr int64_t OB = lanes<T>();
-  T acc[MB][OB] = {};
+template <typename T>
+struct L1 {
+  static T init() { return T(0); }
+  static T step(T acc, T x, T w) { return acc + std::abs(x - w); }
+  static T finish(T acc) { return -acc; }
+};
+template <typename T>
+struct MaxPlus {
+  static T init() { return -std::numeric_limits<T>::infinity(); }
+  static T step(T acc, T x, T w) { return std::max(acc, x + w); }
+  static T finish(T acc) { return acc; }
+};
+template <typename T>
+struct MinPlus {
+  static T init() { return std::numeric_limits<T>::infinity(); }
+  static T step(T acc, T x, T w) { return std::min(acc, x - w); }
+  static T finish(T acc) { return acc; }
+};
+
+// d(-|e|)/d e = -sign(e); the sign is folded into the block's "minus the sum" for the fields
+template <typename T>
+struct L1Exact {
+  static T term(T e, T grad) { return e > 0 ? grad : (e < 0 ? -grad : T(0)); }
+};
+// AdderNet's field rule: clip(e, -1, 1) in place of sign(e)
+template <typename T>
+struct L1Adder {
+  static T term(T e, T grad) { return grad * std::min(std::max(e, T(-1)), T(1)); }
+};
+
+// the tap that wins each (field, filter), the first on a tie, takes the whole gradient. Two
+// sweeps: the best value, then the first tap reaching it, counted without branches (a select
+// that tracks the winning tap made gcc emit a mispredicted branch per vector, 6x slower)
+template <typename T, int MB, bool MINIMUM>
+void tropical_backward_block(const T* f, const T* wt, const T* g, T* grad_f, T* grad_wt, int64_t K,
+                             int64_t O, int64_t m, int64_t ob) {
+  constexpr int64_t OB = out_lanes<T>();
+  using Reduce = typename std::conditional<MINIMUM, MinPlus<T>, MaxPlus<T>>::type;
+  T best[MB][OB];
+  for (int i = 0; i < MB; ++i)
+    for (int64_t o = 0; o < OB; ++o) best[i][o] = Reduce::init();
   for (int64_t k = 0; k < K; ++k) {
     const T* w = wt + k * O + ob;
     for (int i = 0; i < MB; ++i) {
       const T x = f[(m + i) * K + k];
-      for (int64_t o = 0; o < OB; ++o) acc[i][o] += std::abs(x - w[o]);
+#pragma omp simd
+      for (int64_t o = 0; o < OB; ++o) best[i][o] = Reduce::step(best[i][o], x, w[o]);
     }
   }
+  // searching[o] is 1 until the best value is met; tap counts the taps before that
+  T searching[MB][OB];
+  T tap[MB][OB] = {};
   for (int i = 0; i < MB; ++i)
-    for (int64_t o = 0; o < OB; ++o) out[(m + i) * O + ob + o] = -acc[i][o];
-}
-
-// best (max of f + w, or min of f - w) over taps and the first tap reaching it
-template <typename T, int MB, bool MINIMUM>
-void tropical_block(const T* f, const T* wt, int64_t K, int64_t O, int64_t m, int64_t ob,
-                    T (&best)[MB][lanes<T>()], int32_t (&tap)[MB][lanes<T>()]) {
-  constexpr int64_t OB = lanes<T>();
-  for (int i = 0; i < MB; ++i) {
-    const T x = f[(m + i) * K];
-    for (int64_t o = 0; o < OB; ++o) {
-      best[i][o] = MINIMUM ? x - wt[ob + o] : x + wt[ob + o];
-      tap[i][o] = 0;
-    }
-  }
-  for (int64_t k = 1; k < K; ++k) {
+    for (int64_t o = 0; o < OB; ++o) searching[i][o] = T(1);
+  for (int64_t k = 0; k < K; ++k) {
     const T* w = wt + k * O + ob;
     for (int i = 0; i < MB; ++i) {
       const T x = f[(m + i) * K + k];
+#pragma omp simd
       for (int64_t o = 0; o < OB; ++o) {
         const T value = MINIMUM ? x - w[o] : x + w[o];
-        const bool better = MINIMUM ? value < best[i][o] : value > best[i][o];
-        best[i][o] = better ? value : best[i][o];
-        tap[i][o] = better ? static_cast<int32_t>(k) : tap[i][o];
+        searching[i][o] *= static_cast<T>(value != best[i][o]);
+        tap[i][o] += searching[i][o];
       }
     }
   }
-}
-
-template <typename T, int MB, bool MINIMUM>
-void tropical_forward_block(const T* f, const T* wt, T* out, int64_t K, int64_t O, int64_t m, int64_t ob) {
-  constexpr int64_t OB = lanes<T>();
-  T best[MB][OB];
-  int32_t tap[MB][OB];
-  tropical_block<T, MB, MINIMUM>(f, wt, K, O, m, ob, best, tap);
-  for (int i = 0; i < MB; ++i)
-    for (int64_t o = 0; o < OB; ++o) out[(m + i) * O + ob + o] = best[i][o];
-}
-
-// the winning tap of each (field, filter) takes the whole output gradient
-template <typename T, int MB, bool MINIMUM>
-void tropical_backward_block(const T* f, const T* wt, const T* g, T* grad_f, T* grad_wt, int64_t K,
-                             int64_t O, int64_t m, int64_t ob) {
-  constexpr int64_t OB = lanes<T>();
-  T best[MB][OB];
-  int32_t tap[MB][OB];
-  tropical_block<T, MB, MINIMUM>(f, wt, K, O, m, ob, best, tap);
   for (int i = 0; i < MB; ++i) {
     for (int64_t o = 0; o < OB; ++o) {
       const T grad = g[(m + i) * O + ob + o];
-      const int64_t k = tap[i][o];
+      const int64_t k = static_cast<int64_t>(tap[i][o]);
       grad_f[(m + i) * K + k] += grad;
       grad_wt[k * O + ob + o] += MINIMUM ? -grad : grad;
     }
   }
 }
 
-// d(-|e|)/df = -sign(e), d/dw = sign(e), e = f - w; AdderNet's rule for the fields uses
-// clip(e, -1, 1) instead of sign(e) (its filter gradient is a matrix product, done by the caller)
-template <typename T, int MB, bool ADDER>
-void l1_backward_block(const T* f, const T* wt, const T* g, T* grad_f, T* grad_wt, int64_t K, int64_t O,
-                       int64_t m, int64_t ob) {
-  constexpr int64_t OB = lanes<T>();
-  for (int64_t k = 0; k < K; ++k) {
-    const T* w = wt + k * O + ob;
-    T filter_sum[OB] = {};
-    for (int i = 0; i < MB; ++i) {
-      const T x = f[(m + i) * K + k];
-      const T* grad = g + (m + i) * O + ob;
-      T field_sum = 0;
-      for (int64_t o = 0; o < OB; ++o) {
-        const T e = x - w[o];
-        T term;
-        if (ADDER) {
-          term = grad[o] * std::min(std::max(e, T(-1)), T(1));
-        } else {
-          term = e > 0 ? grad[o] : (e < 0 ? -grad[o] : T(0));
-        }
-        field_sum += term;
-        filter_sum[o] += term;
-      }
-      grad_f[(m + i) * K + k] -= field_sum;
-    }
-    if (!ADDER)
-      for (int64_t o = 0; o < OB; ++o) grad_wt[k * O + ob + o] += filter_sum[o];
-  }
-}
-
-// run a block function over the rows [m0, m1) and every block of output channels
-template <typename T, template <typename, int> class Kernel, typename... Args>
-void over_rows(int64_t O, int64_t m0, int64_t m1, Args... args) {
-  constexpr int64_t OB = lanes<T>();
-  int64_t m = m0;
-  for (; m + 4 <= m1; m += 4)
-    for (int64_t ob = 0; ob < O; ob += OB) Kernel<T, 4>::run(args..., m, ob);
-  for (; m < m1; ++m)
-    for (int64_t ob = 0; ob < O; ob += OB) Kernel<T, 1>::run(args..., m, ob);
-}
-
-template <typename T, int MB>
-struct L1Forward {
-  static void run(const T* f, const T* wt, T* out, int64_t K, int64_t O, int64_t m, int64_t ob) {
-    l1_forward_block<T, MB>(f, wt, out, K, O, m, ob);
-  }
-};
-template <typename T, int MB>
-struct MaxForward {
-  static void run(const T* f, const T* wt, T* out, int64_t K, int64_t O, int64_t m, int64_t ob) {
-    tropical_forward_block<T, MB, false>(f, wt, out, K, O, m, ob);
-  }
-};
-template <typename T, int MB>
-struct MinForward {
-  static void run(const T* f, const T* wt, T* out, int64_t K, int64_t O, int64_t m, int64_t ob) {
-    tropical_forward_block<T, MB, true>(f, wt, out, K, O, m, ob);
-  }
-};
-template <typename T, int MB>
-struct MaxBackward {
-  static void run(const T* f, const T* wt, const T* g, T* gf, T* gw, int64_t K, int64_t O, int64_t m,
-                  int64_t ob) {
-    tropical_backward_block<T, MB, false>(f, wt, g, gf, gw, K, O, m, ob);
-  }
-};
-template <typename T, int MB>
-struct MinBackward {
-  static void run(const T* f, const T* wt, const T* g, T* gf, T* gw, int64_t K, int64_t O, int64_t m,
-                  int64_t ob) {
-    tropical_backward_block<T, MB, true>(f, wt, g, gf, gw, K, O, m, ob);
-  }
-};
-template <typename T, int MB>
-struct L1Backward {
-  static void run(const T* f, const T* wt, const T* g, T* gf, T* gw, int64_t K, int64_t O, int64_t m,
-                  int64_t ob) {
-    l1_backward_block<T, MB, false>(f, wt, g, gf, gw, K, O, m, ob);
-  }
-};
-template <typename T, int MB>
-struct AdderBackward {
-  static void run(const T* f, const T* wt, const T* g, T* gf, T* gw, int64_t K, int64_t O, int64_t m,
-                  int64_t ob) {
-    l1_backward_block<T, MB, true>(f, wt, g, gf, gw, K, O, m, ob);
-  }
-};
-
-template <typename T>
-void zero_rows(T* grad_f, int64_t K, int64_t m0, int64_t m1) {
+template <typename T, bool MINIMUM>
+void tropical_backward_rows(const T* f, const T* wt, const T* g, T* grad_f, T* grad_wt, int64_t K, int64_t O,
+                            int64_t m0, int64_t m1) {
+  constexpr int64_t OB = out_lanes<T>();
   std::fill(grad_f + m0 * K, grad_f + m1 * K, T(0));
+  int64_t m = m0;
+  for (; m + anyconv::kBlockFields <= m1; m += anyconv::kBlockFields)
+    for (int64_t ob = 0; ob < O; ob += OB)
+      tropical_backward_block<T, anyconv::kBlockFields, MINIMUM>(f, wt, g, grad_f, grad_wt, K, O, m, ob);
+  for (; m < m1; ++m)
+    for (int64_t ob = 0; ob < O; ob += OB)
+      tropical_backward_block<T, 1, MINIMUM>(f, wt, g, grad_f, grad_wt, K, O, m, ob);
 }
 
 }  // namespace
 
-#define ANYCONV_EXPORT(T, SUFFIX)                                                                          \
-  extern "C" void l1_forward_##SUFFIX(const T* f, const T* wt, T* out, int64_t K, int64_t O, int64_t m0,  \
-                                      int64_t m1) {                                                        \
-    over_rows<T, L1Forward>(O, m0, m1, f, wt, out, K, O);                                                  \
-  }                                                                                                        \
-  extern "C" void tropical_forward_##SUFFIX(const T* f, const T* wt, T* out, int64_t K, int64_t O,        \
-                                            int64_t m0, int64_t m1, int minimum) {                         \
-    if (minimum)                                                                                           \
-      over_rows<T, MinForward>(O, m0, m1, f, wt, out, K, O);                                               \
-    else                                                                                                   \
-      over_rows<T, MaxForward>(O, m0, m1, f, wt, out, K, O);                                               \
-  }                                                                                                        \
-  extern "C" void tropical_backward_##SUFFIX(const T* f, const T* wt, const T* g, T* gf, T* gw, int64_t K, \
-                                             int64_t O, int64_t m0, int64_t m1, int minimum) {             \
-    zero_rows(gf, K, m0, m1);                                                                              \
-    if (minimum)                                                                                           \
-      over_rows<T, MinBackward>(O, m0, m1, f, wt, g, gf, gw, K, O);                                        \
-    else                                                                                                   \
-      over_rows<T, MaxBackward>(O, m0, m1, f, wt, g, gf, gw, K, O);                                        \
-  }                                                                                                        \
-  extern "C" void l1_backward_##SUFFIX(const T* f, const T* wt, const T* g, T* gf, T* gw, int64_t K,       \
-                                       int64_t O, int64_t m0, int64_t m1, int adder) {                     \
-    zero_rows(gf, K, m0, m1);                                                                              \
-    if (adder)                                                                                             \
-      over_rows<T, AdderBackward>(O, m0, m1, f, wt, g, gf, gw, K, O);                                      \
-    else                                                                                                   \
-      over_rows<T, L1Backward>(O, m0, m1, f, wt, g, gf, gw, K, O);                                         \
+#define ANYCONV_EXPORT(T, SUFFIX)                                                                         \
+  extern "C" void l1_forward_##SUFFIX(const T* f, const T* wt, T* out, int64_t K, int64_t O, int64_t m0, \
+                                      int64_t m1) {                                                       \
+    anyconv::forward_rows<T, L1<T>>(f, wt, out, K, O, m0, m1);                                           \
+  }                                                                                                       \
+  extern "C" void tropical_forward_##SUFFIX(const T* f, const T* wt, T* out, int64_t K, int64_t O,       \
+                                            int64_t m0, int64_t m1, int minimum) {                        \
+    if (minimum)                                                                                          \
+      anyconv::forward_rows<T, MinPlus<T>>(f, wt, out, K, O, m0, m1);                                    \
+    else                                                                                                  \
+      anyconv::forward_rows<T, MaxPlus<T>>(f, wt, out, K, O, m0, m1);                                    \
+  }                                                                                                       \
+  extern "C" void tropical_backward_##SUFFIX(const T* f, const T* wt, const T* g, T* gf, T* gwt,         \
+                                             int64_t K, int64_t O, int64_t m0, int64_t m1, int minimum) { \
+    if (minimum)                                                                                          \
+      tropical_backward_rows<T, true>(f, wt, g, gf, gwt, K, O, m0, m1);                                  \
+    else                                                                                                  \
+      tropical_backward_rows<T, false>(f, wt, g, gf, gwt, K, O, m0, m1);                                 \
+  }                                                                                                       \
+  extern "C" void l1_backward_##SUFFIX(const T* f, const T* w, const T* g, T* gf, T* gw, int64_t K,      \
+                                       int64_t O, int64_t m0, int64_t m1, int adder) {                    \
+    if (adder)                                                                                            \
+      anyconv::backward_rows<T, L1Adder<T>>(f, w, g, gf, nullptr, K, O, m0, m1);                         \
+    else                                                                                                  \
+      anyconv::backward_rows<T, L1Exact<T>>(f, w, g, gf, gw, K, O, m0, m1);                              \
   }
 
 ANYCONV_EXPORT(float, f32)

@@ -21,9 +21,11 @@ from pathlib import Path
 
 #: source file -> compiler flags; the power kernels need fast math for a vectorised pow
 SOURCES = {
-    "fused_kernels.cpp": ("-O3", "-march=native", "-std=c++17"),
-    "fused_power.cpp": ("-O3", "-march=native", "-std=c++17", "-ffast-math", "-fopenmp-simd"),
+    "fused_kernels.cpp": ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd"),
+    "fused_power.cpp": ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd", "-ffast-math"),
 }
+#: the header both sources include; part of the cache key
+HEADER = "fused_blocks.h"
 _EXTRA_LIBRARIES = {"fused_power.cpp": ("-lmvec",)}
 _lock = threading.Lock()
 
@@ -62,7 +64,9 @@ def _build(source_name: str, cxx: str) -> Path:
     flags = SOURCES[source_name]
     libraries = _EXTRA_LIBRARIES.get(source_name, ())
     key = hashlib.sha256(
-        "\n".join([source.read_text(), cxx, *flags, *libraries, _machine_key()]).encode()
+        "\n".join(
+            [source.read_text(), source.with_name(HEADER).read_text(), cxx, *flags, *libraries, _machine_key()]
+        ).encode()
     ).hexdigest()[:16]
     target = _cache_dir() / f"{source.stem}-{key}.so"
     if target.exists():
