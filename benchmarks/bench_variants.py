@@ -86,7 +86,9 @@ def timing(batch: int, repeat: int) -> None:
         rows[name] = (forward, forward / conv_forward, both, both / conv_both, path)
     dot_forward, dot_both = rows["dot"][0], rows["dot"][2]
     for name, (forward, forward_ratio, both, both_ratio, path) in rows.items():
-        versus_dot = f"{max(forward / dot_forward, both / dot_both):7.2f}" if name in MATRIX_PRODUCT else " " * 7
+        versus_dot = " " * 7
+        if name in MATRIX_PRODUCT:
+            versus_dot = f"{max(forward / dot_forward, both / dot_both):7.2f}"
         print(f"{name:<18}{forward:9.1f}{forward_ratio:8.2f}{both:9.1f}{both_ratio:8.2f}{versus_dot}  {path}")
     print("x conv: time / F.conv2d's (forward, forward+backward); x dot: the larger of the two ratios to dot")
     naive_batch = 1

@@ -65,7 +65,8 @@ def _build(source_name: str, cxx: str) -> Path:
     libraries = _EXTRA_LIBRARIES.get(source_name, ())
     key = hashlib.sha256(
         "\n".join(
-            [source.read_text(), source.with_name(HEADER).read_text(), cxx, *flags, *libraries, _machine_key()]
+            [source.read_text(), source.with_name(HEADER).read_text(), cxx, *flags, *libraries]
+            + [_machine_key()]
         ).encode()
     ).hexdigest()[:16]
     target = _cache_dir() / f"{source.stem}-{key}.so"
