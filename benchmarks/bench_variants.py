@@ -59,6 +59,25 @@ def median_ms(function, repeat: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def paired(reference, function, repeat: int) -> tuple[float, float]:
+    """Median time of ``function`` (ms) and the median of its ratio to ``reference``, timed in turns.
+
+    Timing the two alternately and taking the ratio run by run keeps the ratio honest on a
+    machine whose load changes during the benchmark.
+    """
+    reference(), function()
+    times, ratios = [], []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        reference()
+        middle = time.perf_counter()
+        function()
+        end = time.perf_counter()
+        times.append(end - middle)
+        ratios.append((end - middle) / (middle - start))
+    return statistics.median(times) * 1e3, statistics.median(ratios)
+
+
 def forward_backward(function, x, w):
     x = x.detach().requires_grad_()
     w = w.detach().requires_grad_()
@@ -75,22 +94,24 @@ def timing(batch: int, repeat: int) -> None:
     print(f"batch {batch} of (64, 32, 32) -> 64 channels, 3x3, padding 1, float32, "
           f"{torch.get_num_threads()} threads; median of {repeat} runs, ms")
     print(f"{'variant':<18}{'forward':>9}{'x conv':>8}{'fwd+bwd':>9}{'x conv':>8}{'x dot':>7}  path")
-    rows = {}
+    conv_step = forward_backward(lambda a, b: run("F.conv2d", a, b), x, w)
+    dot_step = forward_backward(lambda a, b: run("dot", a, b), x, w)
     for name in ("F.conv2d", *BUILTIN_VARIANTS):
-        # the reference is re-timed next to each variant: the machine's load changes over a run
-        conv_forward = median_ms(lambda: run("F.conv2d", x, w), repeat)
-        forward = median_ms(lambda name=name: run(name, x, w), repeat)
+        step = forward_backward(lambda a, b, name=name: run(name, a, b), x, w)
+        forward, forward_ratio = paired(
+            lambda: run("F.conv2d", x, w), lambda name=name: run(name, x, w), repeat
+        )
         path = last_path() if name in FUSED else ("torch" if name == "F.conv2d" else "matmul")
-        conv_both = median_ms(forward_backward(lambda a, b: run("F.conv2d", a, b), x, w), repeat)
-        both = median_ms(forward_backward(lambda a, b, name=name: run(name, a, b), x, w), repeat)
-        rows[name] = (forward, forward / conv_forward, both, both / conv_both, path)
-    dot_forward, dot_both = rows["dot"][0], rows["dot"][2]
-    for name, (forward, forward_ratio, both, both_ratio, path) in rows.items():
+        both, both_ratio = paired(conv_step, step, repeat)
         versus_dot = " " * 7
         if name in MATRIX_PRODUCT:
-            versus_dot = f"{max(forward / dot_forward, both / dot_both):7.2f}"
-        print(f"{name:<18}{forward:9.1f}{forward_ratio:8.2f}{both:9.1f}{both_ratio:8.2f}{versus_dot}  {path}")
-    print("x conv: time / F.conv2d's (forward, forward+backward); x dot: the larger of the two ratios to dot")
+            dot_forward = paired(lambda: run("dot", x, w), lambda name=name: run(name, x, w), repeat)[1]
+            dot_both = paired(dot_step, step, repeat)[1]
+            versus_dot = f"{max(dot_forward, dot_both):7.2f}"
+        print(f"{name:<18}{forward:9.1f}{forward_ratio:8.2f}{both:9.1f}{both_ratio:8.2f}{versus_dot}  {path}",
+              flush=True)
+    print("x conv: median over runs of time / F.conv2d's, each timed in turn with it (forward, "
+          "forward+backward);\nx dot: the same against dot, the larger of the two")
     naive_batch = 1
     xs = x[:naive_batch]
     for name in ("l1", "max_plus"):
