@@ -1,0 +1,75 @@
+"""The fused kernels: native C++ loops and the chunked eager path give the same numbers.
+
+Sizes are chosen to hit every code path: several threads, fields not a multiple of the 4-field
+block, filters not a multiple of the channel block, taps not a multiple of the tap block.
+"""
+
+import pytest
+import torch
+
+from anyconv.variants import fused
+
+SHAPES = [
+    pytest.param((1, 300, 70), 64, id="threads-and-remainders"),
+    pytest.param((2, 7, 5), 3, id="tiny-groups"),
+    pytest.param((1, 130, 37), 129, id="wide-filters"),
+]
+DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float64, id="float64")]
+KERNELS = {
+    "l1": (lambda f, w: fused.l1_distances(f, w), lambda f, w, g: fused.l1_backward(f, w, g)),
+    "adder": (lambda f, w: fused.l1_distances(f, w), lambda f, w, g: fused.l1_backward(f, w, g, adder=True)),
+    "max_plus": (lambda f, w: fused.tropical(f, w, minimum=False),
+                 lambda f, w, g: fused.tropical_backward(f, w, g, minimum=False)),
+    "min_plus": (lambda f, w: fused.tropical(f, w, minimum=True),
+                 lambda f, w, g: fused.tropical_backward(f, w, g, minimum=True)),
+    "lp-3": (lambda f, w: fused.power_sums(f, w, 3.0),
+             lambda f, w, g: fused.power_sums_backward(f, w, g, 3.0)),
+    "lp-0.7": (lambda f, w: fused.power_sums(f, w, 0.7),
+               lambda f, w, g: fused.power_sums_backward(f, w, g, 0.7)),
+}
+
+needs_native = pytest.mark.skipif(not fused.native_kernels_available(), reason="no C++ compiler here")
+
+
+def _run(kernel, shape, filters, dtype):
+    generator = torch.Generator().manual_seed(0)
+    groups, rows, taps = shape
+    f = torch.randn(shape, generator=generator, dtype=dtype)
+    w = torch.randn(groups, filters, taps, generator=generator, dtype=dtype)
+    g = torch.randn(groups, rows, filters, generator=generator, dtype=dtype)
+    forward, backward = KERNELS[kernel]
+    return forward(f, w), *backward(f, w, g)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, filters", SHAPES)
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_native_and_eager_paths_agree(kernel, shape, filters, dtype, monkeypatch):
+    native = _run(kernel, shape, filters, dtype)
+    assert fused.last_path() == "native"
+    monkeypatch.setenv("ANYCONV_NATIVE", "0")
+    eager = _run(kernel, shape, filters, dtype)
+    assert fused.last_path() == "eager"
+    tolerance = dict(rtol=1e-4, atol=1e-3) if dtype == torch.float32 else {}
+    for got, want in zip(native, eager):
+        if want is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want, **tolerance)
+
+
+def test_eager_path_for_other_dtypes():
+    f, w = torch.randn(1, 9, 4, dtype=torch.bfloat16), torch.randn(1, 3, 4, dtype=torch.bfloat16)
+    expected = -(f.double()[:, :, None] - w.double()[:, None]).abs().sum(-1)
+    torch.testing.assert_close(fused.l1_distances(f, w).double(), expected, rtol=2e-2, atol=0.1)
+    assert fused.last_path() == "eager"
+
+
+def test_eager_blocks_bound_the_broadcast(monkeypatch):
+    monkeypatch.setenv("ANYCONV_NATIVE", "0")
+    monkeypatch.setattr(fused, "EAGER_BLOCK_ELEMENTS", 64)
+    f, w = torch.randn(2, 50, 4, dtype=torch.float64), torch.randn(2, 3, 4, dtype=torch.float64)
+    blocks = list(fused._blocks(f, w))
+    assert len(blocks) == 25 and all(b.stop - b.start == 2 for b in blocks)
+    torch.testing.assert_close(fused.l1_distances(f, w), -torch.cdist(f, w, p=1))
