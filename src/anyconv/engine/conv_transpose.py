@@ -55,7 +55,7 @@ def conv_transpose(
     spacings = spatial_tuple("dilation", dilation, ndim, 1)
     extra = spatial_tuple("output_padding", output_padding, ndim, 0)
     # checks output_padding against torch's rule and that the output is not empty
-    transposed_output_size(tuple(batched.shape[2:]), kernel_size, steps, amounts, extra, spacings)
+    transposed_output_size(tuple(batched.shape[2:]), kernel_size, steps, amounts, output_padding, spacings)
     # the smallest image whose fields are exactly one per input position: the output before
     # its padding is cropped and output_padding's extra zeros (no field reaches them) added
     full_size = tuple(
@@ -81,7 +81,7 @@ def conv_transpose(
     for start in range(0, max(batch, 1), samples_per_chunk):
         chunk = batched[start : start + samples_per_chunk]
         values = chunk.reshape(chunk.shape[0], groups, channels // groups, geometry.num_positions)
-        columns = torch.matmul(spread, values).reshape(chunk.shape[0], -1, geometry.num_positions)
+        columns = torch.matmul(spread, values).flatten(1, 2)
         outputs.append(F.pad(Col2Im.apply(columns, geometry), reshape))
     output = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     if bias is not None:
