@@ -179,11 +179,22 @@ def test_conv_transpose_gradcheck():
 
 FOUR_D_CASES = [
     dict(id="4d", input=(2, 2, 3, 2, 3, 2), weight=(2, 3, 2, 2, 3, 2)),
-    dict(id="4d-stride-padding", input=(1, 2, 3, 3, 2, 3), weight=(2, 2, 3, 2, 2, 3), stride=2, padding=1,
-         output_padding=(1, 0, 1, 0)),
-    dict(id="4d-groups-dilation", input=(1, 4, 2, 3, 2, 3), weight=(4, 1, 2, 2, 2, 2), groups=2,
-         dilation=(1, 2, 2, 1)),
-]  # fmt: skip
+    dict(
+        id="4d-stride-padding",
+        input=(1, 2, 3, 3, 2, 3),
+        weight=(2, 2, 3, 2, 2, 3),
+        stride=2,
+        padding=1,
+        output_padding=(1, 0, 1, 0),
+    ),
+    dict(
+        id="4d-groups-dilation",
+        input=(1, 4, 2, 3, 2, 3),
+        weight=(4, 1, 2, 2, 2, 2),
+        groups=2,
+        dilation=(1, 2, 2, 1),
+    ),
+]
 
 
 @pytest.mark.parametrize("case", FOUR_D_CASES, ids=[case["id"] for case in FOUR_D_CASES])
@@ -208,21 +219,62 @@ def test_conv_transpose_is_the_adjoint_of_conv():
 
 
 BAD_INPUTS = [
-    dict(id="output-padding", input=(1, 2, 4, 4), weight=(2, 2, 3, 3), stride=2, output_padding=2,
-         error=ValueError, match=r"output_padding=2 is invalid: expected values smaller than either stride"),
-    dict(id="channels", input=(1, 3, 4, 4), weight=(2, 2, 3, 3), error=ValueError,
-         match=r"has 3 channels, but weight of shape \(2, 2, 3, 3\) expects 2"),
-    dict(id="groups", input=(1, 3, 4, 4), weight=(3, 2, 3, 3), groups=2, error=ValueError,
-         match=r"groups=2 is invalid: expected a divisor of in_channels=3"),
-    dict(id="bias", input=(1, 2, 4, 4), weight=(2, 3, 3, 3), bias=(2,), error=ValueError,
-         match=r"bias of shape \(2,\) is invalid: expected \(3,\)"),
-    dict(id="same", input=(1, 2, 4, 4), weight=(2, 3, 3, 3), padding="same", error=ValueError,
-         match=r"padding='same' is invalid"),
-    dict(id="empty-output", input=(1, 2, 1, 1), weight=(2, 3, 2, 2), padding=1, error=ValueError,
-         match=r"padding=\(1, 1\) is invalid: expected an amount that leaves a positive output size"),
-    dict(id="weight-rank", input=(1, 2, 4), weight=(2,), error=ValueError,
-         match=r"weight of shape \(2,\) is invalid"),
-]  # fmt: skip
+    dict(
+        id="output-padding",
+        input=(1, 2, 4, 4),
+        weight=(2, 2, 3, 3),
+        stride=2,
+        output_padding=2,
+        error=ValueError,
+        match=r"output_padding=2 is invalid: expected values smaller than either stride",
+    ),
+    dict(
+        id="channels",
+        input=(1, 3, 4, 4),
+        weight=(2, 2, 3, 3),
+        error=ValueError,
+        match=r"has 3 channels, but weight of shape \(2, 2, 3, 3\) expects 2",
+    ),
+    dict(
+        id="groups",
+        input=(1, 3, 4, 4),
+        weight=(3, 2, 3, 3),
+        groups=2,
+        error=ValueError,
+        match=r"groups=2 is invalid: expected a divisor of in_channels=3",
+    ),
+    dict(
+        id="bias",
+        input=(1, 2, 4, 4),
+        weight=(2, 3, 3, 3),
+        bias=(2,),
+        error=ValueError,
+        match=r"bias of shape \(2,\) is invalid: expected \(3,\)",
+    ),
+    dict(
+        id="same",
+        input=(1, 2, 4, 4),
+        weight=(2, 3, 3, 3),
+        padding="same",
+        error=ValueError,
+        match=r"padding='same' is invalid",
+    ),
+    dict(
+        id="empty-output",
+        input=(1, 2, 1, 1),
+        weight=(2, 3, 2, 2),
+        padding=1,
+        error=ValueError,
+        match=r"padding=\(1, 1\) is invalid: expected an amount that leaves a positive output size",
+    ),
+    dict(
+        id="weight-rank",
+        input=(1, 2, 4),
+        weight=(2,),
+        error=ValueError,
+        match=r"weight of shape \(2,\) is invalid",
+    ),
+]
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=[case["id"] for case in BAD_INPUTS])
