@@ -237,3 +237,63 @@ def test_convnd_needs_a_kernel_tuple():
         acnn.ConvNd(2, 3, 3)
     with pytest.raises(ValueError, match=r"stride=\(1, 2\) is invalid"):
         acnn.ConvNd(2, 3, (3, 3, 3), stride=(1, 2))
+
+
+TRANSPOSED = [
+    dict(
+        id="1d",
+        ours=acnn.ConvTranspose1d,
+        theirs=torch.nn.ConvTranspose1d,
+        args=(3, 2, 3),
+        kwargs=dict(stride=2),
+        input=(2, 3, 6),
+        output_size=None,
+    ),
+    dict(
+        id="2d-output-size",
+        ours=acnn.ConvTranspose2d,
+        theirs=torch.nn.ConvTranspose2d,
+        args=(4, 6, 3),
+        kwargs=dict(stride=2, padding=1, groups=2),
+        input=(2, 4, 5, 5),
+        output_size=(10, 10),
+    ),
+    dict(
+        id="2d-unbatched",
+        ours=acnn.ConvTranspose2d,
+        theirs=torch.nn.ConvTranspose2d,
+        args=(2, 3, (2, 3)),
+        kwargs=dict(dilation=2, output_padding=1, bias=False),
+        input=(2, 4, 4),
+        output_size=None,
+    ),
+    dict(
+        id="3d",
+        ours=acnn.ConvTranspose3d,
+        theirs=torch.nn.ConvTranspose3d,
+        args=(2, 2, 2),
+        kwargs=dict(stride=(2, 1, 2)),
+        input=(1, 2, 3, 3, 3),
+        output_size=None,
+    ),
+]
+TRANSPOSED_IDS = [case["id"] for case in TRANSPOSED]
+
+
+@pytest.mark.parametrize("case", TRANSPOSED, ids=TRANSPOSED_IDS)
+def test_transposed_modules_equal_torch(case):
+    torch.manual_seed(0)
+    theirs = case["theirs"](*case["args"], **case["kwargs"], dtype=DOUBLE)
+    torch.manual_seed(0)
+    ours = case["ours"](*case["args"], **case["kwargs"], dtype=DOUBLE)
+    assert repr(ours) == repr(theirs)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters()))
+    x = torch.randn(case["input"], dtype=DOUBLE, requires_grad=True)
+    out, expected = ours(x, case["output_size"]), theirs(x, case["output_size"])
+    torch.testing.assert_close(out, expected)
+    mine = torch.autograd.grad(out.sum(), [x, *ours.parameters()])
+    for a, b in zip(mine, torch.autograd.grad(expected.sum(), [x, *theirs.parameters()])):
+        torch.testing.assert_close(a, b)
+    copy = pickle.loads(pickle.dumps(ours))
+    torch.testing.assert_close(copy(x, case["output_size"]), expected)
