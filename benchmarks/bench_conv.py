@@ -66,9 +66,12 @@ def _convolutions(stride: int):
     }
 
 
-def run_case(case: str, method: str, mode: str, repeats: int) -> dict:
+def run_case(case: str, method: str, mode: str, repeats: int, threads: int | None) -> dict:
     """In this process: peak memory of one call of ``method``, then alternated timings."""
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     spec = CASES[case]
     generator = torch.Generator().manual_seed(0)
@@ -110,18 +113,20 @@ def run_case(case: str, method: str, mode: str, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=15, help="timed calls per method (median)")
+    parser.add_argument("--threads", type=int, help="torch threads in each case (default: torch's)")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
-        print(json.dumps(run_case(args.case, args.method, args.mode, args.repeats)))
+        print(json.dumps(run_case(args.case, args.method, args.mode, args.repeats, args.threads)))
         return
     import torch
 
+    threads = args.threads or torch.get_num_threads()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, padding 1, "
+        f"torch {torch.__version__}, {threads} threads, float32, padding 1, "
         f"median of {args.repeats}; ratio = time / F.conv2d's time in the same process"
     )
     print()
@@ -141,6 +146,7 @@ def main() -> None:
                     mode,
                     "--repeats",
                     str(args.repeats),
+                    *(["--threads", str(args.threads)] if args.threads else []),
                 ]
                 done = subprocess.run(command, capture_output=True, text=True)
                 if done.returncode:
