@@ -7,6 +7,7 @@ torch.Size([1, 16, 27])
 
 from . import nn, variants
 from .engine import conv, generalized_conv
+from .engine.conv_transpose import conv_transpose
 from .errors import ArgumentError, ArgumentTypeError
 from .functional import fold, patches, unfold
 from .geometry import Geometry, make_geometry
@@ -20,6 +21,7 @@ __all__ = [
     "Geometry",
     "Summary",
     "conv",
+    "conv_transpose",
     "explain",
     "fold",
     "generalized_conv",

@@ -2,6 +2,7 @@
 
 from .chunks import DEFAULT_MEMORY_BUDGET
 from .conv import conv
+from .conv_transpose import conv_transpose
 from .generalized_conv import generalized_conv
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "conv", "generalized_conv"]
+__all__ = ["DEFAULT_MEMORY_BUDGET", "conv", "conv_transpose", "generalized_conv"]

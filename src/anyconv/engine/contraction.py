@@ -15,7 +15,7 @@ import torch
 from ..geometry import Geometry
 from ..variants import Variant
 from .chunks import Chunk
-from .fields import add_field_grads, chunk_fields, filters_of, weight_of
+from .fields import add_field_grads, chunk_fields, fields_buffer, filters_of, weight_of
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,10 @@ class GeneralizedConvFunction(torch.autograd.Function):
         filters = filters_of(weight, groups)
         options = _options(plan, option_tensors, filters.shape[1])
         output = input.new_empty((input.shape[0], weight.shape[0], *geometry.output_size))
+        buffer = fields_buffer(input, plan.chunks)
         for chunk in plan.chunks:
-            result = plan.variant.contract(chunk_fields(input, geometry, chunk, groups), filters, **options)
+            fields = chunk_fields(input, geometry, chunk, groups, buffer)
+            result = plan.variant.contract(fields, filters, **options)
             block = _output_block(output, chunk, groups)
             block.copy_(
                 result.transpose(1, 2).unflatten(2, (block.shape[0], *block.shape[3:])).permute(2, 0, 1, 3, 4)
@@ -89,8 +91,9 @@ class GeneralizedConvFunction(torch.autograd.Function):
             torch.zeros_like(value) if needed else None
             for value, needed in zip(option_tensors, needs_options)
         ]
+        buffer = fields_buffer(input, plan.chunks)
         for chunk in plan.chunks:
-            fields = chunk_fields(input, geometry, chunk, groups)
+            fields = chunk_fields(input, geometry, chunk, groups, buffer)
             grad = _as_chunk_result(_output_block(grad_output, chunk, groups))
             if custom:
                 grad_fields, grad_chunk_filters = plan.variant.contract_backward(

@@ -34,7 +34,7 @@ def generalized_conv(
     Same arguments as :func:`anyconv.conv` (N is ``weight.dim() - 2``), plus the variant: a
     built-in name (see ``anyconv.variants.BUILTIN_VARIANTS``), a :class:`~anyconv.variants.Variant`
     subclass or instance, and its options. The fields are made chunk by chunk, each chunk under
-    ``memory_budget`` bytes (default 16 MiB), in forward and backward alike; ``bias`` is added last.
+    ``memory_budget`` bytes (default 4 MiB), in forward and backward alike; ``bias`` is added last.
 
     >>> import torch
     >>> x, w = torch.randn(2, 4, 9, 9), torch.randn(6, 2, 3, 3)

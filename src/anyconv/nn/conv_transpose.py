@@ -1,0 +1,55 @@
+"""Drop-in ``ConvTranspose1d/2d/3d`` that compute with :func:`anyconv.conv_transpose`.
+
+They subclass torch's modules and replace only ``forward``: constructor, parameters,
+``state_dict`` keys, initialisation, ``extra_repr`` and the ``output_size`` argument are torch's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..engine import conv_transpose
+
+
+class _WeightsTimesInput:
+    """The forward shared by the transposed modules: weights times input, folded back with col2im."""
+
+    memory_budget: int | None = None
+
+    def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        """Transposed convolution of ``input``; ``output_size`` picks output_padding as in torch."""
+        if self.padding_mode != "zeros":
+            raise ValueError(f"Only 'zeros' padding mode is supported for {type(self).__name__}")
+        ndim = len(self.kernel_size)
+        output_padding = self._output_padding(
+            input, output_size, self.stride, self.padding, self.kernel_size, ndim, self.dilation
+        )
+        return conv_transpose(
+            input,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            output_padding,
+            self.groups,
+            self.dilation,
+            memory_budget=self.memory_budget,
+        )
+
+
+class ConvTranspose1d(_WeightsTimesInput, torch.nn.ConvTranspose1d):
+    """``torch.nn.ConvTranspose1d``, computed as weights times input folded back with col2im."""
+
+
+class ConvTranspose2d(_WeightsTimesInput, torch.nn.ConvTranspose2d):
+    """``torch.nn.ConvTranspose2d``, computed as weights times input folded back with col2im.
+
+    >>> import torch
+    >>> layer = ConvTranspose2d(4, 2, 3, stride=2, padding=1)
+    >>> layer(torch.randn(1, 4, 5, 5), output_size=(10, 10)).shape
+    torch.Size([1, 2, 10, 10])
+    """
+
+
+class ConvTranspose3d(_WeightsTimesInput, torch.nn.ConvTranspose3d):
+    """``torch.nn.ConvTranspose3d``, computed as weights times input folded back with col2im."""
