@@ -57,7 +57,7 @@ class GeneralizedConvFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(input: torch.Tensor, weight: torch.Tensor, plan: Plan, *option_tensors: torch.Tensor):
+    def forward(ctx, input: torch.Tensor, weight: torch.Tensor, plan: Plan, *option_tensors: torch.Tensor):
         geometry, groups = plan.geometry, plan.groups
         filters = filters_of(weight, groups)
         options = _options(plan, option_tensors, filters.shape[1])
@@ -68,13 +68,9 @@ class GeneralizedConvFunction(torch.autograd.Function):
             block.copy_(
                 result.transpose(1, 2).unflatten(2, (block.shape[0], *block.shape[3:])).permute(2, 0, 1, 3, 4)
             )
-        return output
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, weight, plan, *option_tensors = inputs
         ctx.plan = plan
         ctx.save_for_backward(input, weight, *option_tensors)
+        return output
 
     @staticmethod
     @torch.autograd.function.once_differentiable
