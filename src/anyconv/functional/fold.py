@@ -36,16 +36,16 @@ def fold(
             [4., 6., 6., 4.]])
     """
     check_tensor("input", input)
-    ndim = (
-        infer_ndim(
-            output_size=output_size,
-            kernel_size=kernel_size,
-            dilation=dilation,
-            padding=padding,
-            stride=stride,
-        )
-        or 2
-    )
+    arguments = {
+        "output_size": output_size,
+        "kernel_size": kernel_size,
+        "dilation": dilation,
+        "padding": padding,
+        "stride": stride,
+    }
+    # as in unfold: N from the longest tuple given, 1 if only 1-tuples are, else F.fold's 2
+    one_tuple = any(isinstance(value, (tuple, list)) and len(value) == 1 for value in arguments.values())
+    ndim = infer_ndim(**arguments) or (1 if one_tuple else 2)
     size = spatial_tuple("output_size", output_size, ndim, 1)
     geometry = make_geometry(size, kernel_size, stride, padding, dilation)
     if input.dim() not in (2, 3):
