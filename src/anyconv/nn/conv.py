@@ -34,7 +34,8 @@ class _FieldsTimesWeights:
         groups = arguments.get("groups", 1)
         for name in ("in_channels", "out_channels"):
             if arguments[name] % groups:
-                raise invalid("groups", groups, f"a divisor of {name}={arguments[name]}")
+                valid = f"a divisor of {name}={arguments[name]} ({name} must be divisible by groups)"
+                raise invalid("groups", groups, valid)
         super().__init__(*args, **kwargs)
         ndim = len(self.kernel_size)
         spatial_tuple("kernel_size", self.kernel_size, ndim, 1)
