@@ -26,16 +26,12 @@ class _FieldsTimesWeights:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # torch's constructors accept a zero stride, a negative padding or a float channel count
-        # and fail later, deep in the forward pass; refuse them here, naming the argument
+        # and fail later, deep in the forward pass; refuse them here, naming the argument (what
+        # torch's constructor checks itself, such as groups, keeps torch's exact message)
         arguments = inspect.signature(super().__init__).bind(*args, **kwargs).arguments
         for name in ("in_channels", "out_channels", "groups"):
             if name in arguments and as_int(name, arguments[name]) < 1:
                 raise invalid(name, arguments[name], "a positive integer")
-        groups = arguments.get("groups", 1)
-        for name in ("in_channels", "out_channels"):
-            if arguments[name] % groups:
-                valid = f"a divisor of {name}={arguments[name]} ({name} must be divisible by groups)"
-                raise invalid("groups", groups, valid)
         super().__init__(*args, **kwargs)
         ndim = len(self.kernel_size)
         spatial_tuple("kernel_size", self.kernel_size, ndim, 1)
