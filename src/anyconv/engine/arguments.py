@@ -33,6 +33,13 @@ def check_conv_tensors(
             f"weight of shape {tuple(weight.shape)} is invalid: expected "
             "(out_channels, in_channels // groups, *kernel_size) with at least one spatial dimension"
         )
+    if 0 in weight.shape:
+        # torch refuses zero output channels; an empty sum over zero input channels or taps is as
+        # surely a bug, and would give zeros without a word
+        raise ArgumentError(
+            f"weight of shape {tuple(weight.shape)} is invalid: expected every size positive "
+            "(channels and kernel_size)"
+        )
     if input.dim() not in (ndim + 1, ndim + 2):
         raise ArgumentError(
             f"input of shape {tuple(input.shape)} is invalid for a weight of shape {tuple(weight.shape)}: "
@@ -59,6 +66,11 @@ def check_conv_tensors(
                 "(in_channels must be weight.shape[1] * groups)"
             )
         out_channels = weight.shape[0]
+    if input.dtype == torch.bool:
+        raise ArgumentTypeError(
+            "input has dtype torch.bool: expected a dtype that multiplies and adds "
+            "(a floating, complex or integer dtype)"
+        )
     for name, tensor in (("weight", weight), ("bias", bias)):
         if tensor is None:
             continue

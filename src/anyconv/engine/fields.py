@@ -51,7 +51,7 @@ def fields_buffer(input: torch.Tensor, chunks: tuple[Chunk, ...]) -> torch.Tenso
 
     Reusing it spares an allocation (and its page faults) per chunk and keeps it warm in cache.
     """
-    largest = max((chunk.num_fields * chunk.geometry.kernel_volume for chunk in chunks), default=0)
+    largest = max([0, *(chunk.num_fields * chunk.geometry.kernel_volume for chunk in chunks)])
     return input.new_empty(largest * input.shape[1])
 
 

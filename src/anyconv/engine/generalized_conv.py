@@ -53,7 +53,7 @@ def generalized_conv(
             geometry.padded_size, geometry.kernel_size, geometry.stride, 0, geometry.dilation
         )
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-    if not isinstance(budget, int) or budget < 1:
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
         raise invalid("memory_budget", memory_budget, "a positive number of bytes")
     fields_per_group = weight[0].numel()
     filters_per_group = weight.shape[0] // groups

@@ -7,8 +7,8 @@ and never re-derives a size by hand.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from ..errors import ArgumentError, invalid
@@ -32,48 +32,45 @@ class Geometry:
     dilation: tuple[int, ...]
     padding_mode: str = "zeros"
 
+    # The derived sizes, computed once here: functools.cached_property takes a lock on each
+    # access (Python < 3.12), which torch.compile cannot trace (a graph break on every call).
+    padded_size: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    """The spatial size after padding, before the kernel slides."""
+    field_span: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    """How many input elements one receptive field spans per dimension: ``d * (k - 1) + 1``."""
+    output_size: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    """The spatial output size: ``(padded - span) // stride + 1`` per dimension."""
+    kernel_volume: int = field(init=False, repr=False, compare=False)
+    """K, the number of taps in one kernel: the product of kernel_size."""
+    num_positions: int = field(init=False, repr=False, compare=False)
+    """L, the number of receptive fields (output positions) per sample and channel."""
+    torch_pad: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    """The padding in ``torch.nn.functional.pad`` order: last dimension first, (before, after)."""
+
+    def __post_init__(self) -> None:
+        padded = tuple(size + before + after for size, (before, after) in zip(self.input_size, self.padding))
+        span = tuple(step * (kernel - 1) + 1 for kernel, step in zip(self.kernel_size, self.dilation))
+        output = tuple((size - reach) // step + 1 for size, reach, step in zip(padded, span, self.stride))
+        derived = {
+            "padded_size": padded,
+            "field_span": span,
+            "output_size": output,
+            "kernel_volume": math.prod(self.kernel_size),
+            "num_positions": math.prod(output),
+            "torch_pad": tuple(amount for pair in reversed(self.padding) for amount in pair),
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
+
     @property
     def ndim(self) -> int:
         """The number of spatial dimensions N."""
         return len(self.input_size)
 
-    @cached_property
-    def padded_size(self) -> tuple[int, ...]:
-        """The spatial size after padding, before the kernel slides."""
-        return tuple(size + before + after for size, (before, after) in zip(self.input_size, self.padding))
-
-    @cached_property
-    def field_span(self) -> tuple[int, ...]:
-        """How many input elements one receptive field spans per dimension: ``d * (k - 1) + 1``."""
-        return tuple(step * (kernel - 1) + 1 for kernel, step in zip(self.kernel_size, self.dilation))
-
-    @cached_property
-    def output_size(self) -> tuple[int, ...]:
-        """The spatial output size: ``(padded - span) // stride + 1`` per dimension."""
-        return tuple(
-            (padded - span) // step + 1
-            for padded, span, step in zip(self.padded_size, self.field_span, self.stride)
-        )
-
-    @cached_property
-    def kernel_volume(self) -> int:
-        """K, the number of taps in one kernel: the product of kernel_size."""
-        return math.prod(self.kernel_size)
-
-    @cached_property
-    def num_positions(self) -> int:
-        """L, the number of receptive fields (output positions) per sample and channel."""
-        return math.prod(self.output_size)
-
     @property
     def is_padded(self) -> bool:
         """Whether any side gets padding."""
         return any(before or after for before, after in self.padding)
-
-    @cached_property
-    def torch_pad(self) -> tuple[int, ...]:
-        """The padding in ``torch.nn.functional.pad`` order: last dimension first, (before, after)."""
-        return tuple(amount for pair in reversed(self.padding) for amount in pair)
 
 
 def make_geometry(

@@ -7,20 +7,38 @@ and a checkpoint loads both ways.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 from torch.nn.modules.conv import _ConvNd
 
 from ..engine import conv
-from ..errors import wrong_type
+from ..errors import invalid, wrong_type
 from ..geometry import spatial_tuple
+from ..geometry.arguments import as_int
 
 
 class _FieldsTimesWeights:
     """The computation shared by every anyconv conv module: receptive fields times weights."""
 
     memory_budget: int | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # torch's constructors accept a zero stride, a negative padding or a float channel count
+        # and fail later, deep in the forward pass; refuse them here, naming the argument (what
+        # torch's constructor checks itself, such as groups, keeps torch's exact message)
+        arguments = inspect.signature(super().__init__).bind(*args, **kwargs).arguments
+        for name in ("in_channels", "out_channels", "groups"):
+            if name in arguments and as_int(name, arguments[name]) < 1:
+                raise invalid(name, arguments[name], "a positive integer")
+        super().__init__(*args, **kwargs)
+        ndim = len(self.kernel_size)
+        spatial_tuple("kernel_size", self.kernel_size, ndim, 1)
+        spatial_tuple("stride", self.stride, ndim, 1)
+        spatial_tuple("dilation", self.dilation, ndim, 1)
+        if not isinstance(self.padding, str):
+            spatial_tuple("padding", self.padding, ndim, 0)
 
     def _conv_forward(
         self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None

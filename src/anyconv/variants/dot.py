@@ -24,7 +24,10 @@ class Dot(Variant):
     def contract_backward(
         self, fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two matrix products of a linear map's backward; no forward recomputation."""
-        grad_fields = torch.matmul(grad, filters)
-        grad_filters = torch.matmul(grad.transpose(-1, -2), fields)
+        """The two matrix products of a linear map's backward; no forward recomputation.
+
+        Conjugated as torch's autograd does for complex tensors (a no-op view for real ones).
+        """
+        grad_fields = torch.matmul(grad, filters.conj())
+        grad_filters = torch.matmul(grad.transpose(-1, -2), fields.conj())
         return grad_fields, grad_filters

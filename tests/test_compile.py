@@ -1,0 +1,162 @@
+"""torch.compile and torch.func over anyconv: whole graphs, eager numbers, and the known limits.
+
+Compiling is slow, so the cases are few and small: one inductor compile (inference) of
+``anyconv.nn.Conv2d``, the rest through dynamo's ``explain`` and the ``aot_eager`` backend, which
+trace the same whole graphs, forward and backward, without generating C++.
+"""
+
+import warnings
+
+import pytest
+import torch
+import torch._dynamo
+from torch.func import grad, vmap
+
+import anyconv
+from anyconv.variants import Variant
+
+# torch's own tracing machinery warns that torch.jit.script_method is deprecated: not ours
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+#: the variants compiled here; a matrix-product variant joins by its name ("l2") once it exists
+COMPILED_VARIANTS = [name for name in ["dot"] if name in anyconv.variants.BUILTIN_VARIANTS]
+
+MODULES = {
+    "conv2d-reflect-groups": lambda: anyconv.nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect", groups=2),
+    "conv1d-same-dilation": lambda: anyconv.nn.Conv1d(4, 3, 3, padding="same", dilation=2),
+    "convnd-4d": lambda: anyconv.nn.ConvNd(4, 2, (2, 2, 2, 2), padding=1, stride=2),
+    **{
+        f"generalized-{name}": lambda name=name: anyconv.nn.GeneralizedConv2d(4, 6, 3, variant=name)
+        for name in COMPILED_VARIANTS
+    },
+}
+INPUT_SHAPES = {"conv1d-same-dilation": (2, 4, 9), "convnd-4d": (1, 4, 3, 4, 3, 4)}
+
+
+def _input(name, seed=0):
+    shape = INPUT_SHAPES.get(name, (2, 4, 7, 6))
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), requires_grad=True)
+
+
+def _eager_and_grads(module, input):
+    output = module(input)
+    return (output, *torch.autograd.grad(output.square().sum(), (input, module.weight)))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        # dynamo notes that it traces through make_geometry's lru_cache: intended, a pure function
+        warnings.filterwarnings("ignore", message=".*lru_cache.*")
+        yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_no_graph_breaks(name):
+    module, input = MODULES[name](), _input(name)
+    explanation = torch._dynamo.explain(module)(input)
+    assert explanation.graph_break_count == 0, [reason.reason for reason in explanation.break_reasons]
+    assert explanation.graph_count == 1
+
+
+def test_inductor_fullgraph_gives_the_eager_numbers():
+    # inference only: generating and building the backward's C++ too costs ~30 s more here; the
+    # backward graphs are traced (fullgraph) by the aot_eager tests below
+    module = anyconv.nn.Conv2d(4, 6, 3, padding=1, stride=(2, 1), groups=2)
+    compiled = torch.compile(module, fullgraph=True, backend="inductor")
+    input = _input("conv2d").detach()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(input), module(input), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_aot_fullgraph_gives_the_eager_numbers(name):
+    module, input = MODULES[name](), _input(name)
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    for got, expected in zip(_eager_and_grads(compiled, input), _eager_and_grads(module, input)):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # a new input size re-traces with new geometry, no error and no stale cached sizes
+    other = torch.randn(3, *input.shape[1:-1], input.shape[-1] + 2)
+    torch.testing.assert_close(compiled(other), module(other), rtol=1e-5, atol=1e-5)
+
+
+class _NegativeSquaredDistance(Variant):
+    """A matrix-product variant with no contract_backward: the engine differentiates contract."""
+
+    name = "negative_squared_distance_for_tests"
+
+    def contract(self, fields, filters):
+        cross = torch.matmul(fields, filters.transpose(-1, -2))
+        return 2 * cross - fields.square().sum(-1, keepdim=True) - filters.square().sum(-1).unsqueeze(-2)
+
+
+def _compile_autograd_variant():
+    module = anyconv.nn.GeneralizedConv2d(4, 6, 3, padding=1, variant=_NegativeSquaredDistance)
+    input = _input("variant")
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    for got, expected in zip(_eager_and_grads(compiled, input), _eager_and_grads(module, input)):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=torch._dynamo.exc.Unsupported,
+    reason="the engine's backward differentiates a variant without contract_backward with "
+    "torch.autograd.grad, which dynamo traces only with trace_autograd_ops=True",
+)
+def test_a_variant_without_contract_backward_breaks_fullgraph_by_default():
+    _compile_autograd_variant()
+
+
+def test_a_variant_without_contract_backward_compiles_with_trace_autograd_ops():
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        _compile_autograd_variant()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=RuntimeError,
+    reason="GeneralizedConvFunction saves its context in forward (no setup_context), which functorch "
+    "transforms refuse; setup_context with its *option_tensors varargs breaks dynamo under no_grad",
+)
+def test_func_grad_through_conv_matches_autograd():
+    generator = torch.Generator().manual_seed(1)
+    input = torch.randn(2, 3, 6, 5, dtype=torch.float64, generator=generator)
+    weight = torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=generator, requires_grad=True)
+
+    def loss(weight):
+        return anyconv.conv(input, weight, padding=1).square().sum()
+
+    expected = torch.autograd.grad(loss(weight), weight)[0]
+    torch.testing.assert_close(grad(loss)(weight.detach()), expected)
+
+
+@pytest.mark.parametrize(
+    "function",
+    [
+        pytest.param(lambda x: anyconv.unfold(x, 3, padding=1, stride=2), id="unfold"),
+        pytest.param(lambda x: anyconv.patches(x, (2, 3), padding=1), id="patches"),
+        pytest.param(lambda x: anyconv.fold(anyconv.unfold(x, 3), (6, 5), 3), id="fold"),
+    ],
+)
+def test_vmap_over_receptive_fields_matches_a_loop(function):
+    stack = torch.randn(3, 2, 4, 6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    expected = torch.stack([function(sample) for sample in stack])
+    torch.testing.assert_close(vmap(function)(stack), expected)
+    # and grad through them, as functorch sees them
+    gradient = grad(lambda x: function(x).square().sum())(stack[0])
+    torch.testing.assert_close(gradient, torch.func.vjp(function, stack[0])[1](2 * function(stack[0]))[0])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=RuntimeError,
+    reason="GeneralizedConvFunction has no vmap rule: its chunk plan is built for one batch size and "
+    "its forward writes chunks into a preallocated output in place",
+)
+def test_vmap_over_conv():
+    stack = torch.randn(3, 2, 4, 6, 5)
+    weight = torch.randn(2, 4, 3, 3)
+    vmap(lambda x: anyconv.conv(x, weight))(stack)
