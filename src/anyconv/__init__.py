@@ -10,6 +10,7 @@ from .engine import conv, generalized_conv
 from .errors import ArgumentError, ArgumentTypeError
 from .functional import fold, patches, unfold
 from .geometry import Geometry, make_geometry
+from .nn import convert
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,7 @@ __all__ = [
     "ArgumentTypeError",
     "Geometry",
     "conv",
+    "convert",
     "fold",
     "generalized_conv",
     "make_geometry",
