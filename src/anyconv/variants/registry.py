@@ -6,9 +6,16 @@ from typing import Any
 
 from ..errors import ArgumentError, wrong_type
 from .base import Variant
+from .cosine import Cosine, SharpenedCosine
+from .distance import L1, L2, Lp
 from .dot import Dot
+from .kernels import RBF, Polynomial
+from .morphology import MaxPlus, MinPlus
 
-BUILTIN_VARIANTS: dict[str, type[Variant]] = {variant.name: variant for variant in (Dot,)}
+BUILTIN_VARIANTS: dict[str, type[Variant]] = {
+    variant.name: variant
+    for variant in (Dot, L1, L2, Lp, RBF, Polynomial, Cosine, SharpenedCosine, MaxPlus, MinPlus)
+}
 
 
 def register_variant(variant: type[Variant]) -> type[Variant]:

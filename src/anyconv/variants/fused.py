@@ -1,0 +1,325 @@
+"""Fused kernels of l1, lp, max_plus and min_plus, forward and backward, native or eager.
+
+Both paths compute the same formulas and never make the (M, Og, Kg) broadcast of a whole chunk:
+the native C++ loops (see :mod:`.native`) keep the output channels in vector registers, and the
+eager path, used where they cannot run (no compiler, another device or dtype, ``ANYCONV_NATIVE=0``),
+broadcasts a few fields at a time. Tensors are per group: fields (G, M, K), filters (G, O, K).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache, lru_cache
+
+import torch
+
+from .native import load_library, native_enabled
+
+#: elements of one eager broadcast block (fields x filters x taps): 8 MiB in float32
+EAGER_BLOCK_ELEMENTS = 2**21
+#: fields per thread below which splitting the rows between threads is not worth it
+_ROWS_PER_THREAD = 64
+
+_last_path: str | None = None
+
+_POINTER, _SIZE, _FLAG, _REAL = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
+#: function -> (source file, argument types after the pointers and K, O, m0, m1)
+_SIGNATURES = {
+    "l1_forward": ("fused_kernels.cpp", 3, ()),
+    "tropical_forward": ("fused_kernels.cpp", 3, (_FLAG,)),
+    "l1_backward": ("fused_kernels.cpp", 5, (_FLAG,)),
+    "tropical_backward": ("fused_kernels.cpp", 5, (_FLAG,)),
+    "lp_forward": ("fused_power.cpp", 3, (_REAL,)),
+    "lp_backward": ("fused_power.cpp", 5, (_REAL,)),
+}
+
+
+def last_path() -> str | None:
+    """Which path the last fused call took: ``"native"`` (compiled C++) or ``"eager"``; None before any.
+
+    >>> import torch
+    >>> _ = l1_distances(torch.randn(1, 5, 3), torch.randn(1, 2, 3))
+    >>> last_path() in ("native", "eager")
+    True
+    """
+    return _last_path
+
+
+def native_kernels_available() -> bool:
+    """True when the native loops are compiled (or compile now) and enabled for float CPU tensors."""
+    return native_enabled() and load_library("fused_kernels.cpp") is not None
+
+
+def _native_function(name: str, tensor: torch.Tensor) -> Callable | None:
+    global _last_path
+    usable = tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64)
+    library = load_library(_SIGNATURES[name][0]) if usable and native_enabled() else None
+    if library is None:
+        _last_path = "eager"
+        return None
+    _last_path = "native"
+    return _bind(library, f"{name}_{'f32' if tensor.dtype == torch.float32 else 'f64'}", name)
+
+
+@cache
+def _bind(library: ctypes.CDLL, symbol: str, name: str) -> Callable:
+    _, pointers, extra = _SIGNATURES[name]
+    function = getattr(library, symbol)
+    function.argtypes = [*(_POINTER,) * pointers, _SIZE, _SIZE, _SIZE, _SIZE, *extra]
+    function.restype = None
+    return function
+
+
+@lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="anyconv")
+
+
+def _row_ranges(rows: int) -> list[tuple[int, int]]:
+    """Split the fields between torch's threads, in multiples of the kernels' 4-field blocks."""
+    threads = max(1, min(torch.get_num_threads(), rows // _ROWS_PER_THREAD))
+    step = -(-rows // threads)
+    step += -step % 4
+    return [(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+def _run(calls: list[Callable[[], None]]) -> None:
+    """Run the calls on threads (ctypes releases the GIL during each foreign call)."""
+    if len(calls) == 1:
+        calls[0]()
+    else:
+        for future in [_pool().submit(call) for call in calls]:
+            future.result()
+
+
+def _padded_filters(filters: torch.Tensor) -> torch.Tensor:
+    """(G, O, K) -> (G, K, O') with O' the next multiple of the kernels' channel block, zero filled."""
+    groups, outputs, taps = filters.shape
+    lanes = 256 // filters.element_size()
+    padded = filters.new_zeros((groups, taps, -(-outputs // lanes) * lanes))
+    padded[:, :, :outputs] = filters.transpose(1, 2)
+    return padded
+
+
+def _padded_rows(rows: torch.Tensor, width: int) -> torch.Tensor:
+    """(G, M, O) -> contiguous (G, M, width), zero filled past O."""
+    if rows.shape[-1] == width:
+        return rows.contiguous()
+    padded = rows.new_zeros((*rows.shape[:-1], width))
+    padded[..., : rows.shape[-1]] = rows
+    return padded
+
+
+def _native_forward(function: Callable, fields: torch.Tensor, filters: torch.Tensor, *extra) -> torch.Tensor:
+    fields = fields.contiguous()
+    groups, rows, taps = fields.shape
+    transposed = _padded_filters(filters)
+    width = transposed.shape[-1]
+    output = fields.new_empty((groups, rows, width))
+    size = fields.element_size()
+
+    def call(start: int, stop: int) -> None:
+        for group in range(groups):
+            function(
+                fields.data_ptr() + group * rows * taps * size,
+                transposed.data_ptr() + group * taps * width * size,
+                output.data_ptr() + group * rows * width * size,
+                taps,
+                width,
+                start,
+                stop,
+                *extra,
+            )
+
+    _run([lambda start=start, stop=stop: call(start, stop) for start, stop in _row_ranges(rows)])
+    return output[..., : filters.shape[1]]
+
+
+def _native_backward(
+    function: Callable,
+    fields: torch.Tensor,
+    filters: torch.Tensor,
+    grad: torch.Tensor,
+    *extra,
+    filter_grads: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    fields = fields.contiguous()
+    groups, rows, taps = fields.shape
+    transposed = _padded_filters(filters)
+    width = transposed.shape[-1]
+    grad = _padded_rows(grad, width)
+    grad_fields = torch.empty_like(fields)
+    ranges = _row_ranges(rows)
+    # one filter-gradient buffer per thread, summed after: no two threads write the same one
+    per_thread = fields.new_zeros((len(ranges), groups, taps, width)) if filter_grads else None
+    size = fields.element_size()
+
+    def call(index: int, start: int, stop: int) -> None:
+        for group in range(groups):
+            function(
+                fields.data_ptr() + group * rows * taps * size,
+                transposed.data_ptr() + group * taps * width * size,
+                grad.data_ptr() + group * rows * width * size,
+                grad_fields.data_ptr() + group * rows * taps * size,
+                None if per_thread is None else per_thread[index, group].data_ptr(),
+                taps,
+                width,
+                start,
+                stop,
+                *extra,
+            )
+
+    _run([lambda i=i, r=r: call(i, *r) for i, r in enumerate(ranges)])
+    if per_thread is None:
+        return grad_fields, None
+    return grad_fields, per_thread.sum(0)[:, :, : filters.shape[1]].transpose(1, 2)
+
+
+def _blocks(fields: torch.Tensor, filters: torch.Tensor) -> Iterator[slice]:
+    """Ranges of fields whose broadcast against all filters stays under EAGER_BLOCK_ELEMENTS."""
+    groups, rows, taps = fields.shape
+    step = max(1, EAGER_BLOCK_ELEMENTS // (groups * filters.shape[1] * taps))
+    for start in range(0, rows, step):
+        yield slice(start, min(start + step, rows))
+
+
+def _differences(fields: torch.Tensor, filters: torch.Tensor, rows: slice) -> torch.Tensor:
+    """p - w for a block of fields against every filter: (G, m, O, K)."""
+    return fields[:, rows, None, :] - filters[:, None, :, :]
+
+
+def _sign_times(differences: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    return torch.where(differences > 0, values, torch.where(differences < 0, -values, 0))
+
+
+def l1_distances(fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+    """``-sum_k |p_k - w_k|`` for every field against every filter: (G, M, O).
+
+    >>> import torch
+    >>> l1_distances(torch.tensor([[[1.0, 2.0]]]), torch.tensor([[[0.0, 0.0], [1.0, 4.0]]]))
+    tensor([[[-3., -2.]]])
+    """
+    function = _native_function("l1_forward", fields)
+    if function is not None:
+        return _native_forward(function, fields, filters)
+    output = fields.new_empty((fields.shape[0], fields.shape[1], filters.shape[1]))
+    for rows in _blocks(fields, filters):
+        output[:, rows] = -_differences(fields, filters, rows).abs().sum(-1)
+    return output
+
+
+def l1_backward(
+    fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor, *, adder: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gradients of :func:`l1_distances`: exact (sign) or, with ``adder``, AdderNet's clipped field rule.
+
+    Exact: d/dp = -sign(p - w), d/dw = sign(p - w). With ``adder`` the field gradient uses
+    clip(p - w, -1, 1) in place of the sign and the filter gradient is left to the caller (None).
+    """
+    function = _native_function("l1_backward", fields)
+    if function is not None:
+        return _native_backward(function, fields, filters, grad, int(adder), filter_grads=not adder)
+    grad_fields = torch.empty_like(fields)
+    grad_filters = None if adder else torch.zeros_like(filters)
+    for rows in _blocks(fields, filters):
+        differences = _differences(fields, filters, rows)
+        outer = grad[:, rows, :, None]
+        terms = differences.clamp(-1, 1) * outer if adder else _sign_times(differences, outer)
+        grad_fields[:, rows] = -terms.sum(2)
+        if grad_filters is not None:
+            grad_filters += terms.sum(1)
+    return grad_fields, grad_filters
+
+
+def tropical(fields: torch.Tensor, filters: torch.Tensor, *, minimum: bool) -> torch.Tensor:
+    """``max_k (p_k + w_k)``, or with ``minimum`` ``min_k (p_k - w_k)``: (G, M, O).
+
+    >>> import torch
+    >>> p, w = torch.tensor([[[1.0, 5.0]]]), torch.tensor([[[3.0, 0.0]]])
+    >>> tropical(p, w, minimum=False), tropical(p, w, minimum=True)
+    (tensor([[[5.]]]), tensor([[[-2.]]]))
+    """
+    function = _native_function("tropical_forward", fields)
+    if function is not None:
+        return _native_forward(function, fields, filters, int(minimum))
+    output = fields.new_empty((fields.shape[0], fields.shape[1], filters.shape[1]))
+    for rows in _blocks(fields, filters):
+        output[:, rows] = _tropical_block(fields, filters, rows, minimum)[0]
+    return output
+
+
+def _tropical_block(
+    fields: torch.Tensor, filters: torch.Tensor, rows: slice, minimum: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if minimum:
+        return _differences(fields, filters, rows).min(-1)
+    return (fields[:, rows, None, :] + filters[:, None, :, :]).max(-1)
+
+
+def tropical_backward(
+    fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor, *, minimum: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`tropical`: the winning tap (the first, on a tie) takes the whole gradient."""
+    function = _native_function("tropical_backward", fields)
+    if function is not None:
+        grad_fields, grad_filters = _native_backward(function, fields, filters, grad, int(minimum))
+        return grad_fields, grad_filters
+    groups, _, taps = fields.shape
+    grad_fields = torch.zeros_like(fields)
+    grad_filters = torch.zeros_like(filters)
+    flat_filters = grad_filters.view(groups, -1)
+    offsets = torch.arange(filters.shape[1], device=fields.device) * taps
+    for rows in _blocks(fields, filters):
+        taps_won = _tropical_block(fields, filters, rows, minimum)[1]
+        block_grad = grad[:, rows]
+        grad_fields[:, rows] = grad_fields[:, rows].scatter_add(-1, taps_won, block_grad)
+        filter_terms = -block_grad if minimum else block_grad
+        flat_index = (taps_won + offsets).reshape(groups, -1)
+        flat_filters.scatter_add_(1, flat_index, filter_terms.reshape(groups, -1))
+    return grad_fields, grad_filters
+
+
+def power_sums(fields: torch.Tensor, filters: torch.Tensor, p: float) -> torch.Tensor:
+    """``sum_k |p_k - w_k|^p`` for every field against every filter: (G, M, O).
+
+    >>> import torch
+    >>> power_sums(torch.tensor([[[1.0, 2.0]]]), torch.tensor([[[0.0, 0.0]]]), 3.0)
+    tensor([[[9.]]])
+    """
+    function = _native_function("lp_forward", fields)
+    if function is not None:
+        return _native_forward(function, fields, filters, float(p))
+    output = fields.new_empty((fields.shape[0], fields.shape[1], filters.shape[1]))
+    for rows in _blocks(fields, filters):
+        output[:, rows] = _magnitude_power(_differences(fields, filters, rows), p).sum(-1)
+    return output
+
+
+def _magnitude_power(differences: torch.Tensor, power: float) -> torch.Tensor:
+    """|e|^power with 0 at e = 0 for every power (as the native loops define it)."""
+    magnitude = differences.abs()
+    return torch.where(magnitude > 0, magnitude.pow(power), 0)
+
+
+def power_sums_backward(
+    fields: torch.Tensor, filters: torch.Tensor, scale: torch.Tensor, p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of ``-sum scale * S / p`` (S from :func:`power_sums`), scale (G, M, O) held fixed.
+
+    Field: -sum_o scale |e|^(p-1) sign(e); filter: the same sum over fields with a + sign (e = p - w).
+    """
+    function = _native_function("lp_backward", fields)
+    if function is not None:
+        grad_fields, grad_filters = _native_backward(function, fields, filters, scale, float(p))
+        return grad_fields, grad_filters
+    grad_fields = torch.empty_like(fields)
+    grad_filters = torch.zeros_like(filters)
+    for rows in _blocks(fields, filters):
+        differences = _differences(fields, filters, rows)
+        terms = _sign_times(differences, scale[:, rows, :, None] * _magnitude_power(differences, p - 1))
+        grad_fields[:, rows] = -terms.sum(2)
+        grad_filters += terms.sum(1)
+    return grad_fields, grad_filters

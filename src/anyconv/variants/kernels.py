@@ -1,0 +1,93 @@
+"""The kernel variants of Kervolution (Wang et al., CVPR 2019): ``rbf`` and ``polynomial``.
+
+Both are one matrix product plus norms; their options may be learnable, one per output channel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Option, Variant
+from .options import check_finite, check_positive, check_positive_integer
+from .squared import squared_distances, squared_distances_backward
+
+
+class RBF(Variant):
+    """``exp(-gamma * sum (p - w)^2)``, the Gaussian kernel of Kervolution.
+
+    Option ``gamma`` > 0, a number or a tensor with one value per output channel (learnable,
+    as in the paper). Its default ``None`` means ``1 / taps`` (taps = in_channels // groups
+    x kernel volume), so an untrained layer's outputs are not all exp(-large) = 0.
+
+    >>> import torch
+    >>> variant = RBF(gamma=0.25)
+    >>> variant.contract(torch.tensor([[[1.0, 2.0]]]), torch.tensor([[[1.0, 0.0]]]), **variant.options)
+    tensor([[[0.3679]]])
+    """
+
+    name = "rbf"
+    defaults = {"gamma": None}
+    per_channel = ("gamma",)
+
+    def check_option(self, option: str, value: Option) -> None:
+        if value is not None:
+            check_positive(option, value, self.name)
+
+    def contract(
+        self, fields: torch.Tensor, filters: torch.Tensor, gamma: Option | None = None
+    ) -> torch.Tensor:
+        gamma = 1 / fields.shape[-1] if gamma is None else gamma
+        return torch.exp(squared_distances(fields, filters) * -gamma)
+
+    def contract_backward(
+        self, fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor, gamma: Option | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        gamma = 1 / fields.shape[-1] if gamma is None else gamma
+        output = self.contract(fields, filters, gamma)
+        return squared_distances_backward(fields, filters, output.mul_(grad) * -gamma)
+
+    def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
+        return 2 * fields_per_chunk * filters
+
+
+class Polynomial(Variant):
+    """``(sum p * w + c)^degree``, the polynomial kernel of Kervolution.
+
+    Options: ``degree``, a positive int (default 3); ``c``, a number or a tensor with one value
+    per output channel, learnable as in the paper (default 1.0).
+
+    >>> import torch
+    >>> variant = Polynomial(degree=2, c=1.0)
+    >>> variant.contract(torch.tensor([[[1.0, 2.0]]]), torch.tensor([[[1.0, 1.0]]]), **variant.options)
+    tensor([[[16.]]])
+    """
+
+    name = "polynomial"
+    defaults = {"degree": 3, "c": 1.0}
+    per_channel = ("c",)
+
+    def check_option(self, option: str, value: Option) -> None:
+        if option == "degree":
+            check_positive_integer(option, value, self.name)
+        else:
+            check_finite(option, value, self.name)
+
+    def contract(
+        self, fields: torch.Tensor, filters: torch.Tensor, degree: int = 3, c: Option = 1.0
+    ) -> torch.Tensor:
+        return (torch.bmm(fields, filters.transpose(1, 2)) + c).pow(degree)
+
+    def contract_backward(
+        self,
+        fields: torch.Tensor,
+        filters: torch.Tensor,
+        grad: torch.Tensor,
+        degree: int = 3,
+        c: Option = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        shifted = torch.bmm(fields, filters.transpose(1, 2)) + c
+        scale = shifted.pow_(degree - 1).mul_(grad) * degree
+        return torch.bmm(scale, filters), torch.bmm(scale.transpose(1, 2), fields)
+
+    def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
+        return 2 * fields_per_chunk * filters
