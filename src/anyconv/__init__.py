@@ -12,6 +12,7 @@ from .errors import ArgumentError, ArgumentTypeError
 from .functional import fold, patches, unfold
 from .geometry import Geometry, make_geometry
 from .geometry.summary import Summary, explain
+from .nn import convert
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,7 @@ __all__ = [
     "Summary",
     "conv",
     "conv_transpose",
+    "convert",
     "explain",
     "fold",
     "generalized_conv",

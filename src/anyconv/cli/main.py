@@ -7,21 +7,16 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import ArgumentError, ArgumentTypeError
-from . import bench, check, explain
+from . import bench, check, demo, explain
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``anyconv SUBCOMMAND [options]`` and return the exit code."""
     parser = argparse.ArgumentParser(prog="anyconv", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="the main job: check the unfold + matmul recipe against torch")
-    for command in (explain, check, bench):
+    for command in (demo, explain, check, bench):
         command.add_parser(commands)
     arguments = parser.parse_args(argv)
-    if arguments.command == "demo":
-        from . import recipe_check
-
-        return recipe_check.run()
     return run_or_refuse(arguments)
 
 

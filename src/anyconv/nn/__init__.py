@@ -2,6 +2,7 @@
 
 from .conv import Conv1d, Conv2d, Conv3d, ConvNd
 from .conv_transpose import ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
+from .convert import convert
 from .fold import Fold
 from .generalized import GeneralizedConv1d, GeneralizedConv2d, GeneralizedConv3d, GeneralizedConvNd
 from .unfold import Unfold
@@ -20,4 +21,5 @@ __all__ = [
     "GeneralizedConv3d",
     "GeneralizedConvNd",
     "Unfold",
+    "convert",
 ]

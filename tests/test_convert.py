@@ -1,0 +1,243 @@
+"""anyconv.convert: every conv swapped for its generalized twin, parameters and checkpoints kept."""
+
+import io
+
+import pytest
+import torch
+
+import anyconv
+from anyconv.nn import (
+    Conv1d,
+    Conv2d,
+    ConvNd,
+    GeneralizedConv1d,
+    GeneralizedConv2d,
+    GeneralizedConv3d,
+    GeneralizedConvNd,
+    convert,
+)
+from anyconv.variants import Variant
+
+GENERALIZED = (GeneralizedConv1d, GeneralizedConv2d, GeneralizedConv3d, GeneralizedConvNd)
+
+
+class Mixed(torch.nn.Module):
+    """Conv2d (strided, grouped) -> Conv1d over the flattened grid -> Linear."""
+
+    def __init__(self, dtype=torch.float64):
+        super().__init__()
+        self.image = torch.nn.Sequential(
+            torch.nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=2, dtype=dtype), torch.nn.ReLU()
+        )
+        self.signal = torch.nn.Conv1d(8, 6, 3, padding=1, bias=False, dtype=dtype)
+        self.head = torch.nn.Linear(6, 3, dtype=dtype)
+
+    def forward(self, x):
+        return self.head(self.signal(self.image(x).flatten(2)).mean(-1))
+
+
+class ScaledDot(Variant):
+    """A user variant with a per-channel option, to see tensor options copied per layer."""
+
+    name = "scaled_dot"
+    defaults = {"scale": 1.0}
+    per_channel = ("scale",)
+
+    def contract(self, fields, filters, scale):
+        return torch.matmul(fields, filters.transpose(-1, -2)) * scale
+
+
+def torch_convs_left(model):
+    return [
+        name
+        for name, layer in model.named_modules()
+        if isinstance(layer, torch.nn.modules.conv._ConvNd)
+        and not layer.transposed
+        and not isinstance(layer, GENERALIZED)
+    ]
+
+
+def test_mixed_model_keeps_every_parameter_and_checkpoint():
+    torch.manual_seed(0)
+    model = Mixed()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    parameters = dict(model.named_parameters())
+    checkpoint = io.BytesIO()
+    torch.save(model.state_dict(), checkpoint)
+    x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
+    expected = model(x)
+
+    returned = convert(model, "dot")
+
+    assert returned is model
+    assert isinstance(model.image[0], GeneralizedConv2d) and isinstance(model.signal, GeneralizedConv1d)
+    assert isinstance(model.head, torch.nn.Linear)
+    assert torch_convs_left(model) == []
+    assert list(model.state_dict()) == list(before)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]) and value.dtype == before[name].dtype, name
+    for name, parameter in model.named_parameters():
+        assert parameter is parameters[name], name
+    checkpoint.seek(0)
+    model.load_state_dict(torch.load(checkpoint), strict=True)
+    torch.testing.assert_close(model(x), expected)
+
+
+CONSTRUCTOR_CASES = [
+    dict(id="conv1d-defaults", make=lambda: torch.nn.Conv1d(3, 5, 4)),
+    dict(id="conv2d-same-dilated", make=lambda: torch.nn.Conv2d(2, 4, (3, 2), padding="same", dilation=2)),
+    dict(
+        id="conv2d-reflect-nobias",
+        make=lambda: torch.nn.Conv2d(2, 4, 3, padding=1, padding_mode="reflect", bias=False),
+    ),
+    dict(id="conv3d-grouped", make=lambda: torch.nn.Conv3d(4, 4, 2, stride=(1, 2, 1), groups=4)),
+    dict(id="anyconv-conv2d-circular", make=lambda: Conv2d(2, 3, 3, padding=(1, 2), padding_mode="circular")),
+    dict(id="anyconv-convNd-4d", make=lambda: ConvNd(2, 3, (2, 2, 2, 2), padding=1, stride=2)),
+    dict(id="float64", make=lambda: torch.nn.Conv1d(2, 2, 3, dtype=torch.float64)),
+]
+
+
+@pytest.mark.parametrize("case", CONSTRUCTOR_CASES, ids=[case["id"] for case in CONSTRUCTOR_CASES])
+def test_constructor_arguments_and_output_kept(case):
+    torch.manual_seed(0)
+    layer = case["make"]()
+    twin = convert(layer, "dot")
+    assert type(twin) is {1: GeneralizedConv1d, 2: GeneralizedConv2d, 3: GeneralizedConv3d}.get(
+        len(layer.kernel_size), GeneralizedConvNd
+    )
+    for attribute in (
+        "in_channels",
+        "out_channels",
+        "kernel_size",
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+        "padding_mode",
+        "output_padding",
+        "transposed",
+    ):
+        assert getattr(twin, attribute) == getattr(layer, attribute), attribute
+    assert twin.weight is layer.weight and twin.bias is layer.bias
+    assert twin.weight.device == layer.weight.device
+    x = torch.randn(2, layer.in_channels, *(7,) * len(layer.kernel_size), dtype=layer.weight.dtype)
+    torch.testing.assert_close(twin(x), layer(x), atol=1e-5, rtol=1e-5)
+
+
+def test_include_chooses_layers_by_name_and_layer():
+    model = Mixed()
+    seen = []
+
+    def only_2d(name, layer):
+        seen.append(name)
+        return isinstance(layer, torch.nn.Conv2d)
+
+    convert(model, "dot", include=only_2d)
+    assert seen == ["image.0", "signal"]
+    assert isinstance(model.image[0], GeneralizedConv2d)
+    assert type(model.signal) is torch.nn.Conv1d
+
+
+def test_transposed_and_generalized_layers_left_alone():
+    up = torch.nn.ConvTranspose2d(2, 2, 3)
+    done = GeneralizedConv2d(2, 2, 3, variant=ScaledDot)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3), up, done)
+    convert(model, "dot")
+    assert model[1] is up and model[2] is done and done.variant.name == "scaled_dot"
+    assert isinstance(model[0], GeneralizedConv2d)
+
+
+def test_shared_layer_stays_shared():
+    shared = torch.nn.Conv1d(2, 2, 3, padding=1)
+    model = torch.nn.Sequential(shared, torch.nn.Sequential(shared))
+    convert(model, "dot")
+    assert isinstance(model[0], GeneralizedConv1d) and model[1][0] is model[0]
+
+
+def test_nested_model_and_training_mode_kept():
+    model = torch.nn.Sequential(
+        torch.nn.Sequential(Conv1d(1, 2, 3)), torch.nn.Sequential(torch.nn.Conv1d(2, 2, 1))
+    )
+    model.eval()
+    convert(model, "dot", memory_budget=4096)
+    assert all(not layer.training for layer in model.modules())
+    assert model[0][0].memory_budget == 4096 and isinstance(model[1][0], GeneralizedConv1d)
+
+
+def test_tensor_options_copied_per_layer_on_its_dtype():
+    model = torch.nn.Sequential(
+        torch.nn.Conv1d(2, 3, 1, dtype=torch.float64), torch.nn.Conv1d(3, 3, 1, dtype=torch.float64)
+    )
+    scale = torch.full((3,), 2.0)
+    convert(model, ScaledDot, scale=scale)
+    first, second = model[0].variant_options["scale"], model[1].variant_options["scale"]
+    assert first is not second and first.dtype == torch.float64 and torch.equal(first, scale.double())
+    assert "0.variant_options.scale" in model.state_dict()
+    x = torch.randn(1, 2, 4, dtype=torch.float64)
+    model(x).sum().backward()
+    assert first.grad is not None
+
+
+def test_top_level_anyconv_module():
+    layer = anyconv.nn.Conv3d(1, 1, 2)
+    twin = anyconv.convert(layer, "dot")
+    assert isinstance(twin, GeneralizedConv3d) and isinstance(twin, torch.nn.Conv3d)
+
+
+class OwnComputation(torch.nn.Conv2d):
+    def forward(self, input):
+        return super().forward(input) * 2
+
+
+BAD_CALLS = [
+    dict(id="not-a-module", call=lambda: convert("model", "dot"), error=TypeError, match="module='model'"),
+    dict(
+        id="unknown-variant", call=lambda: convert(Mixed(), "nope"), error=ValueError, match="variant='nope'"
+    ),
+    dict(
+        id="unknown-option", call=lambda: convert(Mixed(), "dot", gamma=1.0), error=ValueError, match="gamma"
+    ),
+    dict(
+        id="include-not-callable",
+        call=lambda: convert(Mixed(), "dot", include="image"),
+        error=TypeError,
+        match="include='image'",
+    ),
+    dict(
+        id="budget-zero",
+        call=lambda: convert(Mixed(), "dot", memory_budget=0),
+        error=ValueError,
+        match="memory_budget=0",
+    ),
+    dict(
+        id="budget-float",
+        call=lambda: convert(Mixed(), "dot", memory_budget=1e6),
+        error=TypeError,
+        match="memory_budget=1000000.0",
+    ),
+    dict(
+        id="own-computation",
+        call=lambda: convert(torch.nn.Sequential(OwnComputation(1, 1, 1)), "dot"),
+        error=ValueError,
+        match="layer '0' is a OwnComputation",
+    ),
+    dict(
+        id="lazy",
+        call=lambda: convert(torch.nn.Sequential(torch.nn.LazyConv2d(2, 3)), "dot"),
+        error=ValueError,
+        match="run one forward",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", BAD_CALLS, ids=[case["id"] for case in BAD_CALLS])
+def test_bad_calls_are_refused_before_any_change(case):
+    with pytest.raises(case["error"], match=case["match"]):
+        case["call"]()
+
+
+def test_refusal_leaves_model_untouched():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), OwnComputation(1, 1, 1))
+    with pytest.raises(ValueError):
+        convert(model, "dot")
+    assert type(model[0]) is torch.nn.Conv2d
