@@ -27,8 +27,9 @@ def conv(
     """``F.conv1d/2d/3d`` for any N (``weight.dim() - 2``), computed as fields times weights.
 
     Every padding form ('same', 'valid', ints, per-side pairs) and mode (zeros, reflect,
-    replicate, circular), groups, unbatched input. The fields are unfolded in chunks of at most
-    ``memory_budget`` bytes and multiplied with the weights as one matrix product per chunk;
+    replicate, circular), groups, unbatched input. Chunks of at most ``memory_budget`` bytes
+    multiply the fields with the weights: copied as rows, one product per chunk, or, at stride 1,
+    read as shifted views of the input, one product per kernel tap (``engine.shifted_views``);
     torch's native convolution is never called.
 
     >>> import torch, torch.nn.functional as F

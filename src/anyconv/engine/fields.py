@@ -35,6 +35,18 @@ def chunk_slab(input: torch.Tensor, geometry: Geometry, chunk: Chunk) -> torch.T
     return slab
 
 
+def chunk_image(input: torch.Tensor, geometry: Geometry, chunk: Chunk) -> torch.Tensor:
+    """The zero-padded input that ``chunk`` reads, channels first: (b, C, *slab)."""
+    samples, channels = chunk.samples.stop - chunk.samples.start, input.shape[1]
+    source, target = _interior(geometry, chunk)
+    block = input[(chunk.samples, slice(None), *source)]
+    if not geometry.is_padded:
+        return block.contiguous()
+    image = input.new_zeros((samples, channels, *chunk.geometry.input_size))
+    image[(slice(None), slice(None), *target)] = block
+    return image
+
+
 def _interior(geometry: Geometry, chunk: Chunk) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
     """Where the input overlaps the chunk's padded slab: (input slices, slab slices) per dim."""
     source, target = [], []
@@ -95,8 +107,16 @@ def add_field_grads(
     # (G, b, *out, *kernel, Cg) -> (b, G, Cg, *kernel, *out), the layout add_blocks reads
     order = (1, 0, 2 + 2 * ndim, *range(2 + ndim, 2 + 2 * ndim), *range(2, 2 + ndim))
     add_blocks(image, blocks.permute(order), fields_geometry)
+    add_image_grad(grad_input, slab.movedim(-1, 1), geometry, chunk)
+
+
+def add_image_grad(grad_input: torch.Tensor, image: torch.Tensor, geometry: Geometry, chunk: Chunk) -> None:
+    """Add the gradient of ``chunk``'s padded input (b, C, *slab), any strides, into ``grad_input``.
+
+    The adjoint of :func:`chunk_image` (and of :func:`chunk_slab`): the padding is cropped away.
+    """
     source, target = _interior(geometry, chunk)
-    grad_input[(chunk.samples, slice(None), *source)] += slab[(slice(None), *target)].movedim(-1, 1)
+    grad_input[(chunk.samples, slice(None), *source)] += image[(slice(None), slice(None), *target)]
 
 
 def filters_of(weight: torch.Tensor, groups: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ from ..variants import Variant, resolve_variant
 from .arguments import check_conv_tensors
 from .chunks import DEFAULT_MEMORY_BUDGET, plan_chunks
 from .contraction import GeneralizedConvFunction, Plan
+from .shifted_views import ShiftedViewsFunction, TapwisePlan, shifted_views_fit
 
 
 def generalized_conv(
@@ -55,6 +56,20 @@ def generalized_conv(
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
     if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
         raise invalid("memory_budget", memory_budget, "a positive number of bytes")
+    if variant.tapwise and shifted_views_fit(geometry, weight):
+        # the chunk's working memory is its padded input and its output grid, per position
+        bytes_per_position = batched.element_size() * (batched.shape[1] + weight.shape[0])
+        chunks = plan_chunks(geometry, batched.shape[0], bytes_per_position, budget)
+        output = ShiftedViewsFunction.apply(batched, weight, TapwisePlan(geometry, groups, chunks))
+    else:
+        output = _fields_times_filters(batched, weight, variant, geometry, groups, budget)
+    if bias is not None:
+        output = output + bias.reshape(-1, *(1,) * ndim)
+    return output.squeeze(0) if was_unbatched else output
+
+
+def _fields_times_filters(batched, weight, variant, geometry, groups, budget) -> torch.Tensor:
+    """The general path: each chunk's fields copied as rows, handed to the variant."""
     fields_per_group = weight[0].numel()
     filters_per_group = weight.shape[0] // groups
     working = variant.working_elements(1, fields_per_group, filters_per_group)
@@ -63,7 +78,4 @@ def generalized_conv(
     tensors = {name: value for name, value in variant.options.items() if isinstance(value, torch.Tensor)}
     fixed = tuple((name, value) for name, value in variant.options.items() if name not in tensors)
     plan = Plan(geometry, groups, chunks, variant, tuple(tensors), fixed)
-    output = GeneralizedConvFunction.apply(batched, weight, plan, *tensors.values())
-    if bias is not None:
-        output = output + bias.reshape(-1, *(1,) * ndim)
-    return output.squeeze(0) if was_unbatched else output
+    return GeneralizedConvFunction.apply(batched, weight, plan, *tensors.values())

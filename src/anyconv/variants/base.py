@@ -42,6 +42,16 @@ class Variant:
     #: options that may be tensors with one value per output channel (learnable in the papers)
     per_channel: ClassVar[tuple[str, ...]] = ()
 
+    #: True only when ``contract`` is exactly ``sum(p * w)`` with no options: the engine may then
+    #: skip copying the fields and multiply shifted views of the input, one product per kernel
+    #: tap (anyconv.engine.shifted_views). A subclass that redefines ``contract`` is reset to False.
+    tapwise: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "contract" in vars(cls) and "tapwise" not in vars(cls):
+            cls.tapwise = False
+
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.defaults))
         if unknown:

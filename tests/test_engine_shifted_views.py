@@ -1,0 +1,212 @@
+"""The shifted-views path (one product per kernel tap on views of the input): equal to torch's
+convolution forward and backward for any stride, dilation, padding and groups, and chosen by the
+engine only for the dot variant where it is the faster path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference_conv import naive_conv
+
+import anyconv
+from anyconv.engine import shifted_views
+from anyconv.engine.chunks import plan_chunks
+from anyconv.engine.shifted_views import ShiftedViewsFunction, TapLayout, TapwisePlan
+from anyconv.functional.pad import pad
+from anyconv.geometry import make_geometry
+from anyconv.variants import Dot
+
+DOUBLE = torch.float64
+TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def shifted_conv(x, w, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", budget=2**22):
+    """ShiftedViewsFunction called directly, for any stride (the engine picks it for stride 1)."""
+    geometry = make_geometry(x.shape[2:], w.shape[2:], stride, padding, dilation, padding_mode)
+    if geometry.padding_mode != "zeros" and geometry.is_padded:
+        x = pad(x, geometry)
+        geometry = make_geometry(
+            geometry.padded_size, geometry.kernel_size, geometry.stride, 0, geometry.dilation
+        )
+    chunks = plan_chunks(geometry, x.shape[0], x.element_size() * (x.shape[1] + w.shape[0]), budget)
+    return ShiftedViewsFunction.apply(x, w, TapwisePlan(geometry, groups, chunks))
+
+
+def torch_conv(x, w, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):
+    """torch's convolution, after an explicit F.pad for padding modes and per-side pairs."""
+    ndim = w.dim() - 2
+    if padding_mode != "zeros" or not isinstance(padding, (int, str)):
+        amount = [padding] * ndim if isinstance(padding, int) else list(padding)
+        pairs = [item if isinstance(item, tuple) else (item, item) for item in amount]
+        mode = "constant" if padding_mode == "zeros" else padding_mode
+        x = F.pad(x, [side for pair in reversed(pairs) for side in pair], mode=mode)
+        padding = 0
+    return TORCH_CONV[ndim](x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def _assert_matches(case, reference=torch_conv, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(case["input"], dtype=DOUBLE, generator=generator, requires_grad=True)
+    w = torch.randn(case["weight"], dtype=DOUBLE, generator=generator, requires_grad=True)
+    options = {
+        key: case[key] for key in ("stride", "padding", "dilation", "groups", "padding_mode") if key in case
+    }
+    ours = shifted_conv(x, w, **options, budget=case.get("budget", 2**22))
+    expected = reference(x, w, **options)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-10)
+    if not expected.requires_grad:
+        return
+    grad = torch.randn(expected.shape, dtype=DOUBLE, generator=generator)
+    ours_grads = torch.autograd.grad(ours, (x, w), grad)
+    expected_grads = torch.autograd.grad(expected, (x, w), grad)
+    for mine, theirs in zip(ours_grads, expected_grads):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-10)
+
+
+CASES = [
+    dict(id="2d-s1-p1", input=(3, 4, 9, 9), weight=(5, 4, 3, 3), padding=1),
+    dict(id="2d-s2-p1", input=(3, 4, 10, 9), weight=(6, 4, 3, 3), stride=2, padding=1),
+    dict(id="2d-s3-odd", input=(2, 3, 11, 13), weight=(4, 3, 3, 2), stride=(3, 2), padding=(2, 0)),
+    dict(id="2d-dilated-strided", input=(2, 6, 12, 11), weight=(6, 2, 3, 3), stride=2, dilation=3, groups=3),
+    dict(id="2d-groups", input=(2, 8, 7, 7), weight=(8, 2, 3, 3), padding=1, groups=4),
+    dict(id="2d-depthwise", input=(2, 4, 6, 6), weight=(8, 1, 3, 3), padding=1, groups=4),
+    dict(id="2d-1x1", input=(2, 5, 6, 7), weight=(3, 5, 1, 1)),
+    dict(id="2d-same", input=(2, 3, 8, 7), weight=(4, 3, 5, 3), padding="same"),
+    dict(id="2d-per-side", input=(2, 3, 8, 7), weight=(4, 3, 3, 3), padding=((2, 0), (1, 3))),
+    dict(id="2d-reflect", input=(2, 3, 8, 8), weight=(4, 3, 3, 3), padding=2, padding_mode="reflect"),
+    dict(
+        id="2d-circular-s2",
+        input=(2, 3, 8, 8),
+        weight=(4, 3, 3, 3),
+        padding=1,
+        stride=2,
+        padding_mode="circular",
+    ),
+    dict(id="2d-replicate", input=(2, 3, 8, 8), weight=(4, 3, 3, 3), padding=1, padding_mode="replicate"),
+    dict(id="2d-row-chunks", input=(3, 4, 12, 12), weight=(8, 4, 3, 3), padding=1, budget=200),
+    dict(id="2d-row-chunks-s2", input=(3, 4, 12, 12), weight=(8, 2, 3, 3), stride=2, groups=2, budget=1),
+    dict(id="1d", input=(3, 4, 20), weight=(5, 4, 5), stride=3, padding=4),
+    dict(id="1d-dilated", input=(2, 2, 17), weight=(3, 2, 3), dilation=4, padding=2),
+    dict(id="3d", input=(2, 4, 6, 5, 7), weight=(4, 2, 3, 2, 3), padding=1, stride=(1, 2, 1), groups=2),
+    dict(id="3d-dilated", input=(2, 2, 7, 6, 5), weight=(3, 2, 2, 2, 2), padding=1, dilation=2),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case["id"] for case in CASES])
+def test_shifted_views_match_torch_forward_and_gradients(case):
+    _assert_matches(case)
+
+
+FOUR_D_CASES = [
+    dict(id="4d-s1", input=(2, 4, 5, 4, 5, 4), weight=(3, 4, 3, 2, 3, 2), padding=1),
+    dict(
+        id="4d-strided-groups",
+        input=(1, 4, 6, 5, 5, 6),
+        weight=(4, 2, 2, 3, 2, 3),
+        stride=(2, 1, 2, 2),
+        groups=2,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", FOUR_D_CASES, ids=[case["id"] for case in FOUR_D_CASES])
+def test_shifted_views_beyond_3d_match_the_naive_loop(case):
+    _assert_matches(case, reference=naive_conv)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_shifted_views_gradcheck(stride):
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 5, 6, dtype=DOUBLE, generator=generator, requires_grad=True)
+    w = torch.randn(4, 2, 3, 2, dtype=DOUBLE, generator=generator, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, w: shifted_conv(x, w, stride=stride, padding=1, dilation=(1, 2), groups=2, budget=64),
+        (x, w),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ndim=st.integers(1, 3),
+    data=st.data(),
+)
+def test_shifted_views_match_torch_on_random_geometries(ndim, data):
+    groups = data.draw(st.sampled_from([1, 2, 3]))
+    kernel = tuple(data.draw(st.integers(1, 3)) for _ in range(ndim))
+    dilation = tuple(data.draw(st.integers(1, 3)) for _ in range(ndim))
+    stride = tuple(data.draw(st.integers(1, 3)) for _ in range(ndim))
+    span = [dilation[axis] * (kernel[axis] - 1) + 1 for axis in range(ndim)]
+    mode = data.draw(st.sampled_from(["zeros", "zeros", "reflect", "replicate", "circular"]))
+    padding_amount = data.draw(st.integers(0, 2))
+    size = tuple(max(span[axis] + data.draw(st.integers(0, 5)), padding_amount + 1) for axis in range(ndim))
+    padding = data.draw(st.sampled_from(["int", "valid", "same"])) if mode == "zeros" else "int"
+    if padding == "same" and any(step > 1 for step in stride):
+        padding = "int"
+    case = dict(
+        input=(data.draw(st.integers(1, 3)), groups * data.draw(st.integers(1, 3)), *size),
+        weight=(groups * data.draw(st.integers(1, 2)), None, *kernel),
+        stride=stride,
+        dilation=dilation,
+        groups=groups,
+        padding=padding_amount if padding == "int" else padding,
+        padding_mode=mode,
+        budget=data.draw(st.sampled_from([1, 500, 2**22])),
+    )
+    case["weight"] = (case["weight"][0], case["input"][1] // groups, *kernel)
+    _assert_matches(case, seed=data.draw(st.integers(0, 1000)))
+
+
+def test_tap_layout_places_every_tap_on_its_phase_and_shift():
+    layout = TapLayout(make_geometry((7, 8), (2, 3), stride=(2, 3), dilation=(3, 1)))
+    assert layout.phase_size == (4, 3)
+    # tap (1, 2): offset (3, 2) -> phase (1, 2) of (2, 3) = 5, shift (1, 0) places = 3
+    assert layout.taps[1 * 3 + 2] == (5, 3)
+    assert layout.columns == 4 * 3 - 3
+
+
+def test_engine_takes_shifted_views_for_dot_at_stride_1_only(monkeypatch):
+    calls = []
+    original = ShiftedViewsFunction.apply
+    monkeypatch.setattr(ShiftedViewsFunction, "apply", lambda *args: calls.append(1) or original(*args))
+    x, w = torch.randn(2, 8, 6, 6, dtype=DOUBLE), torch.randn(4, 8, 3, 3, dtype=DOUBLE)
+    anyconv.conv(x, w, padding=1)
+    assert calls == [1]
+    anyconv.conv(x, w, stride=2)
+    anyconv.generalized_conv(x, w, "l2", padding=1)
+    anyconv.conv(torch.randn(2, 8, 6, 6, dtype=DOUBLE), torch.randn(8, 1, 3, 3, dtype=DOUBLE), groups=8)
+    assert calls == [1]
+
+
+def test_fit_rule_keeps_depthwise_and_strided_on_copied_fields():
+    geometry = make_geometry((8, 8), 3, padding=1)
+    few = shifted_views.MIN_CHANNELS_PER_GROUP - 1
+    assert shifted_views.shifted_views_fit(
+        geometry, torch.empty(4, shifted_views.MIN_CHANNELS_PER_GROUP, 3, 3)
+    )
+    assert not shifted_views.shifted_views_fit(geometry, torch.empty(4, few, 3, 3))
+    assert not shifted_views.shifted_views_fit(
+        make_geometry((8, 8), 3, stride=(1, 2)), torch.empty(4, 8, 3, 3)
+    )
+
+
+def test_a_subclass_that_redefines_contract_is_not_tapwise():
+    class ScaledDot(Dot):
+        name = "scaled_dot"
+
+        def contract(self, fields, filters):
+            return 2 * super().contract(fields, filters)
+
+    class NamedDot(Dot):
+        name = "named_dot"
+
+    assert Dot.tapwise and NamedDot.tapwise and not ScaledDot.tapwise
+    x, w = torch.randn(2, 4, 6, 6, dtype=DOUBLE), torch.randn(3, 4, 3, 3, dtype=DOUBLE)
+    torch.testing.assert_close(
+        anyconv.generalized_conv(x, w, ScaledDot(), padding=1),
+        2 * F.conv2d(x, w, padding=1),
+        rtol=0,
+        atol=1e-10,
+    )
