@@ -111,7 +111,8 @@ class GeneralizedConvFunction(torch.autograd.Function):
             for total, part in zip(grad_options, chunk_option_grads):
                 if total is not None and part is not None:
                     total += part.reshape(total.shape) if total.dim() == 1 else part
-        grad_weight = weight_of(grad_filters, weight) if needs_weight else None
+        # contiguous like the parameter: DDP buckets and optimisers expect its strides
+        grad_weight = weight_of(grad_filters, weight).contiguous() if needs_weight else None
         return grad_input, grad_weight, None, *grad_options
 
 

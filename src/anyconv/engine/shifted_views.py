@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,26 +36,22 @@ class TapLayout:
     """
 
     geometry: Geometry
+    # Derived once in __post_init__, not as cached_property: its lock breaks torch.compile graphs.
+    phase_size: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    """Places per phase along each dimension (the output grid): ceil(slab size / stride)."""
+    places: int = field(init=False, repr=False, compare=False)
+    """Positions of one phase, the length of its flattened channels."""
+    phases: int = field(init=False, repr=False, compare=False)
+    """How many phases the stride splits the input into: prod(stride)."""
+    taps: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
+    """(phase, shift in flat places) of each kernel tap, in the weight's tap order."""
+    columns: int = field(init=False, repr=False, compare=False)
+    """R, the grid positions each tap's view covers: every one whose taps all stay in the input."""
 
-    @cached_property
-    def phase_size(self) -> tuple[int, ...]:
-        """Places per phase along each dimension (the output grid): ceil(slab size / stride)."""
-        return tuple(-(-size // step) for size, step in zip(self.geometry.input_size, self.geometry.stride))
-
-    @cached_property
-    def places(self) -> int:
-        """Positions of one phase, the length of its flattened channels."""
-        return math.prod(self.phase_size)
-
-    @cached_property
-    def phases(self) -> int:
-        return math.prod(self.geometry.stride)
-
-    @cached_property
-    def taps(self) -> tuple[tuple[int, int], ...]:
-        """(phase, shift in flat places) of each kernel tap, in the weight's tap order."""
+    def __post_init__(self) -> None:
         geometry = self.geometry
-        place_strides = [math.prod(self.phase_size[axis + 1 :]) for axis in range(geometry.ndim)]
+        phase_size = tuple(-(-size // step) for size, step in zip(geometry.input_size, geometry.stride))
+        place_strides = [math.prod(phase_size[axis + 1 :]) for axis in range(geometry.ndim)]
         taps = []
         for tap in itertools.product(*(range(kernel) for kernel in geometry.kernel_size)):
             offsets = [index * spacing for index, spacing in zip(tap, geometry.dilation)]
@@ -68,12 +63,16 @@ class TapLayout:
                 for offset, step, place_stride in zip(offsets, geometry.stride, place_strides)
             )
             taps.append((phase, shift))
-        return tuple(taps)
-
-    @cached_property
-    def columns(self) -> int:
-        """R, the grid positions each tap's view covers: every one whose taps all stay in the input."""
-        return self.places - max(shift for _, shift in self.taps)
+        places = math.prod(phase_size)
+        derived = {
+            "phase_size": phase_size,
+            "places": places,
+            "phases": math.prod(geometry.stride),
+            "taps": tuple(taps),
+            "columns": places - max(shift for _, shift in taps),
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
 
 def _phase_slices(phase: tuple[int, ...], stride: tuple[int, ...]) -> tuple[slice, ...]:
@@ -219,4 +218,9 @@ def shifted_views_fit(geometry: Geometry, weight: torch.Tensor) -> bool:
     >>> shifted_views_fit(make_geometry((8, 8), 3, stride=2), torch.empty(4, 8, 3, 3))
     False
     """
-    return all(step == 1 for step in geometry.stride) and weight.shape[1] >= MIN_CHANNELS_PER_GROUP
+    # complex weights take the fields path, whose backward conjugates as torch's does
+    return (
+        all(step == 1 for step in geometry.stride)
+        and weight.shape[1] >= MIN_CHANNELS_PER_GROUP
+        and not weight.is_complex()
+    )
