@@ -171,24 +171,26 @@ def test_engine_takes_shifted_views_for_dot_at_stride_1_only(monkeypatch):
     calls = []
     original = ShiftedViewsFunction.apply
     monkeypatch.setattr(ShiftedViewsFunction, "apply", lambda *args: calls.append(1) or original(*args))
-    x, w = torch.randn(2, 8, 6, 6, dtype=DOUBLE), torch.randn(4, 8, 3, 3, dtype=DOUBLE)
+    x, w = torch.randn(2, 8, 32, 32, dtype=DOUBLE), torch.randn(4, 8, 3, 3, dtype=DOUBLE)
     anyconv.conv(x, w, padding=1)
     assert calls == [1]
+    anyconv.conv(x[..., :8, :8], w, padding=1)
     anyconv.conv(x, w, stride=2)
     anyconv.generalized_conv(x, w, "l2", padding=1)
     anyconv.conv(torch.randn(2, 8, 6, 6, dtype=DOUBLE), torch.randn(8, 1, 3, 3, dtype=DOUBLE), groups=8)
     assert calls == [1]
 
 
-def test_fit_rule_keeps_depthwise_and_strided_on_copied_fields():
-    geometry = make_geometry((8, 8), 3, padding=1)
+def test_fit_rule_keeps_depthwise_strided_and_small_on_copied_fields():
+    geometry = make_geometry((32, 32), 3, padding=1)
+    assert not shifted_views.shifted_views_fit(make_geometry((8, 8), 3, padding=1), torch.empty(4, 8, 3, 3))
     few = shifted_views.MIN_CHANNELS_PER_GROUP - 1
     assert shifted_views.shifted_views_fit(
         geometry, torch.empty(4, shifted_views.MIN_CHANNELS_PER_GROUP, 3, 3)
     )
     assert not shifted_views.shifted_views_fit(geometry, torch.empty(4, few, 3, 3))
     assert not shifted_views.shifted_views_fit(
-        make_geometry((8, 8), 3, stride=(1, 2)), torch.empty(4, 8, 3, 3)
+        make_geometry((64, 64), 3, stride=(1, 2)), torch.empty(4, 8, 3, 3)
     )
 
 
