@@ -24,25 +24,44 @@ def _safe_reciprocal(values: torch.Tensor) -> torch.Tensor:
     return torch.where(values > 0, values.reciprocal(), 0)
 
 
+def _remove_radial(grads: torch.Tensor, vectors: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """grads -= vectors * coefficients in place, (G, R, K) and (G, R, 1): no (G, R, K) temporary."""
+    return grads.addcmul_(vectors, coefficients, value=-1)
+
+
 def _norm_quotient_backward(
     fields: torch.Tensor,
     filters: torch.Tensor,
     scale: torch.Tensor,
-    radial: torch.Tensor,
     field_radial: torch.Tensor,
     filter_radial: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of a quotient s = p.w / den(|p|, |w|), given d loss / d s times 1/den (``scale``).
+    """Gradients of a quotient s = p.w / den(|p|, |w|), given ``scale`` = d loss / d s / den.
 
-    d s/d p = w / den - radial_p * p / |p| with radial_p = s * d den/d|p| / den; ``radial`` is
-    d loss / d s * s, and field_radial / filter_radial are d den/d|p| / (den |p|) and its twin,
-    so the radial parts are one row or column sum each.
+    d s/d p = w / den - s * (d den/d|p|) / den * p / |p|: the first part summed over filters is
+    one matrix product, the second a row sum, ``field_radial`` (G, M, 1), times p (and the
+    twins for w, ``filter_radial`` (G, O, 1)); two matrix products in all.
     """
-    grad_fields = torch.bmm(scale, filters)
-    grad_fields -= fields * (radial * field_radial).sum(2, keepdim=True)
-    grad_filters = torch.bmm(scale.transpose(1, 2), fields)
-    grad_filters -= filters * (radial * filter_radial).sum(1).unsqueeze(-1)
+    grad_fields = _remove_radial(torch.bmm(scale, filters), fields, field_radial)
+    grad_filters = _remove_radial(torch.bmm(scale.transpose(1, 2), fields), filters, filter_radial)
     return grad_fields, grad_filters
+
+
+def _project_out(grads: torch.Tensor, vectors: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """Each row of grads minus its component along the matching row of vectors, in place."""
+    along = torch.einsum("grk,grk->gr", grads, vectors).unsqueeze(-1) * _safe_reciprocal(norms.square())
+    return _remove_radial(grads, vectors, along)
+
+
+def _eps_below_rounding(field_norms: torch.Tensor, filter_norms: torch.Tensor, eps: float) -> bool:
+    """True when eps / (|p| |w|) is under the dtype's rounding for every pair of nonzero norms.
+
+    Then ``|p| |w| + eps`` and ``|p| |w|`` round alike, and the cosine's radial row and column
+    sums follow from the two products of its backward without recomputing p.w (zero fields and
+    filters have s = 0 and add nothing to them).
+    """
+    smallest = [torch.where(norms > 0, norms, torch.inf).amin() for norms in (field_norms, filter_norms)]
+    return bool(smallest[0] * smallest[1] * torch.finfo(field_norms.dtype).eps >= eps)
 
 
 class Cosine(Variant):
@@ -69,17 +88,21 @@ class Cosine(Variant):
         field_norms, filter_norms = _norms(fields, filters)
         denominator = field_norms * filter_norms + self.eps
         scale = grad / denominator
-        similarity = torch.bmm(fields, filters.transpose(1, 2)).div_(denominator)
+        if _eps_below_rounding(field_norms, filter_norms, self.eps):
+            # den = |p| |w|: d s/d p is w / den minus its part along p, so the gradient is the
+            # product's rows with their component along p removed (and its twin for w)
+            grad_fields = torch.bmm(scale, filters)
+            grad_filters = torch.bmm(scale.transpose(1, 2), fields)
+            return (
+                _project_out(grad_fields, fields, field_norms),
+                _project_out(grad_filters, filters, filter_norms.mT),
+            )
+        # eps counts: the radial sums need s itself, a third product
+        radial = scale * torch.bmm(fields, filters.transpose(1, 2)).div_(denominator)
         # d den / d|p| = |w|, so the radial factor is s |w| / (den |p|) (and its twin for w)
-        radial = scale * similarity
-        return _norm_quotient_backward(
-            fields,
-            filters,
-            scale,
-            radial,
-            filter_norms * _safe_reciprocal(field_norms),
-            field_norms * _safe_reciprocal(filter_norms),
-        )
+        field_radial = (radial * filter_norms).sum(2, keepdim=True) * _safe_reciprocal(field_norms)
+        filter_radial = (radial * field_norms).sum(1).unsqueeze(-1) * _safe_reciprocal(filter_norms.mT)
+        return _norm_quotient_backward(fields, filters, scale, field_radial, filter_radial)
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
         return 2 * fields_per_chunk * filters
@@ -127,17 +150,13 @@ class SharpenedCosine(Variant):
         similarity = torch.bmm(fields, filters.transpose(1, 2)).div_(denominator)
         magnitude = similarity.abs()
         slope = torch.where(magnitude > 0, magnitude.pow(exponent - 1) * exponent, 0)
-        scale = grad * slope / denominator
+        radial = slope.mul_(grad)
+        scale = radial / denominator
+        radial *= similarity
         # d den / d|p| = |w| + q, so the radial factor is s / ((|p| + q) |p|) (and its twin)
-        radial = scale * similarity * denominator
-        return _norm_quotient_backward(
-            fields,
-            filters,
-            scale,
-            radial,
-            _safe_reciprocal(field_scale * field_norms),
-            _safe_reciprocal(filter_scale * filter_norms),
-        )
+        field_radial = (radial / field_scale).sum(2, keepdim=True) * _safe_reciprocal(field_norms)
+        filter_radial = (radial / filter_scale).sum(1).unsqueeze(-1) * _safe_reciprocal(filter_norms.mT)
+        return _norm_quotient_backward(fields, filters, scale, field_radial, filter_radial)
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
         return 3 * fields_per_chunk * filters
