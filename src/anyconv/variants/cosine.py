@@ -47,21 +47,24 @@ def _norm_quotient_backward(
     return grad_fields, grad_filters
 
 
-def _project_out(grads: torch.Tensor, vectors: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
-    """Each row of grads minus its component along the matching row of vectors, in place."""
-    along = torch.einsum("grk,grk->gr", grads, vectors).unsqueeze(-1) * _safe_reciprocal(norms.square())
-    return _remove_radial(grads, vectors, along)
+def _radial_along(grads: torch.Tensor, vectors: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """(grads . vectors) / |vectors|^2 row by row, (G, R, 1): each row's coefficient along vectors."""
+    return torch.einsum("grk,grk->gr", grads, vectors).unsqueeze(-1) * _safe_reciprocal(norms.square())
 
 
-def _eps_below_rounding(field_norms: torch.Tensor, filter_norms: torch.Tensor, eps: float) -> bool:
-    """True when eps / (|p| |w|) is under the dtype's rounding for every pair of nonzero norms.
+def _fields_near_eps(
+    field_norms: torch.Tensor, filter_norms: torch.Tensor, eps: float
+) -> torch.Tensor | None:
+    """Indices of the fields where eps / (|p| |w|) may exceed the dtype's rounding, or None if most do.
 
-    Then ``|p| |w| + eps`` and ``|p| |w|`` round alike, and the cosine's radial row and column
-    sums follow from the two products of its backward without recomputing p.w (zero fields and
-    filters have s = 0 and add nothing to them).
+    Elsewhere ``|p| |w| + eps`` and ``|p| |w|`` round alike. Zero fields and filters are left out:
+    their s is 0, so they add nothing to the cosine's radial sums.
     """
-    smallest = [torch.where(norms > 0, norms, torch.inf).amin() for norms in (field_norms, filter_norms)]
-    return bool(smallest[0] * smallest[1] * torch.finfo(field_norms.dtype).eps >= eps)
+    rounding = torch.finfo(field_norms.dtype).eps
+    smallest_filter = torch.where(filter_norms > 0, filter_norms, torch.inf).amin()
+    near = ((field_norms > 0) & (field_norms * (smallest_filter * rounding) < eps)).squeeze(-1).any(0)
+    indices = near.nonzero().squeeze(1)
+    return None if 2 * indices.numel() > near.numel() else indices
 
 
 class Cosine(Variant):
@@ -88,21 +91,35 @@ class Cosine(Variant):
         field_norms, filter_norms = _norms(fields, filters)
         denominator = field_norms * filter_norms + self.eps
         scale = grad / denominator
-        if _eps_below_rounding(field_norms, filter_norms, self.eps):
-            # den = |p| |w|: d s/d p is w / den minus its part along p, so the gradient is the
-            # product's rows with their component along p removed (and its twin for w)
-            grad_fields = torch.bmm(scale, filters)
-            grad_filters = torch.bmm(scale.transpose(1, 2), fields)
-            return (
-                _project_out(grad_fields, fields, field_norms),
-                _project_out(grad_filters, filters, filter_norms.mT),
+        near_eps = _fields_near_eps(field_norms, filter_norms, self.eps)
+        if near_eps is None:
+            # eps counts for most fields: the radial sums need s itself, a third product
+            radial = scale * torch.bmm(fields, filters.transpose(1, 2)).div_(denominator)
+            # d den / d|p| = |w|, so the radial factor is s |w| / (den |p|) (and its twin for w)
+            field_radial = (radial * filter_norms).sum(2, keepdim=True) * _safe_reciprocal(field_norms)
+            filter_radial = (radial * field_norms).sum(1).unsqueeze(-1) * _safe_reciprocal(filter_norms.mT)
+            return _norm_quotient_backward(fields, filters, scale, field_radial, filter_radial)
+        # Where den = |p| |w|, sum_o scale s |w| / |p| = p . (scale @ W) / |p|^2: the gradient is
+        # the product's rows minus their part along p (and the twin for w), two products in all.
+        grad_fields = torch.bmm(scale, filters)
+        grad_filters = torch.bmm(scale.transpose(1, 2), fields)
+        field_radial = _radial_along(grad_fields, fields, field_norms)
+        filter_radial = _radial_along(grad_filters, filters, filter_norms.mT)
+        if near_eps.numel():
+            # the few fields where eps counts take the exact sums, from their own s
+            radial = scale[:, near_eps] * torch.bmm(fields[:, near_eps], filters.transpose(1, 2)).div_(
+                denominator[:, near_eps]
             )
-        # eps counts: the radial sums need s itself, a third product
-        radial = scale * torch.bmm(fields, filters.transpose(1, 2)).div_(denominator)
-        # d den / d|p| = |w|, so the radial factor is s |w| / (den |p|) (and its twin for w)
-        field_radial = (radial * filter_norms).sum(2, keepdim=True) * _safe_reciprocal(field_norms)
-        filter_radial = (radial * field_norms).sum(1).unsqueeze(-1) * _safe_reciprocal(filter_norms.mT)
-        return _norm_quotient_backward(fields, filters, scale, field_radial, filter_radial)
+            field_radial[:, near_eps] = (radial * filter_norms).sum(2, keepdim=True) * _safe_reciprocal(
+                field_norms[:, near_eps]
+            )
+            # their share of the column sum was taken as sum scale s den / |w|^2, eps too much
+            excess = radial.sum(1).unsqueeze(-1) * self.eps
+            filter_radial -= excess * _safe_reciprocal(filter_norms.mT.square())
+        return (
+            _remove_radial(grad_fields, fields, field_radial),
+            _remove_radial(grad_filters, filters, filter_radial),
+        )
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
         return 2 * fields_per_chunk * filters
