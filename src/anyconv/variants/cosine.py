@@ -24,25 +24,47 @@ def _safe_reciprocal(values: torch.Tensor) -> torch.Tensor:
     return torch.where(values > 0, values.reciprocal(), 0)
 
 
+def _remove_radial(grads: torch.Tensor, vectors: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """grads -= vectors * coefficients in place, (G, R, K) and (G, R, 1): no (G, R, K) temporary."""
+    return grads.addcmul_(vectors, coefficients, value=-1)
+
+
 def _norm_quotient_backward(
     fields: torch.Tensor,
     filters: torch.Tensor,
     scale: torch.Tensor,
-    radial: torch.Tensor,
     field_radial: torch.Tensor,
     filter_radial: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of a quotient s = p.w / den(|p|, |w|), given d loss / d s times 1/den (``scale``).
+    """Gradients of a quotient s = p.w / den(|p|, |w|), given ``scale`` = d loss / d s / den.
 
-    d s/d p = w / den - radial_p * p / |p| with radial_p = s * d den/d|p| / den; ``radial`` is
-    d loss / d s * s, and field_radial / filter_radial are d den/d|p| / (den |p|) and its twin,
-    so the radial parts are one row or column sum each.
+    d s/d p = w / den - s * (d den/d|p|) / den * p / |p|: the first part summed over filters is
+    one matrix product, the second a row sum, ``field_radial`` (G, M, 1), times p (and the
+    twins for w, ``filter_radial`` (G, O, 1)); two matrix products in all.
     """
-    grad_fields = torch.bmm(scale, filters)
-    grad_fields -= fields * (radial * field_radial).sum(2, keepdim=True)
-    grad_filters = torch.bmm(scale.transpose(1, 2), fields)
-    grad_filters -= filters * (radial * filter_radial).sum(1).unsqueeze(-1)
+    grad_fields = _remove_radial(torch.bmm(scale, filters), fields, field_radial)
+    grad_filters = _remove_radial(torch.bmm(scale.transpose(1, 2), fields), filters, filter_radial)
     return grad_fields, grad_filters
+
+
+def _radial_along(grads: torch.Tensor, vectors: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """(grads . vectors) / |vectors|^2 row by row, (G, R, 1): each row's coefficient along vectors."""
+    return torch.einsum("grk,grk->gr", grads, vectors).unsqueeze(-1) * _safe_reciprocal(norms.square())
+
+
+def _fields_near_eps(
+    field_norms: torch.Tensor, filter_norms: torch.Tensor, eps: float
+) -> torch.Tensor | None:
+    """Indices of the fields where eps / (|p| |w|) may exceed the dtype's rounding, or None if most do.
+
+    Elsewhere ``|p| |w| + eps`` and ``|p| |w|`` round alike. Zero fields and filters are left out:
+    their s is 0, so they add nothing to the cosine's radial sums.
+    """
+    rounding = torch.finfo(field_norms.dtype).eps
+    smallest_filter = torch.where(filter_norms > 0, filter_norms, torch.inf).amin()
+    near = ((field_norms > 0) & (field_norms * (smallest_filter * rounding) < eps)).squeeze(-1).any(0)
+    indices = near.nonzero().squeeze(1)
+    return None if 2 * indices.numel() > near.numel() else indices
 
 
 class Cosine(Variant):
@@ -69,16 +91,34 @@ class Cosine(Variant):
         field_norms, filter_norms = _norms(fields, filters)
         denominator = field_norms * filter_norms + self.eps
         scale = grad / denominator
-        similarity = torch.bmm(fields, filters.transpose(1, 2)).div_(denominator)
-        # d den / d|p| = |w|, so the radial factor is s |w| / (den |p|) (and its twin for w)
-        radial = scale * similarity
-        return _norm_quotient_backward(
-            fields,
-            filters,
-            scale,
-            radial,
-            filter_norms * _safe_reciprocal(field_norms),
-            field_norms * _safe_reciprocal(filter_norms),
+        near_eps = _fields_near_eps(field_norms, filter_norms, self.eps)
+        if near_eps is None:
+            # eps counts for most fields: the radial sums need s itself, a third product
+            radial = scale * torch.bmm(fields, filters.transpose(1, 2)).div_(denominator)
+            # d den / d|p| = |w|, so the radial factor is s |w| / (den |p|) (and its twin for w)
+            field_radial = (radial * filter_norms).sum(2, keepdim=True) * _safe_reciprocal(field_norms)
+            filter_radial = (radial * field_norms).sum(1).unsqueeze(-1) * _safe_reciprocal(filter_norms.mT)
+            return _norm_quotient_backward(fields, filters, scale, field_radial, filter_radial)
+        # Where den = |p| |w|, sum_o scale s |w| / |p| = p . (scale @ W) / |p|^2: the gradient is
+        # the product's rows minus their part along p (and the twin for w), two products in all.
+        grad_fields = torch.bmm(scale, filters)
+        grad_filters = torch.bmm(scale.transpose(1, 2), fields)
+        field_radial = _radial_along(grad_fields, fields, field_norms)
+        filter_radial = _radial_along(grad_filters, filters, filter_norms.mT)
+        if near_eps.numel():
+            # the few fields where eps counts take the exact sums, from their own s
+            radial = scale[:, near_eps] * torch.bmm(fields[:, near_eps], filters.transpose(1, 2)).div_(
+                denominator[:, near_eps]
+            )
+            field_radial[:, near_eps] = (radial * filter_norms).sum(2, keepdim=True) * _safe_reciprocal(
+                field_norms[:, near_eps]
+            )
+            # their share of the column sum was taken as sum scale s den / |w|^2, eps too much
+            excess = radial.sum(1).unsqueeze(-1) * self.eps
+            filter_radial -= excess * _safe_reciprocal(filter_norms.mT.square())
+        return (
+            _remove_radial(grad_fields, fields, field_radial),
+            _remove_radial(grad_filters, filters, filter_radial),
         )
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
@@ -127,17 +167,13 @@ class SharpenedCosine(Variant):
         similarity = torch.bmm(fields, filters.transpose(1, 2)).div_(denominator)
         magnitude = similarity.abs()
         slope = torch.where(magnitude > 0, magnitude.pow(exponent - 1) * exponent, 0)
-        scale = grad * slope / denominator
+        radial = slope.mul_(grad)
+        scale = radial / denominator
+        radial *= similarity
         # d den / d|p| = |w| + q, so the radial factor is s / ((|p| + q) |p|) (and its twin)
-        radial = scale * similarity * denominator
-        return _norm_quotient_backward(
-            fields,
-            filters,
-            scale,
-            radial,
-            _safe_reciprocal(field_scale * field_norms),
-            _safe_reciprocal(filter_scale * filter_norms),
-        )
+        field_radial = (radial / field_scale).sum(2, keepdim=True) * _safe_reciprocal(field_norms)
+        filter_radial = (radial / filter_scale).sum(1).unsqueeze(-1) * _safe_reciprocal(filter_norms.mT)
+        return _norm_quotient_backward(fields, filters, scale, field_radial, filter_radial)
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
         return 3 * fields_per_chunk * filters
