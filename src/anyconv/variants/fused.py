@@ -26,13 +26,14 @@ _ROWS_PER_THREAD = 64
 _last_path: str | None = None
 
 _POINTER, _SIZE, _FLAG, _REAL = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
-#: function -> (source file, argument types after the pointers and K, O, m0, m1)
+#: function -> (source file, pointers, argument types after K, O, m0, m1); forward loops take
+#: their number of threads first
 _SIGNATURES = {
-    "l1_forward": ("fused_kernels.cpp", 3, ()),
-    "tropical_forward": ("fused_kernels.cpp", 3, (_FLAG,)),
+    "l1_forward": ("fused_kernels.cpp", 3, (_FLAG,)),
+    "tropical_forward": ("fused_kernels.cpp", 3, (_FLAG, _FLAG)),
     "l1_backward": ("fused_kernels.cpp", 5, (_FLAG,)),
     "tropical_backward": ("fused_kernels.cpp", 5, (_FLAG,)),
-    "lp_forward": ("fused_power.cpp", 3, (_REAL,)),
+    "lp_forward": ("fused_power.cpp", 3, (_FLAG, _REAL)),
     "lp_backward": ("fused_power.cpp", 5, (_REAL,)),
 }
 
@@ -62,6 +63,13 @@ def _native_function(name: str, tensor: torch.Tensor) -> Callable | None:
         return None
     _last_path = "native"
     return _bind(library, f"{name}_{'f32' if tensor.dtype == torch.float32 else 'f64'}", name)
+
+
+@cache
+def _splits_rows_itself(source_name: str) -> bool:
+    """True when the forward loops of ``source_name`` run their rows on OpenMP threads (native.py)."""
+    library = load_library(source_name)
+    return library is not None and bool(library.anyconv_openmp())
 
 
 @cache
@@ -113,15 +121,18 @@ def _padded_rows(rows: torch.Tensor, width: int) -> torch.Tensor:
     return padded
 
 
-def _native_forward(function: Callable, fields: torch.Tensor, filters: torch.Tensor, *extra) -> torch.Tensor:
+def _native_forward(
+    name: str, function: Callable, fields: torch.Tensor, filters: torch.Tensor, *extra
+) -> torch.Tensor:
     fields = fields.contiguous()
     groups, rows, taps = fields.shape
     transposed = _padded_filters(filters)
     width = transposed.shape[-1]
     output = fields.new_empty((groups, rows, width))
     size = fields.element_size()
+    ranges = _row_ranges(rows)
 
-    def call(start: int, stop: int) -> None:
+    def call(start: int, stop: int, threads: int) -> None:
         for group in range(groups):
             function(
                 fields.data_ptr() + group * rows * taps * size,
@@ -131,10 +142,14 @@ def _native_forward(function: Callable, fields: torch.Tensor, filters: torch.Ten
                 width,
                 start,
                 stop,
+                threads,
                 *extra,
             )
 
-    _run([lambda start=start, stop=stop: call(start, stop) for start, stop in _row_ranges(rows)])
+    if _splits_rows_itself(_SIGNATURES[name][0]):
+        call(0, rows, len(ranges))
+    else:
+        _run([lambda start=start, stop=stop: call(start, stop, 1) for start, stop in ranges])
     return output[..., : filters.shape[1]]
 
 
@@ -216,7 +231,7 @@ def l1_distances(fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     """
     function = _native_function("l1_forward", fields)
     if function is not None:
-        return _native_forward(function, fields, filters)
+        return _native_forward("l1_forward", function, fields, filters)
     output = fields.new_empty((fields.shape[0], fields.shape[1], filters.shape[1]))
     for rows in _blocks(fields, filters):
         output[:, rows] = -_differences(fields, filters, rows).abs().sum(-1)
@@ -256,7 +271,7 @@ def tropical(fields: torch.Tensor, filters: torch.Tensor, *, minimum: bool) -> t
     """
     function = _native_function("tropical_forward", fields)
     if function is not None:
-        return _native_forward(function, fields, filters, int(minimum))
+        return _native_forward("tropical_forward", function, fields, filters, int(minimum))
     output = fields.new_empty((fields.shape[0], fields.shape[1], filters.shape[1]))
     for rows in _blocks(fields, filters):
         output[:, rows] = _tropical_block(fields, filters, rows, minimum)[0]
@@ -305,7 +320,7 @@ def power_sums(fields: torch.Tensor, filters: torch.Tensor, p: float) -> torch.T
     """
     function = _native_function("lp_forward", fields)
     if function is not None:
-        return _native_forward(function, fields, filters, float(p))
+        return _native_forward("lp_forward", function, fields, filters, float(p))
     output = fields.new_empty((fields.shape[0], fields.shape[1], filters.shape[1]))
     for rows in _blocks(fields, filters):
         output[:, rows] = _magnitude_power(_differences(fields, filters, rows), p).sum(-1)

@@ -107,15 +107,19 @@ void tropical_backward_rows(const T* f, const T* wt, const T* g, T* grad_f, T* g
 
 #define ANYCONV_EXPORT(T, SUFFIX)                                                                         \
   extern "C" void l1_forward_##SUFFIX(const T* f, const T* wt, T* out, int64_t K, int64_t O, int64_t m0, \
-                                      int64_t m1) {                                                       \
-    anyconv::forward_rows<T, L1<T>>(f, wt, out, K, O, m0, m1);                                           \
+                                      int64_t m1, int threads) {                                          \
+    anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b) {                                     \
+      anyconv::forward_rows<T, L1<T>>(f, wt, out, K, O, a, b);                                           \
+    });                                                                                                   \
   }                                                                                                       \
   extern "C" void tropical_forward_##SUFFIX(const T* f, const T* wt, T* out, int64_t K, int64_t O,       \
-                                            int64_t m0, int64_t m1, int minimum) {                        \
-    if (minimum)                                                                                          \
-      anyconv::forward_rows<T, MinPlus<T>>(f, wt, out, K, O, m0, m1);                                    \
-    else                                                                                                  \
-      anyconv::forward_rows<T, MaxPlus<T>>(f, wt, out, K, O, m0, m1);                                    \
+                                            int64_t m0, int64_t m1, int threads, int minimum) {           \
+    anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b) {                                     \
+      if (minimum)                                                                                        \
+        anyconv::forward_rows<T, MinPlus<T>>(f, wt, out, K, O, a, b);                                    \
+      else                                                                                                \
+        anyconv::forward_rows<T, MaxPlus<T>>(f, wt, out, K, O, a, b);                                    \
+    });                                                                                                   \
   }                                                                                                       \
   extern "C" void tropical_backward_##SUFFIX(const T* f, const T* wt, const T* g, T* gf, T* gwt,         \
                                              int64_t K, int64_t O, int64_t m0, int64_t m1, int minimum) { \
