@@ -26,15 +26,15 @@ _ROWS_PER_THREAD = 64
 _last_path: str | None = None
 
 _POINTER, _SIZE, _FLAG, _REAL = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
-#: function -> (source file, pointers, argument types after K, O, m0, m1); forward loops take
-#: their number of threads first
+#: function -> (source file, pointers, argument types after K, O, m0, m1): the number of threads,
+#: for a backward the elements between the threads' filter-gradient buffers, then its options
 _SIGNATURES = {
     "l1_forward": ("fused_kernels.cpp", 3, (_FLAG,)),
     "tropical_forward": ("fused_kernels.cpp", 3, (_FLAG, _FLAG)),
-    "l1_backward": ("fused_kernels.cpp", 5, (_FLAG,)),
-    "tropical_backward": ("fused_kernels.cpp", 5, (_FLAG,)),
+    "l1_backward": ("fused_kernels.cpp", 5, (_FLAG, _SIZE, _FLAG)),
+    "tropical_backward": ("fused_kernels.cpp", 5, (_FLAG, _SIZE, _FLAG)),
     "lp_forward": ("fused_power.cpp", 3, (_FLAG, _REAL)),
-    "lp_backward": ("fused_power.cpp", 5, (_REAL,)),
+    "lp_backward": ("fused_power.cpp", 5, (_FLAG, _SIZE, _REAL)),
 }
 
 
@@ -67,7 +67,7 @@ def _native_function(name: str, tensor: torch.Tensor) -> Callable | None:
 
 @cache
 def _splits_rows_itself(source_name: str) -> bool:
-    """True when the forward loops of ``source_name`` run their rows on OpenMP threads (native.py)."""
+    """True when the loops of ``source_name`` split their rows on OpenMP threads (see native.py)."""
     library = load_library(source_name)
     return library is not None and bool(library.anyconv_openmp())
 
@@ -154,6 +154,7 @@ def _native_forward(
 
 
 def _native_backward(
+    name: str,
     function: Callable,
     fields: torch.Tensor,
     filters: torch.Tensor,
@@ -181,7 +182,9 @@ def _native_backward(
     per_thread = fields.new_zeros((len(ranges), groups, *filter_shape)) if filter_grads else None
     size = fields.element_size()
 
-    def call(index: int, start: int, stop: int) -> None:
+    part_stride = 0 if per_thread is None else per_thread[0].numel()
+
+    def call(index: int, start: int, stop: int, threads: int) -> None:
         for group in range(groups):
             function(
                 fields.data_ptr() + group * rows * taps * size,
@@ -193,10 +196,15 @@ def _native_backward(
                 width,
                 start,
                 stop,
+                threads,
+                part_stride,
                 *extra,
             )
 
-    _run([lambda i=i, r=r: call(i, *r) for i, r in enumerate(ranges)])
+    if _splits_rows_itself(_SIGNATURES[name][0]):
+        call(0, 0, rows, len(ranges))
+    else:
+        _run([lambda i=i, r=r: call(i, *r, 1) for i, r in enumerate(ranges)])
     if per_thread is None:
         return grad_fields, None
     grad_filters = per_thread.sum(0)
@@ -248,7 +256,9 @@ def l1_backward(
     """
     function = _native_function("l1_backward", fields)
     if function is not None:
-        return _native_backward(function, fields, filters, grad, int(adder), filter_grads=not adder)
+        return _native_backward(
+            "l1_backward", function, fields, filters, grad, int(adder), filter_grads=not adder
+        )
     grad_fields = torch.empty_like(fields)
     grad_filters = None if adder else torch.zeros_like(filters)
     for rows in _blocks(fields, filters):
@@ -293,7 +303,7 @@ def tropical_backward(
     function = _native_function("tropical_backward", fields)
     if function is not None:
         grad_fields, grad_filters = _native_backward(
-            function, fields, filters, grad, int(minimum), outputs_innermost=True
+            "tropical_backward", function, fields, filters, grad, int(minimum), outputs_innermost=True
         )
         return grad_fields, grad_filters
     groups, _, taps = fields.shape
@@ -342,7 +352,9 @@ def power_sums_backward(
     """
     function = _native_function("lp_backward", fields)
     if function is not None:
-        grad_fields, grad_filters = _native_backward(function, fields, filters, scale, float(p))
+        grad_fields, grad_filters = _native_backward(
+            "lp_backward", function, fields, filters, scale, float(p)
+        )
         return grad_fields, grad_filters
     grad_fields = torch.empty_like(fields)
     grad_filters = torch.zeros_like(filters)

@@ -67,8 +67,8 @@ void forward_rows(const T* f, const T* wt, T* out, int64_t K, int64_t O, int64_t
       forward_block<T, 1, Reduce>(f, wt, out, K, O, m, ob, extra...);
 }
 
-// Runs body(start, stop) on `threads` parts of the fields [m0, m1), each a multiple of
-// kBlockFields long but the last. With OpenMP the parts run on the process's OpenMP team, which
+// Runs body(start, stop, part) on `threads` parts of the fields [m0, m1), each a multiple of
+// kBlockFields long but the last (the parts of the caller's own split when it has no OpenMP). With OpenMP the parts run on the process's OpenMP team, which
 // is torch's own when torch loaded libgomp first: threads of a pool of our own would share the
 // cores with torch's workers, which spin for milliseconds after each parallel torch operation.
 template <typename Body>
@@ -81,13 +81,13 @@ void split_rows(int64_t m0, int64_t m1, int threads, Body body) {
       int64_t step = (m1 - m0 + parts - 1) / parts;
       step += (kBlockFields - step % kBlockFields) % kBlockFields;
       const int64_t start = std::min(m0 + part * step, m1);
-      body(start, std::min(start + step, m1));
+      body(start, std::min(start + step, m1), part);
     }
     return;
   }
 #endif
   (void)threads;
-  body(m0, m1);
+  body(m0, m1, int64_t(0));
 }
 
 // Term has: static T term(T difference, T grad) giving d output / d difference times grad, with
