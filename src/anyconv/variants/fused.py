@@ -26,14 +26,15 @@ _ROWS_PER_THREAD = 64
 _last_path: str | None = None
 
 _POINTER, _SIZE, _FLAG, _REAL = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
-#: function -> (source file, argument types after the pointers and K, O, m0, m1)
+#: function -> (source file, pointers, argument types after K, O, m0, m1): the number of threads,
+#: for a backward the elements between the threads' filter-gradient buffers, then its options
 _SIGNATURES = {
-    "l1_forward": ("fused_kernels.cpp", 3, ()),
-    "tropical_forward": ("fused_kernels.cpp", 3, (_FLAG,)),
-    "l1_backward": ("fused_kernels.cpp", 5, (_FLAG,)),
-    "tropical_backward": ("fused_kernels.cpp", 5, (_FLAG,)),
-    "lp_forward": ("fused_power.cpp", 3, (_REAL,)),
-    "lp_backward": ("fused_power.cpp", 5, (_REAL,)),
+    "l1_forward": ("fused_kernels.cpp", 3, (_FLAG,)),
+    "tropical_forward": ("fused_kernels.cpp", 3, (_FLAG, _FLAG)),
+    "l1_backward": ("fused_kernels.cpp", 5, (_FLAG, _SIZE, _FLAG)),
+    "tropical_backward": ("fused_kernels.cpp", 5, (_FLAG, _SIZE, _FLAG)),
+    "lp_forward": ("fused_power.cpp", 3, (_FLAG, _REAL)),
+    "lp_backward": ("fused_power.cpp", 5, (_FLAG, _SIZE, _REAL)),
 }
 
 
@@ -62,6 +63,13 @@ def _native_function(name: str, tensor: torch.Tensor) -> Callable | None:
         return None
     _last_path = "native"
     return _bind(library, f"{name}_{'f32' if tensor.dtype == torch.float32 else 'f64'}", name)
+
+
+@cache
+def _splits_rows_itself(source_name: str) -> bool:
+    """True when the loops of ``source_name`` split their rows on OpenMP threads (see native.py)."""
+    library = load_library(source_name)
+    return library is not None and bool(library.anyconv_openmp())
 
 
 @cache
@@ -113,15 +121,18 @@ def _padded_rows(rows: torch.Tensor, width: int) -> torch.Tensor:
     return padded
 
 
-def _native_forward(function: Callable, fields: torch.Tensor, filters: torch.Tensor, *extra) -> torch.Tensor:
+def _native_forward(
+    name: str, function: Callable, fields: torch.Tensor, filters: torch.Tensor, *extra
+) -> torch.Tensor:
     fields = fields.contiguous()
     groups, rows, taps = fields.shape
     transposed = _padded_filters(filters)
     width = transposed.shape[-1]
     output = fields.new_empty((groups, rows, width))
     size = fields.element_size()
+    ranges = _row_ranges(rows)
 
-    def call(start: int, stop: int) -> None:
+    def call(start: int, stop: int, threads: int) -> None:
         for group in range(groups):
             function(
                 fields.data_ptr() + group * rows * taps * size,
@@ -131,14 +142,19 @@ def _native_forward(function: Callable, fields: torch.Tensor, filters: torch.Ten
                 width,
                 start,
                 stop,
+                threads,
                 *extra,
             )
 
-    _run([lambda start=start, stop=stop: call(start, stop) for start, stop in _row_ranges(rows)])
+    if _splits_rows_itself(_SIGNATURES[name][0]):
+        call(0, rows, len(ranges))
+    else:
+        _run([lambda start=start, stop=stop: call(start, stop, 1) for start, stop in ranges])
     return output[..., : filters.shape[1]]
 
 
 def _native_backward(
+    name: str,
     function: Callable,
     fields: torch.Tensor,
     filters: torch.Tensor,
@@ -166,7 +182,9 @@ def _native_backward(
     per_thread = fields.new_zeros((len(ranges), groups, *filter_shape)) if filter_grads else None
     size = fields.element_size()
 
-    def call(index: int, start: int, stop: int) -> None:
+    part_stride = 0 if per_thread is None else per_thread[0].numel()
+
+    def call(index: int, start: int, stop: int, threads: int) -> None:
         for group in range(groups):
             function(
                 fields.data_ptr() + group * rows * taps * size,
@@ -178,10 +196,15 @@ def _native_backward(
                 width,
                 start,
                 stop,
+                threads,
+                part_stride,
                 *extra,
             )
 
-    _run([lambda i=i, r=r: call(i, *r) for i, r in enumerate(ranges)])
+    if _splits_rows_itself(_SIGNATURES[name][0]):
+        call(0, 0, rows, len(ranges))
+    else:
+        _run([lambda i=i, r=r: call(i, *r, 1) for i, r in enumerate(ranges)])
     if per_thread is None:
         return grad_fields, None
     grad_filters = per_thread.sum(0)
@@ -216,7 +239,7 @@ def l1_distances(fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     """
     function = _native_function("l1_forward", fields)
     if function is not None:
-        return _native_forward(function, fields, filters)
+        return _native_forward("l1_forward", function, fields, filters)
     output = fields.new_empty((fields.shape[0], fields.shape[1], filters.shape[1]))
     for rows in _blocks(fields, filters):
         output[:, rows] = -_differences(fields, filters, rows).abs().sum(-1)
@@ -233,7 +256,9 @@ def l1_backward(
     """
     function = _native_function("l1_backward", fields)
     if function is not None:
-        return _native_backward(function, fields, filters, grad, int(adder), filter_grads=not adder)
+        return _native_backward(
+            "l1_backward", function, fields, filters, grad, int(adder), filter_grads=not adder
+        )
     grad_fields = torch.empty_like(fields)
     grad_filters = None if adder else torch.zeros_like(filters)
     for rows in _blocks(fields, filters):
@@ -256,7 +281,7 @@ def tropical(fields: torch.Tensor, filters: torch.Tensor, *, minimum: bool) -> t
     """
     function = _native_function("tropical_forward", fields)
     if function is not None:
-        return _native_forward(function, fields, filters, int(minimum))
+        return _native_forward("tropical_forward", function, fields, filters, int(minimum))
     output = fields.new_empty((fields.shape[0], fields.shape[1], filters.shape[1]))
     for rows in _blocks(fields, filters):
         output[:, rows] = _tropical_block(fields, filters, rows, minimum)[0]
@@ -278,7 +303,7 @@ def tropical_backward(
     function = _native_function("tropical_backward", fields)
     if function is not None:
         grad_fields, grad_filters = _native_backward(
-            function, fields, filters, grad, int(minimum), outputs_innermost=True
+            "tropical_backward", function, fields, filters, grad, int(minimum), outputs_innermost=True
         )
         return grad_fields, grad_filters
     groups, _, taps = fields.shape
@@ -305,7 +330,7 @@ def power_sums(fields: torch.Tensor, filters: torch.Tensor, p: float) -> torch.T
     """
     function = _native_function("lp_forward", fields)
     if function is not None:
-        return _native_forward(function, fields, filters, float(p))
+        return _native_forward("lp_forward", function, fields, filters, float(p))
     output = fields.new_empty((fields.shape[0], fields.shape[1], filters.shape[1]))
     for rows in _blocks(fields, filters):
         output[:, rows] = _magnitude_power(_differences(fields, filters, rows), p).sum(-1)
@@ -327,7 +352,9 @@ def power_sums_backward(
     """
     function = _native_function("lp_backward", fields)
     if function is not None:
-        grad_fields, grad_filters = _native_backward(function, fields, filters, scale, float(p))
+        grad_fields, grad_filters = _native_backward(
+            "lp_backward", function, fields, filters, scale, float(p)
+        )
         return grad_fields, grad_filters
     grad_fields = torch.empty_like(fields)
     grad_filters = torch.zeros_like(filters)

@@ -14,6 +14,19 @@
 #include <algorithm>
 #include <cstdint>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+// 1 when the forward loops split their rows on OpenMP threads, 0 when the caller must do it
+extern "C" int anyconv_openmp() {
+#ifdef _OPENMP
+  return 1;
+#else
+  return 0;
+#endif
+}
+
 namespace anyconv {
 
 template <typename T>
@@ -52,6 +65,29 @@ void forward_rows(const T* f, const T* wt, T* out, int64_t K, int64_t O, int64_t
   for (; m < m1; ++m)
     for (int64_t ob = 0; ob < O; ob += out_lanes<T>())
       forward_block<T, 1, Reduce>(f, wt, out, K, O, m, ob, extra...);
+}
+
+// Runs body(start, stop, part) on `threads` parts of the fields [m0, m1), each a multiple of
+// kBlockFields long but the last (the parts of the caller's own split when it has no OpenMP). With OpenMP the parts run on the process's OpenMP team, which
+// is torch's own when torch loaded libgomp first: threads of a pool of our own would share the
+// cores with torch's workers, which spin for milliseconds after each parallel torch operation.
+template <typename Body>
+void split_rows(int64_t m0, int64_t m1, int threads, Body body) {
+#ifdef _OPENMP
+  if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+    {
+      const int64_t parts = omp_get_num_threads(), part = omp_get_thread_num();
+      int64_t step = (m1 - m0 + parts - 1) / parts;
+      step += (kBlockFields - step % kBlockFields) % kBlockFields;
+      const int64_t start = std::min(m0 + part * step, m1);
+      body(start, std::min(start + step, m1), part);
+    }
+    return;
+  }
+#endif
+  (void)threads;
+  body(m0, m1, int64_t(0));
 }
 
 // Term has: static T term(T difference, T grad) giving d output / d difference times grad, with

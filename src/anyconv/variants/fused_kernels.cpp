@@ -106,30 +106,40 @@ void tropical_backward_rows(const T* f, const T* wt, const T* g, T* grad_f, T* g
 }  // namespace
 
 #define ANYCONV_EXPORT(T, SUFFIX)                                                                         \
-  extern "C" void l1_forward_##SUFFIX(const T* f, const T* wt, T* out, int64_t K, int64_t O, int64_t m0, \
-                                      int64_t m1) {                                                       \
-    anyconv::forward_rows<T, L1<T>>(f, wt, out, K, O, m0, m1);                                           \
+  extern "C" void l1_forward_##SUFFIX(const T* f, const T* wt, T* out, int64_t K, int64_t O, int64_t m0,  \
+                                      int64_t m1, int threads) {                                          \
+    anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t) {                             \
+      anyconv::forward_rows<T, L1<T>>(f, wt, out, K, O, a, b);                                            \
+    });                                                                                                   \
   }                                                                                                       \
-  extern "C" void tropical_forward_##SUFFIX(const T* f, const T* wt, T* out, int64_t K, int64_t O,       \
-                                            int64_t m0, int64_t m1, int minimum) {                        \
-    if (minimum)                                                                                          \
-      anyconv::forward_rows<T, MinPlus<T>>(f, wt, out, K, O, m0, m1);                                    \
-    else                                                                                                  \
-      anyconv::forward_rows<T, MaxPlus<T>>(f, wt, out, K, O, m0, m1);                                    \
+  extern "C" void tropical_forward_##SUFFIX(const T* f, const T* wt, T* out, int64_t K, int64_t O,        \
+                                            int64_t m0, int64_t m1, int threads, int minimum) {           \
+    anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t) {                             \
+      if (minimum)                                                                                        \
+        anyconv::forward_rows<T, MinPlus<T>>(f, wt, out, K, O, a, b);                                     \
+      else                                                                                                \
+        anyconv::forward_rows<T, MaxPlus<T>>(f, wt, out, K, O, a, b);                                     \
+    });                                                                                                   \
   }                                                                                                       \
-  extern "C" void tropical_backward_##SUFFIX(const T* f, const T* wt, const T* g, T* gf, T* gwt,         \
-                                             int64_t K, int64_t O, int64_t m0, int64_t m1, int minimum) { \
-    if (minimum)                                                                                          \
-      tropical_backward_rows<T, true>(f, wt, g, gf, gwt, K, O, m0, m1);                                  \
-    else                                                                                                  \
-      tropical_backward_rows<T, false>(f, wt, g, gf, gwt, K, O, m0, m1);                                 \
+  extern "C" void tropical_backward_##SUFFIX(const T* f, const T* wt, const T* g, T* gf, T* gwt,          \
+                                             int64_t K, int64_t O, int64_t m0, int64_t m1, int threads,   \
+                                             int64_t part_stride, int minimum) {                          \
+    anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t part) {                        \
+      if (minimum)                                                                                        \
+        tropical_backward_rows<T, true>(f, wt, g, gf, gwt + part * part_stride, K, O, a, b);              \
+      else                                                                                                \
+        tropical_backward_rows<T, false>(f, wt, g, gf, gwt + part * part_stride, K, O, a, b);             \
+    });                                                                                                   \
   }                                                                                                       \
-  extern "C" void l1_backward_##SUFFIX(const T* f, const T* w, const T* g, T* gf, T* gw, int64_t K,      \
-                                       int64_t O, int64_t m0, int64_t m1, int adder) {                    \
-    if (adder)                                                                                            \
-      anyconv::backward_rows<T, L1Adder<T>>(f, w, g, gf, nullptr, K, O, m0, m1);                         \
-    else                                                                                                  \
-      anyconv::backward_rows<T, L1Exact<T>>(f, w, g, gf, gw, K, O, m0, m1);                              \
+  extern "C" void l1_backward_##SUFFIX(const T* f, const T* w, const T* g, T* gf, T* gw, int64_t K,       \
+                                       int64_t O, int64_t m0, int64_t m1, int threads,                    \
+                                       int64_t part_stride, int adder) {                                  \
+    anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t part) {                        \
+      if (adder)                                                                                          \
+        anyconv::backward_rows<T, L1Adder<T>>(f, w, g, gf, nullptr, K, O, a, b);                          \
+      else                                                                                                \
+        anyconv::backward_rows<T, L1Exact<T>>(f, w, g, gf, gw + part * part_stride, K, O, a, b);          \
+    });                                                                                                   \
   }
 
 ANYCONV_EXPORT(float, f32)

@@ -38,18 +38,29 @@ struct PowerSlope {
 }  // namespace
 
 extern "C" void lp_forward_f32(const float* f, const float* wt, float* out, int64_t K, int64_t O, int64_t m0,
-                               int64_t m1, double p) {
-  anyconv::forward_rows<float, PowerSum<float>>(f, wt, out, K, O, m0, m1, static_cast<float>(p));
+                               int64_t m1, int threads, double p) {
+  anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t) {
+    anyconv::forward_rows<float, PowerSum<float>>(f, wt, out, K, O, a, b, static_cast<float>(p));
+  });
 }
 extern "C" void lp_forward_f64(const double* f, const double* wt, double* out, int64_t K, int64_t O,
-                               int64_t m0, int64_t m1, double p) {
-  anyconv::forward_rows<double, PowerSum<double>>(f, wt, out, K, O, m0, m1, p);
+                               int64_t m0, int64_t m1, int threads, double p) {
+  anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t) {
+    anyconv::forward_rows<double, PowerSum<double>>(f, wt, out, K, O, a, b, p);
+  });
 }
 extern "C" void lp_backward_f32(const float* f, const float* w, const float* h, float* gf, float* gw,
-                                int64_t K, int64_t O, int64_t m0, int64_t m1, double p) {
-  anyconv::backward_rows<float, PowerSlope<float>>(f, w, h, gf, gw, K, O, m0, m1, static_cast<float>(p));
+                                int64_t K, int64_t O, int64_t m0, int64_t m1, int threads, int64_t part_stride,
+                                double p) {
+  anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t part) {
+    anyconv::backward_rows<float, PowerSlope<float>>(f, w, h, gf, gw + part * part_stride, K, O, a, b,
+                                                     static_cast<float>(p));
+  });
 }
 extern "C" void lp_backward_f64(const double* f, const double* w, const double* h, double* gf, double* gw,
-                                int64_t K, int64_t O, int64_t m0, int64_t m1, double p) {
-  anyconv::backward_rows<double, PowerSlope<double>>(f, w, h, gf, gw, K, O, m0, m1, p);
+                                int64_t K, int64_t O, int64_t m0, int64_t m1, int threads, int64_t part_stride,
+                                double p) {
+  anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t part) {
+    anyconv::backward_rows<double, PowerSlope<double>>(f, w, h, gf, gw + part * part_stride, K, O, a, b, p);
+  });
 }

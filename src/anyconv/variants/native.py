@@ -24,6 +24,9 @@ SOURCES = {
     "fused_kernels.cpp": ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd"),
     "fused_power.cpp": ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd", "-ffast-math"),
 }
+#: tried first: the forward loops split their rows on OpenMP threads, which (libgomp being
+#: loaded already by torch under the same name) are torch's own; without it, Python threads do
+OPENMP_FLAGS = ("-fopenmp",)
 #: the header both sources include; part of the cache key
 HEADER = "fused_blocks.h"
 _EXTRA_LIBRARIES = {"fused_power.cpp": ("-lmvec",)}
@@ -59,9 +62,16 @@ def _cache_dir() -> Path:
 
 
 def _build(source_name: str, cxx: str) -> Path:
+    """Compile one source into the cache, with OpenMP when the compiler has it, else without."""
+    try:
+        return _build_with(source_name, cxx, (*SOURCES[source_name], *OPENMP_FLAGS))
+    except subprocess.CalledProcessError:
+        return _build_with(source_name, cxx, SOURCES[source_name])
+
+
+def _build_with(source_name: str, cxx: str, flags: tuple[str, ...]) -> Path:
     """Compile one source into the cache (atomically, so parallel processes do not collide)."""
     source = Path(__file__).with_name(source_name)
-    flags = SOURCES[source_name]
     libraries = _EXTRA_LIBRARIES.get(source_name, ())
     key = hashlib.sha256(
         "\n".join(
