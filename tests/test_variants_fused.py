@@ -73,3 +73,15 @@ def test_eager_blocks_bound_the_broadcast(monkeypatch):
     blocks = list(fused._blocks(f, w))
     assert len(blocks) == 25 and all(b.stop - b.start == 2 for b in blocks)
     torch.testing.assert_close(fused.l1_distances(f, w), -torch.cdist(f, w, p=1))
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_openmp_split_and_python_thread_split_are_bit_identical(kernel, dtype, monkeypatch):
+    # a compiler without OpenMP leaves the row split to a Python thread pool: same rows, same sums
+    openmp = _run(kernel, (2, 1003, 37), 64, dtype)
+    monkeypatch.setattr(fused, "_splits_rows_itself", lambda source_name: False)
+    threads = _run(kernel, (2, 1003, 37), 64, dtype)
+    for got, want in zip(openmp, threads):
+        assert (got is None and want is None) or torch.equal(got, want)
