@@ -37,14 +37,15 @@ class RBF(Variant):
         self, fields: torch.Tensor, filters: torch.Tensor, gamma: Option | None = None
     ) -> torch.Tensor:
         gamma = 1 / fields.shape[-1] if gamma is None else gamma
-        return torch.exp(squared_distances(fields, filters) * -gamma)
+        # exp in place on the fresh product: one pass fewer over the (G, M, O) output
+        return (squared_distances(fields, filters) * -gamma).exp_()
 
     def contract_backward(
         self, fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor, gamma: Option | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         gamma = 1 / fields.shape[-1] if gamma is None else gamma
         output = self.contract(fields, filters, gamma)
-        return squared_distances_backward(fields, filters, output.mul_(grad) * -gamma)
+        return squared_distances_backward(fields, filters, output.mul_(grad).mul_(-gamma))
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
         return 2 * fields_per_chunk * filters
