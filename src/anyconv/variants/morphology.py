@@ -5,13 +5,32 @@ Both run the fused loops of :mod:`.fused`; the gradient goes to the winning tap 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from .base import Variant
 from .fused import tropical, tropical_backward
 
 
-class MaxPlus(Variant):
+class _Tropical(Variant):
+    """What max_plus and min_plus share: the fused tropical loops, told which extreme to take."""
+
+    minimum: ClassVar[bool]
+
+    def contract(self, fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+        return tropical(fields, filters, minimum=self.minimum)
+
+    def contract_backward(
+        self, fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return tropical_backward(fields, filters, grad, minimum=self.minimum)
+
+    def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
+        return fields_per_chunk * filters
+
+
+class MaxPlus(_Tropical):
     """``max (p + w)``: grey-scale dilation, the tropical (max, +) convolution.
 
     The gradient of each output goes to its winning tap (the first one on a tie).
@@ -22,20 +41,10 @@ class MaxPlus(Variant):
     """
 
     name = "max_plus"
-
-    def contract(self, fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-        return tropical(fields, filters, minimum=False)
-
-    def contract_backward(
-        self, fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return tropical_backward(fields, filters, grad, minimum=False)
-
-    def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
-        return fields_per_chunk * filters
+    minimum = False
 
 
-class MinPlus(Variant):
+class MinPlus(_Tropical):
     """``min (p - w)``: grey-scale erosion, the tropical (min, +) convolution.
 
     >>> import torch
@@ -44,14 +53,4 @@ class MinPlus(Variant):
     """
 
     name = "min_plus"
-
-    def contract(self, fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-        return tropical(fields, filters, minimum=True)
-
-    def contract_backward(
-        self, fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return tropical_backward(fields, filters, grad, minimum=True)
-
-    def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
-        return fields_per_chunk * filters
+    minimum = True
