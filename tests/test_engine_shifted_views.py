@@ -32,7 +32,7 @@ def shifted_conv(x, w, stride=1, padding=0, dilation=1, groups=1, padding_mode="
             geometry.padded_size, geometry.kernel_size, geometry.stride, 0, geometry.dilation
         )
     chunks = plan_chunks(geometry, x.shape[0], x.element_size() * (x.shape[1] + w.shape[0]), budget)
-    return ShiftedViewsFunction.apply(x, w, TapwisePlan(geometry, groups, chunks))
+    return ShiftedViewsFunction.apply(x, w, None, TapwisePlan(geometry, groups, chunks))
 
 
 def torch_conv(x, w, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):

@@ -44,20 +44,46 @@ def _output_block(output: torch.Tensor, chunk: Chunk, groups: int) -> torch.Tens
     return view[chunk.samples].flatten(4) if view.dim() > 4 else view[chunk.samples].unsqueeze(-1)
 
 
+def write_block(output: torch.Tensor, chunk: Chunk, result: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Write a chunk's result (G, M, Og) into its part of the output (B, O, *out), plus ``bias``.
+
+    Adding the bias in this copy spares a pass over the whole output and a second output tensor.
+    """
+    groups = result.shape[0]
+    block = _output_block(output, chunk, groups)
+    values = result.transpose(1, 2).unflatten(2, (block.shape[0], *block.shape[3:])).permute(2, 0, 1, 3, 4)
+    if bias is None:
+        block.copy_(values)
+    else:
+        torch.add(values, bias.view(groups, -1, 1, 1), out=block)
+
+
+def bias_grad(grad_output: torch.Tensor) -> torch.Tensor:
+    """The gradient of a bias added to every position of a (B, O, *out) output."""
+    return grad_output.sum((0, *range(2, grad_output.dim())))
+
+
 def _as_chunk_result(block: torch.Tensor) -> torch.Tensor:
     """(b, G, Og, rows, rest) -> (G, M, Og) with M = b * rows * rest."""
     return block.permute(1, 2, 0, 3, 4).flatten(2).transpose(1, 2)
 
 
 class GeneralizedConvFunction(torch.autograd.Function):
-    """``output = variant(fields(input), weight)`` over all chunks; see the module docstring.
+    """``output = variant(fields(input), weight) + bias`` over all chunks; see the module docstring.
 
     The input is unpadded, or padded already in a non-zero mode (then ``plan.geometry`` has no
     padding): zero padding is applied per chunk.
     """
 
     @staticmethod
-    def forward(ctx, input: torch.Tensor, weight: torch.Tensor, plan: Plan, *option_tensors: torch.Tensor):
+    def forward(
+        ctx,
+        input: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        plan: Plan,
+        *option_tensors: torch.Tensor,
+    ):
         geometry, groups = plan.geometry, plan.groups
         filters = filters_of(weight, groups)
         options = _options(plan, option_tensors, filters.shape[1])
@@ -65,11 +91,7 @@ class GeneralizedConvFunction(torch.autograd.Function):
         buffer = fields_buffer(input, plan.chunks)
         for chunk in plan.chunks:
             fields = chunk_fields(input, geometry, chunk, groups, buffer)
-            result = plan.variant.contract(fields, filters, **options)
-            block = _output_block(output, chunk, groups)
-            block.copy_(
-                result.transpose(1, 2).unflatten(2, (block.shape[0], *block.shape[3:])).permute(2, 0, 1, 3, 4)
-            )
+            write_block(output, chunk, plan.variant.contract(fields, filters, **options), bias)
         ctx.plan = plan
         ctx.save_for_backward(input, weight, *option_tensors)
         return output
@@ -83,7 +105,7 @@ class GeneralizedConvFunction(torch.autograd.Function):
         filters = filters_of(weight, groups)
         options = _options(plan, tuple(option_tensors), filters.shape[1])
         needs_input, needs_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        needs_options = ctx.needs_input_grad[3:]
+        needs_options = ctx.needs_input_grad[4:]
         custom = plan.variant.contract_backward is not None and not any(needs_options)
         grad_input = torch.zeros_like(input) if needs_input else None
         grad_filters = torch.zeros_like(filters) if needs_weight else None
@@ -113,7 +135,8 @@ class GeneralizedConvFunction(torch.autograd.Function):
                     total += part.reshape(total.shape) if total.dim() == 1 else part
         # contiguous like the parameter: DDP buckets and optimisers expect its strides
         grad_weight = weight_of(grad_filters, weight).contiguous() if needs_weight else None
-        return grad_input, grad_weight, None, *grad_options
+        grad_bias = bias_grad(grad_output) if ctx.needs_input_grad[2] else None
+        return grad_input, grad_weight, grad_bias, None, *grad_options
 
 
 def _autograd_chunk(plan, fields, filters, options, grad, needs_input, needs_weight, needs_options):

@@ -60,15 +60,13 @@ def generalized_conv(
         # the chunk's working memory is its padded input and its output grid, per position
         bytes_per_position = batched.element_size() * (batched.shape[1] + weight.shape[0])
         chunks = plan_chunks(geometry, batched.shape[0], bytes_per_position, budget)
-        output = ShiftedViewsFunction.apply(batched, weight, TapwisePlan(geometry, groups, chunks))
+        output = ShiftedViewsFunction.apply(batched, weight, bias, TapwisePlan(geometry, groups, chunks))
     else:
-        output = _fields_times_filters(batched, weight, variant, geometry, groups, budget)
-    if bias is not None:
-        output = output + bias.reshape(-1, *(1,) * ndim)
+        output = _fields_times_filters(batched, weight, bias, variant, geometry, groups, budget)
     return output.squeeze(0) if was_unbatched else output
 
 
-def _fields_times_filters(batched, weight, variant, geometry, groups, budget) -> torch.Tensor:
+def _fields_times_filters(batched, weight, bias, variant, geometry, groups, budget) -> torch.Tensor:
     """The general path: each chunk's fields copied as rows, handed to the variant."""
     fields_per_group = weight[0].numel()
     filters_per_group = weight.shape[0] // groups
@@ -78,4 +76,4 @@ def _fields_times_filters(batched, weight, variant, geometry, groups, budget) ->
     tensors = {name: value for name, value in variant.options.items() if isinstance(value, torch.Tensor)}
     fixed = tuple((name, value) for name, value in variant.options.items() if name not in tensors)
     plan = Plan(geometry, groups, chunks, variant, tuple(tensors), fixed)
-    return GeneralizedConvFunction.apply(batched, weight, plan, *tensors.values())
+    return GeneralizedConvFunction.apply(batched, weight, bias, plan, *tensors.values())

@@ -20,6 +20,7 @@ import torch
 
 from ..geometry import Geometry
 from .chunks import Chunk
+from .contraction import bias_grad
 from .fields import add_image_grad, chunk_image
 
 
@@ -132,14 +133,16 @@ class TapwisePlan:
 
 
 class ShiftedViewsFunction(torch.autograd.Function):
-    """``conv(input, weight)`` with zero padding, as matrix products on shifted views, chunk by chunk.
+    """``conv(input, weight) + bias`` with zero padding, as matrix products on shifted views, chunk by chunk.
 
     The input is unpadded, or padded already in a non-zero mode (then ``plan.geometry`` has no
     padding). Backward keeps only the input and the weight.
     """
 
     @staticmethod
-    def forward(ctx, input: torch.Tensor, weight: torch.Tensor, plan: TapwisePlan) -> torch.Tensor:
+    def forward(
+        ctx, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: TapwisePlan
+    ) -> torch.Tensor:
         groups, out_channels = plan.groups, weight.shape[0]
         filters = tap_filters(weight, groups)
         in_group, out_group = weight.shape[1], out_channels // groups
@@ -155,7 +158,11 @@ class ShiftedViewsFunction(torch.autograd.Function):
                 for tap, (phase, shift) in enumerate(layout.taps):
                     columns = phases[phase, sample, channels, shift : shift + width]
                     result.addmm_(filters[tap, group], columns, beta=0 if tap == 0 else 1)
-            output[chunk.samples, :, chunk.rows] = _crop(grid, layout)
+            block = output[chunk.samples, :, chunk.rows]
+            if bias is None:
+                block.copy_(_crop(grid, layout))
+            else:
+                torch.add(_crop(grid, layout), bias.view(-1, *(1,) * layout.geometry.ndim), out=block)
         ctx.plan = plan
         ctx.save_for_backward(input, weight)
         return output
@@ -197,7 +204,8 @@ class ShiftedViewsFunction(torch.autograd.Function):
         grad_weight = None
         if needs_weight:
             grad_weight = grad_filters.permute(1, 2, 3, 0).reshape(weight.shape)
-        return grad_input, grad_weight, None
+        grad_bias = bias_grad(grad_output) if ctx.needs_input_grad[2] else None
+        return grad_input, grad_weight, grad_bias, None
 
 
 #: fewest input channels per group for which the shifted views beat copied fields (measured
