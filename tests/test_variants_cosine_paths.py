@@ -1,4 +1,5 @@
-"""The cosine backward's three paths (two products, tiny-norm fields, exact) against autograd."""
+"""The cosine backward's three paths (two products, tiny-norm fields, exact) against autograd,
+and the sharpened cosine's backward from its forward output."""
 
 import pytest
 import torch
@@ -47,3 +48,34 @@ def test_cosine_backward_with_a_tiny_filter():
     filters = torch.randn(2, 7, 50, generator=generator)
     filters[0, 1] *= 1e-9
     assert max(_relative_errors(fields, filters)) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "exponent",
+    [0.1, 0.5, 1.0, 1.5, 2.0, 7.0, torch.linspace(0.2, 4.0, 7, dtype=torch.float64).reshape(1, 1, 7)],
+    ids=["0.1", "0.5", "1", "1.5", "2", "7", "per-channel"],
+)
+@pytest.mark.parametrize("q", [1e-3, 1.0])
+def test_sharpened_cosine_backward_from_its_output_matches_autograd(exponent, q):
+    # y = sign(s) |s|^e is all the backward sees of s: the slope comes back from y by a power
+    generator = torch.Generator().manual_seed(0)
+    fields = torch.randn(2, 300, 50, dtype=torch.float64, generator=generator)
+    filters = torch.randn(2, 7, 50, dtype=torch.float64, generator=generator)
+    fields[1, 3:40] *= 1e-20
+    fields[0, :5] = 0
+    # a field orthogonal to a filter: s = 0, whose gradient is taken as 0
+    fields[0, 10] -= (fields[0, 10] @ filters[0, 0]) / filters[0, 0].square().sum() * filters[0, 0]
+    grad = torch.randn(2, 300, 7, dtype=torch.float64, generator=generator)
+    variant = cosine.SharpenedCosine()
+    exact_fields, exact_filters = fields.clone().requires_grad_(), filters.clone().requires_grad_()
+    output = variant.contract(exact_fields, exact_filters, exponent, q)
+    want_fields, want_filters = torch.autograd.grad(output, (exact_fields, exact_filters), grad)
+    got_fields, got_filters = variant.contract_backward(fields, filters, grad, output.detach(), exponent, q)
+    # autograd's gradient at s = 0 is 0 * inf for exponents under 1: compare the other fields
+    defined = want_fields.isfinite().all(-1)
+    if not isinstance(exponent, torch.Tensor) and exponent >= 1:
+        assert defined.all()
+    torch.testing.assert_close(got_fields[defined], want_fields[defined], rtol=1e-12, atol=1e-14)
+    assert got_fields.isfinite().all() and got_filters.isfinite().all()
+    if defined.all():
+        torch.testing.assert_close(got_filters, want_filters, rtol=1e-12, atol=1e-14)

@@ -1,9 +1,10 @@
 """The engine's autograd Function: fields meet filters chunk by chunk, forward and backward.
 
 Forward never holds more than one chunk of fields. Backward keeps only the input, the
-weight and the variant's option tensors; it recomputes each chunk's fields, asks the variant
-for their gradients (its own ``contract_backward``, or autograd through ``contract`` one chunk at
-a time) and folds the field gradients back into the input with col2im.
+weight and the variant's option tensors (and the output, for a variant whose backward uses it);
+it recomputes each chunk's fields, asks the variant for their gradients (its own
+``contract_backward``, or autograd through ``contract`` one chunk at a time) and folds the field
+gradients back into the input with col2im.
 """
 
 from __future__ import annotations
@@ -88,12 +89,20 @@ class GeneralizedConvFunction(torch.autograd.Function):
         filters = filters_of(weight, groups)
         options = _options(plan, option_tensors, filters.shape[1])
         output = input.new_empty((input.shape[0], weight.shape[0], *geometry.output_size))
+        # a backward that uses the output gets it before bias: the bias then goes on a copy, after
+        keeps_output = plan.variant.backward_uses_output and _custom_backward(plan, ctx.needs_input_grad[4:])
+        written_bias = None if keeps_output else bias
         buffer = fields_buffer(input, plan.chunks)
         for chunk in plan.chunks:
             fields = chunk_fields(input, geometry, chunk, groups, buffer)
-            write_block(output, chunk, plan.variant.contract(fields, filters, **options), bias)
+            write_block(output, chunk, plan.variant.contract(fields, filters, **options), written_bias)
         ctx.plan = plan
-        ctx.save_for_backward(input, weight, *option_tensors)
+        ctx.keeps_output = keeps_output
+        ctx.save_for_backward(input, weight, *option_tensors, *((output,) if keeps_output else ()))
+        if keeps_output and bias is not None:
+            return output + bias.view(-1, *(1,) * len(geometry.output_size))
+        # without bias the tensor saved is the one returned: torch's version counter catches an
+        # in-place change of it before the backward reads it
         return output
 
     @staticmethod
@@ -101,12 +110,13 @@ class GeneralizedConvFunction(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor):
         plan: Plan = ctx.plan
         input, weight, *option_tensors = ctx.saved_tensors
+        output = option_tensors.pop() if ctx.keeps_output else None
         geometry, groups = plan.geometry, plan.groups
         filters = filters_of(weight, groups)
         options = _options(plan, tuple(option_tensors), filters.shape[1])
         needs_input, needs_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         needs_options = ctx.needs_input_grad[4:]
-        custom = plan.variant.contract_backward is not None and not any(needs_options)
+        custom = _custom_backward(plan, needs_options)
         grad_input = torch.zeros_like(input) if needs_input else None
         grad_filters = torch.zeros_like(filters) if needs_weight else None
         grad_options = [
@@ -118,8 +128,9 @@ class GeneralizedConvFunction(torch.autograd.Function):
             fields = chunk_fields(input, geometry, chunk, groups, buffer)
             grad = _as_chunk_result(_output_block(grad_output, chunk, groups))
             if custom:
+                own = () if output is None else (_as_chunk_result(_output_block(output, chunk, groups)),)
                 grad_fields, grad_chunk_filters = plan.variant.contract_backward(
-                    fields, filters, grad, **options
+                    fields, filters, grad, *own, **options
                 )
                 chunk_option_grads: tuple = ()
             else:
@@ -137,6 +148,11 @@ class GeneralizedConvFunction(torch.autograd.Function):
         grad_weight = weight_of(grad_filters, weight).contiguous() if needs_weight else None
         grad_bias = bias_grad(grad_output) if ctx.needs_input_grad[2] else None
         return grad_input, grad_weight, grad_bias, None, *grad_options
+
+
+def _custom_backward(plan: Plan, needs_options: tuple[bool, ...]) -> bool:
+    """Whether the variant's own ``contract_backward`` runs: it has one and no option wants a gradient."""
+    return plan.variant.contract_backward is not None and not any(needs_options)
 
 
 def _autograd_chunk(plan, fields, filters, options, grad, needs_input, needs_weight, needs_options):

@@ -34,6 +34,24 @@ class Variant:
     ...         return -torch.cdist(fields, filters, p=1)
     >>> Manhattan().contract(torch.ones(1, 2, 3), torch.zeros(1, 4, 3)).shape
     torch.Size([1, 2, 4])
+
+    A ``contract_backward`` that needs the chunk's own output (a nonlinearity of a matrix
+    product, whose derivative follows from its value) sets ``backward_uses_output = True`` and
+    takes it as its fourth argument instead of recomputing it (see ``backward_uses_output``):
+
+    >>> class Exponential(Variant):
+    ...     name = "exponential"
+    ...     backward_uses_output = True
+    ...     def contract(self, fields, filters):
+    ...         return torch.bmm(fields, filters.mT).exp()
+    ...     def contract_backward(self, fields, filters, grad, output):
+    ...         scale = grad * output  # d exp(s) / d s = exp(s): no third matrix product
+    ...         return torch.bmm(scale, filters), torch.bmm(scale.mT, fields)
+    >>> import anyconv
+    >>> x = torch.randn(1, 2, 5, 5, requires_grad=True)
+    >>> anyconv.generalized_conv(x, torch.randn(3, 2, 3, 3) / 9, Exponential).sum().backward()
+    >>> x.grad.shape
+    torch.Size([1, 2, 5, 5])
     """
 
     name: ClassVar[str] = "variant"
@@ -51,6 +69,8 @@ class Variant:
         super().__init_subclass__(**kwargs)
         if "contract" in vars(cls) and "tapwise" not in vars(cls):
             cls.tapwise = False
+        if "contract_backward" in vars(cls) and "backward_uses_output" not in vars(cls):
+            cls.backward_uses_output = False
 
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.defaults))
@@ -83,6 +103,18 @@ class Variant:
     #: a variant may define ``contract_backward(fields, filters, grad, **options) ->
     #: (grad_fields, grad_filters)``; when it is None the engine differentiates ``contract``.
     contract_backward = None
+
+    #: True when ``contract_backward`` wants the chunk's forward output (before bias): it is then
+    #: called as ``contract_backward(fields, filters, grad, output, **options)``, ``output`` a
+    #: (G, M, Og) view of the saved output, maybe non-contiguous, that it must not write into. The
+    #: cost: the engine keeps its output for the backward, one output-sized tensor more when a bias
+    #: is given (added to a copy, not while writing) or the caller drops the output, none
+    #: otherwise; and, as after ``torch.exp``, changing that output in place
+    #: (``nn.ReLU(inplace=True)`` straight after a layer without bias) makes the backward raise
+    #: torch's "modified by an inplace operation" error. When option tensors need gradients the
+    #: engine differentiates ``contract`` and keeps nothing. A subclass that redefines
+    #: ``contract_backward`` is reset to False.
+    backward_uses_output: ClassVar[bool] = False
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
         """Elements a chunk allocates beyond its fields and output; the engine sizes chunks by it.

@@ -40,12 +40,19 @@ class RBF(Variant):
         # exp in place on the fresh product: one pass fewer over the (G, M, O) output
         return (squared_distances(fields, filters) * -gamma).exp_()
 
+    backward_uses_output = True
+
     def contract_backward(
-        self, fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor, gamma: Option | None = None
+        self,
+        fields: torch.Tensor,
+        filters: torch.Tensor,
+        grad: torch.Tensor,
+        output: torch.Tensor,
+        gamma: Option | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """d exp(-gamma d) / d d = -gamma exp(-gamma d): the forward's output, two products in all."""
         gamma = 1 / fields.shape[-1] if gamma is None else gamma
-        output = self.contract(fields, filters, gamma)
-        return squared_distances_backward(fields, filters, output.mul_(grad).mul_(-gamma))
+        return squared_distances_backward(fields, filters, (output * grad).mul_(-gamma))
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
         return 2 * fields_per_chunk * filters

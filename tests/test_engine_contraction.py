@@ -1,0 +1,139 @@
+"""The engine's Function hands a variant's backward its own forward output when asked.
+
+A variant with ``backward_uses_output`` gets each chunk's output (before bias) and its gradients
+equal autograd; the saved output is guarded by torch's version counter; rbf and
+sharpened_cosine then take two matrix products in backward, as dot does.
+"""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from variant_reference import naive_generalized_conv
+
+import anyconv
+from anyconv.variants import Variant
+from anyconv.variants.kernels import RBF
+
+
+class ScaledExponential(Variant):
+    """A user's variant: exp(p.w / temperature), whose derivative is its own value."""
+
+    name = "scaled_exponential"
+    defaults = {"temperature": 4.0}
+    backward_uses_output = True
+    #: (output handed to the backward, the chunk's output recomputed) for every chunk
+    seen: list = []
+
+    def contract(self, fields, filters, temperature=4.0):
+        return torch.bmm(fields, filters.mT).div(temperature).exp()
+
+    def contract_backward(self, fields, filters, grad, output, temperature=4.0):
+        self.seen.append((output.clone(), self.contract(fields, filters, temperature)))
+        scale = grad * output / temperature
+        return torch.bmm(scale, filters), torch.bmm(scale.mT, fields)
+
+
+def _tensors(channels=4, outputs=6, groups=2, size=(7, 6), seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, channels, *size, generator=generator, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(
+        outputs, channels // groups, 3, 3, generator=generator, dtype=torch.float64, requires_grad=True
+    )
+    b = torch.randn(outputs, generator=generator, dtype=torch.float64, requires_grad=True)
+    return x, w, b
+
+
+def _assert_same_gradients(actual, expected, leaves):
+    grad = torch.randn_like(actual)
+    for got, want in zip(
+        torch.autograd.grad(actual, leaves, grad), torch.autograd.grad(expected, leaves, grad)
+    ):
+        torch.testing.assert_close(got, want)
+
+
+def _naive_scaled_exponential(x, w, b, temperature, **conv_args):
+    dot = naive_generalized_conv(x, w, "dot", **conv_args)
+    return (dot / temperature).exp() + b.reshape(-1, 1, 1)
+
+
+def test_a_user_variant_gets_its_own_output_before_bias_and_autograd_gradients():
+    x, w, b = _tensors()
+    args = dict(stride=(2, 1), padding=1, groups=2)
+    ScaledExponential.seen.clear()
+    # 600 bytes: a few fields per chunk, so the output reaches the backward in several blocks
+    actual = anyconv.generalized_conv(x, w, ScaledExponential, b, memory_budget=600, temperature=3.0, **args)
+    expected = _naive_scaled_exponential(x, w, b, 3.0, **args)
+    torch.testing.assert_close(actual, expected)
+    grad = torch.randn_like(actual)
+    expected_grads = torch.autograd.grad(expected, (x, w, b), grad)
+    actual_grads = torch.autograd.grad(actual, (x, w, b), grad)
+    for which, got, want in zip(("input", "weight", "bias"), actual_grads, expected_grads):
+        torch.testing.assert_close(got, want, msg=lambda message, which=which: f"{which}: {message}")
+    assert len(ScaledExponential.seen) > 2
+    for handed, recomputed in ScaledExponential.seen:
+        assert handed.shape == recomputed.shape and handed.shape[0] == 2  # (G, M, Og)
+        torch.testing.assert_close(handed, recomputed)
+
+
+def test_changing_the_saved_output_in_place_is_torchs_usual_error():
+    x, w, _ = _tensors()
+    output = anyconv.generalized_conv(x, w, "rbf", padding=1, groups=2)
+    output.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        output.sum().backward()
+
+
+def test_the_output_with_bias_added_may_change_in_place():
+    # the engine keeps the tensor before bias: the sum handed to the caller is theirs
+    x, w, b = _tensors()
+    actual = anyconv.generalized_conv(x, w, "rbf", b, padding=1, groups=2).relu_()
+    expected = naive_generalized_conv(x, w, "rbf", b, padding=1, groups=2).relu()
+    _assert_same_gradients(actual, expected, (x, w))
+
+
+def test_learnable_options_take_autograd_and_keep_no_output():
+    x, w, _ = _tensors()
+    gamma = torch.full((6,), 0.2, dtype=torch.float64, requires_grad=True)
+    output = anyconv.generalized_conv(x, w, "rbf", padding=1, groups=2, gamma=gamma)
+    output.mul_(2)  # nothing of the output is saved, so no version error
+    output.sum().backward()
+    assert gamma.grad is not None
+
+
+def test_a_subclass_with_its_own_backward_is_not_handed_the_output():
+    class ExactRBF(RBF):
+        def contract_backward(self, fields, filters, grad, gamma=None):
+            gamma = 1 / fields.shape[-1] if gamma is None else gamma
+            with torch.enable_grad():
+                fields, filters = fields.detach().requires_grad_(), filters.detach().requires_grad_()
+                return torch.autograd.grad(self.contract(fields, filters, gamma), (fields, filters), grad)
+
+    assert RBF.backward_uses_output and not ExactRBF.backward_uses_output
+    x, w, _ = _tensors()
+    expected = anyconv.generalized_conv(x, w, "rbf", padding=1, groups=2, gamma=0.3)
+    actual = anyconv.generalized_conv(x, w, ExactRBF, padding=1, groups=2, gamma=0.3)
+    _assert_same_gradients(actual, expected, (x, w))
+
+
+class _MatrixProducts(TorchDispatchMode):
+    """Counts the matrix products torch runs, in place or not (torch's flop counter misses baddbmm_)."""
+
+    NAMES = {"mm", "bmm", "addmm", "baddbmm", "addbmm", "matmul"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.overloadpacket.__name__.rstrip("_") in self.NAMES
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name, options", [("rbf", {}), ("sharpened_cosine", {"exponent": 1.5, "q": 0.1})])
+def test_rbf_and_sharpened_cosine_backward_take_two_matrix_products(name, options):
+    x, w, b = _tensors()
+    # the default budget holds this layer in one chunk: one backward, two products, as dot's
+    output = anyconv.generalized_conv(x, w, name, b, padding=1, groups=2, **options)
+    with _MatrixProducts() as products:
+        torch.autograd.grad(output, (x, w), torch.randn_like(output))
+    assert products.count == 2
