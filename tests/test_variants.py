@@ -106,6 +106,26 @@ def test_learnable_per_channel_options_get_their_gradients(name, ranges, geometr
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("name, ranges", PER_CHANNEL)
+def test_fixed_per_channel_options_take_the_variants_own_backward(name, ranges):
+    # tensors that want no gradient: the variant's contract_backward gets them as (G, 1, Og)
+    x, w, b, conv_args = _case(GEOMETRIES[0])
+    x, w = _scaled(name, x, w)
+    generator = torch.Generator().manual_seed(1)
+    options = {
+        option: low + (high - low) * torch.rand(GEOMETRIES[0]["outputs"], generator=generator, dtype=x.dtype)
+        for option, (low, high) in ranges.items()
+    }
+    x.requires_grad_(), w.requires_grad_()
+    expected = naive_generalized_conv(x, w, name, b, **conv_args, **options)
+    actual = anyconv.generalized_conv(x, w, name, b, **conv_args, **options)
+    torch.testing.assert_close(actual, expected)
+    grad = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, (x, w), grad)
+    for got, want in zip(torch.autograd.grad(actual, (x, w), grad), expected_grads):
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("name", SMOOTH + ["l1", "max_plus", "min_plus"])
 def test_gradcheck(name):
     # l1 and the tropical variants are piecewise smooth: random float64 values stay off the kinks

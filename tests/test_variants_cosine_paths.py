@@ -55,7 +55,11 @@ def test_cosine_backward_with_a_tiny_filter():
     [0.1, 0.5, 1.0, 1.5, 2.0, 7.0, torch.linspace(0.2, 4.0, 7, dtype=torch.float64).reshape(1, 1, 7)],
     ids=["0.1", "0.5", "1", "1.5", "2", "7", "per-channel"],
 )
-@pytest.mark.parametrize("q", [1e-3, 1.0])
+@pytest.mark.parametrize(
+    "q",
+    [1e-3, 1.0, torch.logspace(-3, 0, 7, dtype=torch.float64).reshape(1, 1, 7)],
+    ids=["1e-3", "1", "per-channel"],
+)
 def test_sharpened_cosine_backward_from_its_output_matches_autograd(exponent, q):
     # y = sign(s) |s|^e is all the backward sees of s: the slope comes back from y by a power
     generator = torch.Generator().manual_seed(0)

@@ -174,15 +174,25 @@ class SharpenedCosine(Variant):
         """
         field_norms, filter_norms = _norms(fields, filters)
         field_scale, filter_scale = field_norms + q, filter_norms + q
-        denominator = field_scale * filter_scale
-        magnitude = output.abs()
-        slope = torch.where(magnitude > 0, magnitude.pow((exponent - 1) / exponent) * exponent, 0)
-        scale = slope.mul_(grad).div_(denominator)
+        # den = (|p| + q)(|w| + q), a factor per field times one per filter (for a number q): each
+        # divides a (G, M, 1) or (G, O, K) tensor where it can, not the (G, M, O) products
         radial = (output * grad).mul_(exponent)
-        # d den / d|p| = |w| + q, so the radial factor is s / ((|p| + q) |p|) (and its twin)
-        field_radial = (radial / field_scale).sum(2, keepdim=True) * _safe_reciprocal(field_norms)
-        filter_radial = (radial / filter_scale).sum(1).unsqueeze(-1) * _safe_reciprocal(filter_norms.mT)
-        return _norm_quotient_backward(fields, filters, scale, field_radial, filter_radial)
+        # d den / d|p| = |w| + q, so the radial factor is e y / ((|p| + q) |p|), summed over filters
+        if field_scale.shape[-1] == 1:
+            field_sums = radial.sum(2, keepdim=True).div_(field_scale)
+        else:
+            field_sums = (radial / field_scale).sum(2, keepdim=True)
+        field_radial = field_sums * _safe_reciprocal(field_norms)
+        filter_radial = radial.sum(1).unsqueeze(-1).div_(filter_scale.mT) * _safe_reciprocal(filter_norms.mT)
+        scale = output.abs().pow_((exponent - 1) / exponent)
+        if isinstance(exponent, torch.Tensor) or exponent <= 1:
+            # 0^((e-1)/e) is 1 or inf there: the gradient at s = 0 is taken as 0
+            scale.masked_fill_(output == 0, 0)
+        scale.mul_(grad).div_(field_scale)
+        filter_factor = (exponent / filter_scale).mT
+        grad_fields = _remove_radial(torch.bmm(scale, filters * filter_factor), fields, field_radial)
+        grad_filters = _remove_radial(torch.bmm(scale.mT, fields).mul_(filter_factor), filters, filter_radial)
+        return grad_fields, grad_filters
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
         return 3 * fields_per_chunk * filters
