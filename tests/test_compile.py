@@ -18,8 +18,8 @@ from anyconv.variants import Variant
 # torch's own tracing machinery warns that torch.jit.script_method is deprecated: not ours
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-#: the variants compiled here: the standard one and a matrix-product variant
-COMPILED_VARIANTS = ["dot", "l2"]
+#: the variants compiled here: the standard one, a matrix-product variant, one whose backward keeps its output
+COMPILED_VARIANTS = ["dot", "l2", "rbf"]
 
 MODULES = {
     "conv2d-reflect-groups": lambda: anyconv.nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect", groups=2),
