@@ -91,6 +91,19 @@ def test_the_output_with_bias_added_may_change_in_place():
     _assert_same_gradients(actual, expected, (x, w))
 
 
+def test_bias_is_added_alike_with_and_without_a_graph():
+    # without grad mode nothing is kept, and the bias is added while writing, not to a copy
+    x, w, b = _tensors()
+    recorded = anyconv.generalized_conv(x, w, "sharpened_cosine", b, padding=1, groups=2)
+    with torch.no_grad():
+        unrecorded = anyconv.generalized_conv(x, w, "sharpened_cosine", b, padding=1, groups=2)
+    torch.testing.assert_close(unrecorded, recorded.detach())
+    # only the bias wants a gradient: the backward still runs its chunks, output in hand
+    only_bias = anyconv.generalized_conv(x.detach(), w.detach(), "rbf", b, padding=1, groups=2)
+    (grad_bias,) = torch.autograd.grad(only_bias.sum(), b)
+    torch.testing.assert_close(grad_bias, torch.full_like(b, only_bias[0, 0].numel() * 2.0))
+
+
 def test_learnable_options_take_autograd_and_keep_no_output():
     x, w, _ = _tensors()
     gamma = torch.full((6,), 0.2, dtype=torch.float64, requires_grad=True)

@@ -29,6 +29,8 @@ class Plan:
     variant: Variant
     option_names: tuple[str, ...]
     fixed_options: tuple[tuple[str, float], ...]
+    #: grad mode at the call (forward runs without it, and needs_input_grad ignores it)
+    grad_mode: bool = True
 
 
 def _options(plan: Plan, option_tensors: tuple[torch.Tensor, ...], filters_per_group: int) -> dict:
@@ -90,7 +92,12 @@ class GeneralizedConvFunction(torch.autograd.Function):
         options = _options(plan, option_tensors, filters.shape[1])
         output = input.new_empty((input.shape[0], weight.shape[0], *geometry.output_size))
         # a backward that uses the output gets it before bias: the bias then goes on a copy, after
-        keeps_output = plan.variant.backward_uses_output and _custom_backward(plan, ctx.needs_input_grad[4:])
+        records_graph = plan.grad_mode and any(ctx.needs_input_grad)
+        keeps_output = (
+            plan.variant.backward_uses_output
+            and records_graph
+            and _custom_backward(plan, ctx.needs_input_grad[4:])
+        )
         written_bias = None if keeps_output else bias
         buffer = fields_buffer(input, plan.chunks)
         for chunk in plan.chunks:

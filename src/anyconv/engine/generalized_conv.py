@@ -75,5 +75,5 @@ def _fields_times_filters(batched, weight, bias, variant, geometry, groups, budg
     chunks = plan_chunks(geometry, batched.shape[0], bytes_per_field, budget)
     tensors = {name: value for name, value in variant.options.items() if isinstance(value, torch.Tensor)}
     fixed = tuple((name, value) for name, value in variant.options.items() if name not in tensors)
-    plan = Plan(geometry, groups, chunks, variant, tuple(tensors), fixed)
+    plan = Plan(geometry, groups, chunks, variant, tuple(tensors), fixed, torch.is_grad_enabled())
     return GeneralizedConvFunction.apply(batched, weight, bias, plan, *tensors.values())

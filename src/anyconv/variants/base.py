@@ -107,12 +107,12 @@ class Variant:
     #: True when ``contract_backward`` wants the chunk's forward output (before bias): it is then
     #: called as ``contract_backward(fields, filters, grad, output, **options)``, ``output`` a
     #: (G, M, Og) view of the saved output, maybe non-contiguous, that it must not write into. The
-    #: cost: the engine keeps its output for the backward, one output-sized tensor more when a bias
-    #: is given (added to a copy, not while writing) or the caller drops the output, none
-    #: otherwise; and, as after ``torch.exp``, changing that output in place
-    #: (``nn.ReLU(inplace=True)`` straight after a layer without bias) makes the backward raise
-    #: torch's "modified by an inplace operation" error. When option tensors need gradients the
-    #: engine differentiates ``contract`` and keeps nothing. A subclass that redefines
+    #: cost, when autograd records the call: the engine keeps its output for the backward, one
+    #: output-sized tensor more when a bias is given (added to a copy, not while writing) or the
+    #: caller drops the output, none otherwise; and, as after ``torch.exp``, changing that output
+    #: in place (``nn.ReLU(inplace=True)`` straight after a layer without bias) makes the backward
+    #: raise torch's "modified by an inplace operation" error. When option tensors need gradients
+    #: the engine differentiates ``contract`` and keeps nothing. A subclass that redefines
     #: ``contract_backward`` is reset to False.
     backward_uses_output: ClassVar[bool] = False
 
