@@ -71,6 +71,25 @@ def _as_chunk_result(block: torch.Tensor) -> torch.Tensor:
     return block.permute(1, 2, 0, 3, 4).flatten(2).transpose(1, 2)
 
 
+def contract_chunks(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    plan: Plan,
+    option_tensors: tuple[torch.Tensor, ...] = (),
+) -> torch.Tensor:
+    """The forward pass without autograd: each chunk's fields meet the filters, written with ``bias``."""
+    geometry, groups = plan.geometry, plan.groups
+    filters = filters_of(weight, groups)
+    options = _options(plan, option_tensors, filters.shape[1])
+    output = input.new_empty((input.shape[0], weight.shape[0], *geometry.output_size))
+    buffer = fields_buffer(input, plan.chunks)
+    for chunk in plan.chunks:
+        fields = chunk_fields(input, geometry, chunk, groups, buffer)
+        write_block(output, chunk, plan.variant.contract(fields, filters, **options), bias)
+    return output
+
+
 class GeneralizedConvFunction(torch.autograd.Function):
     """``output = variant(fields(input), weight) + bias`` over all chunks; see the module docstring.
 
@@ -87,10 +106,7 @@ class GeneralizedConvFunction(torch.autograd.Function):
         plan: Plan,
         *option_tensors: torch.Tensor,
     ):
-        geometry, groups = plan.geometry, plan.groups
-        filters = filters_of(weight, groups)
-        options = _options(plan, option_tensors, filters.shape[1])
-        output = input.new_empty((input.shape[0], weight.shape[0], *geometry.output_size))
+        geometry = plan.geometry
         # a backward that uses the output gets it before bias: the bias then goes on a copy, after
         records_graph = plan.grad_mode and any(ctx.needs_input_grad)
         keeps_output = (
@@ -98,11 +114,7 @@ class GeneralizedConvFunction(torch.autograd.Function):
             and records_graph
             and _custom_backward(plan, ctx.needs_input_grad[4:])
         )
-        written_bias = None if keeps_output else bias
-        buffer = fields_buffer(input, plan.chunks)
-        for chunk in plan.chunks:
-            fields = chunk_fields(input, geometry, chunk, groups, buffer)
-            write_block(output, chunk, plan.variant.contract(fields, filters, **options), written_bias)
+        output = contract_chunks(input, weight, None if keeps_output else bias, plan, option_tensors)
         ctx.plan = plan
         ctx.keeps_output = keeps_output
         ctx.save_for_backward(input, weight, *option_tensors, *((output,) if keeps_output else ()))

@@ -60,7 +60,9 @@ def generalized_conv(
         # the chunk's working memory is its padded input and its output grid, per position
         bytes_per_position = batched.element_size() * (batched.shape[1] + weight.shape[0])
         chunks = plan_chunks(geometry, batched.shape[0], bytes_per_position, budget)
-        output = ShiftedViewsFunction.apply(batched, weight, bias, TapwisePlan(geometry, groups, chunks))
+        fields_plan = _fields_plan(batched, weight, variant, geometry, groups, budget)
+        plan = TapwisePlan(geometry, groups, chunks, fields_plan)
+        output = ShiftedViewsFunction.apply(batched, weight, bias, plan)
     else:
         output = _fields_times_filters(batched, weight, bias, variant, geometry, groups, budget)
     return output.squeeze(0) if was_unbatched else output
@@ -68,12 +70,18 @@ def generalized_conv(
 
 def _fields_times_filters(batched, weight, bias, variant, geometry, groups, budget) -> torch.Tensor:
     """The general path: each chunk's fields copied as rows, handed to the variant."""
+    plan = _fields_plan(batched, weight, variant, geometry, groups, budget)
+    tensors = [value for value in variant.options.values() if isinstance(value, torch.Tensor)]
+    return GeneralizedConvFunction.apply(batched, weight, bias, plan, *tensors)
+
+
+def _fields_plan(batched, weight, variant, geometry, groups, budget) -> Plan:
+    """Chunks sized for copied fields, and the variant's options split into tensors and numbers."""
     fields_per_group = weight[0].numel()
     filters_per_group = weight.shape[0] // groups
     working = variant.working_elements(1, fields_per_group, filters_per_group)
     bytes_per_field = batched.element_size() * groups * (fields_per_group + filters_per_group + working)
     chunks = plan_chunks(geometry, batched.shape[0], bytes_per_field, budget)
-    tensors = {name: value for name, value in variant.options.items() if isinstance(value, torch.Tensor)}
+    tensors = tuple(name for name, value in variant.options.items() if isinstance(value, torch.Tensor))
     fixed = tuple((name, value) for name, value in variant.options.items() if name not in tensors)
-    plan = Plan(geometry, groups, chunks, variant, tuple(tensors), fixed, torch.is_grad_enabled())
-    return GeneralizedConvFunction.apply(batched, weight, bias, plan, *tensors.values())
+    return Plan(geometry, groups, chunks, variant, tensors, fixed, torch.is_grad_enabled())

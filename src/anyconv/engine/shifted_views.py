@@ -8,6 +8,13 @@ dimension prod(padded size), a valid BLAS operand. The output is the sum over ta
 would run past the edge are dropped. A stride s first splits the input into its prod(s) phases
 (pixel ``s * i + p`` goes to phase p, place i), one copy of the input, after which every tap reads
 one phase at stride 1. Backward runs the transposed products on the same views.
+
+The engine uses these views for the backward pass only: its forward copies the fields as rows
+and takes one product per chunk (``TapwisePlan.fields_plan``), which measured faster (forward
+of (32, 64, 32, 32) -> 64, 3x3, timed in turn with F.conv2d: 1.06x against 1.39x its time),
+while the backward's tap products spare the fold of the field gradients (forward+backward 1.64x
+against 1.80x with copied fields both ways). Without a fields plan the forward runs the tap
+products too; the tests use that to check the tap layout against torch.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import torch
 
 from ..geometry import Geometry
 from .chunks import Chunk
-from .contraction import bias_grad
+from .contraction import Plan, bias_grad, contract_chunks
 from .fields import add_image_grad, chunk_image
 
 
@@ -125,11 +132,16 @@ def _crop(grid: torch.Tensor, layout: TapLayout) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class TapwisePlan:
-    """What :class:`ShiftedViewsFunction` needs besides tensors."""
+    """What :class:`ShiftedViewsFunction` needs besides tensors.
+
+    ``fields_plan``, when given, makes the forward pass copy fields as rows (one product per
+    chunk, see :func:`~anyconv.engine.contraction.contract_chunks`) instead of the tap products.
+    """
 
     geometry: Geometry
     groups: int
     chunks: tuple[Chunk, ...]
+    fields_plan: Plan | None = None
 
 
 class ShiftedViewsFunction(torch.autograd.Function):
@@ -143,6 +155,10 @@ class ShiftedViewsFunction(torch.autograd.Function):
     def forward(
         ctx, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: TapwisePlan
     ) -> torch.Tensor:
+        ctx.plan = plan
+        ctx.save_for_backward(input, weight)
+        if plan.fields_plan is not None:
+            return contract_chunks(input, weight, bias, plan.fields_plan)
         groups, out_channels = plan.groups, weight.shape[0]
         filters = tap_filters(weight, groups)
         in_group, out_group = weight.shape[1], out_channels // groups
@@ -163,8 +179,6 @@ class ShiftedViewsFunction(torch.autograd.Function):
                 block.copy_(_crop(grid, layout))
             else:
                 torch.add(_crop(grid, layout), bias.view(-1, *(1,) * layout.geometry.ndim), out=block)
-        ctx.plan = plan
-        ctx.save_for_backward(input, weight)
         return output
 
     @staticmethod
