@@ -55,10 +55,15 @@ def write_block(output: torch.Tensor, chunk: Chunk, result: torch.Tensor, bias: 
     groups = result.shape[0]
     block = _output_block(output, chunk, groups)
     values = result.transpose(1, 2).unflatten(2, (block.shape[0], *block.shape[3:])).permute(2, 0, 1, 3, 4)
+    copy_with_bias(block, values, None if bias is None else bias.view(groups, -1, 1, 1))
+
+
+def copy_with_bias(block: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """``block[...] = values + bias`` (``bias`` broadcast, or none) in one pass over ``block``."""
     if bias is None:
         block.copy_(values)
     else:
-        torch.add(values, bias.view(groups, -1, 1, 1), out=block)
+        torch.add(values, bias, out=block)
 
 
 def bias_grad(grad_output: torch.Tensor) -> torch.Tensor:

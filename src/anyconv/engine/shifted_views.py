@@ -27,7 +27,7 @@ import torch
 
 from ..geometry import Geometry
 from .chunks import Chunk
-from .contraction import Plan, bias_grad, contract_chunks
+from .contraction import Plan, bias_grad, contract_chunks, copy_with_bias
 from .fields import add_image_grad, chunk_image
 
 
@@ -145,10 +145,11 @@ class TapwisePlan:
 
 
 class ShiftedViewsFunction(torch.autograd.Function):
-    """``conv(input, weight) + bias`` with zero padding, as matrix products on shifted views, chunk by chunk.
+    """``conv(input, weight) + bias`` with zero padding; backward as matrix products on shifted views.
 
-    The input is unpadded, or padded already in a non-zero mode (then ``plan.geometry`` has no
-    padding). Backward keeps only the input and the weight.
+    The forward copies fields as rows when ``plan.fields_plan`` is given (the engine's choice),
+    else it too runs the tap products. The input is unpadded, or padded already in a non-zero
+    mode (then ``plan.geometry`` has no padding). Backward keeps only the input and the weight.
     """
 
     @staticmethod
@@ -174,11 +175,8 @@ class ShiftedViewsFunction(torch.autograd.Function):
                 for tap, (phase, shift) in enumerate(layout.taps):
                     columns = phases[phase, sample, channels, shift : shift + width]
                     result.addmm_(filters[tap, group], columns, beta=0 if tap == 0 else 1)
-            block = output[chunk.samples, :, chunk.rows]
-            if bias is None:
-                block.copy_(_crop(grid, layout))
-            else:
-                torch.add(_crop(grid, layout), bias.view(-1, *(1,) * layout.geometry.ndim), out=block)
+            per_channel = None if bias is None else bias.view(-1, *(1,) * layout.geometry.ndim)
+            copy_with_bias(output[chunk.samples, :, chunk.rows], _crop(grid, layout), per_channel)
         return output
 
     @staticmethod
