@@ -1,20 +1,21 @@
-"""The shifted-views path (one product per kernel tap on views of the input): equal to torch's
-convolution forward and backward for any stride, dilation, padding and groups, and chosen by the
-engine only for the dot variant where it is the faster path."""
+"""The shifted views (one product per kernel tap on views of the input): the standard
+convolution's forward on them (``tap_products``) and the engine's backward on them, equal to
+torch's for any stride, dilation, padding and groups, and chosen by the engine for the
+matrix-product variants at stride 1 only, where it is the faster backward."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference_conv import naive_conv
 
 import anyconv
-from anyconv.engine import shifted_views
+from anyconv.engine import contraction, shifted_views
 from anyconv.engine.chunks import plan_chunks
-from anyconv.engine.shifted_views import ShiftedViewsFunction, TapLayout, TapwisePlan
+from anyconv.engine.shifted_views import TapLayout, spread_over_taps, tap_products, tap_sums
 from anyconv.functional.pad import pad
 from anyconv.geometry import make_geometry
 from anyconv.variants import Dot
@@ -23,8 +24,8 @@ DOUBLE = torch.float64
 TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-def shifted_conv(x, w, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", budget=2**22):
-    """ShiftedViewsFunction called directly, for any stride (the engine picks it for stride 1)."""
+def views_forward(x, w, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", budget=2**22):
+    """``tap_products``, the forward on shifted views, called directly for any stride."""
     geometry = make_geometry(x.shape[2:], w.shape[2:], stride, padding, dilation, padding_mode)
     if geometry.padding_mode != "zeros" and geometry.is_padded:
         x = pad(x, geometry)
@@ -32,7 +33,14 @@ def shifted_conv(x, w, stride=1, padding=0, dilation=1, groups=1, padding_mode="
             geometry.padded_size, geometry.kernel_size, geometry.stride, 0, geometry.dilation
         )
     chunks = plan_chunks(geometry, x.shape[0], x.element_size() * (x.shape[1] + w.shape[0]), budget)
-    return ShiftedViewsFunction.apply(x, w, None, TapwisePlan(geometry, groups, chunks))
+    return tap_products(x, w, None, geometry, groups, chunks)
+
+
+def views_conv(x, w, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", budget=2**22):
+    """anyconv.conv: fields forward, and, under ``views_everywhere``, backward on the views."""
+    return anyconv.conv(
+        x, w, None, stride, padding, dilation, groups, padding_mode=padding_mode, memory_budget=budget
+    )
 
 
 def torch_conv(x, w, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):
@@ -54,8 +62,13 @@ def _assert_matches(case, reference=torch_conv, seed=0):
     options = {
         key: case[key] for key in ("stride", "padding", "dilation", "groups", "padding_mode") if key in case
     }
-    ours = shifted_conv(x, w, **options, budget=case.get("budget", 2**22))
+    budget = case.get("budget", 2**22)
     expected = reference(x, w, **options)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            views_forward(x, w, **options, budget=budget), expected, rtol=0, atol=1e-10
+        )
+    ours = views_conv(x, w, **options, budget=budget)
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-10)
     if not expected.requires_grad:
         return
@@ -96,7 +109,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case["id"] for case in CASES])
-def test_shifted_views_match_torch_forward_and_gradients(case):
+def test_shifted_views_match_torch_forward_and_gradients(case, views_everywhere):
     _assert_matches(case)
 
 
@@ -113,27 +126,27 @@ FOUR_D_CASES = [
 
 
 @pytest.mark.parametrize("case", FOUR_D_CASES, ids=[case["id"] for case in FOUR_D_CASES])
-def test_shifted_views_beyond_3d_match_the_naive_loop(case):
+def test_shifted_views_beyond_3d_match_the_naive_loop(case, views_everywhere):
     _assert_matches(case, reference=naive_conv)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_shifted_views_gradcheck(stride):
+def test_shifted_views_gradcheck(stride, views_everywhere):
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(2, 4, 5, 6, dtype=DOUBLE, generator=generator, requires_grad=True)
     w = torch.randn(4, 2, 3, 2, dtype=DOUBLE, generator=generator, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda x, w: shifted_conv(x, w, stride=stride, padding=1, dilation=(1, 2), groups=2, budget=64),
+        lambda x, w: views_conv(x, w, stride=stride, padding=1, dilation=(1, 2), groups=2, budget=64),
         (x, w),
     )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     ndim=st.integers(1, 3),
     data=st.data(),
 )
-def test_shifted_views_match_torch_on_random_geometries(ndim, data):
+def test_shifted_views_match_torch_on_random_geometries(views_everywhere, ndim, data):
     groups = data.draw(st.sampled_from([1, 2, 3]))
     kernel = tuple(data.draw(st.integers(1, 3)) for _ in range(ndim))
     dilation = tuple(data.draw(st.integers(1, 3)) for _ in range(ndim))
@@ -167,18 +180,25 @@ def test_tap_layout_places_every_tap_on_its_phase_and_shift():
     assert layout.columns == 4 * 3 - 3
 
 
-def test_engine_takes_shifted_views_for_dot_at_stride_1_only(monkeypatch):
+def test_engine_takes_the_views_backward_for_matrix_product_variants_at_stride_1_only(monkeypatch):
     calls = []
-    original = ShiftedViewsFunction.apply
-    monkeypatch.setattr(ShiftedViewsFunction, "apply", lambda *args: calls.append(1) or original(*args))
-    x, w = torch.randn(2, 8, 32, 32, dtype=DOUBLE), torch.randn(4, 8, 3, 3, dtype=DOUBLE)
-    anyconv.conv(x, w, padding=1)
-    assert calls == [1]
-    anyconv.conv(x[..., :8, :8], w, padding=1)
-    anyconv.conv(x, w, stride=2)
-    anyconv.generalized_conv(x, w, "l2", padding=1)
-    anyconv.conv(torch.randn(2, 8, 6, 6, dtype=DOUBLE), torch.randn(8, 1, 3, 3, dtype=DOUBLE), groups=8)
-    assert calls == [1]
+    original = contraction.tap_gradients
+    monkeypatch.setattr(
+        contraction, "tap_gradients", lambda *args: calls.append(args[0].name) or original(*args)
+    )
+    x = torch.randn(2, 8, 32, 32, dtype=DOUBLE, requires_grad=True)
+    w = torch.randn(4, 8, 3, 3, dtype=DOUBLE)
+    for name in ("dot", "l2", "cosine", "l1"):
+        anyconv.generalized_conv(x, w, name, padding=1).sum().backward()
+    assert calls == ["dot", "l2", "cosine"]
+    anyconv.conv(x[..., :8, :8], w, padding=1).sum().backward()
+    anyconv.conv(x, w, stride=2).sum().backward()
+    depthwise = torch.randn(8, 1, 3, 3, dtype=DOUBLE)
+    anyconv.conv(x[..., :8, :8], depthwise, groups=8).sum().backward()
+    # a learnable option takes autograd through contract, on copied fields
+    gamma = torch.full((4,), 0.1, dtype=DOUBLE, requires_grad=True)
+    anyconv.generalized_conv(x, w, "rbf", padding=1, gamma=gamma).sum().backward()
+    assert calls == ["dot", "l2", "cosine"] and gamma.grad is not None
 
 
 def test_fit_rule_keeps_depthwise_strided_and_small_on_copied_fields():
@@ -194,7 +214,7 @@ def test_fit_rule_keeps_depthwise_strided_and_small_on_copied_fields():
     )
 
 
-def test_a_subclass_that_redefines_contract_is_not_tapwise():
+def test_a_subclass_that_redefines_contract_loses_the_product_backward():
     class ScaledDot(Dot):
         name = "scaled_dot"
 
@@ -204,11 +224,32 @@ def test_a_subclass_that_redefines_contract_is_not_tapwise():
     class NamedDot(Dot):
         name = "named_dot"
 
-    assert Dot.tapwise and NamedDot.tapwise and not ScaledDot.tapwise
-    x, w = torch.randn(2, 4, 6, 6, dtype=DOUBLE), torch.randn(3, 4, 3, 3, dtype=DOUBLE)
+    assert NamedDot.product_backward is Dot.product_backward and ScaledDot.product_backward is None
+    x = torch.randn(2, 4, 6, 6, dtype=DOUBLE, requires_grad=True)
+    w = torch.randn(3, 4, 3, 3, dtype=DOUBLE, requires_grad=True)
+    _assert_same_gradients_as(
+        anyconv.generalized_conv(x, w, ScaledDot(), padding=1), 2 * F.conv2d(x, w, padding=1), (x, w)
+    )
+
+
+def _assert_same_gradients_as(actual, expected, leaves):
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-10)
+    grad = torch.randn_like(expected)
+    for got, want in zip(
+        torch.autograd.grad(actual, leaves, grad), torch.autograd.grad(expected, leaves, grad)
+    ):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+def test_tap_sums_are_the_field_sums_and_spread_is_their_adjoint():
+    geometry = make_geometry((7, 8), (2, 3), stride=(2, 1), dilation=(2, 2))
+    layout = TapLayout(geometry)
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(2, 3, 7, 8, dtype=DOUBLE, generator=generator)
+    fields = anyconv.unfold(values, (2, 3), stride=(2, 1), dilation=(2, 2))  # (b, 3 * taps, L)
+    expected = fields.unflatten(1, (3, -1)).sum(2).view(2, 3, *geometry.output_size)
+    torch.testing.assert_close(tap_sums(values, layout), expected, rtol=0, atol=1e-12)
+    outputs = torch.randn(expected.shape, dtype=DOUBLE, generator=generator)
     torch.testing.assert_close(
-        anyconv.generalized_conv(x, w, ScaledDot(), padding=1),
-        2 * F.conv2d(x, w, padding=1),
-        rtol=0,
-        atol=1e-10,
+        (tap_sums(values, layout) * outputs).sum(), (values * spread_over_taps(outputs, layout)).sum()
     )

@@ -14,6 +14,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import take_views_everywhere
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -230,3 +231,32 @@ def test_every_variant_is_the_same_whatever_the_chunks(variant, case, budget):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
     single = anyconv.generalized_conv(input[0], weight, variant, bias, **kwargs)
     torch.testing.assert_close(single, whole[0], rtol=1e-10, atol=1e-10)
+
+
+#: the variants whose backward the engine may take on shifted views of the input
+PRODUCT_VARIANTS = sorted(
+    name
+    for name in anyconv.variants.BUILTIN_VARIANTS
+    if anyconv.variants.resolve_variant(name).product_backward is not None
+)
+
+
+@pytest.mark.parametrize("variant", PRODUCT_VARIANTS)
+@fuzz
+@given(case=convolutions(dtypes=(torch.float64,)), budget=st.integers(1, 4096))
+def test_the_backward_on_shifted_views_equals_the_one_on_copied_fields(variant, case, budget):
+    # the engine takes the views only where they are faster (stride 1, large images): forced
+    # here onto every geometry, they must give the copied fields' gradients
+    input, weight, bias = _tensors(case, requires_grad=True)
+    kwargs = _anyconv_kwargs(case)
+    fields = anyconv.generalized_conv(input, weight, variant, bias, memory_budget=budget, **kwargs)
+    with pytest.MonkeyPatch.context() as patch:
+        take_views_everywhere(patch)
+        views = anyconv.generalized_conv(input, weight, variant, bias, memory_budget=budget, **kwargs)
+    torch.testing.assert_close(views, fields, rtol=0, atol=0)
+    if fields.numel() == 0:
+        return
+    grad = torch.randn(fields.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(case["seed"]))
+    leaves = (input, weight, bias) if bias is not None else (input, weight)
+    for got, expected in zip(torch.autograd.grad(views, leaves, grad), torch.autograd.grad(fields, leaves, grad)):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)

@@ -6,10 +6,11 @@ groups, stride, dilation and padding; gradcheck for the variants that are smooth
 
 import pytest
 import torch
+from conftest import take_views_everywhere
 from variant_reference import naive_generalized_conv
 
 import anyconv
-from anyconv.variants import BUILTIN_VARIANTS
+from anyconv.variants import BUILTIN_VARIANTS, resolve_variant
 
 GEOMETRIES = [
     dict(id="1d-groups-stride", size=(11,), channels=4, outputs=6, kernel=(3,), groups=2, stride=2,
@@ -77,6 +78,19 @@ def test_forward_and_gradients_equal_the_naive_formula(name, options, geometry):
         torch.testing.assert_close(got, want, msg=lambda message, which=which: f"{which}: {message}")
 
 
+def _product_variant_cases():
+    for case in _variant_cases():
+        name, options = case.values
+        if resolve_variant(name, **options).product_backward is not None:
+            yield case
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=[g["id"] for g in GEOMETRIES])
+@pytest.mark.parametrize("name, options", list(_product_variant_cases()))
+def test_the_backward_on_shifted_views_equals_the_naive_formula(name, options, geometry, views_everywhere):
+    test_forward_and_gradients_equal_the_naive_formula(name, options, geometry)
+
+
 PER_CHANNEL = [
     pytest.param("rbf", {"gamma": (0.05, 0.3)}, id="rbf-gamma"),
     pytest.param("polynomial", {"c": (-0.5, 1.5)}, id="polynomial-c"),
@@ -106,9 +120,12 @@ def test_learnable_per_channel_options_get_their_gradients(name, ranges, geometr
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("views", [False, True], ids=["fields", "views"])
 @pytest.mark.parametrize("name, ranges", PER_CHANNEL)
-def test_fixed_per_channel_options_take_the_variants_own_backward(name, ranges):
-    # tensors that want no gradient: the variant's contract_backward gets them as (G, 1, Og)
+def test_fixed_per_channel_options_take_the_variants_own_backward(name, ranges, views, monkeypatch):
+    # tensors that want no gradient: the variant's own backward gets them as (G, 1, Og)
+    if views:
+        take_views_everywhere(monkeypatch)
     x, w, b, conv_args = _case(GEOMETRIES[0])
     x, w = _scaled(name, x, w)
     generator = torch.Generator().manual_seed(1)
@@ -126,8 +143,17 @@ def test_fixed_per_channel_options_take_the_variants_own_backward(name, ranges):
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("name", SMOOTH + ["l1", "max_plus", "min_plus"])
-def test_gradcheck(name):
+GRADCHECKED = [pytest.param(name, False, id=name) for name in SMOOTH + ["l1", "max_plus", "min_plus"]] + [
+    pytest.param(name, True, id=f"{name}-views")
+    for name in SMOOTH
+    if resolve_variant(name).product_backward is not None
+]
+
+
+@pytest.mark.parametrize("name, views", GRADCHECKED)
+def test_gradcheck(name, views, monkeypatch):
+    if views:
+        take_views_everywhere(monkeypatch)
     # l1 and the tropical variants are piecewise smooth: random float64 values stay off the kinks
     x, w, b, conv_args = _case(dict(size=(5, 4), channels=2, outputs=4, kernel=(2, 3), groups=2, padding=1,
                                     stride=(2, 1)))

@@ -1,9 +1,10 @@
-"""The cosine backward's three paths (two products, tiny-norm fields, exact) against autograd,
-and the sharpened cosine's backward from its forward output."""
+"""The cosine variants' backwards, from their forward output, against autograd: zero, tiny and
+ordinary fields, tiny filters, every exponent and q (numbers and per-channel tensors)."""
 
 import pytest
 import torch
 
+from anyconv.engine.product_gradients import field_gradients
 from anyconv.variants import cosine
 
 SCALES = [1.0, 1e-3, 1e-6, 1e-9, 1e-12]
@@ -16,7 +17,11 @@ def _relative_errors(fields, filters):
     exact_filters = filters.double().requires_grad_()
     output = cosine.Cosine().contract(exact_fields, exact_filters)
     want_fields, want_filters = torch.autograd.grad(output, (exact_fields, exact_filters), grad)
-    got_fields, got_filters = cosine.Cosine().contract_backward(fields, filters, grad.to(fields.dtype))
+    # the backward reads the output the forward computed in the fields' own dtype
+    own_output = cosine.Cosine().contract(fields, filters)
+    got_fields, got_filters = field_gradients(
+        cosine.Cosine(), fields, filters, grad.to(fields.dtype), own_output, {}
+    )
     rows = fields.norm(dim=-1) > 0
     field_error = ((got_fields - want_fields).norm(dim=-1)[rows] / want_fields.norm(dim=-1)[rows]).max()
     filter_scale = want_filters.norm(dim=-1).clamp_min(1e-30)
@@ -74,7 +79,8 @@ def test_sharpened_cosine_backward_from_its_output_matches_autograd(exponent, q)
     exact_fields, exact_filters = fields.clone().requires_grad_(), filters.clone().requires_grad_()
     output = variant.contract(exact_fields, exact_filters, exponent, q)
     want_fields, want_filters = torch.autograd.grad(output, (exact_fields, exact_filters), grad)
-    got_fields, got_filters = variant.contract_backward(fields, filters, grad, output.detach(), exponent, q)
+    options = {"exponent": exponent, "q": q}
+    got_fields, got_filters = field_gradients(variant, fields, filters, grad, output.detach(), options)
     # autograd's gradient at s = 0 is 0 * inf for exponents under 1: compare the other fields
     defined = want_fields.isfinite().all(-1)
     if not isinstance(exponent, torch.Tensor) and exponent >= 1:

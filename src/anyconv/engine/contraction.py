@@ -1,10 +1,12 @@
 """The engine's autograd Function: fields meet filters chunk by chunk, forward and backward.
 
 Forward never holds more than one chunk of fields. Backward keeps only the input, the
-weight and the variant's option tensors (and the output, for a variant whose backward uses it);
-it recomputes each chunk's fields, asks the variant for their gradients (its own
-``contract_backward``, or autograd through ``contract`` one chunk at a time) and folds the field
-gradients back into the input with col2im.
+weight and the variant's option tensors (and the output, for a variant whose backward uses it).
+A variant with ``product_backward`` gets its gradients as matrix products on shifted views of the
+input when the plan has ``tap_chunks`` (``product_gradients.tap_gradients``: no fields copied,
+none folded); otherwise each chunk's fields are recomputed, the variant gives their gradients
+(from ``product_backward``, its own ``contract_backward``, or autograd through ``contract`` one
+chunk at a time) and they are folded back into the input with col2im.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import torch
 
 from ..geometry import Geometry
 from ..variants import Variant
+from .blocks import as_chunk_result, bias_grad, output_block, write_block
 from .chunks import Chunk
 from .fields import add_field_grads, chunk_fields, fields_buffer, filters_of, weight_of
+from .product_gradients import field_gradients, tap_gradients
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class Plan:
     fixed_options: tuple[tuple[str, float], ...]
     #: grad mode at the call (forward runs without it, and needs_input_grad ignores it)
     grad_mode: bool = True
+    #: chunks for a backward on shifted views (a variant with ``product_backward``), or None
+    tap_chunks: tuple[Chunk, ...] | None = None
 
 
 def _options(plan: Plan, option_tensors: tuple[torch.Tensor, ...], filters_per_group: int) -> dict:
@@ -39,41 +45,6 @@ def _options(plan: Plan, option_tensors: tuple[torch.Tensor, ...], filters_per_g
         # one value per output channel -> (G, 1, Og), broadcasting over the fields of a chunk
         options[name] = value.reshape(plan.groups, 1, filters_per_group) if value.dim() == 1 else value
     return options
-
-
-def _output_block(output: torch.Tensor, chunk: Chunk, groups: int) -> torch.Tensor:
-    """The part of the output (B, O, *out) a chunk writes, as (b, G, Og, rows, rest)."""
-    view = output.unflatten(1, (groups, -1))[:, :, :, chunk.rows]
-    return view[chunk.samples].flatten(4) if view.dim() > 4 else view[chunk.samples].unsqueeze(-1)
-
-
-def write_block(output: torch.Tensor, chunk: Chunk, result: torch.Tensor, bias: torch.Tensor | None) -> None:
-    """Write a chunk's result (G, M, Og) into its part of the output (B, O, *out), plus ``bias``.
-
-    Adding the bias in this copy spares a pass over the whole output and a second output tensor.
-    """
-    groups = result.shape[0]
-    block = _output_block(output, chunk, groups)
-    values = result.transpose(1, 2).unflatten(2, (block.shape[0], *block.shape[3:])).permute(2, 0, 1, 3, 4)
-    copy_with_bias(block, values, None if bias is None else bias.view(groups, -1, 1, 1))
-
-
-def copy_with_bias(block: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None) -> None:
-    """``block[...] = values + bias`` (``bias`` broadcast, or none) in one pass over ``block``."""
-    if bias is None:
-        block.copy_(values)
-    else:
-        torch.add(values, bias, out=block)
-
-
-def bias_grad(grad_output: torch.Tensor) -> torch.Tensor:
-    """The gradient of a bias added to every position of a (B, O, *out) output."""
-    return grad_output.sum((0, *range(2, grad_output.dim())))
-
-
-def _as_chunk_result(block: torch.Tensor) -> torch.Tensor:
-    """(b, G, Og, rows, rest) -> (G, M, Og) with M = b * rows * rest."""
-    return block.permute(1, 2, 0, 3, 4).flatten(2).transpose(1, 2)
 
 
 def contract_chunks(
@@ -91,7 +62,9 @@ def contract_chunks(
     buffer = fields_buffer(input, plan.chunks)
     for chunk in plan.chunks:
         fields = chunk_fields(input, geometry, chunk, groups, buffer)
-        write_block(output, chunk, plan.variant.contract(fields, filters, **options), bias)
+        write_block(
+            output_block(output, chunk, groups), plan.variant.contract(fields, filters, **options), bias
+        )
     return output
 
 
@@ -135,48 +108,87 @@ class GeneralizedConvFunction(torch.autograd.Function):
         plan: Plan = ctx.plan
         input, weight, *option_tensors = ctx.saved_tensors
         output = option_tensors.pop() if ctx.keeps_output else None
-        geometry, groups = plan.geometry, plan.groups
-        filters = filters_of(weight, groups)
-        options = _options(plan, tuple(option_tensors), filters.shape[1])
-        needs_input, needs_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        filters_per_group = weight.shape[0] // plan.groups
+        options = _options(plan, tuple(option_tensors), filters_per_group)
+        needs_input, needs_weight = ctx.needs_input_grad[:2]
         needs_options = ctx.needs_input_grad[4:]
-        custom = _custom_backward(plan, needs_options)
-        grad_input = torch.zeros_like(input) if needs_input else None
-        grad_filters = torch.zeros_like(filters) if needs_weight else None
-        grad_options = [
-            torch.zeros_like(value) if needed else None
-            for value, needed in zip(option_tensors, needs_options)
-        ]
-        buffer = fields_buffer(input, plan.chunks)
-        for chunk in plan.chunks:
-            fields = chunk_fields(input, geometry, chunk, groups, buffer)
-            grad = _as_chunk_result(_output_block(grad_output, chunk, groups))
-            if custom:
-                own = () if output is None else (_as_chunk_result(_output_block(output, chunk, groups)),)
-                grad_fields, grad_chunk_filters = plan.variant.contract_backward(
-                    fields, filters, grad, *own, **options
-                )
-                chunk_option_grads: tuple = ()
-            else:
-                grad_fields, grad_chunk_filters, chunk_option_grads = _autograd_chunk(
-                    plan, fields, filters, options, grad, needs_input, needs_weight, needs_options
-                )
-            if needs_input:
-                add_field_grads(grad_input, grad_fields, geometry, chunk)
-            if needs_weight:
-                grad_filters += grad_chunk_filters
-            for total, part in zip(grad_options, chunk_option_grads):
-                if total is not None and part is not None:
-                    total += part.reshape(total.shape) if total.dim() == 1 else part
-        # contiguous like the parameter: DDP buckets and optimisers expect its strides
-        grad_weight = weight_of(grad_filters, weight).contiguous() if needs_weight else None
+        grad_options: tuple = (None,) * len(option_tensors)
+        if (
+            _custom_backward(plan, needs_options)
+            and plan.variant.product_backward is not None
+            and (plan.tap_chunks is not None)
+        ):
+            grad_input, grad_weight = tap_gradients(
+                plan.variant,
+                input,
+                weight,
+                grad_output,
+                output,
+                plan.geometry,
+                plan.groups,
+                plan.tap_chunks,
+                options,
+                needs_input,
+                needs_weight,
+            )
+        else:
+            grad_input, grad_weight, grad_options = _fields_backward(
+                plan, input, weight, grad_output, output, options, tuple(option_tensors), ctx.needs_input_grad
+            )
+        if grad_weight is not None:
+            # contiguous like the parameter: DDP buckets and optimisers expect its strides
+            grad_weight = grad_weight.contiguous()
         grad_bias = bias_grad(grad_output) if ctx.needs_input_grad[2] else None
         return grad_input, grad_weight, grad_bias, None, *grad_options
 
 
+def _fields_backward(plan, input, weight, grad_output, output, options, option_tensors, needs_input_grad):
+    """Recompute each chunk's fields, take their gradients from the variant and fold them back."""
+    geometry, groups = plan.geometry, plan.groups
+    filters = filters_of(weight, groups)
+    needs_input, needs_weight = needs_input_grad[:2]
+    needs_options = needs_input_grad[4:]
+    custom = _custom_backward(plan, needs_options)
+    grad_input = torch.zeros_like(input) if needs_input else None
+    grad_filters = torch.zeros_like(filters) if needs_weight else None
+    grad_options = [
+        torch.zeros_like(value) if needed else None for value, needed in zip(option_tensors, needs_options)
+    ]
+    buffer = fields_buffer(input, plan.chunks)
+    for chunk in plan.chunks:
+        fields = chunk_fields(input, geometry, chunk, groups, buffer)
+        grad = as_chunk_result(output_block(grad_output, chunk, groups))
+        own_output = None if output is None else as_chunk_result(output_block(output, chunk, groups))
+        chunk_option_grads: tuple = ()
+        if custom and plan.variant.product_backward is not None:
+            grad_fields, grad_chunk_filters = field_gradients(
+                plan.variant, fields, filters, grad, own_output, options
+            )
+        elif custom:
+            own = () if own_output is None else (own_output,)
+            grad_fields, grad_chunk_filters = plan.variant.contract_backward(
+                fields, filters, grad, *own, **options
+            )
+        else:
+            grad_fields, grad_chunk_filters, chunk_option_grads = _autograd_chunk(
+                plan, fields, filters, options, grad, needs_input, needs_weight, needs_options
+            )
+        if needs_input:
+            add_field_grads(grad_input, grad_fields, geometry, chunk)
+        if needs_weight:
+            grad_filters += grad_chunk_filters
+        for total, part in zip(grad_options, chunk_option_grads):
+            if total is not None and part is not None:
+                total += part.reshape(total.shape) if total.dim() == 1 else part
+    grad_weight = weight_of(grad_filters, weight) if needs_weight else None
+    return grad_input, grad_weight, tuple(grad_options)
+
+
 def _custom_backward(plan: Plan, needs_options: tuple[bool, ...]) -> bool:
-    """Whether the variant's own ``contract_backward`` runs: it has one and no option wants a gradient."""
-    return plan.variant.contract_backward is not None and not any(needs_options)
+    """Whether the variant's own backward runs: it has one and no option wants a gradient."""
+    variant = plan.variant
+    has_own = variant.product_backward is not None or variant.contract_backward is not None
+    return has_own and not any(needs_options)
 
 
 def _autograd_chunk(plan, fields, filters, options, grad, needs_input, needs_weight, needs_options):

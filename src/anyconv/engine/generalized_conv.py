@@ -13,7 +13,7 @@ from ..variants import Variant, resolve_variant
 from .arguments import check_conv_tensors
 from .chunks import DEFAULT_MEMORY_BUDGET, plan_chunks
 from .contraction import GeneralizedConvFunction, Plan
-from .shifted_views import ShiftedViewsFunction, TapwisePlan, shifted_views_fit
+from .shifted_views import shifted_views_fit
 
 
 def generalized_conv(
@@ -56,32 +56,26 @@ def generalized_conv(
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
     if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
         raise invalid("memory_budget", memory_budget, "a positive number of bytes")
-    if variant.tapwise and shifted_views_fit(geometry, weight):
-        # the chunk's working memory is its padded input and its output grid, per position
-        bytes_per_position = batched.element_size() * (batched.shape[1] + weight.shape[0])
-        chunks = plan_chunks(geometry, batched.shape[0], bytes_per_position, budget)
-        fields_plan = _fields_plan(batched, weight, variant, geometry, groups, budget)
-        plan = TapwisePlan(geometry, groups, chunks, fields_plan)
-        output = ShiftedViewsFunction.apply(batched, weight, bias, plan)
-    else:
-        output = _fields_times_filters(batched, weight, bias, variant, geometry, groups, budget)
+    plan = _plan(batched, weight, variant, geometry, groups, budget)
+    tensors = [value for value in variant.options.values() if isinstance(value, torch.Tensor)]
+    output = GeneralizedConvFunction.apply(batched, weight, bias, plan, *tensors)
     return output.squeeze(0) if was_unbatched else output
 
 
-def _fields_times_filters(batched, weight, bias, variant, geometry, groups, budget) -> torch.Tensor:
-    """The general path: each chunk's fields copied as rows, handed to the variant."""
-    plan = _fields_plan(batched, weight, variant, geometry, groups, budget)
-    tensors = [value for value in variant.options.values() if isinstance(value, torch.Tensor)]
-    return GeneralizedConvFunction.apply(batched, weight, bias, plan, *tensors)
-
-
-def _fields_plan(batched, weight, variant, geometry, groups, budget) -> Plan:
-    """Chunks sized for copied fields, and the variant's options split into tensors and numbers."""
+def _plan(batched, weight, variant, geometry, groups, budget) -> Plan:
+    """Chunks sized for copied fields (and for the views, when the backward takes them), and
+    the variant's options split into tensors and numbers."""
     fields_per_group = weight[0].numel()
     filters_per_group = weight.shape[0] // groups
-    working = variant.working_elements(1, fields_per_group, filters_per_group)
-    bytes_per_field = batched.element_size() * groups * (fields_per_group + filters_per_group + working)
+    working = groups * variant.working_elements(1, fields_per_group, filters_per_group)
+    element = batched.element_size()
+    bytes_per_field = element * (groups * (fields_per_group + filters_per_group) + working)
     chunks = plan_chunks(geometry, batched.shape[0], bytes_per_field, budget)
+    tap_chunks = None
+    if variant.product_backward is not None and shifted_views_fit(geometry, weight):
+        # per position: the padded input and its gradient, the pair scales, the variant's work
+        bytes_per_position = element * (2 * batched.shape[1] + weight.shape[0] + working)
+        tap_chunks = plan_chunks(geometry, batched.shape[0], bytes_per_position, budget)
     tensors = tuple(name for name, value in variant.options.items() if isinstance(value, torch.Tensor))
     fixed = tuple((name, value) for name, value in variant.options.items() if name not in tensors)
-    return Plan(geometry, groups, chunks, variant, tensors, fixed, torch.is_grad_enabled())
+    return Plan(geometry, groups, chunks, variant, tensors, fixed, torch.is_grad_enabled(), tap_chunks)

@@ -1,20 +1,21 @@
-"""Fields as shifted views: the standard convolution as one matrix product per kernel tap, no field copies.
+"""Fields as shifted views: products with each kernel tap on views of the input, no field copies.
 
 A sample's zero-padded input, each channel flattened, already holds every tap of every receptive
 field: for stride 1, tap t of the field at flat position k is element ``k + shift(t)`` of each
 channel, so the columns ``shift(t) .. shift(t) + R`` are a zero-copy (C, R) matrix with leading
-dimension prod(padded size), a valid BLAS operand. The output is the sum over taps of
-``filters_t @ columns_t`` on the grid of all padded positions, of which the positions whose field
-would run past the edge are dropped. A stride s first splits the input into its prod(s) phases
-(pixel ``s * i + p`` goes to phase p, place i), one copy of the input, after which every tap reads
-one phase at stride 1. Backward runs the transposed products on the same views.
+dimension prod(padded size), a valid BLAS operand. A sum over fields of ``a[m] * p_m`` is then the
+sum over taps of ``a @ columns_t^T``, and the adjoint, spreading ``sum_o a[m, o] w_o`` back over
+the input, adds ``filters_t^T @ a`` into the same views: no fields are copied and none are folded
+back. Results live on the grid of all padded positions, of which the positions whose field would
+run past the edge are dropped. A stride s first splits the input into its prod(s) phases (pixel
+``s * i + p`` goes to phase p, place i), one copy of the input, after which every tap reads one
+phase at stride 1.
 
-The engine uses these views for the backward pass only: its forward copies the fields as rows
-and takes one product per chunk (``TapwisePlan.fields_plan``), which measured faster (forward
-of (32, 64, 32, 32) -> 64, 3x3, timed in turn with F.conv2d: 1.06x against 1.39x its time),
-while the backward's tap products spare the fold of the field gradients (forward+backward 1.64x
-against 1.80x with copied fields both ways). Without a fields plan the forward runs the tap
-products too; the tests use that to check the tap layout against torch.
+The engine's backward of the matrix-product variants uses these views
+(``anyconv.engine.product_gradients``); its forward copies the fields as rows and takes one
+product per chunk, which measured faster (forward of (32, 64, 32, 32) -> 64, 3x3, timed in turn
+with F.conv2d: 1.06x against 1.39x its time), so :func:`tap_products`, the standard convolution's
+forward on the views, serves the tests (the tap layout at any stride) and ``bench_paths.py``.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..geometry import Geometry
+from .blocks import copy_with_bias
 from .chunks import Chunk
-from .contraction import Plan, bias_grad, contract_chunks, copy_with_bias
-from .fields import add_image_grad, chunk_image
+from .fields import chunk_image
 
 
 @dataclass(frozen=True)
@@ -124,100 +125,100 @@ def tap_filters(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return weight.reshape(groups, out_channels // groups, per_group, -1).permute(3, 0, 1, 2).contiguous()
 
 
-def _crop(grid: torch.Tensor, layout: TapLayout) -> torch.Tensor:
+def crop(grid: torch.Tensor, layout: TapLayout) -> torch.Tensor:
     """The outputs (b, O, *out) among a grid (b, O, places) of every padded position."""
     view = grid.view(*grid.shape[:2], *layout.phase_size)
     return view[(slice(None), slice(None), *(slice(0, size) for size in layout.geometry.output_size))]
 
 
-@dataclass(frozen=True)
-class TapwisePlan:
-    """What :class:`ShiftedViewsFunction` needs besides tensors.
+def tap_sums(values: torch.Tensor, layout: TapLayout) -> torch.Tensor:
+    """For each output position, the sum of ``values`` (b, G, *slab) over its field's taps: (b, G, *out).
 
-    ``fields_plan``, when given, makes the forward pass copy fields as rows (one product per
-    chunk, see :func:`~anyconv.engine.contraction.contract_chunks`) instead of the tap products.
+    With ``values`` the squares of a chunk's padded input summed over a group's channels, this
+    gives each field's squared norm without copying the fields.
     """
+    phases = split_phases(values, layout)
+    width = layout.columns
+    grid = values.new_zeros((*values.shape[:2], layout.places))
+    for phase, shift in layout.taps:
+        grid[..., :width] += phases[phase, :, :, shift : shift + width]
+    return crop(grid, layout)
 
-    geometry: Geometry
-    groups: int
-    chunks: tuple[Chunk, ...]
-    fields_plan: Plan | None = None
 
+def spread_over_taps(values: torch.Tensor, layout: TapLayout) -> torch.Tensor:
+    """The adjoint of :func:`tap_sums`: each output's ``values`` (b, G, *out) added to every tap of its field.
 
-class ShiftedViewsFunction(torch.autograd.Function):
-    """``conv(input, weight) + bias`` with zero padding; backward as matrix products on shifted views.
-
-    The forward copies fields as rows when ``plan.fields_plan`` is given (the engine's choice),
-    else it too runs the tap products. The input is unpadded, or padded already in a non-zero
-    mode (then ``plan.geometry`` has no padding). Backward keeps only the input and the weight.
+    Returns (b, G, *slab), zero where no field reads.
     """
+    width = layout.columns
+    grid = values.new_zeros((*values.shape[:2], layout.places))
+    crop(grid, layout).copy_(values)
+    spread = values.new_zeros((layout.phases, *values.shape[:2], layout.places))
+    for phase, shift in layout.taps:
+        spread[phase, :, :, shift : shift + width] += grid[..., :width]
+    return merge_phases(spread, layout)
 
-    @staticmethod
-    def forward(
-        ctx, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: TapwisePlan
-    ) -> torch.Tensor:
-        ctx.plan = plan
-        ctx.save_for_backward(input, weight)
-        if plan.fields_plan is not None:
-            return contract_chunks(input, weight, bias, plan.fields_plan)
-        groups, out_channels = plan.groups, weight.shape[0]
-        filters = tap_filters(weight, groups)
-        in_group, out_group = weight.shape[1], out_channels // groups
-        output = input.new_empty((input.shape[0], out_channels, *plan.geometry.output_size))
-        for chunk in plan.chunks:
-            layout = TapLayout(chunk.geometry)
-            phases = split_phases(chunk_image(input, plan.geometry, chunk), layout)
-            samples, width = phases.shape[1], layout.columns
-            grid = input.new_empty((samples, out_channels, layout.places))
-            for sample, group in itertools.product(range(samples), range(groups)):
-                result = grid[sample, group * out_group : (group + 1) * out_group, :width]
-                channels = slice(group * in_group, (group + 1) * in_group)
-                for tap, (phase, shift) in enumerate(layout.taps):
-                    columns = phases[phase, sample, channels, shift : shift + width]
-                    result.addmm_(filters[tap, group], columns, beta=0 if tap == 0 else 1)
-            per_channel = None if bias is None else bias.view(-1, *(1,) * layout.geometry.ndim)
-            copy_with_bias(output[chunk.samples, :, chunk.rows], _crop(grid, layout), per_channel)
-        return output
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output: torch.Tensor):
-        plan: TapwisePlan = ctx.plan
-        input, weight = ctx.saved_tensors
-        groups, out_channels = plan.groups, weight.shape[0]
-        in_group, out_group = weight.shape[1], out_channels // groups
-        needs_input, needs_weight = ctx.needs_input_grad[:2]
-        filters = tap_filters(weight, groups)
-        grad_input = torch.zeros_like(input) if needs_input else None
-        grad_filters = torch.zeros_like(filters) if needs_weight else None
-        for chunk in plan.chunks:
-            layout = TapLayout(chunk.geometry)
-            samples, width = chunk.samples.stop - chunk.samples.start, layout.columns
-            grid = grad_output.new_zeros((samples, out_channels, layout.places))
-            _crop(grid, layout).copy_(grad_output[chunk.samples, :, chunk.rows])
-            phases = split_phases(chunk_image(input, plan.geometry, chunk), layout) if needs_weight else None
-            grad_phases = (
-                grad_output.new_zeros((layout.phases, samples, input.shape[1], layout.places))
-                if needs_input
-                else None
-            )
-            for sample, group in itertools.product(range(samples), range(groups)):
-                grad = grid[sample, group * out_group : (group + 1) * out_group, :width]
-                channels = slice(group * in_group, (group + 1) * in_group)
-                for tap, (phase, shift) in enumerate(layout.taps):
-                    if needs_weight:
-                        columns = phases[phase, sample, channels, shift : shift + width]
-                        grad_filters[tap, group].addmm_(grad, columns.T)
-                    if needs_input:
-                        grad_columns = grad_phases[phase, sample, channels, shift : shift + width]
-                        grad_columns.addmm_(filters[tap, group].T, grad)
-            if needs_input:
-                add_image_grad(grad_input, merge_phases(grad_phases, layout), plan.geometry, chunk)
-        grad_weight = None
-        if needs_weight:
-            grad_weight = grad_filters.permute(1, 2, 3, 0).reshape(weight.shape)
-        grad_bias = bias_grad(grad_output) if ctx.needs_input_grad[2] else None
-        return grad_input, grad_weight, grad_bias, None
+def tap_products(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    geometry: Geometry,
+    groups: int,
+    chunks: tuple[Chunk, ...],
+) -> torch.Tensor:
+    """The standard convolution's forward as one product per kernel tap and sample; no autograd.
+
+    The input is unpadded, or padded already in a non-zero mode (then ``geometry`` has no
+    padding); ``chunks`` as planned for ``geometry``.
+    """
+    out_channels = weight.shape[0]
+    filters = tap_filters(weight, groups)
+    in_group, out_group = weight.shape[1], out_channels // groups
+    output = input.new_empty((input.shape[0], out_channels, *geometry.output_size))
+    for chunk in chunks:
+        layout = TapLayout(chunk.geometry)
+        phases = split_phases(chunk_image(input, geometry, chunk), layout)
+        samples, width = phases.shape[1], layout.columns
+        grid = input.new_empty((samples, out_channels, layout.places))
+        for sample, group in itertools.product(range(samples), range(groups)):
+            result = grid[sample, group * out_group : (group + 1) * out_group, :width]
+            channels = slice(group * in_group, (group + 1) * in_group)
+            for tap, (phase, shift) in enumerate(layout.taps):
+                columns = phases[phase, sample, channels, shift : shift + width]
+                result.addmm_(filters[tap, group], columns, beta=0 if tap == 0 else 1)
+        per_channel = None if bias is None else bias.view(-1, *(1,) * layout.geometry.ndim)
+        copy_with_bias(output[chunk.samples, :, chunk.rows], crop(grid, layout), per_channel)
+    return output
+
+
+def add_tap_products(
+    phases: torch.Tensor | None,
+    grid: torch.Tensor,
+    taps: torch.Tensor,
+    layout: TapLayout,
+    grad_taps: torch.Tensor | None,
+    grad_phases: torch.Tensor | None,
+) -> None:
+    """The two sums of a backward on the views, for one chunk, accumulated in place.
+
+    ``grid`` (b, O, places) holds a scale per (output position, filter), zero off the outputs.
+    ``grad_taps`` (K, G, Og, Cg) gets ``grid @ columns_t^T`` (a sum over fields of scale times
+    field, tap by tap; needs ``phases``, the chunk's phase-split input) and ``grad_phases``
+    (phases, b, C, places) gets ``filters_t^T @ grid`` in each tap's columns.
+    """
+    groups, out_group, in_group = taps.shape[1:]
+    width = layout.columns
+    for sample, group in itertools.product(range(grid.shape[0]), range(groups)):
+        scale = grid[sample, group * out_group : (group + 1) * out_group, :width]
+        channels = slice(group * in_group, (group + 1) * in_group)
+        for tap, (phase, shift) in enumerate(layout.taps):
+            if grad_taps is not None:
+                columns = phases[phase, sample, channels, shift : shift + width]
+                grad_taps[tap, group].addmm_(scale, columns.T)
+            if grad_phases is not None:
+                grad_columns = grad_phases[phase, sample, channels, shift : shift + width]
+                grad_columns.addmm_(taps[tap, group].T, scale)
 
 
 #: fewest input channels per group for which the shifted views beat copied fields (measured
@@ -230,11 +231,11 @@ MIN_POSITIONS = 1024
 
 
 def shifted_views_fit(geometry: Geometry, weight: torch.Tensor) -> bool:
-    """Whether :class:`ShiftedViewsFunction` is the faster path for this convolution.
+    """Whether a backward on shifted views beats copying the fields and folding their gradients.
 
-    Measured on (32, 64, 32, 32), 3x3: at stride 1 it beats the copied fields by about 1.2x
-    to 1.4x; at stride 2 the phase split and the smaller products make it no faster, so it is
-    kept for stride 1.
+    Measured on (32, 64, 32, 32), 3x3, for the standard convolution: at stride 1 it beats the
+    copied fields by about 1.2x to 1.4x; at stride 2 the phase split and the smaller products
+    make it no faster, so it is kept for stride 1.
 
     >>> from anyconv.geometry import make_geometry
     >>> shifted_views_fit(make_geometry((32, 32), 3, padding=1), torch.empty(4, 8, 3, 3))

@@ -35,18 +35,18 @@ class Variant:
     >>> Manhattan().contract(torch.ones(1, 2, 3), torch.zeros(1, 4, 3)).shape
     torch.Size([1, 2, 4])
 
-    A ``contract_backward`` that needs the chunk's own output (a nonlinearity of a matrix
-    product, whose derivative follows from its value) sets ``backward_uses_output = True`` and
-    takes it as its fourth argument instead of recomputing it (see ``backward_uses_output``):
+    A variant that is a function of the dot product p . w and the norms (see
+    ``product_backward``) may instead hand the engine the derivative per (field, filter) pair and
+    let it take the matrix products, without copying fields; one whose derivative follows from its
+    own value reads the forward's output rather than recomputing it (``backward_uses_output``):
 
     >>> class Exponential(Variant):
     ...     name = "exponential"
     ...     backward_uses_output = True
     ...     def contract(self, fields, filters):
     ...         return torch.bmm(fields, filters.mT).exp()
-    ...     def contract_backward(self, fields, filters, grad, output):
-    ...         scale = grad * output  # d exp(s) / d s = exp(s): no third matrix product
-    ...         return torch.bmm(scale, filters), torch.bmm(scale.mT, fields)
+    ...     def product_backward(self, grad, filters, output):
+    ...         return grad * output, None, None  # d exp(s) / d s = exp(s); no norm terms
     >>> import anyconv
     >>> x = torch.randn(1, 2, 5, 5, requires_grad=True)
     >>> anyconv.generalized_conv(x, torch.randn(3, 2, 3, 3) / 9, Exponential).sum().backward()
@@ -60,17 +60,17 @@ class Variant:
     #: options that may be tensors with one value per output channel (learnable in the papers)
     per_channel: ClassVar[tuple[str, ...]] = ()
 
-    #: True only when ``contract`` is exactly ``sum(p * w)`` with no options: the engine may then
-    #: skip copying the fields and multiply shifted views of the input, one product per kernel
-    #: tap (anyconv.engine.shifted_views). A subclass that redefines ``contract`` is reset to False.
-    tapwise: ClassVar[bool] = False
-
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "contract" in vars(cls) and "tapwise" not in vars(cls):
-            cls.tapwise = False
-        if "contract_backward" in vars(cls) and "backward_uses_output" not in vars(cls):
-            cls.backward_uses_output = False
+        # a subclass that changes the formula or its backward must not inherit a backward
+        # derived for its parent's formula, nor the flags that describe that backward
+        own = vars(cls)
+        if ("contract" in own or "contract_backward" in own) and "product_backward" not in own:
+            cls.product_backward = None
+        if "contract_backward" in own or "product_backward" in own:
+            for flag in ("backward_uses_output", "backward_uses_products", "backward_uses_field_norms"):
+                if flag not in own:
+                    setattr(cls, flag, False)
 
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.defaults))
@@ -104,17 +104,39 @@ class Variant:
     #: (grad_fields, grad_filters)``; when it is None the engine differentiates ``contract``.
     contract_backward = None
 
-    #: True when ``contract_backward`` wants the chunk's forward output (before bias): it is then
-    #: called as ``contract_backward(fields, filters, grad, output, **options)``, ``output`` a
-    #: (G, M, Og) view of the saved output, maybe non-contiguous, that it must not write into. The
-    #: cost, when autograd records the call: the engine keeps its output for the backward, one
-    #: output-sized tensor more when a bias is given (added to a copy, not while writing) or the
-    #: caller drops the output, none otherwise; and, as after ``torch.exp``, changing that output
-    #: in place (``nn.ReLU(inplace=True)`` straight after a layer without bias) makes the backward
-    #: raise torch's "modified by an inplace operation" error. When option tensors need gradients
-    #: the engine differentiates ``contract`` and keeps nothing. A subclass that redefines
-    #: ``contract_backward`` is reset to False.
+    #: A variant whose output is a function y = f(s, |p|, |w|) of the dot product s = p . w and
+    #: the norms of field and filter only (dot, l2, rbf, polynomial, cosine, sharpened_cosine)
+    #: may define instead ``product_backward(grad, filters, **options) -> (pair_scale,
+    #: field_radial, filter_radial)``, (G, M, Og), (G, M, 1) or None, (G, Og, 1) or None, such
+    #: that the gradients are
+    #:
+    #:     d loss / d p_m = sum_o pair_scale[m, o] w_o - field_radial[m] p_m
+    #:     d loss / d w_o = sum_m pair_scale[m, o] p_m - filter_radial[o] w_o
+    #:
+    #: (every such f has gradients of this form: ds/dp = w, d|p|/dp = p / |p|). The engine then
+    #: needs no fields for the backward: at stride 1 it takes both sums as matrix products on
+    #: shifted views of the input, one per kernel tap, and folds nothing back (see
+    #: ``anyconv.engine.product_gradients``). What the method reads besides ``grad`` (G, M, Og)
+    #: and ``filters`` (G, Og, Kg) it asks for with the flags below, as keyword arguments.
+    product_backward = None
+
+    #: True when ``contract_backward`` or ``product_backward`` wants the chunk's forward output
+    #: (before bias): ``contract_backward(fields, filters, grad, output, **options)``,
+    #: ``product_backward(grad, filters, output=output, **options)``; ``output`` is a (G, M, Og)
+    #: view of the saved output, maybe non-contiguous, that it must not write into. The cost, when
+    #: autograd records the call: the engine keeps its output for the backward, one output-sized
+    #: tensor more when a bias is given (added to a copy, not while writing) or the caller drops
+    #: the output, none otherwise; and, as after ``torch.exp``, changing that output in place
+    #: (``nn.ReLU(inplace=True)`` straight after a layer without bias) makes the backward raise
+    #: torch's "modified by an inplace operation" error. When option tensors need gradients the
+    #: engine differentiates ``contract`` and keeps nothing. A subclass that redefines a backward
+    #: is reset to False.
     backward_uses_output: ClassVar[bool] = False
+    #: True when ``product_backward`` wants ``products=`` s = p . w (G, M, Og): the engine then
+    #: copies the chunk's fields and takes their product with the filters again
+    backward_uses_products: ClassVar[bool] = False
+    #: True when ``product_backward`` wants ``field_norms=`` |p| (G, M, 1)
+    backward_uses_field_norms: ClassVar[bool] = False
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
         """Elements a chunk allocates beyond its fields and output; the engine sizes chunks by it.

@@ -10,7 +10,7 @@ import torch
 from .base import Option, Variant
 from .fused import l1_backward, l1_distances, power_sums, power_sums_backward
 from .options import check_flag, check_positive
-from .squared import squared_distances, squared_distances_backward
+from .squared import squared_distance_partials, squared_distances
 
 
 class L1(Variant):
@@ -68,10 +68,11 @@ class L2(Variant):
     def contract(self, fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
         return squared_distances(fields, filters).neg_()
 
-    def contract_backward(
-        self, fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return squared_distances_backward(fields, filters, -grad)
+    def product_backward(
+        self, grad: torch.Tensor, filters: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """d(-||p - w||^2) = 2 (w - p) dp: the pair scale is 2 grad."""
+        return squared_distance_partials(2 * grad)
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
         return fields_per_chunk * filters

@@ -17,18 +17,12 @@ class Dot(Variant):
     """
 
     name = "dot"
-    tapwise = True
 
     def contract(self, fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
         return torch.matmul(fields, filters.transpose(-1, -2))
 
-    def contract_backward(
-        self, fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two matrix products of a linear map's backward; no forward recomputation.
-
-        Conjugated as torch's autograd does for complex tensors (a no-op view for real ones).
-        """
-        grad_fields = torch.matmul(grad, filters.conj())
-        grad_filters = torch.matmul(grad.transpose(-1, -2), fields.conj())
-        return grad_fields, grad_filters
+    def product_backward(
+        self, grad: torch.Tensor, filters: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None]:
+        """A linear map: the gradient itself scales each pair, and there are no norm terms."""
+        return grad, None, None

@@ -9,7 +9,7 @@ import torch
 
 from .base import Option, Variant
 from .options import check_finite, check_positive, check_positive_integer
-from .squared import squared_distances, squared_distances_backward
+from .squared import squared_distance_partials, squared_distances
 
 
 class RBF(Variant):
@@ -42,17 +42,12 @@ class RBF(Variant):
 
     backward_uses_output = True
 
-    def contract_backward(
-        self,
-        fields: torch.Tensor,
-        filters: torch.Tensor,
-        grad: torch.Tensor,
-        output: torch.Tensor,
-        gamma: Option | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """d exp(-gamma d) / d d = -gamma exp(-gamma d): the forward's output, two products in all."""
-        gamma = 1 / fields.shape[-1] if gamma is None else gamma
-        return squared_distances_backward(fields, filters, (output * grad).mul_(-gamma))
+    def product_backward(
+        self, grad: torch.Tensor, filters: torch.Tensor, output: torch.Tensor, gamma: Option | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """d exp(-gamma d) = 2 gamma exp(-gamma d) (w - p) dp: the forward's output, no product."""
+        gamma = 1 / filters.shape[-1] if gamma is None else gamma
+        return squared_distance_partials((output * grad).mul_(2 * gamma))
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
         return 2 * fields_per_chunk * filters
@@ -85,17 +80,35 @@ class Polynomial(Variant):
     ) -> torch.Tensor:
         return (torch.bmm(fields, filters.transpose(1, 2)) + c).pow(degree)
 
-    def contract_backward(
+    @property
+    def backward_uses_output(self) -> bool:
+        # (s + c)^(degree - 1) = |y|^((degree - 1) / degree) for an odd degree; an even degree
+        # loses the sign of s + c in y, and the backward takes the product s again
+        return self.options["degree"] % 2 == 1
+
+    @property
+    def backward_uses_products(self) -> bool:
+        return not self.backward_uses_output
+
+    def product_backward(
         self,
-        fields: torch.Tensor,
-        filters: torch.Tensor,
         grad: torch.Tensor,
+        filters: torch.Tensor,
+        output: torch.Tensor | None = None,
+        products: torch.Tensor | None = None,
         degree: int = 3,
         c: Option = 1.0,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        shifted = torch.bmm(fields, filters.transpose(1, 2)) + c
-        scale = shifted.pow_(degree - 1).mul_(grad) * degree
-        return torch.bmm(scale, filters), torch.bmm(scale.transpose(1, 2), fields)
+    ) -> tuple[torch.Tensor, None, None]:
+        """d (s + c)^degree / ds = degree (s + c)^(degree - 1), from y or from s; no norm terms.
+
+        From y, in float32, a pair whose y underflows (|s + c| < 1e-13 for degree 3) loses its
+        share of the gradient, which is then below 1e-25.
+        """
+        if products is None:
+            slope = output.abs().pow((degree - 1) / degree)
+        else:
+            slope = (products + c).pow_(degree - 1)
+        return slope.mul_(grad).mul_(degree), None, None
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
         return 2 * fields_per_chunk * filters

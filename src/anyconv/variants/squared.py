@@ -1,7 +1,7 @@
 """Squared Euclidean distances between fields and filters as one matrix product plus norms.
 
 ``||p - w||^2 = ||p||^2 - 2 p.w + ||w||^2``: the cost of the standard convolution and one pass
-over the fields for their norms; shared by the ``l2`` and ``rbf`` variants.
+over the fields for their norms; shared by the ``l2`` and ``rbf`` variants, forward and backward.
 """
 
 from __future__ import annotations
@@ -22,16 +22,13 @@ def squared_distances(fields: torch.Tensor, filters: torch.Tensor) -> torch.Tens
     return torch.baddbmm(field_norms + filter_norms, fields, filters.transpose(1, 2), alpha=-2).clamp_min_(0)
 
 
-def squared_distances_backward(
-    fields: torch.Tensor, filters: torch.Tensor, scale: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of ``sum scale * ||p - w||^2`` (scale (G, M, O)): 2 (p rowsum - scale w) and its twin.
 
-    The clamp of :func:`squared_distances` only acts on rounding noise, so the gradient is that
-    of the exact distance: d/dp = 2 sum_o scale (p - w), d/dw = -2 sum_m scale (p - w).
+def squared_distance_partials(
+    scale: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``product_backward``'s terms for ``sum scale * -||p - w||^2 / 2``, given ``scale`` (G, M, O).
+
+    d/dp (-||p - w||^2 / 2) = w - p and d/dw = p - w: the pair scale is ``scale`` itself, the
+    field radial its row sums and the filter radial its column sums.
     """
-    grad_fields = fields * (2 * scale.sum(2, keepdim=True))
-    grad_fields.baddbmm_(scale, filters, alpha=-2)
-    grad_filters = filters * (2 * scale.sum(1).unsqueeze(-1))
-    grad_filters.baddbmm_(scale.transpose(1, 2), fields, alpha=-2)
-    return grad_fields, grad_filters
+    return scale, scale.sum(2, keepdim=True), scale.sum(1).unsqueeze(-1)

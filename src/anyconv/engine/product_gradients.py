@@ -1,0 +1,162 @@
+"""The backward of a variant that defines ``product_backward``: from its per-pair terms to gradients.
+
+The variant returns, per chunk, a scale per (field, filter) pair and radial terms per field and
+per filter (see ``Variant.product_backward``); the gradients are then
+
+    d loss / d p_m = sum_o pair_scale[m, o] w_o - field_radial[m] p_m
+    d loss / d w_o = sum_m pair_scale[m, o] p_m - filter_radial[o] w_o
+
+:func:`field_gradients` takes them from a chunk's copied fields (two matrix products, the field
+gradients then folded back by the caller); :func:`tap_gradients` takes them for the whole input
+on shifted views, one product per kernel tap, where nothing is copied or folded: the field norms
+come from tap sums of the squared input and the radial terms spread back over the taps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..geometry import Geometry
+from ..variants import Variant
+from .blocks import as_chunk_result, output_block, write_block
+from .chunks import Chunk
+from .fields import add_image_grad, chunk_fields, chunk_image, filters_of
+from .shifted_views import (
+    TapLayout,
+    add_tap_products,
+    crop,
+    merge_phases,
+    split_phases,
+    spread_over_taps,
+    tap_filters,
+    tap_sums,
+)
+
+
+def pair_terms(
+    variant: Variant,
+    grad: torch.Tensor,
+    filters: torch.Tensor,
+    options: dict,
+    output: torch.Tensor | None,
+    field_norms: Callable[[], torch.Tensor],
+    products: Callable[[], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Call ``variant.product_backward`` with what it asks for; the callables make the rest lazily."""
+    wanted = {}
+    if variant.backward_uses_output:
+        wanted["output"] = output
+    if variant.backward_uses_field_norms:
+        wanted["field_norms"] = field_norms()
+    if variant.backward_uses_products:
+        wanted["products"] = products()
+    return variant.product_backward(grad, filters, **wanted, **options)
+
+
+def field_gradients(
+    variant: Variant,
+    fields: torch.Tensor,
+    filters: torch.Tensor,
+    grad: torch.Tensor,
+    output: torch.Tensor | None,
+    options: dict,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of one chunk's fields (G, M, Kg) and of the filters (G, Og, Kg).
+
+    Conjugated as torch's autograd does for complex tensors (a no-op view for real ones).
+    """
+    pair_scale, field_radial, filter_radial = pair_terms(
+        variant,
+        grad,
+        filters,
+        options,
+        output,
+        field_norms=lambda: torch.linalg.vector_norm(fields, dim=-1, keepdim=True),
+        products=lambda: torch.bmm(fields, filters.mT),
+    )
+    grad_fields = torch.matmul(pair_scale, filters.conj())
+    grad_filters = torch.matmul(pair_scale.mT, fields.conj())
+    if field_radial is not None:
+        grad_fields.addcmul_(fields, field_radial, value=-1)
+    if filter_radial is not None:
+        grad_filters.addcmul_(filters, filter_radial, value=-1)
+    return grad_fields, grad_filters
+
+
+def tap_gradients(
+    variant: Variant,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    grad_output: torch.Tensor,
+    output: torch.Tensor | None,
+    geometry: Geometry,
+    groups: int,
+    chunks: tuple[Chunk, ...],
+    options: dict,
+    needs_input: bool,
+    needs_weight: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The gradients of the input (B, C, *spatial) and the weight, on shifted views chunk by chunk.
+
+    ``chunks`` as planned for ``geometry`` (any stride); ``output`` the forward's, before bias,
+    when the variant reads it.
+    """
+    out_channels, in_group = weight.shape[:2]
+    filters = filters_of(weight, groups)
+    taps = tap_filters(weight, groups)
+    grad_input = torch.zeros_like(input) if needs_input else None
+    grad_taps = torch.zeros_like(taps) if needs_weight else None
+    filter_radial_total = None
+    for chunk in chunks:
+        layout = TapLayout(chunk.geometry)
+        image = chunk_image(input, geometry, chunk)
+        samples = image.shape[0]
+
+        def field_norms(image=image, layout=layout):
+            squares = image.square().unflatten(1, (groups, in_group)).sum(2)
+            return _as_field_column(tap_sums(squares, layout)).sqrt_()
+
+        def products(chunk=chunk):
+            return torch.bmm(chunk_fields(input, geometry, chunk, groups), filters.mT)
+
+        own_output = None if output is None else as_chunk_result(output_block(output, chunk, groups))
+        grad = as_chunk_result(output_block(grad_output, chunk, groups))
+        pair_scale, field_radial, filter_radial = pair_terms(
+            variant, grad, filters, options, own_output, field_norms, products
+        )
+        grid = grad_output.new_zeros((samples, out_channels, layout.places))
+        write_block(crop(grid, layout).unflatten(1, (groups, -1)), pair_scale)
+        phases = split_phases(image, layout) if needs_weight else None
+        grad_phases = (
+            grad_output.new_zeros((layout.phases, samples, input.shape[1], layout.places))
+            if needs_input
+            else None
+        )
+        add_tap_products(phases, grid, taps, layout, grad_taps, grad_phases)
+        if needs_input:
+            grad_image = merge_phases(grad_phases, layout)
+            if field_radial is not None:
+                radial = field_radial.reshape(groups, samples, *chunk.geometry.output_size).transpose(0, 1)
+                spread = spread_over_taps(radial, layout).unsqueeze(2)
+                grad_image.unflatten(1, (groups, in_group)).addcmul_(
+                    image.unflatten(1, (groups, in_group)), spread, value=-1
+                )
+            add_image_grad(grad_input, grad_image, geometry, chunk)
+        if filter_radial is not None and needs_weight:
+            filter_radial_total = (
+                filter_radial if filter_radial_total is None else filter_radial_total + filter_radial
+            )
+    grad_weight = None
+    if needs_weight:
+        grad_weight = grad_taps.permute(1, 2, 3, 0).reshape(weight.shape)
+        if filter_radial_total is not None:
+            per_filter = filter_radial_total.reshape(out_channels, *(1,) * (weight.dim() - 1))
+            grad_weight.addcmul_(weight, per_filter, value=-1)
+    return grad_input, grad_weight
+
+
+def _as_field_column(values: torch.Tensor) -> torch.Tensor:
+    """(b, G, *out) per-field values -> (G, M, 1), fields in the chunk's order."""
+    return values.transpose(0, 1).reshape(values.shape[1], -1, 1)
