@@ -22,7 +22,7 @@ from ..geometry import Geometry
 from ..variants import Variant
 from .blocks import as_chunk_result, output_block, write_block
 from .chunks import Chunk
-from .fields import add_image_grad, chunk_fields, chunk_image, filters_of
+from .fields import add_image_grad, chunk_fields, chunk_image, fields_buffer, filters_of
 from .shifted_views import (
     TapLayout,
     add_tap_products,
@@ -109,6 +109,8 @@ def tap_gradients(
     grad_input = torch.zeros_like(input) if needs_input else None
     grad_taps = torch.zeros_like(taps) if needs_weight else None
     filter_radial_total = None
+    # reused by every chunk: a fresh allocation per chunk measured 3x slower to fill (page faults)
+    buffer = fields_buffer(input, chunks) if variant.backward_uses_products else None
     for chunk in chunks:
         layout = TapLayout(chunk.geometry)
         image = chunk_image(input, geometry, chunk)
@@ -119,7 +121,7 @@ def tap_gradients(
             return _as_field_column(tap_sums(squares, layout)).sqrt_()
 
         def products(chunk=chunk):
-            return torch.bmm(chunk_fields(input, geometry, chunk, groups), filters.mT)
+            return torch.bmm(chunk_fields(input, geometry, chunk, groups, buffer), filters.mT)
 
         own_output = None if output is None else as_chunk_result(output_block(output, chunk, groups))
         grad = as_chunk_result(output_block(grad_output, chunk, groups))
