@@ -28,9 +28,9 @@ def conv(
 
     Every padding form ('same', 'valid', ints, per-side pairs) and mode (zeros, reflect,
     replicate, circular), groups, unbatched input. Chunks of at most ``memory_budget`` bytes
-    multiply the fields with the weights: copied as rows, one product per chunk, or, at stride 1,
-    read as shifted views of the input, one product per kernel tap (``engine.shifted_views``);
-    torch's native convolution is never called.
+    multiply the fields, copied as rows, with the weights, one product per chunk; at stride 1 the
+    backward reads them as shifted views of the input, one product per kernel tap
+    (``engine.shifted_views``). torch's native convolution is never called.
 
     >>> import torch, torch.nn.functional as F
     >>> x, w = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.randn(4, 3, 3, 3, dtype=torch.float64)
