@@ -1,4 +1,5 @@
-"""The engine's Function hands a variant's backward its own forward output when asked.
+"""The engine's Function hands a variant's backward its own forward output, or what its forward
+kept, when asked.
 
 A variant with ``backward_uses_output`` gets each chunk's output (before bias) and its gradients
 equal autograd; the saved output is guarded by torch's version counter; rbf and
@@ -7,6 +8,7 @@ sharpened_cosine then take two matrix products in backward, as dot does.
 
 import pytest
 import torch
+from conftest import take_views_everywhere
 from torch.utils._python_dispatch import TorchDispatchMode
 from variant_reference import naive_generalized_conv
 
@@ -150,3 +152,63 @@ def test_rbf_and_sharpened_cosine_backward_take_two_matrix_products(name, option
     with _MatrixProducts() as products:
         torch.autograd.grad(output, (x, w), torch.randn_like(output))
     assert products.count == 2
+
+
+class SquaredDot(Variant):
+    """A user's variant that keeps s for its backward: y = s^2 does not give back the sign of s."""
+
+    name = "squared_dot"
+    backward_uses_kept = True
+    calls: list = []
+
+    def contract(self, fields, filters):
+        return torch.bmm(fields, filters.mT).square()
+
+    def contract_and_keep(self, fields, filters):
+        self.calls.append(fields.shape[1])
+        products = torch.bmm(fields, filters.mT)
+        return products.square(), products
+
+    def product_backward(self, grad, filters, kept):
+        return 2 * kept * grad, None, None
+
+
+@pytest.mark.parametrize("views", [False, True], ids=["fields", "views"])
+def test_a_user_variant_keeps_a_value_of_its_forward_for_its_backward(views, monkeypatch):
+    if views:
+        take_views_everywhere(monkeypatch)
+    x, w, b = _tensors()
+    args = dict(stride=(2, 1), padding=1, groups=2)
+    SquaredDot.calls.clear()
+    actual = anyconv.generalized_conv(x, w, SquaredDot, b, memory_budget=600, **args)
+    assert len(SquaredDot.calls) > 2  # one call per chunk, with several chunks
+    expected = naive_generalized_conv(x, w, "dot", **args).square() + b.reshape(-1, 1, 1)
+    torch.testing.assert_close(actual, expected)
+    _assert_same_gradients(actual, expected, (x, w, b))
+    SquaredDot.calls.clear()
+    with torch.no_grad():
+        anyconv.generalized_conv(x, w, SquaredDot, b, **args)
+    assert SquaredDot.calls == []  # nothing is kept without a graph
+
+
+def test_polynomial_keeps_its_output_for_odd_degrees_and_s_plus_c_for_even_ones():
+    x, w, _ = _tensors()
+    odd = anyconv.generalized_conv(x, w, "polynomial", padding=1, groups=2, degree=3)
+    even = anyconv.generalized_conv(x, w, "polynomial", padding=1, groups=2, degree=2, c=0.5)
+    # saved: input, weight, then the output (the tensor returned) or the kept s + c
+    assert odd.grad_fn.saved_tensors[2].data_ptr() == odd.data_ptr()
+    s_plus_c = naive_generalized_conv(x, w, "dot", padding=1, groups=2) + 0.5
+    torch.testing.assert_close(even.grad_fn.saved_tensors[2], s_plus_c.detach())
+
+
+def test_a_subclass_that_redefines_contract_keeps_nothing():
+    class Cubed(SquaredDot):
+        name = "cubed_dot"
+
+        def contract(self, fields, filters):
+            return torch.bmm(fields, filters.mT).pow(3)
+
+    assert Cubed.contract_and_keep is None and Cubed.product_backward is None
+    x, w, _ = _tensors()
+    actual = anyconv.generalized_conv(x, w, Cubed, padding=1, groups=2)
+    _assert_same_gradients(actual, naive_generalized_conv(x, w, "dot", padding=1, groups=2).pow(3), (x, w))

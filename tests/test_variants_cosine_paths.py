@@ -20,7 +20,7 @@ def _relative_errors(fields, filters):
     # the backward reads the output the forward computed in the fields' own dtype
     own_output = cosine.Cosine().contract(fields, filters)
     got_fields, got_filters = field_gradients(
-        cosine.Cosine(), fields, filters, grad.to(fields.dtype), own_output, {}
+        cosine.Cosine(), fields, filters, grad.to(fields.dtype), own_output, None, {}
     )
     rows = fields.norm(dim=-1) > 0
     field_error = ((got_fields - want_fields).norm(dim=-1)[rows] / want_fields.norm(dim=-1)[rows]).max()
@@ -80,7 +80,7 @@ def test_sharpened_cosine_backward_from_its_output_matches_autograd(exponent, q)
     output = variant.contract(exact_fields, exact_filters, exponent, q)
     want_fields, want_filters = torch.autograd.grad(output, (exact_fields, exact_filters), grad)
     options = {"exponent": exponent, "q": q}
-    got_fields, got_filters = field_gradients(variant, fields, filters, grad, output.detach(), options)
+    got_fields, got_filters = field_gradients(variant, fields, filters, grad, output.detach(), None, options)
     # autograd's gradient at s = 0 is 0 * inf for exponents under 1: compare the other fields
     defined = want_fields.isfinite().all(-1)
     if not isinstance(exponent, torch.Tensor) and exponent >= 1:

@@ -53,19 +53,29 @@ def contract_chunks(
     bias: torch.Tensor | None,
     plan: Plan,
     option_tensors: tuple[torch.Tensor, ...] = (),
-) -> torch.Tensor:
-    """The forward pass without autograd: each chunk's fields meet the filters, written with ``bias``."""
+    keep: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The forward pass without autograd: each chunk's fields meet the filters, written with ``bias``.
+
+    Returns the output and, with ``keep``, what the variant's ``contract_and_keep`` kept for its
+    backward (laid out like the output), else None.
+    """
     geometry, groups = plan.geometry, plan.groups
     filters = filters_of(weight, groups)
     options = _options(plan, option_tensors, filters.shape[1])
     output = input.new_empty((input.shape[0], weight.shape[0], *geometry.output_size))
+    kept = None
     buffer = fields_buffer(input, plan.chunks)
     for chunk in plan.chunks:
         fields = chunk_fields(input, geometry, chunk, groups, buffer)
-        write_block(
-            output_block(output, chunk, groups), plan.variant.contract(fields, filters, **options), bias
-        )
-    return output
+        if keep:
+            result, kept_part = plan.variant.contract_and_keep(fields, filters, **options)
+            kept = kept_part.new_empty(output.shape) if kept is None else kept
+            write_block(output_block(kept, chunk, groups), kept_part)
+        else:
+            result = plan.variant.contract(fields, filters, **options)
+        write_block(output_block(output, chunk, groups), result, bias)
+    return output, kept
 
 
 class GeneralizedConvFunction(torch.autograd.Function):
@@ -84,18 +94,19 @@ class GeneralizedConvFunction(torch.autograd.Function):
         plan: Plan,
         *option_tensors: torch.Tensor,
     ):
-        geometry = plan.geometry
+        geometry, variant = plan.geometry, plan.variant
         # a backward that uses the output gets it before bias: the bias then goes on a copy, after
         records_graph = plan.grad_mode and any(ctx.needs_input_grad)
-        keeps_output = (
-            plan.variant.backward_uses_output
-            and records_graph
-            and _custom_backward(plan, ctx.needs_input_grad[4:])
+        custom = records_graph and _custom_backward(plan, ctx.needs_input_grad[4:])
+        keeps_output = variant.backward_uses_output and custom
+        keeps_kept = variant.backward_uses_kept and custom and variant.product_backward is not None
+        output, kept = contract_chunks(
+            input, weight, None if keeps_output else bias, plan, option_tensors, keep=keeps_kept
         )
-        output = contract_chunks(input, weight, None if keeps_output else bias, plan, option_tensors)
         ctx.plan = plan
-        ctx.keeps_output = keeps_output
-        ctx.save_for_backward(input, weight, *option_tensors, *((output,) if keeps_output else ()))
+        ctx.keeps_output, ctx.keeps_kept = keeps_output, keeps_kept
+        extra = (*((output,) if keeps_output else ()), *((kept,) if keeps_kept else ()))
+        ctx.save_for_backward(input, weight, *option_tensors, *extra)
         if keeps_output and bias is not None:
             return output + bias.view(-1, *(1,) * len(geometry.output_size))
         # without bias the tensor saved is the one returned: torch's version counter catches an
@@ -107,6 +118,7 @@ class GeneralizedConvFunction(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor):
         plan: Plan = ctx.plan
         input, weight, *option_tensors = ctx.saved_tensors
+        kept = option_tensors.pop() if ctx.keeps_kept else None
         output = option_tensors.pop() if ctx.keeps_output else None
         filters_per_group = weight.shape[0] // plan.groups
         options = _options(plan, tuple(option_tensors), filters_per_group)
@@ -124,6 +136,7 @@ class GeneralizedConvFunction(torch.autograd.Function):
                 weight,
                 grad_output,
                 output,
+                kept,
                 plan.geometry,
                 plan.groups,
                 plan.tap_chunks,
@@ -133,7 +146,14 @@ class GeneralizedConvFunction(torch.autograd.Function):
             )
         else:
             grad_input, grad_weight, grad_options = _fields_backward(
-                plan, input, weight, grad_output, output, options, tuple(option_tensors), ctx.needs_input_grad
+                plan,
+                input,
+                weight,
+                grad_output,
+                (output, kept),
+                options,
+                tuple(option_tensors),
+                ctx.needs_input_grad,
             )
         if grad_weight is not None:
             # contiguous like the parameter: DDP buckets and optimisers expect its strides
@@ -142,8 +162,12 @@ class GeneralizedConvFunction(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None, *grad_options
 
 
-def _fields_backward(plan, input, weight, grad_output, output, options, option_tensors, needs_input_grad):
-    """Recompute each chunk's fields, take their gradients from the variant and fold them back."""
+def _fields_backward(plan, input, weight, grad_output, saved, options, option_tensors, needs_input_grad):
+    """Recompute each chunk's fields, take their gradients from the variant and fold them back.
+
+    ``saved``: the forward's output and kept values, each None unless the variant reads it.
+    """
+    output, kept = saved
     geometry, groups = plan.geometry, plan.groups
     filters = filters_of(weight, groups)
     needs_input, needs_weight = needs_input_grad[:2]
@@ -158,11 +182,14 @@ def _fields_backward(plan, input, weight, grad_output, output, options, option_t
     for chunk in plan.chunks:
         fields = chunk_fields(input, geometry, chunk, groups, buffer)
         grad = as_chunk_result(output_block(grad_output, chunk, groups))
-        own_output = None if output is None else as_chunk_result(output_block(output, chunk, groups))
+        own_output, own_kept = (
+            None if tensor is None else as_chunk_result(output_block(tensor, chunk, groups))
+            for tensor in (output, kept)
+        )
         chunk_option_grads: tuple = ()
         if custom and plan.variant.product_backward is not None:
             grad_fields, grad_chunk_filters = field_gradients(
-                plan.variant, fields, filters, grad, own_output, options
+                plan.variant, fields, filters, grad, own_output, own_kept, options
             )
         elif custom:
             own = () if own_output is None else (own_output,)

@@ -73,12 +73,8 @@ def _plan(batched, weight, variant, geometry, groups, budget) -> Plan:
     chunks = plan_chunks(geometry, batched.shape[0], bytes_per_field, budget)
     tap_chunks = None
     if variant.product_backward is not None and shifted_views_fit(geometry, weight):
-        # per position: the padded input and its gradient, the pair scales, the variant's work,
-        # and the fields when the variant takes their products again (then within the budget too)
-        per_position = 2 * batched.shape[1] + weight.shape[0] + working
-        if variant.backward_uses_products:
-            per_position += groups * fields_per_group
-        bytes_per_position = element * per_position
+        # per position: the padded input and its gradient, the pair scales, the variant's work
+        bytes_per_position = element * (2 * batched.shape[1] + weight.shape[0] + working)
         tap_chunks = plan_chunks(geometry, batched.shape[0], bytes_per_position, budget)
     tensors = tuple(name for name, value in variant.options.items() if isinstance(value, torch.Tensor))
     fixed = tuple((name, value) for name, value in variant.options.items() if name not in tensors)

@@ -22,7 +22,7 @@ from ..geometry import Geometry
 from ..variants import Variant
 from .blocks import as_chunk_result, output_block, write_block
 from .chunks import Chunk
-from .fields import add_image_grad, chunk_fields, chunk_image, fields_buffer, filters_of
+from .fields import add_image_grad, chunk_image, filters_of
 from .shifted_views import (
     TapLayout,
     add_tap_products,
@@ -41,17 +41,17 @@ def pair_terms(
     filters: torch.Tensor,
     options: dict,
     output: torch.Tensor | None,
+    kept: torch.Tensor | None,
     field_norms: Callable[[], torch.Tensor],
-    products: Callable[[], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Call ``variant.product_backward`` with what it asks for; the callables make the rest lazily."""
+    """Call ``variant.product_backward`` with what it asks for; ``field_norms`` makes them lazily."""
     wanted = {}
     if variant.backward_uses_output:
         wanted["output"] = output
+    if variant.backward_uses_kept:
+        wanted["kept"] = kept
     if variant.backward_uses_field_norms:
         wanted["field_norms"] = field_norms()
-    if variant.backward_uses_products:
-        wanted["products"] = products()
     return variant.product_backward(grad, filters, **wanted, **options)
 
 
@@ -61,6 +61,7 @@ def field_gradients(
     filters: torch.Tensor,
     grad: torch.Tensor,
     output: torch.Tensor | None,
+    kept: torch.Tensor | None,
     options: dict,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The gradients of one chunk's fields (G, M, Kg) and of the filters (G, Og, Kg).
@@ -73,8 +74,8 @@ def field_gradients(
         filters,
         options,
         output,
+        kept,
         field_norms=lambda: torch.linalg.vector_norm(fields, dim=-1, keepdim=True),
-        products=lambda: torch.bmm(fields, filters.mT),
     )
     grad_fields = torch.matmul(pair_scale, filters.conj())
     grad_filters = torch.matmul(pair_scale.mT, fields.conj())
@@ -91,6 +92,7 @@ def tap_gradients(
     weight: torch.Tensor,
     grad_output: torch.Tensor,
     output: torch.Tensor | None,
+    kept: torch.Tensor | None,
     geometry: Geometry,
     groups: int,
     chunks: tuple[Chunk, ...],
@@ -101,7 +103,7 @@ def tap_gradients(
     """The gradients of the input (B, C, *spatial) and the weight, on shifted views chunk by chunk.
 
     ``chunks`` as planned for ``geometry`` (any stride); ``output`` the forward's, before bias,
-    when the variant reads it.
+    and ``kept`` what its ``contract_and_keep`` kept, when the variant reads them.
     """
     out_channels, in_group = weight.shape[:2]
     filters = filters_of(weight, groups)
@@ -109,8 +111,6 @@ def tap_gradients(
     grad_input = torch.zeros_like(input) if needs_input else None
     grad_taps = torch.zeros_like(taps) if needs_weight else None
     filter_radial_total = None
-    # reused by every chunk: a fresh allocation per chunk measured 3x slower to fill (page faults)
-    buffer = fields_buffer(input, chunks) if variant.backward_uses_products else None
     for chunk in chunks:
         layout = TapLayout(chunk.geometry)
         image = chunk_image(input, geometry, chunk)
@@ -120,13 +120,13 @@ def tap_gradients(
             squares = image.square().unflatten(1, (groups, in_group)).sum(2)
             return _as_field_column(tap_sums(squares, layout)).sqrt_()
 
-        def products(chunk=chunk):
-            return torch.bmm(chunk_fields(input, geometry, chunk, groups, buffer), filters.mT)
-
-        own_output = None if output is None else as_chunk_result(output_block(output, chunk, groups))
+        own_output, own_kept = (
+            None if tensor is None else as_chunk_result(output_block(tensor, chunk, groups))
+            for tensor in (output, kept)
+        )
         grad = as_chunk_result(output_block(grad_output, chunk, groups))
         pair_scale, field_radial, filter_radial = pair_terms(
-            variant, grad, filters, options, own_output, field_norms, products
+            variant, grad, filters, options, own_output, own_kept, field_norms
         )
         grid = grad_output.new_zeros((samples, out_channels, layout.places))
         write_block(crop(grid, layout).unflatten(1, (groups, -1)), pair_scale)

@@ -67,8 +67,10 @@ class Variant:
         own = vars(cls)
         if ("contract" in own or "contract_backward" in own) and "product_backward" not in own:
             cls.product_backward = None
+        if "contract" in own and "contract_and_keep" not in own:
+            cls.contract_and_keep = None
         if "contract_backward" in own or "product_backward" in own:
-            for flag in ("backward_uses_output", "backward_uses_products", "backward_uses_field_norms"):
+            for flag in ("backward_uses_output", "backward_uses_kept", "backward_uses_field_norms"):
                 if flag not in own:
                     setattr(cls, flag, False)
 
@@ -132,9 +134,13 @@ class Variant:
     #: engine differentiates ``contract`` and keeps nothing. A subclass that redefines a backward
     #: is reset to False.
     backward_uses_output: ClassVar[bool] = False
-    #: True when ``product_backward`` wants ``products=`` s = p . w (G, M, Og): the engine then
-    #: copies the chunk's fields and takes their product with the filters again
-    backward_uses_products: ClassVar[bool] = False
+    #: True when ``product_backward`` wants ``kept=``, a (G, M, Og) view of a per-pair value the
+    #: forward computed and its output does not give back (``polynomial`` of even degree keeps
+    #: s + c, whose sign its output lost): the forward then calls ``contract_and_keep(fields,
+    #: filters, **options) -> (output, kept)`` in place of ``contract`` and the engine keeps
+    #: ``kept``, one output-sized tensor, for the backward (only when autograd records the call)
+    backward_uses_kept: ClassVar[bool] = False
+    contract_and_keep = None
     #: True when ``product_backward`` wants ``field_norms=`` |p| (G, M, 1)
     backward_uses_field_norms: ClassVar[bool] = False
 

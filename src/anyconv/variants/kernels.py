@@ -83,31 +83,35 @@ class Polynomial(Variant):
     @property
     def backward_uses_output(self) -> bool:
         # (s + c)^(degree - 1) = |y|^((degree - 1) / degree) for an odd degree; an even degree
-        # loses the sign of s + c in y, and the backward takes the product s again
+        # loses the sign of s + c in y, and its forward keeps s + c for the backward instead
         return self.options["degree"] % 2 == 1
 
     @property
-    def backward_uses_products(self) -> bool:
+    def backward_uses_kept(self) -> bool:
         return not self.backward_uses_output
+
+    def contract_and_keep(
+        self, fields: torch.Tensor, filters: torch.Tensor, degree: int = 3, c: Option = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output and s + c, which the backward of an even degree needs."""
+        shifted = torch.bmm(fields, filters.transpose(1, 2)) + c
+        return shifted.pow(degree), shifted
 
     def product_backward(
         self,
         grad: torch.Tensor,
         filters: torch.Tensor,
         output: torch.Tensor | None = None,
-        products: torch.Tensor | None = None,
+        kept: torch.Tensor | None = None,
         degree: int = 3,
         c: Option = 1.0,
     ) -> tuple[torch.Tensor, None, None]:
-        """d (s + c)^degree / ds = degree (s + c)^(degree - 1), from y or from s; no norm terms.
+        """d (s + c)^degree / ds = degree (s + c)^(degree - 1), from y or from the kept s + c.
 
         From y, in float32, a pair whose y underflows (|s + c| < 1e-13 for degree 3) loses its
         share of the gradient, which is then below 1e-25.
         """
-        if products is None:
-            slope = output.abs().pow((degree - 1) / degree)
-        else:
-            slope = (products + c).pow_(degree - 1)
+        slope = output.abs().pow((degree - 1) / degree) if kept is None else kept.pow(degree - 1)
         return slope.mul_(grad).mul_(degree), None, None
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
