@@ -24,6 +24,13 @@ def as_chunk_result(block: torch.Tensor) -> torch.Tensor:
     return block.permute(1, 2, 0, *range(3, block.dim())).flatten(2).transpose(1, 2)
 
 
+def chunk_results(tensors: tuple[torch.Tensor | None, ...], chunk: Chunk, groups: int) -> tuple:
+    """Each of ``tensors`` (B, O, *out), or None, as ``chunk``'s (G, M, Og) view (see as_chunk_result)."""
+    return tuple(
+        None if tensor is None else as_chunk_result(output_block(tensor, chunk, groups)) for tensor in tensors
+    )
+
+
 def write_block(block: torch.Tensor, result: torch.Tensor, bias: torch.Tensor | None = None) -> None:
     """Write a chunk's ``result`` (G, M, Og) into ``block`` (b, G, Og, *positions), plus ``bias`` (O,).
 

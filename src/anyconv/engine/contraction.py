@@ -17,7 +17,7 @@ import torch
 
 from ..geometry import Geometry
 from ..variants import Variant
-from .blocks import as_chunk_result, bias_grad, output_block, write_block
+from .blocks import as_chunk_result, bias_grad, chunk_results, output_block, write_block
 from .chunks import Chunk
 from .fields import add_field_grads, chunk_fields, fields_buffer, filters_of, weight_of
 from .product_gradients import field_gradients, tap_gradients
@@ -182,10 +182,7 @@ def _fields_backward(plan, input, weight, grad_output, saved, options, option_te
     for chunk in plan.chunks:
         fields = chunk_fields(input, geometry, chunk, groups, buffer)
         grad = as_chunk_result(output_block(grad_output, chunk, groups))
-        own_output, own_kept = (
-            None if tensor is None else as_chunk_result(output_block(tensor, chunk, groups))
-            for tensor in (output, kept)
-        )
+        own_output, own_kept = chunk_results((output, kept), chunk, groups)
         chunk_option_grads: tuple = ()
         if custom and plan.variant.product_backward is not None:
             grad_fields, grad_chunk_filters = field_gradients(

@@ -20,7 +20,7 @@ import torch
 
 from ..geometry import Geometry
 from ..variants import Variant
-from .blocks import as_chunk_result, output_block, write_block
+from .blocks import as_chunk_result, chunk_results, output_block, write_block
 from .chunks import Chunk
 from .fields import add_image_grad, chunk_image, filters_of
 from .shifted_views import (
@@ -120,10 +120,7 @@ def tap_gradients(
             squares = image.square().unflatten(1, (groups, in_group)).sum(2)
             return _as_field_column(tap_sums(squares, layout)).sqrt_()
 
-        own_output, own_kept = (
-            None if tensor is None else as_chunk_result(output_block(tensor, chunk, groups))
-            for tensor in (output, kept)
-        )
+        own_output, own_kept = chunk_results((output, kept), chunk, groups)
         grad = as_chunk_result(output_block(grad_output, chunk, groups))
         pair_scale, field_radial, filter_radial = pair_terms(
             variant, grad, filters, options, own_output, own_kept, field_norms
