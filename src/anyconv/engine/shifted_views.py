@@ -226,31 +226,40 @@ def add_tap_products(
 #: fewest input channels per group for which the shifted views beat copied fields (measured
 #: here, 1 thread: faster at 4 per group, 2x slower depthwise, where each product is 1 x 1)
 MIN_CHANNELS_PER_GROUP = 4
-#: fewest output positions per sample for which they do: the views cost a Python loop of
-#: samples x taps small products, so small images lose (measured here, 2 threads, forward+backward
-#: against copied fields: 8x8 4.9x slower, 16x16 1.4x slower, 32x32 even, 64x64 1.07x faster)
+#: fewest output positions per sample for which they do: each chunk costs a Python loop of
+#: taps x groups products, so small images lose. Measured here, 2 threads, the backward of dot
+#: and cosine against copied fields, batch 8 and 32: 8 x 8 1.14x-1.64x slower (64 and 128
+#: channels); 16 x 16 1.13x-1.17x slower at 16 channels, 0.79x-0.97x the time at 32 to 128;
+#: 32 x 32 0.67x-0.95x at 8 to 64 channels, except dot at 8 channels and batch 8 (1.03x)
 MIN_POSITIONS = 1024
+#: images from this many positions (16 x 16) take the views too when their groups are this wide
+MIN_POSITIONS_WIDE, WIDE_CHANNELS = 256, 32
 
 
 def shifted_views_fit(geometry: Geometry, weight: torch.Tensor) -> bool:
     """Whether a backward on shifted views beats copying the fields and folding their gradients.
 
-    Measured on (32, 64, 32, 32), 3x3, for the standard convolution: at stride 1 it beats the
-    copied fields by about 1.2x to 1.4x; at stride 2 the phase split and the smaller products
-    make it no faster, so it is kept for stride 1.
+    At stride 2 the phase split and the smaller products made it no faster (dot and cosine on
+    (8, 64, 32, 32): 1.07x and 1.12x the time), so it is kept for stride 1.
 
     >>> from anyconv.geometry import make_geometry
     >>> shifted_views_fit(make_geometry((32, 32), 3, padding=1), torch.empty(4, 8, 3, 3))
     True
-    >>> shifted_views_fit(make_geometry((8, 8), 3, padding=1), torch.empty(4, 8, 3, 3))
+    >>> shifted_views_fit(make_geometry((16, 16), 3, padding=1), torch.empty(4, 8, 3, 3))
     False
+    >>> shifted_views_fit(make_geometry((16, 16), 3, padding=1), torch.empty(4, 32, 3, 3))
+    True
     >>> shifted_views_fit(make_geometry((8, 8), 3, stride=2), torch.empty(4, 8, 3, 3))
     False
     """
+    channels, positions = weight.shape[1], geometry.num_positions
+    large_enough = positions >= MIN_POSITIONS or (
+        positions >= MIN_POSITIONS_WIDE and channels >= WIDE_CHANNELS
+    )
     # complex weights take the fields path, whose backward conjugates as torch's does
     return (
         all(step == 1 for step in geometry.stride)
-        and weight.shape[1] >= MIN_CHANNELS_PER_GROUP
-        and geometry.num_positions >= MIN_POSITIONS
+        and channels >= MIN_CHANNELS_PER_GROUP
+        and large_enough
         and not weight.is_complex()
     )
