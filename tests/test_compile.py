@@ -29,8 +29,18 @@ MODULES = {
         f"generalized-{name}": lambda name=name: anyconv.nn.GeneralizedConv2d(4, 6, 3, variant=name)
         for name in COMPILED_VARIANTS
     },
+    # 32 x 32: the backward on shifted views, with the output kept (cosine) or s + c (polynomial)
+    "views-cosine": lambda: anyconv.nn.GeneralizedConv2d(4, 6, 3, padding=1, variant="cosine"),
+    "views-polynomial-even": lambda: anyconv.nn.GeneralizedConv2d(
+        4, 6, 3, padding=1, variant="polynomial", degree=2
+    ),
 }
-INPUT_SHAPES = {"conv1d-same-dilation": (2, 4, 9), "convnd-4d": (1, 4, 3, 4, 3, 4)}
+INPUT_SHAPES = {
+    "conv1d-same-dilation": (2, 4, 9),
+    "convnd-4d": (1, 4, 3, 4, 3, 4),
+    "views-cosine": (2, 4, 32, 32),
+    "views-polynomial-even": (2, 4, 32, 32),
+}
 
 
 def _input(name, seed=0):
