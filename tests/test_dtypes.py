@@ -9,6 +9,7 @@ receptive fields, fold and conv are exact.
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import take_views_everywhere
 
 import anyconv
 
@@ -55,11 +56,14 @@ def _bound(dtype: torch.dtype) -> float:
     return 2 * torch.finfo(dtype).eps
 
 
+@pytest.mark.parametrize("views", [False, True], ids=["fields", "views"])
 @pytest.mark.parametrize("dtype", FLOATING, ids=str)
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda case: case["id"])
-def test_conv_forward_and_backward_at_each_floating_dtype(case, dtype):
+def test_conv_forward_and_backward_at_each_floating_dtype(case, dtype, views, monkeypatch):
     if not _supported(dtype):
         pytest.skip(f"torch's CPU convolution does not support {dtype} here")
+    if views:
+        take_views_everywhere(monkeypatch)
     generator = torch.Generator().manual_seed(0)
     input = torch.randn(case["x"], generator=generator).to(dtype).requires_grad_()
     weight = torch.randn(case["w"], generator=generator).to(dtype).requires_grad_()
