@@ -125,11 +125,8 @@ class GeneralizedConvFunction(torch.autograd.Function):
         needs_input, needs_weight = ctx.needs_input_grad[:2]
         needs_options = ctx.needs_input_grad[4:]
         grad_options: tuple = (None,) * len(option_tensors)
-        if (
-            _custom_backward(plan, needs_options)
-            and plan.variant.product_backward is not None
-            and (plan.tap_chunks is not None)
-        ):
+        # tap chunks are planned only for a variant with product_backward
+        if plan.tap_chunks is not None and _custom_backward(plan, needs_options):
             grad_input, grad_weight = tap_gradients(
                 plan.variant,
                 input,

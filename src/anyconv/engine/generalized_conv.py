@@ -57,7 +57,7 @@ def generalized_conv(
     if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
         raise invalid("memory_budget", memory_budget, "a positive number of bytes")
     plan = _plan(batched, weight, variant, geometry, groups, budget)
-    tensors = [value for value in variant.options.values() if isinstance(value, torch.Tensor)]
+    tensors = [variant.options[name] for name in plan.option_names]
     output = GeneralizedConvFunction.apply(batched, weight, bias, plan, *tensors)
     return output.squeeze(0) if was_unbatched else output
 

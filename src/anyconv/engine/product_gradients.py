@@ -15,6 +15,7 @@ come from tap sums of the squared input and the radial terms spread back over th
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -115,15 +116,16 @@ def tap_gradients(
         layout = TapLayout(chunk.geometry)
         image = chunk_image(input, geometry, chunk)
         samples = image.shape[0]
-
-        def field_norms(image=image, layout=layout):
-            squares = image.square().unflatten(1, (groups, in_group)).sum(2)
-            return _as_field_column(tap_sums(squares, layout)).sqrt_()
-
         own_output, own_kept = chunk_results((output, kept), chunk, groups)
         grad = as_chunk_result(output_block(grad_output, chunk, groups))
         pair_scale, field_radial, filter_radial = pair_terms(
-            variant, grad, filters, options, own_output, own_kept, field_norms
+            variant,
+            grad,
+            filters,
+            options,
+            own_output,
+            own_kept,
+            field_norms=partial(_field_norms, image, layout, groups),
         )
         grid = grad_output.new_zeros((samples, out_channels, layout.places))
         write_block(crop(grid, layout).unflatten(1, (groups, -1)), pair_scale)
@@ -156,6 +158,8 @@ def tap_gradients(
     return grad_input, grad_weight
 
 
-def _as_field_column(values: torch.Tensor) -> torch.Tensor:
-    """(b, G, *out) per-field values -> (G, M, 1), fields in the chunk's order."""
-    return values.transpose(0, 1).reshape(values.shape[1], -1, 1)
+def _field_norms(image: torch.Tensor, layout: TapLayout, groups: int) -> torch.Tensor:
+    """|p| (G, M, 1) of a chunk's fields, from its padded input (b, C, *slab), fields uncopied."""
+    squares = image.square().unflatten(1, (groups, -1)).sum(2)
+    sums = tap_sums(squares, layout)  # (b, G, *out)
+    return sums.transpose(0, 1).reshape(groups, -1, 1).sqrt_()

@@ -22,13 +22,11 @@ def squared_distances(fields: torch.Tensor, filters: torch.Tensor) -> torch.Tens
     return torch.baddbmm(field_norms + filter_norms, fields, filters.transpose(1, 2), alpha=-2).clamp_min_(0)
 
 
-
-def squared_distance_partials(
-    scale: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def squared_distance_partials(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``product_backward``'s terms for ``sum scale * -||p - w||^2 / 2``, given ``scale`` (G, M, O).
 
     d/dp (-||p - w||^2 / 2) = w - p and d/dw = p - w: the pair scale is ``scale`` itself, the
-    field radial its row sums and the filter radial its column sums.
+    field radial its row sums and the filter radial its column sums. The clamp of
+    :func:`squared_distances` only acts on rounding noise, so these are the exact distance's.
     """
     return scale, scale.sum(2, keepdim=True), scale.sum(1).unsqueeze(-1)
