@@ -7,10 +7,10 @@ and a checkpoint loads both ways.
 
 from __future__ import annotations
 
-import inspect
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from torch.nn.common_types import _size_1_t, _size_2_t, _size_3_t
 from torch.nn.modules.conv import _ConvNd
 
 from ..engine import conv
@@ -18,27 +18,37 @@ from ..errors import invalid, wrong_type
 from ..geometry import spatial_tuple
 from ..geometry.arguments import as_int
 
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+
 
 class _FieldsTimesWeights:
     """The computation shared by every anyconv conv module: receptive fields times weights."""
 
     memory_budget: int | None = None
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: str | tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+    padding_mode: str
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    @staticmethod
+    def _check_channels(in_channels: Any, out_channels: Any, groups: Any) -> None:
         # torch's constructors accept a zero stride, a negative padding or a float channel count
         # and fail later, deep in the forward pass; refuse them here, naming the argument (what
         # torch's constructor checks itself, such as groups, keeps torch's exact message)
-        arguments = inspect.signature(super().__init__).bind(*args, **kwargs).arguments
-        for name in ("in_channels", "out_channels", "groups"):
-            if name in arguments and as_int(name, arguments[name]) < 1:
-                raise invalid(name, arguments[name], "a positive integer")
-        super().__init__(*args, **kwargs)
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            if as_int(name, value) < 1:
+                raise invalid(name, value, "a positive integer")
+
+    def _keep_normalised(self) -> None:
+        """Check the spatial arguments torch stored and keep them as tuples of ints, once."""
         ndim = len(self.kernel_size)
-        spatial_tuple("kernel_size", self.kernel_size, ndim, 1)
-        spatial_tuple("stride", self.stride, ndim, 1)
-        spatial_tuple("dilation", self.dilation, ndim, 1)
+        self.kernel_size = spatial_tuple("kernel_size", self.kernel_size, ndim, 1)
+        self.stride = spatial_tuple("stride", self.stride, ndim, 1)
+        self.dilation = spatial_tuple("dilation", self.dilation, ndim, 1)
         if not isinstance(self.padding, str):
-            spatial_tuple("padding", self.padding, ndim, 0)
+            self.padding = spatial_tuple("padding", self.padding, ndim, 0)
 
     def _conv_forward(
         self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
@@ -65,6 +75,36 @@ class Conv1d(_FieldsTimesWeights, torch.nn.Conv1d):
     torch.Size([5, 4, 10])
     """
 
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _size_1_t,
+        stride: _size_1_t = 1,
+        padding: str | _size_1_t = 0,
+        dilation: _size_1_t = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: PaddingMode = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self._check_channels(in_channels, out_channels, groups)
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device=device,
+            dtype=dtype,
+        )
+        self._keep_normalised()
+
 
 class Conv2d(_FieldsTimesWeights, torch.nn.Conv2d):
     """``torch.nn.Conv2d``, computed as receptive fields times weights.
@@ -78,9 +118,69 @@ class Conv2d(_FieldsTimesWeights, torch.nn.Conv2d):
     True
     """
 
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _size_2_t,
+        stride: _size_2_t = 1,
+        padding: str | _size_2_t = 0,
+        dilation: _size_2_t = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: PaddingMode = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self._check_channels(in_channels, out_channels, groups)
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device=device,
+            dtype=dtype,
+        )
+        self._keep_normalised()
+
 
 class Conv3d(_FieldsTimesWeights, torch.nn.Conv3d):
     """``torch.nn.Conv3d``, computed as receptive fields times weights."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _size_3_t,
+        stride: _size_3_t = 1,
+        padding: str | _size_3_t = 0,
+        dilation: _size_3_t = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: PaddingMode = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self._check_channels(in_channels, out_channels, groups)
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device=device,
+            dtype=dtype,
+        )
+        self._keep_normalised()
 
 
 class ConvNd(_FieldsTimesWeights, _ConvNd):
@@ -101,15 +201,16 @@ class ConvNd(_FieldsTimesWeights, _ConvNd):
         in_channels: int,
         out_channels: int,
         kernel_size: tuple[int, ...],
-        stride: Any = 1,
-        padding: Any = 0,
-        dilation: Any = 1,
+        stride: int | tuple[int, ...] = 1,
+        padding: str | int | tuple[int, ...] = 0,
+        dilation: int | tuple[int, ...] = 1,
         groups: int = 1,
         bias: bool = True,
-        padding_mode: str = "zeros",
-        device: Any = None,
-        dtype: Any = None,
+        padding_mode: PaddingMode = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
+        self._check_channels(in_channels, out_channels, groups)
         if not isinstance(kernel_size, (tuple, list)):
             raise wrong_type("kernel_size", kernel_size, "a tuple of N ints (N spatial dimensions)")
         ndim = len(kernel_size)

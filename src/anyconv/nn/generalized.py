@@ -11,10 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.nn.common_types import _size_1_t, _size_2_t, _size_3_t
 
 from ..engine import generalized_conv
 from ..variants import Variant, resolve_variant
-from .conv import Conv1d, Conv2d, Conv3d, ConvNd
+from .conv import Conv1d, Conv2d, Conv3d, ConvNd, PaddingMode
+
+VariantSpec = str | Variant | type[Variant]
 
 
 class _VariantComputation:
@@ -50,30 +53,170 @@ class _VariantComputation:
         return f"{super().extra_repr()}, variant={self.variant!r}"
 
 
-def _generalized(base: type, dims: str) -> type:
+class GeneralizedConv1d(_VariantComputation, Conv1d):
+    """``Conv1d`` (1-D) whose fields meet the filters through ``variant``.
+
+    Arguments are those of ``Conv1d``, then ``variant`` (a name, a Variant subclass or instance),
+    ``memory_budget`` (bytes per chunk, default 4 MiB) and the variant's options as keywords.
+    """
+
     def __init__(
         self,
-        *args: Any,
-        variant: str | Variant | type[Variant],
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _size_1_t,
+        stride: _size_1_t = 1,
+        padding: str | _size_1_t = 0,
+        dilation: _size_1_t = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: PaddingMode = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        variant: VariantSpec,
         memory_budget: int | None = None,
-        **kwargs: Any,
+        **variant_options: Any,
     ) -> None:
-        names = ("stride", "padding", "dilation", "groups", "bias", "padding_mode", "device", "dtype")
-        conv_kwargs = {name: kwargs.pop(name) for name in names if name in kwargs}
-        base.__init__(self, *args, **conv_kwargs)
-        self._setup_variant(variant, memory_budget, kwargs)
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device=device,
+            dtype=dtype,
+        )
+        self._setup_variant(variant, memory_budget, variant_options)
 
-    doc = (
-        f"{base.__name__} ({dims}) whose fields meet the filters through ``variant``.\n\n"
-        f"Arguments are those of ``{base.__name__}``, then ``variant=`` (a name, a Variant subclass or\n"
-        "instance), ``memory_budget=`` and the variant's options as keywords."
-    )
-    return type(
-        f"Generalized{base.__name__}", (_VariantComputation, base), {"__init__": __init__, "__doc__": doc}
-    )
+
+class GeneralizedConv2d(_VariantComputation, Conv2d):
+    """``Conv2d`` (2-D) whose fields meet the filters through ``variant``.
+
+    Arguments are those of ``Conv2d``, then ``variant`` (a name, a Variant subclass or instance),
+    ``memory_budget`` (bytes per chunk, default 4 MiB) and the variant's options as keywords.
+
+    >>> import torch
+    >>> layer = GeneralizedConv2d(3, 8, 3, padding=1, variant="rbf", gamma=0.5)
+    >>> layer(torch.randn(2, 3, 16, 16)).shape
+    torch.Size([2, 8, 16, 16])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _size_2_t,
+        stride: _size_2_t = 1,
+        padding: str | _size_2_t = 0,
+        dilation: _size_2_t = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: PaddingMode = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        variant: VariantSpec,
+        memory_budget: int | None = None,
+        **variant_options: Any,
+    ) -> None:
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device=device,
+            dtype=dtype,
+        )
+        self._setup_variant(variant, memory_budget, variant_options)
 
 
-GeneralizedConv1d = _generalized(Conv1d, "1-D")
-GeneralizedConv2d = _generalized(Conv2d, "2-D")
-GeneralizedConv3d = _generalized(Conv3d, "3-D")
-GeneralizedConvNd = _generalized(ConvNd, "any N")
+class GeneralizedConv3d(_VariantComputation, Conv3d):
+    """``Conv3d`` (3-D) whose fields meet the filters through ``variant``.
+
+    Arguments are those of ``Conv3d``, then ``variant`` (a name, a Variant subclass or instance),
+    ``memory_budget`` (bytes per chunk, default 4 MiB) and the variant's options as keywords.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _size_3_t,
+        stride: _size_3_t = 1,
+        padding: str | _size_3_t = 0,
+        dilation: _size_3_t = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: PaddingMode = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        variant: VariantSpec,
+        memory_budget: int | None = None,
+        **variant_options: Any,
+    ) -> None:
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device=device,
+            dtype=dtype,
+        )
+        self._setup_variant(variant, memory_budget, variant_options)
+
+
+class GeneralizedConvNd(_VariantComputation, ConvNd):
+    """``ConvNd`` (any N) whose fields meet the filters through ``variant``.
+
+    Arguments are those of ``ConvNd``, then ``variant`` (a name, a Variant subclass or instance),
+    ``memory_budget`` (bytes per chunk, default 4 MiB) and the variant's options as keywords.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: str | int | tuple[int, ...] = 0,
+        dilation: int | tuple[int, ...] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: PaddingMode = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        variant: VariantSpec,
+        memory_budget: int | None = None,
+        **variant_options: Any,
+    ) -> None:
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device=device,
+            dtype=dtype,
+        )
+        self._setup_variant(variant, memory_budget, variant_options)
