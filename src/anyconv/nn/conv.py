@@ -7,7 +7,7 @@ and a checkpoint loads both ways.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch.nn.common_types import _size_1_t, _size_2_t, _size_3_t
@@ -20,17 +20,17 @@ from ..geometry.arguments import as_int
 
 PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 
+# the mixins are placed before a torch conv module; the type checker reads them as one
+if TYPE_CHECKING:
+    ConvModule = _ConvNd
+else:
+    ConvModule = object
 
-class _FieldsTimesWeights:
+
+class _FieldsTimesWeights(ConvModule):
     """The computation shared by every anyconv conv module: receptive fields times weights."""
 
     memory_budget: int | None = None
-    kernel_size: tuple[int, ...]
-    stride: tuple[int, ...]
-    padding: str | tuple[int, ...]
-    dilation: tuple[int, ...]
-    groups: int
-    padding_mode: str
 
     @staticmethod
     def _check_channels(in_channels: Any, out_channels: Any, groups: Any) -> None:

@@ -6,12 +6,21 @@ They subclass torch's modules and replace only ``forward``: constructor, paramet
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+from torch.nn.modules.conv import _ConvTransposeNd
 
 from ..engine import conv_transpose
 
+# the mixin is placed before a torch transposed-conv module; the type checker reads them as one
+if TYPE_CHECKING:
+    TransposedModule = _ConvTransposeNd
+else:
+    TransposedModule = object
 
-class _WeightsTimesInput:
+
+class _WeightsTimesInput(TransposedModule):
     """The forward shared by the transposed modules: weights times input, folded back with col2im."""
 
     memory_budget: int | None = None
@@ -21,8 +30,15 @@ class _WeightsTimesInput:
         if self.padding_mode != "zeros":
             raise ValueError(f"Only 'zeros' padding mode is supported for {type(self).__name__}")
         ndim = len(self.kernel_size)
+        # torch's annotations say list[int]; torch passes these same tuples in its own forward
         output_padding = self._output_padding(
-            input, output_size, self.stride, self.padding, self.kernel_size, ndim, self.dilation
+            input,
+            output_size,
+            self.stride,  # type: ignore[arg-type]
+            self.padding,  # type: ignore[arg-type]
+            self.kernel_size,  # type: ignore[arg-type]
+            ndim,
+            self.dilation,  # type: ignore[arg-type]
         )
         return conv_transpose(
             input,

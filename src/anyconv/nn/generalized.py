@@ -15,12 +15,12 @@ from torch.nn.common_types import _size_1_t, _size_2_t, _size_3_t
 
 from ..engine import generalized_conv
 from ..variants import Variant, resolve_variant
-from .conv import Conv1d, Conv2d, Conv3d, ConvNd, PaddingMode
+from .conv import Conv1d, Conv2d, Conv3d, ConvModule, ConvNd, PaddingMode
 
 VariantSpec = str | Variant | type[Variant]
 
 
-class _VariantComputation:
+class _VariantComputation(ConvModule):
     """Holds the variant and its tensor options; replaces fields-times-weights by the variant."""
 
     def _setup_variant(
