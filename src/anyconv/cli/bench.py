@@ -10,6 +10,7 @@ import argparse
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ArgumentError
@@ -63,7 +64,9 @@ def find_directory(given: str | None) -> Path:
     raise ArgumentError(
         f"--directory {given} is invalid: not a folder"
         if given
-        else "no benchmarks/ folder here or next to anyconv's src/: pass --directory"
+        else "no benchmarks/ folder here or next to anyconv's src/: the benchmarks are a tool of a "
+        "source checkout (or of the unpacked sdist), not of the installed package; run this there "
+        "or pass --directory"
     )
 
 
@@ -102,7 +105,7 @@ def _print_now(line: str) -> None:
     print(line, flush=True)
 
 
-def _run_one(script: Path, environment: dict[str, str], write) -> int:
+def _run_one(script: Path, environment: dict[str, str], write: Callable[[str], object]) -> int:
     process = subprocess.Popen(
         [sys.executable, str(script)],
         cwd=script.parent.parent,
@@ -111,6 +114,6 @@ def _run_one(script: Path, environment: dict[str, str], write) -> int:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    for line in process.stdout:
+    for line in process.stdout or ():
         write(line.rstrip("\n"))
     return process.wait()

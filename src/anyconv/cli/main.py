@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .. import __version__
 from ..errors import ArgumentError, ArgumentTypeError
 from . import bench, check, demo, explain
 
@@ -13,6 +14,7 @@ from . import bench, check, demo, explain
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``anyconv SUBCOMMAND [options]`` and return the exit code."""
     parser = argparse.ArgumentParser(prog="anyconv", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"anyconv {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for command in (demo, explain, check, bench):
         command.add_parser(commands)
