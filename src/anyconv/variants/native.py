@@ -78,7 +78,10 @@ def compiler() -> tuple[str, ...] | None:
     chosen = os.environ.get("CXX", "").strip()
     if chosen:
         # CXX may carry a launcher or options ("ccache g++"), as build tools accept
-        program, *options = shlex.split(chosen)
+        try:
+            program, *options = shlex.split(chosen)
+        except ValueError:  # an unbalanced quote: no program can be read from it
+            return None
         found = shutil.which(program)
         return None if found is None else (found, *options)
     found = next((path for name in ("c++", "g++", "clang++") if (path := shutil.which(name))), None)
@@ -107,38 +110,40 @@ def load(source_name: str) -> Loaded:
         chosen = os.environ.get("CXX", "").strip()
         missing = f"CXX={chosen!r} names no program" if chosen else "no c++, g++ or clang++ on the PATH"
         return _fallback(
-            f"anyconv found no C++ compiler ({missing}); {_FALLBACK}. "
-            "Install g++ or clang++, or set CXX to a C++ compiler (ANYCONV_NATIVE=0 silences this)."
+            f"no C++ compiler ({missing})",
+            "install g++ or clang++, or set CXX to a C++ compiler (ANYCONV_NATIVE=0 silences this)",
         )
     with _lock:
         try:
             path = _build(source_name, cxx)
         except _CacheNotWritable as error:
             return _fallback(
-                f"anyconv cannot write its native cache ({error}); {_FALLBACK}. "
-                "Set ANYCONV_CACHE_DIR to a writable directory."
+                f"cannot write the native cache ({error})", "set ANYCONV_CACHE_DIR to a writable directory"
             )
         except (OSError, subprocess.CalledProcessError) as error:
-            reason = (getattr(error, "stderr", "") or str(error)).strip()[:500]
+            output = (getattr(error, "stderr", "") or str(error)).strip()
+            first_error = next((line for line in output.splitlines() if "error" in line), output[:200])
             return _fallback(
-                f"anyconv could not compile {source_name} with {' '.join(cxx)}: {reason}\n{_FALLBACK}. "
-                "Set CXX to a working C++ compiler (ANYCONV_NATIVE=0 silences this)."
+                f"could not compile {source_name} with {' '.join(cxx)}: {first_error}",
+                "set CXX to a working C++ compiler (ANYCONV_NATIVE=0 silences this)",
+                output[:2000],
             )
         try:
             return Loaded(ctypes.CDLL(str(path)), f"native: {path}")
         except OSError as error:
             return _fallback(
-                f"anyconv could not load {path}: {error}; {_FALLBACK}. "
-                "Remove that file to rebuild it, or set CXX to another C++ compiler."
+                f"could not load {path}: {error}",
+                "remove that file to rebuild it, or set CXX to another compiler",
             )
 
 
-def _fallback(message: str) -> Loaded:
-    """Warn once per distinct reason (both sources share most of them) and record it."""
+def _fallback(reason: str, fix: str, output: str = "") -> Loaded:
+    """Warn once per distinct reason (both sources share most of them); the outcome keeps it too."""
+    message = f"anyconv {reason}; {_FALLBACK}. To fix: {fix}." + (f"\n{output}" if output else "")
     if message not in _warned:
         _warned.add(message)
         warnings.warn(message, RuntimeWarning, stacklevel=4)
-    return Loaded(None, f"eager: {message}")
+    return Loaded(None, f"eager: {reason}; to fix: {fix}")
 
 
 def _build(source_name: str, cxx: tuple[str, ...]) -> Path:
