@@ -112,19 +112,23 @@ def _no_manifest(library: Path) -> None:
     native_cache.manifest_path(library).unlink()
 
 
-DAMAGE = [
+#: damage to the library itself: the dynamic loader would crash on it, so the runs are subprocesses
+LIBRARY_DAMAGE = [
     pytest.param("fused_power", _truncate_half, id="power-truncated"),
     pytest.param("fused_kernels", _truncate_half, id="kernels-truncated"),
     pytest.param("fused_power", lambda library: library.write_bytes(b""), id="power-empty"),
     pytest.param("fused_power", _garbage_same_size, id="power-garbage-bytes"),
+]
+#: damage to the manifest only: the library is whole, so the runs can share this process
+MANIFEST_DAMAGE = [
     pytest.param("fused_power", _garbage_manifest, id="power-garbage-manifest"),
-    pytest.param("fused_power", _no_manifest, id="power-no-manifest"),
+    pytest.param("fused_kernels", _no_manifest, id="kernels-no-manifest"),
 ]
 
 
 @needs_compiler
-@pytest.mark.parametrize("stem, damage", DAMAGE)
-def test_damaged_entry_is_rebuilt_not_loaded(stem, damage, built_cache, tmp_path):
+@pytest.mark.parametrize("stem, damage", LIBRARY_DAMAGE)
+def test_damaged_library_is_rebuilt_not_loaded(stem, damage, built_cache, tmp_path):
     cache = tmp_path / "cache"
     shutil.copytree(built_cache, cache)
     library = entries(cache)[stem]
@@ -135,6 +139,19 @@ def test_damaged_entry_is_rebuilt_not_loaded(stem, damage, built_cache, tmp_path
     assert result["warnings"] == []
     assert native_cache.is_intact(library)
     assert sorted(entries(cache)) == ["fused_kernels", "fused_power"]
+
+
+@needs_compiler
+@pytest.mark.parametrize("stem, damage", MANIFEST_DAMAGE)
+def test_damaged_manifest_is_rebuilt(stem, damage, built_cache, fresh_native):
+    cache = fresh_native / "cache"
+    shutil.copytree(built_cache, cache)
+    library = entries(cache)[stem]
+    damage(library)
+    assert not native_cache.is_intact(library)
+    assert _run_every_kernel() == []
+    assert fused.last_path() == "native"
+    assert native_cache.is_intact(library)
 
 
 @needs_compiler
@@ -240,6 +257,19 @@ def test_unwritable_cache_warns_once_naming_the_variable(where, fresh_native, mo
     caught = _run_every_kernel()
     assert fused.last_path() == "eager"
     assert len(caught) == 1, [str(warning.message) for warning in caught]
+    assert "ANYCONV_CACHE_DIR" in str(caught[0].message)
+
+
+@needs_compiler
+def test_full_disk_warns_naming_the_variable(fresh_native, monkeypatch):
+    def full_disk(**arguments):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(native.tempfile, "TemporaryDirectory", full_disk)
+    caught = _run_every_kernel()
+    assert fused.last_path() == "eager"
+    assert len(caught) == 1, [str(warning.message) for warning in caught]
+    assert "No space left on device" in str(caught[0].message)
     assert "ANYCONV_CACHE_DIR" in str(caught[0].message)
 
 

@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -172,16 +173,25 @@ def _build_with(source_name: str, cxx: tuple[str, ...], flags: tuple[str, ...]) 
     if is_intact(target):
         return target
     with contextlib.ExitStack() as held:
-        try:
+        with _writing(directory):
             directory.mkdir(parents=True, exist_ok=True)
             held.enter_context(exclusive(target.with_suffix(".lock")))
-        except OSError as error:
-            raise _CacheNotWritable(f"{directory}: {error.strerror or error}") from error
-        # another process may have built it while this one waited for the lock
-        if not is_intact(target):
-            with tempfile.TemporaryDirectory(dir=directory) as scratch:
-                built = Path(scratch) / target.name
-                command = [*cxx, *flags, "-shared", "-fPIC", str(source), "-o", str(built), *libraries]
-                subprocess.run(command, check=True, capture_output=True, text=True)
-                publish(built, target)
+            # another process may have built it while this one waited for the lock
+            if is_intact(target):
+                return target
+            scratch = Path(held.enter_context(tempfile.TemporaryDirectory(dir=directory)))
+        built = scratch / target.name
+        command = [*cxx, *flags, "-shared", "-fPIC", str(source), "-o", str(built), *libraries]
+        subprocess.run(command, check=True, capture_output=True, text=True)
+        with _writing(directory):
+            publish(built, target)
     return target
+
+
+@contextlib.contextmanager
+def _writing(directory: Path) -> Iterator[None]:
+    """Report a failure to write into the cache as such, not as a failed compile."""
+    try:
+        yield
+    except OSError as error:
+        raise _CacheNotWritable(f"{directory}: {error.strerror or error}") from error
