@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import anyconv
 
 from ..geometry import Geometry, Summary
+from ..variants.fused import native_paths
 from .geometry_options import add_geometry_options, integer, summary_from
 from .references import (
     NATIVE_CONVOLUTIONS,
@@ -79,6 +80,9 @@ def run(arguments: argparse.Namespace) -> int:
             print(f"{start}  {outcome.forward:9.2e}  {outcome.gradient:9.2e}  {verdict}")
     if not hasattr(anyconv, "conv"):
         print("(anyconv.conv is not in this version: its check is left out)")
+    print("fused loops on this machine (float32/float64 on CPU):")
+    for variant, path in native_paths().items():
+        print(f"  {variant.ljust(8)}  {path}")
     if all(outcome.passed for outcome in outcomes):
         print(f"OK: every largest difference is at most {TOLERANCE:.0e}")
         return 0

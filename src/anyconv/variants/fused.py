@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import ctypes
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, lru_cache
 
 import torch
 
-from .native import load_library, native_enabled
+from .native import load, load_library, native_enabled
 
 #: elements of one eager broadcast block (fields x filters x taps): 8 MiB in float32
 EAGER_BLOCK_ELEMENTS = 2**21
@@ -36,6 +37,30 @@ _SIGNATURES = {
     "lp_forward": ("fused_power.cpp", 3, (_FLAG, _REAL)),
     "lp_backward": ("fused_power.cpp", 5, (_FLAG, _SIZE, _REAL)),
 }
+
+#: the fused variants and the source file of their native loops
+NATIVE_SOURCES = {
+    "l1": "fused_kernels.cpp",
+    "lp": "fused_power.cpp",
+    "max_plus": "fused_kernels.cpp",
+    "min_plus": "fused_kernels.cpp",
+}
+
+
+def native_paths() -> dict[str, str]:
+    """Per fused variant, ``"native: <library>"`` or ``"eager: <why, and the fix>"`` on this machine.
+
+    Native means float32 and float64 CPU tensors; other dtypes and devices always run eager. The
+    reasons are returned rather than warned, as the caller reports them.
+
+    >>> sorted(native_paths())
+    ['l1', 'lp', 'max_plus', 'min_plus']
+    """
+    if not native_enabled():
+        return dict.fromkeys(NATIVE_SOURCES, "eager: ANYCONV_NATIVE=0 asks for it")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {variant: load(source).detail for variant, source in NATIVE_SOURCES.items()}
 
 
 def last_path() -> str | None:

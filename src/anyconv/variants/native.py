@@ -1,23 +1,36 @@
 """The fused C++ loop nests of the non-matrix-product variants, compiled once and loaded with ctypes.
 
-The sources ship next to this file; the first use compiles them with the system C++ compiler
-into a per-machine cache. Without a compiler (or with ``ANYCONV_NATIVE=0``) nothing is built
-and :mod:`anyconv.variants.fused` runs its chunked eager path, which gives the same numbers.
+The sources ship next to this file; the first use compiles them with the system C++ compiler into
+a per-machine cache (see :mod:`.native_cache` and docs/native.md). Where that cannot be done, one
+warning names the reason and the fix, and :mod:`anyconv.variants.fused` runs its eager path, which
+gives the same numbers; ``ANYCONV_NATIVE=0`` asks for the eager path without a word.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import hashlib
 import os
-import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+from .native_cache import (
+    cache_dir,
+    compiler_identity,
+    cpu_description,
+    entry_key,
+    exclusive,
+    is_intact,
+    publish,
+)
 
 #: source file -> compiler flags; the power kernels need fast math for a vectorised pow
 SOURCES = {
@@ -30,38 +43,111 @@ OPENMP_FLAGS = ("-fopenmp",)
 #: the header both sources include; part of the cache key
 HEADER = "fused_blocks.h"
 _EXTRA_LIBRARIES = {"fused_power.cpp": ("-lmvec",)}
+_FALLBACK = "the fused variants (l1, lp, max_plus, min_plus) run their eager path (same numbers, slower)"
 _lock = threading.Lock()
+_warned: set[str] = set()
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The outcome of loading one source: the library, or None and why (with the fix)."""
+
+    library: ctypes.CDLL | None
+    detail: str
+
+
+class _CacheNotWritable(Exception):
+    pass
 
 
 def native_enabled() -> bool:
-    """False when the user asked for the eager path with the environment ``ANYCONV_NATIVE=0``."""
+    """False when the user asked for the eager path with the environment ``ANYCONV_NATIVE=0``.
+
+    >>> isinstance(native_enabled(), bool)
+    True
+    """
     return os.environ.get("ANYCONV_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def compiler() -> str | None:
-    """The C++ compiler to use: ``$CXX``, else ``c++`` or ``g++`` or ``clang++`` on the PATH."""
-    candidates = [os.environ.get("CXX"), "c++", "g++", "clang++"]
-    return next((found for name in candidates if name and (found := shutil.which(name))), None)
+def compiler() -> tuple[str, ...] | None:
+    """The C++ compiler command: ``$CXX`` when set (None if it names no program), else the first
+    of ``c++``, ``g++``, ``clang++`` on the PATH.
+
+    >>> compiler() is None or os.path.isabs(compiler()[0])
+    True
+    """
+    chosen = os.environ.get("CXX", "").strip()
+    if chosen:
+        # CXX may carry a launcher or options ("ccache g++"), as build tools accept
+        try:
+            program, *options = shlex.split(chosen)
+        except ValueError:  # an unbalanced quote: no program can be read from it
+            return None
+        found = shutil.which(program)
+        return None if found is None else (found, *options)
+    found = next((path for name in ("c++", "g++", "clang++") if (path := shutil.which(name))), None)
+    return None if found is None else (found,)
 
 
-def _machine_key() -> str:
-    """What a ``-march=native`` build depends on: the CPU's feature flags where Linux lists them."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line for line in cpuinfo if line.startswith("flags")), "")
-    except OSError:
-        flags = ""
-    return f"{platform.machine()} {platform.processor()} {flags}"
+def load_library(source_name: str) -> ctypes.CDLL | None:
+    """The compiled library of ``source_name``, or None (with one warning) when it cannot be had.
+
+    >>> library = load_library("fused_kernels.cpp")
+    >>> library is None or hasattr(library, "anyconv_openmp")
+    True
+    """
+    return load(source_name).library
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("ANYCONV_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "anyconv"
-    )
-    return Path(root)
+@cache
+def load(source_name: str) -> Loaded:
+    """Build ``source_name`` if its cache entry is missing or damaged, then load it; once per process.
+
+    >>> load("fused_power.cpp").detail.startswith(("native", "eager"))
+    True
+    """
+    cxx = compiler()
+    if cxx is None:
+        chosen = os.environ.get("CXX", "").strip()
+        missing = f"CXX={chosen!r} names no program" if chosen else "no c++, g++ or clang++ on the PATH"
+        return _fallback(
+            f"no C++ compiler ({missing})",
+            "install g++ or clang++, or set CXX to a C++ compiler (ANYCONV_NATIVE=0 silences this)",
+        )
+    with _lock:
+        try:
+            path = _build(source_name, cxx)
+        except _CacheNotWritable as error:
+            return _fallback(
+                f"cannot write the native cache ({error})", "set ANYCONV_CACHE_DIR to a writable directory"
+            )
+        except (OSError, subprocess.CalledProcessError) as error:
+            output = (getattr(error, "stderr", "") or str(error)).strip()
+            first_error = next((line for line in output.splitlines() if "error" in line), output[:200])
+            return _fallback(
+                f"could not compile {source_name} with {' '.join(cxx)}: {first_error}",
+                "set CXX to a working C++ compiler (ANYCONV_NATIVE=0 silences this)",
+                output[:2000],
+            )
+        try:
+            return Loaded(ctypes.CDLL(str(path)), f"native: {path}")
+        except OSError as error:
+            return _fallback(
+                f"could not load {path}: {error}",
+                "remove that file to rebuild it, or set CXX to another compiler",
+            )
 
 
-def _build(source_name: str, cxx: str) -> Path:
+def _fallback(reason: str, fix: str, output: str = "") -> Loaded:
+    """Warn once per distinct reason (both sources share most of them); the outcome keeps it too."""
+    message = f"anyconv {reason}; {_FALLBACK}. To fix: {fix}." + (f"\n{output}" if output else "")
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+    return Loaded(None, f"eager: {reason}; to fix: {fix}")
+
+
+def _build(source_name: str, cxx: tuple[str, ...]) -> Path:
     """Compile one source into the cache, with OpenMP when the compiler has it, else without."""
     try:
         return _build_with(source_name, cxx, (*SOURCES[source_name], *OPENMP_FLAGS))
@@ -69,43 +155,43 @@ def _build(source_name: str, cxx: str) -> Path:
         return _build_with(source_name, cxx, SOURCES[source_name])
 
 
-def _build_with(source_name: str, cxx: str, flags: tuple[str, ...]) -> Path:
-    """Compile one source into the cache (atomically, so parallel processes do not collide)."""
+def _build_with(source_name: str, cxx: tuple[str, ...], flags: tuple[str, ...]) -> Path:
+    """The cache entry of this source, compiler, flags and CPU: checked, else built under a lock."""
     source = Path(__file__).with_name(source_name)
     libraries = _EXTRA_LIBRARIES.get(source_name, ())
-    key = hashlib.sha256(
-        "\n".join(
-            [source.read_text(), source.with_name(HEADER).read_text(), cxx, *flags, *libraries]
-            + [_machine_key()]
-        ).encode()
-    ).hexdigest()[:16]
-    target = _cache_dir() / f"{source.stem}-{key}.so"
-    if target.exists():
+    key = entry_key(
+        source.read_text(),
+        source.with_name(HEADER).read_text(),
+        compiler_identity(cxx),
+        *flags,
+        *libraries,
+        cpu_description(),
+    )
+    directory = cache_dir()
+    target = directory / f"{source.stem}-{key}.so"
+    # an intact entry is loaded without a lock, so a read-only cache filled beforehand still serves
+    if is_intact(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        built = Path(scratch) / target.name
-        command = [cxx, *flags, "-shared", "-fPIC", str(source), "-o", str(built), *libraries]
+    with contextlib.ExitStack() as held:
+        with _writing(directory):
+            directory.mkdir(parents=True, exist_ok=True)
+            held.enter_context(exclusive(target.with_suffix(".lock")))
+            # another process may have built it while this one waited for the lock
+            if is_intact(target):
+                return target
+            scratch = Path(held.enter_context(tempfile.TemporaryDirectory(dir=directory)))
+        built = scratch / target.name
+        command = [*cxx, *flags, "-shared", "-fPIC", str(source), "-o", str(built), *libraries]
         subprocess.run(command, check=True, capture_output=True, text=True)
-        os.replace(built, target)
+        with _writing(directory):
+            publish(built, target)
     return target
 
 
-@cache
-def load_library(source_name: str) -> ctypes.CDLL | None:
-    """The compiled library of ``source_name``, or None (with one warning) when it cannot be built."""
-    cxx = compiler()
-    if cxx is None:
-        return None
-    with _lock:
-        try:
-            return ctypes.CDLL(str(_build(source_name, cxx)))
-        except (OSError, subprocess.CalledProcessError) as error:
-            detail = getattr(error, "stderr", "") or str(error)
-            warnings.warn(
-                f"anyconv could not compile {source_name} with {cxx}; the fused variants use their "
-                f"eager path instead (same numbers, slower): {detail.strip()[:500]}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return None
+@contextlib.contextmanager
+def _writing(directory: Path) -> Iterator[None]:
+    """Report a failure to write into the cache as such, not as a failed compile."""
+    try:
+        yield
+    except OSError as error:
+        raise _CacheNotWritable(f"{directory}: {error.strerror or error}") from error
