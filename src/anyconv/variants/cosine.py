@@ -91,7 +91,15 @@ class SharpenedCosine(Variant):
     ) -> torch.Tensor:
         field_norms, filter_norms = _norms(fields, filters)
         similarity = torch.bmm(fields, filters.transpose(1, 2)) / ((field_norms + q) * (filter_norms + q))
-        return torch.sign(similarity) * similarity.abs().pow(exponent)
+        magnitude = similarity.abs()
+        if torch.is_grad_enabled():
+            # autograd runs through here (options that learn): |s|^e at s = 0 has the derivatives
+            # inf * 0 (for e < 1) and 0 * log 0, both NaN; 1^e keeps them finite and the where
+            # gives them 0 there, the rule of product_backward
+            zero = magnitude == 0
+            powered = torch.where(zero, 0, torch.where(zero, 1, magnitude).pow(exponent))
+            return torch.sign(similarity) * powered
+        return torch.sign(similarity) * magnitude.pow(exponent)
 
     backward_uses_output = True
     backward_uses_field_norms = True
