@@ -67,7 +67,9 @@ SPECIAL_CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize(
-    ("variant", "options", "field", "filters"), SPECIAL_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(SPECIAL_CASES)]
+    ("variant", "options", "field", "filters"),
+    SPECIAL_CASES,
+    ids=[f"{c[0]}-{i}" for i, c in enumerate(SPECIAL_CASES)],
 )
 def test_nan_and_inf_as_the_naive_formula(variant, options, field, filters, dtype, path):
     input = torch.tensor(field, dtype=dtype).view(1, 1, 3)
@@ -94,7 +96,9 @@ print("ok")
 def test_native_tropical_backward_survives_an_all_nan_field(variant, dtype):
     script = _ALL_NAN_BACKWARD.format(variant=variant, dtype=dtype)
     env = {**os.environ, "ANYCONV_NATIVE": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
 
 
@@ -115,7 +119,9 @@ FAR_FROM_ZERO = [("l2", {}), ("rbf", {"gamma": 1.0}), ("rbf", {"gamma": 10.0})]
 
 
 @pytest.mark.parametrize("offset", [1000.0, 128.0, -5000.0], ids=lambda o: f"offset{o:g}")
-@pytest.mark.parametrize(("variant", "options"), FAR_FROM_ZERO, ids=[c[0] + str(c[1].get("gamma", "")) for c in FAR_FROM_ZERO])
+@pytest.mark.parametrize(
+    ("variant", "options"), FAR_FROM_ZERO, ids=[c[0] + str(c[1].get("gamma", "")) for c in FAR_FROM_ZERO]
+)
 def test_l2_family_in_float32_does_not_cancel_far_from_zero(variant, options, offset):
     # pixels near the offset, filters near the same pixels: distances of order 0.01
     generator = torch.Generator().manual_seed(0)
@@ -145,7 +151,9 @@ def test_l2_issue_example_near_1000():
 def test_sharpened_cosine_learnable_exponent_below_one_zero_fields_keep_finite_weight_gradients():
     input = torch.zeros(1, 2, 5, 5)
     input[:, :, 2:, 2:] = torch.rand(1, 2, 3, 3)
-    layer = anyconv.nn.GeneralizedConv2d(2, 4, 3, padding=1, variant="sharpened_cosine", exponent=torch.full((4,), 0.5), q=0.1)
+    layer = anyconv.nn.GeneralizedConv2d(
+        2, 4, 3, padding=1, variant="sharpened_cosine", exponent=torch.full((4,), 0.5), q=0.1
+    )
     layer.weight.data.normal_()
     layer(input).sum().backward()
     assert layer.weight.grad.isfinite().all()

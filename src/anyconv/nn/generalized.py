@@ -14,6 +14,7 @@ import torch
 
 from ..engine import generalized_conv
 from ..variants import Variant, resolve_variant
+from ..variants.checks import check_per_channel_options
 from .conv import Conv1d, Conv2d, Conv3d, ConvNd
 
 
@@ -28,6 +29,7 @@ class _VariantComputation:
         )
         tensors = dict(self.variant_options.items())
         self.variant = resolve_variant(variant, **{**options, **tensors})
+        check_per_channel_options(self.variant, self.weight.shape[0])
         self.memory_budget = memory_budget
 
     def _conv_forward(

@@ -33,6 +33,7 @@ class L1(Variant):
 
     name = "l1"
     defaults = {"adder_grad": False}
+    dtype_kinds = ("floating", "integer")
 
     def check_option(self, option: str, value: Option) -> None:
         check_flag(option, value, self.name)

@@ -47,7 +47,9 @@ def squared_distances(fields: torch.Tensor, filters: torch.Tensor) -> torch.Tens
     return distances
 
 
-def _recompute(distances: torch.Tensor, suspect: torch.Tensor, fields: torch.Tensor, filters: torch.Tensor) -> None:
+def _recompute(
+    distances: torch.Tensor, suspect: torch.Tensor, fields: torch.Tensor, filters: torch.Tensor
+) -> None:
     """Write ``sum_k (p_k - w_k)^2`` into ``distances`` where ``suspect``, a block of rows at a time."""
     groups, rows, outputs = distances.shape
     taps = fields.shape[-1]
