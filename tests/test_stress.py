@@ -36,6 +36,9 @@ PATHS = [
 SCALES = [1e-6, 1e-3, 1.0, 30.0, 1e3, 1e6]
 OFFSETS = [0.0, 1.0, -255.0, 128.0, 1000.0, -1e4]
 SPECIALS = [float("nan"), float("inf"), float("-inf")]
+#: (smallest scale, largest scale or offset) where half precision holds the data as normal
+#: numbers and float16 its products and sums of squares (under 65504), as torch's convolution needs
+HALF_SCALES = {torch.float16: (0.1, 1.0), torch.bfloat16: (1e-6, 1e6)}
 
 
 @st.composite
@@ -143,7 +146,7 @@ def _rounding_scale(case, input, weight):
 
 
 def _assert_as_formula(got, expected, allowed):
-    """NaN and +-inf where ``expected`` has them (after rounding to ``got``'s dtype), the rest within ``allowed``."""
+    """NaN and +-inf where ``expected`` has them (rounded to ``got``'s dtype), the rest within ``allowed``."""
     rounded = expected.to(got.dtype)
     # near the dtype's largest value, whether the last rounding overflows is the rounding's choice
     decided = ~(expected.abs() > torch.finfo(got.dtype).max / 2)
@@ -159,9 +162,15 @@ def _assert_as_formula(got, expected, allowed):
 
 @stress
 @given(case=cases())
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("native", PATHS)
 def test_forward_is_the_naive_formula_whatever_the_numbers(case, dtype, native):
+    smallest, largest = HALF_SCALES.get(dtype, (0.0, math.inf))
+    case = {
+        **case,
+        "scale": min(max(case["scale"], smallest), largest),
+        "offsets": tuple(min(max(offset, -largest), largest) for offset in case["offsets"]),
+    }
     input, weight = _tensors(case, dtype)
     with mock.patch.dict(os.environ, {"ANYCONV_NATIVE": native}):
         got = _call(case, input, weight)
