@@ -4,7 +4,7 @@ Inputs carry NaN, inf, huge and tiny magnitudes and large offsets (0-255 images,
 1000). The forward must put NaN and inf where the naive formula computed in float64 does, and its
 finite values within a small multiple of that formula's own float32 (or float64) rounding;
 gradients (float64) must match autograd through the formula where it is finite. The examples per
-test come from ``ANYCONV_FUZZ_EXAMPLES`` (default 20 here); set it to thousands for a long run.
+test come from ``ANYCONV_FUZZ_EXAMPLES`` (default 40 here); set it to thousands for a long run.
 """
 
 import math
@@ -20,7 +20,7 @@ from variant_reference import naive_generalized_conv
 import anyconv
 from anyconv.variants import fused
 
-EXAMPLES = int(os.environ.get("ANYCONV_FUZZ_EXAMPLES", "20"))
+EXAMPLES = int(os.environ.get("ANYCONV_FUZZ_EXAMPLES", "40"))
 stress = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 VARIANTS = sorted(anyconv.variants.BUILTIN_VARIANTS)
