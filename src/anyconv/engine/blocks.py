@@ -7,8 +7,12 @@ result back into it, with the bias added in the same pass.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from ..errors import ArgumentError
+from ..variants import Variant
 from .chunks import Chunk
 
 
@@ -31,12 +35,25 @@ def chunk_results(tensors: tuple[torch.Tensor | None, ...], chunk: Chunk, groups
     )
 
 
-def write_block(block: torch.Tensor, result: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+def write_block(
+    block: torch.Tensor,
+    result: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    variant: Variant | None = None,
+) -> None:
     """Write a chunk's ``result`` (G, M, Og) into ``block`` (b, G, Og, *positions), plus ``bias`` (O,).
 
     ``block`` may be any view, strided in every dimension. Adding the bias in this copy spares a
-    pass over the whole output and a second output tensor.
+    pass over the whole output and a second output tensor. A ``result`` of another shape is
+    refused, naming ``variant``, whose ``contract`` returned it.
     """
+    expected = (block.shape[1], block.shape[0] * math.prod(block.shape[3:]), block.shape[2])
+    if tuple(result.shape) != expected:
+        source = "a variant" if variant is None else f"variant {variant.name!r}"
+        raise ArgumentError(
+            f"{source} returned shape {tuple(result.shape)} from contract(): expected {expected}, "
+            "(groups, fields of the chunk, filters per group)"
+        )
     groups, positions = result.shape[0], block.dim() - 3
     values = result.transpose(1, 2).unflatten(2, (block.shape[0], *block.shape[3:]))
     values = values.permute(2, 0, 1, *range(3, 3 + positions))

@@ -74,7 +74,7 @@ def contract_chunks(
             write_block(output_block(kept, chunk, groups), kept_part)
         else:
             result = plan.variant.contract(fields, filters, **options)
-        write_block(output_block(output, chunk, groups), result, bias)
+        write_block(output_block(output, chunk, groups), result, bias, plan.variant)
     return output, kept
 
 

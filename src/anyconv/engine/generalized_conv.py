@@ -10,6 +10,7 @@ from ..errors import invalid
 from ..functional.pad import pad
 from ..geometry import make_geometry
 from ..variants import Variant, resolve_variant
+from ..variants.checks import check_call
 from .arguments import check_conv_tensors
 from .chunks import DEFAULT_MEMORY_BUDGET, plan_chunks
 from .contraction import GeneralizedConvFunction, Plan
@@ -44,6 +45,7 @@ def generalized_conv(
     """
     ndim, groups = check_conv_tensors(input, weight, bias, groups)
     variant = resolve_variant(variant, **variant_options)
+    check_call(variant, input, weight)
     was_unbatched = input.dim() == ndim + 1
     batched = input.unsqueeze(0) if was_unbatched else input
     geometry = make_geometry(batched.shape[2:], weight.shape[2:], stride, padding, dilation, padding_mode)

@@ -15,6 +15,7 @@ from torch.nn.common_types import _size_1_t, _size_2_t, _size_3_t
 
 from ..engine import generalized_conv
 from ..variants import Variant, resolve_variant
+from ..variants.checks import check_per_channel_options
 from .conv import Conv1d, Conv2d, Conv3d, ConvModule, ConvNd, PaddingMode
 
 VariantSpec = str | Variant | type[Variant]
@@ -31,6 +32,7 @@ class _VariantComputation(ConvModule):
         )
         tensors = dict(self.variant_options.items())
         self.variant = resolve_variant(variant, **{**options, **tensors})
+        check_per_channel_options(self.variant, self.weight.shape[0])
         self.memory_budget = memory_budget
 
     def _conv_forward(

@@ -59,6 +59,9 @@ class Variant:
     defaults: ClassVar[Mapping[str, Any]] = {}
     #: options that may be tensors with one value per output channel (learnable in the papers)
     per_channel: ClassVar[tuple[str, ...]] = ()
+    #: the kinds of dtype the formula is defined for, among "floating", "complex", "integer" and
+    #: "bool"; the engine refuses the others up front (see ``anyconv.variants.checks``)
+    dtype_kinds: ClassVar[tuple[str, ...]] = ("floating",)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -21,6 +21,14 @@ def _norms(fields: torch.Tensor, filters: torch.Tensor) -> tuple[torch.Tensor, t
     )
 
 
+def _denominator(field_norms: torch.Tensor, filter_norms: torch.Tensor, eps: float) -> torch.Tensor:
+    """|p| |w| + eps, in float32 where the dtype cannot hold eps: in float16 1e-8 rounds to 0 and a
+    zero field (padding) would give 0 / 0."""
+    if torch.finfo(field_norms.dtype).tiny > eps:
+        return field_norms.float() * filter_norms.float() + eps
+    return field_norms * filter_norms + eps
+
+
 def _safe_reciprocal(values: torch.Tensor) -> torch.Tensor:
     """1 / values, and 0 where values is 0: a zero field (padding) has no direction to move along."""
     return torch.where(values > 0, values.reciprocal(), 0)
@@ -42,7 +50,8 @@ class Cosine(Variant):
 
     def contract(self, fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
         field_norms, filter_norms = _norms(fields, filters)
-        return torch.bmm(fields, filters.transpose(1, 2)) / (field_norms * filter_norms + self.eps)
+        products = torch.bmm(fields, filters.transpose(1, 2))
+        return (products / _denominator(field_norms, filter_norms, self.eps)).to(fields.dtype)
 
     backward_uses_output = True
     backward_uses_field_norms = True
@@ -55,11 +64,12 @@ class Cosine(Variant):
         Exact for every eps, zero and tiny fields included (a zero field's radial term is 0).
         """
         filter_norms = torch.linalg.vector_norm(filters, dim=-1).unsqueeze(1)
-        scale = grad / (field_norms * filter_norms + self.eps)
+        # float32 in float16 (see _denominator) until the terms are returned
+        scale = grad / _denominator(field_norms, filter_norms, self.eps)
         radial = scale * output
         field_radial = (radial * filter_norms).sum(2, keepdim=True) * _safe_reciprocal(field_norms)
         filter_radial = (radial * field_norms).sum(1).unsqueeze(-1) * _safe_reciprocal(filter_norms.mT)
-        return scale, field_radial, filter_radial
+        return scale.to(grad.dtype), field_radial.to(grad.dtype), filter_radial.to(grad.dtype)
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
         return 2 * fields_per_chunk * filters
@@ -91,7 +101,15 @@ class SharpenedCosine(Variant):
     ) -> torch.Tensor:
         field_norms, filter_norms = _norms(fields, filters)
         similarity = torch.bmm(fields, filters.transpose(1, 2)) / ((field_norms + q) * (filter_norms + q))
-        return torch.sign(similarity) * similarity.abs().pow(exponent)
+        magnitude = similarity.abs()
+        if torch.is_grad_enabled():
+            # autograd runs through here (options that learn): |s|^e at s = 0 has the derivatives
+            # inf * 0 (for e < 1) and 0 * log 0, both NaN; 1^e keeps them finite and the where
+            # gives them 0 there, the rule of product_backward
+            zero = magnitude == 0
+            powered = torch.where(zero, 0, torch.where(zero, 1, magnitude).pow(exponent))
+            return torch.sign(similarity) * powered
+        return torch.sign(similarity) * magnitude.pow(exponent)
 
     backward_uses_output = True
     backward_uses_field_norms = True

@@ -33,6 +33,7 @@ class L1(Variant):
 
     name = "l1"
     defaults = {"adder_grad": False}
+    dtype_kinds = ("floating", "integer")
 
     def check_option(self, option: str, value: Option) -> None:
         check_flag(option, value, self.name)
@@ -58,6 +59,9 @@ class L1(Variant):
 class L2(Variant):
     """``-sum (p - w)^2``, minus the squared Euclidean distance, as one matrix product plus norms.
 
+    Centred on the filters' mean, so that data far from zero does not cancel (see
+    :func:`~anyconv.variants.squared.squared_distances`).
+
     >>> import torch
     >>> L2().contract(torch.tensor([[[1.0, 2.0]]]), torch.tensor([[[0.0, 4.0]]]))
     tensor([[[-5.]]])
@@ -75,7 +79,8 @@ class L2(Variant):
         return squared_distance_partials(2 * grad)
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
-        return fields_per_chunk * filters
+        # the output and the centred copy of the fields (see squared_distances)
+        return fields_per_chunk * (filters + taps)
 
 
 class Lp(Variant):

@@ -17,6 +17,7 @@ class Dot(Variant):
     """
 
     name = "dot"
+    dtype_kinds = ("floating", "complex", "integer")
 
     def contract(self, fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
         return torch.matmul(fields, filters.transpose(-1, -2))

@@ -363,9 +363,9 @@ def power_sums(fields: torch.Tensor, filters: torch.Tensor, p: float) -> torch.T
 
 
 def _magnitude_power(differences: torch.Tensor, power: float) -> torch.Tensor:
-    """|e|^power with 0 at e = 0 for every power (as the native loops define it)."""
+    """|e|^power with 0 at e = 0 for every power (as the native loops define it); NaN stays NaN."""
     magnitude = differences.abs()
-    return torch.where(magnitude > 0, magnitude.pow(power), 0)
+    return torch.where(magnitude == 0, 0, magnitude.pow(power))
 
 
 def power_sums_backward(
@@ -385,7 +385,9 @@ def power_sums_backward(
     grad_filters = torch.zeros_like(filters)
     for rows in _blocks(fields, filters):
         differences = _differences(fields, filters, rows)
-        terms = _sign_times(differences, scale[:, rows, :, None] * _magnitude_power(differences, p - 1))
+        # the slope is 0 at e = 0 already; a NaN e keeps its NaN term (as the native loops)
+        slopes = scale[:, rows, :, None] * _magnitude_power(differences, p - 1)
+        terms = torch.where(differences < 0, -slopes, slopes)
         grad_fields[:, rows] = -terms.sum(2)
         grad_filters += terms.sum(1)
     return grad_fields, grad_filters

@@ -19,16 +19,24 @@ struct L1 {
   static T step(T acc, T x, T w) { return acc + std::abs(x - w); }
   static T finish(T acc) { return -acc; }
 };
+// NaN wins, as in torch's amax: std::max(acc, v) would keep acc when v is NaN, and a NaN acc
+// then loses to the next tap; here a NaN value replaces acc and nothing replaces a NaN acc
 template <typename T>
 struct MaxPlus {
   static T init() { return -std::numeric_limits<T>::infinity(); }
-  static T step(T acc, T x, T w) { return std::max(acc, x + w); }
+  static T step(T acc, T x, T w) {
+    const T value = x + w;
+    return (value > acc || value != value) ? value : acc;
+  }
   static T finish(T acc) { return acc; }
 };
 template <typename T>
 struct MinPlus {
   static T init() { return std::numeric_limits<T>::infinity(); }
-  static T step(T acc, T x, T w) { return std::min(acc, x - w); }
+  static T step(T acc, T x, T w) {
+    const T value = x - w;
+    return (value < acc || value != value) ? value : acc;
+  }
   static T finish(T acc) { return acc; }
 };
 
@@ -43,7 +51,8 @@ struct L1Adder {
   static T term(T e, T grad) { return grad * std::min(std::max(e, T(-1)), T(1)); }
 };
 
-// the tap that wins each (field, filter), the first on a tie, takes the whole gradient. Two
+// the tap that wins each (field, filter), the first on a tie, takes the whole gradient; when the
+// best value is NaN the winner is the first NaN tap (as torch's max picks it). Two
 // sweeps: the best value, then the first tap reaching it, counted without branches (a select
 // that tracks the winning tap made gcc emit a mispredicted branch per vector, 6x slower)
 template <typename T, int MB, bool MINIMUM>
@@ -62,7 +71,8 @@ void tropical_backward_block(const T* f, const T* wt, const T* g, T* grad_f, T* 
       for (int64_t o = 0; o < OB; ++o) best[i][o] = Reduce::step(best[i][o], x, w[o]);
     }
   }
-  // searching[o] is 1 until the best value is met; tap counts the taps before that
+  // searching[o] is 1 until the best value (or, when it is NaN, a NaN) is met; tap counts the
+  // taps before that
   T searching[MB][OB];
   T tap[MB][OB] = {};
   for (int i = 0; i < MB; ++i)
@@ -74,7 +84,7 @@ void tropical_backward_block(const T* f, const T* wt, const T* g, T* grad_f, T* 
 #pragma omp simd
       for (int64_t o = 0; o < OB; ++o) {
         const T value = MINIMUM ? x - w[o] : x + w[o];
-        searching[i][o] *= static_cast<T>(value != best[i][o]);
+        searching[i][o] *= static_cast<T>(value != best[i][o] && value == value);
         tap[i][o] += searching[i][o];
       }
     }
@@ -82,7 +92,8 @@ void tropical_backward_block(const T* f, const T* wt, const T* g, T* grad_f, T* 
   for (int i = 0; i < MB; ++i) {
     for (int64_t o = 0; o < OB; ++o) {
       const T grad = g[(m + i) * O + ob + o];
-      const int64_t k = static_cast<int64_t>(tap[i][o]);
+      // every tap searched leaves tap at K: never index there, whatever the input
+      const int64_t k = std::min(static_cast<int64_t>(tap[i][o]), K - 1);
       grad_f[(m + i) * K + k] += grad;
       grad_wt[k * O + ob + o] += MINIMUM ? -grad : grad;
     }

@@ -4,6 +4,10 @@
 
 #include <math.h>
 
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
 #include "fused_blocks.h"
 
 namespace {
@@ -12,11 +16,25 @@ namespace {
 inline float raise(float base, float power) { return expf(power * logf(base)); }
 inline double raise(double base, double power) { return exp(power * log(base)); }
 
-// |e|^power, with 0 at e = 0 written out (fast math gives no guarantee there)
+// e == 0 read from the bits: fast math lets the compiler assume no NaN, so a float comparison
+// (magnitude > 0) may map NaN to the zero branch; the integer test cannot
+inline bool is_zero(float e) {
+  uint32_t bits;
+  std::memcpy(&bits, &e, sizeof bits);
+  return (bits << 1) == 0;
+}
+inline bool is_zero(double e) {
+  uint64_t bits;
+  std::memcpy(&bits, &e, sizeof bits);
+  return (bits << 1) == 0;
+}
+
+// |e|^power, with 0 at e = 0 written out (fast math gives no guarantee there); NaN stays NaN and
+// inf stays inf through log and exp
 template <typename T>
 inline T magnitude_power(T e, T power) {
-  const T magnitude = e < 0 ? -e : e;
-  return magnitude > 0 ? raise(magnitude, power) : T(0);
+  const T magnitude = std::fabs(e);
+  return is_zero(e) ? T(0) : raise(magnitude, power);
 }
 
 template <typename T>

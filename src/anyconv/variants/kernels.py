@@ -50,7 +50,8 @@ class RBF(Variant):
         return squared_distance_partials((output * grad).mul_(2 * gamma))
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
-        return 2 * fields_per_chunk * filters
+        # two outputs and the centred copy of the fields (see squared_distances)
+        return fields_per_chunk * (2 * filters + taps)
 
 
 class Polynomial(Variant):

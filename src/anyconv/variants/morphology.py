@@ -17,6 +17,7 @@ class _Tropical(Variant):
     """What max_plus and min_plus share: the fused tropical loops, told which extreme to take."""
 
     minimum: ClassVar[bool]
+    dtype_kinds = ("floating", "integer")
 
     def contract(self, fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
         return tropical(fields, filters, minimum=self.minimum)

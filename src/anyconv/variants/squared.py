@@ -1,32 +1,87 @@
 """Squared Euclidean distances between fields and filters as one matrix product plus norms.
 
-``||p - w||^2 = ||p||^2 - 2 p.w + ||w||^2``: the cost of the standard convolution and one pass
-over the fields for their norms; shared by the ``l2`` and ``rbf`` variants, forward and backward.
+``||p - w||^2 = ||p - c||^2 - 2 (p - c).(w - c) + ||w - c||^2`` for any centre c: the cost of the
+standard convolution and one pass over the fields; shared by ``l2`` and ``rbf``, forward and backward.
+The centre (the filters' mean, tap by tap) keeps data far from zero from cancelling, and the few
+pairs whose distance is still small beside the norms it came from are computed again tap by tap
+(see docs/numerics.md).
 """
 
 from __future__ import annotations
 
 import torch
 
+#: a product-form distance under this share of the centred norms it came from may have lost more
+#: than a few units of rounding to cancellation: it is computed again from the differences
+CANCELLATION_SHARE = 0.25
+#: (pair, tap) elements of one block of the recomputation
+_RECOMPUTE_BLOCK = 2**18
+
 
 def squared_distances(fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-    """``sum_k (p_k - w_k)^2`` for fields (G, M, K) and filters (G, O, K): (G, M, O), clamped at 0.
+    """``sum_k (p_k - w_k)^2`` for fields (G, M, K) and filters (G, O, K): (G, M, O).
+
+    Within a few units of rounding of the sum of squared differences whatever the data's offset,
+    and inf or NaN exactly where that sum has them.
 
     >>> import torch
     >>> squared_distances(torch.tensor([[[1.0, 2.0]]]), torch.tensor([[[0.0, 0.0], [1.0, 4.0]]]))
     tensor([[[5., 4.]]])
+    >>> p = torch.tensor([[[1000.0, 1000.0]]])
+    >>> squared_distances(p, p + torch.tensor([[[0.0, 0.0], [0.125, 0.0]]]))
+    tensor([[[0.0000, 0.0156]]])
     """
-    field_norms = torch.linalg.vector_norm(fields, dim=-1, keepdim=True).square()
-    filter_norms = torch.linalg.vector_norm(filters, dim=-1).square().unsqueeze(1)
-    # rounding can make a tiny distance negative; the clamp keeps exp/sqrt of it well defined
-    return torch.baddbmm(field_norms + filter_norms, fields, filters.transpose(1, 2), alpha=-2).clamp_min_(0)
+    # an infinite or NaN filter tap leaves that tap uncentred: its pairs are recomputed anyway
+    centre = filters.mean(1, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)
+    centred_filters = filters - centre
+    filter_norms = _squared_norms(centred_filters).unsqueeze(1)
+    # centring costs a copy of the fields: only where the filters sit further from zero than they
+    # spread (trained on data far from zero); elsewhere the check below suffices on its own
+    offset = _squared_norms(centre).unsqueeze(-1) > filter_norms.mean(-1, keepdim=True)
+    if offset.any():
+        centre = centre * offset
+        centred_fields, centred_filters = fields - centre, filters - centre
+        filter_norms = _squared_norms(centred_filters).unsqueeze(1)
+    else:
+        centred_fields, centred_filters = fields, filters
+        filter_norms = _squared_norms(filters).unsqueeze(1)
+    field_norms = _squared_norms(centred_fields).unsqueeze(-1)
+    norms = field_norms + filter_norms
+    distances = torch.baddbmm(norms, centred_fields, centred_filters.transpose(1, 2), alpha=-2)
+    # the margin is NaN also where the product form gave NaN (inf - inf) or the norms overflowed:
+    # the differences then say what the formula gives, inf or NaN. amin propagates NaN, and is
+    # one quick reduction where a boolean all() is several times slower
+    margin = norms.mul_(-CANCELLATION_SHARE).add_(distances)
+    if distances.numel() and not margin.amin() >= 0:
+        _recompute(distances, ~(margin >= 0), fields, filters)
+    return distances
+
+
+def _squared_norms(rows: torch.Tensor) -> torch.Tensor:
+    """sum of squares over the last dimension, in one reduction (vecdot would make a product first)."""
+    return torch.linalg.vector_norm(rows, dim=-1).square()
+
+
+def _recompute(
+    distances: torch.Tensor, suspect: torch.Tensor, fields: torch.Tensor, filters: torch.Tensor
+) -> None:
+    """Write ``sum_k (p_k - w_k)^2`` into ``distances`` where ``suspect``, a block of rows at a time."""
+    rows, outputs, taps = distances.shape[1], distances.shape[2], fields.shape[-1]
+    # the indices of a block's pairs stay under _RECOMPUTE_BLOCK, and so do the differences
+    rows_per_block = max(1, _RECOMPUTE_BLOCK // (taps * outputs))
+    pairs_per_part = max(1, _RECOMPUTE_BLOCK // taps)
+    for start in range(0, rows, rows_per_block):
+        group, row, output = suspect[:, start : start + rows_per_block].nonzero(as_tuple=True)
+        for part in range(0, group.numel(), pairs_per_part):
+            g, o = group[part : part + pairs_per_part], output[part : part + pairs_per_part]
+            m = row[part : part + pairs_per_part] + start
+            distances[g, m, o] = (fields[g, m] - filters[g, o]).square().sum(-1)
 
 
 def squared_distance_partials(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``product_backward``'s terms for ``sum scale * -||p - w||^2 / 2``, given ``scale`` (G, M, O).
 
     d/dp (-||p - w||^2 / 2) = w - p and d/dw = p - w: the pair scale is ``scale`` itself, the
-    field radial its row sums and the filter radial its column sums. The clamp of
-    :func:`squared_distances` only acts on rounding noise, so these are the exact distance's.
+    field radial its row sums and the filter radial its column sums.
     """
     return scale, scale.sum(2, keepdim=True), scale.sum(1).unsqueeze(-1)

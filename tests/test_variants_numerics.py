@@ -1,0 +1,166 @@
+# ruff: noqa: E501  (one case per line: the tables read as tables)
+"""Issue #14's numeric findings, one test each: NaN and inf as the naive formula, accuracy far from zero.
+
+Each variant on the native and the eager path (``ANYCONV_NATIVE=0``) against the naive float64
+formula of ``variant_reference``; the native tropical backward on an all-NaN field runs in a
+subprocess, since a write out of bounds there crashes the interpreter.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from variant_reference import naive_generalized_conv
+
+import anyconv
+from anyconv.variants import fused
+
+NAN, INF = float("nan"), float("inf")
+PATHS = ["native", "eager"]
+
+
+@pytest.fixture(params=PATHS)
+def path(request, monkeypatch):
+    """Run the test on the native loops (skipped without a compiler) and on the eager path."""
+    if request.param == "native":
+        if not fused.native_kernels_available():
+            pytest.skip("no C++ compiler here")
+        monkeypatch.setenv("ANYCONV_NATIVE", "1")
+    else:
+        monkeypatch.setenv("ANYCONV_NATIVE", "0")
+    return request.param
+
+
+def _same_specials(got, expected, **tolerance):
+    """NaN, +inf and -inf at the same places; the finite values close."""
+    assert torch.equal(got.isnan(), expected.isnan()), (got, expected)
+    assert torch.equal(got == INF, expected == INF), (got, expected)
+    assert torch.equal(got == -INF, expected == -INF), (got, expected)
+    finite = expected.isfinite()
+    torch.testing.assert_close(got[finite], expected[finite].to(got.dtype), **tolerance)
+
+
+#: (variant, options, field values, filter values): 1-D, one field of three taps, two filters
+SPECIAL_CASES = [
+    ("max_plus", {}, [1.0, NAN, 2.0], [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]),
+    ("min_plus", {}, [1.0, NAN, 2.0], [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]),
+    ("max_plus", {}, [NAN, NAN, NAN], [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]),
+    ("max_plus", {}, [INF, 1.0, 2.0], [[-INF, 0.0, 0.0], [1.0, 1.0, 1.0]]),
+    ("min_plus", {}, [INF, 1.0, 2.0], [[INF, 0.0, 0.0], [1.0, 1.0, 1.0]]),
+    ("lp", {"p": 3.0}, [1.0, NAN, 2.0], [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]),
+    ("lp", {"p": 0.5}, [1.0, NAN, 2.0], [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]),
+    ("lp", {"p": 2.0}, [INF, 1.0, 2.0], [[0.0, 0.0, 0.0], [INF, 1.0, 1.0]]),
+    ("l1", {}, [1.0, NAN, 2.0], [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]),
+    ("l1", {}, [INF, 1.0, 2.0], [[0.0, 0.0, 0.0], [INF, 1.0, 1.0]]),
+    ("l2", {}, [INF, 1.0, 2.0], [[0.0, 0.0, 0.0], [1.0, 0.0, 1.0]]),
+    ("l2", {}, [-INF, 1.0, 2.0], [[0.0, 0.0, 0.0], [INF, 0.0, 1.0]]),
+    ("l2", {}, [1.0, NAN, 2.0], [[0.0, 0.0, 0.0], [1.0, 0.0, 1.0]]),
+    ("rbf", {"gamma": 0.5}, [INF, 1.0, 2.0], [[0.0, 0.0, 0.0], [1.0, 0.0, 1.0]]),
+    ("rbf", {"gamma": 0.5}, [1.0, 2.0, 3.0], [[0.0, -INF, 0.0], [INF, INF, 1.0]]),
+    ("dot", {}, [INF, 1.0, 2.0], [[0.0, 0.0, 0.0], [1.0, 0.0, 1.0]]),
+    ("cosine", {}, [1.0, NAN, 2.0], [[0.0, 0.0, 0.0], [1.0, 0.0, 1.0]]),
+    ("polynomial", {}, [1.0, NAN, 2.0], [[0.0, 0.0, 0.0], [1.0, 0.0, 1.0]]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize(
+    ("variant", "options", "field", "filters"),
+    SPECIAL_CASES,
+    ids=[f"{c[0]}-{i}" for i, c in enumerate(SPECIAL_CASES)],
+)
+def test_nan_and_inf_as_the_naive_formula(variant, options, field, filters, dtype, path):
+    input = torch.tensor(field, dtype=dtype).view(1, 1, 3)
+    weight = torch.tensor(filters, dtype=dtype).view(2, 1, 3)
+    expected = naive_generalized_conv(input.double(), weight.double(), variant, **options)
+    _same_specials(anyconv.generalized_conv(input, weight, variant, **options), expected)
+
+
+_ALL_NAN_BACKWARD = """
+import torch, anyconv
+from anyconv.variants import fused
+input = torch.full((2, 3, 9), float("nan"), dtype=torch.{dtype}, requires_grad=True)
+weight = torch.randn(40, 3, 3, dtype=torch.{dtype}, requires_grad=True)
+output = anyconv.generalized_conv(input, weight, "{variant}")
+output.sum().backward()
+assert fused.last_path() == "native", fused.last_path()
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not fused.native_kernels_available(), reason="no C++ compiler here")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("variant", ["max_plus", "min_plus"])
+def test_native_tropical_backward_survives_an_all_nan_field(variant, dtype):
+    script = _ALL_NAN_BACKWARD.format(variant=variant, dtype=dtype)
+    env = {**os.environ, "ANYCONV_NATIVE": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("variant", ["max_plus", "min_plus"])
+def test_tropical_gradient_of_a_nan_field_goes_to_its_first_nan_tap(variant, path):
+    input = torch.tensor([[[1.0, NAN, 2.0, NAN]]], requires_grad=True)
+    weight = torch.zeros(3, 1, 4, requires_grad=True)
+    output = anyconv.generalized_conv(input, weight, variant)
+    assert output.isnan().all()
+    output.sum().backward()
+    sign = -1 if variant == "min_plus" else 1
+    assert torch.equal(input.grad, torch.tensor([[[0.0, 3.0, 0.0, 0.0]]]))
+    assert torch.equal(weight.grad, torch.tensor([[[0.0, sign * 1.0, 0.0, 0.0]]] * 3))
+
+
+#: (variant, options): the L2 family, whose product form cancels far from zero
+FAR_FROM_ZERO = [("l2", {}), ("rbf", {"gamma": 1.0}), ("rbf", {"gamma": 10.0})]
+
+
+@pytest.mark.parametrize("offset", [1000.0, 128.0, -5000.0], ids=lambda o: f"offset{o:g}")
+@pytest.mark.parametrize(
+    ("variant", "options"), FAR_FROM_ZERO, ids=[c[0] + str(c[1].get("gamma", "")) for c in FAR_FROM_ZERO]
+)
+def test_l2_family_in_float32_does_not_cancel_far_from_zero(variant, options, offset):
+    # pixels near the offset, filters near the same pixels: distances of order 0.01
+    generator = torch.Generator().manual_seed(0)
+    input = offset + torch.rand(2, 3, 8, 8, generator=generator)
+    weight = offset + 0.5 + 0.02 * torch.randn(5, 3, 3, 3, generator=generator)
+    input = input.float()
+    weight = weight.float()
+    expected = naive_generalized_conv(input.double(), weight.double(), variant, **options)
+    naive32 = naive_generalized_conv(input, weight, variant, **options).double()
+    got = anyconv.generalized_conv(input, weight, variant, **options).double()
+    # within a small multiple of the naive float32 formula's own error, or of its rounding bound:
+    # epsilon times the output, times the condition number gamma * d = |log y| of rbf's exp
+    condition = 1 + (expected.abs().log().abs() if variant == "rbf" else 0)
+    allowed = 4 * (naive32 - expected).abs() + 8 * torch.finfo(torch.float32).eps * expected.abs() * condition
+    assert ((got - expected).abs() <= allowed + 1e-30).all(), (got - expected).abs().max()
+
+
+def test_l2_issue_example_near_1000():
+    generator = torch.Generator().manual_seed(3)
+    input = (1000 + torch.rand(1, 1, 4, 4, generator=generator)).float()
+    weight = input[:, :, :3, :3] + 0.01 * torch.randn(1, 1, 3, 3, generator=generator)
+    expected = naive_generalized_conv(input.double(), weight.double(), "l2")
+    got = anyconv.generalized_conv(input, weight, "l2")
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sharpened_cosine_learnable_exponent_below_one_zero_fields_keep_finite_weight_gradients():
+    input = torch.zeros(1, 2, 5, 5)
+    input[:, :, 2:, 2:] = torch.rand(1, 2, 3, 3)
+    layer = anyconv.nn.GeneralizedConv2d(
+        2, 4, 3, padding=1, variant="sharpened_cosine", exponent=torch.full((4,), 0.5), q=0.1
+    )
+    layer.weight.data.normal_()
+    layer(input).sum().backward()
+    assert layer.weight.grad.isfinite().all()
+    assert layer.variant_options["exponent"].grad.isfinite().all()
+    # a fixed exponent below 1 takes the same gradient (0 at s = 0)
+    fixed = anyconv.nn.GeneralizedConv2d(2, 4, 3, padding=1, variant="sharpened_cosine", exponent=0.5, q=0.1)
+    fixed.weight.data.copy_(layer.weight.data)
+    fixed.bias.data.copy_(layer.bias.data)
+    fixed(input).sum().backward()
+    torch.testing.assert_close(layer.weight.grad, fixed.weight.grad)
