@@ -7,27 +7,13 @@ Every functional convolution and argument form, checked against torch (dot) and 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
+from convolution_spies import NativeConvolutions
 from variant_reference import naive_generalized_conv
 
 import anyconv
 from anyconv.nn import GeneralizedConv2d, Intercepted, Interception, convert, intercept
 
 DOUBLE = torch.float64
-
-
-class NativeConvolutions(TorchDispatchMode):
-    """Counts the aten convolutions that reach the dispatcher (torch's own kernels)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        if func.namespace == "aten" and "conv" in name and "convert" not in name:
-            self.seen.append(name)
-        return func(*args, **(kwargs or {}))
 
 
 def tensors(*shapes, seed=0):
