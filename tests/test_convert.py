@@ -189,6 +189,97 @@ class OwnComputation(torch.nn.Conv2d):
         return super().forward(input) * 2
 
 
+class OwnPadding:
+    """A mixin computing: whichever class name it is mixed into, the MRO shows its forward."""
+
+    def _conv_forward(self, input, weight, bias):
+        return super()._conv_forward(torch.nn.functional.pad(input, (1, 1)), weight, bias)
+
+
+class Conv2dSubclassOfOwn(OwnComputation):
+    """Adds nothing, but inherits a computation from a class between it and torch's."""
+
+
+class Conv1dPadded(OwnPadding, torch.nn.Conv1d):
+    pass
+
+
+class NamedLikeTorch(torch.nn.Conv2d):
+    """Renamed below to torch's own name: the check is on the methods, not the class name."""
+
+    def forward(self, input):
+        return super().forward(input).relu()
+
+
+NamedLikeTorch.__name__ = NamedLikeTorch.__qualname__ = "Conv2d"
+
+
+class Simple3d(torch.nn.Conv3d):
+    """As torchvision's Conv3DSimple: a static helper and extra state, computed as Conv3d."""
+
+    @staticmethod
+    def downsample_stride(stride):
+        return stride, stride, stride
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("calls", torch.zeros(()))
+        self.register_buffer("scratch", torch.zeros(2), persistent=False)
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+
+class SimpleOfAnyconv(anyconv.nn.Conv2d):
+    pass
+
+
+def test_subclass_computing_as_its_base_is_converted_as_it():
+    torch.manual_seed(0)
+    layer = Simple3d(2, 3, 2, padding=1, dtype=torch.float64)
+    keys, parameters = list(layer.state_dict()), dict(layer.named_parameters())
+    x = torch.randn(1, 2, 4, 4, 4, dtype=torch.float64)
+    expected = layer(x)
+    twin = convert(torch.nn.Sequential(layer), "dot")[0]
+    assert type(twin) is GeneralizedConv3d and list(twin.state_dict()) == keys
+    assert dict(twin.named_parameters()) == parameters and "scratch" in dict(twin.named_buffers())
+    torch.testing.assert_close(twin(x), expected)
+    assert type(convert(SimpleOfAnyconv(1, 2, 3), "l1")) is GeneralizedConv2d
+
+
+SELF_COMPUTING = [
+    dict(id="own-forward", make=lambda: OwnComputation(1, 1, 1), owner="OwnComputation", method="forward"),
+    dict(
+        id="inherited-forward",
+        make=lambda: Conv2dSubclassOfOwn(1, 1, 1),
+        owner="OwnComputation",
+        method="forward",
+    ),
+    dict(id="mixin", make=lambda: Conv1dPadded(1, 1, 1), owner="OwnPadding", method="_conv_forward"),
+    dict(id="torch-name", make=lambda: NamedLikeTorch(1, 1, 1), owner="Conv2d", method="forward"),
+]
+
+
+@pytest.mark.parametrize("case", SELF_COMPUTING, ids=[case["id"] for case in SELF_COMPUTING])
+def test_subclass_computing_its_own_way_is_refused_pointing_to_intercept(case):
+    layer = case["make"]()
+    message = rf"layer '0' is a {type(layer).__name__}, whose class {case['owner']} computes in its own way "
+    with pytest.raises(ValueError, match=message + rf"\({case['method']}\).*anyconv.intercept\(variant\)"):
+        convert(torch.nn.Sequential(layer), "dot")
+
+
+def test_include_is_asked_before_any_refusal():
+    own, lazy = OwnComputation(1, 1, 1), torch.nn.LazyConv2d(1, 3)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), own, lazy)
+    seen = []
+
+    def plain_only(name, layer):
+        seen.append(name)
+        return type(layer) is torch.nn.Conv2d
+
+    convert(model, "dot", include=plain_only)
+    assert seen == ["0", "1", "2"] and model[1] is own and model[2] is lazy
+    assert isinstance(model[0], GeneralizedConv2d)
+
+
 BAD_CALLS = [
     dict(id="not-a-module", call=lambda: convert("model", "dot"), error=TypeError, match="module='model'"),
     dict(

@@ -12,7 +12,7 @@ from .errors import ArgumentError, ArgumentTypeError
 from .functional import fold, patches, unfold
 from .geometry import Geometry, make_geometry
 from .geometry.summary import Summary, explain
-from .nn import convert
+from .nn import convert, intercept
 
 __version__ = "0.1.0"
 
@@ -27,6 +27,7 @@ __all__ = [
     "explain",
     "fold",
     "generalized_conv",
+    "intercept",
     "make_geometry",
     "nn",
     "patches",

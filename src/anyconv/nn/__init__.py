@@ -5,6 +5,7 @@ from .conv_transpose import ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
 from .convert import convert
 from .fold import Fold
 from .generalized import GeneralizedConv1d, GeneralizedConv2d, GeneralizedConv3d, GeneralizedConvNd
+from .interception import Intercepted, Interception, intercept
 from .unfold import Unfold
 
 __all__ = [
@@ -20,6 +21,9 @@ __all__ = [
     "GeneralizedConv2d",
     "GeneralizedConv3d",
     "GeneralizedConvNd",
+    "Intercepted",
+    "Interception",
     "Unfold",
     "convert",
+    "intercept",
 ]

@@ -25,7 +25,7 @@ from .generalized import (
 
 Include = Callable[[str, torch.nn.Module], bool]
 
-# Exact classes only: a subclass may override the computation, which the swap would silently drop.
+# A subclass is converted as the first of these in its MRO, if nothing before it computes.
 _GENERALIZED_OF: dict[type, type] = {
     torch.nn.Conv1d: GeneralizedConv1d,
     torch.nn.Conv2d: GeneralizedConv2d,
@@ -36,6 +36,8 @@ _GENERALIZED_OF: dict[type, type] = {
     ConvNd: GeneralizedConvNd,
 }
 _GENERALIZED = (GeneralizedConv1d, GeneralizedConv2d, GeneralizedConv3d, GeneralizedConvNd)
+# the methods through which a convolution module computes; a subclass defining one computes its own way
+_COMPUTATION = ("forward", "_conv_forward")
 
 
 def convert(
@@ -60,12 +62,18 @@ def convert(
     Tensor-valued ``variant_options`` are copied for each layer onto its device and dtype, so each
     layer learns its own. ``memory_budget`` (bytes per call) defaults to the layer's own, if any.
 
+    A subclass that computes as its base class does (no ``forward`` or ``_conv_forward`` of its
+    own or of any class between it and the base) is converted as the base, keeping what it adds
+    (parameters, buffers, submodules) under the same names; its class and plain attributes are
+    not kept. A subclass with its own computation (padding or weight standardisation in its
+    forward, say) is refused rather than silently replaced: :func:`anyconv.intercept` computes such
+    layers with a variant. So is a lazy convolution whose shape is not known yet (run one forward
+    first). ``include`` is asked first: a layer it leaves out is never refused.
+
     Left alone: transposed convolutions (a variant meets receptive fields of the input; a
     transposed convolution has none, it scatters each input value over the output), layers that
-    are generalized already, and, when ``include`` rejects them, everything else. A subclass of a
-    torch convolution with its own computation is refused rather than silently replaced, and so is
-    a lazy convolution whose shape is not known yet (run one forward first). Hooks registered on a
-    replaced layer stay on the old object.
+    are generalized already, and, when ``include`` rejects them, everything else. Hooks registered
+    on a replaced layer stay on the old object.
 
     >>> import torch
     >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3))
@@ -89,9 +97,10 @@ def convert(
     chosen = include if include is not None else _every_layer
 
     def swap(layer: torch.nn.Module, name: str) -> torch.nn.Module | None:
-        if not _is_convertible(layer, name) or not chosen(name, layer):
+        if not _is_candidate(layer) or not chosen(name, layer):
             return None
-        return _generalized_copy(layer, variant, memory_budget, variant_options)
+        base = _convertible_base(layer, name)
+        return _generalized_copy(layer, base, variant, memory_budget, variant_options)
 
     top = swap(module, "")
     if top is not None:
@@ -126,26 +135,37 @@ def _plan_swaps(
             swaps.append((parent, child_name, done[id(child)]))
 
 
-def _is_convertible(layer: torch.nn.Module, name: str) -> bool:
-    if not isinstance(layer, _ConvNd) or layer.transposed or isinstance(layer, _GENERALIZED):
-        return False
+def _is_candidate(layer: torch.nn.Module) -> bool:
+    return isinstance(layer, _ConvNd) and not layer.transposed and not isinstance(layer, _GENERALIZED)
+
+
+def _convertible_base(layer: torch.nn.Module, name: str) -> type:
+    """The convolution class ``layer`` computes as, or a clear refusal naming the layer."""
     where = f"layer {name!r}" if name else "the module"
     if isinstance(layer, LazyModuleMixin) and layer.has_uninitialized_params():
         raise ArgumentError(
             f"{where} is a {type(layer).__name__} whose shape is not known yet: run one forward "
             "pass before convert, or leave it out with include="
         )
-    if type(layer) not in _GENERALIZED_OF:
-        raise ArgumentError(
-            f"{where} is a {type(layer).__name__}, a subclass of a convolution that may compute "
-            "in its own way, which convert would drop: leave it out with include= "
-            "(convert handles torch.nn.Conv1d/2d/3d and anyconv.nn.Conv1d/2d/3d/Nd)"
-        )
-    return True
+    # the first class that is a known convolution or computes itself (torch.nn.Module at the latest)
+    owner = next(cls for cls in type(layer).__mro__ if cls in _GENERALIZED_OF or _computing(cls))
+    if owner in _GENERALIZED_OF:
+        return owner
+    raise ArgumentError(
+        f"{where} is a {type(layer).__name__}, whose class {owner.__name__} computes in its own way "
+        f"({', '.join(_computing(owner))}), which convert would drop: run the model inside "
+        "anyconv.intercept(variant) or wrap it in anyconv.nn.Intercepted(model, variant), which "
+        "compute torch's convolutions after the layer's own work, or leave it out with include="
+    )
+
+
+def _computing(cls: type) -> list[str]:
+    return [method for method in _COMPUTATION if method in vars(cls)]
 
 
 def _generalized_copy(
     layer: torch.nn.Module,
+    base: type,
     variant: str | Variant | type[Variant],
     memory_budget: int | None,
     variant_options: dict[str, Any],
@@ -158,7 +178,7 @@ def _generalized_copy(
         else value
         for option, value in variant_options.items()
     }
-    twin = _GENERALIZED_OF[type(layer)](
+    twin = _GENERALIZED_OF[base](
         layer.in_channels,
         layer.out_channels,
         layer.kernel_size,
@@ -176,5 +196,14 @@ def _generalized_copy(
     )
     twin.weight = weight
     twin.bias = layer.bias
+    # what a subclass adds (a buffer, a parameter, a submodule) stays, so state_dict keys are kept
+    for parameter_name, parameter in layer._parameters.items():
+        if parameter_name not in ("weight", "bias"):
+            twin.register_parameter(parameter_name, parameter)
+    for buffer_name, buffer in layer._buffers.items():
+        persistent = buffer_name not in layer._non_persistent_buffers_set
+        twin.register_buffer(buffer_name, buffer, persistent=persistent)
+    for child_name, child in layer._modules.items():
+        twin.add_module(child_name, child)
     twin.train(layer.training)
     return twin
