@@ -1,7 +1,7 @@
 """Which fused kernels run a call: Triton's on CUDA tensors (where triton imports), else :mod:`.fused`'s own.
 
-``ANYCONV_BACKEND=triton`` sends every tensor to the Triton kernels, CPU tensors through Triton's
-interpreter (anyconv turns it on for its own kernels; no ``TRITON_INTERPRET`` needed).
+``ANYCONV_BACKEND=triton`` sends CPU tensors to the Triton kernels too, through Triton's interpreter
+(anyconv turns it on for its own kernels only; ``TRITON_INTERPRET`` need not be set).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def backend() -> str:
 
 
 def triton_chosen(tensor: torch.Tensor) -> bool:
-    """Whether the Triton kernels run on ``tensor``: CUDA with triton installed, or every device on demand.
+    """Whether the Triton kernels run on ``tensor``: CUDA with triton installed, or CPU too on demand.
 
     >>> import torch
     >>> triton_chosen(torch.ones(1)) == (backend() == "triton")
@@ -53,7 +53,8 @@ def triton_chosen(tensor: torch.Tensor) -> bool:
     if backend() == "triton":
         if not triton_available():
             raise invalid("ANYCONV_BACKEND", "triton", "auto, since triton is not installed (anyconv[gpu])")
-        return True
+        # the interpreter reads CPU memory; other devices keep the eager path
+        return tensor.device.type in ("cpu", "cuda")
     return tensor.device.type == "cuda" and triton_available()
 
 

@@ -7,7 +7,7 @@ run through Triton's interpreter. No (M, O, K) tensor is ever made: taps are str
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import cache
 from types import SimpleNamespace
 
@@ -156,7 +156,9 @@ def _interpreting(interpret: bool) -> Iterator[None]:
 def _launch(kernel_name: str, device: torch.device, grid: tuple[int, ...], *args, **constants) -> None:
     """Run one kernel: compiled on CUDA, interpreted on every other device."""
     interpret = device.type != "cuda"
-    with _interpreting(interpret):
+    # Triton launches on the current CUDA device: make it the tensors' own
+    on_device = nullcontext() if interpret else torch.cuda.device(device)
+    with _interpreting(interpret), on_device:
         getattr(_kernels(interpret), kernel_name)[grid](*args, **constants)
 
 
