@@ -4,6 +4,8 @@
 with the naive formulas and with the C++ loops, forward and gradients. Sizes stay tiny: interpreted.
 """
 
+import inspect
+
 import pytest
 import torch
 from test_variants import GEOMETRIES, _case
@@ -164,3 +166,33 @@ def test_an_unknown_backend_is_named_in_the_error(monkeypatch):
         ArgumentError, match="ANYCONV_BACKEND='cuda-graphs' is invalid: expected one of auto, triton"
     ):
         fused.l1_distances(torch.randn(1, 3, 2), torch.randn(1, 2, 2))
+
+
+def _signature(kernel, dtype: str) -> dict[str, str]:
+    """Triton types of a kernel's arguments: pointers of ``dtype``, the settings in the summing dtype."""
+    special = {"settings": "*fp64" if dtype == "fp64" else "*fp32", "taps_won": "*i64"}
+    pointers = ("fields", "filters", "output", "left", "right", "grad", "result")
+    return {
+        name: "constexpr" if name.isupper() else special.get(name, f"*{dtype}" if name in pointers else "i32")
+        for name in inspect.signature(kernel).parameters
+    }
+
+
+@pytest.mark.parametrize("dtype", ["fp64", "fp32", "bf16", "fp16"])
+def test_every_kernel_compiles_for_a_cuda_gpu(dtype, tmp_path, monkeypatch):
+    """The interpreter is lenient about types; Triton's compiler, down to PTX for sm_80, is not."""
+    pytest.importorskip("triton.backends.nvidia", reason="triton has no CUDA backend here")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from anyconv.variants import triton_kernels
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    upcast = dtype != "fp64"
+    builds = [(triton_kernels._forward_kernel, dict(FORMULA=f, BLOCK_M=32, BLOCK_O=32)) for f in range(4)]
+    builds += [(triton_kernels._pair_gradient_kernel, dict(TERM=t, BLOCK_L=32, BLOCK_K=16)) for t in range(3)]
+    for kernel, constants in builds:
+        source = ASTSource(triton.jit(kernel), _signature(kernel, dtype), {**constants, "UPCAST": upcast})
+        compiled = triton.compile(source, target=GPUTarget("cuda", 80, 32))
+        assert ".entry" in compiled.asm["ptx"]
