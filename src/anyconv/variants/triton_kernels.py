@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from functools import cache
+from functools import cache, lru_cache
 from types import SimpleNamespace
 
 import torch
@@ -169,8 +169,13 @@ def _upcast(tensor: torch.Tensor) -> bool:
 
 def _settings(tensor: torch.Tensor, start: float, power: float) -> torch.Tensor:
     """The kernels' starting value and power in the summing dtype (a float argument would be float32)."""
-    dtype = torch.float32 if _upcast(tensor) else torch.float64
-    return torch.tensor([start, power], dtype=dtype, device=tensor.device)
+    return _settings_on(torch.float32 if _upcast(tensor) else torch.float64, tensor.device, start, power)
+
+
+@lru_cache(maxsize=64)
+def _settings_on(dtype: torch.dtype, device: torch.device, start: float, power: float) -> torch.Tensor:
+    # kept: a copy to the GPU at every call would wait for the GPU's queue
+    return torch.tensor([start, power], dtype=dtype, device=device)
 
 
 def _forward(
