@@ -18,6 +18,7 @@ from functools import cache, lru_cache
 import torch
 
 from .native import load, load_library, native_enabled
+from .triton_backend import took_triton, triton_twin
 
 #: elements of one eager broadcast block (fields x filters x taps): 8 MiB in float32
 EAGER_BLOCK_ELEMENTS = 2**21
@@ -64,14 +65,14 @@ def native_paths() -> dict[str, str]:
 
 
 def last_path() -> str | None:
-    """Which path the last fused call took: ``"native"`` (compiled C++) or ``"eager"``; None before any.
+    """Which path the last fused call took: ``"native"`` (C++), ``"triton"`` or ``"eager"``; None before any.
 
     >>> import torch
     >>> _ = l1_distances(torch.randn(1, 5, 3), torch.randn(1, 2, 3))
-    >>> last_path() in ("native", "eager")
+    >>> last_path() in ("native", "triton", "eager")
     True
     """
-    return _last_path
+    return "triton" if took_triton() else _last_path
 
 
 def native_kernels_available() -> bool:
@@ -255,6 +256,7 @@ def _sign_times(differences: torch.Tensor, values: torch.Tensor) -> torch.Tensor
     return torch.where(differences > 0, values, torch.where(differences < 0, -values, 0))
 
 
+@triton_twin
 def l1_distances(fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     """``-sum_k |p_k - w_k|`` for every field against every filter: (G, M, O).
 
@@ -271,6 +273,7 @@ def l1_distances(fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     return output
 
 
+@triton_twin
 def l1_backward(
     fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor, *, adder: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -296,6 +299,7 @@ def l1_backward(
     return grad_fields, grad_filters
 
 
+@triton_twin
 def tropical(fields: torch.Tensor, filters: torch.Tensor, *, minimum: bool) -> torch.Tensor:
     """``max_k (p_k + w_k)``, or with ``minimum`` ``min_k (p_k - w_k)``: (G, M, O).
 
@@ -321,6 +325,7 @@ def _tropical_block(
     return (fields[:, rows, None, :] + filters[:, None, :, :]).max(-1)
 
 
+@triton_twin
 def tropical_backward(
     fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor, *, minimum: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -346,6 +351,7 @@ def tropical_backward(
     return grad_fields, grad_filters
 
 
+@triton_twin
 def power_sums(fields: torch.Tensor, filters: torch.Tensor, p: float) -> torch.Tensor:
     """``sum_k |p_k - w_k|^p`` for every field against every filter: (G, M, O).
 
@@ -368,6 +374,7 @@ def _magnitude_power(differences: torch.Tensor, power: float) -> torch.Tensor:
     return torch.where(magnitude == 0, 0, magnitude.pow(power))
 
 
+@triton_twin
 def power_sums_backward(
     fields: torch.Tensor, filters: torch.Tensor, scale: torch.Tensor, p: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
