@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import platform
 import shlex
 import shutil
 import subprocess
@@ -42,7 +43,9 @@ SOURCES = {
 OPENMP_FLAGS = ("-fopenmp",)
 #: the header both sources include; part of the cache key
 HEADER = "fused_blocks.h"
-_EXTRA_LIBRARIES = {"fused_power.cpp": ("-lmvec",)}
+#: glibc's vector math library, whose pow the vectorised power loops call; other C libraries
+#: (macOS, musl) have none and declare no vector pow, so their builds need nothing extra
+_EXTRA_LIBRARIES = {"fused_power.cpp": ("-lmvec",)} if platform.libc_ver()[0] == "glibc" else {}
 _FALLBACK = "the fused variants (l1, lp, max_plus, min_plus) run their eager path (same numbers, slower)"
 _lock = threading.Lock()
 _warned: set[str] = set()
