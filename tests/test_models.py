@@ -186,13 +186,14 @@ def converted(model, variant, own):
 
 
 @pytest.mark.parametrize("case", PARAMETERS)
-def test_dot_gives_the_original_outputs_on_anyconv_alone(case):
+def test_dot_gives_the_original_outputs_with_no_convolution_left_to_torch(case):
     model = build(case, torch.float64)
     input = torch.randn(case["input"], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     expected = model(input)
     own = own_classes(case)
     convert(model, "dot", include=lambda name, layer: not isinstance(layer, own))
     computing_own_way = sum(isinstance(layer, own) for layer in model.modules())
+    assert (computing_own_way > 0) == ("own" in case)  # the case tests what it says
     with FunctionalConvolutions() as functional, NativeConvolutions() as native:
         with intercept("dot") as interception:
             output = model(input)
