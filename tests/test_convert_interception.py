@@ -4,6 +4,8 @@ Every functional convolution and argument form, checked against torch (dot) and 
 (l1), with no call left on torch's kernels; composition with convert, torch.compile, nesting.
 """
 
+import pickle
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -185,6 +187,17 @@ def test_nested_interceptions_the_innermost_computes():
     torch.testing.assert_close(output, naive_generalized_conv(input, weight, "l1"))
 
 
+def test_an_interception_can_be_entered_again_and_counts_on():
+    input, weight = tensors((1, 2, 5, 5), (3, 2, 3, 3))
+    interception = intercept("l1")
+    with interception:
+        F.conv2d(input, weight)
+    with interception:
+        F.conv2d(input, weight)
+        F.conv1d(input[:, :, 0], weight[..., 0])
+    assert interception.calls == 3
+
+
 def small_model():
     torch.manual_seed(0)
     return torch.nn.Sequential(
@@ -209,6 +222,7 @@ def test_wrapper_is_an_ordinary_module():
     assert native.seen == [] and torch.equal(output, expected)
     output.sum().backward()
     assert all(parameter.grad is not None for parameter in model.parameters())
+    torch.testing.assert_close(pickle.loads(pickle.dumps(wrapped))(input), output, rtol=0, atol=0)
 
 
 # one case: compiling is slow; the variants' own traceability is test_compile's subject
