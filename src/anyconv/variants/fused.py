@@ -313,8 +313,9 @@ def tropical_backward(
     """Gradients of :func:`tropical`: the winning tap (the first, on a tie) takes the whole gradient."""
     function = _native_function("tropical_backward", fields)
     if function is not None:
+        flags = int(minimum) | (2 if _all_finite(fields) and _all_finite(filters) else 0)
         grad_fields, grad_filters = _native_backward(
-            "tropical_backward", function, fields, filters, grad, int(minimum), outputs_innermost=True
+            "tropical_backward", function, fields, filters, grad, flags, outputs_innermost=True
         )
         return grad_fields, grad_filters
     groups, _, taps = fields.shape
