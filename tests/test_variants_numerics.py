@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from conftest import take_views_everywhere
 from variant_reference import naive_generalized_conv
 
 import anyconv
@@ -49,6 +50,9 @@ SPECIAL_CASES = [
     ("max_plus", {}, [NAN, NAN, NAN], [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]),
     ("max_plus", {}, [INF, 1.0, 2.0], [[-INF, 0.0, 0.0], [1.0, 1.0, 1.0]]),
     ("min_plus", {}, [INF, 1.0, 2.0], [[INF, 0.0, 0.0], [1.0, 1.0, 1.0]]),
+    # finite, but their sum overflows: the check for finite inputs must not be fooled
+    ("max_plus", {}, [3e38, 3e38, 1.0], [[0.0, -1e38, 0.0], [1.0, 1.0, NAN]]),
+    ("min_plus", {}, [-3e38, -3e38, 1.0], [[0.0, 1e30, 0.0], [1.0, 1.0, 1.0]]),
     ("lp", {"p": 3.0}, [1.0, NAN, 2.0], [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]),
     ("lp", {"p": 0.5}, [1.0, NAN, 2.0], [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]),
     ("lp", {"p": 2.0}, [INF, 1.0, 2.0], [[0.0, 0.0, 0.0], [INF, 1.0, 1.0]]),
@@ -164,3 +168,27 @@ def test_sharpened_cosine_learnable_exponent_below_one_zero_fields_keep_finite_w
     fixed.bias.data.copy_(layer.bias.data)
     fixed(input).sum().backward()
     torch.testing.assert_close(layer.weight.grad, fixed.weight.grad)
+
+
+#: variants whose gradients follow autograd through the formula, NaN included (the tropical
+#: ones send a NaN output's gradient to one tap instead: see the test above)
+SMOOTH = ["dot", "l1", "l2", "lp", "rbf", "polynomial", "cosine", "sharpened_cosine"]
+
+
+@pytest.mark.parametrize("views", [False, True], ids=["fields", "views"])
+@pytest.mark.parametrize("variant", SMOOTH)
+def test_nan_reaches_the_gradients_where_the_formulas_autograd_puts_it(variant, views, path, monkeypatch):
+    if views:
+        take_views_everywhere(monkeypatch)
+    generator = torch.Generator().manual_seed(4)
+    input = torch.randn(1, 2, 7, dtype=torch.float64, generator=generator)
+    input[0, 1, 3] = NAN
+    weight = torch.randn(3, 2, 3, dtype=torch.float64, generator=generator)
+    weight[2, 0, 1] = NAN
+    grad = torch.randn(1, 3, 5, dtype=torch.float64, generator=generator)
+    answers = []
+    for function in (anyconv.generalized_conv, naive_generalized_conv):
+        leaves = input.clone().requires_grad_(), weight.clone().requires_grad_()
+        answers.append(torch.autograd.grad(function(*leaves, variant), leaves, grad))
+    for got, expected in zip(*answers):
+        _same_specials(got, expected)

@@ -39,6 +39,20 @@ struct MinPlus {
   }
   static T finish(T acc) { return acc; }
 };
+// for inputs known to be finite (no NaN, no inf - inf): one max instruction per step, where the
+// NaN-propagating select above takes four
+template <typename T>
+struct FiniteMaxPlus {
+  static T init() { return -std::numeric_limits<T>::infinity(); }
+  static T step(T acc, T x, T w) { return std::max(acc, x + w); }
+  static T finish(T acc) { return acc; }
+};
+template <typename T>
+struct FiniteMinPlus {
+  static T init() { return std::numeric_limits<T>::infinity(); }
+  static T step(T acc, T x, T w) { return std::min(acc, x - w); }
+  static T finish(T acc) { return acc; }
+};
 
 // d(-|e|)/d e = -sign(e); the sign is folded into the block's "minus the sum" for the fields
 template <typename T>
@@ -54,12 +68,15 @@ struct L1Adder {
 // the tap that wins each (field, filter), the first on a tie, takes the whole gradient; when the
 // best value is NaN the winner is the first NaN tap (as torch's max picks it). Two
 // sweeps: the best value, then the first tap reaching it, counted without branches (a select
-// that tracks the winning tap made gcc emit a mispredicted branch per vector, 6x slower)
-template <typename T, int MB, bool MINIMUM>
+// that tracks the winning tap made gcc emit a mispredicted branch per vector, 6x slower).
+// FINITE: the caller checked that no input is NaN or inf, and the plain max / min serve
+template <typename T, int MB, bool MINIMUM, bool FINITE>
 void tropical_backward_block(const T* f, const T* wt, const T* g, T* grad_f, T* grad_wt, int64_t K,
                              int64_t O, int64_t m, int64_t ob) {
   constexpr int64_t OB = out_lanes<T>();
-  using Reduce = typename std::conditional<MINIMUM, MinPlus<T>, MaxPlus<T>>::type;
+  using Propagating = typename std::conditional<MINIMUM, MinPlus<T>, MaxPlus<T>>::type;
+  using Plain = typename std::conditional<MINIMUM, FiniteMinPlus<T>, FiniteMaxPlus<T>>::type;
+  using Reduce = typename std::conditional<FINITE, Plain, Propagating>::type;
   T best[MB][OB];
   for (int i = 0; i < MB; ++i)
     for (int64_t o = 0; o < OB; ++o) best[i][o] = Reduce::init();
@@ -84,7 +101,9 @@ void tropical_backward_block(const T* f, const T* wt, const T* g, T* grad_f, T* 
 #pragma omp simd
       for (int64_t o = 0; o < OB; ++o) {
         const T value = MINIMUM ? x - w[o] : x + w[o];
-        searching[i][o] *= static_cast<T>(value != best[i][o] && value == value);
+        // products of 0/1, not &&: a logical and made gcc branch per element, 10x slower
+        searching[i][o] *= static_cast<T>(value != best[i][o]);
+        if (!FINITE) searching[i][o] *= static_cast<T>(value == value);
         tap[i][o] += searching[i][o];
       }
     }
@@ -100,7 +119,7 @@ void tropical_backward_block(const T* f, const T* wt, const T* g, T* grad_f, T* 
   }
 }
 
-template <typename T, bool MINIMUM>
+template <typename T, bool MINIMUM, bool FINITE>
 void tropical_backward_rows(const T* f, const T* wt, const T* g, T* grad_f, T* grad_wt, int64_t K, int64_t O,
                             int64_t m0, int64_t m1) {
   constexpr int64_t OB = out_lanes<T>();
@@ -108,10 +127,11 @@ void tropical_backward_rows(const T* f, const T* wt, const T* g, T* grad_f, T* g
   int64_t m = m0;
   for (; m + anyconv::kBlockFields <= m1; m += anyconv::kBlockFields)
     for (int64_t ob = 0; ob < O; ob += OB)
-      tropical_backward_block<T, anyconv::kBlockFields, MINIMUM>(f, wt, g, grad_f, grad_wt, K, O, m, ob);
+      tropical_backward_block<T, anyconv::kBlockFields, MINIMUM, FINITE>(f, wt, g, grad_f, grad_wt, K, O, m,
+                                                                         ob);
   for (; m < m1; ++m)
     for (int64_t ob = 0; ob < O; ob += OB)
-      tropical_backward_block<T, 1, MINIMUM>(f, wt, g, grad_f, grad_wt, K, O, m, ob);
+      tropical_backward_block<T, 1, MINIMUM, FINITE>(f, wt, g, grad_f, grad_wt, K, O, m, ob);
 }
 
 }  // namespace
@@ -124,22 +144,29 @@ void tropical_backward_rows(const T* f, const T* wt, const T* g, T* grad_f, T* g
     });                                                                                                   \
   }                                                                                                       \
   extern "C" void tropical_forward_##SUFFIX(const T* f, const T* wt, T* out, int64_t K, int64_t O,        \
-                                            int64_t m0, int64_t m1, int threads, int minimum) {           \
+                                            int64_t m0, int64_t m1, int threads, int flags) {             \
+    /* flags: bit 0 min_plus (else max_plus), bit 1 inputs all finite (the caller checked) */            \
     anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t) {                             \
-      if (minimum)                                                                                        \
-        anyconv::forward_rows<T, MinPlus<T>>(f, wt, out, K, O, a, b);                                     \
-      else                                                                                                \
-        anyconv::forward_rows<T, MaxPlus<T>>(f, wt, out, K, O, a, b);                                     \
+      switch (flags & 3) {                                                                                \
+        case 0: anyconv::forward_rows<T, MaxPlus<T>>(f, wt, out, K, O, a, b); break;                      \
+        case 1: anyconv::forward_rows<T, MinPlus<T>>(f, wt, out, K, O, a, b); break;                      \
+        case 2: anyconv::forward_rows<T, FiniteMaxPlus<T>>(f, wt, out, K, O, a, b); break;                \
+        default: anyconv::forward_rows<T, FiniteMinPlus<T>>(f, wt, out, K, O, a, b);                      \
+      }                                                                                                   \
     });                                                                                                   \
   }                                                                                                       \
   extern "C" void tropical_backward_##SUFFIX(const T* f, const T* wt, const T* g, T* gf, T* gwt,          \
                                              int64_t K, int64_t O, int64_t m0, int64_t m1, int threads,   \
-                                             int64_t part_stride, int minimum) {                          \
+                                             int64_t part_stride, int flags) {                            \
+    /* flags as for tropical_forward */                                                                   \
     anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t part) {                        \
-      if (minimum)                                                                                        \
-        tropical_backward_rows<T, true>(f, wt, g, gf, gwt + part * part_stride, K, O, a, b);              \
-      else                                                                                                \
-        tropical_backward_rows<T, false>(f, wt, g, gf, gwt + part * part_stride, K, O, a, b);             \
+      T* gw = gwt + part * part_stride;                                                                   \
+      switch (flags & 3) {                                                                                \
+        case 0: tropical_backward_rows<T, false, false>(f, wt, g, gf, gw, K, O, a, b); break;             \
+        case 1: tropical_backward_rows<T, true, false>(f, wt, g, gf, gw, K, O, a, b); break;              \
+        case 2: tropical_backward_rows<T, false, true>(f, wt, g, gf, gw, K, O, a, b); break;              \
+        default: tropical_backward_rows<T, true, true>(f, wt, g, gf, gw, K, O, a, b);                     \
+      }                                                                                                   \
     });                                                                                                   \
   }                                                                                                       \
   extern "C" void l1_backward_##SUFFIX(const T* f, const T* w, const T* g, T* gf, T* gw, int64_t K,       \
