@@ -8,6 +8,8 @@ import inspect
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_variants import GEOMETRIES, _case
 from variant_reference import naive_generalized_conv
 
@@ -140,6 +142,56 @@ def test_nan_propagates_like_the_naive_formula(name, options, monkeypatch):
         monkeypatch.setenv("ANYCONV_NATIVE", "0")
         eager, _ = _on_the_loops(monkeypatch, x, w, b, name, options, conv_args, grad)
         _assert_all_close(mine[1:], eager[1:], labels=("input", "weight", "bias"), equal_nan=True)
+
+
+#: the per-chunk kernels of fused.py by name, each a (forward, backward) pair
+KERNELS = {
+    "l1": (fused.l1_distances, fused.l1_backward),
+    "l1-adder": (fused.l1_distances, lambda f, w, g: fused.l1_backward(f, w, g, adder=True)),
+    "lp-0.7": (
+        lambda f, w: fused.power_sums(f, w, 0.7),
+        lambda f, w, g: fused.power_sums_backward(f, w, g, 0.7),
+    ),
+    "max_plus": (
+        lambda f, w: fused.tropical(f, w, minimum=False),
+        lambda f, w, g: fused.tropical_backward(f, w, g, minimum=False),
+    ),
+    "min_plus": (
+        lambda f, w: fused.tropical(f, w, minimum=True),
+        lambda f, w, g: fused.tropical_backward(f, w, g, minimum=True),
+    ),
+}
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    kernel=st.sampled_from(sorted(KERNELS)),
+    groups=st.integers(1, 2),
+    rows=st.integers(1, 70),
+    outputs=st.integers(1, 40),
+    taps=st.integers(1, 20),
+    seed=st.integers(0, 2**16),
+)
+def test_the_chunk_kernels_equal_the_eager_path_at_any_shape(kernel, groups, rows, outputs, taps, seed):
+    """Tile edges anywhere: fields and filters on either side of the 32-wide tiles, taps of 16."""
+    generator = torch.Generator().manual_seed(seed)
+    f = torch.randn(groups, rows, taps, generator=generator, dtype=torch.float64)
+    w = torch.randn(groups, outputs, taps, generator=generator, dtype=torch.float64)
+    g = torch.randn(groups, rows, outputs, generator=generator, dtype=torch.float64)
+    forward, backward = KERNELS[kernel]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ANYCONV_BACKEND", "triton")
+        mine = (forward(f, w), *backward(f, w, g))
+        assert last_path() == "triton"
+        patch.setenv("ANYCONV_BACKEND", "auto")
+        patch.setenv("ANYCONV_NATIVE", "0")
+        eager = (forward(f, w), *backward(f, w, g))
+        assert last_path() == "eager"
+    for got, want in zip(mine, eager):
+        if want is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want)
 
 
 def test_gradcheck_of_lp_through_the_kernels():

@@ -178,18 +178,24 @@ def _settings_on(dtype: torch.dtype, device: torch.device, start: float, power: 
     return torch.tensor([start, power], dtype=dtype, device=device)
 
 
-def _forward(
+def _forward(fields: torch.Tensor, filters: torch.Tensor, formula: int, power: float = 1.0) -> torch.Tensor:
+    """The outputs (G, M, O) of one formula; for max_plus and min_plus see :func:`_winners`."""
+    return _winners(fields, filters, formula, power)[0]
+
+
+def _winners(
     fields: torch.Tensor, filters: torch.Tensor, formula: int, power: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The outputs and the winning taps (G, M, O) of max_plus or min_plus (left unset otherwise)."""
     fields, filters = fields.contiguous(), filters.contiguous()
     groups, rows, taps = fields.shape
     outputs = filters.shape[1]
     output = fields.new_empty((groups, rows, outputs))
-    start = {_MAX_PLUS: float("-inf"), _MIN_PLUS: float("inf")}.get(formula, 0.0)
     tropical_formula = formula in (_MAX_PLUS, _MIN_PLUS)
-    taps_won = (
-        torch.empty(output.shape, dtype=torch.int64, device=fields.device) if tropical_formula else None
+    taps_won = torch.empty(
+        output.shape if tropical_formula else (0,), dtype=torch.int64, device=fields.device
     )
+    start = {_MAX_PLUS: float("-inf"), _MIN_PLUS: float("inf")}.get(formula, 0.0)
     grid = (triton.cdiv(rows, _BLOCK_M), triton.cdiv(outputs, _BLOCK_O), groups)
     _launch(
         "forward",
@@ -198,7 +204,7 @@ def _forward(
         fields,
         filters,
         output,
-        output if taps_won is None else taps_won,
+        taps_won,
         rows,
         outputs,
         taps,
@@ -261,7 +267,7 @@ def l1_distances(fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     >>> l1_distances(torch.tensor([[[1.0, 2.0]]]), torch.tensor([[[0.0, 0.0], [1.0, 4.0]]]))
     tensor([[[-3., -2.]]])
     """
-    return _forward(fields, filters, _L1)[0]
+    return _forward(fields, filters, _L1)
 
 
 def l1_backward(
@@ -287,7 +293,7 @@ def tropical(fields: torch.Tensor, filters: torch.Tensor, *, minimum: bool) -> t
     >>> tropical(p, w, minimum=False), tropical(p, w, minimum=True)
     (tensor([[[5.]]]), tensor([[[-2.]]]))
     """
-    return _forward(fields, filters, _MIN_PLUS if minimum else _MAX_PLUS)[0]
+    return _forward(fields, filters, _MIN_PLUS if minimum else _MAX_PLUS)
 
 
 def tropical_backward(
@@ -303,7 +309,7 @@ def tropical_backward(
     (tensor([[[0., 1.]]]), tensor([[[0., 1.]]]))
     """
     groups, _, taps = fields.shape
-    taps_won = _forward(fields, filters, _MIN_PLUS if minimum else _MAX_PLUS)[1]
+    taps_won = _winners(fields, filters, _MIN_PLUS if minimum else _MAX_PLUS)[1]
     grad_fields = torch.zeros_like(fields).scatter_add_(-1, taps_won, grad.to(fields.dtype))
     offsets = torch.arange(filters.shape[1], device=fields.device) * taps
     grad_filters = torch.zeros_like(filters)
@@ -321,7 +327,7 @@ def power_sums(fields: torch.Tensor, filters: torch.Tensor, p: float) -> torch.T
     >>> power_sums(torch.tensor([[[1.0, 2.0]]]), torch.tensor([[[0.0, 0.0]]]), 3.0)
     tensor([[[9.]]])
     """
-    return _forward(fields, filters, _POWER, p)[0]
+    return _forward(fields, filters, _POWER, p)
 
 
 def power_sums_backward(
