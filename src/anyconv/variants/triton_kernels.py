@@ -23,7 +23,15 @@ except ImportError:  # importable without triton; triton_backend only calls in w
 _L1, _POWER, _MAX_PLUS, _MIN_PLUS = 0, 1, 2, 3
 #: the odd functions t(p - w) whose sums the pair-gradient kernel forms
 _SIGN, _CLIPPED, _SIGNED_POWER = 0, 1, 2
-_BLOCK_M, _BLOCK_O, _BLOCK_K = 32, 32, 16
+#: a tile's elements, and the widest tile along filters (forward) or taps (backward)
+_TILE, _WIDEST = 1024, 32
+
+
+def _tile(columns: int) -> tuple[int, int]:
+    """(rows, columns) of a tile over ``columns``: narrow when they are few, as in depthwise layers
+    (one filter per group), so that the tile's lanes are not spent on masked-off columns."""
+    width = min(_WIDEST, triton.next_power_of_2(columns))
+    return _TILE // width, width
 
 
 def _forward_kernel(
@@ -196,7 +204,8 @@ def _winners(
         output.shape if tropical_formula else (0,), dtype=torch.int64, device=fields.device
     )
     start = {_MAX_PLUS: float("-inf"), _MIN_PLUS: float("inf")}.get(formula, 0.0)
-    grid = (triton.cdiv(rows, _BLOCK_M), triton.cdiv(outputs, _BLOCK_O), groups)
+    block_m, block_o = _tile(outputs)
+    grid = (triton.cdiv(rows, block_m), triton.cdiv(outputs, block_o), groups)
     _launch(
         "forward",
         fields.device,
@@ -211,8 +220,8 @@ def _winners(
         _settings(fields, start, power),
         FORMULA=formula,
         UPCAST=_upcast(fields),
-        BLOCK_M=_BLOCK_M,
-        BLOCK_O=_BLOCK_O,
+        BLOCK_M=block_m,
+        BLOCK_O=block_o,
     )
     return output, taps_won
 
@@ -233,10 +242,11 @@ def _pair_gradients(
     if filter_grads:
         launches.append((filters, fields, outputs, rows, 1, outputs))
     settings = _settings(fields, 0.0, power)
+    block_l, block_k = _tile(taps)
     results = []
     for left, right, lefts, rights, left_stride, right_stride in launches:
         result = torch.empty_like(left)
-        grid = (triton.cdiv(lefts, _BLOCK_M), triton.cdiv(taps, _BLOCK_K), groups)
+        grid = (triton.cdiv(lefts, block_l), triton.cdiv(taps, block_k), groups)
         _launch(
             "pair_gradient",
             fields.device,
@@ -253,8 +263,8 @@ def _pair_gradients(
             settings,
             TERM=term,
             UPCAST=_upcast(fields),
-            BLOCK_L=_BLOCK_M,
-            BLOCK_K=_BLOCK_K,
+            BLOCK_L=block_l,
+            BLOCK_K=block_k,
         )
         results.append(result)
     return results[0], results[1] if filter_grads else None
