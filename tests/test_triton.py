@@ -194,6 +194,17 @@ def test_the_chunk_kernels_equal_the_eager_path_at_any_shape(kernel, groups, row
             torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("rows, outputs", [(0, 3), (4, 0)], ids=["no-fields", "no-filters"])
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_empty_chunks_are_not_launched(kernel, rows, outputs):
+    f, w, g = torch.randn(2, rows, 5), torch.randn(2, outputs, 5), torch.randn(2, rows, outputs)
+    forward, backward = KERNELS[kernel]
+    output, grad_fields, grad_filters = forward(f, w), *backward(f, w, g)
+    assert output.shape == (2, rows, outputs) and grad_fields.shape == f.shape
+    assert torch.equal(grad_fields, torch.zeros_like(f))
+    assert grad_filters is None or torch.equal(grad_filters, torch.zeros_like(w))
+
+
 def test_gradcheck_of_lp_through_the_kernels():
     generator = torch.Generator().manual_seed(5)
     x = torch.randn(1, 1, 3, 2, dtype=torch.float64, generator=generator, requires_grad=True)

@@ -1,7 +1,8 @@
 """Triton kernels of l1, lp, max_plus and min_plus over per-group fields (G, M, K) and filters (G, O, K).
 
 The CUDA twins of :mod:`.fused` (same names, same arguments, same numbers); on CPU tensors they
-run through Triton's interpreter. No (M, O, K) tensor is ever made: taps are streamed one at a time.
+run through Triton's interpreter. No (M, O, K) tensor is ever made: the forward streams the taps,
+the backward the filters (field gradient) or the fields (filter gradient), one at a time.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ _TILE, _WIDEST = 1024, 32
 def _tile(columns: int) -> tuple[int, int]:
     """(rows, columns) of a tile over ``columns``: narrow when they are few, as in depthwise layers
     (one filter per group), so that the tile's lanes are not spent on masked-off columns."""
-    width = min(_WIDEST, triton.next_power_of_2(columns))
+    width = min(_WIDEST, triton.next_power_of_2(max(columns, 1)))
     return _TILE // width, width
 
 
@@ -206,6 +207,8 @@ def _winners(
     start = {_MAX_PLUS: float("-inf"), _MIN_PLUS: float("inf")}.get(formula, 0.0)
     block_m, block_o = _tile(outputs)
     grid = (triton.cdiv(rows, block_m), triton.cdiv(outputs, block_o), groups)
+    if output.numel() == 0:  # a grid of no programs is not a valid launch
+        return output, taps_won
     _launch(
         "forward",
         fields.device,
@@ -246,6 +249,9 @@ def _pair_gradients(
     results = []
     for left, right, lefts, rights, left_stride, right_stride in launches:
         result = torch.empty_like(left)
+        results.append(result)
+        if result.numel() == 0:
+            continue
         grid = (triton.cdiv(lefts, block_l), triton.cdiv(taps, block_k), groups)
         _launch(
             "pair_gradient",
@@ -266,7 +272,6 @@ def _pair_gradients(
             BLOCK_L=block_l,
             BLOCK_K=block_k,
         )
-        results.append(result)
     return results[0], results[1] if filter_grads else None
 
 
