@@ -260,3 +260,30 @@ def test_every_kernel_compiles_for_a_cuda_gpu(dtype, tmp_path, monkeypatch):
         source = ASTSource(triton.jit(kernel), _signature(kernel, dtype), {**constants, "UPCAST": upcast})
         compiled = triton.compile(source, target=GPUTarget("cuda", 80, 32))
         assert ".entry" in compiled.asm["ptx"]
+
+
+def test_integer_tensors_keep_the_exact_path():
+    fields, filters = torch.randint(-5, 5, (1, 4, 3)), torch.randint(-5, 5, (1, 2, 3))
+    assert torch.equal(
+        fused.l1_distances(fields, filters), -(fields[:, :, None] - filters[:, None]).abs().sum(-1)
+    )
+    assert last_path() != "triton"
+
+
+@pytest.mark.parametrize("p", [3.0, 0.7])
+def test_a_nan_field_gives_the_lp_gradients_of_autograd(p):
+    """Through a NaN difference the power's slope is NaN: the NaN reaches the gradients that meet it.
+
+    (Not p = 1, where torch's own autograd takes sign(NaN) = 0 and NaN^0 = 1.)
+    """
+    generator = torch.Generator().manual_seed(7)
+    f = torch.randn(1, 3, 4, dtype=torch.float64, generator=generator)
+    w = torch.randn(1, 2, 4, dtype=torch.float64, generator=generator)
+    scale = torch.randn(1, 3, 2, dtype=torch.float64, generator=generator)
+    f[0, 1, 2] = float("nan")
+    wide_f, wide_w = f.clone().requires_grad_(), w.clone().requires_grad_()
+    sums = (wide_f[:, :, None] - wide_w[:, None]).abs().pow(p).sum(-1)
+    expected = torch.autograd.grad(-(scale * sums).sum() / p, (wide_f, wide_w))
+    got = fused.power_sums_backward(f, w, scale, p)
+    for mine, theirs in zip(got, expected):
+        torch.testing.assert_close(mine, theirs, equal_nan=True)

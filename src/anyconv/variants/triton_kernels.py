@@ -134,12 +134,18 @@ def _pair_gradient_kernel(
             # HardTanh, NaN passing through as torch's clamp lets it
             clipped = tl.where(difference > 1, 1.0, tl.where(difference < -1, -1.0, difference))
             total += clipped * g[:, None]
+        elif TERM == 2:
+            magnitude = tl.abs(difference)
+            exponent = power - 1
+            raised = tl.exp2(exponent * tl.log2(tl.where(magnitude > 0, magnitude, 1.0)))
+            # |e|^(p-1) as the eager path takes it: 0 at e = 0, else torch.pow's (x^0 = 1 for
+            # every x, inf and NaN included; NaN^q = NaN otherwise)
+            slope = tl.where(magnitude > 0, raised, magnitude)
+            slope = tl.where(magnitude == 0, 0.0, tl.where(exponent == 0, 1.0, slope))
+            value = g[:, None] * slope
+            total += tl.where(difference < 0, -value, value)
         else:
             value = tl.broadcast_to(g[:, None], (BLOCK_L, BLOCK_K))
-            if TERM == 2:
-                magnitude = tl.abs(difference)
-                raised = tl.exp2((power - 1) * tl.log2(tl.where(magnitude > 0, magnitude, 1.0)))
-                value = value * tl.where(magnitude > 0, raised, 0.0)
             # where, not a product with sign(): a zero difference gives 0 even against inf
             total += tl.where(difference > 0, value, tl.where(difference < 0, -value, 0.0))
     tl.store(result + at, -total, mask=both_ok)
