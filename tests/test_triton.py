@@ -8,6 +8,8 @@ import inspect
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_variants import GEOMETRIES, _case
 from variant_reference import naive_generalized_conv
 
@@ -18,10 +20,10 @@ from anyconv.variants import fused, last_path
 pytest.importorskip("triton", reason="triton is not installed (pip install anyconv[gpu]): no Triton kernels")
 
 #: the variant tests' geometries, plus the padding modes and sizes they leave out: several
-#: output-channel tiles (40 > 32), several field tiles, taps past one tap tile (36 > 16)
+#: output-channel tiles (40 > 32) and field tiles (44 > 32), taps past one tap tile (36 > 32)
 TRITON_GEOMETRIES = [
     *GEOMETRIES,
-    dict(id="1d-many-outputs-circular", size=(9,), channels=2, outputs=40, kernel=3, padding=2,
+    dict(id="1d-many-outputs-circular", size=(20,), channels=2, outputs=40, kernel=3, padding=2,
          padding_mode="circular"),
     dict(id="2d-replicate-wide-taps", size=(6, 5), channels=4, outputs=3, kernel=3, padding=1,
          padding_mode="replicate"),
@@ -142,6 +144,67 @@ def test_nan_propagates_like_the_naive_formula(name, options, monkeypatch):
         _assert_all_close(mine[1:], eager[1:], labels=("input", "weight", "bias"), equal_nan=True)
 
 
+#: the per-chunk kernels of fused.py by name, each a (forward, backward) pair
+KERNELS = {
+    "l1": (fused.l1_distances, fused.l1_backward),
+    "l1-adder": (fused.l1_distances, lambda f, w, g: fused.l1_backward(f, w, g, adder=True)),
+    "lp-0.7": (
+        lambda f, w: fused.power_sums(f, w, 0.7),
+        lambda f, w, g: fused.power_sums_backward(f, w, g, 0.7),
+    ),
+    "max_plus": (
+        lambda f, w: fused.tropical(f, w, minimum=False),
+        lambda f, w, g: fused.tropical_backward(f, w, g, minimum=False),
+    ),
+    "min_plus": (
+        lambda f, w: fused.tropical(f, w, minimum=True),
+        lambda f, w, g: fused.tropical_backward(f, w, g, minimum=True),
+    ),
+}
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    kernel=st.sampled_from(sorted(KERNELS)),
+    groups=st.integers(1, 2),
+    rows=st.integers(1, 140),
+    outputs=st.integers(1, 40),
+    taps=st.integers(1, 40),
+    seed=st.integers(0, 2**16),
+)
+def test_the_chunk_kernels_equal_the_eager_path_at_any_shape(kernel, groups, rows, outputs, taps, seed):
+    """Tile edges anywhere: the tiles' widths follow the filters (forward) or taps (backward), up to 32."""
+    generator = torch.Generator().manual_seed(seed)
+    f = torch.randn(groups, rows, taps, generator=generator, dtype=torch.float64)
+    w = torch.randn(groups, outputs, taps, generator=generator, dtype=torch.float64)
+    g = torch.randn(groups, rows, outputs, generator=generator, dtype=torch.float64)
+    forward, backward = KERNELS[kernel]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ANYCONV_BACKEND", "triton")
+        mine = (forward(f, w), *backward(f, w, g))
+        assert last_path() == "triton"
+        patch.setenv("ANYCONV_BACKEND", "auto")
+        patch.setenv("ANYCONV_NATIVE", "0")
+        eager = (forward(f, w), *backward(f, w, g))
+        assert last_path() == "eager"
+    for got, want in zip(mine, eager):
+        if want is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("rows, outputs", [(0, 3), (4, 0)], ids=["no-fields", "no-filters"])
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_empty_chunks_are_not_launched(kernel, rows, outputs):
+    f, w, g = torch.randn(2, rows, 5), torch.randn(2, outputs, 5), torch.randn(2, rows, outputs)
+    forward, backward = KERNELS[kernel]
+    output, grad_fields, grad_filters = forward(f, w), *backward(f, w, g)
+    assert output.shape == (2, rows, outputs) and grad_fields.shape == f.shape
+    assert torch.equal(grad_fields, torch.zeros_like(f))
+    assert grad_filters is None or torch.equal(grad_filters, torch.zeros_like(w))
+
+
 def test_gradcheck_of_lp_through_the_kernels():
     generator = torch.Generator().manual_seed(5)
     x = torch.randn(1, 1, 3, 2, dtype=torch.float64, generator=generator, requires_grad=True)
@@ -178,6 +241,7 @@ def _signature(kernel, dtype: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION is unset")
 @pytest.mark.parametrize("dtype", ["fp64", "fp32", "bf16", "fp16"])
 def test_every_kernel_compiles_for_a_cuda_gpu(dtype, tmp_path, monkeypatch):
     """The interpreter is lenient about types; Triton's compiler, down to PTX for sm_80, is not."""
@@ -191,8 +255,35 @@ def test_every_kernel_compiles_for_a_cuda_gpu(dtype, tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     upcast = dtype != "fp64"
     builds = [(triton_kernels._forward_kernel, dict(FORMULA=f, BLOCK_M=32, BLOCK_O=32)) for f in range(4)]
-    builds += [(triton_kernels._pair_gradient_kernel, dict(TERM=t, BLOCK_L=32, BLOCK_K=16)) for t in range(3)]
+    builds += [(triton_kernels._pair_gradient_kernel, dict(TERM=t, BLOCK_L=64, BLOCK_K=16)) for t in range(3)]
     for kernel, constants in builds:
         source = ASTSource(triton.jit(kernel), _signature(kernel, dtype), {**constants, "UPCAST": upcast})
         compiled = triton.compile(source, target=GPUTarget("cuda", 80, 32))
         assert ".entry" in compiled.asm["ptx"]
+
+
+def test_integer_tensors_keep_the_exact_path():
+    fields, filters = torch.randint(-5, 5, (1, 4, 3)), torch.randint(-5, 5, (1, 2, 3))
+    assert torch.equal(
+        fused.l1_distances(fields, filters), -(fields[:, :, None] - filters[:, None]).abs().sum(-1)
+    )
+    assert last_path() != "triton"
+
+
+@pytest.mark.parametrize("p", [3.0, 0.7])
+def test_a_nan_field_gives_the_lp_gradients_of_autograd(p):
+    """Through a NaN difference the power's slope is NaN: the NaN reaches the gradients that meet it.
+
+    (Not p = 1, where torch's own autograd takes sign(NaN) = 0 and NaN^0 = 1.)
+    """
+    generator = torch.Generator().manual_seed(7)
+    f = torch.randn(1, 3, 4, dtype=torch.float64, generator=generator)
+    w = torch.randn(1, 2, 4, dtype=torch.float64, generator=generator)
+    scale = torch.randn(1, 3, 2, dtype=torch.float64, generator=generator)
+    f[0, 1, 2] = float("nan")
+    wide_f, wide_w = f.clone().requires_grad_(), w.clone().requires_grad_()
+    sums = (wide_f[:, :, None] - wide_w[:, None]).abs().pow(p).sum(-1)
+    expected = torch.autograd.grad(-(scale * sums).sum() / p, (wide_f, wide_w))
+    got = fused.power_sums_backward(f, w, scale, p)
+    for mine, theirs in zip(got, expected):
+        torch.testing.assert_close(mine, theirs, equal_nan=True)

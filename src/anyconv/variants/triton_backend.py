@@ -44,15 +44,18 @@ def backend() -> str:
 
 
 def triton_chosen(tensor: torch.Tensor) -> bool:
-    """Whether the Triton kernels run on ``tensor``: CUDA with triton installed, or CPU too on demand.
+    """Whether the Triton kernels run on ``tensor``: floating CUDA with triton, or CPU too on demand.
 
     >>> import torch
     >>> triton_chosen(torch.ones(1)) == (backend() == "triton")
     True
     """
+    if backend() == "triton" and not triton_available():
+        raise invalid("ANYCONV_BACKEND", "triton", "auto, since triton is not installed (anyconv[gpu])")
+    # the kernels sum in floating point: integer tensors keep the exact eager path
+    if not tensor.is_floating_point():
+        return False
     if backend() == "triton":
-        if not triton_available():
-            raise invalid("ANYCONV_BACKEND", "triton", "auto, since triton is not installed (anyconv[gpu])")
         # the interpreter reads CPU memory; other devices keep the eager path
         return tensor.device.type in ("cpu", "cuda")
     return tensor.device.type == "cuda" and triton_available()

@@ -1,7 +1,8 @@
 """Triton kernels of l1, lp, max_plus and min_plus over per-group fields (G, M, K) and filters (G, O, K).
 
 The CUDA twins of :mod:`.fused` (same names, same arguments, same numbers); on CPU tensors they
-run through Triton's interpreter. No (M, O, K) tensor is ever made: taps are streamed one at a time.
+run through Triton's interpreter. No (M, O, K) tensor is ever made: the forward streams the taps,
+the backward the filters (field gradient) or the fields (filter gradient), one at a time.
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ except ImportError:  # importable without triton; triton_backend only calls in w
 _L1, _POWER, _MAX_PLUS, _MIN_PLUS = 0, 1, 2, 3
 #: the odd functions t(p - w) whose sums the pair-gradient kernel forms
 _SIGN, _CLIPPED, _SIGNED_POWER = 0, 1, 2
-_BLOCK_M, _BLOCK_O, _BLOCK_K = 32, 32, 16
+#: a tile's elements, and the widest tile along filters (forward) or taps (backward)
+_TILE, _WIDEST = 1024, 32
+
+
+def _tile(columns: int) -> tuple[int, int]:
+    """(rows, columns) of a tile over ``columns``: narrow when they are few, as in depthwise layers
+    (one filter per group), so that the tile's lanes are not spent on masked-off columns."""
+    width = min(_WIDEST, triton.next_power_of_2(max(columns, 1)))
+    return _TILE // width, width
 
 
 def _forward_kernel(
@@ -125,12 +134,18 @@ def _pair_gradient_kernel(
             # HardTanh, NaN passing through as torch's clamp lets it
             clipped = tl.where(difference > 1, 1.0, tl.where(difference < -1, -1.0, difference))
             total += clipped * g[:, None]
+        elif TERM == 2:
+            magnitude = tl.abs(difference)
+            exponent = power - 1
+            raised = tl.exp2(exponent * tl.log2(tl.where(magnitude > 0, magnitude, 1.0)))
+            # |e|^(p-1) as the eager path takes it: 0 at e = 0, else torch.pow's (x^0 = 1 for
+            # every x, inf and NaN included; NaN^q = NaN otherwise)
+            slope = tl.where(magnitude > 0, raised, magnitude)
+            slope = tl.where(magnitude == 0, 0.0, tl.where(exponent == 0, 1.0, slope))
+            value = g[:, None] * slope
+            total += tl.where(difference < 0, -value, value)
         else:
             value = tl.broadcast_to(g[:, None], (BLOCK_L, BLOCK_K))
-            if TERM == 2:
-                magnitude = tl.abs(difference)
-                raised = tl.exp2((power - 1) * tl.log2(tl.where(magnitude > 0, magnitude, 1.0)))
-                value = value * tl.where(magnitude > 0, raised, 0.0)
             # where, not a product with sign(): a zero difference gives 0 even against inf
             total += tl.where(difference > 0, value, tl.where(difference < 0, -value, 0.0))
     tl.store(result + at, -total, mask=both_ok)
@@ -178,19 +193,28 @@ def _settings_on(dtype: torch.dtype, device: torch.device, start: float, power: 
     return torch.tensor([start, power], dtype=dtype, device=device)
 
 
-def _forward(
+def _forward(fields: torch.Tensor, filters: torch.Tensor, formula: int, power: float = 1.0) -> torch.Tensor:
+    """The outputs (G, M, O) of one formula; for max_plus and min_plus see :func:`_winners`."""
+    return _winners(fields, filters, formula, power)[0]
+
+
+def _winners(
     fields: torch.Tensor, filters: torch.Tensor, formula: int, power: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The outputs and the winning taps (G, M, O) of max_plus or min_plus (left unset otherwise)."""
     fields, filters = fields.contiguous(), filters.contiguous()
     groups, rows, taps = fields.shape
     outputs = filters.shape[1]
     output = fields.new_empty((groups, rows, outputs))
-    start = {_MAX_PLUS: float("-inf"), _MIN_PLUS: float("inf")}.get(formula, 0.0)
     tropical_formula = formula in (_MAX_PLUS, _MIN_PLUS)
-    taps_won = (
-        torch.empty(output.shape, dtype=torch.int64, device=fields.device) if tropical_formula else None
+    taps_won = torch.empty(
+        output.shape if tropical_formula else (0,), dtype=torch.int64, device=fields.device
     )
-    grid = (triton.cdiv(rows, _BLOCK_M), triton.cdiv(outputs, _BLOCK_O), groups)
+    start = {_MAX_PLUS: float("-inf"), _MIN_PLUS: float("inf")}.get(formula, 0.0)
+    block_m, block_o = _tile(outputs)
+    grid = (triton.cdiv(rows, block_m), triton.cdiv(outputs, block_o), groups)
+    if output.numel() == 0:  # a grid of no programs is not a valid launch
+        return output, taps_won
     _launch(
         "forward",
         fields.device,
@@ -198,15 +222,15 @@ def _forward(
         fields,
         filters,
         output,
-        output if taps_won is None else taps_won,
+        taps_won,
         rows,
         outputs,
         taps,
         _settings(fields, start, power),
         FORMULA=formula,
         UPCAST=_upcast(fields),
-        BLOCK_M=_BLOCK_M,
-        BLOCK_O=_BLOCK_O,
+        BLOCK_M=block_m,
+        BLOCK_O=block_o,
     )
     return output, taps_won
 
@@ -227,10 +251,14 @@ def _pair_gradients(
     if filter_grads:
         launches.append((filters, fields, outputs, rows, 1, outputs))
     settings = _settings(fields, 0.0, power)
+    block_l, block_k = _tile(taps)
     results = []
     for left, right, lefts, rights, left_stride, right_stride in launches:
         result = torch.empty_like(left)
-        grid = (triton.cdiv(lefts, _BLOCK_M), triton.cdiv(taps, _BLOCK_K), groups)
+        results.append(result)
+        if result.numel() == 0:
+            continue
+        grid = (triton.cdiv(lefts, block_l), triton.cdiv(taps, block_k), groups)
         _launch(
             "pair_gradient",
             fields.device,
@@ -247,10 +275,9 @@ def _pair_gradients(
             settings,
             TERM=term,
             UPCAST=_upcast(fields),
-            BLOCK_L=_BLOCK_M,
-            BLOCK_K=_BLOCK_K,
+            BLOCK_L=block_l,
+            BLOCK_K=block_k,
         )
-        results.append(result)
     return results[0], results[1] if filter_grads else None
 
 
@@ -261,7 +288,7 @@ def l1_distances(fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     >>> l1_distances(torch.tensor([[[1.0, 2.0]]]), torch.tensor([[[0.0, 0.0], [1.0, 4.0]]]))
     tensor([[[-3., -2.]]])
     """
-    return _forward(fields, filters, _L1)[0]
+    return _forward(fields, filters, _L1)
 
 
 def l1_backward(
@@ -287,7 +314,7 @@ def tropical(fields: torch.Tensor, filters: torch.Tensor, *, minimum: bool) -> t
     >>> tropical(p, w, minimum=False), tropical(p, w, minimum=True)
     (tensor([[[5.]]]), tensor([[[-2.]]]))
     """
-    return _forward(fields, filters, _MIN_PLUS if minimum else _MAX_PLUS)[0]
+    return _forward(fields, filters, _MIN_PLUS if minimum else _MAX_PLUS)
 
 
 def tropical_backward(
@@ -303,7 +330,7 @@ def tropical_backward(
     (tensor([[[0., 1.]]]), tensor([[[0., 1.]]]))
     """
     groups, _, taps = fields.shape
-    taps_won = _forward(fields, filters, _MIN_PLUS if minimum else _MAX_PLUS)[1]
+    taps_won = _winners(fields, filters, _MIN_PLUS if minimum else _MAX_PLUS)[1]
     grad_fields = torch.zeros_like(fields).scatter_add_(-1, taps_won, grad.to(fields.dtype))
     offsets = torch.arange(filters.shape[1], device=fields.device) * taps
     grad_filters = torch.zeros_like(filters)
@@ -321,7 +348,7 @@ def power_sums(fields: torch.Tensor, filters: torch.Tensor, p: float) -> torch.T
     >>> power_sums(torch.tensor([[[1.0, 2.0]]]), torch.tensor([[[0.0, 0.0]]]), 3.0)
     tensor([[[9.]]])
     """
-    return _forward(fields, filters, _POWER, p)[0]
+    return _forward(fields, filters, _POWER, p)
 
 
 def power_sums_backward(
