@@ -162,7 +162,16 @@ def draw_receptive_fields(
     return Drawing(os.fspath(path), chosen, tuple(slices), cell_px, tuple(origins), (height, width))
 
 
-def _draw_panel(axes, geometry, output, leading, rows, columns, cell_px, rectangle_class) -> None:
+def _draw_panel(
+    axes: Any,
+    geometry: Geometry,
+    output: tuple[int, ...],
+    leading: tuple[int, ...],
+    rows: int,
+    columns: int,
+    cell_px: int,
+    rectangle_class: Any,
+) -> None:
     from matplotlib.colors import to_rgb
 
     padding, inside, tapped = to_rgb(PADDING_COLOUR), to_rgb(INPUT_COLOUR), to_rgb(TAP_COLOUR)

@@ -41,7 +41,9 @@ class Outcome:
 
     @property
     def passed(self) -> bool:
-        return self.error is None and max(self.forward, self.gradient) <= TOLERANCE
+        if self.error is not None or self.forward is None or self.gradient is None:
+            return False
+        return max(self.forward, self.gradient) <= TOLERANCE
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from ..errors import invalid
 from ..functional.pad import pad
-from ..geometry import make_geometry
+from ..geometry import Geometry, make_geometry
 from ..variants import Variant, resolve_variant
 from ..variants.checks import check_call
 from .arguments import check_conv_tensors
@@ -64,7 +64,14 @@ def generalized_conv(
     return output.squeeze(0) if was_unbatched else output
 
 
-def _plan(batched, weight, variant, geometry, groups, budget) -> Plan:
+def _plan(
+    batched: torch.Tensor,
+    weight: torch.Tensor,
+    variant: Variant,
+    geometry: Geometry,
+    groups: int,
+    budget: int,
+) -> Plan:
     """Chunks sized for copied fields (and for the views, when the backward takes them), and
     the variant's options split into tensors and numbers."""
     fields_per_group = weight[0].numel()

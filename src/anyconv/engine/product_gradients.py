@@ -53,6 +53,7 @@ def pair_terms(
         wanted["kept"] = kept
     if variant.backward_uses_field_norms:
         wanted["field_norms"] = field_norms()
+    assert variant.product_backward is not None, "only a variant with product_backward gets here"
     return variant.product_backward(grad, filters, **wanted, **options)
 
 
@@ -136,7 +137,7 @@ def tap_gradients(
             else None
         )
         add_tap_products(phases, grid, taps, layout, grad_taps, grad_phases)
-        if needs_input:
+        if grad_phases is not None and grad_input is not None:  # both made when needs_input
             grad_image = merge_phases(grad_phases, layout)
             if field_radial is not None:
                 radial = field_radial.reshape(groups, samples, *chunk.geometry.output_size).transpose(0, 1)
@@ -150,7 +151,7 @@ def tap_gradients(
                 filter_radial if filter_radial_total is None else filter_radial_total + filter_radial
             )
     grad_weight = None
-    if needs_weight:
+    if grad_taps is not None:  # made when needs_weight
         grad_weight = grad_taps.permute(1, 2, 3, 0).reshape(weight.shape)
         if filter_radial_total is not None:
             per_filter = filter_radial_total.reshape(out_channels, *(1,) * (weight.dim() - 1))

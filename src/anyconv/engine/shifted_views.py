@@ -100,8 +100,11 @@ def split_phases(image: torch.Tensor, layout: TapLayout) -> torch.Tensor:
         return image.reshape(1, samples, channels, layout.places)
     phases = image.new_zeros((layout.phases, samples, channels, *layout.phase_size))
     for index, phase in enumerate(itertools.product(*(range(step) for step in stride))):
-        source = image[(slice(None), slice(None), *_phase_slices(phase, stride))]
-        phases[(index, slice(None), slice(None), *(slice(0, size) for size in source.shape[2:]))] = source
+        in_phase: tuple[slice, ...] = (slice(None), slice(None), *_phase_slices(phase, stride))
+        source = image[in_phase]
+        in_grid: tuple[int | slice, ...] = (index, slice(None), slice(None))
+        in_grid += tuple(slice(0, size) for size in source.shape[2:])
+        phases[in_grid] = source
     return phases.view(layout.phases, samples, channels, layout.places)
 
 
@@ -114,8 +117,11 @@ def merge_phases(phases: torch.Tensor, layout: TapLayout) -> torch.Tensor:
     image = phases.new_empty((samples, channels, *geometry.input_size))
     grids = phases.view(layout.phases, samples, channels, *layout.phase_size)
     for index, phase in enumerate(itertools.product(*(range(step) for step in geometry.stride))):
-        target = image[(slice(None), slice(None), *_phase_slices(phase, geometry.stride))]
-        target.copy_(grids[(index, slice(None), slice(None), *(slice(0, size) for size in target.shape[2:]))])
+        in_phase: tuple[slice, ...] = (slice(None), slice(None), *_phase_slices(phase, geometry.stride))
+        target = image[in_phase]
+        in_grid: tuple[int | slice, ...] = (index, slice(None), slice(None))
+        in_grid += tuple(slice(0, size) for size in target.shape[2:])
+        target.copy_(grids[in_grid])
     return image
 
 
@@ -216,6 +222,7 @@ def add_tap_products(
         channels = slice(group * in_group, (group + 1) * in_group)
         for tap, (phase, shift) in enumerate(layout.taps):
             if grad_taps is not None:
+                assert phases is not None, "the weight gradient reads the phase-split input"
                 columns = phases[phase, :, channels, shift : shift + width]
                 grad_taps[tap, group].addbmm_(scale, columns.transpose(1, 2))
             if grad_phases is not None:

@@ -8,6 +8,8 @@ size and any dtype that adds). Each is the other's backward, through two autogra
 from __future__ import annotations
 
 import itertools
+from types import EllipsisType
+from typing import Any
 
 import torch
 
@@ -23,7 +25,8 @@ def field_view(padded: torch.Tensor, geometry: Geometry) -> torch.Tensor:
         view = view.unfold(first_spatial + axis, span, step)
     if any(spacing > 1 for spacing in geometry.dilation):
         taps = tuple(slice(None, None, spacing) for spacing in geometry.dilation)
-        view = view[(..., *taps)]
+        index: tuple[EllipsisType | slice, ...] = (..., *taps)
+        view = view[index]
     return view
 
 
@@ -63,7 +66,9 @@ def add_blocks(image: torch.Tensor, blocks: torch.Tensor, geometry: Geometry) ->
     """Add fields shaped (*lead, *kernel, *out), any strides, into an image (*lead, *padded) in place."""
     positions = (slice(None),) * geometry.ndim
     for tap in itertools.product(*(range(kernel) for kernel in geometry.kernel_size)):
-        image[(..., *tap_slices(geometry, tap))] += blocks[(..., *tap, *positions)]
+        target: tuple[EllipsisType | slice, ...] = (..., *tap_slices(geometry, tap))
+        source: tuple[EllipsisType | int | slice, ...] = (..., *tap, *positions)
+        image[target] += blocks[source]
 
 
 class Im2Col(torch.autograd.Function):
@@ -76,11 +81,11 @@ class Im2Col(torch.autograd.Function):
         return im2col(padded, geometry)
 
     @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         ctx.geometry = inputs[1]
 
     @staticmethod
-    def backward(ctx, grad_columns: torch.Tensor):
+    def backward(ctx: Any, grad_columns: torch.Tensor) -> tuple[torch.Tensor, None]:
         return Col2Im.apply(grad_columns, ctx.geometry), None
 
 
@@ -94,9 +99,9 @@ class Col2Im(torch.autograd.Function):
         return col2im(columns, geometry)
 
     @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         ctx.geometry = inputs[1]
 
     @staticmethod
-    def backward(ctx, grad_image: torch.Tensor):
+    def backward(ctx: Any, grad_image: torch.Tensor) -> tuple[torch.Tensor, None]:
         return Im2Col.apply(grad_image, ctx.geometry), None

@@ -8,7 +8,7 @@ bias, layout, the backward pass) is the engine's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -107,7 +107,7 @@ class Variant:
 
     #: a variant may define ``contract_backward(fields, filters, grad, **options) ->
     #: (grad_fields, grad_filters)``; when it is None the engine differentiates ``contract``.
-    contract_backward = None
+    contract_backward: Callable[..., tuple[torch.Tensor, torch.Tensor | None]] | None = None
 
     #: A variant whose output is a function y = f(s, |p|, |w|) of the dot product s = p . w and
     #: the norms of field and filter only (dot, l2, rbf, polynomial, cosine, sharpened_cosine)
@@ -123,7 +123,9 @@ class Variant:
     #: shifted views of the input, one per kernel tap, and folds nothing back (see
     #: ``anyconv.engine.product_gradients``). What the method reads besides ``grad`` (G, M, Og)
     #: and ``filters`` (G, Og, Kg) it asks for with the flags below, as keyword arguments.
-    product_backward = None
+    product_backward: (
+        Callable[..., tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] | None
+    ) = None
 
     #: True when ``contract_backward`` or ``product_backward`` wants the chunk's forward output
     #: (before bias): ``contract_backward(fields, filters, grad, output, **options)``,
@@ -143,7 +145,7 @@ class Variant:
     #: filters, **options) -> (output, kept)`` in place of ``contract`` and the engine keeps
     #: ``kept``, one output-sized tensor, for the backward (only when autograd records the call)
     backward_uses_kept: ClassVar[bool] = False
-    contract_and_keep = None
+    contract_and_keep: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
     #: True when ``product_backward`` wants ``field_norms=`` |p| (G, M, 1)
     backward_uses_field_norms: ClassVar[bool] = False
 

@@ -43,7 +43,7 @@ class L1(Variant):
 
     def contract_backward(
         self, fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor, adder_grad: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         grad_fields, grad_filters = l1_backward(fields, filters, grad, adder=adder_grad)
         if adder_grad:
             # AdderNet's filter gradient sum_m g (p - w) is a matrix product

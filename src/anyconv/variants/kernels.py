@@ -112,7 +112,11 @@ class Polynomial(Variant):
         From y, in float32, a pair whose y underflows (|s + c| < 1e-13 for degree 3) loses its
         share of the gradient, which is then below 1e-25.
         """
-        slope = output.abs().pow((degree - 1) / degree) if kept is None else kept.pow(degree - 1)
+        if kept is not None:
+            slope = kept.pow(degree - 1)
+        else:
+            assert output is not None, "without a kept s + c the engine passes the output"
+            slope = output.abs().pow((degree - 1) / degree)
         return slope.mul_(grad).mul_(degree), None, None
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
