@@ -29,7 +29,9 @@ def run_guarded(code: str, timeout: float = 60, limit: int = ADDRESS_SPACE, args
 
     A child that runs past ``timeout`` seconds is killed and reported with return code -9.
     """
-    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SOURCE), os.environ.get("PYTHONPATH")])))
+    environment = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SOURCE), os.environ.get("PYTHONPATH")]))
+    )
     program = PREAMBLE.format(limit=limit) + textwrap.dedent(code)
     try:
         return subprocess.run(
@@ -40,7 +42,9 @@ def run_guarded(code: str, timeout: float = 60, limit: int = ADDRESS_SPACE, args
             env=environment,
         )
     except subprocess.TimeoutExpired as expired:
-        return subprocess.CompletedProcess(expired.cmd, -9, expired.stdout or "", f"timed out after {timeout} s")
+        return subprocess.CompletedProcess(
+            expired.cmd, -9, expired.stdout or "", f"timed out after {timeout} s"
+        )
 
 
 def last_json(completed: subprocess.CompletedProcess):

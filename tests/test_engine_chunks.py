@@ -8,13 +8,13 @@ import math
 
 import pytest
 import torch
+from conftest import take_views_everywhere
 
 import anyconv
 from anyconv.engine import chunks as chunks_module
 from anyconv.engine import fields as fields_module
 from anyconv.engine.chunks import plan_chunks
 from anyconv.geometry import make_geometry
-from conftest import take_views_everywhere
 
 DOUBLE = torch.float64
 
@@ -26,8 +26,24 @@ PLANS = [
     # (B, C, 1, T): one output row, split along time
     dict(id="audio", size=(1, 4000), kernel=(1, 9), stride=1, batch=2, bytes_per_field=144, budget=2**14),
     dict(id="long-1d", size=(100_000,), kernel=9, stride=2, batch=1, bytes_per_field=144, budget=2**14),
-    dict(id="3d-one-plane", size=(1, 40, 40), kernel=(1, 3, 3), stride=1, batch=2, bytes_per_field=64, budget=4000),
-    dict(id="3d-planes-split", size=(3, 9, 50), kernel=(2, 3, 3), stride=1, batch=2, bytes_per_field=64, budget=900),
+    dict(
+        id="3d-one-plane",
+        size=(1, 40, 40),
+        kernel=(1, 3, 3),
+        stride=1,
+        batch=2,
+        bytes_per_field=64,
+        budget=4000,
+    ),
+    dict(
+        id="3d-planes-split",
+        size=(3, 9, 50),
+        kernel=(2, 3, 3),
+        stride=1,
+        batch=2,
+        bytes_per_field=64,
+        budget=900,
+    ),
     dict(id="one-position-each", size=(2, 3, 4), kernel=1, stride=1, batch=2, bytes_per_field=64, budget=1),
 ]
 
@@ -72,8 +88,12 @@ GEOMETRIES = [
     dict(id="3d-dilated", input=(2, 2, 7, 6, 5), weight=(3, 2, 2, 2, 2), padding=1, dilation=2),
     dict(id="1d", input=(4, 3, 20), weight=(2, 3, 5), stride=3, padding=4),
     dict(id="audio", input=(2, 4, 1, 40), weight=(5, 4, 1, 5), padding=(0, 2)),
-    dict(id="3d-one-plane", input=(2, 4, 1, 9, 8), weight=(3, 4, 1, 3, 3), padding=(0, 1, 1), stride=(1, 2, 1)),
-    dict(id="2d-strided-dilated", input=(1, 4, 9, 17), weight=(3, 2, 2, 3), stride=(1, 3), dilation=2, groups=2),
+    dict(
+        id="3d-one-plane", input=(2, 4, 1, 9, 8), weight=(3, 4, 1, 3, 3), padding=(0, 1, 1), stride=(1, 2, 1)
+    ),
+    dict(
+        id="2d-strided-dilated", input=(1, 4, 9, 17), weight=(4, 2, 2, 3), stride=(1, 3), dilation=2, groups=2
+    ),
 ]
 
 

@@ -7,7 +7,6 @@ so that a regression fails the test instead of taking the machine's memory.
 from __future__ import annotations
 
 import pytest
-
 from guarded import last_json, run_guarded
 
 P = 10**12  # padding whose sizes no int64 holds: torch refuses it in milliseconds
@@ -19,7 +18,11 @@ CALLS = [
     ("generalized-padding", "anyconv.generalized_conv(x, w, 'l1', padding=P)", "padding"),
     ("generalized-reflect-padding", "anyconv.generalized_conv(x, w, 'l2', padding=(1, P))", "padding"),
     ("nn-conv-padding", "anyconv.nn.Conv2d(2, 3, 3, padding=P)(x)", "padding"),
-    ("nn-generalized-padding", "anyconv.nn.GeneralizedConv2d(2, 3, 3, padding=P, variant='l1')(x)", "padding"),
+    (
+        "nn-generalized-padding",
+        "anyconv.nn.GeneralizedConv2d(2, 3, 3, padding=P, variant='l1')(x)",
+        "padding",
+    ),
     ("unfold-padding", "anyconv.unfold(x, 3, padding=P)", "padding"),
     ("nn-unfold-padding", "anyconv.nn.Unfold(3, padding=P)(x)", "padding"),
     ("patches-padding", "anyconv.patches(x, 3, padding=P)", "padding"),
