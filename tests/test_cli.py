@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
+from guarded import run_guarded
 
 import anyconv
 from anyconv.cli.main import main
-from guarded import run_guarded
 
 EXPLAIN = ["explain", "--input-size", "7", "9", "--kernel-size", "3", "--stride", "2", "--padding", "1"]
 
@@ -341,7 +341,16 @@ def test_explain_png_of_a_huge_input_draws_a_bounded_window(tmp_path):
     matplotlib_image = pytest.importorskip("matplotlib.image")
     path = tmp_path / "fields.png"
     result = _guarded_cli(
-        "explain", "--input-size", "100000", "100000", "--kernel-size", "3", "--padding", "1", "--png", str(path)
+        "explain",
+        "--input-size",
+        "100000",
+        "100000",
+        "--kernel-size",
+        "3",
+        "--padding",
+        "1",
+        "--png",
+        str(path),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     height, width = matplotlib_image.imread(path).shape[:2]
@@ -359,14 +368,19 @@ def test_explain_refuses_an_unwritable_png_path_in_one_line(where, tmp_path):
 
 
 def test_check_refuses_tensors_larger_than_memory_in_one_line():
-    result = _guarded_cli("check", "--input-size", "100000", "100000", "--kernel-size", "3", "--channels", "64")
+    result = _guarded_cli(
+        "check", "--input-size", "100000", "100000", "--kernel-size", "3", "--channels", "64"
+    )
     line = _one_line_refusal(result, "check")
     assert "more than" in line
 
 
 @pytest.mark.parametrize(
     "failure",
-    [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes")],
+    [
+        MemoryError(),
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"),
+    ],
     ids=["MemoryError", "torch-allocator"],
 )
 def test_check_reports_an_allocation_failure_in_one_line_not_as_a_mismatch(failure, capsys, monkeypatch):
