@@ -97,16 +97,12 @@ GEOMETRIES = [
 ]
 
 
-@pytest.fixture
-def no_floor(monkeypatch):
-    """Budgets taken as given, however small: the tests' inputs are smaller than the floor."""
-    monkeypatch.setattr(chunks_module, "MINIMUM_MEMORY_BUDGET", 1)
-
-
 @pytest.mark.parametrize("views", [False, True], ids=["fields", "views"])
 @pytest.mark.parametrize("budget", BUDGETS)
 @pytest.mark.parametrize("case", GEOMETRIES, ids=[case["id"] for case in GEOMETRIES])
-def test_any_memory_budget_gives_the_same_forward_and_gradients(case, budget, views, no_floor, monkeypatch):
+def test_any_memory_budget_gives_the_same_forward_and_gradients(
+    case, budget, views, no_budget_floor, monkeypatch
+):
     if views:
         take_views_everywhere(monkeypatch)
     generator = torch.Generator().manual_seed(0)

@@ -102,20 +102,28 @@ def device_memory(device: torch.device) -> int | None:
 
     No tensor larger than this can be allocated there, whatever is free at the time.
     """
-    return _device_memory(device.type, device.index)
+    if device.type == "cpu":
+        return CPU_MEMORY
+    if device.type == "cuda" and not torch.compiler.is_compiling() and torch.cuda.is_available():
+        return _cuda_memory(device.index or 0)
+    # meta tensors allocate nothing; other devices do not say
+    return None
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        return None
+
+
+#: read once at import: torch.compile cannot trace the system call
+CPU_MEMORY = _physical_memory()
 
 
 @lru_cache(maxsize=16)
-def _device_memory(kind: str, index: int | None) -> int | None:
-    if kind == "cpu":
-        try:
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (AttributeError, ValueError, OSError):  # not a POSIX system
-            return None
-    if kind == "cuda" and torch.cuda.is_available():
-        return torch.cuda.get_device_properties(index or 0).total_memory
-    # meta tensors allocate nothing; other devices do not say
-    return None
+def _cuda_memory(index: int) -> int:
+    return torch.cuda.get_device_properties(index).total_memory
 
 
 def check_padded_fits(input: torch.Tensor, geometry: Geometry, padding: Any) -> None:
