@@ -20,6 +20,12 @@ def take_views_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
+def no_budget_floor(monkeypatch):
+    """Memory budgets taken as given, however small, so that the tests' small inputs are chunked."""
+    monkeypatch.setattr(importlib.import_module("anyconv.engine.chunks"), "MINIMUM_MEMORY_BUDGET", 1)
+
+
+@pytest.fixture
 def views_everywhere(monkeypatch):
     """The engine's backward on shifted views for every geometry (see take_views_everywhere)."""
     take_views_everywhere(monkeypatch)

@@ -3,9 +3,11 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from guarded import run_guarded
 
 import anyconv
 from anyconv.cli.main import main
@@ -296,3 +298,97 @@ def test_bench_refuses_in_one_line(benchmarks, argv, says, capsys):
 def test_demo_is_still_there(capsys):
     assert main(["demo"]) == 0
     assert "OK" in capsys.readouterr().out
+
+
+# Resources: the command never hangs, never draws without bound, and refuses in one line (exit 2)
+# what it cannot do. Calls that could hang or exhaust memory run in a guarded child process.
+
+CLI_CHILD = """
+import sys
+from anyconv.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _guarded_cli(*argv: str, timeout: float = 60):
+    return run_guarded(CLI_CHILD, timeout=timeout, args=argv)
+
+
+def _one_line_refusal(result, command: str) -> str:
+    assert result.returncode == 2, (result.returncode, result.stdout[-500:], result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"anyconv {command}: error: "), result.stderr
+    return lines[0]
+
+
+def test_explain_with_a_huge_padding_answers_at_once():
+    start = time.perf_counter()
+    result = _guarded_cli("explain", "--input-size", "8", "--kernel-size", "3", "--padding", str(10**12))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert time.perf_counter() - start < 30
+    assert "2,000,000,000,006" in result.stdout  # the number of fields
+    assert "fold(unfold(x))" in result.stdout and "not counted" in result.stdout
+
+
+def test_explain_refuses_sizes_no_tensor_can_have():
+    result = _guarded_cli("explain", "--input-size", "8", "8", "--kernel-size", "3", "--padding", str(10**12))
+    line = _one_line_refusal(result, "explain")
+    assert "padding=" in line and "more than" in line
+
+
+def test_explain_png_of_a_huge_input_draws_a_bounded_window(tmp_path):
+    matplotlib_image = pytest.importorskip("matplotlib.image")
+    path = tmp_path / "fields.png"
+    result = _guarded_cli(
+        "explain",
+        "--input-size",
+        "100000",
+        "100000",
+        "--kernel-size",
+        "3",
+        "--padding",
+        "1",
+        "--png",
+        str(path),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    height, width = matplotlib_image.imread(path).shape[:2]
+    assert height <= 2000 and width <= 2000
+    assert "part of the padded input" in result.stdout
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "a-folder"])
+def test_explain_refuses_an_unwritable_png_path_in_one_line(where, tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "missing" / "fields.png" if where == "missing-folder" else tmp_path
+    result = _guarded_cli(*EXPLAIN, "--png", str(path))
+    line = _one_line_refusal(result, "explain")
+    assert f"--png {path}" in line
+
+
+def test_check_refuses_tensors_larger_than_memory_in_one_line():
+    result = _guarded_cli(
+        "check", "--input-size", "100000", "100000", "--kernel-size", "3", "--channels", "64"
+    )
+    line = _one_line_refusal(result, "check")
+    assert "more than" in line
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        MemoryError(),
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"),
+    ],
+    ids=["MemoryError", "torch-allocator"],
+)
+def test_check_reports_an_allocation_failure_in_one_line_not_as_a_mismatch(failure, capsys, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(anyconv, "fold", out_of_memory)
+    assert main(["check", *CHECKS[1]["argv"]]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("anyconv check: error: ") and "memory" in lines[0]

@@ -58,7 +58,7 @@ def _naive_scaled_exponential(x, w, b, temperature, **conv_args):
     return (dot / temperature).exp() + b.reshape(-1, 1, 1)
 
 
-def test_a_user_variant_gets_its_own_output_before_bias_and_autograd_gradients():
+def test_a_user_variant_gets_its_own_output_before_bias_and_autograd_gradients(no_budget_floor):
     x, w, b = _tensors()
     args = dict(stride=(2, 1), padding=1, groups=2)
     ScaledExponential.seen.clear()
@@ -174,7 +174,7 @@ class SquaredDot(Variant):
 
 
 @pytest.mark.parametrize("views", [False, True], ids=["fields", "views"])
-def test_a_user_variant_keeps_a_value_of_its_forward_for_its_backward(views, monkeypatch):
+def test_a_user_variant_keeps_a_value_of_its_forward_for_its_backward(views, monkeypatch, no_budget_floor):
     if views:
         take_views_everywhere(monkeypatch)
     x, w, b = _tensors()

@@ -211,3 +211,25 @@ def test_refuses_a_float_channel_count():
 )
 def test_format_bytes(amount, text):
     assert format_bytes(amount) == text
+
+
+def test_a_dimension_too_long_to_count_leaves_the_coverage_uncounted():
+    summary = anyconv.explain((8,), 3, padding=10**12)
+    assert summary.num_fields == 2 * 10**12 + 6
+    assert summary.coverage is None
+    assert "not counted" in summary.table()
+
+
+@pytest.mark.parametrize(
+    "args, argument",
+    [
+        (dict(input_size=(8, 8), kernel_size=3, padding=10**12), "padding"),
+        (dict(input_size=(2**40, 2**40), kernel_size=2**39), "kernel_size"),
+    ],
+    ids=["padding", "kernel"],
+)
+def test_refuses_sizes_no_tensor_can_have(args, argument):
+    with pytest.raises(
+        anyconv.ArgumentError, match=rf"^{argument}=.* more than the 8.0 EiB torch can address"
+    ):
+        anyconv.explain(**args)

@@ -8,6 +8,7 @@ import pytest
 import anyconv
 from anyconv.plot import (
     INPUT_COLOUR,
+    MOST_CELLS,
     PADDING_COLOUR,
     TAP_COLOUR,
     draw_receptive_fields,
@@ -120,3 +121,60 @@ def test_without_matplotlib_the_error_says_how_to_install_it(tmp_path, monkeypat
     with pytest.raises(ImportError, match=r'pip install "anyconv\[plot\]"'):
         draw_receptive_fields(anyconv.explain((4, 4), 3), tmp_path / "fields.png")
     assert not (tmp_path / "fields.png").exists()
+
+
+COLOURS = (TAP_COLOUR, INPUT_COLOUR, PADDING_COLOUR)
+LARGE = [
+    dict(id="2d-window", args=dict(input_size=(500, 400), kernel_size=3, stride=2, padding=1, dilation=3)),
+    dict(id="1d-window", args=dict(input_size=(5000,), kernel_size=4, stride=7, padding=2)),
+    dict(id="huge-kernel", args=dict(input_size=(10**6, 10**6), kernel_size=10**5, stride=10**5)),
+]
+
+
+def colour_by_arithmetic(geometry, output, leading, row, column):
+    """expected_colour without listing the taps: a tap lands where the offset from the field's start
+    is a multiple of the dilation, below the kernel's reach, in every dimension."""
+    position = (*leading, row, column) if geometry.ndim >= 2 else (column,)
+    offsets = [p - o * s for p, o, s in zip(position, output, geometry.stride)]
+    if all(
+        0 <= offset < k * d and offset % d == 0
+        for offset, k, d in zip(offsets, geometry.kernel_size, geometry.dilation)
+    ):
+        return TAP_COLOUR
+    inside = all(
+        before <= p < before + size
+        for p, (before, _), size in zip(position, geometry.padding, geometry.input_size)
+    )
+    return INPUT_COLOUR if inside else PADDING_COLOUR
+
+
+@pytest.mark.parametrize("case", LARGE, ids=[case["id"] for case in LARGE])
+def test_a_large_input_is_drawn_as_a_window_around_each_field(case, tmp_path):
+    summary = anyconv.explain(**case["args"])
+    geometry = summary.geometry
+    path = tmp_path / "fields.png"
+    drawing = draw_receptive_fields(summary, path)
+    assert drawing.is_partial
+    assert max(drawing.shown) <= MOST_CELLS[min(geometry.ndim, 2)]
+    assert max(drawing.size_px) <= 2000
+    pixels = matplotlib_image.imread(path)
+    seen = set()
+    for panel, (output, leading) in enumerate(zip(drawing.outputs, drawing.slices)):
+        first_row, first_column = drawing.windows[panel]
+        rows, columns = drawing.shown
+        cells = itertools.product(
+            range(first_row, first_row + rows), range(first_column, first_column + columns)
+        )
+        for row, column in cells:
+            edge_row = geometry.ndim > 1 and row in (first_row, first_row + rows - 1)
+            if edge_row or column in (first_column, first_column + columns - 1):
+                # cells of a few pixels: the axes' frame covers the outer ones, and the lines of
+                # the input's edge and the field's span tint the others: each is nearest its colour
+                continue
+            y, x = drawing.cell_centre(panel, row, column)
+            colour = colour_by_arithmetic(geometry, output, leading, row, column)
+            seen.add(colour)
+            pixel = pixels[int(y), int(x), :3]
+            nearest = min(COLOURS, key=lambda name: sum((p - c) ** 2 for p, c in zip(pixel, to_rgb(name))))
+            assert nearest == colour, (panel, row, column, pixel)
+    assert TAP_COLOUR in seen

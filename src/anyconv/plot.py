@@ -29,6 +29,9 @@ MIN_WIDTH_PX = 640
 PANEL_PX = {1: 900, 2: 300}
 LARGEST_CELL_PX = 28
 GRID_LINES_FROM_PX = 6
+#: the most cells a panel shows along each axis: a larger padded input is shown as a window of
+#: this many cells around each field, so the picture and the time to draw it stay bounded
+MOST_CELLS = {1: 300, 2: 100}
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,10 @@ class Drawing:
     """Where :func:`draw_receptive_fields` put things: the file, the outputs drawn, the pixel grid.
 
     Panel ``p`` shows the receptive field of ``outputs[p]``; its grid is the padded input (the last
-    two dimensions; one row for 1-d), whose element ``(row, column)`` in padded coordinates is a
-    square of ``cell_px`` pixels with its top-left corner at ``origins[p] + cell_px * (row, column)``.
+    two dimensions; one row for 1-d), or the window of it that starts at padded element
+    ``windows[p]`` and is ``shown`` cells tall and wide (the whole grid when it has at most
+    ``MOST_CELLS`` cells a side). Padded element ``(row, column)`` is a square of ``cell_px``
+    pixels with its top-left corner at ``origins[p] + cell_px * ((row, column) - windows[p])``.
     """
 
     path: str
@@ -46,11 +51,23 @@ class Drawing:
     cell_px: int
     origins: tuple[tuple[int, int], ...]
     size_px: tuple[int, int]
+    windows: tuple[tuple[int, int], ...]
+    shown: tuple[int, int]
+    grid: tuple[int, int]
+
+    @property
+    def is_partial(self) -> bool:
+        """Whether the panels show only a window of the padded input (``grid`` is its size)."""
+        return self.shown != self.grid
 
     def cell_centre(self, panel: int, row: int, column: int) -> tuple[float, float]:
         """The (y, x) pixel of the centre of padded element (row, column) in ``panel``, from the top left."""
         top, left = self.origins[panel]
-        return (top + (row + 0.5) * self.cell_px, left + (column + 0.5) * self.cell_px)
+        first_row, first_column = self.windows[panel]
+        return (
+            top + (row - first_row + 0.5) * self.cell_px,
+            left + (column - first_column + 0.5) * self.cell_px,
+        )
 
 
 def default_outputs(output_size: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
@@ -112,8 +129,10 @@ def draw_receptive_fields(
     figure_class, canvas_class, rectangle_class = _matplotlib()
 
     ndim = geometry.ndim
-    rows = 1 if ndim == 1 else geometry.padded_size[-2]
-    columns = geometry.padded_size[-1]
+    grid = (1 if ndim == 1 else geometry.padded_size[-2], geometry.padded_size[-1])
+    most = MOST_CELLS[min(ndim, 2)]
+    rows, columns = (min(size, most) for size in grid)
+    windows = tuple(_window(geometry, output, (rows, columns)) for output in chosen)
     cell_px = max(1, min(LARGEST_CELL_PX, PANEL_PX[min(ndim, 2)] // max(rows, columns)))
     panel_height, panel_width = rows * cell_px, columns * cell_px
     origins = []
@@ -149,17 +168,51 @@ def draw_receptive_fields(
         fontsize=8,
     )
     slices = []
-    for output, (top, left) in zip(chosen, origins):
+    for output, (top, left), window in zip(chosen, origins, windows):
         leading = tuple(position * step for position, step in zip(output[:-2], geometry.stride[:-2]))
         slices.append(leading)
         axes = figure.add_axes(
             (left / width, 1 - (top + panel_height) / height, panel_width / width, panel_height / height)
         )
-        _draw_panel(axes, geometry, output, leading, rows, columns, cell_px, rectangle_class)
+        _draw_panel(axes, geometry, output, leading, window, (rows, columns), cell_px, rectangle_class)
         label = f"output {output}" if ndim <= 2 else f"output {output}, slice {leading}"
+        if (rows, columns) != grid:
+            label += ", " + _window_text(window, (rows, columns), ndim)
         axes.set_title(label, fontsize=8, pad=3)
     figure.savefig(os.fspath(path), dpi=DPI, format="png")
-    return Drawing(os.fspath(path), chosen, tuple(slices), cell_px, tuple(origins), (height, width))
+    return Drawing(
+        os.fspath(path),
+        chosen,
+        tuple(slices),
+        cell_px,
+        tuple(origins),
+        (height, width),
+        windows,
+        (rows, columns),
+        grid,
+    )
+
+
+def _window(geometry: Geometry, output: tuple[int, ...], shown: tuple[int, int]) -> tuple[int, int]:
+    """The padded (row, column) where ``output``'s panel starts: its field centred when it fits,
+    else the start of its field in view, always inside the padded input."""
+    grid = (1, *geometry.padded_size) if geometry.ndim == 1 else geometry.padded_size[-2:]
+    starts = [position * step for position, step in zip(output[-2:], geometry.stride[-2:])]
+    spans = geometry.field_span[-2:]
+    if geometry.ndim == 1:
+        starts, spans = [0, *starts], (1, *spans)
+    first = []
+    for size, count, start, span in zip(grid, shown, starts, spans):
+        wanted = start + span // 2 - count // 2 if span <= count else start - 1
+        first.append(min(max(wanted, 0), size - count))
+    return (first[0], first[1])
+
+
+def _window_text(window: tuple[int, int], shown: tuple[int, int], ndim: int) -> str:
+    (row, column), (rows, columns) = window, shown
+    if ndim == 1:
+        return f"elements {column}-{column + columns - 1}"
+    return f"rows {row}-{row + rows - 1}, columns {column}-{column + columns - 1}"
 
 
 def _draw_panel(
@@ -167,12 +220,14 @@ def _draw_panel(
     geometry: Geometry,
     output: tuple[int, ...],
     leading: tuple[int, ...],
-    rows: int,
-    columns: int,
+    window: tuple[int, int],
+    shown: tuple[int, int],
     cell_px: int,
     rectangle_class: Any,
 ) -> None:
     from matplotlib.colors import to_rgb
+
+    (first_row, first_column), (rows, columns) = window, shown
 
     padding, inside, tapped = to_rgb(PADDING_COLOUR), to_rgb(INPUT_COLOUR), to_rgb(TAP_COLOUR)
     pairs = geometry.padding[-2:] if geometry.ndim >= 2 else ((0, 0), *geometry.padding)
@@ -191,21 +246,26 @@ def _draw_panel(
         )
 
     image = [
-        [inside if is_input(row, column) else padding for column in range(columns)] for row in range(rows)
+        [
+            inside if is_input(row, column) else padding
+            for column in range(first_column, first_column + columns)
+        ]
+        for row in range(first_row, first_row + rows)
     ]
-    for element in tapped_elements(geometry, output):
-        # the taps of other leading-dimension offsets lie in other slices
-        if element[:-2] == leading:
-            row, column = (0, element[0]) if geometry.ndim == 1 else element[-2:]
-            image[row][column] = tapped
-    axes.imshow(image, extent=(0, columns, rows, 0), interpolation="nearest", aspect="auto")
-    axes.set_xlim(0, columns)
-    axes.set_ylim(rows, 0)
+    for row, column in _taps_in_window(geometry, output, window, shown):
+        image[row - first_row][column - first_column] = tapped
+    # the axes count padded elements, so the patches below are placed in padded coordinates
+    bottom, right = first_row + rows, first_column + columns
+    axes.imshow(
+        image, extent=(first_column, right, bottom, first_row), interpolation="nearest", aspect="auto"
+    )
+    axes.set_xlim(first_column, right)
+    axes.set_ylim(bottom, first_row)
     axes.set_xticks([])
     axes.set_yticks([])
     if cell_px >= GRID_LINES_FROM_PX:
-        axes.vlines(range(1, columns), 0, rows, colors="#9e9e9e", linewidth=0.5)
-        axes.hlines(range(1, rows), 0, columns, colors="#9e9e9e", linewidth=0.5)
+        axes.vlines(range(first_column + 1, right), first_row, bottom, colors="#9e9e9e", linewidth=0.5)
+        axes.hlines(range(first_row + 1, bottom), first_column, right, colors="#9e9e9e", linewidth=0.5)
     (top, input_height), (left, input_width) = ((pair[0], size) for pair, size in zip(pairs, sizes))
     if in_slice:
         axes.add_patch(
@@ -227,6 +287,21 @@ def _draw_panel(
             linestyle="--",
         )
     )
+
+
+def _taps_in_window(
+    geometry: Geometry, output: tuple[int, ...], window: tuple[int, int], shown: tuple[int, int]
+) -> list[tuple[int, int]]:
+    """The (row, column) of the taps of ``output`` that fall in the window, in the slice of its first
+    tap along leading dimensions; found per axis, so a huge kernel costs no more than the window."""
+    per_axis = []
+    axes = ((0, 1, 1, 1), *zip(output, geometry.stride, geometry.dilation, geometry.kernel_size))
+    for (position, step, spacing, kernel), first, count in zip(axes[-2:], window, shown):
+        start = position * step
+        lowest = max(0, -(-(first - start) // spacing))
+        highest = min(kernel - 1, (first + count - 1 - start) // spacing)
+        per_axis.append([start + tap * spacing for tap in range(lowest, highest + 1)])
+    return [(row, column) for row in per_axis[0] for column in per_axis[1]]
 
 
 def _title(geometry: Geometry) -> str:

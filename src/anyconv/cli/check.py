@@ -7,6 +7,7 @@ exits 1 if one is above the tolerance, so it doubles as a sanity check in a scri
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -15,8 +16,12 @@ import torch.nn.functional as F
 
 import anyconv
 
+from ..errors import ArgumentError
+from ..functional.allocation import device_memory
 from ..geometry import Geometry, Summary
+from ..geometry.limits import format_bytes
 from ..variants.fused import native_paths
+from .failures import is_allocation_failure
 from .geometry_options import add_geometry_options, integer, summary_from
 from .references import (
     NATIVE_CONVOLUTIONS,
@@ -27,6 +32,10 @@ from .references import (
 )
 
 TOLERANCE = 1e-9
+#: how many float64 tensors as large as the largest one a check makes (input, padded input,
+#: columns or output) it holds at once, at most: its own and the reference's results, their
+#: gradients, the random cotangent, the difference
+COPIES_HELD = 8
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(arguments: argparse.Namespace) -> int:
     """Print the report; 0 if every difference is within the tolerance, else 1."""
     summary = summary_from(arguments, "float64")
+    check_memory(summary)
     generator = torch.Generator().manual_seed(integer("--seed", arguments.seed))
     g = summary.geometry
     print(
@@ -90,6 +100,24 @@ def run(arguments: argparse.Namespace) -> int:
         return 0
     print(f"FAILED: {sum(not outcome.passed for outcome in outcomes)} check(s) above {TOLERANCE:.0e}")
     return 1
+
+
+def check_memory(summary: Summary) -> None:
+    """Refuse sizes whose check would not fit in this machine's memory, before making a tensor."""
+    g = summary.geometry
+    shapes = (
+        (summary.batch, summary.channels, *g.padded_size),
+        summary.unfold_shape,
+        summary.output_shape,
+    )
+    largest = max(math.prod(shape) for shape in shapes) * summary.itemsize
+    memory = device_memory(torch.device("cpu"))
+    if memory is not None and COPIES_HELD * largest > memory:
+        raise ArgumentError(
+            f"the check would hold about {format_bytes(COPIES_HELD * largest)} ({COPIES_HELD} float64 "
+            f"tensors of {format_bytes(largest)}), more than the {format_bytes(memory)} of memory of "
+            "this machine: choose a smaller --input-size, --channels, --out-channels or --batch"
+        )
 
 
 def run_checks(summary: Summary, generator: torch.Generator) -> list[Outcome]:
@@ -186,6 +214,8 @@ def compare(
         expected_grads = torch.autograd.grad(expected, inputs, cotangent)
         actual_grads = torch.autograd.grad(actual, inputs, cotangent)
     except Exception as error:  # a failing call is a failed check, reported with the others
+        if is_allocation_failure(error):
+            raise  # the sizes, not a wrong number: refused in one line by the command
         return Outcome(check, reference_name, error=f"{type(error).__name__}: {error}")
     if actual.shape != expected.shape:
         return Outcome(

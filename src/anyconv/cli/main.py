@@ -7,8 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..errors import ArgumentError, ArgumentTypeError
 from . import bench, check, demo, explain
+from .failures import refusal
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,10 +23,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_or_refuse(arguments: argparse.Namespace) -> int:
-    """Run the subcommand; a bad argument is one line on stderr and exit code 2, no traceback."""
+    """Run the subcommand; a bad argument or a failed allocation is one line on stderr and exit
+    code 2, no traceback."""
     try:
         return arguments.run(arguments)
-    except (ArgumentError, ArgumentTypeError) as error:
-        message = " ".join(str(error).split())
+    except Exception as error:
+        message = refusal(error)
+        if message is None:
+            raise
         print(f"anyconv {arguments.command}: error: {message}", file=sys.stderr)
         return 2

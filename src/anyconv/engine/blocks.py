@@ -20,7 +20,7 @@ def output_block(output: torch.Tensor, chunk: Chunk, groups: int) -> torch.Tenso
     """The part of ``output`` (B, O, *out) a chunk covers, as a (b, G, Og, rows, *rest) view."""
     # indexed in two steps: torch.compile (inductor) failed to write into the view that one
     # combined index gives, when it is the out= of torch.add (test_compile)
-    return output.unflatten(1, (groups, -1))[:, :, :, chunk.rows][chunk.samples]
+    return output.unflatten(1, (groups, -1))[(slice(None),) * 3 + chunk.region][chunk.samples]
 
 
 def as_chunk_result(block: torch.Tensor) -> torch.Tensor:

@@ -1,14 +1,21 @@
 """Chunk planning: split the output positions so the fields of one chunk stay under a budget.
 
-A chunk is a range of samples and, when one sample is too large, a range of rows of the first
-output dimension together with the slab of padded input those rows read. Pure integers, cached.
+A chunk is a range of samples and a box of output positions (a slice per spatial dimension),
+together with the slab of padded input that box reads. When one sample is too large, the box is
+one index along the leading dimensions, a range along the first dimension whose lines fit, and
+whole along the rest: so a (B, C, 1, T) signal is split along time as an image is along rows.
+Pure integers, cached.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
+from ..errors import invalid
 from ..geometry import Geometry, make_geometry
 
 #: default bytes for the fields (plus output and working memory) of one chunk: large enough
@@ -16,14 +23,35 @@ from ..geometry import Geometry, make_geometry
 #: (measured on (32, 64, 32, 32) -> 64, 3x3: 4 MiB about 10% faster than 16 MiB, 1 MiB slower)
 DEFAULT_MEMORY_BUDGET = 4 * 2**20
 
+#: the smallest budget taken: below it each chunk's fixed cost (a step of a Python loop, a few
+#: small copies, a product call) outweighs its work, and a budget of a few bytes would run one
+#: chunk per output position. A smaller ``memory_budget`` is raised to it.
+MINIMUM_MEMORY_BUDGET = 256 * 2**10
+
+
+def resolve_budget(memory_budget: Any) -> int:
+    """The bytes per chunk for ``memory_budget``: the default for None, at least the floor.
+
+    >>> resolve_budget(None) == DEFAULT_MEMORY_BUDGET, resolve_budget(1) == MINIMUM_MEMORY_BUDGET
+    (True, True)
+    """
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+        raise invalid("memory_budget", memory_budget, "a positive number of bytes")
+    return max(budget, MINIMUM_MEMORY_BUDGET)
+
 
 @dataclass(frozen=True)
 class Chunk:
-    """Samples ``samples`` x output rows ``rows`` (first spatial dimension), read from ``slab``."""
+    """Samples ``samples`` x output positions ``region`` (a slice per dimension), read from ``slab``.
+
+    ``slab`` is a slice per dimension of the padded input; ``geometry`` is the convolution of
+    that slab, unpadded, whose output is the region.
+    """
 
     samples: slice
-    rows: slice
-    slab: slice
+    region: tuple[slice, ...]
+    slab: tuple[slice, ...]
     geometry: Geometry
 
     @property
@@ -36,36 +64,57 @@ class Chunk:
 def plan_chunks(geometry: Geometry, batch: int, bytes_per_field: int, budget: int) -> tuple[Chunk, ...]:
     """The chunks that cover (batch x output positions), each at most ``budget`` bytes when possible.
 
+    Only a single output position of a single sample can be over the budget. Every chunk but the
+    last of each range holds at least half the budget, so there are about ``2 * total / budget``.
+
     >>> g = make_geometry((34, 34), 3)
-    >>> [(c.samples, c.rows) for c in plan_chunks(g, 4, 4 * 9, 2 * 32 * 32 * 36)]
+    >>> [(c.samples, c.region[0]) for c in plan_chunks(g, 4, 4 * 9, 2 * 32 * 32 * 36)]
     [(slice(0, 2, None), slice(0, 32, None)), (slice(2, 4, None), slice(0, 32, None))]
+    >>> [c.region[1] for c in plan_chunks(make_geometry((1, 100), (1, 3)), 1, 10, 500)]
+    [slice(0, 50, None), slice(50, 98, None)]
     """
-    padded = geometry.padded_size
-    positions = geometry.num_positions
-    rows_total = geometry.output_size[0]
-    if positions * bytes_per_field <= budget or rows_total == 1:
-        samples_per_chunk = max(1, budget // max(1, positions * bytes_per_field))
-        row_ranges = [(0, rows_total)]
+    output = geometry.output_size
+    sample_bytes = geometry.num_positions * bytes_per_field
+    if sample_bytes <= budget:
+        samples_per_chunk = max(1, budget // max(1, sample_bytes))
+        regions = [tuple(slice(0, size) for size in output)]
     else:
         samples_per_chunk = 1
-        fields_per_row = positions // rows_total
-        rows_per_chunk = max(1, budget // (fields_per_row * bytes_per_field))
-        row_ranges = [
-            (start, min(start + rows_per_chunk, rows_total)) for start in range(0, rows_total, rows_per_chunk)
-        ]
+        regions = _split_one_sample(output, bytes_per_field, budget)
     chunks = []
-    for first_row, end_row in row_ranges:
-        slab_start = first_row * geometry.stride[0]
-        slab_stop = (end_row - 1) * geometry.stride[0] + geometry.field_span[0]
+    for region in regions:
+        slab = tuple(
+            slice(part.start * step, (part.stop - 1) * step + span)
+            for part, step, span in zip(region, geometry.stride, geometry.field_span)
+        )
         slab_geometry = make_geometry(
-            (slab_stop - slab_start, *padded[1:]),
+            tuple(part.stop - part.start for part in slab),
             geometry.kernel_size,
             stride=geometry.stride,
             dilation=geometry.dilation,
         )
         for start in range(0, batch, samples_per_chunk):
             samples = slice(start, min(start + samples_per_chunk, batch))
-            chunks.append(
-                Chunk(samples, slice(first_row, end_row), slice(slab_start, slab_stop), slab_geometry)
-            )
+            chunks.append(Chunk(samples, region, slab, slab_geometry))
     return tuple(chunks)
+
+
+def _split_one_sample(output: tuple[int, ...], bytes_per_field: int, budget: int) -> list[tuple[slice, ...]]:
+    """Boxes of one sample's output positions: single indices along the dimensions before ``axis``,
+    ranges along ``axis``, the first dimension whose lines (all later dimensions whole) fit."""
+    ndim = len(output)
+    axis = next(
+        axis
+        for axis in range(ndim)
+        if axis == ndim - 1 or math.prod(output[axis + 1 :]) * bytes_per_field <= budget
+    )
+    line_bytes = math.prod(output[axis + 1 :]) * bytes_per_field
+    step = max(1, budget // max(1, line_bytes))
+    ranges = [slice(start, min(start + step, output[axis])) for start in range(0, output[axis], step)]
+    rest = tuple(slice(0, size) for size in output[axis + 1 :])
+    leading = itertools.product(*(range(size) for size in output[:axis]))
+    return [
+        (*(slice(index, index + 1) for index in indices), part, *rest)
+        for indices in leading
+        for part in ranges
+    ]

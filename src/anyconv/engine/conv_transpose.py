@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import invalid
+from ..functional.allocation import check_fits
 from ..functional.im2col import Col2Im
 from ..geometry import make_geometry, spatial_tuple, transposed_output_size
 from .arguments import check_conv_tensors
-from .chunks import DEFAULT_MEMORY_BUDGET
+from .chunks import resolve_budget
 
 
 def conv_transpose(
@@ -62,10 +63,12 @@ def conv_transpose(
         (size - 1) * step + spacing * (kernel - 1) + 1
         for size, step, spacing, kernel in zip(batched.shape[2:], steps, spacings, kernel_size)
     )
+    # what made the output that large: a stride or a dilation that spreads it, else the kernel
+    spread = ("stride", stride) if max(steps) > 1 else ("dilation", dilation) if max(spacings) > 1 else None
+    full_shape = (batched.shape[0], weight.shape[1] * groups, *full_size)
+    check_fits("the output before cropping", full_shape, batched, spread or ("weight", weight))
     geometry = make_geometry(full_size, kernel_size, steps, 0, spacings)
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-    if not isinstance(budget, int) or budget < 1:
-        raise invalid("memory_budget", memory_budget, "a positive number of bytes")
+    budget = resolve_budget(memory_budget)
 
     batch, channels = batched.shape[:2]
     out_channels = weight.shape[1] * groups

@@ -10,12 +10,30 @@ than on im2col's (K, L) layout, the copy about 2x).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
+from ..functional.allocation import check_fits, check_padded_fits
 from ..functional.im2col import add_blocks, field_view
 from ..geometry import Geometry
+from ..geometry.limits import culprit
 from .chunks import Chunk
+
+
+def check_conv_sizes(
+    input: torch.Tensor, weight: torch.Tensor, geometry: Geometry, padding: Any, dilation: Any
+) -> None:
+    """Refuse a convolution of ``input`` (B, C, *spatial) whose output or smallest chunk cannot be made.
+
+    The smallest chunk reads the padded slab of one field of one sample: (1, C, *field_span).
+    """
+    output = (input.shape[0], weight.shape[0], *geometry.output_size)
+    check_fits("the output", output, input, culprit(geometry, padding, ("weight", weight)))
+    if geometry.padding_mode != "zeros":
+        check_padded_fits(input, geometry, padding)
+    spread = ("dilation", dilation) if any(step > 1 for step in geometry.dilation) else ("padding", padding)
+    check_fits("the padded input one output reads", (1, input.shape[1], *geometry.field_span), input, spread)
 
 
 def chunk_slab(input: torch.Tensor, geometry: Geometry, chunk: Chunk) -> torch.Tensor:
@@ -45,8 +63,8 @@ def chunk_image(input: torch.Tensor, geometry: Geometry, chunk: Chunk) -> torch.
 def _interior(geometry: Geometry, chunk: Chunk) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
     """Where the input overlaps the chunk's padded slab: (input slices, slab slices) per dim."""
     source, target = [], []
-    for axis, (size, (before, _)) in enumerate(zip(geometry.input_size, geometry.padding)):
-        start, stop = (chunk.slab.start, chunk.slab.stop) if axis == 0 else (0, geometry.padded_size[axis])
+    for size, (before, _), slab in zip(geometry.input_size, geometry.padding, chunk.slab):
+        start, stop = slab.start, slab.stop
         first, last = max(start - before, 0), min(stop - before, size)
         source.append(slice(first, max(first, last)))
         target.append(slice(first + before - start, max(first, last) + before - start))

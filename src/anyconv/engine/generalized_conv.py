@@ -6,14 +6,14 @@ from typing import Any
 
 import torch
 
-from ..errors import invalid
 from ..functional.pad import pad
 from ..geometry import Geometry, make_geometry
 from ..variants import Variant, resolve_variant
 from ..variants.checks import check_call
 from .arguments import check_conv_tensors
-from .chunks import DEFAULT_MEMORY_BUDGET, plan_chunks
+from .chunks import plan_chunks, resolve_budget
 from .contraction import GeneralizedConvFunction, Plan
+from .fields import check_conv_sizes
 from .shifted_views import shifted_views_fit
 
 
@@ -49,16 +49,14 @@ def generalized_conv(
     was_unbatched = input.dim() == ndim + 1
     batched = input.unsqueeze(0) if was_unbatched else input
     geometry = make_geometry(batched.shape[2:], weight.shape[2:], stride, padding, dilation, padding_mode)
+    check_conv_sizes(batched, weight, geometry, padding, dilation)
     if geometry.padding_mode != "zeros" and geometry.is_padded:
         # the engine zero-pads chunk by chunk; the other modes pad the whole input once, here
         batched = pad(batched, geometry)
         geometry = make_geometry(
             geometry.padded_size, geometry.kernel_size, geometry.stride, 0, geometry.dilation
         )
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
-        raise invalid("memory_budget", memory_budget, "a positive number of bytes")
-    plan = _plan(batched, weight, variant, geometry, groups, budget)
+    plan = _plan(batched, weight, variant, geometry, groups, resolve_budget(memory_budget))
     tensors = [variant.options[name] for name in plan.option_names]
     output = GeneralizedConvFunction.apply(batched, weight, bias, plan, *tensors)
     return output.squeeze(0) if was_unbatched else output

@@ -194,7 +194,7 @@ def tap_products(
                 columns = phases[phase, sample, channels, shift : shift + width]
                 result.addmm_(filters[tap, group], columns, beta=0 if tap == 0 else 1)
         per_channel = None if bias is None else bias.view(-1, *(1,) * layout.geometry.ndim)
-        copy_with_bias(output[chunk.samples, :, chunk.rows], crop(grid, layout), per_channel)
+        copy_with_bias(output[(chunk.samples, slice(None), *chunk.region)], crop(grid, layout), per_channel)
     return output
 
 

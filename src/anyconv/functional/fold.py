@@ -8,6 +8,8 @@ import torch
 
 from ..errors import ArgumentError
 from ..geometry import Geometry, infer_ndim, make_geometry, spatial_tuple
+from ..geometry.limits import culprit
+from .allocation import check_fits
 from .im2col import Col2Im
 from .inputs import check_tensor
 
@@ -51,6 +53,9 @@ def fold(
             f"kernel_size={geometry.kernel_size}: expected a multiple of {geometry.kernel_volume} rows "
             f"and {geometry.num_positions} blocks (output positions {geometry.output_size})"
         )
+    image_shape = (batched.shape[0], rows // geometry.kernel_volume, *geometry.padded_size)
+    blame = culprit(geometry, padding, ("output_size", output_size))
+    check_fits("the padded image", image_shape, batched, blame)
     image = Col2Im.apply(batched, geometry)
     crop = tuple(slice(before, before + length) for length, (before, _) in zip(size, geometry.padding))
     # contiguous like F.fold's result, so that callers may .view() it as they would torch's

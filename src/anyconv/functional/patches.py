@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ..geometry import make_geometry
+from .allocation import check_padded_fits
 from .im2col import field_view
 from .inputs import add_batch_dim, check_tensor, spatial_ndim
 from .pad import pad
@@ -42,5 +43,6 @@ def patches(
     ndim = spatial_ndim(input, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation)
     batched, was_unbatched = add_batch_dim("input", input, ndim)
     geometry = make_geometry(batched.shape[2:], kernel_size, stride, padding, dilation, padding_mode)
+    check_padded_fits(batched, geometry, padding)
     view = field_view(pad(batched, geometry), geometry)
     return view.squeeze(0) if was_unbatched else view

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 
 from ..geometry import make_geometry
+from ..geometry.limits import culprit
+from .allocation import check_fits, check_padded_fits
 from .im2col import Im2Col
 from .inputs import add_batch_dim, check_tensor, spatial_ndim
 from .pad import pad
@@ -38,5 +40,10 @@ def unfold(
     ndim = spatial_ndim(input, kernel_size=kernel_size, dilation=dilation, padding=padding, stride=stride)
     batched, was_unbatched = add_batch_dim("input", input, ndim)
     geometry = make_geometry(batched.shape[2:], kernel_size, stride, padding, dilation, padding_mode)
+    batch, channels = batched.shape[:2]
+    columns_shape = (batch, channels * geometry.kernel_volume, geometry.num_positions)
+    blame = culprit(geometry, padding, ("kernel_size", kernel_size))
+    check_fits("the columns", columns_shape, batched, blame)
+    check_padded_fits(batched, geometry, padding)
     columns = Im2Col.apply(pad(batched, geometry), geometry)
     return columns.squeeze(0) if was_unbatched else columns

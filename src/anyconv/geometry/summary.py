@@ -13,6 +13,11 @@ from typing import Any
 from ..errors import invalid
 from .arguments import as_int
 from .geometry import Geometry, make_geometry
+from .limits import check_size, culprit, format_bytes
+
+#: the most steps :attr:`Summary.coverage` takes per dimension (one per (output, tap) pair and
+#: input element): enough for any real layer, and a fraction of a second
+COUNT_LIMIT = 10**6
 
 
 @dataclass(frozen=True)
@@ -89,11 +94,16 @@ class Summary:
         )
 
     @property
-    def coverage(self) -> tuple[int, int]:
+    def coverage(self) -> tuple[int, int] | None:
         """The fewest and most fields that read one input element: ``fold(unfold(x))`` is x times that.
 
-        0 means some input elements are read by no field, so fold cannot bring them back.
+        0 means some input elements are read by no field, so fold cannot bring them back. None
+        when a dimension is too large to count in a moment (more than ``COUNT_LIMIT`` steps).
         """
+        g = self.geometry
+        steps = (out * kernel + size for out, kernel, size in zip(g.output_size, g.kernel_size, g.input_size))
+        if max(steps) > COUNT_LIMIT:
+            return None
         lowest, highest = 1, 1
         for counts in _coverage_per_dimension(self.geometry):
             if not counts:
@@ -127,7 +137,8 @@ def explain(
     """The sizes, memory and cost of a convolution over spatial size ``input_size``.
 
     Arguments are those of :func:`anyconv.make_geometry`, plus the channels, batch, groups and
-    the bytes per element (4 for float32). Pure integers: no tensor is made.
+    the bytes per element (4 for float32). Pure integers: no tensor is made. Sizes that no
+    tensor can have (more bytes than torch's int64 counts) are refused, naming the argument.
 
     >>> s = explain((32, 32), 3, stride=2, padding=1, channels=3, out_channels=8)
     >>> s.geometry.output_size, s.unfold_shape, s.multiply_adds
@@ -152,7 +163,15 @@ def explain(
     for name in ("channels", "out_channels"):
         if counts[name] % counts["groups"]:
             raise invalid(name, counts[name], f"a multiple of groups={counts['groups']}")
-    return Summary(geometry, **counts)
+    summary = Summary(geometry, **counts)
+    blame = culprit(geometry, padding, ("kernel_size", kernel_size))
+    for what, shape in (
+        ("the padded input", (summary.batch, summary.channels, *geometry.padded_size)),
+        ("the unfolded input", summary.unfold_shape),
+        ("the output", summary.output_shape),
+    ):
+        check_size(what, shape, summary.itemsize, blame)
+    return summary
 
 
 def _coverage_per_dimension(geometry: Geometry) -> list[list[int]]:
@@ -175,22 +194,6 @@ def _coverage_per_dimension(geometry: Geometry) -> list[list[int]]:
                     counts[element] += 1
         result.append(counts)
     return result
-
-
-def format_bytes(amount: int) -> str:
-    """A byte count for people: powers of 1024.
-
-    >>> format_bytes(27648), format_bytes(12), format_bytes(3 * 2**30)
-    ('27.0 KiB', '12 B', '3.0 GiB')
-    """
-    if amount < 1024:
-        return f"{amount} B"
-    value, unit = float(amount), "B"
-    for larger in ("KiB", "MiB", "GiB", "TiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, larger
-    return f"{value:.1f} {unit}"
 
 
 def _shape(values: tuple[int, ...]) -> str:
@@ -236,7 +239,7 @@ def _format_table(summary: Summary) -> str:
         view = f"{format_bytes(summary.view_bytes)} (the padded copy of the input; the view adds nothing)"
     else:
         view = "0 B (no padding: the view shares the input's memory)"
-    lowest, highest = summary.coverage
+    coverage = summary.coverage
     per_group = summary.channels // summary.groups
     groups = f", groups {summary.groups}" if summary.groups > 1 else ""
     mode = f", padding_mode {g.padding_mode!r}" if g.padding_mode != "zeros" else ""
@@ -255,7 +258,12 @@ def _format_table(summary: Summary) -> str:
             f"{summary.multiply_adds:,} = B*O*L*(C/groups)*K = "
             f"{summary.batch}*{summary.out_channels}*{summary.num_fields}*{per_group}*{g.kernel_volume}",
         ),
-        ("fold(unfold(x))", f"x times {lowest} to {highest} (the fields that read each input element)"),
+        (
+            "fold(unfold(x))",
+            f"x times {coverage[0]} to {coverage[1]} (the fields that read each input element)"
+            if coverage is not None
+            else f"not counted (a dimension takes more than {COUNT_LIMIT:,} steps to count)",
+        ),
     ]
     label_width = max(len(label) for label, _ in facts)
     title = (
@@ -263,6 +271,6 @@ def _format_table(summary: Summary) -> str:
         f"{summary.out_channels}{groups}{mode}, {summary.itemsize} bytes per element"
     )
     lines = [title, "", *grid, "", *(f"{label.ljust(label_width)}  {text}" for label, text in facts)]
-    if lowest == 0:
+    if coverage is not None and coverage[0] == 0:
         lines.append("  (0: some input elements are read by no field; fold cannot restore them)")
     return "\n".join(lines)
