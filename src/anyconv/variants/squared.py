@@ -30,7 +30,11 @@ def squared_distances(fields: torch.Tensor, filters: torch.Tensor) -> torch.Tens
     >>> p = torch.tensor([[[1000.0, 1000.0]]])
     >>> squared_distances(p, p + torch.tensor([[[0.0, 0.0], [0.125, 0.0]]]))
     tensor([[[0.0000, 0.0156]]])
+
+    Traced by torch.compile, which does not follow a branch on data, it always centres and
+    skips the check (see docs/numerics.md).
     """
+    compiling = torch.compiler.is_compiling()
     # an infinite or NaN filter tap leaves that tap uncentred: its pairs are recomputed anyway
     centre = filters.mean(1, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)
     centred_filters = filters - centre
@@ -38,7 +42,7 @@ def squared_distances(fields: torch.Tensor, filters: torch.Tensor) -> torch.Tens
     # centring costs a copy of the fields: only where the filters sit further from zero than they
     # spread (trained on data far from zero); elsewhere the check below suffices on its own
     offset = _squared_norms(centre).unsqueeze(-1) > filter_norms.mean(-1, keepdim=True)
-    if offset.any():
+    if compiling or offset.any():
         centre = centre * offset
         centred_fields, centred_filters = fields - centre, filters - centre
         filter_norms = _squared_norms(centred_filters).unsqueeze(1)
@@ -51,6 +55,8 @@ def squared_distances(fields: torch.Tensor, filters: torch.Tensor) -> torch.Tens
     # the margin is NaN also where the product form gave NaN (inf - inf) or the norms overflowed:
     # the differences then say what the formula gives, inf or NaN. amin propagates NaN, and is
     # one quick reduction where a boolean all() is several times slower
+    if compiling:
+        return distances.clamp_min_(0)
     margin = norms.mul_(-CANCELLATION_SHARE).add_(distances)
     if distances.numel() and not margin.amin() >= 0:
         _recompute(distances, ~(margin >= 0), fields, filters)
