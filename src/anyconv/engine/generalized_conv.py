@@ -13,6 +13,7 @@ from ..variants import Variant, resolve_variant
 from .arguments import check_conv_tensors
 from .chunks import DEFAULT_MEMORY_BUDGET, plan_chunks
 from .contraction import GeneralizedConvFunction, Plan
+from .ops import run_generalized_conv, variant_arguments
 from .shifted_views import shifted_views_fit
 
 
@@ -56,9 +57,14 @@ def generalized_conv(
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
     if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
         raise invalid("memory_budget", memory_budget, "a positive number of bytes")
-    plan = _plan(batched, weight, variant, geometry, groups, budget)
-    tensors = [variant.options[name] for name in plan.option_names]
-    output = GeneralizedConvFunction.apply(batched, weight, bias, plan, *tensors)
+    arguments = variant_arguments(variant)
+    if arguments is not None:
+        output = run_generalized_conv(batched, weight, bias, variant, arguments, geometry, groups, budget)
+    else:
+        # a variant not registered by name: the plain autograd Function (no compile, export or torch.func)
+        plan = _plan(batched, weight, variant, geometry, groups, budget)
+        tensors = [variant.options[name] for name in plan.option_names]
+        output = GeneralizedConvFunction.apply(batched, weight, bias, plan, *tensors)
     return output.squeeze(0) if was_unbatched else output
 
 
