@@ -353,9 +353,12 @@ def run_generalized_conv(
         keep_kept,
     )
     # a backward that reads the output gets it before bias: the bias then goes on after
-    output, _ = GeneralizedConvOp.apply(
-        input, weight, None if keep_output else bias, arguments, *option_tensors
-    )
+    bias_in = None if keep_output else bias
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        output, _ = GeneralizedConvOp.apply(input, weight, bias_in, arguments, *option_tensors)
+    else:
+        # the op itself: GeneralizedConvOp.apply binds its arguments by signature on every call
+        output, _ = generalized_conv_op(input, weight, bias_in, list(option_tensors), *arguments)
     if keep_output and bias is not None:
         output = output + bias.view(-1, *(1,) * geometry.ndim)
     return output
