@@ -8,8 +8,8 @@ sharpened_cosine then take two matrix products in backward, as dot does.
 
 import pytest
 import torch
-from torch._library.custom_ops import OPDEFS
 from conftest import take_views_everywhere
+from torch._library.custom_ops import OPDEFS
 from torch.utils._python_dispatch import TorchDispatchMode
 from variant_reference import naive_generalized_conv
 
