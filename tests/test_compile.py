@@ -1,8 +1,8 @@
-"""torch.compile and torch.func over anyconv: whole graphs, eager numbers, and the known limits.
+"""torch.compile, torch.export and torch.func over anyconv: whole graphs, eager numbers, the limits.
 
-Compiling is slow, so the cases are few and small: one inductor compile (inference) of
-``anyconv.nn.Conv2d``, the rest through dynamo's ``explain`` and the ``aot_eager`` backend, which
-trace the same whole graphs, forward and backward, without generating C++.
+Compiling is slow, so the cases are few and small: a few inductor compiles, every variant through
+the ``aot_eager`` backend (which traces the same whole graphs, forward and backward, without
+generating C++) and through ``torch.export``.
 """
 
 import warnings
@@ -13,7 +13,7 @@ import torch._dynamo
 from torch.func import grad, vmap
 
 import anyconv
-from anyconv.variants import Variant
+from anyconv.variants import BUILTIN_VARIANTS, Variant
 
 # torch's own tracing machinery warns that torch.jit.script_method is deprecated: not ours
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -127,12 +127,19 @@ def test_a_variant_without_contract_backward_compiles_with_trace_autograd_ops():
         _compile_autograd_variant()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="GeneralizedConvFunction saves its context in forward (no setup_context), which functorch "
-    "transforms refuse; setup_context with its *option_tensors varargs breaks dynamo under no_grad",
-)
+@pytest.mark.parametrize("variant", ["dot", "rbf", "l1"])
+def test_func_grad_through_generalized_conv_matches_autograd(variant):
+    generator = torch.Generator().manual_seed(1)
+    input = torch.randn(2, 3, 6, 5, dtype=torch.float64, generator=generator)
+    weight = torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=generator, requires_grad=True)
+
+    def loss(weight):
+        return anyconv.generalized_conv(input, weight, variant, padding=1).square().sum()
+
+    expected = torch.autograd.grad(loss(weight), weight)[0]
+    torch.testing.assert_close(grad(loss)(weight.detach()), expected)
+
+
 def test_func_grad_through_conv_matches_autograd():
     generator = torch.Generator().manual_seed(1)
     input = torch.randn(2, 3, 6, 5, dtype=torch.float64, generator=generator)
@@ -143,6 +150,19 @@ def test_func_grad_through_conv_matches_autograd():
 
     expected = torch.autograd.grad(loss(weight), weight)[0]
     torch.testing.assert_close(grad(loss)(weight.detach()), expected)
+
+
+def test_per_sample_gradients_with_vmap_of_grad():
+    generator = torch.Generator().manual_seed(3)
+    input = torch.randn(3, 2, 5, 5, dtype=torch.float64, generator=generator)
+    weight = torch.randn(4, 2, 3, 3, dtype=torch.float64, generator=generator, requires_grad=True)
+
+    def loss(weight, sample):
+        return anyconv.conv(sample.unsqueeze(0), weight, padding=1).square().sum()
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0))(weight.detach(), input)
+    expected = torch.stack([torch.autograd.grad(loss(weight, sample), weight)[0] for sample in input])
+    torch.testing.assert_close(per_sample, expected)
 
 
 @pytest.mark.parametrize(
@@ -162,13 +182,83 @@ def test_vmap_over_receptive_fields_matches_a_loop(function):
     torch.testing.assert_close(gradient, torch.func.vjp(function, stack[0])[1](2 * function(stack[0]))[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="GeneralizedConvFunction has no vmap rule: its chunk plan is built for one batch size and "
-    "its forward writes chunks into a preallocated output in place",
-)
+@pytest.mark.parametrize("variant", ["dot", "polynomial", "max_plus"])
+@pytest.mark.parametrize("batched", ["input", "weight"])
+def test_vmap_over_generalized_conv_matches_a_loop(variant, batched):
+    generator = torch.Generator().manual_seed(4)
+    stack = torch.randn(3, 2, 4, 6, 5, dtype=torch.float64, generator=generator)
+    weights = torch.randn(3, 2, 4, 3, 3, dtype=torch.float64, generator=generator) / 6
+    if batched == "input":
+        expected = torch.stack([anyconv.generalized_conv(x, weights[0], variant) for x in stack])
+        got = vmap(lambda x: anyconv.generalized_conv(x, weights[0], variant))(stack)
+    else:
+        expected = torch.stack([anyconv.generalized_conv(stack[0], w, variant) for w in weights])
+        got = vmap(lambda w: anyconv.generalized_conv(stack[0], w, variant))(weights)
+    torch.testing.assert_close(got, expected)
+
+
 def test_vmap_over_conv():
     stack = torch.randn(3, 2, 4, 6, 5)
     weight = torch.randn(2, 4, 3, 3)
-    vmap(lambda x: anyconv.conv(x, weight))(stack)
+    expected = torch.stack([anyconv.conv(x, weight) for x in stack])
+    torch.testing.assert_close(vmap(lambda x: anyconv.conv(x, weight))(stack), expected)
+
+
+#: one small module per built-in variant, with options where the variant has them
+VARIANT_OPTIONS = {"lp": {"p": 3.0}, "polynomial": {"degree": 2}, "rbf": {"gamma": 0.1}}
+
+
+def _variant_module(name):
+    torch.manual_seed(0)
+    return anyconv.nn.GeneralizedConv2d(3, 4, 3, padding=1, variant=name, **VARIANT_OPTIONS.get(name, {}))
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_VARIANTS))
+def test_every_variant_compiles_fullgraph_with_aot_eager(name):
+    module = _variant_module(name).double()
+    input = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    for got, expected in zip(_eager_and_grads(compiled, input), _eager_and_grads(module, input)):
+        torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("name", ["dot", "cosine", "l1"])
+def test_dynamic_shapes_compile_once(name):
+    module = _variant_module(name).double()
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager", dynamic=True)
+    for shape in [(2, 3, 6, 5), (3, 3, 8, 7), (1, 3, 5, 9)]:
+        input = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        for got, expected in zip(_eager_and_grads(compiled, input), _eager_and_grads(module, input)):
+            torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("name", ["dot", "l1"])
+def test_inductor_training_step_gives_the_eager_numbers(name):
+    module = _variant_module(name)
+    compiled = torch.compile(module, fullgraph=True)
+    input = torch.randn(2, 3, 6, 5, requires_grad=True)
+    for got, expected in zip(_eager_and_grads(compiled, input), _eager_and_grads(module, input)):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+EXPORTED = {
+    **{f"generalized-{name}": (lambda name=name: _variant_module(name)) for name in sorted(BUILTIN_VARIANTS)},
+    "conv2d": lambda: anyconv.nn.Conv2d(3, 4, 3, padding=1, stride=2),
+    "conv2d-reflect": lambda: anyconv.nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
+}
+
+
+@pytest.mark.parametrize("name", EXPORTED)
+def test_export_runs_with_gradients_after_save_and_load(name, tmp_path):
+    module = EXPORTED[name]()
+    input = torch.randn(2, 3, 6, 5)
+    program = torch.export.export(module, (input,))
+    path = tmp_path / "program.pt2"
+    torch.export.save(program, path)
+    loaded = torch.export.load(path).module()
+    trainable = input.clone().requires_grad_()
+    output = loaded(trainable)
+    torch.testing.assert_close(output, module(input))
+    output.square().sum().backward()
+    expected = torch.autograd.grad(module(trainable).square().sum(), trainable)[0]
+    torch.testing.assert_close(trainable.grad, expected, rtol=1e-4, atol=1e-4)

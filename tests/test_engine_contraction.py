@@ -9,6 +9,7 @@ sharpened_cosine then take two matrix products in backward, as dot does.
 import pytest
 import torch
 from conftest import take_views_everywhere
+from torch._library.custom_ops import OPDEFS
 from torch.utils._python_dispatch import TorchDispatchMode
 from variant_reference import naive_generalized_conv
 
@@ -141,6 +142,11 @@ class _MatrixProducts(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.count += func.overloadpacket.__name__.rstrip("_") in self.NAMES
+        if func.namespace == "anyconv":
+            # the engine's custom ops: run their Python kernel here, counting its products too
+            kernel = OPDEFS[func.overloadpacket._qualified_op_name.replace(".", "::", 1)]._init_fn
+            with self:
+                return kernel(*args, **(kwargs or {}))
         return func(*args, **(kwargs or {}))
 
 
@@ -195,10 +201,12 @@ def test_polynomial_keeps_its_output_for_odd_degrees_and_s_plus_c_for_even_ones(
     x, w, _ = _tensors()
     odd = anyconv.generalized_conv(x, w, "polynomial", padding=1, groups=2, degree=3)
     even = anyconv.generalized_conv(x, w, "polynomial", padding=1, groups=2, degree=2, c=0.5)
-    # saved: input, weight, then the output (the tensor returned) or the kept s + c
+    # saved (anyconv::generalized_conv): input, weight, the output (the tensor returned) or None,
+    # the kept s + c or None
     assert odd.grad_fn.saved_tensors[2].data_ptr() == odd.data_ptr()
+    assert odd.grad_fn.saved_tensors[3] is None and even.grad_fn.saved_tensors[2] is None
     s_plus_c = naive_generalized_conv(x, w, "dot", padding=1, groups=2) + 0.5
-    torch.testing.assert_close(even.grad_fn.saved_tensors[2], s_plus_c.detach())
+    torch.testing.assert_close(even.grad_fn.saved_tensors[3], s_plus_c.detach())
 
 
 def test_a_subclass_that_redefines_contract_keeps_nothing():

@@ -20,6 +20,8 @@ from ..variants import Variant
 from .blocks import as_chunk_result, bias_grad, chunk_results, output_block, write_block
 from .chunks import Chunk
 from .fields import add_field_grads, chunk_fields, fields_buffer, filters_of, weight_of
+from .ops_memory_format import empty_like_input
+from .ops_second_order import second_order_gradients
 from .product_gradients import field_gradients, tap_gradients
 
 
@@ -39,7 +41,7 @@ class Plan:
     tap_chunks: tuple[Chunk, ...] | None = None
 
 
-def _options(plan: Plan, option_tensors: tuple[torch.Tensor, ...], filters_per_group: int) -> dict:
+def options_of(plan: Plan, option_tensors: tuple[torch.Tensor, ...], filters_per_group: int) -> dict:
     options = dict(plan.fixed_options)
     for name, value in zip(plan.option_names, option_tensors):
         # one value per output channel -> (G, 1, Og), broadcasting over the fields of a chunk
@@ -62,8 +64,8 @@ def contract_chunks(
     """
     geometry, groups = plan.geometry, plan.groups
     filters = filters_of(weight, groups)
-    options = _options(plan, option_tensors, filters.shape[1])
-    output = input.new_empty((input.shape[0], weight.shape[0], *geometry.output_size))
+    options = options_of(plan, option_tensors, filters.shape[1])
+    output = empty_like_input(input, weight, (input.shape[0], weight.shape[0], *geometry.output_size))
     kept = None
     buffer = fields_buffer(input, plan.chunks)
     for chunk in plan.chunks:
@@ -97,7 +99,7 @@ class GeneralizedConvFunction(torch.autograd.Function):
         geometry, variant = plan.geometry, plan.variant
         # a backward that uses the output gets it before bias: the bias then goes on a copy, after
         records_graph = plan.grad_mode and any(ctx.needs_input_grad)
-        custom = records_graph and _custom_backward(plan, ctx.needs_input_grad[4:])
+        custom = records_graph and own_backward(plan.variant, ctx.needs_input_grad[4:])
         keeps_output = variant.backward_uses_output and custom
         keeps_kept = variant.backward_uses_kept and custom and variant.product_backward is not None
         output, kept = contract_chunks(
@@ -114,52 +116,81 @@ class GeneralizedConvFunction(torch.autograd.Function):
         return output
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output: torch.Tensor):
         plan: Plan = ctx.plan
         input, weight, *option_tensors = ctx.saved_tensors
         kept = option_tensors.pop() if ctx.keeps_kept else None
         output = option_tensors.pop() if ctx.keeps_output else None
-        filters_per_group = weight.shape[0] // plan.groups
-        options = _options(plan, tuple(option_tensors), filters_per_group)
-        needs_input, needs_weight = ctx.needs_input_grad[:2]
-        needs_options = ctx.needs_input_grad[4:]
-        grad_options: tuple = (None,) * len(option_tensors)
-        # tap chunks are planned only for a variant with product_backward
-        if plan.tap_chunks is not None and _custom_backward(plan, needs_options):
-            grad_input, grad_weight = tap_gradients(
-                plan.variant,
-                input,
-                weight,
-                grad_output,
-                output,
-                kept,
-                plan.geometry,
-                plan.groups,
-                plan.tap_chunks,
-                options,
-                needs_input,
-                needs_weight,
-            )
-        else:
-            grad_input, grad_weight, grad_options = _fields_backward(
+        needs = (*ctx.needs_input_grad[:2], *ctx.needs_input_grad[4:])
+        if torch.is_grad_enabled():
+            # create_graph: gradients that can be differentiated again (or refuse to be)
+            option_tensors = tuple(option_tensors)
+            options = options_of(plan, option_tensors, weight.shape[0] // plan.groups)
+            grad_input, grad_weight, grad_options = second_order_gradients(
                 plan,
                 input,
                 weight,
                 grad_output,
-                (output, kept),
+                option_tensors,
                 options,
-                tuple(option_tensors),
-                ctx.needs_input_grad,
+                needs,
+                lambda: gradients(plan, input, weight, grad_output, option_tensors, (output, kept), needs),
             )
-        if grad_weight is not None:
-            # contiguous like the parameter: DDP buckets and optimisers expect its strides
-            grad_weight = grad_weight.contiguous()
+        else:
+            grad_input, grad_weight, grad_options = gradients(
+                plan, input, weight, grad_output, tuple(option_tensors), (output, kept), needs
+            )
         grad_bias = bias_grad(grad_output) if ctx.needs_input_grad[2] else None
         return grad_input, grad_weight, grad_bias, None, *grad_options
 
 
-def _fields_backward(plan, input, weight, grad_output, saved, options, option_tensors, needs_input_grad):
+def gradients(
+    plan: Plan,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    grad_output: torch.Tensor,
+    option_tensors: tuple[torch.Tensor, ...],
+    saved: tuple[torch.Tensor | None, torch.Tensor | None],
+    needs: tuple[bool, ...],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, tuple[torch.Tensor | None, ...]]:
+    """The backward pass without autograd: gradients of the input, the weight and the option tensors.
+
+    ``saved``: the forward's output (before bias) and kept values, each None unless the variant
+    reads it; ``needs``: which of (input, weight, *option_tensors) want a gradient (None if not).
+    """
+    output, kept = saved
+    filters_per_group = weight.shape[0] // plan.groups
+    options = options_of(plan, option_tensors, filters_per_group)
+    needs_input, needs_weight = needs[:2]
+    needs_options = tuple(needs[2:])
+    grad_options: tuple = (None,) * len(option_tensors)
+    # tap chunks are planned only for a variant with product_backward
+    if plan.tap_chunks is not None and own_backward(plan.variant, needs_options):
+        grad_input, grad_weight = tap_gradients(
+            plan.variant,
+            input,
+            weight,
+            grad_output,
+            output,
+            kept,
+            plan.geometry,
+            plan.groups,
+            plan.tap_chunks,
+            options,
+            needs_input,
+            needs_weight,
+        )
+    else:
+        grad_input, grad_weight, grad_options = _fields_backward(
+            plan, input, weight, grad_output, (output, kept), options, option_tensors, needs
+        )
+    if grad_weight is not None:
+        # contiguous like the parameter: DDP buckets and optimisers expect its strides
+        grad_weight = grad_weight.contiguous()
+    return grad_input, grad_weight, grad_options
+
+
+def _fields_backward(plan, input, weight, grad_output, saved, options, option_tensors, needs):
     """Recompute each chunk's fields, take their gradients from the variant and fold them back.
 
     ``saved``: the forward's output and kept values, each None unless the variant reads it.
@@ -167,9 +198,9 @@ def _fields_backward(plan, input, weight, grad_output, saved, options, option_te
     output, kept = saved
     geometry, groups = plan.geometry, plan.groups
     filters = filters_of(weight, groups)
-    needs_input, needs_weight = needs_input_grad[:2]
-    needs_options = needs_input_grad[4:]
-    custom = _custom_backward(plan, needs_options)
+    needs_input, needs_weight = needs[:2]
+    needs_options = needs[2:]
+    custom = own_backward(plan.variant, needs_options)
     grad_input = torch.zeros_like(input) if needs_input else None
     grad_filters = torch.zeros_like(filters) if needs_weight else None
     grad_options = [
@@ -205,9 +236,8 @@ def _fields_backward(plan, input, weight, grad_output, saved, options, option_te
     return grad_input, grad_weight, tuple(grad_options)
 
 
-def _custom_backward(plan: Plan, needs_options: tuple[bool, ...]) -> bool:
+def own_backward(variant: Variant, needs_options: tuple[bool, ...]) -> bool:
     """Whether the variant's own backward runs: it has one and no option wants a gradient."""
-    variant = plan.variant
     has_own = variant.product_backward is not None or variant.contract_backward is not None
     return has_own and not any(needs_options)
 

@@ -17,6 +17,8 @@ from ..functional.im2col import Col2Im
 from ..geometry import make_geometry, spatial_tuple, transposed_output_size
 from .arguments import check_conv_tensors
 from .chunks import resolve_budget
+from .ops_autocast import autocast_dtype, cast
+from .ops_memory_format import output_memory_format
 
 
 def conv_transpose(
@@ -37,7 +39,8 @@ def conv_transpose(
     size is ``(in - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1``;
     ``output_padding`` must be smaller than the stride or the dilation, as torch requires. The
     columns (out_channels * K per input position) are made a few samples at a time, each batch
-    of samples under ``memory_budget`` bytes; gradients come from autograd (col2im's is im2col).
+    of samples under ``memory_budget`` bytes; gradients come from autograd (col2im's is im2col),
+    twice differentiable. Under ``torch.autocast`` it runs in autocast's dtype, as torch's does.
 
     >>> import torch, torch.nn.functional as F
     >>> x, w = torch.randn(2, 4, 5, 5, dtype=torch.float64), torch.randn(4, 3, 3, 3, dtype=torch.float64)
@@ -46,6 +49,21 @@ def conv_transpose(
     (torch.Size([2, 3, 10, 10]), True)
     """
     ndim, groups = check_conv_tensors(input, weight, bias, groups, transposed=True)
+    lowered = autocast_dtype(input)
+    if lowered is not None:
+        # torch's policy for convolutions: run in autocast's dtype, with autocast off inside
+        with torch.autocast(input.device.type, enabled=False):
+            return conv_transpose(
+                cast(input, lowered),
+                cast(weight, lowered),
+                cast(bias, lowered),
+                stride,
+                padding,
+                output_padding,
+                groups,
+                dilation,
+                memory_budget=memory_budget,
+            )
     was_unbatched = input.dim() == ndim + 1
     batched = input.unsqueeze(0) if was_unbatched else input
     kernel_size = tuple(weight.shape[2:])
@@ -89,4 +107,6 @@ def conv_transpose(
     output = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     if bias is not None:
         output = output + bias.reshape(-1, *(1,) * ndim)
+    # channels-last in, channels-last out, as torch's (col2im writes channels first)
+    output = output.contiguous(memory_format=output_memory_format(batched, weight))
     return output.squeeze(0) if was_unbatched else output

@@ -14,6 +14,8 @@ from .arguments import check_conv_tensors
 from .chunks import plan_chunks, resolve_budget
 from .contraction import GeneralizedConvFunction, Plan
 from .fields import check_conv_sizes
+from .ops import run_generalized_conv, variant_arguments
+from .ops_autocast import autocast_dtype, cast
 from .shifted_views import shifted_views_fit
 
 
@@ -37,6 +39,8 @@ def generalized_conv(
     built-in name (see ``anyconv.variants.BUILTIN_VARIANTS``), a :class:`~anyconv.variants.Variant`
     subclass or instance, and its options. The fields are made chunk by chunk, each chunk under
     ``memory_budget`` bytes (default 4 MiB), in forward and backward alike; ``bias`` is added last.
+    Under ``torch.autocast`` it runs in autocast's dtype, as torch's convolutions do; a
+    channels-last input gives a channels-last output.
 
     >>> import torch
     >>> x, w = torch.randn(2, 4, 9, 9), torch.randn(6, 2, 3, 3)
@@ -46,6 +50,22 @@ def generalized_conv(
     ndim, groups = check_conv_tensors(input, weight, bias, groups)
     variant = resolve_variant(variant, **variant_options)
     check_call(variant, input, weight)
+    lowered = autocast_dtype(input)
+    if lowered is not None:
+        # torch's policy for convolutions: run in autocast's dtype, with autocast off inside
+        with torch.autocast(input.device.type, enabled=False):
+            return generalized_conv(
+                cast(input, lowered),
+                cast(weight, lowered),
+                variant,
+                cast(bias, lowered),
+                stride,
+                padding,
+                dilation,
+                groups,
+                padding_mode=padding_mode,
+                memory_budget=memory_budget,
+            )
     was_unbatched = input.dim() == ndim + 1
     batched = input.unsqueeze(0) if was_unbatched else input
     geometry = make_geometry(batched.shape[2:], weight.shape[2:], stride, padding, dilation, padding_mode)
@@ -56,9 +76,15 @@ def generalized_conv(
         geometry = make_geometry(
             geometry.padded_size, geometry.kernel_size, geometry.stride, 0, geometry.dilation
         )
-    plan = _plan(batched, weight, variant, geometry, groups, resolve_budget(memory_budget))
-    tensors = [variant.options[name] for name in plan.option_names]
-    output = GeneralizedConvFunction.apply(batched, weight, bias, plan, *tensors)
+    budget = resolve_budget(memory_budget)
+    arguments = variant_arguments(variant)
+    if arguments is not None:
+        output = run_generalized_conv(batched, weight, bias, variant, arguments, geometry, groups, budget)
+    else:
+        # a variant not registered by name: the plain autograd Function (no compile, export or torch.func)
+        plan = _plan(batched, weight, variant, geometry, groups, budget)
+        tensors = [variant.options[name] for name in plan.option_names]
+        output = GeneralizedConvFunction.apply(batched, weight, bias, plan, *tensors)
     return output.squeeze(0) if was_unbatched else output
 
 

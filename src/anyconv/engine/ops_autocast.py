@@ -1,0 +1,35 @@
+"""Autocast for the engine: torch's policy for convolutions, which run in the lower precision.
+
+Under ``torch.autocast(device, dtype)`` torch's convolutions cast their floating inputs (not
+float64) to ``dtype`` and return ``dtype``; anyconv's do the same, and then run with autocast
+off, so that no operation inside casts a second time.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: the dtypes autocast lowers; float64 and the integer and complex dtypes stay as they are
+_LOWERED = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def autocast_dtype(input: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast asks convolutions on ``input``'s device to run in, or None (autocast off).
+
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     autocast_dtype(torch.ones(1))
+    torch.bfloat16
+    >>> autocast_dtype(torch.ones(1)) is None
+    True
+    """
+    device = input.device.type
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
+
+
+def cast(tensor: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """``tensor`` in ``dtype`` when autocast lowers its dtype, else as it is (None stays None)."""
+    if tensor is None or tensor.dtype not in _LOWERED:
+        return tensor
+    return tensor.to(dtype)

@@ -1,0 +1,140 @@
+"""Gradients that can be differentiated again: the engine's backward when autograd builds a graph.
+
+With ``create_graph=True`` the engine recomputes the variant's formula under autograd (im2col,
+itself twice differentiable, then ``contract``) and differentiates that; a variant whose backward
+is its own code (``contract_backward``: l1, lp, max_plus, min_plus) refuses the second backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from ..functional.im2col import Im2Col
+
+if TYPE_CHECKING:
+    from .contraction import Plan
+
+Gradients = tuple[torch.Tensor | None, torch.Tensor | None, tuple[torch.Tensor | None, ...]]
+
+
+def formula_output(input: torch.Tensor, weight: torch.Tensor, plan: Plan, options: dict) -> torch.Tensor:
+    """The output before bias, from differentiable operations only, a chunk of samples at a time.
+
+    The graph autograd records holds every chunk's fields: the memory of the unchunked formula.
+    """
+    geometry, groups = plan.geometry, plan.groups
+    padded = F.pad(input, geometry.torch_pad) if geometry.is_padded else input
+    filters = weight.reshape(groups, weight.shape[0] // groups, -1)
+    starts = sorted({chunk.samples.start for chunk in plan.chunks} | {input.shape[0]})
+    outputs = []
+    for start, stop in zip(starts, starts[1:]):
+        # (b, C*K, L) in im2col's (channel, tap) order, which filters' rows share
+        columns = Im2Col.apply(padded[start:stop], geometry)
+        fields = columns.unflatten(1, (groups, -1)).permute(1, 0, 3, 2).reshape(groups, -1, filters.shape[-1])
+        result = plan.variant.contract(fields, filters, **options)
+        # (G, b*L, Og) -> (b, O, *out)
+        block = result.unflatten(1, (stop - start, -1)).permute(1, 0, 3, 2).flatten(1, 2)
+        outputs.append(block.reshape(stop - start, weight.shape[0], *geometry.output_size))
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+def second_order_gradients(
+    plan: Plan,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    grad_output: torch.Tensor,
+    option_tensors: tuple[torch.Tensor, ...],
+    options: dict,
+    needs: tuple[bool, ...],
+    fast: Callable[[], Gradients],
+) -> Gradients:
+    """The gradients of (input, weight, *option_tensors) as a graph that autograd can differentiate.
+
+    Without grad mode (no graph to build: option tensors that want gradients) autograd runs one
+    chunk of samples at a time instead. ``options``: the variant's options with
+    ``option_tensors`` in place (as the forward took them); ``needs``: which gradients are
+    wanted; ``fast``: the engine's backward without a graph, run for a variant that refuses a
+    second backward.
+    """
+    sources = (input, weight, *option_tensors)
+    if plan.variant.contract_backward is not None:
+        return _refused(plan.variant.name, fast, needs, grad_output, *sources)
+    if not torch.is_grad_enabled():
+        return _chunked_gradients(plan, input, weight, grad_output, option_tensors, needs)
+    wanted = [source for source, needed in zip(sources, needs) if needed]
+    with torch.enable_grad():
+        output = formula_output(input, weight, plan, options)
+        found = iter(torch.autograd.grad(output, wanted, grad_output, create_graph=True, allow_unused=True))
+    answers = []
+    for source, needed in zip(sources, needs):
+        gradient = next(found) if needed else None
+        answers.append(torch.zeros_like(source) if needed and gradient is None else gradient)
+    return answers[0], answers[1], tuple(answers[2:])
+
+
+def _chunked_gradients(plan, input, weight, grad_output, option_tensors, needs) -> Gradients:
+    """Without a graph to build (option tensors that want gradients): autograd one chunk of samples
+    at a time, each chunk's graph freed before the next."""
+    # imported here: contraction imports this module
+    from .contraction import options_of
+
+    needs_input, needs_weight, *needs_options = needs
+    grad_input = torch.zeros_like(input) if needs_input else None
+    totals = [
+        torch.zeros_like(tensor) if needed else None
+        for tensor, needed in zip((weight, *option_tensors), (needs_weight, *needs_options))
+    ]
+    starts = sorted({chunk.samples.start for chunk in plan.chunks} | {input.shape[0]})
+    for start, stop in zip(starts, starts[1:]):
+        with torch.enable_grad():
+            piece = input[start:stop].detach().requires_grad_(needs_input)
+            leaves = [
+                tensor.detach().requires_grad_(needed)
+                for tensor, needed in zip((weight, *option_tensors), (needs_weight, *needs_options))
+            ]
+            options = options_of(plan, tuple(leaves[1:]), weight.shape[0] // plan.groups)
+            output = formula_output(piece, leaves[0], plan, options)
+            wanted = [tensor for tensor in (piece, *leaves) if tensor.requires_grad]
+            found = iter(torch.autograd.grad(output, wanted, grad_output[start:stop], allow_unused=True))
+        if needs_input:
+            grad_input[start:stop] = next(found)
+        for total, leaf in zip(totals, leaves):
+            if leaf.requires_grad:
+                part = next(found)
+                if part is not None:
+                    total += part
+    return grad_input, totals[0], tuple(totals[1:])
+
+
+def _refused(name: str, fast: Callable[[], Gradients], needs: tuple[bool, ...], *sources) -> Gradients:
+    """The engine's gradients, recorded by autograd as a node whose own backward raises."""
+    grad_input, grad_weight, grad_options = fast()
+    found = [gradient for gradient in (grad_input, grad_weight, *grad_options) if gradient is not None]
+    recorded = iter(_NoSecondDerivative.apply(name, len(found), *found, *sources))
+    answers = [next(recorded) if needed else None for needed in needs]
+    return answers[0], answers[1], tuple(answers[2:])
+
+
+class _NoSecondDerivative(torch.autograd.Function):
+    """Passes gradients through; differentiating them raises a clear error, never a wrong number."""
+
+    @staticmethod
+    def forward(name: str, count: int, *tensors: torch.Tensor):
+        # the first ``count`` are the gradients; the sources after them make autograd record this node
+        return tuple(tensor.clone() for tensor in tensors[:count])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.name = inputs[0]
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"anyconv: no second derivative for variant {ctx.name!r} (its backward is its own "
+            "code: the fused loops of a non-smooth formula); compute its gradient without "
+            "create_graph=True, or use a smooth variant (dot, l2, rbf, polynomial, cosine, sharpened_cosine)"
+        )
