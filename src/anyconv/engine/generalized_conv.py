@@ -13,6 +13,7 @@ from ..variants import Variant, resolve_variant
 from .arguments import check_conv_tensors
 from .chunks import DEFAULT_MEMORY_BUDGET, plan_chunks
 from .contraction import GeneralizedConvFunction, Plan
+from .paths import fast_path
 from .shifted_views import shifted_views_fit
 
 
@@ -56,6 +57,10 @@ def generalized_conv(
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
     if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
         raise invalid("memory_budget", memory_budget, "a positive number of bytes")
+    path = fast_path(batched, weight, variant, geometry, groups, budget)
+    if path is not None:
+        output = path(batched, weight, bias)
+        return output.squeeze(0) if was_unbatched else output
     plan = _plan(batched, weight, variant, geometry, groups, budget)
     tensors = [variant.options[name] for name in plan.option_names]
     output = GeneralizedConvFunction.apply(batched, weight, bias, plan, *tensors)
