@@ -11,6 +11,7 @@ import torch
 
 from ..geometry import Geometry
 from ..variants import Variant
+from .pointwise import pointwise_conv, pointwise_fits
 from .tap_loops import tap_loops_conv, tap_loops_fit
 
 #: (input, weight, bias) -> output
@@ -30,7 +31,11 @@ def fast_path(
     >>> x, w = torch.randn(1, 4, 6, 6), torch.randn(4, 1, 3, 3)
     >>> fast_path(x, w, Cosine(), make_geometry((6, 6), 3), 4, 2**22) is None
     True
+    >>> fast_path(x, w[:, :, :1, :1], Cosine(), make_geometry((6, 6), 1), 4, 2**22) is None
+    False
     """
+    if pointwise_fits(variant, input, geometry):
+        return lambda input, weight, bias: pointwise_conv(input, weight, bias, variant, geometry, groups)
     if tap_loops_fit(variant, input, weight, groups):
         return lambda input, weight, bias: tap_loops_conv(
             input, weight, bias, variant, geometry, groups, budget
