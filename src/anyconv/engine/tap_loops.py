@@ -27,6 +27,8 @@ MAX_CHANNELS_PER_GROUP = 8
 _OPERATIONS = {Dot: 0, L1: 1, L2: 3, MaxPlus: 4, MinPlus: 5}
 _L1_ADDER = 2
 _TROPICAL = (_OPERATIONS[MaxPlus], _OPERATIONS[MinPlus])
+#: tap steps (one output, one tap) a thread must get for the loops to split between threads
+_WORK_PER_THREAD = 2**20
 _SOURCE = "tap_loops.cpp"
 _POINTER, _SIZE, _FLAG = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _GEOMETRY_ARGUMENTS = (_SIZE,) * 6 + (_POINTER, _POINTER, _SIZE, _POINTER, _SIZE, _SIZE, _FLAG)
@@ -86,7 +88,7 @@ def tap_loops_conv(
     operation = _OPERATIONS[type(variant)]
     if operation == _OPERATIONS[L1] and variant.options["adder_grad"]:
         operation = _L1_ADDER
-    sample_bytes = 2 * input.element_size() * input.shape[1] * math.prod(geometry.padded_size)
+    sample_bytes = 2 * input.element_size() * input.shape[1] * _layout(geometry, weight.shape[1])[3]
     samples_per_chunk = max(1, memory_budget // sample_bytes)
     return TapLoopsFunction.apply(
         input, weight, bias, TapPlan(geometry, groups, operation, samples_per_chunk)
@@ -147,6 +149,11 @@ class TapLoopsFunction(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None
 
 
+def _threads(work: int) -> int:
+    """torch's thread count, or 1 for work too small to repay waking the threads."""
+    return max(1, min(torch.get_num_threads(), work // _WORK_PER_THREAD))
+
+
 def _sample_chunks(batch: int, samples_per_chunk: int) -> list[slice]:
     return [
         slice(start, min(start + samples_per_chunk, batch)) for start in range(0, batch, samples_per_chunk)
@@ -154,38 +161,56 @@ def _sample_chunks(batch: int, samples_per_chunk: int) -> list[slice]:
 
 
 def _padded(input: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-    return F.pad(input, geometry.torch_pad).contiguous() if geometry.is_padded else input.contiguous()
+    """The zero-padded input, its last dimension split into ``stride`` phases (see :func:`_layout`):
+    (b, C, phases, *padded[:-1], padded[-1] / phases)."""
+    phases = geometry.stride[-1]
+    # zeros after the last column so that the phases have one length
+    extra = -geometry.padded_size[-1] % phases
+    amounts = (geometry.torch_pad[0], geometry.torch_pad[1] + extra, *geometry.torch_pad[2:])
+    padded = F.pad(input, amounts) if any(amounts) else input
+    return padded.unflatten(-1, (-1, phases)).movedim(-1, 2).contiguous()
 
 
 def _cropped(grad_padded: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-    """The gradient of the unpadded input: the padding cropped off (the adjoint of ``_padded``)."""
-    if not geometry.is_padded:
-        return grad_padded
+    """The gradient of the unpadded input from that of :func:`_padded`'s result (its adjoint)."""
+    image = grad_padded.movedim(2, -1).flatten(-2)
     interior = tuple(
         slice(before, before + size) for (before, _), size in zip(geometry.padding, geometry.input_size)
     )
-    return grad_padded[(slice(None), slice(None), *interior)]
+    return image[(slice(None), slice(None), *interior)]
 
 
 @lru_cache(maxsize=256)
-def _offsets(geometry: Geometry, channels_per_group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Offsets into one group's padded input (C, *padded), flat: of each tap (kernel, then
-    channel order, as the fields'), of its weight column (channel, then kernel: the weight's
-    layout), and of the first input element each output row (all but the last dimension) reads."""
-    padded = geometry.padded_size
-    strides = [math.prod(padded[axis + 1 :]) for axis in range(geometry.ndim)]
-    plane = math.prod(padded)
+def _layout(
+    geometry: Geometry, channels_per_group: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Flat offsets into one group's input as :func:`_padded` lays it out: of each tap (kernel,
+    then channel order, as the fields'), of its weight column (channel, then kernel: the weight's
+    layout), and of the first input element each output row (all but the last dimension) reads;
+    and the elements per channel.
+
+    A stride s along the last dimension would make the loops read every s-th element; split into s
+    phases (columns j with j % s = phase, one after the other) the input is read contiguously
+    instead: column i * s + k * dilation is column i + (k * dilation) // s of phase (k * dilation) % s.
+    """
+    phases = geometry.stride[-1]
+    shape = (phases, *geometry.padded_size[:-1], -(-geometry.padded_size[-1] // phases))
+    strides = [math.prod(shape[axis + 1 :]) for axis in range(len(shape))]
+    plane = math.prod(shape)
     taps, columns = [], []
     for flat_tap, tap in enumerate(_indices(geometry.kernel_size)):
-        spatial = sum(index * step * stride for index, step, stride in zip(tap, geometry.dilation, strides))
+        reach = [index * spacing for index, spacing in zip(tap, geometry.dilation)]
+        leading = sum(amount * stride for amount, stride in zip(reach[:-1], strides[1:-1]))
+        spatial = (reach[-1] % phases) * strides[0] + leading + reach[-1] // phases
         for channel in range(channels_per_group):
             taps.append(channel * plane + spatial)
             columns.append(channel * geometry.kernel_volume + flat_tap)
     rows = [
-        sum(index * step * stride for index, step, stride in zip(row, geometry.stride, strides))
+        sum(index * step * stride for index, step, stride in zip(row, geometry.stride, strides[1:-1]))
         for row in _indices(geometry.output_size[:-1])
     ]
-    return tuple(torch.tensor(values, dtype=torch.int64) for values in (taps, columns, rows))
+    offsets = tuple(torch.tensor(values, dtype=torch.int64) for values in (taps, columns, rows))
+    return (*offsets, plane)
 
 
 def _indices(sizes: tuple[int, ...]) -> itertools.product:
@@ -205,7 +230,7 @@ def _function(name: str, dtype: torch.dtype):
 
 def _call(name: str, plan: TapPlan, padded: torch.Tensor, weight: torch.Tensor, *tensors) -> None:
     geometry = plan.geometry
-    taps, columns, rows = _offsets(geometry, weight.shape[1])
+    taps, columns, rows, plane = _layout(geometry, weight.shape[1])
     pointers = [tensor.data_ptr() if tensor is not None else None for tensor in (padded, weight, *tensors)]
     _function(name, padded.dtype)(
         plan.operation,
@@ -214,13 +239,13 @@ def _call(name: str, plan: TapPlan, padded: torch.Tensor, weight: torch.Tensor, 
         padded.shape[1],
         weight.shape[0],
         plan.groups,
-        math.prod(geometry.padded_size),
+        plane,
         taps.numel(),
         taps.data_ptr(),
         columns.data_ptr(),
         rows.numel(),
         rows.data_ptr(),
         geometry.output_size[-1],
-        geometry.stride[-1],
-        torch.get_num_threads(),
+        1,
+        _threads(padded.shape[0] * weight.shape[0] * geometry.num_positions * taps.numel()),
     )
