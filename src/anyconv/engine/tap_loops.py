@@ -209,8 +209,11 @@ def _layout(
         sum(index * step * stride for index, step, stride in zip(row, geometry.stride, strides[1:-1]))
         for row in _indices(geometry.output_size[:-1])
     ]
-    offsets = tuple(torch.tensor(values, dtype=torch.int64) for values in (taps, columns, rows))
-    return (*offsets, plane)
+
+    def as_tensor(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.int64)
+
+    return as_tensor(taps), as_tensor(columns), as_tensor(rows), plane
 
 
 def _indices(sizes: tuple[int, ...]) -> itertools.product:
