@@ -36,7 +36,8 @@ _GEOMETRY_ARGUMENTS = (_SIZE,) * 6 + (_POINTER, _POINTER, _SIZE, _POINTER, _SIZE
 
 def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
     """Whether the tap loops compute this call: a variant they know, float CPU tensors, few
-    input channels per group in a grouped convolution, and the loops compiled.
+    input channels per group in a grouped convolution, the loops compiled, and no torch.compile
+    tracing the call.
 
     >>> import torch
     >>> tap_loops_fit(L1(), torch.randn(1, 8, 5, 5), torch.randn(8, 1, 3, 3), 8) in (True, False)
@@ -44,6 +45,8 @@ def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, g
     """
     return (
         type(variant) in _OPERATIONS
+        # the loops are called through ctypes, which torch.compile cannot trace
+        and not torch.compiler.is_compiling()
         and groups > 1
         and weight.shape[1] <= MAX_CHANNELS_PER_GROUP
         and input.device.type == "cpu"
