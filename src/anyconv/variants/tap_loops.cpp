@@ -90,7 +90,7 @@ struct MaxPlus {
   template <typename A>
   static A step(A acc, A x, T w) {
     A value = x + w;
-    return (value > acc || value != value) ? value : acc;
+    return ((value > acc) | (value != value)) ? value : acc;
   }
   static constexpr T kWeightSign = T(1);
 };
@@ -106,7 +106,7 @@ struct MinPlus {
   template <typename A>
   static A step(A acc, A x, T w) {
     A value = x - w;
-    return (value < acc || value != value) ? value : acc;
+    return ((value < acc) | (value != value)) ? value : acc;
   }
   static constexpr T kWeightSign = T(-1);
 };
