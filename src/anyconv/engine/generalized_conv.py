@@ -16,6 +16,7 @@ from .contraction import GeneralizedConvFunction, Plan
 from .fields import check_conv_sizes
 from .ops import run_generalized_conv, variant_arguments
 from .ops_autocast import autocast_dtype, cast
+from .paths import fast_path
 from .shifted_views import shifted_views_fit
 
 
@@ -77,8 +78,11 @@ def generalized_conv(
             geometry.padded_size, geometry.kernel_size, geometry.stride, 0, geometry.dilation
         )
     budget = resolve_budget(memory_budget)
+    path = fast_path(batched, weight, variant, geometry, groups, budget)
     arguments = variant_arguments(variant)
-    if arguments is not None:
+    if path is not None:
+        output = path(batched, weight, bias)
+    elif arguments is not None:
         output = run_generalized_conv(batched, weight, bias, variant, arguments, geometry, groups, budget)
     else:
         # a variant not registered by name: the plain autograd Function (no compile, export or torch.func)

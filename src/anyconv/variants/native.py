@@ -37,6 +37,7 @@ from .native_cache import (
 SOURCES = {
     "fused_kernels.cpp": ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd"),
     "fused_power.cpp": ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd", "-ffast-math"),
+    "tap_loops.cpp": ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd"),
 }
 #: tried first: the forward loops split their rows on OpenMP threads, which (libgomp being
 #: loaded already by torch under the same name) are torch's own; without it, Python threads do

@@ -1,0 +1,311 @@
+"""Time anyconv on the layer shapes real networks use, each against torch's own op of that shape.
+
+One row per layer family, its shape taken from a named network. Run from a source checkout:
+``PYTHONPATH=src python benchmarks/bench_layers.py [--rounds N] [--rows TEXT] [--memory]``.
+
+Each round calls torch's op (``F.conv1d/2d/3d`` or ``F.conv_transpose2d``) once, then every method
+once, and takes each method's ratio to torch's time in that round: the ratios of a round share the
+machine's load. The table gives the median and quartiles of those ratios over the rounds, forward
+(under ``no_grad``) and forward+backward. ``cosine`` is also given as a ratio to ``dot`` (the same
+layer through ``anyconv.conv``). With ``--memory`` each (row, method) runs its forward+backward once
+in a fresh process, whose peak resident memory above its inputs is reported next to torch's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Row:
+    """One layer: its network, input shape (batch, channels, *spatial) and convolution arguments."""
+
+    name: str
+    network: str
+    input_shape: tuple[int, ...]
+    out_channels: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    dilation: int = 1
+    groups: int = 1
+    transposed: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.input_shape) - 2
+
+
+# batch sizes keep one torch call of every row in the milliseconds to tens of milliseconds
+ROWS = (
+    Row("stem 7x7 s2", "ResNet-18 conv1", (2, 3, 224, 224), 64, 7, stride=2, padding=3),
+    Row("3x3 @56", "ResNet-18 layer1", (2, 64, 56, 56), 64, 3, padding=1),
+    Row("3x3 @14", "ResNet-18 layer3", (2, 256, 14, 14), 256, 3, padding=1),
+    Row("3x3 s2", "ResNet-18 layer2.0.conv1", (2, 64, 56, 56), 128, 3, stride=2, padding=1),
+    Row("1x1 pointwise", "MobileNetV2 expansion (24 -> 144)", (2, 24, 56, 56), 144, 1),
+    Row("1x1 s2 downsample", "ResNet-18 layer2.0.downsample", (2, 64, 56, 56), 128, 1, stride=2),
+    Row(
+        "depthwise 3x3", "MobileNetV2 block 2 (144 channels)", (2, 144, 56, 56), 144, 3, padding=1, groups=144
+    ),
+    Row(
+        "depthwise 3x3 s2",
+        "MobileNetV3-small block 1",
+        (2, 16, 112, 112),
+        16,
+        3,
+        stride=2,
+        padding=1,
+        groups=16,
+    ),
+    Row(
+        "depthwise 5x5",
+        "EfficientNet-B0 stage 4 (240 channels)",
+        (2, 240, 28, 28),
+        240,
+        5,
+        padding=2,
+        groups=240,
+    ),
+    Row(
+        "depthwise 5x5 s2",
+        "EfficientNet-B0 stage 3.0 (144 channels)",
+        (2, 144, 56, 56),
+        144,
+        5,
+        stride=2,
+        padding=2,
+        groups=144,
+    ),
+    Row("depthwise 7x7", "ConvNeXt-T stage 1 (96 channels)", (2, 96, 56, 56), 96, 7, padding=3, groups=96),
+    Row(
+        "grouped 3x3, 4 per group", "ResNeXt-50 32x4d layer1", (2, 128, 56, 56), 128, 3, padding=1, groups=32
+    ),
+    Row("dilated 3x3 d2", "DeepLabV3-ResNet-50 layer3 (output stride 8)", (1, 256, 28, 28), 256, 3, 1, 2, 2),
+    Row("dilated 3x3 d4", "DeepLabV3-ResNet-50 layer4 (output stride 8)", (1, 512, 28, 28), 512, 3, 1, 4, 4),
+    Row("1-D k3", "TCN / WaveNet-style audio block", (4, 128, 4096), 128, 3, padding=1),
+    Row("1-D k5", "Wav2Letter-style audio layer", (4, 128, 4096), 128, 5, padding=2),
+    Row("1-D k11", "Jasper block 1 (256 channels)", (2, 256, 2048), 256, 11, padding=5),
+    Row("3-D 3x3x3", "R3D-18 layer2 (16x112x112 clip)", (1, 128, 8, 28, 28), 128, 3, padding=1),
+    Row(
+        "transposed 4x4 s2",
+        "U-Net / pix2pix decoder",
+        (2, 128, 16, 16),
+        64,
+        4,
+        stride=2,
+        padding=1,
+        transposed=True,
+    ),
+    Row(
+        "transposed 2x2 s2",
+        "U-Net decoder up-convolution",
+        (2, 256, 28, 28),
+        128,
+        2,
+        stride=2,
+        transposed=True,
+    ),
+    Row("1x1 on 1x1", "MobileNetV3 squeeze-excitation (96 -> 24)", (8, 96, 1, 1), 24, 1),
+)
+METHODS = ("anyconv", "l1", "max_plus", "cosine")
+PASSES = ("forward", "forward+backward")
+
+
+def _rows(text: str | None) -> list[Row]:
+    return [row for row in ROWS if text is None or text.lower() in row.name.lower()]
+
+
+def _layer(row: Row, tiny: bool = False):
+    """Input, weight, bias and the callables of every method and of torch, for ``row``.
+
+    ``tiny``: one sample whose image is just large enough for one output position.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    import anyconv
+
+    generator = torch.Generator().manual_seed(0)
+    channels = row.input_shape[1]
+    kernel = (row.kernel_size,) * row.ndim
+    if row.transposed:
+        weight_shape = (channels, row.out_channels // row.groups, *kernel)
+    else:
+        weight_shape = (row.out_channels, channels // row.groups, *kernel)
+    shape = row.input_shape
+    if tiny:
+        span = 1 if row.transposed else (row.kernel_size - 1) * row.dilation + 1
+        shape = (1, channels, *(span,) * row.ndim)
+    x = torch.randn(shape, generator=generator)
+    w = torch.randn(weight_shape, generator=generator) / math.sqrt(math.prod(weight_shape[1:]))
+    b = torch.randn(row.out_channels, generator=generator)
+    arguments = dict(stride=row.stride, padding=row.padding, dilation=row.dilation, groups=row.groups)
+    if row.transposed:
+        torch_op = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[row.ndim - 1]
+        methods = {"anyconv": lambda x, w, b: anyconv.conv_transpose(x, w, b, **arguments)}
+    else:
+        torch_op = (F.conv1d, F.conv2d, F.conv3d)[row.ndim - 1]
+        methods = {"anyconv": lambda x, w, b: anyconv.conv(x, w, b, **arguments)}
+        for variant in METHODS[1:]:
+            methods[variant] = lambda x, w, b, variant=variant: anyconv.generalized_conv(
+                x, w, variant, b, **arguments
+            )
+    methods["torch"] = lambda x, w, b: torch_op(x, w, b, **arguments)
+    return x, w, b, methods
+
+
+def _caller(x, w, b, backward: bool):
+    import torch
+
+    def call(function):
+        if not backward:
+            with torch.no_grad():
+                return function(x, w, b)
+        out = function(x, w, b)
+        out.backward(torch.ones_like(out))
+        x.grad = w.grad = b.grad = None
+        return out
+
+    return call
+
+
+def time_row(row: Row, methods: list[str], rounds: int, backward: bool) -> dict[str, list[float]]:
+    """Per method, its time / torch's time in each round (plus 'torch_ms', torch's times)."""
+    x, w, b, functions = _layer(row)
+    for tensor in (x, w, b):
+        tensor.requires_grad_(backward)
+    call = _caller(x, w, b, backward)
+    methods = [method for method in methods if method in functions]
+    for name in ("torch", *methods):
+        call(functions[name])  # warm-up: one-time allocations and native-library loading
+    ratios: dict[str, list[float]] = {name: [] for name in methods}
+    ratios["torch_ms"] = []
+    if "cosine" in methods and "anyconv" in methods:
+        ratios["cosine / dot"] = []
+    for _ in range(rounds):
+        times = {}
+        for name in ("torch", *methods):
+            start = time.perf_counter()
+            call(functions[name])
+            times[name] = time.perf_counter() - start
+        ratios["torch_ms"].append(1000 * times["torch"])
+        for name in methods:
+            ratios[name].append(times[name] / times["torch"])
+        if "cosine / dot" in ratios:
+            ratios["cosine / dot"].append(times["cosine"] / times["anyconv"])
+    return ratios
+
+
+def _high_water_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("VmHWM not found in /proc/self/status")
+
+
+def peak_memory(row: Row, method: str) -> float:
+    """In this process: MiB of resident memory that one forward+backward of ``method`` adds.
+
+    A warm-up on a tiny input first loads what every call shares (native libraries, threads).
+    """
+    x, w, b, functions = _layer(row, tiny=True)
+    for tensor in (x, w, b):
+        tensor.requires_grad_(True)
+    _caller(x, w, b, True)(functions[method])
+    x, w, b, functions = _layer(row)
+    for tensor in (x, w, b):
+        tensor.requires_grad_(True)
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # resets VmHWM to the current resident size (Linux)
+    before = _high_water_mib()
+    _caller(x, w, b, True)(functions[method])
+    return _high_water_mib() - before
+
+
+def _memory_in_subprocess(row: Row, method: str, threads: int | None) -> str:
+    command = [sys.executable, __file__, "--peak", row.name, method]
+    command += ["--threads", str(threads)] if threads else []
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        return "failed"
+    return f"{json.loads(done.stdout):.1f}"
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    low, middle, high = statistics.quantiles(values, n=4, method="inclusive")
+    return low, statistics.median(values), high
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=15, help="rounds per row and pass (default 15)")
+    parser.add_argument("--rows", help="only the rows whose name contains this text")
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--memory", action="store_true", help="also the peak memory, one process per method")
+    parser.add_argument("--peak", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.peak:
+        row = next(row for row in ROWS if row.name == args.peak[0])
+        print(json.dumps(peak_memory(row, args.peak[1])))
+        return
+    rows = _rows(args.rows)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, {args.rounds} rounds; "
+        "ratio = time / torch's time in the same round: median [quartiles]"
+    )
+    print()
+    print(
+        "| row | network | shape | pass | torch ms | method | x torch |"
+        + (" MiB (torch) |" if args.memory else "")
+    )
+    print("|---|---|---|---|---:|---|---|" + ("---:|" if args.memory else ""))
+    forward_medians: dict[str, list[tuple[float, str]]] = {}
+    for row in rows:
+        shape = "x".join(map(str, row.input_shape)) + f" -> {row.out_channels}"
+        torch_memory = _memory_in_subprocess(row, "torch", args.threads) if args.memory else ""
+        for mode in PASSES:
+            ratios = time_row(row, args.methods, args.rounds, mode == "forward+backward")
+            torch_ms = statistics.median(ratios.pop("torch_ms"))
+            for method, values in ratios.items():
+                low, middle, high = _quartiles(values)
+                if mode == "forward" and method != "cosine / dot":
+                    forward_medians.setdefault(method, []).append((middle, row.name))
+                memory = ""
+                if args.memory and mode == "forward+backward" and method in METHODS:
+                    memory = f" {_memory_in_subprocess(row, method, args.threads)} ({torch_memory}) |"
+                elif args.memory:
+                    memory = " |"
+                print(
+                    f"| {row.name} | {row.network} | {shape} | {mode} | {torch_ms:.2f} | {method} | "
+                    f"{middle:.2f} [{low:.2f}, {high:.2f}] |{memory}",
+                    flush=True,
+                )
+    print()
+    print("| method | geometric mean of forward medians | worst row (forward median) |")
+    print("|---|---:|---|")
+    for method, medians in forward_medians.items():
+        geometric = math.exp(statistics.fmean(math.log(value) for value, _ in medians))
+        worst, worst_row = max(medians)
+        print(f"| {method} | {geometric:.2f} | {worst_row} ({worst:.2f}) |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The pointwise path: a 1x1 convolution is a matrix product over channels, with no fields at all.
+
+The (strided) input, seen as (B, G, Cg, L), is multiplied by the weight (G, Og, Cg) for ``dot``,
+and divided by the norms for ``cosine``; autograd differentiates the product and the norms.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..geometry import Geometry
+from ..variants import Cosine, Dot, Variant
+
+
+def pointwise_fits(variant: Variant, input: torch.Tensor, geometry: Geometry) -> bool:
+    """Whether the pointwise path computes this call: ``dot`` or ``cosine``, a floating dtype,
+    a kernel of one tap and no zero padding left to apply.
+
+    >>> import torch
+    >>> from anyconv.geometry import make_geometry
+    >>> pointwise_fits(Dot(), torch.randn(1, 4, 5, 5), make_geometry((5, 5), 1, stride=2))
+    True
+    >>> pointwise_fits(Dot(), torch.randn(1, 4, 5, 5), make_geometry((5, 5), 3))
+    False
+    """
+    return (
+        type(variant) in (Dot, Cosine)
+        and input.dtype.is_floating_point
+        and geometry.kernel_volume == 1
+        and not geometry.is_padded
+    )
+
+
+def pointwise_conv(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    variant: Variant,
+    geometry: Geometry,
+    groups: int,
+) -> torch.Tensor:
+    """The 1x1 generalized convolution of a batched ``input`` (see :func:`pointwise_fits`).
+
+    >>> import torch, torch.nn.functional as F
+    >>> from anyconv.geometry import make_geometry
+    >>> x, w = torch.randn(2, 4, 5, 5, dtype=torch.float64), torch.randn(6, 2, 1, 1, dtype=torch.float64)
+    >>> y = pointwise_conv(x, w, None, Dot(), make_geometry((5, 5), 1, stride=2), 2)
+    >>> torch.allclose(y, F.conv2d(x, w, stride=2, groups=2))
+    True
+    """
+    steps = tuple(slice(None, None, step) for step in geometry.stride)
+    strided = (
+        input[(slice(None), slice(None), *steps)] if any(step > 1 for step in geometry.stride) else input
+    )
+    batch = input.shape[0]
+    fields = strided.reshape(batch, groups, input.shape[1] // groups, geometry.num_positions)
+    filters = weight.reshape(groups, weight.shape[0] // groups, -1)
+    output = torch.matmul(filters, fields)
+    if isinstance(variant, Cosine):
+        field_norms = torch.linalg.vector_norm(fields, dim=2, keepdim=True)
+        filter_norms = torch.linalg.vector_norm(filters, dim=2, keepdim=True)
+        output = output / (field_norms * filter_norms + variant.eps)
+    output = output.reshape(batch, weight.shape[0], *geometry.output_size)
+    if bias is not None:
+        output = output + bias.view(-1, *(1,) * geometry.ndim)
+    return output

@@ -1,0 +1,341 @@
+// Loops over kernel taps for convolutions with few input channels per group (depthwise and the
+// like), forward and backward, reading the zero-padded input directly: no receptive fields are
+// copied. One output row (the last spatial dimension) at a time stays in cache while every tap of
+// the row's filter meets it; N-d geometry arrives flattened as offsets into the padded input.
+//
+// Layout: x and grad_x (B, C, plane) padded input; w (O, T) with T = channels per group x taps;
+// y and grad (B, O, rows, width). Tap t reads x at row_offsets[r] + tap_offsets[t] + i * step and
+// weight column weight_index[t]; taps come in the engine's field order (kernel, then channel),
+// which decides the winner of a tropical tie.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+// Each operation: the start of the reduction, one tap's step, and the tap's partial derivatives
+// times the incoming gradient (d output / d x, d output / d w).
+template <typename T>
+struct Dot {
+  static constexpr bool kWinner = false;
+  static T start() { return T(0); }
+  template <typename A>
+  static A step(A acc, A x, T w) { return acc + x * w; }
+  template <typename A>
+  static void partials(A x, T w, A g, A& dx, A& dw) {
+    dx = g * w;
+    dw = g * x;
+  }
+};
+
+template <typename T>
+struct L1 {
+  static constexpr bool kWinner = false;
+  static T start() { return T(0); }
+  template <typename A>
+  static A step(A acc, A x, T w) {
+    A d = x - w;
+    return acc - (d < 0 ? -d : d);
+  }
+  // sign(x - w) times the gradient, 0 where x == w (and where x - w is NaN), as the fused loops
+  template <typename A>
+  static void partials(A x, T w, A g, A& dx, A& dw) {
+    A d = x - w;
+    A signed_grad = d > 0 ? g : (d < 0 ? -g : A{});
+    dx = -signed_grad;
+    dw = signed_grad;
+  }
+};
+
+// AdderNet's training rule: the field gradient clipped, the filter gradient x - w
+template <typename T>
+struct L1Adder : L1<T> {
+  template <typename A>
+  static void partials(A x, T w, A g, A& dx, A& dw) {
+    A d = w - x;
+    dx = g * (d > 1 ? A{} + T(1) : (d < -1 ? A{} - T(1) : d));
+    dw = -g * d;
+  }
+};
+
+template <typename T>
+struct L2 {
+  static constexpr bool kWinner = false;
+  static T start() { return T(0); }
+  template <typename A>
+  static A step(A acc, A x, T w) {
+    A d = x - w;
+    return acc - d * d;
+  }
+  template <typename A>
+  static void partials(A x, T w, A g, A& dx, A& dw) {
+    A twice = T(2) * g * (x - w);
+    dx = -twice;
+    dw = twice;
+  }
+};
+
+// the tropical pair: a NaN term wins (and stays), as in torch's max and min
+template <typename T>
+struct MaxPlus {
+  static constexpr bool kWinner = true;
+  static T start() { return -std::numeric_limits<T>::infinity(); }
+  template <typename A>
+  static A term(A x, T w) {
+    return x + w;
+  }
+  template <typename A>
+  static A step(A acc, A x, T w) {
+    A value = x + w;
+    return ((value > acc) | (value != value)) ? value : acc;
+  }
+  static constexpr T kWeightSign = T(1);
+};
+
+template <typename T>
+struct MinPlus {
+  static constexpr bool kWinner = true;
+  static T start() { return std::numeric_limits<T>::infinity(); }
+  template <typename A>
+  static A term(A x, T w) {
+    return x - w;
+  }
+  template <typename A>
+  static A step(A acc, A x, T w) {
+    A value = x - w;
+    return ((value < acc) | (value != value)) ? value : acc;
+  }
+  static constexpr T kWeightSign = T(-1);
+};
+
+struct Geometry {
+  int64_t batch, channels, out_channels, groups, plane, taps;
+  const int64_t* tap_offsets;
+  const int64_t* weight_index;
+  int64_t rows;
+  const int64_t* row_offsets;
+  int64_t width, step;
+};
+
+// 512 bits of T: the loops below are written on these vectors (GCC and Clang vector extensions)
+// rather than left to the auto-vectoriser, which vectorised the wrong loop (over taps, by gathers)
+template <typename T>
+struct Lanes {
+  static constexpr int kCount = 64 / sizeof(T);
+  typedef T Vector __attribute__((vector_size(64)));
+};
+
+// COUNT lanes of a vector read from SOURCE (STEP apart); the other lanes are zero
+template <typename T>
+inline typename Lanes<T>::Vector load(const T* source, int64_t step, int count = Lanes<T>::kCount) {
+  typename Lanes<T>::Vector values{};
+  if (step == 1 && count == Lanes<T>::kCount) {
+    std::memcpy(&values, source, sizeof(values));
+  } else {
+    for (int lane = 0; lane < count; ++lane) values[lane] = source[lane * step];
+  }
+  return values;
+}
+
+template <typename T>
+inline void store(T* target, const typename Lanes<T>::Vector& values, int count = Lanes<T>::kCount) {
+  std::memcpy(target, &values, count * sizeof(T));
+}
+
+// VECTORS vectors of outputs of one row (the last COUNT lanes of the last vector when fewer),
+// their values in registers while every tap meets them
+template <typename T, typename Op, int VECTORS>
+inline void forward_block(const T* x, const T* w, T* out, const Geometry& g, int64_t origin,
+                          int count = Lanes<T>::kCount) {
+  using Vector = typename Lanes<T>::Vector;
+  constexpr int kLanes = Lanes<T>::kCount;
+  Vector values[VECTORS];
+  for (int v = 0; v < VECTORS; ++v) values[v] = Vector{} + Op::start();
+  for (int64_t t = 0; t < g.taps; ++t) {
+    const T* source = x + origin + g.tap_offsets[t];
+    const T weight = w[g.weight_index[t]];
+    for (int v = 0; v < VECTORS - 1; ++v) values[v] = Op::step(values[v], load(source + v * kLanes * g.step, g.step), weight);
+    const int64_t last = (VECTORS - 1) * kLanes * g.step;
+    values[VECTORS - 1] = Op::step(values[VECTORS - 1], load(source + last, g.step, count), weight);
+  }
+  for (int v = 0; v < VECTORS - 1; ++v) store(out + v * kLanes, values[v]);
+  store(out + (VECTORS - 1) * kLanes, values[VECTORS - 1], count);
+}
+
+template <typename T, typename Op>
+void forward_plane(const T* x, const T* w, T* y, const Geometry& g) {
+  constexpr int64_t kLanes = Lanes<T>::kCount;
+  const int64_t block = g.width >= 2 * kLanes ? 2 * kLanes : kLanes;
+  for (int64_t r = 0; r < g.rows; ++r) {
+    T* out = y + r * g.width;
+    const int64_t origin = g.row_offsets[r];
+    if (g.width < kLanes) {
+      forward_block<T, Op, 1>(x, w, out, g, origin, static_cast<int>(g.width));
+      continue;
+    }
+    // whole blocks only: the last one overlaps the one before it (its outputs are written twice)
+    for (int64_t start = 0; start < g.width; start += block) {
+      const int64_t first = start + block <= g.width ? start : g.width - block;
+      if (block == kLanes) {
+        forward_block<T, Op, 1>(x, w, out + first, g, origin + first * g.step);
+      } else {
+        forward_block<T, Op, 2>(x, w, out + first, g, origin + first * g.step);
+      }
+    }
+  }
+}
+
+template <typename T, typename Op>
+void forward(const T* x, const T* w, T* y, const Geometry& g, int threads) {
+  const int64_t per_group_in = g.channels / g.groups, per_group_out = g.out_channels / g.groups;
+  const int64_t planes = g.batch * g.out_channels, output_plane = g.rows * g.width;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t index = 0; index < planes; ++index) {
+    const int64_t b = index / g.out_channels, o = index % g.out_channels;
+    const T* source = x + (b * g.channels + (o / per_group_out) * per_group_in) * g.plane;
+    forward_plane<T, Op>(source, w + o * g.taps, y + index * output_plane, g);
+  }
+}
+
+// one output channel's gradient into its group's padded input gradient and its weight gradient
+template <typename T, typename Op>
+void backward_plane(const T* __restrict x, const T* __restrict w, const T* __restrict y,
+                    const T* __restrict grad, T* __restrict grad_x, T* __restrict grad_w, const Geometry& g,
+                    std::vector<T>& found) {
+  const int64_t s = g.step;
+  for (int64_t r = 0; r < g.rows; ++r) {
+    const T* __restrict grad_row = grad + r * g.width;
+    const T* __restrict out = y == nullptr ? nullptr : y + r * g.width;
+    if constexpr (Op::kWinner) std::fill(found.begin(), found.end(), T(0));
+    for (int64_t t = 0; t < g.taps; ++t) {
+      const int64_t offset = g.row_offsets[r] + g.tap_offsets[t];
+      const T* __restrict source = x + offset;
+      T* __restrict target = grad_x + offset;
+      const T weight = w[g.weight_index[t]];
+      T weight_grad = 0;
+      if constexpr (Op::kWinner) {
+        // per output, the first tap whose term equals the output (or is NaN where it is) wins
+        using Vector = typename Lanes<T>::Vector;
+        constexpr int kLanes = Lanes<T>::kCount;
+        for (int64_t i = 0; i < g.width; i += kLanes) {
+          const int count = static_cast<int>(std::min<int64_t>(kLanes, g.width - i));
+          const Vector value = Op::term(load(source + i * s, s, count), weight);
+          const Vector output = load(out + i, 1, count);
+          const Vector seen = load(found.data() + i, 1, count);
+          const auto wins = (seen == 0) & ((value == output) | ((value != value) & (output != output)));
+          const Vector taken = wins ? load(grad_row + i, 1, count) : Vector{};
+          for (int lane = 0; lane < count; ++lane) target[(i + lane) * s] += taken[lane];
+          const Vector now_found = wins ? Vector{} + T(1) : seen;
+          store(found.data() + i, now_found, count);
+          for (int lane = 0; lane < count; ++lane) weight_grad += taken[lane];
+        }
+        weight_grad *= Op::kWeightSign;
+      } else {
+        using Vector = typename Lanes<T>::Vector;
+        constexpr int kLanes = Lanes<T>::kCount;
+        Vector weight_grads{};
+        int64_t i = 0;
+        for (; i + kLanes <= g.width; i += kLanes) {
+          Vector dx, dw;
+          Op::partials(load(source + i * s, s), weight, load(grad_row + i, 1), dx, dw);
+          if (s == 1) {
+            Vector sums = load(target + i, 1) + dx;
+            std::memcpy(target + i, &sums, sizeof(sums));
+          } else {
+            for (int lane = 0; lane < kLanes; ++lane) target[(i + lane) * s] += dx[lane];
+          }
+          weight_grads += dw;
+        }
+        for (int lane = 0; lane < kLanes; ++lane) weight_grad += weight_grads[lane];
+        for (; i < g.width; ++i) {
+          T dx, dw;
+          Op::partials(source[i * s], weight, grad_row[i], dx, dw);
+          target[i * s] += dx;
+          weight_grad += dw;
+        }
+      }
+      grad_w[g.weight_index[t]] += weight_grad;
+    }
+  }
+}
+
+// Threads split (sample, group) pairs: each writes only its group's input gradient, and each
+// sample its own weight-gradient slice (summed over samples by the caller).
+template <typename T, typename Op>
+void backward(const T* x, const T* w, const T* y, const T* grad, T* grad_x, T* grad_w, const Geometry& g,
+              int threads) {
+  const int64_t per_group_in = g.channels / g.groups, per_group_out = g.out_channels / g.groups;
+  const int64_t pairs = g.batch * g.groups, output_plane = g.rows * g.width;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> found(Op::kWinner ? g.width : 0);
+#pragma omp for schedule(static)
+    for (int64_t index = 0; index < pairs; ++index) {
+      const int64_t b = index / g.groups, group = index % g.groups;
+      const int64_t input_at = (b * g.channels + group * per_group_in) * g.plane;
+      for (int64_t j = 0; j < per_group_out; ++j) {
+        const int64_t o = group * per_group_out + j;
+        const int64_t output_at = (b * g.out_channels + o) * output_plane;
+        backward_plane<T, Op>(x + input_at, w + o * g.taps, y == nullptr ? nullptr : y + output_at,
+                              grad + output_at, grad_x + input_at, grad_w + (b * g.out_channels + o) * g.taps,
+                              g, found);
+      }
+    }
+  }
+}
+
+enum Operation { kDot = 0, kL1 = 1, kL1Adder = 2, kL2 = 3, kMaxPlus = 4, kMinPlus = 5 };
+
+template <typename T>
+void forward_any(int operation, const T* x, const T* w, T* y, const Geometry& g, int threads) {
+  switch (operation) {
+    case kDot: return forward<T, Dot<T>>(x, w, y, g, threads);
+    case kL1:
+    case kL1Adder: return forward<T, L1<T>>(x, w, y, g, threads);
+    case kL2: return forward<T, L2<T>>(x, w, y, g, threads);
+    case kMaxPlus: return forward<T, MaxPlus<T>>(x, w, y, g, threads);
+    case kMinPlus: return forward<T, MinPlus<T>>(x, w, y, g, threads);
+  }
+}
+
+template <typename T>
+void backward_any(int operation, const T* x, const T* w, const T* y, const T* grad, T* grad_x, T* grad_w,
+                  const Geometry& g, int threads) {
+  switch (operation) {
+    case kDot: return backward<T, Dot<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
+    case kL1: return backward<T, L1<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
+    case kL1Adder: return backward<T, L1Adder<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
+    case kL2: return backward<T, L2<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
+    case kMaxPlus: return backward<T, MaxPlus<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
+    case kMinPlus: return backward<T, MinPlus<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
+  }
+}
+
+}  // namespace
+
+#define TAP_LOOPS(T, SUFFIX)                                                                                \
+  extern "C" void tap_forward_##SUFFIX(int operation, const T* x, const T* w, T* y, int64_t batch,         \
+                                       int64_t channels, int64_t out_channels, int64_t groups, int64_t plane, \
+                                       int64_t taps, const int64_t* tap_offsets, const int64_t* weight_index, \
+                                       int64_t rows, const int64_t* row_offsets, int64_t width, int64_t step,  \
+                                       int threads) {                                                       \
+    const Geometry g{batch, channels, out_channels, groups, plane, taps, tap_offsets, weight_index, rows,      \
+                     row_offsets, width, step};                                                             \
+    forward_any<T>(operation, x, w, y, g, threads);                                                          \
+  }                                                                                                         \
+  extern "C" void tap_backward_##SUFFIX(int operation, const T* x, const T* w, const T* y, const T* grad,    \
+                                        T* grad_x, T* grad_w, int64_t batch, int64_t channels,               \
+                                        int64_t out_channels, int64_t groups, int64_t plane, int64_t taps,   \
+                                        const int64_t* tap_offsets, const int64_t* weight_index,             \
+                                        int64_t rows, const int64_t* row_offsets, int64_t width,             \
+                                        int64_t step, int threads) {                                         \
+    const Geometry g{batch, channels, out_channels, groups, plane, taps, tap_offsets, weight_index, rows,      \
+                     row_offsets, width, step};                                                             \
+    backward_any<T>(operation, x, w, y, grad, grad_x, grad_w, g, threads);                                   \
+  }
+
+TAP_LOOPS(float, f32)
+TAP_LOOPS(double, f64)

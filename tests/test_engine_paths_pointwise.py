@@ -1,0 +1,118 @@
+"""The pointwise path (engine/pointwise.py): 1x1 convolutions as one matrix product over channels.
+
+Every geometry it accepts, against torch's F.convNd, the naive float64 formulas and the fields path
+(the same call with the path turned off), forward and gradients.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch_reference import torch_conv
+from variant_reference import naive_generalized_conv
+
+import anyconv
+from anyconv.engine import paths
+from anyconv.variants import resolve_variant
+
+CASES = [
+    {"id": "2d", "x": (2, 6, 5, 4), "w": (3, 6, 1, 1), "with": {}},
+    {"id": "2d-stride2", "x": (2, 4, 7, 6), "w": (5, 4, 1, 1), "with": {"stride": 2}},
+    {"id": "2d-stride-per-dim", "x": (1, 4, 7, 6), "w": (2, 4, 1, 1), "with": {"stride": (3, 1)}},
+    {"id": "2d-groups", "x": (2, 6, 4, 4), "w": (4, 3, 1, 1), "with": {"groups": 2}},
+    {"id": "2d-dilation-ignored", "x": (1, 3, 4, 5), "w": (2, 3, 1, 1), "with": {"dilation": 3}},
+    {
+        "id": "2d-reflect-padded-first",
+        "x": (1, 3, 4, 5),
+        "w": (2, 3, 1, 1),
+        "with": {"padding": 1, "padding_mode": "reflect"},
+    },
+    {"id": "1x1-image-squeeze-excitation", "x": (4, 8, 1, 1), "w": (2, 8, 1, 1), "with": {}},
+    {"id": "1d", "x": (2, 5, 9), "w": (3, 5, 1), "with": {"stride": 2}},
+    {"id": "3d", "x": (1, 4, 3, 4, 5), "w": (6, 2, 1, 1, 1), "with": {"groups": 2, "stride": (1, 2, 2)}},
+]
+IDS = [case["id"] for case in CASES]
+VARIANTS = ["dot", "cosine"]
+
+
+def _tensors(case, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(case["x"], generator=generator, dtype=torch.float64)
+    w = torch.randn(case["w"], generator=generator, dtype=torch.float64)
+    b = torch.randn(case["w"][0], generator=generator, dtype=torch.float64)
+    return x, w, b
+
+
+def _fields_path(monkeypatch, function):
+    with monkeypatch.context() as patch:
+        patch.setattr(paths, "pointwise_fits", lambda *arguments: False)
+        return function()
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize(
+    "case", [case for case in CASES if "padding" not in case["with"]], ids=lambda case: case["id"]
+)
+def test_the_path_is_taken(case, name):
+    x, w, _ = _tensors(case)
+    geometry = anyconv.make_geometry(x.shape[2:], w.shape[2:], case["with"].get("stride", 1))
+    assert (
+        paths.fast_path(x, w, resolve_variant(name), geometry, case["with"].get("groups", 1), 2**20)
+        is not None
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_dot_equals_torch(case):
+    x, w, b = _tensors(case)
+    torch.testing.assert_close(anyconv.conv(x, w, b, **case["with"]), torch_conv(x, w, b, **case["with"]))
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_forward_and_gradients_equal_the_naive_formula(case, name):
+    x, w, b = _tensors(case)
+    inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
+    naive_inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
+    output = anyconv.generalized_conv(*inputs[:2], name, inputs[2], **case["with"])
+    expected = naive_generalized_conv(*naive_inputs[:2], name, naive_inputs[2], **case["with"])
+    torch.testing.assert_close(output, expected)
+    grad = torch.randn(output.shape, dtype=output.dtype, generator=torch.Generator().manual_seed(1))
+    for got, reference in zip(
+        torch.autograd.grad(output, inputs, grad), torch.autograd.grad(expected, naive_inputs, grad)
+    ):
+        torch.testing.assert_close(got, reference)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_gradcheck(case, name):
+    x, w, b = (tensor.requires_grad_() for tensor in _tensors(case))
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: anyconv.generalized_conv(x, w, name, b, **case["with"]), (x, w, b)
+    )
+
+
+def test_a_zero_field_has_the_gradient_of_the_fields_path(monkeypatch):
+    x, w, _ = _tensors(CASES[0])
+    x[:, :, 1, 2] = 0
+
+    def gradients():
+        inputs = [tensor.clone().requires_grad_() for tensor in (x, w)]
+        output = anyconv.generalized_conv(*inputs, "cosine")
+        return torch.autograd.grad(output.sum(), inputs)
+
+    for got, expected in zip(gradients(), _fields_path(monkeypatch, gradients)):
+        torch.testing.assert_close(got, expected)
+
+
+def test_unbatched_input():
+    x, w, b = _tensors(CASES[1])
+    torch.testing.assert_close(anyconv.conv(x[0], w, b, stride=2), torch_conv(x[:1], w, b, stride=2)[0])
+
+
+def test_padded_and_other_variants_take_other_paths():
+    x, w = torch.randn(1, 4, 5, 5), torch.randn(2, 4, 1, 1)
+    padded = anyconv.make_geometry((5, 5), 1, padding=1)
+    assert paths.fast_path(x, w, resolve_variant("dot"), padded, 1, 2**20) is None
+    assert paths.fast_path(x, w, resolve_variant("l2"), anyconv.make_geometry((5, 5), 1), 1, 2**20) is None

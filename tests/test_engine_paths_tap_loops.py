@@ -1,0 +1,282 @@
+"""The tap-loops path (engine/tap_loops.py): depthwise and few-channels-per-group convolutions.
+
+Every geometry it accepts, against torch's F.convNd (dot), the naive float64 formulas of each
+variant, and the fields path (the same call with the tap loops turned off), forward and gradients.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch_reference import torch_conv
+from variant_reference import naive_generalized_conv
+
+import anyconv
+from anyconv.engine import paths
+from anyconv.engine.tap_loops import tap_loops_fit
+from anyconv.variants import resolve_variant
+
+#: x shape, weight shape, arguments (groups always given)
+CASES = [
+    {"id": "2d-depthwise-3x3", "x": (2, 6, 9, 8), "w": (6, 1, 3, 3), "with": {"padding": 1, "groups": 6}},
+    {
+        "id": "2d-depthwise-stride2",
+        "x": (2, 4, 9, 9),
+        "w": (4, 1, 3, 3),
+        "with": {"padding": 1, "stride": 2, "groups": 4},
+    },
+    {
+        "id": "2d-depthwise-5x5-s2",
+        "x": (1, 3, 11, 10),
+        "w": (3, 1, 5, 5),
+        "with": {"padding": 2, "stride": 2, "groups": 3},
+    },
+    {"id": "2d-depthwise-7x7", "x": (1, 4, 10, 9), "w": (4, 1, 7, 7), "with": {"padding": 3, "groups": 4}},
+    {"id": "2d-multiplier-2", "x": (2, 3, 7, 7), "w": (6, 1, 3, 3), "with": {"padding": 1, "groups": 3}},
+    {
+        "id": "2d-grouped-4-per-group",
+        "x": (1, 8, 7, 6),
+        "w": (8, 4, 3, 3),
+        "with": {"padding": 1, "groups": 2},
+    },
+    {"id": "2d-grouped-8-per-group", "x": (1, 16, 6, 6), "w": (4, 8, 3, 3), "with": {"groups": 2}},
+    {
+        "id": "2d-dilated",
+        "x": (1, 4, 11, 11),
+        "w": (4, 1, 3, 3),
+        "with": {"padding": 2, "dilation": 2, "groups": 4},
+    },
+    {
+        "id": "2d-stride-dilation-asym",
+        "x": (2, 4, 12, 9),
+        "w": (4, 2, 2, 3),
+        "with": {"stride": (2, 1), "dilation": (1, 2), "groups": 2},
+    },
+    {
+        "id": "2d-same-even-kernel",
+        "x": (1, 4, 7, 8),
+        "w": (4, 1, 4, 2),
+        "with": {"padding": "same", "groups": 4},
+    },
+    {
+        "id": "2d-per-side-padding",
+        "x": (1, 2, 6, 7),
+        "w": (2, 1, 3, 3),
+        "with": {"padding": ((2, 0), (0, 1)), "groups": 2},
+    },
+    {
+        "id": "2d-reflect",
+        "x": (1, 4, 7, 7),
+        "w": (4, 1, 3, 3),
+        "with": {"padding": 1, "padding_mode": "reflect", "groups": 4},
+    },
+    {
+        "id": "2d-circular",
+        "x": (1, 4, 6, 7),
+        "w": (4, 1, 3, 3),
+        "with": {"padding": 2, "padding_mode": "circular", "groups": 4},
+    },
+    {"id": "1d-depthwise-k11", "x": (2, 4, 30), "w": (4, 1, 11), "with": {"padding": 5, "groups": 4}},
+    {"id": "1d-stride3", "x": (1, 6, 20), "w": (6, 2, 4), "with": {"stride": 3, "groups": 3}},
+    {"id": "3d-depthwise", "x": (1, 3, 5, 6, 5), "w": (3, 1, 3, 3, 3), "with": {"padding": 1, "groups": 3}},
+    {
+        "id": "3d-stride2",
+        "x": (1, 4, 6, 5, 7),
+        "w": (4, 2, 3, 2, 3),
+        "with": {"stride": 2, "padding": 1, "groups": 2},
+    },
+    {"id": "4d-depthwise", "x": (1, 2, 4, 4, 3, 4), "w": (2, 1, 2, 2, 2, 2), "with": {"groups": 2}},
+    {"id": "output-of-one", "x": (3, 4, 3, 3), "w": (4, 1, 3, 3), "with": {"groups": 4}},
+]
+IDS = [case["id"] for case in CASES]
+#: (variant name, options): every variant the tap loops compute
+VARIANTS = [
+    ("dot", {}),
+    ("l1", {}),
+    ("l1", {"adder_grad": True}),
+    ("l2", {}),
+    ("max_plus", {}),
+    ("min_plus", {}),
+]
+VARIANT_IDS = ["dot", "l1", "l1-adder", "l2", "max_plus", "min_plus"]
+
+pytestmark = pytest.mark.skipif(
+    not tap_loops_fit(resolve_variant("dot"), torch.ones(1, 2, 3), torch.ones(2, 1, 3), 2),
+    reason="the tap loops are not compiled here (no C++ compiler, or ANYCONV_NATIVE=0)",
+)
+
+
+def _tensors(case, dtype=torch.float64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(case["x"], generator=generator, dtype=dtype)
+    w = torch.randn(case["w"], generator=generator, dtype=dtype)
+    b = torch.randn(case["w"][0], generator=generator, dtype=dtype)
+    return x, w, b
+
+
+def _fields_path(monkeypatch, function):
+    """Run ``function`` with the fast paths turned off: the engine's fields path computes it."""
+    with monkeypatch.context() as patch:
+        patch.setattr(paths, "tap_loops_fit", lambda *arguments: False)
+        return function()
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_the_path_is_taken(case):
+    x, w, _ = _tensors(case)
+    variant, groups = resolve_variant("l1"), case["with"]["groups"]
+    geometry = anyconv.make_geometry(x.shape[2:], w.shape[2:])
+    assert paths.fast_path(x, w, variant, geometry, groups, 2**20) is not None
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_dot_equals_torch(case):
+    x, w, b = _tensors(case)
+    if w.dim() > 5:
+        pytest.skip("torch has no 4-D convolution (the naive formula checks this case)")
+    expected = torch_conv(x, w, b, **case["with"])
+    torch.testing.assert_close(anyconv.conv(x, w, b, **case["with"]), expected)
+    torch.testing.assert_close(anyconv.generalized_conv(x, w, "dot", b, **case["with"]), expected)
+
+
+@pytest.mark.parametrize(("name", "options"), VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_forward_equals_the_naive_formula(case, name, options):
+    x, w, b = _tensors(case)
+    expected = naive_generalized_conv(x, w, name, b, **case["with"])
+    torch.testing.assert_close(anyconv.generalized_conv(x, w, name, b, **case["with"], **options), expected)
+
+
+@pytest.mark.parametrize(("name", "options"), VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_gradients_equal_the_fields_path(case, name, options, monkeypatch):
+    x, w, b = _tensors(case)
+
+    def gradients():
+        inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
+        output = anyconv.generalized_conv(*inputs[:2], name, inputs[2], **case["with"], **options)
+        grad = torch.linspace(-1, 1, output.numel(), dtype=output.dtype).view(output.shape)
+        return torch.autograd.grad(output, inputs, grad)
+
+    for got, expected in zip(gradients(), _fields_path(monkeypatch, gradients)):
+        torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [case for case in VARIANTS if not case[1]],
+    ids=VARIANT_IDS[:1] + VARIANT_IDS[3:] + ["l1"],
+)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_gradients_equal_the_naive_formula(case, name, options):
+    x, w, b = _tensors(case)
+    inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
+    naive_inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
+    output = anyconv.generalized_conv(*inputs[:2], name, inputs[2], **case["with"])
+    expected = naive_generalized_conv(*naive_inputs[:2], name, naive_inputs[2], **case["with"])
+    grad = torch.randn(output.shape, dtype=output.dtype, generator=torch.Generator().manual_seed(1))
+    got = torch.autograd.grad(output, inputs, grad)
+    for value, reference in zip(got, torch.autograd.grad(expected, naive_inputs, grad)):
+        torch.testing.assert_close(value, reference)
+
+
+@pytest.mark.parametrize(("name", "options"), VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize(
+    "case", [case for case in CASES if case["id"] in ("2d-multiplier-2", "1d-stride3", "3d-stride2")]
+)
+def test_gradcheck(case, name, options):
+    x, w, b = (tensor.requires_grad_() for tensor in _tensors(case))
+    if name == "l1" and options:
+        pytest.skip("AdderNet's rule is not the derivative of the output")
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: anyconv.generalized_conv(x, w, name, b, **case["with"], **options), (x, w, b)
+    )
+
+
+@pytest.mark.parametrize(("name", "options"), VARIANTS, ids=VARIANT_IDS)
+def test_float32_matches_float64(name, options):
+    case = CASES[0]
+    x, w, b = _tensors(case)
+    expected = anyconv.generalized_conv(x, w, name, b, **case["with"], **options)
+    got = anyconv.generalized_conv(x.float(), w.float(), name, b.float(), **case["with"], **options)
+    torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("budget", [1, 10**9], ids=["a-sample-per-chunk", "one-chunk"])
+def test_chunks_of_samples_give_the_same_numbers(budget):
+    x, w, b = _tensors({"x": (5, 4, 6, 6), "w": (4, 1, 3, 3)})
+    inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
+    output = anyconv.generalized_conv(
+        *inputs[:2], "max_plus", inputs[2], padding=1, groups=4, memory_budget=budget
+    )
+    expected = naive_generalized_conv(x, w, "max_plus", b, padding=1, groups=4)
+    torch.testing.assert_close(output, expected)
+    output.sum().backward()
+    assert inputs[0].grad.shape == x.shape
+
+
+def test_unbatched_input():
+    x, w, b = _tensors(CASES[0])
+    torch.testing.assert_close(
+        anyconv.generalized_conv(x[0], w, "l1", b, padding=1, groups=6),
+        naive_generalized_conv(x[:1], w, "l1", b, padding=1, groups=6)[0],
+    )
+
+
+@pytest.mark.parametrize("name", ["max_plus", "min_plus"])
+def test_a_tropical_tie_goes_to_the_first_tap(name, monkeypatch):
+    # a constant image ties every tap of a constant filter: the fields path gives the first one all
+    x = torch.ones(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.zeros(2, 1, 2, 2, dtype=torch.float64, requires_grad=True)
+
+    def gradients():
+        output = anyconv.generalized_conv(x, w, name, groups=2)
+        return torch.autograd.grad(output.sum(), (x, w))
+
+    for got, expected in zip(gradients(), _fields_path(monkeypatch, gradients)):
+        torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("name", ["dot", "l1", "l2", "max_plus", "min_plus"])
+def test_nan_and_inf_propagate_as_the_formula(name):
+    x, w, b = _tensors(CASES[0])
+    x[0, 1, 3, 4] = float("nan")
+    x[1, 2, 0, 0] = float("inf")
+    expected = naive_generalized_conv(x, w, name, b, padding=1, groups=6)
+    torch.testing.assert_close(
+        anyconv.generalized_conv(x, w, name, b, padding=1, groups=6), expected, equal_nan=True
+    )
+
+
+def test_other_variants_and_dense_convolutions_take_other_paths():
+    x = torch.randn(1, 4, 5, 5)
+    assert not tap_loops_fit(resolve_variant("cosine"), x, torch.randn(4, 1, 3, 3), 4)
+    assert not tap_loops_fit(resolve_variant("dot"), x, torch.randn(4, 4, 3, 3), 1)
+    assert not tap_loops_fit(resolve_variant("dot"), torch.randn(1, 32, 5, 5), torch.randn(4, 16, 3, 3), 2)
+    assert not tap_loops_fit(
+        resolve_variant("dot"), x.to(torch.int64), torch.ones(4, 1, 3, 3, dtype=torch.int64), 4
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(1, 2),
+    st.integers(1, 3),
+    st.integers(1, 2),
+    st.integers(0, 2),
+    st.sampled_from(["dot", "l1", "max_plus"]),
+)
+def test_random_geometries_equal_the_naive_formula(
+    groups, per_group, multiplier, kernel, stride, padding, name
+):
+    generator = torch.Generator().manual_seed(groups * 100 + kernel * 10 + padding)
+    x = torch.randn(2, groups * per_group, 7, 6, generator=generator, dtype=torch.float64)
+    w = torch.randn(groups * multiplier, per_group, kernel, kernel, generator=generator, dtype=torch.float64)
+    arguments = {"stride": stride, "padding": padding, "groups": groups}
+    torch.testing.assert_close(
+        anyconv.generalized_conv(x, w, name, **arguments), naive_generalized_conv(x, w, name, **arguments)
+    )
