@@ -280,3 +280,27 @@ def test_random_geometries_equal_the_naive_formula(
     torch.testing.assert_close(
         anyconv.generalized_conv(x, w, name, **arguments), naive_generalized_conv(x, w, name, **arguments)
     )
+
+
+@pytest.mark.parametrize("case", CASES[:3], ids=IDS[:3])
+def test_double_backward_equals_torch(case):
+    # the loops' gradients are not differentiable: a create_graph backward takes the custom op's
+    x = torch.randn(case["x"], dtype=torch.float64, requires_grad=True)
+    w = torch.randn(case["w"], dtype=torch.float64, requires_grad=True)
+    assert tap_loops_fit(resolve_variant("dot"), x, w, case["with"]["groups"])
+    results = []
+    for conv in (anyconv.conv, torch_conv):
+        (grad_x,) = torch.autograd.grad(conv(x, w, **case["with"]).square().sum(), x, create_graph=True)
+        results.append(torch.autograd.grad(grad_x.square().sum(), (x, w)))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+def test_vmap_and_channels_last_equal_torch():
+    x, w = torch.randn(3, 2, 6, 9, 8, dtype=torch.float64), torch.randn(6, 1, 3, 3, dtype=torch.float64)
+    batched = torch.func.vmap(lambda sample: anyconv.conv(sample, w, padding=1, groups=6))(x)
+    torch.testing.assert_close(batched, torch.stack([torch_conv(s, w, padding=1, groups=6) for s in x]))
+    last = x[0].to(memory_format=torch.channels_last)
+    output = anyconv.conv(last, w, padding=1, groups=6)
+    assert output.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(output, torch_conv(x[0], w, padding=1, groups=6))

@@ -16,6 +16,7 @@ from .contraction import GeneralizedConvFunction, Plan
 from .fields import check_conv_sizes
 from .ops import run_generalized_conv, variant_arguments
 from .ops_autocast import autocast_dtype, cast
+from .ops_memory_format import output_memory_format
 from .paths import fast_path
 from .shifted_views import shifted_views_fit
 
@@ -81,7 +82,8 @@ def generalized_conv(
     path = fast_path(batched, weight, variant, geometry, groups, budget)
     arguments = variant_arguments(variant)
     if path is not None:
-        output = path(batched, weight, bias)
+        # torch's layout for the output (channels-last in, channels-last out)
+        output = path(batched, weight, bias).contiguous(memory_format=output_memory_format(batched, weight))
     elif arguments is not None:
         output = run_generalized_conv(batched, weight, bias, variant, arguments, geometry, groups, budget)
     else:

@@ -34,6 +34,9 @@ def fast_path(
     >>> fast_path(x, w[:, :, :1, :1], Cosine(), make_geometry((6, 6), 1), 4, 2**22) is None
     False
     """
+    if torch._C._are_functorch_transforms_active():
+        # torch.func's transforms see through the custom operator of the fields path only
+        return None
     if pointwise_fits(variant, input, geometry):
         return lambda input, weight, bias: pointwise_conv(input, weight, bias, variant, geometry, groups)
     if tap_loops_fit(variant, input, weight, groups):

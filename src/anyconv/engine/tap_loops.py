@@ -20,6 +20,7 @@ from ..geometry import Geometry
 from ..variants import L1, L2, Dot, MaxPlus, MinPlus, Variant
 from ..variants.native import load_library, native_enabled
 from .blocks import bias_grad
+from .ops import run_generalized_conv, variant_arguments
 
 #: at most this many input channels per group take the tap loops: each output then costs that
 #: many taps per kernel position, and the matrix product of the fields path has too few columns
@@ -65,6 +66,9 @@ class TapPlan:
     groups: int
     operation: int
     samples_per_chunk: int
+    #: the same variant and budget, for a backward that must itself be differentiable
+    variant: Variant
+    memory_budget: int
 
 
 def tap_loops_conv(
@@ -94,7 +98,7 @@ def tap_loops_conv(
     sample_bytes = 2 * input.element_size() * input.shape[1] * _layout(geometry, weight.shape[1])[3]
     samples_per_chunk = max(1, memory_budget // sample_bytes)
     return TapLoopsFunction.apply(
-        input, weight, bias, TapPlan(geometry, groups, operation, samples_per_chunk)
+        input, weight, bias, TapPlan(geometry, groups, operation, samples_per_chunk, variant, memory_budget)
     )
 
 
@@ -114,11 +118,14 @@ class TapLoopsFunction(torch.autograd.Function):
         return output
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output: torch.Tensor):
         plan: TapPlan = ctx.plan
         input, weight = ctx.saved_tensors
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():
+            # a graph of the gradients is asked for (double backward): the loops' gradients are
+            # not differentiable, the custom operator's are (or it refuses, for a non-smooth variant)
+            return _differentiable_gradients(plan, input, weight, grad_output, ctx.needs_input_grad[:3])
         grad_input = grad_weight = None
         if needs_input or needs_weight:
             weight, grad_output = weight.contiguous(), grad_output.contiguous()
@@ -150,6 +157,29 @@ class TapLoopsFunction(torch.autograd.Function):
             grad_weight = grad_weight if needs_weight else None
         grad_bias = bias_grad(grad_output) if needs_bias else None
         return grad_input, grad_weight, grad_bias, None
+
+
+def _differentiable_gradients(
+    plan: TapPlan,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    grad_output: torch.Tensor,
+    needs: tuple[bool, ...],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, None]:
+    """The gradients of :class:`TapLoopsFunction` as a graph: its output recomputed by the custom
+    operator ``anyconv::generalized_conv`` and differentiated with ``create_graph``."""
+    arguments = variant_arguments(plan.variant)
+    assert arguments is not None, "the tap loops take built-in variants only"
+    wanted = [tensor for tensor, needed in zip((input, weight), needs[:2]) if needed]
+    grads = iter(())
+    if wanted:
+        output = run_generalized_conv(
+            input, weight, None, plan.variant, arguments, plan.geometry, plan.groups, plan.memory_budget
+        )
+        grads = iter(torch.autograd.grad(output, wanted, grad_output, create_graph=True))
+    grad_input = next(grads) if needs[0] else None
+    grad_weight = next(grads) if needs[1] else None
+    return grad_input, grad_weight, bias_grad(grad_output) if needs[2] else None, None
 
 
 def _threads(work: int) -> int:
