@@ -225,8 +225,12 @@ def test_wrapper_is_an_ordinary_module():
     torch.testing.assert_close(pickle.loads(pickle.dumps(wrapped))(input), output, rtol=0, atol=0)
 
 
-# one case: compiling is slow; the variants' own traceability is test_compile's subject
-COMPILED = [dict(id="l2-fullgraph", variant="l2", fullgraph=True, backend="aot_eager")]
+# two cases (compiling is slow): a matrix-product variant and one of the native loops; the
+# variants' own traceability is test_compile's subject
+COMPILED = [
+    dict(id="l2-fullgraph", variant="l2", fullgraph=True, backend="aot_eager"),
+    dict(id="l1-fullgraph", variant="l1", fullgraph=True, backend="aot_eager"),
+]
 
 
 @pytest.mark.parametrize("case", COMPILED, ids=[case["id"] for case in COMPILED])
