@@ -56,6 +56,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--plot", metavar="FILE", help="draw the training curves to this PNG (needs matplotlib)"
     )
     parser.add_argument("--check-only", action="store_true", help="only run the unfold + matmul recipe check")
+    parser.add_argument(
+        "--architecture",
+        action="store_true",
+        help="then time a training step of a real architecture (ResNet-18) as built, converted to "
+        "dot and converted to the variant",
+    )
+    parser.add_argument(
+        "--architecture-size", type=positive_int, default=224, help="its image size (default 224)"
+    )
+    parser.add_argument(
+        "--architecture-batch", type=positive_int, default=8, help="its batch size (default 8)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -113,6 +125,14 @@ def run(arguments: argparse.Namespace) -> int:
         from .curves import plot_curves
 
         print(f"training curves written to {plot_curves(results, arguments.plot)}")
+    if arguments.architecture:
+        from .architecture import format_step_times, training_step_times
+
+        batch, size = arguments.architecture_batch, arguments.architecture_size
+        print(f"\ntiming ResNet-18 training steps: as built, converted to dot, converted to {label}")
+        times = training_step_times(arguments.variant, options, batch=batch, size=size)
+        times[-1].label = label
+        print(format_step_times(times, batch, size))
     return 0
 
 
