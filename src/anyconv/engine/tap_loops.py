@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..geometry import Geometry
 from ..variants import L1, L2, Dot, MaxPlus, MinPlus, Variant
 from ..variants.native import load_library, native_enabled
+from ..variants.triton_backend import backend
 from .blocks import bias_grad
 from .ops import run_generalized_conv, variant_arguments
 
@@ -37,8 +38,8 @@ _GEOMETRY_ARGUMENTS = (_SIZE,) * 6 + (_POINTER, _POINTER, _SIZE, _POINTER, _SIZE
 
 def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
     """Whether the tap loops compute this call: a variant they know, float CPU tensors, few
-    input channels per group in a grouped convolution, the loops compiled, and no torch.compile
-    tracing the call.
+    input channels per group in a grouped convolution, the loops compiled, no torch.compile
+    tracing the call, and no ``ANYCONV_BACKEND=triton``.
 
     >>> import torch
     >>> tap_loops_fit(L1(), torch.randn(1, 8, 5, 5), torch.randn(8, 1, 3, 3), 8) in (True, False)
@@ -53,6 +54,8 @@ def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, g
         and input.device.type == "cpu"
         and input.dtype in (torch.float32, torch.float64)
         and native_enabled()
+        # ANYCONV_BACKEND=triton asks for the Triton kernels on CPU tensors too
+        and backend() != "triton"
         and load_library(_SOURCE) is not None
     )
 
