@@ -12,6 +12,7 @@ chunk at a time) and they are folded back into the input with col2im.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 
@@ -34,7 +35,7 @@ class Plan:
     chunks: tuple[Chunk, ...]
     variant: Variant
     option_names: tuple[str, ...]
-    fixed_options: tuple[tuple[str, float], ...]
+    fixed_options: tuple[tuple[str, object], ...]
     #: grad mode at the call (forward runs without it, and needs_input_grad ignores it)
     grad_mode: bool = True
     #: chunks for a backward on shifted views (a variant with ``product_backward``), or None
@@ -42,7 +43,7 @@ class Plan:
 
 
 def options_of(plan: Plan, option_tensors: tuple[torch.Tensor, ...], filters_per_group: int) -> dict:
-    options = dict(plan.fixed_options)
+    options: dict[str, object] = dict(plan.fixed_options)
     for name, value in zip(plan.option_names, option_tensors):
         # one value per output channel -> (G, 1, Og), broadcasting over the fields of a chunk
         options[name] = value.reshape(plan.groups, 1, filters_per_group) if value.dim() == 1 else value
@@ -71,6 +72,7 @@ def contract_chunks(
     for chunk in plan.chunks:
         fields = chunk_fields(input, geometry, chunk, groups, buffer)
         if keep:
+            assert plan.variant.contract_and_keep is not None
             result, kept_part = plan.variant.contract_and_keep(fields, filters, **options)
             kept = kept_part.new_empty(output.shape) if kept is None else kept
             write_block(output_block(kept, chunk, groups), kept_part)
@@ -89,13 +91,13 @@ class GeneralizedConvFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx,
+        ctx: Any,
         input: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
         plan: Plan,
         *option_tensors: torch.Tensor,
-    ):
+    ) -> torch.Tensor:
         geometry, variant = plan.geometry, plan.variant
         # a backward that uses the output gets it before bias: the bias then goes on a copy, after
         records_graph = plan.grad_mode and any(ctx.needs_input_grad)
@@ -116,7 +118,7 @@ class GeneralizedConvFunction(torch.autograd.Function):
         return output
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         plan: Plan = ctx.plan
         input, weight, *option_tensors = ctx.saved_tensors
         kept = option_tensors.pop() if ctx.keeps_kept else None
@@ -190,7 +192,16 @@ def gradients(
     return grad_input, grad_weight, grad_options
 
 
-def _fields_backward(plan, input, weight, grad_output, saved, options, option_tensors, needs):
+def _fields_backward(
+    plan: Plan,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    grad_output: torch.Tensor,
+    saved: tuple[torch.Tensor | None, torch.Tensor | None],
+    options: dict,
+    option_tensors: tuple[torch.Tensor, ...],
+    needs: tuple[bool, ...],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, tuple[torch.Tensor | None, ...]]:
     """Recompute each chunk's fields, take their gradients from the variant and fold them back.
 
     ``saved``: the forward's output and kept values, each None unless the variant reads it.
@@ -212,12 +223,15 @@ def _fields_backward(plan, input, weight, grad_output, saved, options, option_te
         grad = as_chunk_result(output_block(grad_output, chunk, groups))
         own_output, own_kept = chunk_results((output, kept), chunk, groups)
         chunk_option_grads: tuple = ()
+        grad_fields: torch.Tensor | None
+        grad_chunk_filters: torch.Tensor | None
         if custom and plan.variant.product_backward is not None:
             grad_fields, grad_chunk_filters = field_gradients(
                 plan.variant, fields, filters, grad, own_output, own_kept, options
             )
         elif custom:
             own = () if own_output is None else (own_output,)
+            assert plan.variant.contract_backward is not None
             grad_fields, grad_chunk_filters = plan.variant.contract_backward(
                 fields, filters, grad, *own, **options
             )
@@ -226,13 +240,15 @@ def _fields_backward(plan, input, weight, grad_output, saved, options, option_te
                 plan, fields, filters, options, grad, needs_input, needs_weight, needs_options
             )
         if needs_input:
+            assert grad_input is not None and grad_fields is not None
             add_field_grads(grad_input, grad_fields, geometry, chunk)
         if needs_weight:
+            assert grad_filters is not None and grad_chunk_filters is not None
             grad_filters += grad_chunk_filters
         for total, part in zip(grad_options, chunk_option_grads):
             if total is not None and part is not None:
                 total += part.reshape(total.shape) if total.dim() == 1 else part
-    grad_weight = weight_of(grad_filters, weight) if needs_weight else None
+    grad_weight = weight_of(cast(torch.Tensor, grad_filters), weight) if needs_weight else None
     return grad_input, grad_weight, tuple(grad_options)
 
 
@@ -242,7 +258,16 @@ def own_backward(variant: Variant, needs_options: tuple[bool, ...]) -> bool:
     return has_own and not any(needs_options)
 
 
-def _autograd_chunk(plan, fields, filters, options, grad, needs_input, needs_weight, needs_options):
+def _autograd_chunk(
+    plan: Plan,
+    fields: torch.Tensor,
+    filters: torch.Tensor,
+    options: dict,
+    grad: torch.Tensor,
+    needs_input: bool,
+    needs_weight: bool,
+    needs_options: tuple[bool, ...],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, tuple[torch.Tensor | None, ...]]:
     """Differentiate the variant's ``contract`` on one chunk, freeing the chunk's graph after."""
     with torch.enable_grad():
         fields = fields.detach().requires_grad_(needs_input)

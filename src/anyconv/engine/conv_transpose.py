@@ -91,7 +91,7 @@ def conv_transpose(
     batch, channels = batched.shape[:2]
     out_channels = weight.shape[1] * groups
     # (C, Og, *kernel) -> (G, Og * K, Cg): one matrix per group, rows in col2im's (channel, tap) order
-    spread = weight.reshape(groups, channels // groups, -1).transpose(1, 2)
+    matrices = weight.reshape(groups, channels // groups, -1).transpose(1, 2)
     bytes_per_sample = batched.element_size() * out_channels * geometry.kernel_volume * geometry.num_positions
     samples_per_chunk = max(1, budget // max(1, bytes_per_sample))
     # crop the padding (a negative pad) and add output_padding's zeros in one F.pad
@@ -102,7 +102,7 @@ def conv_transpose(
     for start in range(0, max(batch, 1), samples_per_chunk):
         chunk = batched[start : start + samples_per_chunk]
         values = chunk.reshape(chunk.shape[0], groups, channels // groups, geometry.num_positions)
-        columns = torch.matmul(spread, values).flatten(1, 2)
+        columns = torch.matmul(matrices, values).flatten(1, 2)
         outputs.append(F.pad(Col2Im.apply(columns, geometry), reshape))
     output = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     if bias is not None:

@@ -12,8 +12,10 @@ re-derived inside, from a cached function. A variant that is not registered by n
 from __future__ import annotations
 
 import ast
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import lru_cache
+from typing import Any
 
 import torch
 
@@ -79,7 +81,7 @@ def op_plan(
     instance, tensor_names, fixed = _variant(variant, options)
     pairs = tuple(zip(padding[::2], padding[1::2]))
     geometry = make_geometry(input_shape[2:], weight_shape[2:], stride, pairs, dilation)
-    meta = {"dtype": dtype, "device": "meta"}
+    meta: dict[str, Any] = {"dtype": dtype, "device": "meta"}
     plan = _plan(
         torch.empty(input_shape, **meta),
         torch.empty(weight_shape, **meta),
@@ -91,7 +93,17 @@ def op_plan(
     return replace(plan, option_names=tensor_names, fixed_options=fixed, grad_mode=True)
 
 
-def _plan_of(input, weight, variant, options, stride, padding, dilation, groups, memory_budget) -> Plan:
+def _plan_of(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    variant: str,
+    options: str,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    memory_budget: int,
+) -> Plan:
     return op_plan(
         variant,
         options,
@@ -132,7 +144,13 @@ def generalized_conv_op(
     return output, input.new_empty(0) if kept is None else kept
 
 
-def output_size(input_size, kernel_size, stride, padding, dilation) -> list:
+def output_size(
+    input_size: Sequence[int],
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> list:
     """The spatial output size; plain arithmetic, so that symbolic sizes pass through it.
 
     >>> output_size((7, 6), (3, 3), (2, 1), (1, 1, 0, 0), (1, 1))
@@ -221,7 +239,14 @@ def _(
     return [shape if needed else input.new_empty(0) for shape, needed in zip(shapes, needs)]
 
 
-def _save(ctx, input, weight, option_tensors, output, arguments) -> None:
+def _save(
+    ctx: Any,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    option_tensors: Sequence[torch.Tensor],
+    output: tuple[torch.Tensor, torch.Tensor],
+    arguments: Sequence[Any],
+) -> None:
     """Keep what the backward reads: inputs, and the output and kept values when the forward kept them."""
     *arguments, keep_output, keep_kept = arguments
     result, kept = output
@@ -230,7 +255,7 @@ def _save(ctx, input, weight, option_tensors, output, arguments) -> None:
     ctx.arguments = tuple(arguments)
 
 
-def _gradients(ctx, grad_output: torch.Tensor, needs: tuple[bool, ...]) -> tuple:
+def _gradients(ctx: Any, grad_output: torch.Tensor, needs: tuple[bool, ...]) -> tuple:
     """(grad input, grad weight, [grad options]) from what :func:`_save` kept; ``needs`` as the
     engine's (input, weight, *options). With ``create_graph`` they can be differentiated again."""
     input, weight, output, kept, *option_tensors = ctx.saved_tensors
@@ -264,12 +289,12 @@ def _gradients(ctx, grad_output: torch.Tensor, needs: tuple[bool, ...]) -> tuple
     return grad_input, grad_weight, list(grad_options)
 
 
-def _setup_context(ctx, inputs, output) -> None:
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
     input, weight, _, option_tensors, *arguments = inputs
     _save(ctx, input, weight, option_tensors, output, arguments)
 
 
-def _backward(ctx, grad_output: torch.Tensor, grad_kept: torch.Tensor):
+def _backward(ctx: Any, grad_output: torch.Tensor, grad_kept: torch.Tensor) -> tuple:
     needs_input, needs_weight, needs_bias, needs_options = ctx.needs_input_grad[:4]
     grad_input, grad_weight, grad_options = _gradients(
         ctx, grad_output, (needs_input, needs_weight, *needs_options)
@@ -291,17 +316,23 @@ class GeneralizedConvOp(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(input, weight, bias, arguments, *option_tensors):
+    def forward(
+        input: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        arguments: Sequence[Any],
+        *option_tensors: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return generalized_conv_op(input, weight, bias, list(option_tensors), *arguments)
 
     @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         input, weight, _, arguments, *option_tensors = inputs
         _save(ctx, input, weight, option_tensors, output, arguments)
         ctx.mark_non_differentiable(output[1])
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor, grad_kept: torch.Tensor):
+    def backward(ctx: Any, grad_output: torch.Tensor, grad_kept: torch.Tensor) -> tuple:
         needs_input, needs_weight, needs_bias, _, *needs_options = ctx.needs_input_grad
         grad_input, grad_weight, grad_options = _gradients(
             ctx, grad_output, (needs_input, needs_weight, *needs_options)
@@ -341,7 +372,7 @@ def run_generalized_conv(
     tensors = (input, weight, *(() if bias is None else (bias,)), *option_tensors)
     records = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)
     keep_output, keep_kept = keeps(variant, option_tensors) if records else (False, False)
-    arguments = (
+    op_arguments = (
         name,
         options,
         list(geometry.stride),
@@ -355,10 +386,10 @@ def run_generalized_conv(
     # a backward that reads the output gets it before bias: the bias then goes on after
     bias_in = None if keep_output else bias
     if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
-        output, _ = GeneralizedConvOp.apply(input, weight, bias_in, arguments, *option_tensors)
+        output, _ = GeneralizedConvOp.apply(input, weight, bias_in, op_arguments, *option_tensors)
     else:
         # the op itself: GeneralizedConvOp.apply binds its arguments by signature on every call
-        output, _ = generalized_conv_op(input, weight, bias_in, list(option_tensors), *arguments)
+        output, _ = generalized_conv_op(input, weight, bias_in, list(option_tensors), *op_arguments)
     if keep_output and bias is not None:
         output = output + bias.view(-1, *(1,) * geometry.ndim)
     return output

@@ -7,6 +7,8 @@ off, so that no operation inside casts a second time.
 
 from __future__ import annotations
 
+from typing import overload
+
 import torch
 
 #: the dtypes autocast lowers; float64 and the integer and complex dtypes stay as they are
@@ -28,6 +30,12 @@ def autocast_dtype(input: torch.Tensor) -> torch.dtype | None:
     return torch.get_autocast_dtype(device)
 
 
+@overload
+def cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor: ...
+@overload
+def cast(tensor: None, dtype: torch.dtype) -> None: ...
+@overload
+def cast(tensor: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None: ...
 def cast(tensor: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """``tensor`` in ``dtype`` when autocast lowers its dtype, else as it is (None stays None)."""
     if tensor is None or tensor.dtype not in _LOWERED:

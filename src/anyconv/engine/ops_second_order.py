@@ -8,7 +8,7 @@ is its own code (``contract_backward``: l1, lp, max_plus, min_plus) refuses the 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +76,14 @@ def second_order_gradients(
     return answers[0], answers[1], tuple(answers[2:])
 
 
-def _chunked_gradients(plan, input, weight, grad_output, option_tensors, needs) -> Gradients:
+def _chunked_gradients(
+    plan: Plan,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    grad_output: torch.Tensor,
+    option_tensors: tuple[torch.Tensor, ...],
+    needs: tuple[bool, ...],
+) -> Gradients:
     """Without a graph to build (option tensors that want gradients): autograd one chunk of samples
     at a time, each chunk's graph freed before the next."""
     # imported here: contraction imports this module
@@ -101,16 +108,20 @@ def _chunked_gradients(plan, input, weight, grad_output, option_tensors, needs) 
             wanted = [tensor for tensor in (piece, *leaves) if tensor.requires_grad]
             found = iter(torch.autograd.grad(output, wanted, grad_output[start:stop], allow_unused=True))
         if needs_input:
+            assert grad_input is not None
             grad_input[start:stop] = next(found)
         for total, leaf in zip(totals, leaves):
             if leaf.requires_grad:
                 part = next(found)
                 if part is not None:
+                    assert total is not None
                     total += part
     return grad_input, totals[0], tuple(totals[1:])
 
 
-def _refused(name: str, fast: Callable[[], Gradients], needs: tuple[bool, ...], *sources) -> Gradients:
+def _refused(
+    name: str, fast: Callable[[], Gradients], needs: tuple[bool, ...], *sources: torch.Tensor
+) -> Gradients:
     """The engine's gradients, recorded by autograd as a node whose own backward raises."""
     grad_input, grad_weight, grad_options = fast()
     found = [gradient for gradient in (grad_input, grad_weight, *grad_options) if gradient is not None]
@@ -123,16 +134,16 @@ class _NoSecondDerivative(torch.autograd.Function):
     """Passes gradients through; differentiating them raises a clear error, never a wrong number."""
 
     @staticmethod
-    def forward(name: str, count: int, *tensors: torch.Tensor):
+    def forward(name: str, count: int, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # the first ``count`` are the gradients; the sources after them make autograd record this node
         return tuple(tensor.clone() for tensor in tensors[:count])
 
     @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         ctx.name = inputs[0]
 
     @staticmethod
-    def backward(ctx, *grads):
+    def backward(ctx: Any, *grads: torch.Tensor) -> NoReturn:
         raise RuntimeError(
             f"anyconv: no second derivative for variant {ctx.name!r} (its backward is its own "
             "code: the fused loops of a non-smooth formula); compute its gradient without "

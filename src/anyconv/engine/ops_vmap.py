@@ -7,17 +7,18 @@ once; otherwise (a vmapped weight, gradient or option) the op runs once per vmap
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 
-def _slice(value, dim, index: int):
+def _slice(value: Any, dim: Any, index: int) -> Any:
     if isinstance(value, (list, tuple)) and dim is not None and not isinstance(dim, int):
         return [_slice(item, item_dim, index) for item, item_dim in zip(value, dim)]
     return value if dim is None else value.select(dim, index)
 
 
-def looped(op: Callable, info, in_dims: tuple, *args):
+def looped(op: Callable, info: Any, in_dims: tuple, *args: Any) -> tuple[Any, Any]:
     """Run ``op`` once per slice of the vmapped dimension and stack what it returns (dim 0).
 
     Empty placeholders (a gradient not asked for) are returned unbatched.
@@ -26,7 +27,8 @@ def looped(op: Callable, info, in_dims: tuple, *args):
         op(*(_slice(arg, dim, index) for arg, dim in zip(args, in_dims))) for index in range(info.batch_size)
     ]
     first = results[0]
-    outputs, dims = [], []
+    outputs: list[torch.Tensor] = []
+    dims: list[int | None] = []
     for position in range(len(first)):
         parts = [result[position] for result in results]
         if parts[0].numel() == 0 and parts[0].dim() == 1:

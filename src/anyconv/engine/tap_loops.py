@@ -10,8 +10,10 @@ from __future__ import annotations
 import ctypes
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache, lru_cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -109,7 +111,9 @@ class TapLoopsFunction(torch.autograd.Function):
     """``output = loops(pad(input), weight) + bias``; the backward runs the loops' own gradients."""
 
     @staticmethod
-    def forward(ctx, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: TapPlan):
+    def forward(
+        ctx: Any, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: TapPlan
+    ) -> torch.Tensor:
         ctx.plan = plan
         ctx.save_for_backward(input, weight)
         weight = weight.contiguous()
@@ -121,7 +125,7 @@ class TapLoopsFunction(torch.autograd.Function):
         return output
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         plan: TapPlan = ctx.plan
         input, weight = ctx.saved_tensors
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
@@ -174,7 +178,7 @@ def _differentiable_gradients(
     arguments = variant_arguments(plan.variant)
     assert arguments is not None, "the tap loops take built-in variants only"
     wanted = [tensor for tensor, needed in zip((input, weight), needs[:2]) if needed]
-    grads = iter(())
+    grads: Iterator[torch.Tensor] = iter(())
     if wanted:
         output = run_generalized_conv(
             input, weight, None, plan.variant, arguments, plan.geometry, plan.groups, plan.memory_budget
@@ -258,7 +262,7 @@ def _indices(sizes: tuple[int, ...]) -> itertools.product:
 
 
 @cache
-def _function(name: str, dtype: torch.dtype):
+def _function(name: str, dtype: torch.dtype) -> Any:
     suffix = "f32" if dtype == torch.float32 else "f64"
     function = getattr(load_library(_SOURCE), f"{name}_{suffix}")
     pointers = 4 if name == "tap_forward" else 7
@@ -267,7 +271,9 @@ def _function(name: str, dtype: torch.dtype):
     return function
 
 
-def _call(name: str, plan: TapPlan, padded: torch.Tensor, weight: torch.Tensor, *tensors) -> None:
+def _call(
+    name: str, plan: TapPlan, padded: torch.Tensor, weight: torch.Tensor, *tensors: torch.Tensor | None
+) -> None:
     geometry = plan.geometry
     taps, columns, rows, plane = _layout(geometry, weight.shape[1])
     pointers = [tensor.data_ptr() if tensor is not None else None for tensor in (padded, weight, *tensors)]

@@ -7,7 +7,7 @@ model's ``state_dict`` keys, an optimizer built on its parameters and a saved ch
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.nn.modules.conv import _ConvNd
@@ -132,7 +132,7 @@ def _plan_swaps(
             if done[id(child)] is None:
                 _plan_swaps(child, f"{name}.", swap, done, swaps)
         if done[id(child)] is not None:
-            swaps.append((parent, child_name, done[id(child)]))
+            swaps.append((parent, child_name, cast(torch.nn.Module, done[id(child)])))
 
 
 def _is_candidate(layer: torch.nn.Module) -> bool:
@@ -171,7 +171,7 @@ def _generalized_copy(
     variant_options: dict[str, Any],
 ) -> torch.nn.Module:
     """The generalized twin of ``layer``, built on the meta device, then given its Parameters."""
-    weight = layer.weight
+    weight = cast(torch.Tensor, layer.weight)
     options = {
         option: value.detach().to(device=weight.device, dtype=weight.dtype, copy=True)
         if isinstance(value, torch.Tensor)

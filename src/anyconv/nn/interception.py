@@ -31,17 +31,42 @@ class _Call(NamedTuple):
     output_padding: Any
 
 
-def _plain(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> _Call:
+def _plain(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+) -> _Call:
     return _Call(input, weight, bias, stride, padding, dilation, groups, False, 0)
 
 
 def _transposed(
-    input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: Any = 1,
+    padding: Any = 0,
+    output_padding: Any = 0,
+    groups: int = 1,
+    dilation: Any = 1,
 ) -> _Call:
     return _Call(input, weight, bias, stride, padding, dilation, groups, True, output_padding)
 
 
-def _general(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups) -> _Call:
+def _general(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    transposed: bool,
+    output_padding: Any,
+    groups: int,
+) -> _Call:
     return _Call(input, weight, bias, stride, padding, dilation, groups, transposed, output_padding)
 
 
@@ -72,7 +97,9 @@ class Interception(TorchFunctionMode):
         self.memory_budget = memory_budget
         self.calls = 0
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         kwargs = kwargs or {}
         ndim, bind = _CONVOLUTIONS.get(func, (None, None))
         call = bind(*args, **kwargs) if bind is not None else None

@@ -13,7 +13,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache, lru_cache
+from functools import cache, lru_cache, partial
 
 import torch
 
@@ -148,7 +148,7 @@ def _padded_rows(rows: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def _native_forward(
-    name: str, function: Callable, fields: torch.Tensor, filters: torch.Tensor, *extra
+    name: str, function: Callable, fields: torch.Tensor, filters: torch.Tensor, *extra: object
 ) -> torch.Tensor:
     fields = fields.contiguous()
     groups, rows, taps = fields.shape
@@ -175,7 +175,7 @@ def _native_forward(
     if _splits_rows_itself(_SIGNATURES[name][0]):
         call(0, rows, len(ranges))
     else:
-        _run([lambda start=start, stop=stop: call(start, stop, 1) for start, stop in ranges])
+        _run([partial(call, start, stop, 1) for start, stop in ranges])
     return output[..., : filters.shape[1]]
 
 
@@ -185,7 +185,7 @@ def _native_backward(
     fields: torch.Tensor,
     filters: torch.Tensor,
     grad: torch.Tensor,
-    *extra,
+    *extra: object,
     filter_grads: bool = True,
     outputs_innermost: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -230,7 +230,7 @@ def _native_backward(
     if _splits_rows_itself(_SIGNATURES[name][0]):
         call(0, 0, rows, len(ranges))
     else:
-        _run([lambda i=i, r=r: call(i, *r, 1) for i, r in enumerate(ranges)])
+        _run([partial(call, i, *r, 1) for i, r in enumerate(ranges)])
     if per_thread is None:
         return grad_fields, None
     grad_filters = per_thread.sum(0)
@@ -347,6 +347,7 @@ def tropical_backward(
         grad_fields, grad_filters = _native_backward(
             "tropical_backward", function, fields, filters, grad, flags, outputs_innermost=True
         )
+        assert grad_filters is not None
         return grad_fields, grad_filters
     groups, _, taps = fields.shape
     grad_fields = torch.zeros_like(fields)
@@ -399,6 +400,7 @@ def power_sums_backward(
         grad_fields, grad_filters = _native_backward(
             "lp_backward", function, fields, filters, scale, float(p)
         )
+        assert grad_filters is not None
         return grad_fields, grad_filters
     grad_fields = torch.empty_like(fields)
     grad_filters = torch.zeros_like(filters)

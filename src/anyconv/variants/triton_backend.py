@@ -11,7 +11,7 @@ import importlib.util
 import os
 from collections.abc import Callable
 from functools import cache
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -71,7 +71,7 @@ def triton_twin(function: Function) -> Function:
     """
 
     @functools.wraps(function)
-    def chosen(fields: torch.Tensor, *args, **kwargs):
+    def chosen(fields: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         global _took_triton
         _took_triton = triton_chosen(fields)
         if _took_triton:

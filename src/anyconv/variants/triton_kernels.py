@@ -168,7 +168,9 @@ def _interpreting(interpret: bool) -> Iterator[None]:
         yield
 
 
-def _launch(kernel_name: str, device: torch.device, grid: tuple[int, ...], *args, **constants) -> None:
+def _launch(
+    kernel_name: str, device: torch.device, grid: tuple[int, ...], *args: object, **constants: object
+) -> None:
     """Run one kernel: compiled on CUDA, interpreted on every other device."""
     interpret = device.type != "cuda"
     # Triton launches on the current CUDA device: make it the tensors' own
