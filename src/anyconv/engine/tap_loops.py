@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..geometry import Geometry
 from ..variants import L1, L2, Dot, MaxPlus, MinPlus, Variant
+from ..variants.fused import record_native_call
 from ..variants.native import load_library, native_enabled
 from ..variants.triton_backend import backend
 from .blocks import bias_grad
@@ -97,6 +98,7 @@ def tap_loops_conv(
     ...     y = tap_loops_conv(x, w, None, Dot(), make_geometry((6, 6), 3, padding=1), 4, 2**20)
     ...     assert torch.allclose(y, F.conv2d(x, w, padding=1, groups=4))
     """
+    record_native_call()
     operation = _OPERATIONS[type(variant)]
     if operation == _OPERATIONS[L1] and variant.options["adder_grad"]:
         operation = _L1_ADDER

@@ -18,7 +18,7 @@ from functools import cache, lru_cache, partial
 import torch
 
 from .native import load, load_library, native_enabled
-from .triton_backend import took_triton, triton_twin
+from .triton_backend import forget_triton, took_triton, triton_twin
 
 #: elements of one eager broadcast block (fields x filters x taps): 8 MiB in float32
 EAGER_BLOCK_ELEMENTS = 2**21
@@ -73,6 +73,14 @@ def last_path() -> str | None:
     True
     """
     return "triton" if took_triton() else _last_path
+
+
+def record_native_call() -> None:
+    """Make :func:`last_path` answer ``"native"``: compiled loops of another module (the engine's
+    tap loops) computed the last call."""
+    global _last_path
+    _last_path = "native"
+    forget_triton()
 
 
 def native_kernels_available() -> bool:

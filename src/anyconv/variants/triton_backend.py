@@ -86,3 +86,9 @@ def triton_twin(function: Function) -> Function:
 def took_triton() -> bool:
     """True when the last call through :func:`triton_twin` ran a Triton kernel."""
     return _took_triton
+
+
+def forget_triton() -> None:
+    """Record that the last call ran no Triton kernel (another path computed it)."""
+    global _took_triton
+    _took_triton = False
