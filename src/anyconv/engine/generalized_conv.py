@@ -80,11 +80,10 @@ def generalized_conv(
         )
     budget = resolve_budget(memory_budget)
     path = fast_path(batched, weight, variant, geometry, groups, budget)
-    arguments = variant_arguments(variant)
     if path is not None:
         # torch's layout for the output (channels-last in, channels-last out)
         output = path(batched, weight, bias).contiguous(memory_format=output_memory_format(batched, weight))
-    elif arguments is not None:
+    elif (arguments := variant_arguments(variant)) is not None:
         output = run_generalized_conv(batched, weight, bias, variant, arguments, geometry, groups, budget)
     else:
         # a variant not registered by name: the plain autograd Function (no compile, export or torch.func)
