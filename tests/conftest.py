@@ -4,8 +4,17 @@ import importlib
 
 import pytest
 
-#: the engine module, not the function of the same name that anyconv.engine exports
-GENERALIZED_CONV = importlib.import_module("anyconv.engine.generalized_conv")
+#: the planner of the fields path, whose choice of a backward on shifted views tests override
+FIELDS_PLAN = importlib.import_module("anyconv.engine.fields_plan")
+PLAN = importlib.import_module("anyconv.engine.plan")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plans():
+    """Each test plans its calls afresh: a plan made under another test's patches is not reused."""
+    PLAN.clear_plans()
+    yield
+    PLAN.clear_plans()
 
 
 def take_views_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -14,9 +23,7 @@ def take_views_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
     It takes them only where they are faster (stride 1, large images, >= 4 channels per group);
     the tests use them on any geometry, to check them against the references.
     """
-    monkeypatch.setattr(
-        GENERALIZED_CONV, "shifted_views_fit", lambda geometry, weight: not weight.is_complex()
-    )
+    monkeypatch.setattr(FIELDS_PLAN, "shifted_views_fit", lambda geometry, weight: not weight.is_complex())
 
 
 @pytest.fixture

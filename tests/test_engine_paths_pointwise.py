@@ -13,6 +13,7 @@ from variant_reference import naive_generalized_conv
 
 import anyconv
 from anyconv.engine import paths
+from anyconv.engine.plan import clear_plans, plan_conv
 from anyconv.variants import resolve_variant
 
 CASES = [
@@ -46,7 +47,11 @@ def _tensors(case, seed=0):
 def _fields_path(monkeypatch, function):
     with monkeypatch.context() as patch:
         patch.setattr(paths, "pointwise_fits", lambda *arguments: False)
-        return function()
+        clear_plans()  # the plans made before the patch chose the fast path
+        try:
+            return function()
+        finally:
+            clear_plans()
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -55,11 +60,8 @@ def _fields_path(monkeypatch, function):
 )
 def test_the_path_is_taken(case, name):
     x, w, _ = _tensors(case)
-    geometry = anyconv.make_geometry(x.shape[2:], w.shape[2:], case["with"].get("stride", 1))
-    assert (
-        paths.fast_path(x, w, resolve_variant(name), geometry, case["with"].get("groups", 1), 2**20)
-        is not None
-    )
+    stride, groups = case["with"].get("stride", 1), case["with"].get("groups", 1)
+    assert plan_conv(x, w, resolve_variant(name), stride, 0, 1, groups, "zeros", None).path == "pointwise"
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -113,6 +115,5 @@ def test_unbatched_input():
 
 def test_padded_and_other_variants_take_other_paths():
     x, w = torch.randn(1, 4, 5, 5), torch.randn(2, 4, 1, 1)
-    padded = anyconv.make_geometry((5, 5), 1, padding=1)
-    assert paths.fast_path(x, w, resolve_variant("dot"), padded, 1, 2**20) is None
-    assert paths.fast_path(x, w, resolve_variant("l2"), anyconv.make_geometry((5, 5), 1), 1, 2**20) is None
+    assert plan_conv(x, w, resolve_variant("dot"), 1, 1, 1, 1, "zeros", None).path == "fields"
+    assert plan_conv(x, w, resolve_variant("l2"), 1, 0, 1, 1, "zeros", None).path == "fields"

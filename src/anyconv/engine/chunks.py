@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from ..errors import invalid
+from ..errors import invalid, wrong_type
 from ..geometry import Geometry, make_geometry
 
 #: default bytes for the fields (plus output and working memory) of one chunk: large enough
@@ -29,16 +30,31 @@ DEFAULT_MEMORY_BUDGET = 4 * 2**20
 MINIMUM_MEMORY_BUDGET = 256 * 2**10
 
 
+def check_memory_budget(memory_budget: Any) -> int | None:
+    """``memory_budget`` as given, if it is None (the default) or a positive int of bytes.
+
+    The one check of the argument, wherever it is taken: the functions, the modules, ``convert``.
+
+    >>> check_memory_budget(2**20), check_memory_budget(None)
+    (1048576, None)
+    """
+    if memory_budget is None:
+        return None
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int):
+        raise wrong_type("memory_budget", memory_budget, "a positive number of bytes (int) or None")
+    if memory_budget < 1:
+        raise invalid("memory_budget", memory_budget, "a positive number of bytes")
+    return memory_budget
+
+
 def resolve_budget(memory_budget: Any) -> int:
     """The bytes per chunk for ``memory_budget``: the default for None, at least the floor.
 
     >>> resolve_budget(None) == DEFAULT_MEMORY_BUDGET, resolve_budget(1) == MINIMUM_MEMORY_BUDGET
     (True, True)
     """
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
-        raise invalid("memory_budget", memory_budget, "a positive number of bytes")
-    return max(budget, MINIMUM_MEMORY_BUDGET)
+    budget = check_memory_budget(memory_budget)
+    return DEFAULT_MEMORY_BUDGET if budget is None else max(budget, MINIMUM_MEMORY_BUDGET)
 
 
 @dataclass(frozen=True)
@@ -61,26 +77,40 @@ class Chunk:
 
 
 @lru_cache(maxsize=1024)
-def plan_chunks(geometry: Geometry, batch: int, bytes_per_field: int, budget: int) -> tuple[Chunk, ...]:
+def plan_chunks(
+    geometry: Geometry, batch: int, bytes_per_field: int, budget: int, per_input: bool = False
+) -> tuple[Chunk, ...]:
     """The chunks that cover (batch x output positions), each at most ``budget`` bytes when possible.
 
-    Only a single output position of a single sample can be over the budget. Every chunk but the
-    last of each range holds at least half the budget, so there are about ``2 * total / budget``.
+    ``bytes_per_field`` is what one output position of a chunk costs; with ``per_input``, what one
+    position of the padded input it reads costs (its slab, the kernel's halo included), for work
+    that is laid out over the slab. Only a single output position of a single sample can be over
+    the budget. Every chunk but the last of each range holds at least half the budget, so there
+    are about ``2 * total / budget``.
 
     >>> g = make_geometry((34, 34), 3)
     >>> [(c.samples, c.region[0]) for c in plan_chunks(g, 4, 4 * 9, 2 * 32 * 32 * 36)]
     [(slice(0, 2, None), slice(0, 32, None)), (slice(2, 4, None), slice(0, 32, None))]
     >>> [c.region[1] for c in plan_chunks(make_geometry((1, 100), (1, 3)), 1, 10, 500)]
     [slice(0, 50, None), slice(50, 98, None)]
+    >>> [c.slab[1] for c in plan_chunks(make_geometry((1, 100), (1, 3)), 1, 10, 500, per_input=True)]
+    [slice(0, 50, None), slice(48, 98, None), slice(96, 100, None)]
     """
     output = geometry.output_size
-    sample_bytes = geometry.num_positions * bytes_per_field
+
+    def extent(axis: int, count: int) -> int:
+        # what ``count`` outputs along ``axis`` cost: themselves, or the input positions they read
+        if not per_input:
+            return count
+        return (count - 1) * geometry.stride[axis] + geometry.field_span[axis]
+
+    sample_bytes = math.prod(extent(axis, size) for axis, size in enumerate(output)) * bytes_per_field
     if sample_bytes <= budget:
         samples_per_chunk = max(1, budget // max(1, sample_bytes))
         regions = [tuple(slice(0, size) for size in output)]
     else:
         samples_per_chunk = 1
-        regions = _split_one_sample(output, bytes_per_field, budget)
+        regions = _split_one_sample(output, extent, bytes_per_field, budget)
     chunks = []
     for region in regions:
         slab = tuple(
@@ -99,17 +129,29 @@ def plan_chunks(geometry: Geometry, batch: int, bytes_per_field: int, budget: in
     return tuple(chunks)
 
 
-def _split_one_sample(output: tuple[int, ...], bytes_per_field: int, budget: int) -> list[tuple[slice, ...]]:
+def _split_one_sample(
+    output: tuple[int, ...], extent: Callable[[int, int], int], bytes_per_field: int, budget: int
+) -> list[tuple[slice, ...]]:
     """Boxes of one sample's output positions: single indices along the dimensions before ``axis``,
-    ranges along ``axis``, the first dimension whose lines (all later dimensions whole) fit."""
+    ranges along ``axis``, the first dimension whose lines (all later dimensions whole) fit.
+
+    ``extent(axis, count)``: the positions ``count`` outputs along ``axis`` cost."""
     ndim = len(output)
-    axis = next(
-        axis
-        for axis in range(ndim)
-        if axis == ndim - 1 or math.prod(output[axis + 1 :]) * bytes_per_field <= budget
-    )
-    line_bytes = math.prod(output[axis + 1 :]) * bytes_per_field
-    step = max(1, budget // max(1, line_bytes))
+
+    def across(axis: int) -> int:
+        # bytes of a box one position long along ``axis``: one index before it, whole after it
+        leading = math.prod(extent(before, 1) for before in range(axis))
+        return (
+            leading
+            * math.prod(extent(after, output[after]) for after in range(axis + 1, ndim))
+            * bytes_per_field
+        )
+
+    axis = next(axis for axis in range(ndim) if axis == ndim - 1 or across(axis) * extent(axis, 1) <= budget)
+    allowed = budget // max(1, across(axis))
+    # the most outputs along ``axis`` whose extent stays within ``allowed``: extent is linear in them
+    halo, per_output = extent(axis, 1) - 1, extent(axis, 2) - extent(axis, 1)
+    step = max(1, (allowed - halo) // max(1, per_output))
     ranges = [slice(start, min(start + step, output[axis])) for start in range(0, output[axis], step)]
     rest = tuple(slice(0, size) for size in output[axis + 1 :])
     leading = itertools.product(*(range(size) for size in output[:axis]))

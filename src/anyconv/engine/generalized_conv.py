@@ -6,19 +6,13 @@ from typing import Any
 
 import torch
 
-from ..functional.pad import pad
-from ..geometry import Geometry, make_geometry
+from ..functional.inputs import prepare_input
 from ..variants import Variant, resolve_variant
 from ..variants.checks import check_call
 from .arguments import check_conv_tensors
-from .chunks import plan_chunks, resolve_budget
-from .contraction import GeneralizedConvFunction, Plan
-from .fields import check_conv_sizes
-from .ops import run_generalized_conv, variant_arguments
 from .ops_autocast import autocast_dtype, cast
-from .ops_memory_format import output_memory_format
-from .paths import fast_path
-from .shifted_views import shifted_views_fit
+from .paths import run_path
+from .plan import plan_conv
 
 
 def generalized_conv(
@@ -49,7 +43,7 @@ def generalized_conv(
     >>> generalized_conv(x, w, "dot", groups=2, padding="same").shape
     torch.Size([2, 6, 9, 9])
     """
-    ndim, groups = check_conv_tensors(input, weight, bias, groups)
+    _, groups = check_conv_tensors(input, weight, bias, groups)
     variant = resolve_variant(variant, **variant_options)
     check_call(variant, input, weight)
     lowered = autocast_dtype(input)
@@ -68,52 +62,6 @@ def generalized_conv(
                 padding_mode=padding_mode,
                 memory_budget=memory_budget,
             )
-    was_unbatched = input.dim() == ndim + 1
-    batched = input.unsqueeze(0) if was_unbatched else input
-    geometry = make_geometry(batched.shape[2:], weight.shape[2:], stride, padding, dilation, padding_mode)
-    check_conv_sizes(batched, weight, geometry, padding, dilation)
-    if geometry.padding_mode != "zeros" and geometry.is_padded:
-        # the engine zero-pads chunk by chunk; the other modes pad the whole input once, here
-        batched = pad(batched, geometry)
-        geometry = make_geometry(
-            geometry.padded_size, geometry.kernel_size, geometry.stride, 0, geometry.dilation
-        )
-    budget = resolve_budget(memory_budget)
-    path = fast_path(batched, weight, variant, geometry, groups, budget)
-    if path is not None:
-        # torch's layout for the output (channels-last in, channels-last out)
-        output = path(batched, weight, bias).contiguous(memory_format=output_memory_format(batched, weight))
-    elif (arguments := variant_arguments(variant)) is not None:
-        output = run_generalized_conv(batched, weight, bias, variant, arguments, geometry, groups, budget)
-    else:
-        # a variant not registered by name: the plain autograd Function (no compile, export or torch.func)
-        plan = _plan(batched, weight, variant, geometry, groups, budget)
-        tensors = [variant.options[name] for name in plan.option_names]
-        output = GeneralizedConvFunction.apply(batched, weight, bias, plan, *tensors)
-    return output.squeeze(0) if was_unbatched else output
-
-
-def _plan(
-    batched: torch.Tensor,
-    weight: torch.Tensor,
-    variant: Variant,
-    geometry: Geometry,
-    groups: int,
-    budget: int,
-) -> Plan:
-    """Chunks sized for copied fields (and for the views, when the backward takes them), and
-    the variant's options split into tensors and numbers."""
-    fields_per_group = weight[0].numel()
-    filters_per_group = weight.shape[0] // groups
-    working = groups * variant.working_elements(1, fields_per_group, filters_per_group)
-    element = batched.element_size()
-    bytes_per_field = element * (groups * (fields_per_group + filters_per_group) + working)
-    chunks = plan_chunks(geometry, batched.shape[0], bytes_per_field, budget)
-    tap_chunks = None
-    if variant.product_backward is not None and shifted_views_fit(geometry, weight):
-        # per position: the padded input and its gradient, the pair scales, the variant's work
-        bytes_per_position = element * (2 * batched.shape[1] + weight.shape[0] + working)
-        tap_chunks = plan_chunks(geometry, batched.shape[0], bytes_per_position, budget)
-    tensors = tuple(name for name, value in variant.options.items() if isinstance(value, torch.Tensor))
-    fixed = tuple((name, value) for name, value in variant.options.items() if name not in tensors)
-    return Plan(geometry, groups, chunks, variant, tensors, fixed, torch.is_grad_enabled(), tap_chunks)
+    plan = plan_conv(input, weight, variant, stride, padding, dilation, groups, padding_mode, memory_budget)
+    output = run_path(plan, prepare_input(input, plan.unbatched, plan.padding), weight, bias, variant)
+    return output.squeeze(0) if plan.unbatched else output

@@ -23,6 +23,7 @@ from ..geometry import Geometry, make_geometry
 from ..variants import BUILTIN_VARIANTS, Variant
 from .blocks import bias_grad
 from .contraction import Plan, contract_chunks, gradients, options_of, own_backward
+from .fields_plan import fields_plan
 from .ops_memory_format import empty_like_input
 from .ops_second_order import second_order_gradients
 from .ops_vmap import forward_rule, looped
@@ -75,14 +76,11 @@ def op_plan(
     memory_budget: int,
 ) -> Plan:
     """The engine's plan for one call of the ops, from their schema arguments (cached)."""
-    # generalized_conv imports this module: its planner is imported here, once per new call signature
-    from .generalized_conv import _plan
-
     instance, tensor_names, fixed = _variant(variant, options)
     pairs = tuple(zip(padding[::2], padding[1::2]))
     geometry = make_geometry(input_shape[2:], weight_shape[2:], stride, pairs, dilation)
     meta: dict[str, Any] = {"dtype": dtype, "device": "meta"}
-    plan = _plan(
+    plan = fields_plan(
         torch.empty(input_shape, **meta),
         torch.empty(weight_shape, **meta),
         instance,

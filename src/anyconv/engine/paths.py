@@ -1,46 +1,105 @@
-"""Which path computes a generalized convolution, chosen in one place from its geometry and variant.
+"""The paths that compute a generalized convolution, in the order they are tried: the first that fits runs.
 
-The fields path (``contraction``) computes every call; the paths named here are faster where they fit.
+Each path is a name, ``fits(plan, variant, input, weight)`` and ``run(plan, input, weight, bias,
+variant)``. ``fits`` reads only what a plan's key holds (shapes, dtype, device, the variant's
+type and numeric options, the plan's geometry and groups, the environment's switches), because
+its answer is cached with the plan; ``input`` is batched, unpadded. Why each path is taken where
+it is: ``docs/engine.md``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from ..geometry import Geometry
 from ..variants import Variant
+from .contraction import GeneralizedConvFunction
+from .fields_plan import fields_plan
+from .ops import run_generalized_conv, variant_arguments
+from .ops_memory_format import output_memory_format
 from .pointwise import pointwise_conv, pointwise_fits
 from .tap_loops import tap_loops_conv, tap_loops_fit
 
-#: (input, weight, bias) -> output
-Path = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+if TYPE_CHECKING:
+    from .plan import ConvPlan
 
 
-def fast_path(
-    input: torch.Tensor, weight: torch.Tensor, variant: Variant, geometry: Geometry, groups: int, budget: int
-) -> Path | None:
-    """The path that computes this call of ``generalized_conv`` when it is not the fields path, else None.
+class Path(NamedTuple):
+    """One way to compute a call: its name, whether it computes a planned call, and how."""
 
-    ``input`` is batched; ``geometry`` its zero padding still to apply (other modes applied already).
+    name: str
+    fits: Callable[[ConvPlan, Variant, torch.Tensor, torch.Tensor], bool]
+    run: Callable[[ConvPlan, torch.Tensor, torch.Tensor, torch.Tensor | None, Variant], torch.Tensor]
+
+
+def _pointwise(
+    plan: ConvPlan, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: Variant
+) -> torch.Tensor:
+    output = pointwise_conv(input, weight, bias, variant, plan.geometry, plan.groups)
+    # torch's layout for the output (channels-last in, channels-last out)
+    return output.contiguous(memory_format=output_memory_format(input, weight))
+
+
+def _tap_loops(
+    plan: ConvPlan, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: Variant
+) -> torch.Tensor:
+    output = tap_loops_conv(input, weight, bias, variant, plan.geometry, plan.groups, plan.budget)
+    return output.contiguous(memory_format=output_memory_format(input, weight))
+
+
+def _fields(
+    plan: ConvPlan, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: Variant
+) -> torch.Tensor:
+    arguments = variant_arguments(variant)
+    if arguments is not None:
+        return run_generalized_conv(
+            input, weight, bias, variant, arguments, plan.geometry, plan.groups, plan.budget
+        )
+    # a variant not registered by name: the plain autograd Function (no compile, export or torch.func)
+    function_plan = fields_plan(input, weight, variant, plan.geometry, plan.groups, plan.budget)
+    tensors = [variant.options[name] for name in function_plan.option_names]
+    return GeneralizedConvFunction.apply(input, weight, bias, function_plan, *tensors)
+
+
+#: the paths, tried in this order; the fields path computes every call
+PATHS = (
+    Path(
+        "pointwise",
+        lambda plan, variant, input, weight: pointwise_fits(variant, input, plan.geometry),
+        _pointwise,
+    ),
+    Path(
+        "tap loops",
+        lambda plan, variant, input, weight: tap_loops_fit(variant, input, weight, plan.groups),
+        _tap_loops,
+    ),
+    Path("fields", lambda plan, variant, input, weight: True, _fields),
+)
+_RUN = {path.name: path.run for path in PATHS}
+
+
+def choose_path(plan: ConvPlan, variant: Variant, input: torch.Tensor, weight: torch.Tensor) -> str:
+    """The name of the first path that fits ``plan`` (its own ``path`` is not read yet).
 
     >>> import torch
-    >>> from anyconv.geometry import make_geometry
+    >>> from anyconv.engine.plan import plan_conv
     >>> from anyconv.variants import Cosine
     >>> x, w = torch.randn(1, 4, 6, 6), torch.randn(4, 1, 3, 3)
-    >>> fast_path(x, w, Cosine(), make_geometry((6, 6), 3), 4, 2**22) is None
-    True
-    >>> fast_path(x, w[:, :, :1, :1], Cosine(), make_geometry((6, 6), 1), 4, 2**22) is None
-    False
+    >>> plan_conv(x, w, Cosine(), 1, 0, 1, 4, "zeros", None).path
+    'fields'
+    >>> plan_conv(x, w[:, :, :1, :1], Cosine(), 1, 0, 1, 4, "zeros", None).path
+    'pointwise'
     """
     if torch._C._are_functorch_transforms_active():
         # torch.func's transforms see through the custom operator of the fields path only
-        return None
-    if pointwise_fits(variant, input, geometry):
-        return lambda input, weight, bias: pointwise_conv(input, weight, bias, variant, geometry, groups)
-    if tap_loops_fit(variant, input, weight, groups):
-        return lambda input, weight, bias: tap_loops_conv(
-            input, weight, bias, variant, geometry, groups, budget
-        )
-    return None
+        return "fields"
+    return next(path.name for path in PATHS if path.fits(plan, variant, input, weight))
+
+
+def run_path(
+    plan: ConvPlan, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: Variant
+) -> torch.Tensor:
+    """Compute the call on the batched ``input`` (padded in a non-zero mode already) by the plan's path."""
+    return _RUN[plan.path](plan, input, weight, bias, variant)

@@ -1,4 +1,4 @@
-"""Checks shared by the functional layer: tensor type, rank, and the optional batch dimension."""
+"""The input as the functions read it: checked for type and rank, batched, padded in its mode."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 import torch
 
 from ..errors import ArgumentError, wrong_type
-from ..geometry import infer_ndim
+from ..geometry import Geometry, infer_ndim
+from .pad import pad
 
 
 def check_tensor(argument: str, value: Any) -> torch.Tensor:
@@ -50,3 +51,18 @@ def add_batch_dim(argument: str, input: torch.Tensor, ndim: int) -> tuple[torch.
         f"{argument} of shape {tuple(input.shape)} is invalid: expected {ndim + 2} dimensions "
         f"(batch, channels, *{ndim} spatial) or {ndim + 1} (channels, *{ndim} spatial)"
     )
+
+
+def prepare_input(input: torch.Tensor, unbatched: bool, padding: Geometry | None) -> torch.Tensor:
+    """``input`` with a batch dimension (added when ``unbatched``), padded as ``padding`` says.
+
+    The one preparation of every function's input (``patches``, ``unfold``, and the engine's,
+    which leaves zero padding to its chunks and passes None then).
+
+    >>> from anyconv.geometry import make_geometry
+    >>> circular = make_geometry((3,), 3, padding=1, padding_mode="circular")
+    >>> prepare_input(torch.ones(2, 3), True, circular).shape
+    torch.Size([1, 2, 5])
+    """
+    batched = input.unsqueeze(0) if unbatched else input
+    return batched if padding is None else pad(batched, padding)
