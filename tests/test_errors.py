@@ -64,8 +64,8 @@ CASES = [
     ("conv-bias-device", lambda: anyconv.conv(X, W, x(6, device="meta")), ArgumentError, r"bias is on device meta"),
     ("conv-input-device", lambda: anyconv.conv(X.to("meta"), W), ArgumentError, r"weight is on device cpu but input is on meta"),
     ("conv-memory-budget-zero", lambda: anyconv.conv(X, W, memory_budget=0), ArgumentError, r"memory_budget=0 .*positive number of bytes"),
-    ("conv-memory-budget-float", lambda: anyconv.conv(X, W, memory_budget=1e6), ArgumentError, r"memory_budget=1000000\.0"),
-    ("conv-memory-budget-bool", lambda: anyconv.conv(X, W, memory_budget=True), ArgumentError, r"memory_budget=True"),
+    ("conv-memory-budget-float", lambda: anyconv.conv(X, W, memory_budget=1e6), ArgumentTypeError, r"memory_budget=1000000\.0"),
+    ("conv-memory-budget-bool", lambda: anyconv.conv(X, W, memory_budget=True), ArgumentTypeError, r"memory_budget=True"),
     # variants
     ("variant-unknown", lambda: anyconv.generalized_conv(X, W, "l9"), ArgumentError, r"variant='l9' .*'dot'"),
     ("variant-type", lambda: anyconv.generalized_conv(X, W, 3), ArgumentTypeError, r"variant=3 has type int.*variant name"),

@@ -98,13 +98,14 @@ def plan_chunks(
     """
     output = geometry.output_size
 
+    # lists, not generators, in the sums below: torch.compile traces this function
     def extent(axis: int, count: int) -> int:
         # what ``count`` outputs along ``axis`` cost: themselves, or the input positions they read
         if not per_input:
             return count
         return (count - 1) * geometry.stride[axis] + geometry.field_span[axis]
 
-    sample_bytes = math.prod(extent(axis, size) for axis, size in enumerate(output)) * bytes_per_field
+    sample_bytes = math.prod([extent(axis, size) for axis, size in enumerate(output)]) * bytes_per_field
     if sample_bytes <= budget:
         samples_per_chunk = max(1, budget // max(1, sample_bytes))
         regions = [tuple(slice(0, size) for size in output)]
@@ -140,10 +141,10 @@ def _split_one_sample(
 
     def across(axis: int) -> int:
         # bytes of a box one position long along ``axis``: one index before it, whole after it
-        leading = math.prod(extent(before, 1) for before in range(axis))
+        leading = math.prod([extent(before, 1) for before in range(axis)])
         return (
             leading
-            * math.prod(extent(after, output[after]) for after in range(axis + 1, ndim))
+            * math.prod([extent(after, output[after]) for after in range(axis + 1, ndim)])
             * bytes_per_field
         )
 

@@ -13,7 +13,8 @@ import torch
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from ..errors import ArgumentError, invalid, wrong_type
+from ..engine.chunks import check_memory_budget
+from ..errors import ArgumentError, wrong_type
 from ..variants import Variant, resolve_variant
 from .conv import Conv1d, Conv2d, Conv3d, ConvNd
 from .generalized import (
@@ -88,10 +89,7 @@ def convert(
         raise wrong_type("module", module, "a torch.nn.Module")
     if include is not None and not callable(include):
         raise wrong_type("include", include, "a function (name, layer) -> bool, or None")
-    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)):
-        raise wrong_type("memory_budget", memory_budget, "a positive number of bytes (int) or None")
-    if memory_budget is not None and memory_budget < 1:
-        raise invalid("memory_budget", memory_budget, "a positive number of bytes")
+    check_memory_budget(memory_budget)
     # fail before touching the model if the variant or its options are wrong
     resolve_variant(variant, **variant_options)
     chosen = include if include is not None else _every_layer

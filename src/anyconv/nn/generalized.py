@@ -14,6 +14,7 @@ import torch
 from torch.nn.common_types import _size_1_t, _size_2_t, _size_3_t
 
 from ..engine import generalized_conv
+from ..engine.chunks import check_memory_budget
 from ..variants import Variant, resolve_variant
 from ..variants.checks import check_per_channel_options
 from .conv import Conv1d, Conv2d, Conv3d, ConvModule, ConvNd, PaddingMode
@@ -33,7 +34,7 @@ class _VariantComputation(ConvModule):
         tensors = dict(self.variant_options.items())
         self.variant = resolve_variant(variant, **{**options, **tensors})
         check_per_channel_options(self.variant, self.weight.shape[0])
-        self.memory_budget = memory_budget
+        self.memory_budget = check_memory_budget(memory_budget)
 
     def _conv_forward(
         self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None

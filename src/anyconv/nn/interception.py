@@ -13,6 +13,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from ..engine import conv_transpose, generalized_conv
+from ..engine.chunks import check_memory_budget
 from ..errors import invalid, wrong_type
 from ..variants import Dot, Variant, resolve_variant
 
@@ -160,10 +161,7 @@ def intercept(
     >>> interception.calls, torch.equal(y, generalized_conv(x, w, "l1", padding="same"))
     (1, True)
     """
-    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)):
-        raise wrong_type("memory_budget", memory_budget, "a positive number of bytes (int) or None")
-    if memory_budget is not None and memory_budget < 1:
-        raise invalid("memory_budget", memory_budget, "a positive number of bytes")
+    check_memory_budget(memory_budget)
     for option, value in variant_options.items():
         if isinstance(value, torch.Tensor):
             raise invalid(

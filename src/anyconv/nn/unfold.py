@@ -10,7 +10,9 @@ from typing import Any
 import torch
 
 from ..functional import unfold
-from ..geometry import infer_ndim, make_geometry
+from ..geometry import infer_ndim, spatial_tuple
+from ..geometry.arguments import check_padding_mode
+from ..geometry.padding import padding_pairs
 
 
 class Unfold(torch.nn.Module):
@@ -61,12 +63,16 @@ def check_unfold_arguments(
 ) -> None:
     """Raise the error a call would raise for these arguments, whatever the input (none yet).
 
+    Every check that needs no input size: N is read from the arguments (1 when all are ints).
+
     >>> check_unfold_arguments(3, 1, "same", 2, "zeros")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     anyconv.errors.ArgumentError: padding='same' is invalid: ... not supported for strided convolutions
     """
-    arguments = dict(kernel_size=kernel_size, dilation=dilation, padding=padding, stride=stride)
-    ndim = infer_ndim(**arguments) or 1
-    # an input large enough for any kernel, so only the arguments themselves can be at fault
-    make_geometry((2**20,) * ndim, kernel_size, stride, padding, dilation, padding_mode)
+    ndim = infer_ndim(kernel_size=kernel_size, dilation=dilation, padding=padding, stride=stride) or 1
+    kernel = spatial_tuple("kernel_size", kernel_size, ndim, 1)
+    steps = spatial_tuple("stride", stride, ndim, 1)
+    spacings = spatial_tuple("dilation", dilation, ndim, 1)
+    padding_pairs(padding, ndim, kernel, spacings, steps)
+    check_padding_mode(padding_mode)
