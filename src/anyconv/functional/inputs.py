@@ -38,15 +38,15 @@ def spatial_ndim(input: torch.Tensor, **arguments: Any) -> int:
     return ndim
 
 
-def add_batch_dim(argument: str, input: torch.Tensor, ndim: int) -> tuple[torch.Tensor, bool]:
-    """Return ``input`` with a batch dimension, and whether one was added (unbatched input).
+def is_unbatched(argument: str, input: torch.Tensor, ndim: int) -> bool:
+    """Whether ``input`` is (channels, *spatial) rather than (batch, channels, *spatial), for
+    ``ndim`` spatial dimensions; any other rank is refused, naming ``argument``.
 
-    Accepts (batch, channels, *spatial) or (channels, *spatial) with ``ndim`` spatial dimensions.
+    >>> is_unbatched("input", torch.ones(3, 5, 5), 2)
+    True
     """
-    if input.dim() == ndim + 2:
-        return input, False
-    if input.dim() == ndim + 1:
-        return input.unsqueeze(0), True
+    if input.dim() in (ndim + 1, ndim + 2):
+        return input.dim() == ndim + 1
     raise ArgumentError(
         f"{argument} of shape {tuple(input.shape)} is invalid: expected {ndim + 2} dimensions "
         f"(batch, channels, *{ndim} spatial) or {ndim + 1} (channels, *{ndim} spatial)"

@@ -9,8 +9,7 @@ import torch
 from ..geometry import make_geometry
 from .allocation import check_padded_fits
 from .im2col import field_view
-from .inputs import add_batch_dim, check_tensor, spatial_ndim
-from .pad import pad
+from .inputs import check_tensor, is_unbatched, prepare_input, spatial_ndim
 
 
 def patches(
@@ -41,8 +40,8 @@ def patches(
     """
     check_tensor("input", input)
     ndim = spatial_ndim(input, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation)
-    batched, was_unbatched = add_batch_dim("input", input, ndim)
-    geometry = make_geometry(batched.shape[2:], kernel_size, stride, padding, dilation, padding_mode)
-    check_padded_fits(batched, geometry, padding)
-    view = field_view(pad(batched, geometry), geometry)
-    return view.squeeze(0) if was_unbatched else view
+    unbatched = is_unbatched("input", input, ndim)
+    geometry = make_geometry(input.shape[-ndim:], kernel_size, stride, padding, dilation, padding_mode)
+    check_padded_fits(input, geometry, padding)
+    view = field_view(prepare_input(input, unbatched, geometry), geometry)
+    return view.squeeze(0) if unbatched else view

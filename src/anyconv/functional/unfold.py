@@ -10,8 +10,7 @@ from ..geometry import make_geometry
 from ..geometry.limits import culprit
 from .allocation import check_fits, check_padded_fits
 from .im2col import Im2Col
-from .inputs import add_batch_dim, check_tensor, spatial_ndim
-from .pad import pad
+from .inputs import check_tensor, is_unbatched, prepare_input, spatial_ndim
 
 
 def unfold(
@@ -38,12 +37,12 @@ def unfold(
     """
     check_tensor("input", input)
     ndim = spatial_ndim(input, kernel_size=kernel_size, dilation=dilation, padding=padding, stride=stride)
-    batched, was_unbatched = add_batch_dim("input", input, ndim)
-    geometry = make_geometry(batched.shape[2:], kernel_size, stride, padding, dilation, padding_mode)
-    batch, channels = batched.shape[:2]
+    unbatched = is_unbatched("input", input, ndim)
+    geometry = make_geometry(input.shape[-ndim:], kernel_size, stride, padding, dilation, padding_mode)
+    batch, channels = (1, *input.shape[:1]) if unbatched else input.shape[:2]
     columns_shape = (batch, channels * geometry.kernel_volume, geometry.num_positions)
     blame = culprit(geometry, padding, ("kernel_size", kernel_size))
-    check_fits("the columns", columns_shape, batched, blame)
-    check_padded_fits(batched, geometry, padding)
-    columns = Im2Col.apply(pad(batched, geometry), geometry)
-    return columns.squeeze(0) if was_unbatched else columns
+    check_fits("the columns", columns_shape, input, blame)
+    check_padded_fits(input, geometry, padding)
+    columns = Im2Col.apply(prepare_input(input, unbatched, geometry), geometry)
+    return columns.squeeze(0) if unbatched else columns
