@@ -21,7 +21,7 @@ from ..geometry import Geometry, make_geometry
 
 #: default bytes for the fields (plus output and working memory) of one chunk: large enough
 #: for full-size matrix products, small enough to stay near the cache and far from a blow-up
-#: (measured on (32, 64, 32, 32) -> 64, 3x3: 4 MiB about 10% faster than 16 MiB, 1 MiB slower)
+#: (measured: docs/engine.md)
 DEFAULT_MEMORY_BUDGET = 4 * 2**20
 
 #: the smallest budget taken: below it each chunk's fixed cost (a step of a Python loop, a few
