@@ -99,7 +99,7 @@ def plan_conv(
     if plan is None:
         plan = _make_plan(input, weight, variant, *arguments)
         if len(_PLANS) >= MAX_PLANS:
-            _PLANS.pop(next(iter(_PLANS)))
+            _PLANS.pop(next(iter(_PLANS)), None)
         _PLANS[key] = plan
     return plan
 
