@@ -16,6 +16,7 @@ from conftest import take_views_everywhere
 from variant_reference import naive_generalized_conv
 
 import anyconv
+from anyconv.engine import contraction, ops
 from anyconv.variants import L2, RBF, fused
 
 NAN, INF = float("nan"), float("inf")
@@ -84,6 +85,7 @@ def test_nan_and_inf_as_the_naive_formula(variant, options, field, filters, dtyp
 
 _ALL_NAN_BACKWARD = """
 import torch, anyconv
+from anyconv.engine import contraction, ops
 from anyconv.variants import L2, RBF, fused
 input = torch.full((2, 3, 9), float("nan"), dtype=torch.{dtype}, requires_grad=True)
 weight = torch.randn(40, 3, 3, dtype=torch.{dtype}, requires_grad=True)
@@ -174,6 +176,15 @@ def test_l2_family_float32_gradients_do_not_cancel_far_from_zero(
     # cost the gradients more digits than the naive float32 formula loses
     if route == "views":
         take_views_everywhere(monkeypatch)
+    # the ops cache their plans, views or not: plan afresh, and see which route the backward took
+    ops.op_plan.cache_clear()
+    routes = []
+    for name in ("tap_gradients", "field_gradients"):
+        original = getattr(contraction, name)
+        monkeypatch.setattr(
+            contraction, name, lambda *args, name=name, original=original, **kwargs: (
+                routes.append(name), original(*args, **kwargs))[1]
+        )
     stride = 2 if route == "fields-stride2" else 1
     generator = torch.Generator().manual_seed(5)
     input = (offset + torch.rand(2, 4, 9, 9, generator=generator)).float()
@@ -194,6 +205,7 @@ def test_l2_family_float32_gradients_do_not_cancel_far_from_zero(
         rounding = torch.finfo(torch.float32).eps * expected.abs().max()
         error = (got.double() - expected).abs().max()
         assert error <= 8 * max(naive_error, rounding), (which, error, naive_error, rounding)
+    assert set(routes) == {"tap_gradients" if route == "views" else "field_gradients"}
 
 
 def test_l2_issue_example_near_1000():

@@ -11,6 +11,7 @@ from ..geometry import Geometry, make_geometry
 from ..variants import Variant, resolve_variant
 from ..variants.checks import check_call
 from .arguments import check_conv_tensors
+from .backward_choice import Backward, choose_backward
 from .chunks import plan_chunks, resolve_budget
 from .contraction import GeneralizedConvFunction, Plan
 from .fields import check_conv_sizes
@@ -110,7 +111,7 @@ def _plan(
     bytes_per_field = element * (groups * (fields_per_group + filters_per_group) + working)
     chunks = plan_chunks(geometry, batched.shape[0], bytes_per_field, budget)
     tap_chunks = None
-    if variant.product_backward is not None and shifted_views_fit(geometry, weight):
+    if choose_backward(variant, (), shifted_views_fit(geometry, weight)) is Backward.VIEWS:
         # per position: the padded input and its gradient, the pair scales, the variant's work
         bytes_per_position = element * (2 * batched.shape[1] + weight.shape[0] + working)
         tap_chunks = plan_chunks(geometry, batched.shape[0], bytes_per_position, budget)

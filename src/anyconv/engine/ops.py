@@ -21,8 +21,9 @@ import torch
 
 from ..geometry import Geometry, make_geometry
 from ..variants import BUILTIN_VARIANTS, Variant
+from .backward_choice import choose_backward, saved_for
 from .blocks import bias_grad
-from .contraction import Plan, contract_chunks, gradients, options_of, own_backward
+from .contraction import Plan, contract_chunks, gradients, options_of
 from .ops_memory_format import empty_like_input
 from .ops_second_order import second_order_gradients
 from .ops_vmap import forward_rule, looped
@@ -347,9 +348,7 @@ def keeps(variant: Variant, option_tensors: tuple[torch.Tensor, ...]) -> tuple[b
     >>> keeps(BUILTIN_VARIANTS["rbf"](), ())
     (True, False)
     """
-    custom = own_backward(variant, tuple(tensor.requires_grad for tensor in option_tensors))
-    keep_kept = variant.backward_uses_kept and custom and variant.product_backward is not None
-    return variant.backward_uses_output and custom, keep_kept
+    return saved_for(variant, choose_backward(variant, [tensor.requires_grad for tensor in option_tensors]))
 
 
 def run_generalized_conv(
