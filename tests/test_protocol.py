@@ -199,3 +199,24 @@ def test_the_engine_takes_the_backward_chosen(variant, views, monkeypatch):
         }[variant]
     )
     assert taken == ["tap_gradients" if backward is Backward.VIEWS else "_fields_backward"]
+
+
+def test_a_registered_variant_differentiated_by_autograd_runs_through_the_ops(monkeypatch):
+    # registered by name it takes the custom operators, whose kernel runs below autograd: the
+    # autograd backward is taken outside it
+    class RegisteredChebyshev(Variant):
+        name = "chebyshev_for_protocol_tests"
+
+        def contract(self, fields, filters):
+            return -(fields[:, :, None, :] - filters[:, None, :, :]).abs().amax(-1)
+
+    monkeypatch.setitem(BUILTIN_VARIANTS, RegisteredChebyshev.name, RegisteredChebyshev)
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    output = anyconv.generalized_conv(x, w, RegisteredChebyshev.name, padding=1, groups=2)
+    assert "anyconv_generalized_conv" in output.grad_fn.name()
+    grad = torch.randn_like(output)
+    plain = type("Plain", (RegisteredChebyshev,), {"name": "unregistered_chebyshev"})
+    expected = torch.autograd.grad(anyconv.generalized_conv(x, w, plain, padding=1, groups=2), (x, w), grad)
+    for got, want in zip(torch.autograd.grad(output, (x, w), grad), expected):
+        torch.testing.assert_close(got, want)

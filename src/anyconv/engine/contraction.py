@@ -232,7 +232,7 @@ def _fields_backward(
         if backward is Backward.PRODUCT:
             assert isinstance(variant, ProductVariant)
             grad_fields, grad_chunk_filters = field_gradients(
-                variant, fields, filters, grad, (own_output, own_kept), options, centre
+                variant, fields, filters, grad, own_output, own_kept, options, centre
             )
         elif backward is Backward.OWN:
             assert variant.contract_backward is not None

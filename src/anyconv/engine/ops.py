@@ -21,7 +21,7 @@ import torch
 
 from ..geometry import Geometry, make_geometry
 from ..variants import BUILTIN_VARIANTS, Variant
-from .backward_choice import choose_backward, saved_for
+from .backward_choice import Backward, choose_backward, saved_for
 from .blocks import bias_grad
 from .contraction import Plan, contract_chunks, gradients, options_of
 from .ops_memory_format import empty_like_input
@@ -279,10 +279,11 @@ def _gradients(ctx: Any, grad_output: torch.Tensor, needs: tuple[bool, ...]) -> 
 
     sources = (grad_output, input, weight, *option_tensors)
     builds_graph = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in sources)
-    if not builds_graph and not any(needs[2:]):
+    plan = _plan_of(input, weight, *ctx.arguments)
+    # autograd through contract cannot run inside the op (it runs below autograd): it runs here
+    if not builds_graph and choose_backward(plan.variant, needs[2:]) is not Backward.AUTOGRAD:
         grad_input, grad_weight, grad_options = engine_gradients()
         return grad_input, grad_weight, list(grad_options)
-    plan = _plan_of(input, weight, *ctx.arguments)
     options = options_of(plan, option_tensors, weight.shape[0] // plan.groups)
     grad_input, grad_weight, grad_options = second_order_gradients(
         plan, input, weight, grad_output, option_tensors, options, needs, engine_gradients

@@ -60,17 +60,17 @@ def field_gradients(
     fields: torch.Tensor,
     filters: torch.Tensor,
     grad: torch.Tensor,
-    saved: tuple[torch.Tensor | None, torch.Tensor | None],
+    output: torch.Tensor | None,
+    kept: torch.Tensor | None,
     options: dict,
     centre: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The gradients of one chunk's fields (G, M, Kg) and of the filters (G, Og, Kg).
 
-    ``saved``: the chunk's output and kept values (None unless read); ``centre``: the variant's
+    ``output``, ``kept``: the chunk's (None unless read); ``centre``: the variant's
     ``gradient_centre`` (G, 1, Kg) or None. Conjugated as torch's autograd does for complex
     tensors (a no-op view for real ones).
     """
-    output, kept = saved
     pair_scale, field_radial, filter_radial = pair_terms(
         variant,
         grad,
