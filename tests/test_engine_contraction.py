@@ -172,6 +172,18 @@ def test_rbf_and_sharpened_cosine_backward_take_two_matrix_products(name, option
     assert products.count == 2
 
 
+@pytest.mark.parametrize("offset", [0.0, 1000.0], ids=["near-zero", "centred"])
+def test_l2_backward_takes_two_matrix_products_centred_or_not(offset):
+    # far from zero the backward takes its products on centred fields: the same two products
+    x, w, b = _tensors(groups=1)  # grouped, the tap loops would take it
+    x = (x + offset).detach().requires_grad_()
+    w = (w + offset).detach().requires_grad_()
+    output = anyconv.generalized_conv(x, w, "l2", b, padding=1)
+    with _MatrixProducts() as products:
+        torch.autograd.grad(output, (x, w), torch.randn_like(output))
+    assert products.count == 2
+
+
 class SquaredDot(ProductVariant):
     """A user's variant that keeps s for its backward: y = s^2 does not give back the sign of s."""
 

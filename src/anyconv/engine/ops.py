@@ -279,11 +279,12 @@ def _gradients(ctx: Any, grad_output: torch.Tensor, needs: tuple[bool, ...]) -> 
 
     sources = (grad_output, input, weight, *option_tensors)
     builds_graph = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in sources)
-    plan = _plan_of(input, weight, *ctx.arguments)
     # autograd through contract cannot run inside the op (it runs below autograd): it runs here
-    if not builds_graph and choose_backward(plan.variant, needs[2:]) is not Backward.AUTOGRAD:
+    variant = _variant(*ctx.arguments[:2])[0]
+    if not builds_graph and choose_backward(variant, needs[2:]) is not Backward.AUTOGRAD:
         grad_input, grad_weight, grad_options = engine_gradients()
         return grad_input, grad_weight, list(grad_options)
+    plan = _plan_of(input, weight, *ctx.arguments)
     options = options_of(plan, option_tensors, weight.shape[0] // plan.groups)
     grad_input, grad_weight, grad_options = second_order_gradients(
         plan, input, weight, grad_output, option_tensors, options, needs, engine_gradients
