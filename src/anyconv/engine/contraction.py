@@ -215,7 +215,9 @@ def _fields_backward(
     needs_input, needs_weight = needs[:2]
     needs_options = needs[2:]
     # the forward's centre, once for every chunk (a product variant of p - w far from zero)
-    centre = variant.gradient_centre(filters) if isinstance(variant, ProductVariant) else None
+    centre = None
+    if backward is Backward.PRODUCT and isinstance(variant, ProductVariant):
+        centre = variant.gradient_centre(filters)
     grad_input = torch.zeros_like(input) if needs_input else None
     grad_filters = torch.zeros_like(filters) if needs_weight else None
     grad_options = [
