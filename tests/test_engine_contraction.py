@@ -1,7 +1,7 @@
 """The engine's Function hands a variant's backward its own forward output, or what its forward
 kept, when asked.
 
-A variant with ``backward_uses_output`` gets each chunk's output (before bias) and its gradients
+A variant whose ``reads`` lists "output" gets each chunk's output (before bias) and its gradients
 equal autograd; the saved output is guarded by torch's version counter; rbf and
 sharpened_cosine then take two matrix products in backward, as dot does.
 """
@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from variant_reference import naive_generalized_conv
 
 import anyconv
-from anyconv.variants import Variant
+from anyconv.variants import ProductVariant, Variant
 from anyconv.variants.kernels import RBF
 
 
@@ -23,7 +23,7 @@ class ScaledExponential(Variant):
 
     name = "scaled_exponential"
     defaults = {"temperature": 4.0}
-    backward_uses_output = True
+    reads = frozenset({"output"})
     #: (output handed to the backward, the chunk's output recomputed) for every chunk
     seen: list = []
 
@@ -116,18 +116,30 @@ def test_learnable_options_take_autograd_and_keep_no_output():
     assert gamma.grad is not None
 
 
-def test_a_subclass_with_its_own_backward_is_not_handed_the_output():
-    class ExactRBF(RBF):
-        def contract_backward(self, fields, filters, grad, gamma=None):
-            gamma = 1 / fields.shape[-1] if gamma is None else gamma
-            with torch.enable_grad():
-                fields, filters = fields.detach().requires_grad_(), filters.detach().requires_grad_()
-                return torch.autograd.grad(self.contract(fields, filters, gamma), (fields, filters), grad)
+def test_a_subclass_that_reads_something_else_is_handed_that_and_not_the_output():
+    class DistanceRBF(RBF):
+        """rbf whose backward reads the distances its forward kept, not the output."""
 
-    assert RBF.backward_uses_output and not ExactRBF.backward_uses_output
+        reads = frozenset({"kept"})
+
+        def contract_and_keep(self, fields, filters, gamma=None):
+            distances = -anyconv.variants.L2().contract(fields, filters)
+            gamma = 1 / fields.shape[-1] if gamma is None else gamma
+            return (distances * -gamma).exp(), distances
+
+        def product_backward(self, grad, filters, kept, gamma=None):
+            gamma = 1 / filters.shape[-1] if gamma is None else gamma
+            return super().product_backward(grad, filters, (kept * -gamma).exp(), gamma)
+
+        def gradient_centre(self, filters):
+            return super().gradient_centre(filters)
+
+    assert RBF.reads == {"output"} and DistanceRBF.reads == {"kept"}
     x, w, _ = _tensors()
     expected = anyconv.generalized_conv(x, w, "rbf", padding=1, groups=2, gamma=0.3)
-    actual = anyconv.generalized_conv(x, w, ExactRBF, padding=1, groups=2, gamma=0.3)
+    actual = anyconv.generalized_conv(x, w, DistanceRBF, padding=1, groups=2, gamma=0.3)
+    # saved (the plain Function): input, weight, then the kept distances only
+    assert len(actual.grad_fn.saved_tensors) == 3
     _assert_same_gradients(actual, expected, (x, w))
 
 
@@ -160,11 +172,23 @@ def test_rbf_and_sharpened_cosine_backward_take_two_matrix_products(name, option
     assert products.count == 2
 
 
-class SquaredDot(Variant):
+@pytest.mark.parametrize("offset", [0.0, 1000.0], ids=["near-zero", "centred"])
+def test_l2_backward_takes_two_matrix_products_centred_or_not(offset):
+    # far from zero the backward takes its products on centred fields: the same two products
+    x, w, b = _tensors(groups=1)  # grouped, the tap loops would take it
+    x = (x + offset).detach().requires_grad_()
+    w = (w + offset).detach().requires_grad_()
+    output = anyconv.generalized_conv(x, w, "l2", b, padding=1)
+    with _MatrixProducts() as products:
+        torch.autograd.grad(output, (x, w), torch.randn_like(output))
+    assert products.count == 2
+
+
+class SquaredDot(ProductVariant):
     """A user's variant that keeps s for its backward: y = s^2 does not give back the sign of s."""
 
     name = "squared_dot"
-    backward_uses_kept = True
+    reads = frozenset({"kept"})
     calls: list = []
 
     def contract(self, fields, filters):
@@ -209,14 +233,21 @@ def test_polynomial_keeps_its_output_for_odd_degrees_and_s_plus_c_for_even_ones(
     torch.testing.assert_close(even.grad_fn.saved_tensors[3], s_plus_c.detach())
 
 
-def test_a_subclass_that_redefines_contract_keeps_nothing():
-    class Cubed(SquaredDot):
+def test_a_subclass_that_redefines_contract_is_refused_its_parents_backward():
+    with pytest.raises(TypeError, match="Cubed redefines its formula .* inherit product_backward"):
+
+        class Cubed(SquaredDot):
+            name = "cubed_dot"
+
+            def contract(self, fields, filters):
+                return torch.bmm(fields, filters.mT).pow(3)
+
+    class AutogradCubed(Variant):
         name = "cubed_dot"
 
         def contract(self, fields, filters):
             return torch.bmm(fields, filters.mT).pow(3)
 
-    assert Cubed.contract_and_keep is None and Cubed.product_backward is None
     x, w, _ = _tensors()
-    actual = anyconv.generalized_conv(x, w, Cubed, padding=1, groups=2)
+    actual = anyconv.generalized_conv(x, w, AutogradCubed, padding=1, groups=2)
     _assert_same_gradients(actual, naive_generalized_conv(x, w, "dot", padding=1, groups=2).pow(3), (x, w))

@@ -221,17 +221,26 @@ def test_fit_rule_keeps_depthwise_strided_small_and_narrow_on_copied_fields():
     assert not shifted_views.shifted_views_fit(mid, torch.empty(4, wide - 1, 3, 3))
 
 
-def test_a_subclass_that_redefines_contract_loses_the_product_backward():
+def test_a_subclass_that_redefines_contract_defines_its_product_backward_too():
+    with pytest.raises(TypeError, match="define product_backward"):
+
+        class StaleDot(Dot):
+            def contract(self, fields, filters):
+                return 2 * super().contract(fields, filters)
+
     class ScaledDot(Dot):
         name = "scaled_dot"
 
         def contract(self, fields, filters):
             return 2 * super().contract(fields, filters)
 
+        def product_backward(self, grad, filters):
+            return 2 * grad, None, None
+
     class NamedDot(Dot):
         name = "named_dot"
 
-    assert NamedDot.product_backward is Dot.product_backward and ScaledDot.product_backward is None
+    assert NamedDot.product_backward is Dot.product_backward
     x = torch.randn(2, 4, 6, 6, dtype=DOUBLE, requires_grad=True)
     w = torch.randn(3, 4, 3, 3, dtype=DOUBLE, requires_grad=True)
     _assert_same_gradients_as(

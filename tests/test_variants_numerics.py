@@ -16,7 +16,8 @@ from conftest import take_views_everywhere
 from variant_reference import naive_generalized_conv
 
 import anyconv
-from anyconv.variants import fused
+from anyconv.engine import contraction, ops
+from anyconv.variants import L2, RBF, fused
 
 NAN, INF = float("nan"), float("inf")
 PATHS = ["native", "eager"]
@@ -84,7 +85,8 @@ def test_nan_and_inf_as_the_naive_formula(variant, options, field, filters, dtyp
 
 _ALL_NAN_BACKWARD = """
 import torch, anyconv
-from anyconv.variants import fused
+from anyconv.engine import contraction, ops
+from anyconv.variants import L2, RBF, fused
 input = torch.full((2, 3, 9), float("nan"), dtype=torch.{dtype}, requires_grad=True)
 weight = torch.randn(40, 3, 3, dtype=torch.{dtype}, requires_grad=True)
 output = anyconv.generalized_conv(input, weight, "{variant}")
@@ -141,6 +143,69 @@ def test_l2_family_in_float32_does_not_cancel_far_from_zero(variant, options, of
     condition = 1 + (expected.abs().log().abs() if variant == "rbf" else 0)
     allowed = 4 * (naive32 - expected).abs() + 8 * torch.finfo(torch.float32).eps * expected.abs() * condition
     assert ((got - expected).abs() <= allowed + 1e-30).all(), (got - expected).abs().max()
+
+
+class _UnregisteredL2(L2):
+    """``l2`` under another name: the engine's plain autograd Function, not the custom op."""
+
+    name = "unregistered_l2"
+
+
+class _UnregisteredRBF(RBF):
+    """``rbf`` under another name, as above."""
+
+    name = "unregistered_rbf"
+
+
+#: (variant as the call names it, the reference's name, options)
+GRADIENTS_FAR_FROM_ZERO = [
+    pytest.param("l2", "l2", {}, id="l2-op"),
+    pytest.param("rbf", "rbf", {"gamma": 1.0}, id="rbf-op"),
+    pytest.param(_UnregisteredL2, "l2", {}, id="l2-function"),
+    pytest.param(_UnregisteredRBF, "rbf", {"gamma": 1.0}, id="rbf-function"),
+]
+
+
+@pytest.mark.parametrize("offset", [1000.0, -5000.0, 128.0], ids=lambda o: f"offset{o:g}")
+@pytest.mark.parametrize("route", ["views", "fields", "fields-stride2"])
+@pytest.mark.parametrize(("variant", "reference", "options"), GRADIENTS_FAR_FROM_ZERO)
+def test_l2_family_float32_gradients_do_not_cancel_far_from_zero(
+    variant, reference, options, route, offset, monkeypatch
+):
+    # d/dp of -|p - w|^2 is 2 (w - p): translation invariant, so data far from zero must not
+    # cost the gradients more digits than the naive float32 formula loses
+    if route == "views":
+        take_views_everywhere(monkeypatch)
+    # the ops cache their plans, views or not: plan afresh, and see which route the backward took
+    ops.op_plan.cache_clear()
+    routes = []
+    for name in ("tap_gradients", "field_gradients"):
+        original = getattr(contraction, name)
+        monkeypatch.setattr(
+            contraction, name, lambda *args, name=name, original=original, **kwargs: (
+                routes.append(name), original(*args, **kwargs))[1]
+        )
+    stride = 2 if route == "fields-stride2" else 1
+    generator = torch.Generator().manual_seed(5)
+    input = (offset + torch.rand(2, 4, 9, 9, generator=generator)).float()
+    weight = (offset + 0.5 + 0.1 * torch.randn(6, 4, 3, 3, generator=generator)).float()
+    grad = torch.randn(2, 6, *((7, 7) if stride == 1 else (4, 4)), generator=generator)
+    answers = []
+    for function, dtype, name in (
+        (naive_generalized_conv, torch.float64, reference),
+        (naive_generalized_conv, torch.float32, reference),
+        (anyconv.generalized_conv, torch.float32, variant),
+    ):
+        leaves = input.to(dtype).requires_grad_(), weight.to(dtype).requires_grad_()
+        output = function(*leaves, name, stride=stride, **options)
+        answers.append(torch.autograd.grad(output, leaves, grad.to(dtype)))
+    for which, expected, naive32, got in zip(("input", "weight"), *answers):
+        # a small multiple of the naive float32 formula's own error, or of float32 rounding
+        naive_error = (naive32.double() - expected).abs().max()
+        rounding = torch.finfo(torch.float32).eps * expected.abs().max()
+        error = (got.double() - expected).abs().max()
+        assert error <= 8 * max(naive_error, rounding), (which, error, naive_error, rounding)
+    assert set(routes) == {"tap_gradients" if route == "views" else "field_gradients"}
 
 
 def test_l2_issue_example_near_1000():

@@ -1,12 +1,13 @@
 """The engine's autograd Function: fields meet filters chunk by chunk, forward and backward.
 
 Forward never holds more than one chunk of fields. Backward keeps only the input, the
-weight and the variant's option tensors (and the output, for a variant whose backward uses it).
-A variant with ``product_backward`` gets its gradients as matrix products on shifted views of the
-input when the plan has ``tap_chunks`` (``product_gradients.tap_gradients``: no fields copied,
-none folded); otherwise each chunk's fields are recomputed, the variant gives their gradients
-(from ``product_backward``, its own ``contract_backward``, or autograd through ``contract`` one
-chunk at a time) and they are folded back into the input with col2im.
+weight and the variant's option tensors (and the output or kept values its backward reads).
+The backward is the one ``backward_choice.choose_backward`` names: a product variant's gradients
+as matrix products on shifted views of the input when the plan has ``tap_chunks``
+(``product_gradients.tap_gradients``: no fields copied, none folded); otherwise each chunk's
+fields are recomputed, the variant gives their gradients (from ``product_backward``, its own
+``contract_backward``, or autograd through ``contract`` one chunk at a time) and they are folded
+back into the input with col2im.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any, cast
 import torch
 
 from ..geometry import Geometry
-from ..variants import Variant
+from ..variants import ProductVariant, Variant
+from .backward_choice import Backward, choose_backward, reads_of, saved_for
 from .blocks import as_chunk_result, bias_grad, chunk_results, output_block, write_block
 from .chunks import Chunk
 from .fields import add_field_grads, chunk_fields, fields_buffer, filters_of, weight_of
@@ -38,7 +40,7 @@ class Plan:
     fixed_options: tuple[tuple[str, object], ...]
     #: grad mode at the call (forward runs without it, and needs_input_grad ignores it)
     grad_mode: bool = True
-    #: chunks for a backward on shifted views (a variant with ``product_backward``), or None
+    #: chunks for a backward on shifted views (``Backward.VIEWS``), or None
     tap_chunks: tuple[Chunk, ...] | None = None
 
 
@@ -72,7 +74,7 @@ def contract_chunks(
     for chunk in plan.chunks:
         fields = chunk_fields(input, geometry, chunk, groups, buffer)
         if keep:
-            assert plan.variant.contract_and_keep is not None
+            assert isinstance(plan.variant, ProductVariant), "only a product variant keeps values"
             result, kept_part = plan.variant.contract_and_keep(fields, filters, **options)
             kept = kept_part.new_empty(output.shape) if kept is None else kept
             write_block(output_block(kept, chunk, groups), kept_part)
@@ -101,9 +103,8 @@ class GeneralizedConvFunction(torch.autograd.Function):
         geometry, variant = plan.geometry, plan.variant
         # a backward that uses the output gets it before bias: the bias then goes on a copy, after
         records_graph = plan.grad_mode and any(ctx.needs_input_grad)
-        custom = records_graph and own_backward(plan.variant, ctx.needs_input_grad[4:])
-        keeps_output = variant.backward_uses_output and custom
-        keeps_kept = variant.backward_uses_kept and custom and variant.product_backward is not None
+        backward = choose_backward(variant, ctx.needs_input_grad[4:], plan.tap_chunks is not None)
+        keeps_output, keeps_kept = saved_for(variant, backward) if records_graph else (False, False)
         output, kept = contract_chunks(
             input, weight, None if keeps_output else bias, plan, option_tensors, keep=keeps_kept
         )
@@ -166,8 +167,9 @@ def gradients(
     needs_input, needs_weight = needs[:2]
     needs_options = tuple(needs[2:])
     grad_options: tuple = (None,) * len(option_tensors)
-    # tap chunks are planned only for a variant with product_backward
-    if plan.tap_chunks is not None and own_backward(plan.variant, needs_options):
+    backward = choose_backward(plan.variant, needs_options, plan.tap_chunks is not None)
+    if backward is Backward.VIEWS:
+        assert isinstance(plan.variant, ProductVariant) and plan.tap_chunks is not None
         grad_input, grad_weight = tap_gradients(
             plan.variant,
             input,
@@ -184,7 +186,7 @@ def gradients(
         )
     else:
         grad_input, grad_weight, grad_options = _fields_backward(
-            plan, input, weight, grad_output, (output, kept), options, option_tensors, needs
+            plan, backward, input, weight, grad_output, (output, kept), options, option_tensors, needs
         )
     if grad_weight is not None:
         # contiguous like the parameter: DDP buckets and optimisers expect its strides
@@ -194,6 +196,7 @@ def gradients(
 
 def _fields_backward(
     plan: Plan,
+    backward: Backward,
     input: torch.Tensor,
     weight: torch.Tensor,
     grad_output: torch.Tensor,
@@ -202,16 +205,19 @@ def _fields_backward(
     option_tensors: tuple[torch.Tensor, ...],
     needs: tuple[bool, ...],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, tuple[torch.Tensor | None, ...]]:
-    """Recompute each chunk's fields, take their gradients from the variant and fold them back.
+    """Recompute each chunk's fields, take their gradients as ``backward`` says and fold them back.
 
     ``saved``: the forward's output and kept values, each None unless the variant reads it.
     """
     output, kept = saved
-    geometry, groups = plan.geometry, plan.groups
+    geometry, groups, variant = plan.geometry, plan.groups, plan.variant
     filters = filters_of(weight, groups)
     needs_input, needs_weight = needs[:2]
     needs_options = needs[2:]
-    custom = own_backward(plan.variant, needs_options)
+    # the forward's centre, once for every chunk (a product variant of p - w far from zero)
+    centre = None
+    if backward is Backward.PRODUCT and isinstance(variant, ProductVariant):
+        centre = variant.gradient_centre(filters)
     grad_input = torch.zeros_like(input) if needs_input else None
     grad_filters = torch.zeros_like(filters) if needs_weight else None
     grad_options = [
@@ -225,15 +231,16 @@ def _fields_backward(
         chunk_option_grads: tuple = ()
         grad_fields: torch.Tensor | None
         grad_chunk_filters: torch.Tensor | None
-        if custom and plan.variant.product_backward is not None:
+        if backward is Backward.PRODUCT:
+            assert isinstance(variant, ProductVariant)
             grad_fields, grad_chunk_filters = field_gradients(
-                plan.variant, fields, filters, grad, own_output, own_kept, options
+                variant, fields, filters, grad, own_output, own_kept, options, centre
             )
-        elif custom:
-            own = () if own_output is None else (own_output,)
-            assert plan.variant.contract_backward is not None
-            grad_fields, grad_chunk_filters = plan.variant.contract_backward(
-                fields, filters, grad, *own, **options
+        elif backward is Backward.OWN:
+            assert variant.contract_backward is not None
+            reads = reads_of(variant, own_output)
+            grad_fields, grad_chunk_filters = variant.contract_backward(
+                fields, filters, grad, **reads, **options
             )
         else:
             grad_fields, grad_chunk_filters, chunk_option_grads = _autograd_chunk(
@@ -250,12 +257,6 @@ def _fields_backward(
                 total += part.reshape(total.shape) if total.dim() == 1 else part
     grad_weight = weight_of(cast(torch.Tensor, grad_filters), weight) if needs_weight else None
     return grad_input, grad_weight, tuple(grad_options)
-
-
-def own_backward(variant: Variant, needs_options: tuple[bool, ...]) -> bool:
-    """Whether the variant's own backward runs: it has one and no option wants a gradient."""
-    has_own = variant.product_backward is not None or variant.contract_backward is not None
-    return has_own and not any(needs_options)
 
 
 def _autograd_chunk(

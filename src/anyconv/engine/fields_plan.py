@@ -10,6 +10,7 @@ import torch
 
 from ..geometry import Geometry
 from ..variants import Variant
+from .backward_choice import Backward, choose_backward
 from .chunks import plan_chunks
 from .contraction import Plan
 from .shifted_views import shifted_views_fit
@@ -43,7 +44,7 @@ def fields_plan(
     bytes_per_field = element * (groups * (taps + filters_per_group) + working)
     chunks = plan_chunks(geometry, input.shape[0], bytes_per_field, budget)
     tap_chunks = None
-    if variant.product_backward is not None and shifted_views_fit(geometry, weight):
+    if choose_backward(variant, (), shifted_views_fit(geometry, weight)) is Backward.VIEWS:
         # per position of the padded slab a chunk reads (the kernel's halo included): the slab
         # and its gradient, the pair scales laid out over it, the variant's work
         bytes_per_position = element * (2 * input.shape[1] + weight.shape[0] + working)

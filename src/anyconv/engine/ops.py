@@ -21,8 +21,9 @@ import torch
 
 from ..geometry import Geometry, make_geometry
 from ..variants import BUILTIN_VARIANTS, Variant
+from .backward_choice import Backward, choose_backward, saved_for
 from .blocks import bias_grad
-from .contraction import Plan, contract_chunks, gradients, options_of, own_backward
+from .contraction import Plan, contract_chunks, gradients, options_of
 from .fields_plan import fields_plan
 from .ops_memory_format import empty_like_input
 from .ops_second_order import second_order_gradients
@@ -276,7 +277,9 @@ def _gradients(ctx: Any, grad_output: torch.Tensor, needs: tuple[bool, ...]) -> 
 
     sources = (grad_output, input, weight, *option_tensors)
     builds_graph = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in sources)
-    if not builds_graph and not any(needs[2:]):
+    # autograd through contract cannot run inside the op (it runs below autograd): it runs here
+    variant = _variant(*ctx.arguments[:2])[0]
+    if not builds_graph and choose_backward(variant, needs[2:]) is not Backward.AUTOGRAD:
         grad_input, grad_weight, grad_options = engine_gradients()
         return grad_input, grad_weight, list(grad_options)
     plan = _plan_of(input, weight, *ctx.arguments)
@@ -345,9 +348,7 @@ def keeps(variant: Variant, option_tensors: tuple[torch.Tensor, ...]) -> tuple[b
     >>> keeps(BUILTIN_VARIANTS["rbf"](), ())
     (True, False)
     """
-    custom = own_backward(variant, tuple(tensor.requires_grad for tensor in option_tensors))
-    keep_kept = variant.backward_uses_kept and custom and variant.product_backward is not None
-    return variant.backward_uses_output and custom, keep_kept
+    return saved_for(variant, choose_backward(variant, [tensor.requires_grad for tensor in option_tensors]))
 
 
 def run_generalized_conv(

@@ -2,7 +2,8 @@
 
 With ``create_graph=True`` the engine recomputes the variant's formula under autograd (im2col,
 itself twice differentiable, then ``contract``) and differentiates that; a variant whose backward
-is its own code (``contract_backward``: l1, lp, max_plus, min_plus) refuses the second backward.
+is its own code (``contract_backward``: l1, lp, max_plus, min_plus) refuses the second backward
+(``backward_choice.differentiable_twice``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..functional.im2col import Im2Col
+from .backward_choice import differentiable_twice
 
 if TYPE_CHECKING:
     from .contraction import Plan
@@ -61,7 +63,7 @@ def second_order_gradients(
     second backward.
     """
     sources = (input, weight, *option_tensors)
-    if plan.variant.contract_backward is not None:
+    if not differentiable_twice(plan.variant):
         return _refused(plan.variant.name, fast, needs, grad_output, *sources)
     if not torch.is_grad_enabled():
         return _chunked_gradients(plan, input, weight, grad_output, option_tensors, needs)

@@ -1,7 +1,7 @@
-"""The backward of a variant that defines ``product_backward``: from its per-pair terms to gradients.
+"""The backward of a ``ProductVariant``: from the per-pair terms of its ``product_backward`` to gradients.
 
 The variant returns, per chunk, a scale per (field, filter) pair and radial terms per field and
-per filter (see ``Variant.product_backward``); the gradients are then
+per filter (see ``ProductVariant``); the gradients are then
 
     d loss / d p_m = sum_o pair_scale[m, o] w_o - field_radial[m] p_m
     d loss / d w_o = sum_m pair_scale[m, o] p_m - filter_radial[o] w_o
@@ -10,6 +10,11 @@ per filter (see ``Variant.product_backward``); the gradients are then
 gradients then folded back by the caller); :func:`tap_gradients` takes them for the whole input
 on shifted views, one product per kernel tap, where nothing is copied or folded: the field norms
 come from tap sums of the squared input and the radial terms spread back over the taps.
+
+A variant of p - w (``l2``, ``rbf``) names a centre c (``gradient_centre``): both sums are then
+taken on p - c and w - c, the same gradients without the cancellation of data far from zero.
+On copied fields c is the forward's, tap by tap; on the views, whose one image serves every tap,
+it is its mean over the taps, one value per input channel.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from functools import partial
 import torch
 
 from ..geometry import Geometry
-from ..variants import Variant
+from ..variants import ProductVariant
+from .backward_choice import reads_of
 from .blocks import as_chunk_result, chunk_results, output_block, write_block
 from .chunks import Chunk
 from .fields import add_image_grad, chunk_image, filters_of
@@ -37,7 +43,7 @@ from .shifted_views import (
 
 
 def pair_terms(
-    variant: Variant,
+    variant: ProductVariant,
     grad: torch.Tensor,
     filters: torch.Tensor,
     options: dict,
@@ -45,30 +51,25 @@ def pair_terms(
     kept: torch.Tensor | None,
     field_norms: Callable[[], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Call ``variant.product_backward`` with what it asks for; ``field_norms`` makes them lazily."""
-    wanted = {}
-    if variant.backward_uses_output:
-        wanted["output"] = output
-    if variant.backward_uses_kept:
-        wanted["kept"] = kept
-    if variant.backward_uses_field_norms:
-        wanted["field_norms"] = field_norms()
-    assert variant.product_backward is not None, "only a variant with product_backward gets here"
-    return variant.product_backward(grad, filters, **wanted, **options)
+    """Call ``variant.product_backward`` with what it reads; ``field_norms`` makes them lazily."""
+    return variant.product_backward(grad, filters, **reads_of(variant, output, kept, field_norms), **options)
 
 
 def field_gradients(
-    variant: Variant,
+    variant: ProductVariant,
     fields: torch.Tensor,
     filters: torch.Tensor,
     grad: torch.Tensor,
     output: torch.Tensor | None,
     kept: torch.Tensor | None,
     options: dict,
+    centre: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The gradients of one chunk's fields (G, M, Kg) and of the filters (G, Og, Kg).
 
-    Conjugated as torch's autograd does for complex tensors (a no-op view for real ones).
+    ``output``, ``kept``: the chunk's (None unless read); ``centre``: the variant's
+    ``gradient_centre`` (G, 1, Kg) or None. Conjugated as torch's autograd does for complex
+    tensors (a no-op view for real ones).
     """
     pair_scale, field_radial, filter_radial = pair_terms(
         variant,
@@ -79,6 +80,8 @@ def field_gradients(
         kept,
         field_norms=lambda: torch.linalg.vector_norm(fields, dim=-1, keepdim=True),
     )
+    if centre is not None:
+        fields, filters = fields - centre, filters - centre
     grad_fields = torch.matmul(pair_scale, filters.conj())
     grad_filters = torch.matmul(pair_scale.mT, fields.conj())
     if field_radial is not None:
@@ -89,7 +92,7 @@ def field_gradients(
 
 
 def tap_gradients(
-    variant: Variant,
+    variant: ProductVariant,
     input: torch.Tensor,
     weight: torch.Tensor,
     grad_output: torch.Tensor,
@@ -109,6 +112,11 @@ def tap_gradients(
     """
     out_channels, in_group = weight.shape[:2]
     filters = filters_of(weight, groups)
+    # one centre per input channel (see the module docstring), broadcast over (b, C, *slab)
+    centre = _channel_centre(variant.gradient_centre(filters), in_group, weight.dim() - 2)
+    if centre is not None:
+        per_filter_channel = centre.reshape(groups, 1, in_group, *centre.shape[2:])
+        weight = (weight.unflatten(0, (groups, -1)) - per_filter_channel).flatten(0, 1)
     taps = tap_filters(weight, groups)
     grad_input = torch.zeros_like(input) if needs_input else None
     grad_taps = torch.zeros_like(taps) if needs_weight else None
@@ -117,6 +125,8 @@ def tap_gradients(
         layout = TapLayout(chunk.geometry)
         image = chunk_image(input, geometry, chunk)
         samples = image.shape[0]
+        # the padding is zeros before the centring: a field's tap there is 0 - c, as in the forward
+        centred = image if centre is None else image - centre
         own_output, own_kept = chunk_results((output, kept), chunk, groups)
         grad = as_chunk_result(output_block(grad_output, chunk, groups))
         pair_scale, field_radial, filter_radial = pair_terms(
@@ -130,7 +140,7 @@ def tap_gradients(
         )
         grid = grad_output.new_zeros((samples, out_channels, layout.places))
         write_block(crop(grid, layout).unflatten(1, (groups, -1)), pair_scale)
-        phases = split_phases(image, layout) if needs_weight else None
+        phases = split_phases(centred, layout) if needs_weight else None
         grad_phases = (
             grad_output.new_zeros((layout.phases, samples, input.shape[1], layout.places))
             if needs_input
@@ -143,7 +153,7 @@ def tap_gradients(
                 radial = field_radial.reshape(groups, samples, *chunk.geometry.output_size).transpose(0, 1)
                 spread = spread_over_taps(radial, layout).unsqueeze(2)
                 grad_image.unflatten(1, (groups, in_group)).addcmul_(
-                    image.unflatten(1, (groups, in_group)), spread, value=-1
+                    centred.unflatten(1, (groups, in_group)), spread, value=-1
                 )
             add_image_grad(grad_input, grad_image, geometry, chunk)
         if filter_radial is not None and needs_weight:
@@ -157,6 +167,16 @@ def tap_gradients(
             per_filter = filter_radial_total.reshape(out_channels, *(1,) * (weight.dim() - 1))
             grad_weight.addcmul_(weight, per_filter, value=-1)
     return grad_input, grad_weight
+
+
+def _channel_centre(centre: torch.Tensor | None, in_group: int, ndim: int) -> torch.Tensor | None:
+    """A tap-by-tap centre (G, 1, Kg), taps in the fields' (*kernel, channel) order, as its mean
+    over the taps per input channel: (1, C, 1, ...) with ``ndim`` spatial ones, or None."""
+    if centre is None:
+        return None
+    groups = centre.shape[0]
+    per_channel = centre.reshape(groups, -1, in_group).mean(1)
+    return per_channel.reshape(1, groups * in_group, *(1,) * ndim)
 
 
 def _field_norms(image: torch.Tensor, layout: TapLayout, groups: int) -> torch.Tensor:

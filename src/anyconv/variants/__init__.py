@@ -1,6 +1,6 @@
 """Layer 3, variants: how one chunk of receptive fields meets the filters (see :class:`Variant`)."""
 
-from .base import Variant
+from .base import ProductVariant, Variant
 from .cosine import Cosine, SharpenedCosine
 from .distance import L1, L2, Lp
 from .dot import Dot
@@ -19,6 +19,7 @@ __all__ = [
     "MaxPlus",
     "MinPlus",
     "Polynomial",
+    "ProductVariant",
     "RBF",
     "SharpenedCosine",
     "Variant",

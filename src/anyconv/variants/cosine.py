@@ -2,14 +2,14 @@
 
 Both are one matrix product divided by per-field and per-filter norms. Their backwards read the
 forward's output y and the field norms: s itself is never needed again (see
-``Variant.product_backward``).
+``ProductVariant``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .base import Option, Variant
+from .base import Option, ProductVariant
 from .options import check_positive
 
 
@@ -34,7 +34,7 @@ def _safe_reciprocal(values: torch.Tensor) -> torch.Tensor:
     return torch.where(values > 0, values.reciprocal(), 0)
 
 
-class Cosine(Variant):
+class Cosine(ProductVariant):
     """``sum p * w / (norm(p) * norm(w) + eps)``, the cosine of the angle between p and w.
 
     ``eps`` (1e-8, a class attribute: subclass to change it) keeps a zero field, such as
@@ -53,8 +53,7 @@ class Cosine(Variant):
         products = torch.bmm(fields, filters.transpose(1, 2))
         return (products / _denominator(field_norms, filter_norms, self.eps)).to(fields.dtype)
 
-    backward_uses_output = True
-    backward_uses_field_norms = True
+    reads = frozenset({"output", "field_norms"})
 
     def product_backward(
         self, grad: torch.Tensor, filters: torch.Tensor, output: torch.Tensor, field_norms: torch.Tensor
@@ -75,7 +74,7 @@ class Cosine(Variant):
         return 2 * fields_per_chunk * filters
 
 
-class SharpenedCosine(Variant):
+class SharpenedCosine(ProductVariant):
     """``sign(s) * abs(s)^exponent`` with ``s = sum p * w / ((norm(p) + q) * (norm(w) + q))``.
 
     The sharpened cosine similarity (B. Rohrer, 2022): ``q`` > 0 damps fields and filters of
@@ -111,8 +110,7 @@ class SharpenedCosine(Variant):
             return torch.sign(similarity) * powered
         return torch.sign(similarity) * magnitude.pow(exponent)
 
-    backward_uses_output = True
-    backward_uses_field_norms = True
+    reads = frozenset({"output", "field_norms"})
 
     def product_backward(
         self,

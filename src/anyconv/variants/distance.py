@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import Option, Variant
+from .base import Option, ProductVariant, Variant
 from .fused import l1_backward, l1_distances, power_sums, power_sums_backward
 from .options import check_flag, check_positive
-from .squared import squared_distance_partials, squared_distances
+from .squared import centre_far_from_zero, squared_distance_partials, squared_distances
 
 
 class L1(Variant):
@@ -56,7 +56,7 @@ class L1(Variant):
         return fields_per_chunk * filters
 
 
-class L2(Variant):
+class L2(ProductVariant):
     """``-sum (p - w)^2``, minus the squared Euclidean distance, as one matrix product plus norms.
 
     Centred on the filters' mean, so that data far from zero does not cancel (see
@@ -77,6 +77,10 @@ class L2(Variant):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """d(-||p - w||^2) = 2 (w - p) dp: the pair scale is 2 grad."""
         return squared_distance_partials(2 * grad)
+
+    def gradient_centre(self, filters: torch.Tensor) -> torch.Tensor | None:
+        """The forward's centre: the gradients 2 grad (w - p) are those of p - w."""
+        return centre_far_from_zero(filters)
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
         # the output and the centred copy of the fields (see squared_distances)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import Variant
+from .base import ProductVariant
 
 
-class Dot(Variant):
+class Dot(ProductVariant):
     """The multiply-and-sum of the standard convolution: ``sum(p * w)``.
 
     >>> import torch

@@ -5,14 +5,16 @@ Both are one matrix product plus norms; their options may be learnable, one per 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from .base import Option, Variant
+from .base import Option, ProductVariant
 from .options import check_finite, check_positive, check_positive_integer
-from .squared import squared_distance_partials, squared_distances
+from .squared import centre_far_from_zero, squared_distance_partials, squared_distances
 
 
-class RBF(Variant):
+class RBF(ProductVariant):
     """``exp(-gamma * sum (p - w)^2)``, the Gaussian kernel of Kervolution.
 
     Option ``gamma`` > 0, a number or a tensor with one value per output channel (learnable,
@@ -40,7 +42,7 @@ class RBF(Variant):
         # exp in place on the fresh product: one pass fewer over the (G, M, O) output
         return (squared_distances(fields, filters) * -gamma).exp_()
 
-    backward_uses_output = True
+    reads = frozenset({"output"})
 
     def product_backward(
         self, grad: torch.Tensor, filters: torch.Tensor, output: torch.Tensor, gamma: Option | None = None
@@ -49,12 +51,16 @@ class RBF(Variant):
         gamma = 1 / filters.shape[-1] if gamma is None else gamma
         return squared_distance_partials((output * grad).mul_(2 * gamma))
 
+    def gradient_centre(self, filters: torch.Tensor) -> torch.Tensor | None:
+        """The forward's centre: the gradients are those of a formula of p - w."""
+        return centre_far_from_zero(filters)
+
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
         # two outputs and the centred copy of the fields (see squared_distances)
         return fields_per_chunk * (2 * filters + taps)
 
 
-class Polynomial(Variant):
+class Polynomial(ProductVariant):
     """``(sum p * w + c)^degree``, the polynomial kernel of Kervolution.
 
     Options: ``degree``, a positive int (default 3); ``c``, a number or a tensor with one value
@@ -81,15 +87,14 @@ class Polynomial(Variant):
     ) -> torch.Tensor:
         return (torch.bmm(fields, filters.transpose(1, 2)) + c).pow(degree)
 
-    @property
-    def backward_uses_output(self) -> bool:
+    #: one of them, by the degree (see __init__)
+    reads = frozenset({"output", "kept"})
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         # (s + c)^(degree - 1) = |y|^((degree - 1) / degree) for an odd degree; an even degree
         # loses the sign of s + c in y, and its forward keeps s + c for the backward instead
-        return self.options["degree"] % 2 == 1
-
-    @property
-    def backward_uses_kept(self) -> bool:
-        return not self.backward_uses_output
+        self.reads = frozenset({"output"} if self.options["degree"] % 2 == 1 else {"kept"})
 
     def contract_and_keep(
         self, fields: torch.Tensor, filters: torch.Tensor, degree: int = 3, c: Option = 1.0

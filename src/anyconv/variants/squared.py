@@ -35,20 +35,14 @@ def squared_distances(fields: torch.Tensor, filters: torch.Tensor) -> torch.Tens
     skips the check (see docs/numerics.md).
     """
     compiling = torch.compiler.is_compiling()
-    # an infinite or NaN filter tap leaves that tap uncentred: its pairs are recomputed anyway
-    centre = filters.mean(1, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)
-    centred_filters = filters - centre
-    filter_norms = _squared_norms(centred_filters).unsqueeze(1)
-    # centring costs a copy of the fields: only where the filters sit further from zero than they
-    # spread (trained on data far from zero); elsewhere the check below suffices on its own
-    offset = _squared_norms(centre).unsqueeze(-1) > filter_norms.mean(-1, keepdim=True)
-    if compiling or offset.any():
-        centre = centre * offset
+    centre = centre_far_from_zero(filters)
+    # centring costs a copy of the fields: only where the filters sit far from zero (see
+    # centre_far_from_zero); elsewhere the check below suffices on its own
+    if centre is not None:
         centred_fields, centred_filters = fields - centre, filters - centre
-        filter_norms = _squared_norms(centred_filters).unsqueeze(1)
     else:
         centred_fields, centred_filters = fields, filters
-        filter_norms = _squared_norms(filters).unsqueeze(1)
+    filter_norms = _squared_norms(centred_filters).unsqueeze(1)
     field_norms = _squared_norms(centred_fields).unsqueeze(-1)
     norms = field_norms + filter_norms
     distances = torch.baddbmm(norms, centred_fields, centred_filters.transpose(1, 2), alpha=-2)
@@ -61,6 +55,28 @@ def squared_distances(fields: torch.Tensor, filters: torch.Tensor) -> torch.Tens
     if distances.numel() and not margin.amin() >= 0:
         _recompute(distances, ~(margin >= 0), fields, filters)
     return distances
+
+
+def centre_far_from_zero(filters: torch.Tensor) -> torch.Tensor | None:
+    """The filters' (G, O, K) mean tap by tap, (G, 1, K), where they sit far from zero; else None.
+
+    A group's centre is zero where its filters spread wider than they sit from zero (freshly
+    initialised ones do: data far from zero against them does not cancel anyway), and None stands
+    for all zero, so that the caller makes no centred copy. Under torch.compile, which traces no
+    branch on data, it is never None.
+
+    >>> centre_far_from_zero(torch.tensor([[[1000.0, 2.0], [1002.0, 4.0]]]))
+    tensor([[[1001.,    3.]]])
+    >>> centre_far_from_zero(torch.tensor([[[1.0, -2.0], [-1.0, 2.0]]])) is None
+    True
+    """
+    # an infinite or NaN filter tap leaves that tap uncentred: its pairs are recomputed anyway
+    centre = filters.mean(1, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)
+    spread = _squared_norms(filters - centre).mean(-1, keepdim=True).unsqueeze(-1)
+    offset = _squared_norms(centre).unsqueeze(-1) > spread
+    if not torch.compiler.is_compiling() and not offset.any():
+        return None
+    return centre * offset
 
 
 def _squared_norms(rows: torch.Tensor) -> torch.Tensor:
