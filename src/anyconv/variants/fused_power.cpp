@@ -1,6 +1,7 @@
-// Fused loop nests of the lp variant, sum over taps of |f - w|^p and its backward, in float and
-// double; the loop nests and layouts are those of fused_blocks.h. Compiled with fast math and
-// OpenMP SIMD, so the power vectorises through glibc's libmvec.
+// Fused loop nests of the lp variant, sum over taps of |f - w|^p and its backward, in float,
+// double, bfloat16 and float16 (computed in float); the loop nests and layouts are those of
+// fused_blocks.h. Compiled with fast math and OpenMP SIMD, so the power vectorises through
+// glibc's libmvec.
 
 #include <math.h>
 
@@ -55,30 +56,25 @@ struct PowerSlope {
 
 }  // namespace
 
-extern "C" void lp_forward_f32(const float* f, const float* wt, float* out, int64_t K, int64_t O, int64_t m0,
-                               int64_t m1, int threads, double p) {
-  anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t) {
-    anyconv::forward_rows<float, PowerSum<float>>(f, wt, out, K, O, a, b, static_cast<float>(p));
-  });
-}
-extern "C" void lp_forward_f64(const double* f, const double* wt, double* out, int64_t K, int64_t O,
-                               int64_t m0, int64_t m1, int threads, double p) {
-  anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t) {
-    anyconv::forward_rows<double, PowerSum<double>>(f, wt, out, K, O, a, b, p);
-  });
-}
-extern "C" void lp_backward_f32(const float* f, const float* w, const float* h, float* gf, float* gw,
-                                int64_t K, int64_t O, int64_t m0, int64_t m1, int threads, int64_t part_stride,
-                                double p) {
-  anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t part) {
-    anyconv::backward_rows<float, PowerSlope<float>>(f, w, h, gf, gw + part * part_stride, K, O, a, b,
-                                                     static_cast<float>(p));
-  });
-}
-extern "C" void lp_backward_f64(const double* f, const double* w, const double* h, double* gf, double* gw,
-                                int64_t K, int64_t O, int64_t m0, int64_t m1, int threads, int64_t part_stride,
-                                double p) {
-  anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t part) {
-    anyconv::backward_rows<double, PowerSlope<double>>(f, w, h, gf, gw + part * part_stride, K, O, a, b, p);
-  });
-}
+#define ANYCONV_EXPORT(S, T, SUFFIX)                                                                     \
+  extern "C" void lp_forward_##SUFFIX(const S* f, const T* wt, S* out, int64_t K, int64_t O, int64_t m0,  \
+                                      int64_t m1, int threads, double p) {                                \
+    anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t) {                             \
+      anyconv::forward_rows<S, PowerSum<T>>(f, wt, out, K, O, a, b, static_cast<T>(p));                   \
+    });                                                                                                   \
+  }                                                                                                       \
+  extern "C" void lp_backward_##SUFFIX(const S* f, const T* w, const S* h, S* gf, T* gw, int64_t K,       \
+                                       int64_t O, int64_t m0, int64_t m1, int threads,                    \
+                                       int64_t part_stride, double p) {                                   \
+    anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t part) {                        \
+      anyconv::backward_rows<S, PowerSlope<T>>(f, w, h, gf, gw + part * part_stride, K, O, a, b,          \
+                                               static_cast<T>(p));                                        \
+    });                                                                                                   \
+  }
+
+ANYCONV_EXPORT(float, float, f32)
+ANYCONV_EXPORT(double, double, f64)
+ANYCONV_EXPORT(anyconv::BFloat16, float, bf16)
+#ifdef ANYCONV_HAVE_FLOAT16
+ANYCONV_EXPORT(_Float16, float, f16)
+#endif
