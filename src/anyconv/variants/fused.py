@@ -231,9 +231,9 @@ def _native_backward(
     grad_fields = torch.empty_like(fields)
     ranges = _row_ranges(rows)
     # one filter-gradient buffer per thread, summed after: no two threads write the same one
-    per_thread = (
-        fields.new_zeros((len(ranges), groups, *filter_shape), dtype=filters_in.dtype) if filter_grads else None
-    )
+    per_thread = None
+    if filter_grads:
+        per_thread = fields.new_zeros((len(ranges), groups, *filter_shape), dtype=filters_in.dtype)
     size, filter_size = fields.element_size(), filters_in.element_size()
 
     part_stride = 0 if per_thread is None else per_thread[0].numel()
