@@ -434,9 +434,9 @@ def power_sums_backward(
     grad_filters = torch.zeros_like(filters)
     for rows in _blocks(fields, filters):
         differences = _differences(fields, filters, rows)
-        # the slope is 0 at e = 0 already; a NaN e keeps its NaN term (as the native loops)
-        slopes = scale[:, rows, :, None] * _magnitude_power(differences, p - 1)
-        terms = torch.where(differences < 0, -slopes, slopes)
+        # sign(e) is 0 at e = 0 and at NaN, as in torch's formula: a NaN e gives a NaN term
+        # through |e|^(p-1) but at p = 1 (as the native loops)
+        terms = scale[:, rows, :, None] * _magnitude_power(differences, p - 1) * differences.sign()
         grad_fields[:, rows] = -terms.sum(2)
         grad_filters += terms.sum(1)
     return grad_fields, grad_filters
