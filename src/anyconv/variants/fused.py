@@ -261,7 +261,11 @@ def _native_backward(
         _run([partial(call, i, *r, 1) for i, r in enumerate(ranges)])
     if per_thread is None:
         return grad_fields, None
-    grad_filters = per_thread.sum(0)
+    # summed into the first thread's buffer in place: a fresh sum would hold one more filter-sized
+    # tensor at the peak, which on wide layers (512 x 4608 taps) outweighs a whole chunk
+    grad_filters = per_thread[0]
+    for part in per_thread[1:]:
+        grad_filters += part
     if outputs_innermost:
         grad_filters = grad_filters[:, :, : filters.shape[1]].transpose(1, 2)
     return grad_fields, grad_filters.to(filters.dtype)
