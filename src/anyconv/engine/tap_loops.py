@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..geometry import Geometry
 from ..variants import L1, L2, Dot, MaxPlus, MinPlus, Variant
-from ..variants.fused import record_native_call
+from ..variants.fused import NATIVE_DTYPES, record_native_call
 from ..variants.native import load_library, native_enabled
 from ..variants.triton_backend import backend
 from .blocks import bias_grad
@@ -40,7 +40,7 @@ _GEOMETRY_ARGUMENTS = (_SIZE,) * 6 + (_POINTER, _POINTER, _SIZE, _POINTER, _SIZE
 
 
 def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
-    """Whether the tap loops compute this call: a variant they know, float CPU tensors, few
+    """Whether the tap loops compute this call: a variant they know, floating CPU tensors, few
     input channels per group in a grouped convolution, the loops compiled, no torch.compile
     tracing the call, and no ``ANYCONV_BACKEND=triton``.
 
@@ -55,11 +55,12 @@ def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, g
         and groups > 1
         and weight.shape[1] <= MAX_CHANNELS_PER_GROUP
         and input.device.type == "cpu"
-        and input.dtype in (torch.float32, torch.float64)
+        and input.dtype in NATIVE_DTYPES
         and native_enabled()
         # ANYCONV_BACKEND=triton asks for the Triton kernels on CPU tensors too
         and backend() != "triton"
-        and load_library(_SOURCE) is not None
+        # a compiler without _Float16 builds no float16 loops
+        and hasattr(load_library(_SOURCE), f"tap_forward_{NATIVE_DTYPES[input.dtype]}")
     )
 
 
@@ -265,8 +266,7 @@ def _indices(sizes: tuple[int, ...]) -> itertools.product:
 
 @cache
 def _function(name: str, dtype: torch.dtype) -> Any:
-    suffix = "f32" if dtype == torch.float32 else "f64"
-    function = getattr(load_library(_SOURCE), f"{name}_{suffix}")
+    function = getattr(load_library(_SOURCE), f"{name}_{NATIVE_DTYPES[dtype]}")
     pointers = 4 if name == "tap_forward" else 7
     function.argtypes = (_FLAG, *(_POINTER,) * (pointers - 1), *_GEOMETRY_ARGUMENTS)
     function.restype = None

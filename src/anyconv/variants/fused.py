@@ -51,8 +51,9 @@ NATIVE_SOURCES = {
 def native_paths() -> dict[str, str]:
     """Per fused variant, ``"native: <library>"`` or ``"eager: <why, and the fix>"`` on this machine.
 
-    Native means float32 and float64 CPU tensors; other dtypes and devices always run eager. The
-    reasons are returned rather than warned, as the caller reports them.
+    Native means float32, float64, bfloat16 and float16 CPU tensors (the last two computed in
+    float32; float16 where the compiler has ``_Float16``); other dtypes and devices always run
+    eager. The reasons are returned rather than warned, as the caller reports them.
 
     >>> sorted(native_paths())
     ['l1', 'lp', 'max_plus', 'min_plus']
@@ -88,15 +89,30 @@ def native_kernels_available() -> bool:
     return native_enabled() and load_library("fused_kernels.cpp") is not None
 
 
+#: the dtypes the loops take and the suffix of their functions; the last two are computed in float32
+NATIVE_DTYPES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the loops accumulate ``dtype`` in: float32 for the 16-bit floats, else ``dtype``.
+
+    >>> compute_dtype(torch.bfloat16), compute_dtype(torch.float64)
+    (torch.float32, torch.float64)
+    """
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
 def _native_function(name: str, tensor: torch.Tensor) -> Callable | None:
     global _last_path
-    usable = tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64)
+    usable = tensor.device.type == "cpu" and tensor.dtype in NATIVE_DTYPES
     library = load_library(_SIGNATURES[name][0]) if usable and native_enabled() else None
-    if library is None:
+    symbol = f"{name}_{NATIVE_DTYPES.get(tensor.dtype)}"
+    # a compiler without _Float16 builds no float16 loops
+    if library is None or not hasattr(library, symbol):
         _last_path = "eager"
         return None
     _last_path = "native"
-    return _bind(library, f"{name}_{'f32' if tensor.dtype == torch.float32 else 'f64'}", name)
+    return _bind(library, symbol, name)
 
 
 @cache
@@ -138,10 +154,12 @@ def _run(calls: list[Callable[[], None]]) -> None:
 
 
 def _padded_filters(filters: torch.Tensor) -> torch.Tensor:
-    """(G, O, K) -> (G, K, O') with O' the next multiple of the kernels' channel block, zero filled."""
+    """(G, O, K) -> (G, K, O') in the compute dtype, O' the next multiple of the kernels' channel
+    block, zero filled."""
     groups, outputs, taps = filters.shape
-    lanes = 256 // filters.element_size()
-    padded = filters.new_zeros((groups, taps, -(-outputs // lanes) * lanes))
+    dtype = compute_dtype(filters.dtype)
+    lanes = 256 // dtype.itemsize
+    padded = filters.new_zeros((groups, taps, -(-outputs // lanes) * lanes), dtype=dtype)
     padded[:, :, :outputs] = filters.transpose(1, 2)
     return padded
 
@@ -163,14 +181,14 @@ def _native_forward(
     transposed = _padded_filters(filters)
     width = transposed.shape[-1]
     output = fields.new_empty((groups, rows, width))
-    size = fields.element_size()
+    size, filter_size = fields.element_size(), transposed.element_size()
     ranges = _row_ranges(rows)
 
     def call(start: int, stop: int, threads: int) -> None:
         for group in range(groups):
             function(
                 fields.data_ptr() + group * rows * taps * size,
-                transposed.data_ptr() + group * taps * width * size,
+                transposed.data_ptr() + group * taps * width * filter_size,
                 output.data_ptr() + group * rows * width * size,
                 taps,
                 width,
@@ -206,15 +224,17 @@ def _native_backward(
         grad = _padded_rows(grad, width)
         filter_shape = (taps, width)
     else:
-        filters_in = filters.contiguous()
+        filters_in = filters.to(compute_dtype(filters.dtype)).contiguous()
         width = filters.shape[1]
         grad = grad.contiguous()
         filter_shape = (width, taps)
     grad_fields = torch.empty_like(fields)
     ranges = _row_ranges(rows)
     # one filter-gradient buffer per thread, summed after: no two threads write the same one
-    per_thread = fields.new_zeros((len(ranges), groups, *filter_shape)) if filter_grads else None
-    size = fields.element_size()
+    per_thread = None
+    if filter_grads:
+        per_thread = fields.new_zeros((len(ranges), groups, *filter_shape), dtype=filters_in.dtype)
+    size, filter_size = fields.element_size(), filters_in.element_size()
 
     part_stride = 0 if per_thread is None else per_thread[0].numel()
 
@@ -222,7 +242,7 @@ def _native_backward(
         for group in range(groups):
             function(
                 fields.data_ptr() + group * rows * taps * size,
-                filters_in.data_ptr() + group * taps * width * size,
+                filters_in.data_ptr() + group * taps * width * filter_size,
                 grad.data_ptr() + group * rows * width * size,
                 grad_fields.data_ptr() + group * rows * taps * size,
                 None if per_thread is None else per_thread[index, group].data_ptr(),
@@ -241,10 +261,14 @@ def _native_backward(
         _run([partial(call, i, *r, 1) for i, r in enumerate(ranges)])
     if per_thread is None:
         return grad_fields, None
-    grad_filters = per_thread.sum(0)
+    # summed into the first thread's buffer in place: a fresh sum would hold one more filter-sized
+    # tensor at the peak, which on wide layers (512 x 4608 taps) outweighs a whole chunk
+    grad_filters = per_thread[0]
+    for part in per_thread[1:]:
+        grad_filters += part
     if outputs_innermost:
         grad_filters = grad_filters[:, :, : filters.shape[1]].transpose(1, 2)
-    return grad_fields, grad_filters
+    return grad_fields, grad_filters.to(filters.dtype)
 
 
 def _blocks(fields: torch.Tensor, filters: torch.Tensor) -> Iterator[slice]:
@@ -414,9 +438,9 @@ def power_sums_backward(
     grad_filters = torch.zeros_like(filters)
     for rows in _blocks(fields, filters):
         differences = _differences(fields, filters, rows)
-        # the slope is 0 at e = 0 already; a NaN e keeps its NaN term (as the native loops)
-        slopes = scale[:, rows, :, None] * _magnitude_power(differences, p - 1)
-        terms = torch.where(differences < 0, -slopes, slopes)
+        # sign(e) is 0 at e = 0 and at NaN, as in torch's formula: a NaN e gives a NaN term
+        # through |e|^(p-1) but at p = 1 (as the native loops)
+        terms = scale[:, rows, :, None] * _magnitude_power(differences, p - 1) * differences.sign()
         grad_fields[:, rows] = -terms.sum(2)
         grad_filters += terms.sum(1)
     return grad_fields, grad_filters

@@ -8,11 +8,16 @@
 // Backward, taps innermost: fields f (M, K), filters w (O, K), output gradient g (M, O); the
 // field gradient (M, K) of a block of MB fields x tap_lanes taps stays in registers while it
 // sweeps the filters, and each filter's gradient row is updated once per block.
+//
+// S is the stored type of the fields, the output and its gradient (see storage_types.h); the
+// filters and the filter gradients come in its compute type T, in which everything accumulates.
 
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+
+#include "storage_types.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -36,9 +41,10 @@ constexpr int64_t tap_lanes() { return 128 / sizeof(T); }
 constexpr int kBlockFields = 4;
 
 // Reduce has: static T init(); static T step(T acc, T field, T filter); static T finish(T acc)
-template <typename T, int MB, typename Reduce, typename... Extra>
-void forward_block(const T* f, const T* wt, T* out, int64_t K, int64_t O, int64_t m, int64_t ob,
+template <typename S, int MB, typename Reduce, typename... Extra>
+void forward_block(const S* f, const Compute<S>* wt, S* out, int64_t K, int64_t O, int64_t m, int64_t ob,
                    Extra... extra) {
+  using T = Compute<S>;
   constexpr int64_t OB = out_lanes<T>();
   T acc[MB][OB];
   for (int i = 0; i < MB; ++i)
@@ -46,25 +52,24 @@ void forward_block(const T* f, const T* wt, T* out, int64_t K, int64_t O, int64_
   for (int64_t k = 0; k < K; ++k) {
     const T* w = wt + k * O + ob;
     for (int i = 0; i < MB; ++i) {
-      const T x = f[(m + i) * K + k];
+      const T x = widen(f[(m + i) * K + k]);
 #pragma omp simd
       for (int64_t o = 0; o < OB; ++o) acc[i][o] = Reduce::step(acc[i][o], x, w[o], extra...);
     }
   }
   for (int i = 0; i < MB; ++i)
-    for (int64_t o = 0; o < OB; ++o) out[(m + i) * O + ob + o] = Reduce::finish(acc[i][o]);
+    for (int64_t o = 0; o < OB; ++o) out[(m + i) * O + ob + o] = narrow<S>(Reduce::finish(acc[i][o]));
 }
 
-template <typename T, typename Reduce, typename... Extra>
-void forward_rows(const T* f, const T* wt, T* out, int64_t K, int64_t O, int64_t m0, int64_t m1,
+template <typename S, typename Reduce, typename... Extra>
+void forward_rows(const S* f, const Compute<S>* wt, S* out, int64_t K, int64_t O, int64_t m0, int64_t m1,
                   Extra... extra) {
+  constexpr int64_t OB = out_lanes<Compute<S>>();
   int64_t m = m0;
   for (; m + kBlockFields <= m1; m += kBlockFields)
-    for (int64_t ob = 0; ob < O; ob += out_lanes<T>())
-      forward_block<T, kBlockFields, Reduce>(f, wt, out, K, O, m, ob, extra...);
+    for (int64_t ob = 0; ob < O; ob += OB) forward_block<S, kBlockFields, Reduce>(f, wt, out, K, O, m, ob, extra...);
   for (; m < m1; ++m)
-    for (int64_t ob = 0; ob < O; ob += out_lanes<T>())
-      forward_block<T, 1, Reduce>(f, wt, out, K, O, m, ob, extra...);
+    for (int64_t ob = 0; ob < O; ob += OB) forward_block<S, 1, Reduce>(f, wt, out, K, O, m, ob, extra...);
 }
 
 // Runs body(start, stop, part) on `threads` parts of the fields [m0, m1), each a multiple of
@@ -93,20 +98,21 @@ void split_rows(int64_t m0, int64_t m1, int threads, Body body) {
 // Term has: static T term(T difference, T grad) giving d output / d difference times grad, with
 // difference = field - filter; the field gradient is minus the sum of terms over filters, the
 // filter gradient (when grad_w is not null) plus their sum over fields.
-template <typename T, int MB, bool FULL, typename Term, typename... Extra>
-void backward_block(const T* f, const T* w, const T* g, T* grad_f, T* grad_w, int64_t K, int64_t O,
-                    int64_t m, int64_t kb, int64_t width, Extra... extra) {
+template <typename S, int MB, bool FULL, typename Term, typename... Extra>
+void backward_block(const S* f, const Compute<S>* w, const S* g, S* grad_f, Compute<S>* grad_w, int64_t K,
+                    int64_t O, int64_t m, int64_t kb, int64_t width, Extra... extra) {
+  using T = Compute<S>;
   constexpr int64_t KB = tap_lanes<T>();
   const int64_t n = FULL ? KB : width;
   T field[MB][KB] = {};
   T acc[MB][KB] = {};
   for (int i = 0; i < MB; ++i)
-    for (int64_t j = 0; j < n; ++j) field[i][j] = f[(m + i) * K + kb + j];
+    for (int64_t j = 0; j < n; ++j) field[i][j] = widen(f[(m + i) * K + kb + j]);
   for (int64_t o = 0; o < O; ++o) {
     const T* filter = w + o * K + kb;
     T filter_sum[KB] = {};
     for (int i = 0; i < MB; ++i) {
-      const T grad = g[(m + i) * O + o];
+      const T grad = widen(g[(m + i) * O + o]);
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
         const T t = Term::term(field[i][j] - filter[j], grad, extra...);
@@ -120,26 +126,26 @@ void backward_block(const T* f, const T* w, const T* g, T* grad_f, T* grad_w, in
     }
   }
   for (int i = 0; i < MB; ++i)
-    for (int64_t j = 0; j < n; ++j) grad_f[(m + i) * K + kb + j] = -acc[i][j];
+    for (int64_t j = 0; j < n; ++j) grad_f[(m + i) * K + kb + j] = narrow<S>(-acc[i][j]);
 }
 
-template <typename T, int MB, typename Term, typename... Extra>
-void backward_fields(const T* f, const T* w, const T* g, T* grad_f, T* grad_w, int64_t K, int64_t O,
-                     int64_t m, Extra... extra) {
-  constexpr int64_t KB = tap_lanes<T>();
+template <typename S, int MB, typename Term, typename... Extra>
+void backward_fields(const S* f, const Compute<S>* w, const S* g, S* grad_f, Compute<S>* grad_w, int64_t K,
+                     int64_t O, int64_t m, Extra... extra) {
+  constexpr int64_t KB = tap_lanes<Compute<S>>();
   int64_t kb = 0;
   for (; kb + KB <= K; kb += KB)
-    backward_block<T, MB, true, Term>(f, w, g, grad_f, grad_w, K, O, m, kb, KB, extra...);
-  if (kb < K) backward_block<T, MB, false, Term>(f, w, g, grad_f, grad_w, K, O, m, kb, K - kb, extra...);
+    backward_block<S, MB, true, Term>(f, w, g, grad_f, grad_w, K, O, m, kb, KB, extra...);
+  if (kb < K) backward_block<S, MB, false, Term>(f, w, g, grad_f, grad_w, K, O, m, kb, K - kb, extra...);
 }
 
-template <typename T, typename Term, typename... Extra>
-void backward_rows(const T* f, const T* w, const T* g, T* grad_f, T* grad_w, int64_t K, int64_t O,
-                   int64_t m0, int64_t m1, Extra... extra) {
+template <typename S, typename Term, typename... Extra>
+void backward_rows(const S* f, const Compute<S>* w, const S* g, S* grad_f, Compute<S>* grad_w, int64_t K,
+                   int64_t O, int64_t m0, int64_t m1, Extra... extra) {
   int64_t m = m0;
   for (; m + kBlockFields <= m1; m += kBlockFields)
-    backward_fields<T, kBlockFields, Term>(f, w, g, grad_f, grad_w, K, O, m, extra...);
-  for (; m < m1; ++m) backward_fields<T, 1, Term>(f, w, g, grad_f, grad_w, K, O, m, extra...);
+    backward_fields<S, kBlockFields, Term>(f, w, g, grad_f, grad_w, K, O, m, extra...);
+  for (; m < m1; ++m) backward_fields<S, 1, Term>(f, w, g, grad_f, grad_w, K, O, m, extra...);
 }
 
 }  // namespace anyconv

@@ -1,17 +1,22 @@
 // Fused loop nests of l1 (AdderNet) and the tropical max_plus / min_plus, forward and backward,
-// in float and double; the loop nests and layouts are those of fused_blocks.h. Each call works
+// in float, double, bfloat16 and float16 (computed in float); the loop nests and layouts are those
+// of fused_blocks.h. Each call works
 // on the fields [m0, m1), so the caller splits the rows between threads and gives each thread
 // its own filter-gradient buffer.
 
 #include <cmath>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "fused_blocks.h"
 
 namespace {
 
+using anyconv::Compute;
+using anyconv::narrow;
 using anyconv::out_lanes;
+using anyconv::widen;
 
 template <typename T>
 struct L1 {
@@ -69,10 +74,12 @@ struct L1Adder {
 // best value is NaN the winner is the first NaN tap (as torch's max picks it). Two
 // sweeps: the best value, then the first tap reaching it, counted without branches (a select
 // that tracks the winning tap made gcc emit a mispredicted branch per vector, 6x slower).
-// FINITE: the caller checked that no input is NaN or inf, and the plain max / min serve
-template <typename T, int MB, bool MINIMUM, bool FINITE>
-void tropical_backward_block(const T* f, const T* wt, const T* g, T* grad_f, T* grad_wt, int64_t K,
-                             int64_t O, int64_t m, int64_t ob) {
+// FINITE: the caller checked that no input is NaN or inf, and the plain max / min serve.
+// grad_rows: the field gradient of the block's MB fields (MB x K, in the compute type)
+template <typename S, int MB, bool MINIMUM, bool FINITE>
+void tropical_backward_block(const S* f, const Compute<S>* wt, const S* g, Compute<S>* grad_rows,
+                             Compute<S>* grad_wt, int64_t K, int64_t O, int64_t m, int64_t ob) {
+  using T = Compute<S>;
   constexpr int64_t OB = out_lanes<T>();
   using Propagating = typename std::conditional<MINIMUM, MinPlus<T>, MaxPlus<T>>::type;
   using Plain = typename std::conditional<MINIMUM, FiniteMinPlus<T>, FiniteMaxPlus<T>>::type;
@@ -83,7 +90,7 @@ void tropical_backward_block(const T* f, const T* wt, const T* g, T* grad_f, T* 
   for (int64_t k = 0; k < K; ++k) {
     const T* w = wt + k * O + ob;
     for (int i = 0; i < MB; ++i) {
-      const T x = f[(m + i) * K + k];
+      const T x = widen(f[(m + i) * K + k]);
 #pragma omp simd
       for (int64_t o = 0; o < OB; ++o) best[i][o] = Reduce::step(best[i][o], x, w[o]);
     }
@@ -97,7 +104,7 @@ void tropical_backward_block(const T* f, const T* wt, const T* g, T* grad_f, T* 
   for (int64_t k = 0; k < K; ++k) {
     const T* w = wt + k * O + ob;
     for (int i = 0; i < MB; ++i) {
-      const T x = f[(m + i) * K + k];
+      const T x = widen(f[(m + i) * K + k]);
 #pragma omp simd
       for (int64_t o = 0; o < OB; ++o) {
         const T value = MINIMUM ? x - w[o] : x + w[o];
@@ -110,75 +117,91 @@ void tropical_backward_block(const T* f, const T* wt, const T* g, T* grad_f, T* 
   }
   for (int i = 0; i < MB; ++i) {
     for (int64_t o = 0; o < OB; ++o) {
-      const T grad = g[(m + i) * O + ob + o];
+      const T grad = widen(g[(m + i) * O + ob + o]);
       // every tap searched leaves tap at K: never index there, whatever the input
       const int64_t k = std::min(static_cast<int64_t>(tap[i][o]), K - 1);
-      grad_f[(m + i) * K + k] += grad;
+      grad_rows[i * K + k] += grad;
       grad_wt[k * O + ob + o] += MINIMUM ? -grad : grad;
     }
   }
 }
 
-template <typename T, bool MINIMUM, bool FINITE>
-void tropical_backward_rows(const T* f, const T* wt, const T* g, T* grad_f, T* grad_wt, int64_t K, int64_t O,
-                            int64_t m0, int64_t m1) {
-  constexpr int64_t OB = out_lanes<T>();
-  std::fill(grad_f + m0 * K, grad_f + m1 * K, T(0));
+// the field gradients of MB fields, summed over every block of filters in the compute type: in
+// place for float and double, in a buffer rounded once to S for the narrower types
+template <typename S, int MB, bool MINIMUM, bool FINITE>
+void tropical_backward_fields(const S* f, const Compute<S>* wt, const S* g, S* grad_f, Compute<S>* grad_wt,
+                              Compute<S>* buffer, int64_t K, int64_t O, int64_t m) {
+  using T = Compute<S>;
+  constexpr bool kInPlace = std::is_same<S, T>::value;
+  T* rows = kInPlace ? reinterpret_cast<T*>(grad_f + m * K) : buffer;
+  std::fill(rows, rows + MB * K, T(0));
+  for (int64_t ob = 0; ob < O; ob += out_lanes<T>())
+    tropical_backward_block<S, MB, MINIMUM, FINITE>(f, wt, g, rows, grad_wt, K, O, m, ob);
+  if (!kInPlace)
+    for (int64_t j = 0; j < MB * K; ++j) grad_f[m * K + j] = narrow<S>(rows[j]);
+}
+
+template <typename S, bool MINIMUM, bool FINITE>
+void tropical_backward_rows(const S* f, const Compute<S>* wt, const S* g, S* grad_f, Compute<S>* grad_wt,
+                            int64_t K, int64_t O, int64_t m0, int64_t m1) {
+  constexpr int MB = anyconv::kBlockFields;
+  std::vector<Compute<S>> buffer(std::is_same<S, Compute<S>>::value ? 0 : MB * K);
   int64_t m = m0;
-  for (; m + anyconv::kBlockFields <= m1; m += anyconv::kBlockFields)
-    for (int64_t ob = 0; ob < O; ob += OB)
-      tropical_backward_block<T, anyconv::kBlockFields, MINIMUM, FINITE>(f, wt, g, grad_f, grad_wt, K, O, m,
-                                                                         ob);
+  for (; m + MB <= m1; m += MB)
+    tropical_backward_fields<S, MB, MINIMUM, FINITE>(f, wt, g, grad_f, grad_wt, buffer.data(), K, O, m);
   for (; m < m1; ++m)
-    for (int64_t ob = 0; ob < O; ob += OB)
-      tropical_backward_block<T, 1, MINIMUM, FINITE>(f, wt, g, grad_f, grad_wt, K, O, m, ob);
+    tropical_backward_fields<S, 1, MINIMUM, FINITE>(f, wt, g, grad_f, grad_wt, buffer.data(), K, O, m);
 }
 
 }  // namespace
 
-#define ANYCONV_EXPORT(T, SUFFIX)                                                                         \
-  extern "C" void l1_forward_##SUFFIX(const T* f, const T* wt, T* out, int64_t K, int64_t O, int64_t m0,  \
+#define ANYCONV_EXPORT(S, T, SUFFIX)                                                                         \
+  extern "C" void l1_forward_##SUFFIX(const S* f, const T* wt, S* out, int64_t K, int64_t O, int64_t m0,  \
                                       int64_t m1, int threads) {                                          \
     anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t) {                             \
-      anyconv::forward_rows<T, L1<T>>(f, wt, out, K, O, a, b);                                            \
+      anyconv::forward_rows<S, L1<T>>(f, wt, out, K, O, a, b);                                            \
     });                                                                                                   \
   }                                                                                                       \
-  extern "C" void tropical_forward_##SUFFIX(const T* f, const T* wt, T* out, int64_t K, int64_t O,        \
+  extern "C" void tropical_forward_##SUFFIX(const S* f, const T* wt, S* out, int64_t K, int64_t O,        \
                                             int64_t m0, int64_t m1, int threads, int flags) {             \
     /* flags: bit 0 min_plus (else max_plus), bit 1 inputs all finite (the caller checked) */            \
     anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t) {                             \
       switch (flags & 3) {                                                                                \
-        case 0: anyconv::forward_rows<T, MaxPlus<T>>(f, wt, out, K, O, a, b); break;                      \
-        case 1: anyconv::forward_rows<T, MinPlus<T>>(f, wt, out, K, O, a, b); break;                      \
-        case 2: anyconv::forward_rows<T, FiniteMaxPlus<T>>(f, wt, out, K, O, a, b); break;                \
-        default: anyconv::forward_rows<T, FiniteMinPlus<T>>(f, wt, out, K, O, a, b);                      \
+        case 0: anyconv::forward_rows<S, MaxPlus<T>>(f, wt, out, K, O, a, b); break;                      \
+        case 1: anyconv::forward_rows<S, MinPlus<T>>(f, wt, out, K, O, a, b); break;                      \
+        case 2: anyconv::forward_rows<S, FiniteMaxPlus<T>>(f, wt, out, K, O, a, b); break;                \
+        default: anyconv::forward_rows<S, FiniteMinPlus<T>>(f, wt, out, K, O, a, b);                      \
       }                                                                                                   \
     });                                                                                                   \
   }                                                                                                       \
-  extern "C" void tropical_backward_##SUFFIX(const T* f, const T* wt, const T* g, T* gf, T* gwt,          \
+  extern "C" void tropical_backward_##SUFFIX(const S* f, const T* wt, const S* g, S* gf, T* gwt,          \
                                              int64_t K, int64_t O, int64_t m0, int64_t m1, int threads,   \
                                              int64_t part_stride, int flags) {                            \
     /* flags as for tropical_forward */                                                                   \
     anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t part) {                        \
       T* gw = gwt + part * part_stride;                                                                   \
       switch (flags & 3) {                                                                                \
-        case 0: tropical_backward_rows<T, false, false>(f, wt, g, gf, gw, K, O, a, b); break;             \
-        case 1: tropical_backward_rows<T, true, false>(f, wt, g, gf, gw, K, O, a, b); break;              \
-        case 2: tropical_backward_rows<T, false, true>(f, wt, g, gf, gw, K, O, a, b); break;              \
-        default: tropical_backward_rows<T, true, true>(f, wt, g, gf, gw, K, O, a, b);                     \
+        case 0: tropical_backward_rows<S, false, false>(f, wt, g, gf, gw, K, O, a, b); break;             \
+        case 1: tropical_backward_rows<S, true, false>(f, wt, g, gf, gw, K, O, a, b); break;              \
+        case 2: tropical_backward_rows<S, false, true>(f, wt, g, gf, gw, K, O, a, b); break;              \
+        default: tropical_backward_rows<S, true, true>(f, wt, g, gf, gw, K, O, a, b);                     \
       }                                                                                                   \
     });                                                                                                   \
   }                                                                                                       \
-  extern "C" void l1_backward_##SUFFIX(const T* f, const T* w, const T* g, T* gf, T* gw, int64_t K,       \
+  extern "C" void l1_backward_##SUFFIX(const S* f, const T* w, const S* g, S* gf, T* gw, int64_t K,       \
                                        int64_t O, int64_t m0, int64_t m1, int threads,                    \
                                        int64_t part_stride, int adder) {                                  \
     anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t part) {                        \
       if (adder)                                                                                          \
-        anyconv::backward_rows<T, L1Adder<T>>(f, w, g, gf, nullptr, K, O, a, b);                          \
+        anyconv::backward_rows<S, L1Adder<T>>(f, w, g, gf, nullptr, K, O, a, b);                          \
       else                                                                                                \
-        anyconv::backward_rows<T, L1Exact<T>>(f, w, g, gf, gw + part * part_stride, K, O, a, b);          \
+        anyconv::backward_rows<S, L1Exact<T>>(f, w, g, gf, gw + part * part_stride, K, O, a, b);          \
     });                                                                                                   \
   }
 
-ANYCONV_EXPORT(float, f32)
-ANYCONV_EXPORT(double, f64)
+ANYCONV_EXPORT(float, float, f32)
+ANYCONV_EXPORT(double, double, f64)
+ANYCONV_EXPORT(anyconv::BFloat16, float, bf16)
+#ifdef ANYCONV_HAVE_FLOAT16
+ANYCONV_EXPORT(_Float16, float, f16)
+#endif

@@ -42,8 +42,8 @@ SOURCES = {
 #: tried first: the forward loops split their rows on OpenMP threads, which (libgomp being
 #: loaded already by torch under the same name) are torch's own; without it, Python threads do
 OPENMP_FLAGS = ("-fopenmp",)
-#: the header both sources include; part of the cache key
-HEADER = "fused_blocks.h"
+#: the headers the sources include; part of every source's cache key
+HEADERS = ("fused_blocks.h", "storage_types.h")
 #: glibc's vector math library, whose pow the vectorised power loops call; other C libraries
 #: (macOS, musl) have none and declare no vector pow, so their builds need nothing extra
 _EXTRA_LIBRARIES = {"fused_power.cpp": ("-lmvec",)} if platform.libc_ver()[0] == "glibc" else {}
@@ -165,7 +165,7 @@ def _build_with(source_name: str, cxx: tuple[str, ...], flags: tuple[str, ...]) 
     libraries = _EXTRA_LIBRARIES.get(source_name, ())
     key = entry_key(
         source.read_text(),
-        source.with_name(HEADER).read_text(),
+        *(source.with_name(header).read_text() for header in HEADERS),
         compiler_identity(cxx),
         *flags,
         *libraries,

@@ -7,14 +7,24 @@
 // y and grad (B, O, rows, width). Tap t reads x at row_offsets[r] + tap_offsets[t] + i * step and
 // weight column weight_index[t]; taps come in the engine's field order (kernel, then channel),
 // which decides the winner of a tropical tie.
+//
+// S is the stored type of x, w, y and their gradients; the loops compute in its compute type T
+// (float for bfloat16 and float16, see storage_types.h) and round once on store.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
+#include "storage_types.h"
+
 namespace {
+
+using anyconv::Compute;
+using anyconv::narrow;
+using anyconv::widen;
 
 // Each operation: the start of the reduction, one tap's step, and the tap's partial derivatives
 // times the incoming gradient (d output / d x, d output / d w).
@@ -128,35 +138,43 @@ struct Lanes {
   typedef T Vector __attribute__((vector_size(64)));
 };
 
-// COUNT lanes of a vector read from SOURCE (STEP apart); the other lanes are zero
-template <typename T>
-inline typename Lanes<T>::Vector load(const T* source, int64_t step, int count = Lanes<T>::kCount) {
-  typename Lanes<T>::Vector values{};
-  if (step == 1 && count == Lanes<T>::kCount) {
+// COUNT lanes of a vector read from SOURCE (STEP apart), widened to the compute type; the other
+// lanes are zero
+template <typename S>
+inline typename Lanes<Compute<S>>::Vector load(const S* source, int64_t step,
+                                               int count = Lanes<Compute<S>>::kCount) {
+  typename Lanes<Compute<S>>::Vector values{};
+  if (std::is_same<S, Compute<S>>::value && step == 1 && count == Lanes<Compute<S>>::kCount) {
     std::memcpy(&values, source, sizeof(values));
   } else {
-    for (int lane = 0; lane < count; ++lane) values[lane] = source[lane * step];
+    for (int lane = 0; lane < count; ++lane) values[lane] = widen(source[lane * step]);
   }
   return values;
 }
 
-template <typename T>
-inline void store(T* target, const typename Lanes<T>::Vector& values, int count = Lanes<T>::kCount) {
-  std::memcpy(target, &values, count * sizeof(T));
+template <typename S>
+inline void store(S* target, const typename Lanes<Compute<S>>::Vector& values,
+                  int count = Lanes<Compute<S>>::kCount) {
+  if (std::is_same<S, Compute<S>>::value) {
+    std::memcpy(target, &values, count * sizeof(S));
+  } else {
+    for (int lane = 0; lane < count; ++lane) target[lane] = narrow<S>(values[lane]);
+  }
 }
 
 // VECTORS vectors of outputs of one row (the last COUNT lanes of the last vector when fewer),
-// their values in registers while every tap meets them
-template <typename T, typename Op, int VECTORS>
-inline void forward_block(const T* x, const T* w, T* out, const Geometry& g, int64_t origin,
-                          int count = Lanes<T>::kCount) {
+// their values in registers while every tap meets them; OUT is S, or T for the backward's copy
+template <typename S, typename Out, typename Op, int VECTORS>
+inline void forward_block(const S* x, const S* w, Out* out, const Geometry& g, int64_t origin,
+                          int count = Lanes<Compute<S>>::kCount) {
+  using T = Compute<S>;
   using Vector = typename Lanes<T>::Vector;
   constexpr int kLanes = Lanes<T>::kCount;
   Vector values[VECTORS];
   for (int v = 0; v < VECTORS; ++v) values[v] = Vector{} + Op::start();
   for (int64_t t = 0; t < g.taps; ++t) {
-    const T* source = x + origin + g.tap_offsets[t];
-    const T weight = w[g.weight_index[t]];
+    const S* source = x + origin + g.tap_offsets[t];
+    const T weight = widen(w[g.weight_index[t]]);
     for (int v = 0; v < VECTORS - 1; ++v) values[v] = Op::step(values[v], load(source + v * kLanes * g.step, g.step), weight);
     const int64_t last = (VECTORS - 1) * kLanes * g.step;
     values[VECTORS - 1] = Op::step(values[VECTORS - 1], load(source + last, g.step, count), weight);
@@ -165,61 +183,72 @@ inline void forward_block(const T* x, const T* w, T* out, const Geometry& g, int
   store(out + (VECTORS - 1) * kLanes, values[VECTORS - 1], count);
 }
 
-template <typename T, typename Op>
-void forward_plane(const T* x, const T* w, T* y, const Geometry& g) {
-  constexpr int64_t kLanes = Lanes<T>::kCount;
+// one output row of one channel: out[i] for i < width
+template <typename S, typename Out, typename Op>
+void forward_row(const S* x, const S* w, Out* out, const Geometry& g, int64_t origin) {
+  constexpr int64_t kLanes = Lanes<Compute<S>>::kCount;
   const int64_t block = g.width >= 2 * kLanes ? 2 * kLanes : kLanes;
-  for (int64_t r = 0; r < g.rows; ++r) {
-    T* out = y + r * g.width;
-    const int64_t origin = g.row_offsets[r];
-    if (g.width < kLanes) {
-      forward_block<T, Op, 1>(x, w, out, g, origin, static_cast<int>(g.width));
-      continue;
-    }
-    // whole blocks only: the last one overlaps the one before it (its outputs are written twice)
-    for (int64_t start = 0; start < g.width; start += block) {
-      const int64_t first = start + block <= g.width ? start : g.width - block;
-      if (block == kLanes) {
-        forward_block<T, Op, 1>(x, w, out + first, g, origin + first * g.step);
-      } else {
-        forward_block<T, Op, 2>(x, w, out + first, g, origin + first * g.step);
-      }
+  if (g.width < kLanes) {
+    forward_block<S, Out, Op, 1>(x, w, out, g, origin, static_cast<int>(g.width));
+    return;
+  }
+  // whole blocks only: the last one overlaps the one before it (its outputs are written twice)
+  for (int64_t start = 0; start < g.width; start += block) {
+    const int64_t first = start + block <= g.width ? start : g.width - block;
+    if (block == kLanes) {
+      forward_block<S, Out, Op, 1>(x, w, out + first, g, origin + first * g.step);
+    } else {
+      forward_block<S, Out, Op, 2>(x, w, out + first, g, origin + first * g.step);
     }
   }
 }
 
-template <typename T, typename Op>
-void forward(const T* x, const T* w, T* y, const Geometry& g, int threads) {
+template <typename S, typename Op>
+void forward(const S* x, const S* w, S* y, const Geometry& g, int threads) {
   const int64_t per_group_in = g.channels / g.groups, per_group_out = g.out_channels / g.groups;
   const int64_t planes = g.batch * g.out_channels, output_plane = g.rows * g.width;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t index = 0; index < planes; ++index) {
     const int64_t b = index / g.out_channels, o = index % g.out_channels;
-    const T* source = x + (b * g.channels + (o / per_group_out) * per_group_in) * g.plane;
-    forward_plane<T, Op>(source, w + o * g.taps, y + index * output_plane, g);
+    const S* source = x + (b * g.channels + (o / per_group_out) * per_group_in) * g.plane;
+    const S* filter = w + o * g.taps;
+    S* plane = y + index * output_plane;
+    for (int64_t r = 0; r < g.rows; ++r) forward_row<S, S, Op>(source, filter, plane + r * g.width, g, g.row_offsets[r]);
   }
 }
 
-// one output channel's gradient into its group's padded input gradient and its weight gradient
-template <typename T, typename Op>
-void backward_plane(const T* __restrict x, const T* __restrict w, const T* __restrict y,
-                    const T* __restrict grad, T* __restrict grad_x, T* __restrict grad_w, const Geometry& g,
-                    std::vector<T>& found) {
+// one output channel's gradient into its group's padded input gradient and its weight gradient,
+// both accumulated in the compute type T. The tropical winner is the first tap whose term equals
+// the output: the forward's y for float and double; for the narrower types the row's output is
+// recomputed in T (into BEST), as comparing with y rounded would let near-ties win
+template <typename S, typename Op>
+void backward_plane(const S* __restrict x, const S* __restrict w, const S* __restrict y,
+                    const S* __restrict grad, Compute<S>* __restrict grad_x, Compute<S>* __restrict grad_w,
+                    const Geometry& g, std::vector<Compute<S>>& found, std::vector<Compute<S>>& best) {
+  using T = Compute<S>;
+  using Vector = typename Lanes<T>::Vector;
+  constexpr int kLanes = Lanes<T>::kCount;
   const int64_t s = g.step;
   for (int64_t r = 0; r < g.rows; ++r) {
-    const T* __restrict grad_row = grad + r * g.width;
-    const T* __restrict out = y == nullptr ? nullptr : y + r * g.width;
-    if constexpr (Op::kWinner) std::fill(found.begin(), found.end(), T(0));
+    const S* __restrict grad_row = grad + r * g.width;
+    const T* __restrict out = nullptr;
+    if constexpr (Op::kWinner) {
+      std::fill(found.begin(), found.end(), T(0));
+      if constexpr (std::is_same<S, T>::value) {
+        out = y + r * g.width;
+      } else {
+        forward_row<S, T, Op>(x, w, best.data(), g, g.row_offsets[r]);
+        out = best.data();
+      }
+    }
     for (int64_t t = 0; t < g.taps; ++t) {
       const int64_t offset = g.row_offsets[r] + g.tap_offsets[t];
-      const T* __restrict source = x + offset;
+      const S* __restrict source = x + offset;
       T* __restrict target = grad_x + offset;
-      const T weight = w[g.weight_index[t]];
+      const T weight = widen(w[g.weight_index[t]]);
       T weight_grad = 0;
       if constexpr (Op::kWinner) {
         // per output, the first tap whose term equals the output (or is NaN where it is) wins
-        using Vector = typename Lanes<T>::Vector;
-        constexpr int kLanes = Lanes<T>::kCount;
         for (int64_t i = 0; i < g.width; i += kLanes) {
           const int count = static_cast<int>(std::min<int64_t>(kLanes, g.width - i));
           const Vector value = Op::term(load(source + i * s, s, count), weight);
@@ -234,8 +263,6 @@ void backward_plane(const T* __restrict x, const T* __restrict w, const T* __res
         }
         weight_grad *= Op::kWeightSign;
       } else {
-        using Vector = typename Lanes<T>::Vector;
-        constexpr int kLanes = Lanes<T>::kCount;
         Vector weight_grads{};
         int64_t i = 0;
         for (; i + kLanes <= g.width; i += kLanes) {
@@ -252,7 +279,7 @@ void backward_plane(const T* __restrict x, const T* __restrict w, const T* __res
         for (int lane = 0; lane < kLanes; ++lane) weight_grad += weight_grads[lane];
         for (; i < g.width; ++i) {
           T dx, dw;
-          Op::partials(source[i * s], weight, grad_row[i], dx, dw);
+          Op::partials(widen(source[i * s]), weight, widen(grad_row[i]), dx, dw);
           target[i * s] += dx;
           weight_grad += dw;
         }
@@ -263,54 +290,80 @@ void backward_plane(const T* __restrict x, const T* __restrict w, const T* __res
 }
 
 // Threads split (sample, group) pairs: each writes only its group's input gradient, and each
-// sample its own weight-gradient slice (summed over samples by the caller).
-template <typename T, typename Op>
-void backward(const T* x, const T* w, const T* y, const T* grad, T* grad_x, T* grad_w, const Geometry& g,
+// sample its own weight-gradient slice (summed over samples by the caller). The narrower types
+// accumulate both in T buffers of the thread's own, rounded once into grad_x and grad_w (which
+// the caller zero filled, as the wider types add into them in place).
+template <typename S, typename Op>
+void backward(const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* grad_w, const Geometry& g,
               int threads) {
+  using T = Compute<S>;
+  constexpr bool kInPlace = std::is_same<S, T>::value;
   const int64_t per_group_in = g.channels / g.groups, per_group_out = g.out_channels / g.groups;
   const int64_t pairs = g.batch * g.groups, output_plane = g.rows * g.width;
+  const int64_t group_elements = per_group_in * g.plane;
 #pragma omp parallel num_threads(threads)
   {
     std::vector<T> found(Op::kWinner ? g.width : 0);
+    std::vector<T> best(Op::kWinner && !kInPlace ? g.width : 0);
+    std::vector<T> input_grads(kInPlace ? 0 : group_elements);
+    std::vector<T> weight_grads(kInPlace ? 0 : g.taps);
 #pragma omp for schedule(static)
     for (int64_t index = 0; index < pairs; ++index) {
       const int64_t b = index / g.groups, group = index % g.groups;
       const int64_t input_at = (b * g.channels + group * per_group_in) * g.plane;
+      T* group_grad = input_grads.data();
+      if constexpr (kInPlace) {
+        group_grad = grad_x + input_at;
+      } else {
+        std::fill(input_grads.begin(), input_grads.end(), T(0));
+      }
       for (int64_t j = 0; j < per_group_out; ++j) {
         const int64_t o = group * per_group_out + j;
         const int64_t output_at = (b * g.out_channels + o) * output_plane;
-        backward_plane<T, Op>(x + input_at, w + o * g.taps, y == nullptr ? nullptr : y + output_at,
-                              grad + output_at, grad_x + input_at, grad_w + (b * g.out_channels + o) * g.taps,
-                              g, found);
+        S* filter_grad = grad_w + (b * g.out_channels + o) * g.taps;
+        T* channel_grad = weight_grads.data();
+        if constexpr (kInPlace) {
+          channel_grad = filter_grad;
+        } else {
+          std::fill(weight_grads.begin(), weight_grads.end(), T(0));
+        }
+        backward_plane<S, Op>(x + input_at, w + o * g.taps, y == nullptr ? nullptr : y + output_at,
+                              grad + output_at, group_grad, channel_grad, g, found, best);
+        if constexpr (!kInPlace)
+          for (int64_t t = 0; t < g.taps; ++t) filter_grad[t] = narrow<S>(weight_grads[t]);
       }
+      if constexpr (!kInPlace)
+        for (int64_t e = 0; e < group_elements; ++e) grad_x[input_at + e] = narrow<S>(input_grads[e]);
     }
   }
 }
 
 enum Operation { kDot = 0, kL1 = 1, kL1Adder = 2, kL2 = 3, kMaxPlus = 4, kMinPlus = 5 };
 
-template <typename T>
-void forward_any(int operation, const T* x, const T* w, T* y, const Geometry& g, int threads) {
+template <typename S>
+void forward_any(int operation, const S* x, const S* w, S* y, const Geometry& g, int threads) {
+  using T = Compute<S>;
   switch (operation) {
-    case kDot: return forward<T, Dot<T>>(x, w, y, g, threads);
+    case kDot: return forward<S, Dot<T>>(x, w, y, g, threads);
     case kL1:
-    case kL1Adder: return forward<T, L1<T>>(x, w, y, g, threads);
-    case kL2: return forward<T, L2<T>>(x, w, y, g, threads);
-    case kMaxPlus: return forward<T, MaxPlus<T>>(x, w, y, g, threads);
-    case kMinPlus: return forward<T, MinPlus<T>>(x, w, y, g, threads);
+    case kL1Adder: return forward<S, L1<T>>(x, w, y, g, threads);
+    case kL2: return forward<S, L2<T>>(x, w, y, g, threads);
+    case kMaxPlus: return forward<S, MaxPlus<T>>(x, w, y, g, threads);
+    case kMinPlus: return forward<S, MinPlus<T>>(x, w, y, g, threads);
   }
 }
 
-template <typename T>
-void backward_any(int operation, const T* x, const T* w, const T* y, const T* grad, T* grad_x, T* grad_w,
+template <typename S>
+void backward_any(int operation, const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* grad_w,
                   const Geometry& g, int threads) {
+  using T = Compute<S>;
   switch (operation) {
-    case kDot: return backward<T, Dot<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
-    case kL1: return backward<T, L1<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
-    case kL1Adder: return backward<T, L1Adder<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
-    case kL2: return backward<T, L2<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
-    case kMaxPlus: return backward<T, MaxPlus<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
-    case kMinPlus: return backward<T, MinPlus<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
+    case kDot: return backward<S, Dot<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
+    case kL1: return backward<S, L1<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
+    case kL1Adder: return backward<S, L1Adder<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
+    case kL2: return backward<S, L2<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
+    case kMaxPlus: return backward<S, MaxPlus<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
+    case kMinPlus: return backward<S, MinPlus<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
   }
 }
 
@@ -339,3 +392,7 @@ void backward_any(int operation, const T* x, const T* w, const T* y, const T* gr
 
 TAP_LOOPS(float, f32)
 TAP_LOOPS(double, f64)
+TAP_LOOPS(anyconv::BFloat16, bf16)
+#ifdef ANYCONV_HAVE_FLOAT16
+TAP_LOOPS(_Float16, f16)
+#endif
