@@ -13,6 +13,7 @@ from ..geometry import Geometry
 from ..variants import Variant
 from .pointwise import pointwise_conv, pointwise_fits
 from .tap_loops import tap_loops_conv, tap_loops_fit
+from .triton_conv import triton_conv, triton_conv_fits
 
 #: (input, weight, bias) -> output
 Path = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -39,6 +40,8 @@ def fast_path(
         return None
     if pointwise_fits(variant, input, geometry):
         return lambda input, weight, bias: pointwise_conv(input, weight, bias, variant, geometry, groups)
+    if triton_conv_fits(variant, input, weight, groups):
+        return lambda input, weight, bias: triton_conv(input, weight, bias, variant, geometry, groups)
     if tap_loops_fit(variant, input, weight, groups):
         return lambda input, weight, bias: tap_loops_conv(
             input, weight, bias, variant, geometry, groups, budget

@@ -156,7 +156,9 @@ def _forward_kernel(
         else:
             best -= tl.abs(p[:, None] - w[None, :])
     # the grid's third axis is the groups: outputs * groups channels in the output
-    at = (sample * outputs * tl.num_programs(2) * locations + location)[:, None] + channel[None, :] * locations
+    at = (sample * outputs * tl.num_programs(2) * locations + location)[:, None] + channel[
+        None, :
+    ] * locations
     both_ok = row_ok[:, None] & column_ok[None, :]
     tl.store(output + at, best, mask=both_ok)
     if RULE >= 5:
@@ -325,7 +327,9 @@ def _kernels(interpret: bool) -> dict[str, Any]:
         }
 
 
-def _launch(name: str, device: torch.device, grid: tuple[int, ...], *args: object, **constants: object) -> None:
+def _launch(
+    name: str, device: torch.device, grid: tuple[int, ...], *args: object, **constants: object
+) -> None:
     """Run one kernel: compiled on CUDA, interpreted on every other device."""
     interpret = device.type != "cuda"
     # Triton launches on the current CUDA device: make it the tensors' own
@@ -351,7 +355,17 @@ def _sizes(
     """The arguments every kernel takes after its tensors, in order."""
     group_channels = layout.channels // layout.groups
     rows = padded.shape[0] * layout.locations
-    return (*offsets, settings, rows, layout.locations, layout.outputs, layout.taps, layout.channels, group_channels, layout.plane)
+    return (
+        *offsets,
+        settings,
+        rows,
+        layout.locations,
+        layout.outputs,
+        layout.taps,
+        layout.channels,
+        group_channels,
+        layout.plane,
+    )
 
 
 def implicit_forward(
@@ -376,14 +390,20 @@ def implicit_forward(
     """
     batch = padded.shape[0]
     output = padded.new_empty((batch, layout.groups * layout.outputs, layout.locations))
-    taps_won = torch.empty(output.shape if rule in TROPICAL else (0,), dtype=torch.int32, device=padded.device)
+    taps_won = torch.empty(
+        output.shape if rule in TROPICAL else (0,), dtype=torch.int32, device=padded.device
+    )
     record_triton_call()
     if output.numel() == 0:  # a grid of no programs is not a valid launch
         return output, taps_won
     start = {MAX_PLUS: float("-inf"), MIN_PLUS: float("inf")}.get(rule, 0.0)
     block_o = _width(layout.outputs)
     block_m = _TILE // block_o
-    grid = (triton.cdiv(batch * layout.locations, block_m), triton.cdiv(layout.outputs, block_o), layout.groups)
+    grid = (
+        triton.cdiv(batch * layout.locations, block_m),
+        triton.cdiv(layout.outputs, block_o),
+        layout.groups,
+    )
     sizes = _sizes(padded, layout, offsets, _settings(padded, start, power))
     _launch(
         "forward", padded.device, grid, padded, weight, output, taps_won, *sizes,
