@@ -1,7 +1,7 @@
 """The Triton path: dot, l1, l2, lp, max_plus and min_plus by kernels that read the padded input in place.
 
-Registered custom operators (``anyconv::triton_conv`` and its backward, with fake implementations)
-around :mod:`anyconv.variants.triton_implicit`; taken on CUDA tensors, or on CPU with ``ANYCONV_BACKEND=triton``.
+Custom operators (``anyconv::triton_conv`` and its backward, with fake implementations) around
+:mod:`anyconv.variants.triton_implicit`; taken on CUDA, or on CPU under ``ANYCONV_BACKEND=triton``.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def triton_conv(
     geometry: Geometry,
     groups: int,
 ) -> torch.Tensor:
-    """The generalized convolution of a batched ``input`` by the Triton kernels (see :func:`triton_conv_fits`).
+    """The generalized convolution of a batched ``input`` by the Triton kernels (:func:`triton_conv_fits`).
 
     ``geometry``'s zero padding is applied here, once; no receptive fields are copied.
 

@@ -8,10 +8,10 @@ Triton's interpreter. The engine's path (``engine/triton_conv.py``) pads, builds
 from __future__ import annotations
 
 import math
-from typing import Any
-from dataclasses import dataclass
 from contextlib import nullcontext
+from dataclasses import dataclass
 from functools import cache, lru_cache
+from typing import Any
 
 import torch
 
@@ -433,7 +433,8 @@ def implicit_backward(
     >>> x, w = torch.tensor([[[1.0, 2.0, 4.0]]]), torch.tensor([[0.0, 1.0]])
     >>> layout = Layout(channels=1, plane=3, groups=1, outputs=1, taps=2, locations=2)
     >>> tap_tables = tables((3,), (2,), (1,), (1,), (2,), 1, x.device)
-    >>> implicit_backward(x, w, torch.ones(1, 1, 2), x.new_empty(0), layout, tap_tables, L1, 1.0, (True, True))
+    >>> g, no_winners = torch.ones(1, 1, 2), x.new_empty(0)
+    >>> implicit_backward(x, w, g, no_winners, layout, tap_tables, L1, 1.0, (True, True))
     (tensor([[[-1., -2., -1.]]]), tensor([[2., 2.]]))
     """
     record_triton_call()
