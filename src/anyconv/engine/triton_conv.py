@@ -115,7 +115,9 @@ def _prepared(
         weight.shape[1],
         input.device,
     )
-    return padded, weight.reshape(weight.shape[0], -1).contiguous(), layout, offsets, out
+    # the filters with their taps in the tables' order, (*kernel, channel)
+    filters = weight.movedim(1, -1).reshape(weight.shape[0], -1).contiguous()
+    return padded, filters, layout, offsets, out
 
 
 @torch.library.custom_op("anyconv::triton_conv", mutates_args=())
@@ -178,7 +180,10 @@ def triton_conv_backward_op(
             slice(padding[2 * axis], padding[2 * axis] + size) for axis, size in enumerate(input.shape[2:])
         )
         grad_input = grad_padded[interior].contiguous()
-    return [grad_input, empty if grad_filters is None else grad_filters.view(weight.shape)]
+    if grad_filters is None:
+        return [grad_input, empty]
+    channels_last = (weight.shape[0], *weight.shape[2:], weight.shape[1])
+    return [grad_input, grad_filters.view(channels_last).movedim(-1, 1).contiguous()]
 
 
 @triton_conv_backward_op.register_fake

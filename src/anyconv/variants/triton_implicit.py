@@ -59,7 +59,8 @@ def tables(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(tap offsets (K,), position offsets (L,)) into one group's padded input, int64 on ``device``.
 
-    Taps in the weight's order (channel, then kernel); positions in the output's (row-major).
+    Taps in the engine's order (kernel, then channel: the first of tied taps wins on every path);
+    positions in the output's (row-major).
 
     >>> taps, positions = tables((4, 4), (2, 2), (2, 2), (1, 1), (2, 2), 1, torch.device("cpu"))
     >>> taps.tolist(), positions.tolist()
@@ -88,9 +89,9 @@ def _tables(
         return total.reshape(-1)
 
     kernel = offsets(kernel_size, [spacing * step for spacing, step in zip(dilation, steps)])
-    channels = torch.arange(channels_per_group, dtype=torch.int64)[:, None] * math.prod(padded_size)
+    channels = torch.arange(channels_per_group, dtype=torch.int64) * math.prod(padded_size)
     positions = offsets(output_size, [step * size for step, size in zip(stride, steps)])
-    return (channels + kernel).reshape(-1).to(device), positions.to(device)
+    return (kernel[:, None] + channels).reshape(-1).to(device), positions.to(device)
 
 
 def _forward_kernel(
@@ -379,7 +380,7 @@ def implicit_forward(
     """(raw outputs (B, O, L), winning taps (B, O, L) int32 when tropical, else empty).
 
     Raw: ``sum p*w``, ``-sum |p-w|``, ``-sum (p-w)^2``, ``sum |p-w|^power``, ``max (p+w)`` or
-    ``min (p-w)``. ``padded`` is (B, C, *padded) contiguous, ``weight`` (O, taps) contiguous,
+    ``min (p-w)``. ``padded`` is (B, C, *padded) contiguous, ``weight`` (O, taps) contiguous in the taps' order,
     ``offsets`` those of :func:`tables`.
 
     >>> x, w = torch.tensor([[[1.0, 2.0, 4.0]]]), torch.tensor([[0.0, 1.0]])
