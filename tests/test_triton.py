@@ -196,7 +196,7 @@ KERNELS = {
 }
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(
     kernel=st.sampled_from(sorted(KERNELS)),
     groups=st.integers(1, 2),
@@ -264,10 +264,13 @@ def test_an_unknown_backend_is_named_in_the_error(monkeypatch):
         fused.l1_distances(torch.randn(1, 3, 2), torch.randn(1, 2, 2))
 
 
-def _signature(kernel, dtype: str) -> dict[str, str]:
-    """Triton types of a kernel's arguments: pointers of ``dtype``, the settings in the summing dtype."""
-    special = {"settings": "*fp64" if dtype == "fp64" else "*fp32", "taps_won": "*i64"}
-    pointers = ("fields", "filters", "output", "left", "right", "grad", "result")
+def _signature(kernel, dtype: str, winners: str = "*i64") -> dict[str, str]:
+    """Triton types of a kernel's arguments: pointers of ``dtype``, the settings and the implicit
+    kernels' sums in the summing dtype, offsets int64."""
+    summing = "*fp64" if dtype == "fp64" else "*fp32"
+    special = {"settings": summing, "grad_padded": summing, "partials": summing, "taps_won": winners}
+    special.update(tap_offsets="*i64", positions="*i64")
+    pointers = ("fields", "filters", "output", "left", "right", "grad", "result", "padded", "weight")
     return {
         name: "constexpr" if name.isupper() else special.get(name, f"*{dtype}" if name in pointers else "i32")
         for name in inspect.signature(kernel).parameters
@@ -283,14 +286,23 @@ def test_every_kernel_compiles_for_a_cuda_gpu(dtype, tmp_path, monkeypatch):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from anyconv.variants import triton_kernels
+    from anyconv.variants import triton_implicit, triton_kernels
 
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     upcast = dtype != "fp64"
     builds = [(triton_kernels._forward_kernel, dict(FORMULA=f, BLOCK_M=32, BLOCK_O=32)) for f in range(4)]
     builds += [(triton_kernels._pair_gradient_kernel, dict(TERM=t, BLOCK_L=64, BLOCK_K=16)) for t in range(3)]
+    implicit = (
+        (triton_implicit._forward_kernel, dict(BLOCK_M=64, BLOCK_O=16)),
+        (triton_implicit._input_gradient_kernel, dict(BLOCK_M=32, BLOCK_K=32)),
+        (triton_implicit._weight_gradient_kernel, dict(BLOCK_O=16, BLOCK_K=32)),
+    )
+    if dtype in ("fp64", "bf16"):  # both summing dtypes; fewer builds, the test stays short
+        builds += [(kernel, dict(constants, RULE=rule)) for kernel, constants in implicit for rule in range(7)]
     for kernel, constants in builds:
-        source = ASTSource(triton.jit(kernel), _signature(kernel, dtype), {**constants, "UPCAST": upcast})
+        winners = "*i32" if "RULE" in constants else "*i64"
+        signature = _signature(kernel, dtype, winners)
+        source = ASTSource(triton.jit(kernel), signature, {**constants, "UPCAST": upcast})
         compiled = triton.compile(source, target=GPUTarget("cuda", 80, 32))
         assert ".entry" in compiled.asm["ptx"]
 
