@@ -298,7 +298,7 @@ def test_every_kernel_compiles_for_a_cuda_gpu(dtype, tmp_path, monkeypatch):
         (triton_implicit._weight_gradient_kernel, dict(BLOCK_O=16, BLOCK_K=32)),
     )
     if dtype in ("fp64", "bf16"):  # both summing dtypes; fewer builds, the test stays short
-        builds += [(kernel, dict(constants, RULE=rule)) for kernel, constants in implicit for rule in range(7)]
+        builds += [(kernel, dict(given, RULE=rule)) for kernel, given in implicit for rule in range(7)]
     for kernel, constants in builds:
         winners = "*i32" if "RULE" in constants else "*i64"
         signature = _signature(kernel, dtype, winners)
