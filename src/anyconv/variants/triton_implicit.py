@@ -380,8 +380,8 @@ def implicit_forward(
     """(raw outputs (B, O, L), winning taps (B, O, L) int32 when tropical, else empty).
 
     Raw: ``sum p*w``, ``-sum |p-w|``, ``-sum (p-w)^2``, ``sum |p-w|^power``, ``max (p+w)`` or
-    ``min (p-w)``. ``padded`` is (B, C, *padded) contiguous, ``weight`` (O, taps) contiguous in the taps' order,
-    ``offsets`` those of :func:`tables`.
+    ``min (p-w)``. ``padded`` is (B, C, *padded) contiguous, ``weight`` (O, taps) contiguous with
+    its taps in the tables' order, ``offsets`` those of :func:`tables`.
 
     >>> x, w = torch.tensor([[[1.0, 2.0, 4.0]]]), torch.tensor([[0.0, 1.0]])
     >>> layout = Layout(channels=1, plane=3, groups=1, outputs=1, taps=2, locations=2)
