@@ -131,3 +131,16 @@ def test_a_double_backward_takes_the_engine_operator():
     reference = naive_generalized_conv(x, w, "l2", **conv_args)
     (grad_x,) = torch.autograd.grad(reference.square().sum(), x, create_graph=True)
     torch.testing.assert_close(mine, torch.autograd.grad(grad_x.sum(), w)[0])
+
+
+def test_torch_export_keeps_the_operator():
+    x, w, _, conv_args = _case(DEPTHWISE)
+
+    class Layer(torch.nn.Module):
+        def forward(self, x, w):
+            return anyconv.generalized_conv(x, w, "max_plus", **conv_args)
+
+    program = torch.export.export(Layer(), (x, w))
+    targets = [node.target for node in program.graph.nodes if node.op == "call_function"]
+    assert torch.ops.anyconv.triton_conv.default in targets
+    torch.testing.assert_close(program.module()(x, w), Layer()(x, w))
