@@ -295,7 +295,7 @@ def test_every_kernel_compiles_for_a_cuda_gpu(dtype, tmp_path, monkeypatch):
     implicit = (
         (triton_implicit._forward_kernel, dict(BLOCK_M=64, BLOCK_O=16)),
         (triton_implicit._input_gradient_kernel, dict(BLOCK_M=32, BLOCK_K=32)),
-        (triton_implicit._weight_gradient_kernel, dict(BLOCK_O=16, BLOCK_K=32)),
+        (triton_implicit._weight_gradient_kernel, dict(BLOCK_P=8, BLOCK_O=16, BLOCK_K=32)),
     )
     if dtype in ("fp64", "bf16"):  # both summing dtypes; fewer builds, the test stays short
         builds += [(kernel, dict(given, RULE=rule)) for kernel, given in implicit for rule in range(7)]

@@ -27,8 +27,8 @@ except ImportError:  # importable without triton; the engine only calls in where
 #: the rules one kernel computes, chosen at compile time; ADDER is l1 with AdderNet's gradients
 DOT, L1, ADDER, L2, POWER, MAX_PLUS, MIN_PLUS = range(7)
 TROPICAL = (MAX_PLUS, MIN_PLUS)
-#: a tile's elements, and the widest tile along filters or taps
-_TILE, _WIDEST = 1024, 32
+#: a tile's elements, a (positions, filters, taps) tile's, and the widest tile along filters or taps
+_TILE, _TILE_3D, _WIDEST = 1024, 4096, 32
 #: a weight-gradient program streams at least this many positions (fewer programs, fewer partials)
 POSITIONS_PER_PROGRAM = 256
 #: the weight-gradient programs aimed at, before the positions are split no further
@@ -258,11 +258,12 @@ def _weight_gradient_kernel(
     rows_per_program,
     RULE: tl.constexpr,
     UPCAST: tl.constexpr,
+    BLOCK_P: tl.constexpr,
     BLOCK_O: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     """One (filters tile and share of the positions, taps tile, group): the weight gradient's sum
-    over those positions, streamed one at a time, into the share's own slice of ``partials``."""
+    over those positions, BLOCK_P at a time, into the share's own slice of ``partials``."""
     group = tl.program_id(2).to(tl.int64)
     filter_tiles = (outputs + BLOCK_O - 1) // BLOCK_O
     share = tl.program_id(0) // filter_tiles
@@ -279,40 +280,50 @@ def _weight_gradient_kernel(
     power = tl.load(settings + 1)
     total = tl.full((BLOCK_O, BLOCK_K), 0, settings.dtype.element_ty)
     first = share * rows_per_program
-    for row in range(first, tl.minimum(first + rows_per_program, rows)):
+    last = tl.minimum(first + rows_per_program, rows)
+    for start in range(first, last, BLOCK_P):
+        # (positions, filters, taps) tiles: many positions at once where the filters are few (depthwise)
+        row = start + tl.arange(0, BLOCK_P)
+        row_ok = row < last
         sample, location = (row // locations).to(tl.int64), row % locations
-        place = sample * channels * plane + group_start + tl.load(positions + location)
-        p = tl.load(padded + place + tap_at, mask=tap_ok, other=0.0)
+        place = sample * channels * plane + group_start + tl.load(positions + location, mask=row_ok, other=0)
+        p = tl.load(
+            padded + place[:, None] + tap_at[None, :], mask=row_ok[:, None] & tap_ok[None, :], other=0.0
+        )
         # the grid's third axis is the groups: outputs * groups channels in the output
-        grad_at = sample * outputs * tl.num_programs(2) * locations + channel * locations + location
-        g = tl.load(grad + grad_at, mask=column_ok, other=0.0)
+        grad_at = (sample * outputs * tl.num_programs(2) * locations + location)[:, None] + channel[
+            None, :
+        ] * locations
+        pair_ok = row_ok[:, None] & column_ok[None, :]
+        g = tl.load(grad + grad_at, mask=pair_ok, other=0.0)
         if UPCAST:
             p, g = p.to(tl.float32), g.to(tl.float32)
-        difference = p[None, :] - w
+        difference = p[:, None, :] - w[None, :, :]
+        spread = tl.broadcast_to(g[:, :, None], (BLOCK_P, BLOCK_O, BLOCK_K))
         if RULE == 0:
-            total += p[None, :] * g[:, None]
+            term = p[:, None, :] * spread
         elif RULE == 1:
-            spread = tl.broadcast_to(g[:, None], (BLOCK_O, BLOCK_K))
-            total += tl.where(difference > 0, spread, tl.where(difference < 0, -spread, 0.0))
+            term = tl.where(difference > 0, spread, tl.where(difference < 0, -spread, 0.0))
         elif RULE == 2:
             # AdderNet's full-precision filter gradient: p - w in place of sign(p - w)
-            total += difference * g[:, None]
+            term = difference * spread
         elif RULE == 3:
-            total += 2 * difference * g[:, None]
+            term = 2 * difference * spread
         elif RULE == 4:
             magnitude = tl.abs(difference)
             exponent = power - 1
             raised = tl.exp2(exponent * tl.log2(tl.where(magnitude > 0, magnitude, 1.0)))
             slope = tl.where(magnitude > 0, raised, magnitude)
             slope = tl.where(magnitude == 0, 0.0, tl.where(exponent == 0, 1.0, slope))
-            total += tl.where(difference < 0, -slope, slope) * g[:, None]
+            term = tl.where(difference < 0, -slope, slope) * spread
         else:
-            won = tl.load(taps_won + grad_at, mask=column_ok, other=-1)
-            hit = tl.where(won[:, None] == tap[None, :], g[:, None], 0.0)
+            won = tl.load(taps_won + grad_at, mask=pair_ok, other=-1)
+            term = tl.where(won[:, :, None] == tap[None, None, :], spread, 0.0)
             if RULE == 6:
-                total -= hit
-            else:
-                total += hit
+                term = -term
+        # the rows past the share are masked out, not zero: an inf filter times a zero is NaN
+        # tl.sum is itself a jitted function, which the per-call interpreter cannot call; reduce is not
+        total += tl.reduce(tl.where(row_ok[:, None, None], term, 0.0), 0, tl.standard._sum_combine)
     at = ((share * tl.num_programs(2) + group) * outputs + column.to(tl.int64))[:, None] * taps + tap[None, :]
     tl.store(partials + at, total, mask=both_ok)
 
@@ -467,7 +478,8 @@ def implicit_backward(
             grid = (filter_tiles * shares, triton.cdiv(layout.taps, block_k), layout.groups)
             _launch(
                 "weight_gradient", padded.device, grid, padded, weight, grad, taps_won, partials, *sizes,
-                rows_per_program, **constants, BLOCK_O=block_o, BLOCK_K=block_k,
+                rows_per_program, **constants, BLOCK_P=_TILE_3D // (block_o * block_k), BLOCK_O=block_o,
+                BLOCK_K=block_k,
             )  # fmt: skip
         # the shares' partial sums add up in a fixed order: the weight gradient is deterministic
         grad_weight = partials.sum(0).to(weight.dtype)
