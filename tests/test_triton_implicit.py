@@ -4,6 +4,8 @@ where the formulas put them, and its custom operators pass torch's checks. Throu
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_triton import GROUPED, TRITON_GEOMETRIES
 from test_variants import _case
 from variant_reference import naive_generalized_conv
@@ -144,3 +146,38 @@ def test_torch_export_keeps_the_operator():
     targets = [node.target for node in program.graph.nodes if node.op == "call_function"]
     assert torch.ops.anyconv.triton_conv.default in targets
     torch.testing.assert_close(program.module()(x, w), Layer()(x, w))
+
+
+@st.composite
+def _geometries(draw):
+    """A random N-d call (N = 1 to 3) of a variant of the path: groups, stride, dilation, padding."""
+    name = draw(st.sampled_from(["l1", "lp", "max_plus", "min_plus", "dot", "l2"]))
+    ndim = draw(st.integers(1, 3))
+    groups = draw(st.integers(2 if name in ("dot", "l2") else 1, 3))
+    kernel = draw(st.lists(st.integers(1, 3), min_size=ndim, max_size=ndim))
+    dilation = draw(st.lists(st.integers(1, 2), min_size=ndim, max_size=ndim))
+    stride = draw(st.lists(st.integers(1, 2), min_size=ndim, max_size=ndim))
+    padding = draw(st.lists(st.integers(0, 2), min_size=ndim, max_size=ndim))
+    reach = [spacing * (size - 1) + 1 for spacing, size in zip(dilation, kernel)]
+    size = [draw(st.integers(max(1, extent - 2 * pad), extent + 2)) for extent, pad in zip(reach, padding)]
+    geometry = dict(
+        size=tuple(size), channels=groups * draw(st.integers(1, 2)), outputs=groups * draw(st.integers(1, 3)),
+        kernel=tuple(kernel), groups=groups, stride=tuple(stride), padding=tuple(padding),
+        dilation=tuple(dilation),
+    )  # fmt: skip
+    return name, {"p": 2.5} if name == "lp" else {}, geometry
+
+
+@settings(max_examples=8, deadline=None)
+@given(call=_geometries(), seed=st.integers(0, 2**16))
+def test_any_geometry_equals_the_naive_formula(call, seed):
+    name, options, geometry = call
+    x, w, b, conv_args = _case(geometry, seed=seed)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ANYCONV_BACKEND", "triton")
+        mine, grad = _gradients(x, w, b, name, options, conv_args)
+        assert last_path() == "triton"
+    wide = [t.detach().requires_grad_() for t in (x, w, b)]
+    reference = naive_generalized_conv(*wide[:2], name, wide[2], **conv_args, **options)
+    for got, want in zip(mine, (reference, *torch.autograd.grad(reference, wide, grad))):
+        torch.testing.assert_close(got, want)
