@@ -4,11 +4,14 @@ Run on a machine with a CUDA GPU and triton (``pip install anyconv[gpu]``), from
 ``PYTHONPATH=src python benchmarks/bench_gpu.py [--rounds N] [--rows TEXT] [--variants ...]``.
 
 Two tables. Variants: every built-in variant on the layer of ``bench_variants.py`` (batch 8 of
-64 x 32 x 32, 64 channels, 3x3, padding 1), with the path it took. Layers: the fused variants
-(Triton kernels on CUDA) on the layer shapes of ``bench_layers.py`` (its transposed rows left out:
-generalized_conv has no transposed form). Each round times cuDNN once and then every method once
-with CUDA events; a method's ratio is its time over cuDNN's in that round. The tables give the
-median and quartiles of those ratios over the rounds, forward (under ``no_grad``) and forward+backward.
+64 x 32 x 32, 64 channels, 3x3, padding 1), with the path it took. Layers: the variants of the
+Triton path on the layer shapes of ``bench_layers.py`` (its transposed rows left out:
+generalized_conv has no transposed form), each also as "(per-chunk)": the same call with the
+implicit path turned off, so that the engine copies fields chunk by chunk for the per-chunk Triton
+kernels (dot and l2 then take their matrix product). Each round times cuDNN once and then every
+method once with CUDA events; a method's ratio is its time over cuDNN's in that round. The tables
+give the median and quartiles of those ratios over the rounds, forward (under ``no_grad``) and
+forward+backward. The path column: ``triton`` for the implicit kernels, else ``engine``.
 """
 
 from __future__ import annotations
@@ -17,15 +20,20 @@ import argparse
 import math
 import statistics
 import sys
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 from bench_layers import ROWS, Row
 
 import anyconv
-from anyconv.variants import BUILTIN_VARIANTS, last_path
+from anyconv.engine import paths
+from anyconv.variants import BUILTIN_VARIANTS
+from anyconv.variants.triton_backend import forget_triton, took_triton
 
-FUSED = ("l1", "lp", "max_plus", "min_plus")
+#: the variants of the Triton path (dot and l2 on few channels per group only)
+TRITON = ("l1", "lp", "max_plus", "min_plus", "dot", "l2")
+CHUNKED = " (per-chunk)"
 #: options that keep each variant's outputs finite on these layers
 OPTIONS = {"polynomial": {"degree": 2}}
 PASSES = ("forward", "forward+backward")
@@ -64,8 +72,10 @@ def paired_ratios(layer, methods: dict, rounds: int, backward: bool) -> tuple[li
     reference = methods["cuDNN"]
     paths = {}
     for name, function in methods.items():
+        forget_triton()
         call(function)  # warm-up: Triton compiles each kernel on its first call
-        paths[name] = last_path() if name in FUSED else ""
+        implicit = took_triton() and not name.endswith(CHUNKED)
+        paths[name] = "" if name == "cuDNN" else "triton" if implicit else "engine"
     torch_ms: list[float] = []
     ratios: dict[str, list[float]] = {name: [] for name in methods if name != "cuDNN"}
     for _ in range(rounds):
@@ -91,6 +101,24 @@ def _methods(variants: list[str], arguments: dict, ndim: int) -> dict:
             x, w, variant, b, **arguments, **options
         )
     return methods
+
+
+def with_chunked(methods: dict) -> dict:
+    """``methods`` and, after each variant, the same call with the implicit Triton path turned off."""
+
+    def chunked(function):
+        def call(x, w, b):
+            with mock.patch.object(paths, "triton_conv_fits", lambda *args: False):
+                return function(x, w, b)
+
+        return call
+
+    both = {}
+    for name, function in methods.items():
+        both[name] = function
+        if name != "cuDNN":
+            both[name + CHUNKED] = chunked(function)
+    return both
 
 
 def _layer(input_shape, out_channels, kernel_size, groups, device):
@@ -127,7 +155,7 @@ def variant_table(rounds: int, device: torch.device) -> None:
 
 
 def layer_table(rows: list[Row], variants: list[str], rounds: int, device: torch.device) -> None:
-    """The fused variants on the layer shapes of real networks, and a summary per variant."""
+    """The Triton path's variants (and per-chunk) on the layer shapes of real networks, and a summary."""
     print("\n| row | shape | pass | cuDNN ms | variant | x cuDNN | path |")
     print("|---|---|---|---:|---|---|---|")
     medians: dict[str, list[tuple[float, str]]] = {}
@@ -135,7 +163,7 @@ def layer_table(rows: list[Row], variants: list[str], rounds: int, device: torch
         arguments = dict(stride=row.stride, padding=row.padding, dilation=row.dilation, groups=row.groups)
         layer = _layer(row.input_shape, row.out_channels, row.kernel_size, row.groups, device)
         shape = "x".join(map(str, row.input_shape)) + f" -> {row.out_channels}"
-        methods = _methods(variants, arguments, row.ndim)
+        methods = with_chunked(_methods(variants, arguments, row.ndim))
         print_rows(f"{row.name} ({row.network})", shape, layer, methods, rounds, medians)
     print("\n| variant | geometric mean of forward medians | worst row (forward median) |")
     print("|---|---:|---|")
@@ -151,7 +179,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=15, help="rounds per row and pass (default 15)")
     parser.add_argument("--rows", help="only the layer rows whose name contains this text")
-    parser.add_argument("--variants", nargs="*", default=list(FUSED), choices=FUSED)
+    parser.add_argument("--variants", nargs="*", default=list(TRITON), choices=TRITON)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit(

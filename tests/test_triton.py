@@ -1,7 +1,8 @@
-"""The Triton kernels (the CUDA path of l1, lp, max_plus, min_plus), run here through Triton's interpreter.
+"""The Triton path (the CUDA path of dot, l1, l2, lp, max_plus, min_plus), run through Triton's interpreter.
 
-``ANYCONV_BACKEND=triton`` sends CPU tensors to them; each geometry of the variant tests is compared
+``ANYCONV_BACKEND=triton`` sends CPU tensors to it; each geometry of the variant tests is compared
 with the naive formulas and with the C++ loops, forward and gradients. Sizes stay tiny: interpreted.
+The per-chunk kernels (the fallback route of ``fused.py``) are checked at the end.
 """
 
 import inspect
@@ -27,8 +28,17 @@ TRITON_GEOMETRIES = [
          padding_mode="circular"),
     dict(id="2d-replicate-wide-taps", size=(6, 5), channels=4, outputs=3, kernel=3, padding=1,
          padding_mode="replicate"),
+    dict(id="2d-depthwise-stride-dilation", size=(7, 6), channels=3, outputs=6, kernel=(3, 2), groups=3,
+         stride=(2, 1), padding=(2, 1), dilation=(2, 2)),
+    dict(id="3d-depthwise-circular", size=(4, 3, 4), channels=2, outputs=2, kernel=2, groups=2,
+         padding=1, padding_mode="circular"),
 ]  # fmt: skip
 GEOMETRY_IDS = [geometry["id"] for geometry in TRITON_GEOMETRIES]
+
+#: dot and l2 take the Triton path with few channels per group only (a matrix product otherwise)
+GROUPED = [geometry for geometry in TRITON_GEOMETRIES if geometry.get("groups", 1) > 1]
+GROUPED_IDS = [geometry["id"] for geometry in GROUPED]
+PRODUCTS = [pytest.param("dot", {}, id="dot"), pytest.param("l2", {}, id="l2")]
 
 #: (variant, options) the Triton kernels compute; l1 with adder_grad has no naive formula for
 #: its gradient (it is a training rule), so it is compared with the C++ loops only
@@ -71,10 +81,7 @@ def _assert_all_close(got, want, labels=("output", "input", "weight", "bias"), *
         )
 
 
-@pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("geometry", TRITON_GEOMETRIES, ids=GEOMETRY_IDS)
-@pytest.mark.parametrize("name, options", VARIANTS)
-def test_triton_equals_the_naive_formula_and_the_cpp_loops(name, options, geometry, dtype, monkeypatch):
+def _compare_with_the_formula_and_the_loops(name, options, geometry, dtype, monkeypatch):
     x, w, b, conv_args = _case(geometry, dtype=dtype)
     grad = torch.randn(naive_generalized_conv(x, w, name, b, **conv_args, **options).shape, dtype=dtype)
     mine, path = _run(x, w, b, name, options, conv_args, grad)
@@ -87,14 +94,40 @@ def test_triton_equals_the_naive_formula_and_the_cpp_loops(name, options, geomet
         naive = (naive_output, *torch.autograd.grad(naive_output, wide, grad.double()))
         _assert_all_close(mine, naive, **tolerance)
     loops, loop_path = _on_the_loops(monkeypatch, x, w, b, name, options, conv_args, grad)
-    assert loop_path == ("native" if fused.native_kernels_available() else "eager")
+    if name not in ("dot", "l2"):
+        assert loop_path == ("native" if fused.native_kernels_available() else "eager")
     _assert_all_close(mine, loops, **tolerance)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("geometry", TRITON_GEOMETRIES, ids=GEOMETRY_IDS)
+@pytest.mark.parametrize("name, options", VARIANTS)
+def test_triton_equals_the_naive_formula_and_the_cpp_loops(name, options, geometry, dtype, monkeypatch):
+    _compare_with_the_formula_and_the_loops(name, options, geometry, dtype, monkeypatch)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("geometry", GROUPED, ids=GROUPED_IDS)
+@pytest.mark.parametrize("name, options", PRODUCTS)
+def test_dot_and_l2_on_few_channels_per_group(name, options, geometry, dtype, monkeypatch):
+    """The tap loops' family on CUDA: dot and l2 where the C++ tap loops take them on CPU."""
+    _compare_with_the_formula_and_the_loops(name, options, geometry, dtype, monkeypatch)
 
 
 @pytest.mark.parametrize("dtype", HALVES)
 @pytest.mark.parametrize("geometry", TRITON_GEOMETRIES[:3], ids=GEOMETRY_IDS[:3])
 @pytest.mark.parametrize("name, options", VARIANTS)
 def test_half_precision_inputs_within_their_epsilon(name, options, geometry, dtype, monkeypatch):
+    _compare_halves(name, options, geometry, dtype, monkeypatch)
+
+
+@pytest.mark.parametrize("dtype", HALVES)
+@pytest.mark.parametrize("name, options", PRODUCTS)
+def test_half_precision_dot_and_l2_on_a_depthwise_layer(name, options, dtype, monkeypatch):
+    _compare_halves(name, options, GROUPED[-2], dtype, monkeypatch)
+
+
+def _compare_halves(name, options, geometry, dtype, monkeypatch):
     """Half inputs are summed in float32: the float64 formula of the rounded inputs, to a few epsilons."""
     x, w, b, conv_args = _case(geometry, dtype=dtype)
     grad = torch.randn(naive_generalized_conv(x, w, name, b, **conv_args, **options).shape).to(dtype)
@@ -163,7 +196,7 @@ KERNELS = {
 }
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(
     kernel=st.sampled_from(sorted(KERNELS)),
     groups=st.integers(1, 2),
@@ -231,10 +264,13 @@ def test_an_unknown_backend_is_named_in_the_error(monkeypatch):
         fused.l1_distances(torch.randn(1, 3, 2), torch.randn(1, 2, 2))
 
 
-def _signature(kernel, dtype: str) -> dict[str, str]:
-    """Triton types of a kernel's arguments: pointers of ``dtype``, the settings in the summing dtype."""
-    special = {"settings": "*fp64" if dtype == "fp64" else "*fp32", "taps_won": "*i64"}
-    pointers = ("fields", "filters", "output", "left", "right", "grad", "result")
+def _signature(kernel, dtype: str, winners: str = "*i64") -> dict[str, str]:
+    """Triton types of a kernel's arguments: pointers of ``dtype``, the settings and the implicit
+    kernels' sums in the summing dtype, offsets int64."""
+    summing = "*fp64" if dtype == "fp64" else "*fp32"
+    special = {"settings": summing, "grad_padded": summing, "partials": summing, "taps_won": winners}
+    special.update(tap_offsets="*i64", positions="*i64")
+    pointers = ("fields", "filters", "output", "left", "right", "grad", "result", "padded", "weight")
     return {
         name: "constexpr" if name.isupper() else special.get(name, f"*{dtype}" if name in pointers else "i32")
         for name in inspect.signature(kernel).parameters
@@ -250,14 +286,23 @@ def test_every_kernel_compiles_for_a_cuda_gpu(dtype, tmp_path, monkeypatch):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from anyconv.variants import triton_kernels
+    from anyconv.variants import triton_implicit, triton_kernels
 
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     upcast = dtype != "fp64"
     builds = [(triton_kernels._forward_kernel, dict(FORMULA=f, BLOCK_M=32, BLOCK_O=32)) for f in range(4)]
     builds += [(triton_kernels._pair_gradient_kernel, dict(TERM=t, BLOCK_L=64, BLOCK_K=16)) for t in range(3)]
+    implicit = (
+        (triton_implicit._forward_kernel, dict(BLOCK_M=64, BLOCK_O=16)),
+        (triton_implicit._input_gradient_kernel, dict(BLOCK_M=32, BLOCK_K=32)),
+        (triton_implicit._weight_gradient_kernel, dict(BLOCK_P=8, BLOCK_O=16, BLOCK_K=32)),
+    )
+    if dtype in ("fp64", "bf16"):  # both summing dtypes; fewer builds, the test stays short
+        builds += [(kernel, dict(given, RULE=rule)) for kernel, given in implicit for rule in range(7)]
     for kernel, constants in builds:
-        source = ASTSource(triton.jit(kernel), _signature(kernel, dtype), {**constants, "UPCAST": upcast})
+        winners = "*i32" if "RULE" in constants else "*i64"
+        signature = _signature(kernel, dtype, winners)
+        source = ASTSource(triton.jit(kernel), signature, {**constants, "UPCAST": upcast})
         compiled = triton.compile(source, target=GPUTarget("cuda", 80, 32))
         assert ".entry" in compiled.asm["ptx"]
 

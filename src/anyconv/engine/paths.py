@@ -21,6 +21,7 @@ from .ops import run_generalized_conv, variant_arguments
 from .ops_memory_format import output_memory_format
 from .pointwise import pointwise_conv, pointwise_fits
 from .tap_loops import tap_loops_conv, tap_loops_fit
+from .triton_conv import triton_conv, triton_conv_fits
 
 if TYPE_CHECKING:
     from .plan import ConvPlan
@@ -49,6 +50,13 @@ def _tap_loops(
     return output.contiguous(memory_format=output_memory_format(input, weight))
 
 
+def _triton(
+    plan: ConvPlan, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: Variant
+) -> torch.Tensor:
+    output = triton_conv(input, weight, bias, variant, plan.geometry, plan.groups)
+    return output.contiguous(memory_format=output_memory_format(input, weight))
+
+
 def _fields(
     plan: ConvPlan, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: Variant
 ) -> torch.Tensor:
@@ -69,6 +77,11 @@ PATHS = (
         "pointwise",
         lambda plan, variant, input, weight: pointwise_fits(variant, input, plan.geometry),
         _pointwise,
+    ),
+    Path(
+        "triton",
+        lambda plan, variant, input, weight: triton_conv_fits(variant, input, weight, plan.groups),
+        _triton,
     ),
     Path(
         "tap loops",

@@ -88,6 +88,12 @@ def took_triton() -> bool:
     return _took_triton
 
 
+def record_triton_call() -> None:
+    """Record that the last call ran a Triton kernel (the engine's implicit-im2col path)."""
+    global _took_triton
+    _took_triton = True
+
+
 def forget_triton() -> None:
     """Record that the last call ran no Triton kernel (another path computed it)."""
     global _took_triton
