@@ -58,8 +58,9 @@ def chunk_slab(input: torch.Tensor, geometry: Geometry, chunk: Chunk) -> torch.T
     source, target = _interior(geometry, chunk)
     block = input[(chunk.samples, slice(None), *source)].movedim(1, -1)
     slab_size = chunk.geometry.input_size
-    if channels_last and tuple(block.shape[1:-1]) == slab_size:
-        return block
+    if tuple(block.shape[1:-1]) == slab_size:
+        # no padding in this chunk
+        return block if channels_last else block.contiguous()
     slab = input.new_zeros((block.shape[0], *slab_size, input.shape[1]))
     slab[(slice(None), *target)] = block
     return slab
