@@ -22,6 +22,7 @@ from ..variants import ProductVariant, Variant
 from .backward_choice import Backward, choose_backward, reads_of, saved_for
 from .blocks import as_chunk_result, bias_grad, chunk_results, output_block, write_block
 from .chunks import Chunk
+from .field_products import is_plain_product, write_products
 from .fields import add_field_grads, chunk_fields, fields_buffer, filters_of, weight_of
 from .ops_memory_format import empty_like_input
 from .ops_second_order import second_order_gradients
@@ -71,6 +72,7 @@ def contract_chunks(
     output = empty_like_input(input, weight, (input.shape[0], weight.shape[0], *geometry.output_size))
     kept = None
     buffer = fields_buffer(input, plan.chunks)
+    plain = is_plain_product(plan.variant)
     for chunk in plan.chunks:
         fields = chunk_fields(input, geometry, chunk, groups, buffer)
         if keep:
@@ -78,6 +80,9 @@ def contract_chunks(
             result, kept_part = plan.variant.contract_and_keep(fields, filters, **options)
             kept = kept_part.new_empty(output.shape) if kept is None else kept
             write_block(output_block(kept, chunk, groups), kept_part)
+        elif plain:
+            write_products(output_block(output, chunk, groups), fields, filters, bias)
+            continue
         else:
             result = plan.variant.contract(fields, filters, **options)
         write_block(output_block(output, chunk, groups), result, bias, plan.variant)

@@ -36,16 +36,34 @@ def check_conv_sizes(
     check_fits("the padded input one output reads", (1, input.shape[1], *geometry.field_span), input, spread)
 
 
+#: channel strides (bytes) at which a direct transposing copy is slow: channels this far apart
+#: share a few cache sets, which a copy reading one element of each channel in turn thrashes
+ALIASED_CHANNEL_STRIDE = 2048
+
+
 def chunk_slab(input: torch.Tensor, geometry: Geometry, chunk: Chunk) -> torch.Tensor:
-    """The zero-padded input that ``chunk`` reads, channels last: (b, *slab, C).
+    """The zero-padded input that ``chunk`` reads, channels last: (b, *slab, C), any strides.
 
     Padding per chunk keeps the copy small enough to stay in cache and spares a padded copy
-    of the whole input. The padded image is made channels first, then transposed: reading the
-    channels of an image whose plane is a power-of-two size (32 x 32 floats: 4 KiB apart) maps
-    them all to one cache set, and the direct transpose ran 3x slower than the two copies
-    (measured on (32, 64, 32, 32): 2.9 ms against 1.1 ms).
+    of the whole input. A channels-last input is used as it is: a view of it when the chunk
+    needs no padding, else copied into a zeroed slab, with no channels-first copy. A
+    channels-first input is transposed into the slab in the same copy, unless its channels lie
+    a multiple of ``ALIASED_CHANNEL_STRIDE`` bytes apart (a 32 x 32 float plane is 4 KiB): then
+    the padded image is made channels first and transposed after, which measured 3x faster on
+    (32, 64, 32, 32) (1.1 ms against 2.9 ms).
     """
-    return chunk_image(input, geometry, chunk).movedim(1, -1).contiguous()
+    channels_last = input.stride(1) == 1
+    if not channels_last and (input.stride(1) * input.element_size()) % ALIASED_CHANNEL_STRIDE == 0:
+        return chunk_image(input, geometry, chunk).movedim(1, -1).contiguous()
+    source, target = _interior(geometry, chunk)
+    block = input[(chunk.samples, slice(None), *source)].movedim(1, -1)
+    slab_size = chunk.geometry.input_size
+    if tuple(block.shape[1:-1]) == slab_size:
+        # no padding in this chunk
+        return block if channels_last else block.contiguous()
+    slab = input.new_zeros((block.shape[0], *slab_size, input.shape[1]))
+    slab[(slice(None), *target)] = block
+    return slab
 
 
 def chunk_image(input: torch.Tensor, geometry: Geometry, chunk: Chunk) -> torch.Tensor:

@@ -1,0 +1,212 @@
+# ruff: noqa: E501  (one case per line: the table reads as a table)
+"""The fields path of the standard convolution: slabs in the input's layout, products into the output.
+
+Against torch's convolutions (tests/torch_reference.py) on every layout the path meets: channels
+first and last, chunks of whole samples and of parts of one, both orientations of the product,
+oneDNN's inner product and torch.mm; and the layout kept: a channels-last input is never copied
+channels first.
+"""
+
+import importlib
+
+import pytest
+import torch
+from convolution_spies import FunctionalConvolutions, NativeConvolutions
+from torch_reference import torch_conv
+
+import anyconv
+from anyconv.engine.chunks import plan_chunks
+from anyconv.engine.fields import chunk_slab
+from anyconv.geometry import make_geometry
+
+FIELDS = importlib.import_module("anyconv.engine.fields")
+CONTRACTION = importlib.import_module("anyconv.engine.contraction")
+PRODUCTS = importlib.import_module("anyconv.engine.field_products")
+
+CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+# input shape, weight shape, conv arguments, memory budget (None: the default); every case has
+# more than MAX_CHANNELS_PER_GROUP channels per group, so that the fields path takes it
+CASES = [
+    {"id": "3x3-pad", "input": (2, 16, 12, 11), "weight": (12, 16, 3, 3), "with": {"padding": 1}},
+    {"id": "3x3-many-positions", "input": (2, 16, 30, 28), "weight": (12, 16, 3, 3), "with": {"padding": 1}},
+    {
+        "id": "3x3-split-sample",
+        "input": (2, 16, 30, 28),
+        "weight": (12, 16, 3, 3),
+        "with": {"padding": 1},
+        "budget": 2**16,
+    },
+    {
+        "id": "3x3-split-sample-many-positions",
+        "input": (1, 16, 64, 60),
+        "weight": (12, 16, 3, 3),
+        "with": {"padding": 1},
+        "budget": 2**19,
+    },
+    {
+        "id": "stride2-pad",
+        "input": (3, 16, 13, 12),
+        "weight": (8, 16, 3, 3),
+        "with": {"padding": 1, "stride": 2},
+    },
+    {
+        "id": "dilated",
+        "input": (1, 16, 14, 14),
+        "weight": (16, 16, 3, 3),
+        "with": {"padding": 2, "dilation": 2},
+    },
+    {"id": "valid-no-padding", "input": (2, 16, 9, 10), "weight": (6, 16, 3, 2), "with": {}},
+    {
+        "id": "asymmetric-padding",
+        "input": (2, 16, 9, 10),
+        "weight": (6, 16, 3, 3),
+        "with": {"padding": ((1, 0), (0, 2))},
+    },
+    {
+        "id": "groups-2",
+        "input": (2, 32, 10, 10),
+        "weight": (8, 16, 3, 3),
+        "with": {"padding": 1, "groups": 2},
+    },
+    {"id": "stem-7x7", "input": (1, 3, 40, 40), "weight": (8, 3, 7, 7), "with": {"padding": 3, "stride": 2}},
+    {"id": "1d-many-positions", "input": (2, 12, 700), "weight": (10, 12, 5), "with": {"padding": 2}},
+    {
+        "id": "1d-split",
+        "input": (1, 12, 2048),
+        "weight": (10, 12, 5),
+        "with": {"padding": 2},
+        "budget": 2**16,
+    },
+    {"id": "3d", "input": (1, 12, 6, 9, 8), "weight": (10, 12, 3, 3, 3), "with": {"padding": 1}},
+    {
+        "id": "3d-split",
+        "input": (1, 12, 6, 20, 30),
+        "weight": (10, 12, 3, 3, 3),
+        "with": {"padding": 1},
+        "budget": 2**16,
+    },
+]
+
+
+def _tensors(case, dtype, channels_last=False, bias=True):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(case["input"], dtype=dtype, generator=generator)
+    w = torch.randn(case["weight"], dtype=dtype, generator=generator)
+    b = torch.randn(case["weight"][0], dtype=dtype, generator=generator) if bias else None
+    if channels_last:
+        # channels innermost, for any N (torch's memory formats name the 4-D and 5-D ones)
+        x = x.movedim(1, -1).contiguous().movedim(-1, 1)
+    return x, w, b
+
+
+def _conv(case, x, w, b):
+    return anyconv.conv(x, w, b, **case["with"], memory_budget=case.get("budget"))
+
+
+def _counting(monkeypatch, module, name):
+    calls = []
+    original = getattr(module, name)
+
+    def counting(*args, **kwargs):
+        calls.append(name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counting)
+    return calls
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case["id"])
+def test_fields_path_equals_torch(case, dtype, bias, no_budget_floor, monkeypatch):
+    x, w, b = _tensors(case, dtype, bias=bias)
+    products = _counting(monkeypatch, CONTRACTION, "write_products")
+    with torch.no_grad():
+        mine = _conv(case, x, w, b)
+    assert products, "the fields path did not take the product of the standard convolution"
+    tolerance = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}
+    torch.testing.assert_close(mine, torch_conv(x, w, b, **case["with"]), **tolerance)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case["id"])
+def test_channels_last_input_gives_torch_values_and_layout(case, no_budget_floor, monkeypatch):
+    x, w, b = _tensors(case, torch.float32, channels_last=True)
+    expected = torch_conv(x, w, b, **case["with"])
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a channels-last input was copied channels first")
+
+    monkeypatch.setattr(FIELDS, "chunk_image", refused)
+    with torch.no_grad():
+        mine = _conv(case, x, w, b)
+    torch.testing.assert_close(mine, expected, rtol=1e-4, atol=1e-4)
+    if x.dim() in CHANNELS_LAST:
+        # torch's rule: channels-last in, channels-last out
+        assert mine.is_contiguous(memory_format=CHANNELS_LAST[x.dim()])
+
+
+@pytest.mark.parametrize("layout", ["channels-last", "channels-first"])
+def test_a_slab_without_padding_is_a_view_of_a_channels_last_input_only(layout):
+    x = torch.randn(2, 6, 9, 8)
+    if layout == "channels-last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    geometry = make_geometry(x.shape[2:], 3)
+    chunk = plan_chunks(geometry, 2, 4 * 6 * 9, 2**30)[0]
+    slab = chunk_slab(x, geometry, chunk)
+    assert slab.shape == (2, 9, 8, 6)
+    assert (slab.data_ptr() == x.data_ptr()) == (layout == "channels-last")
+    torch.testing.assert_close(slab, x.movedim(1, -1))
+
+
+def test_a_channels_first_input_with_aliasing_channel_stride_is_padded_channels_first(monkeypatch):
+    # 32 x 32 float planes: the channels lie 4 KiB apart
+    x, w = torch.randn(2, 16, 32, 32), torch.randn(8, 16, 3, 3)
+    images = _counting(monkeypatch, FIELDS, "chunk_image")
+    mine = anyconv.conv(x, w, padding=1)
+    assert images
+    torch.testing.assert_close(mine, torch_conv(x, w, padding=1), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "case, channels_last, products_per_sample",
+    [
+        (CASES[1], False, 2),  # 840 positions per sample, channels first: (Og, n) per sample
+        (CASES[0], False, 0),  # 132 positions per sample: one product over the chunk
+        (CASES[1], True, 0),  # a channels-last output takes the rows as they come
+        (CASES[3], False, 4),  # chunks of part of one sample: four of 840 positions, the last of 480
+    ],
+    ids=["per-sample", "whole-chunk", "channels-last", "per-sample-split"],
+)
+def test_product_orientation_follows_the_output(case, channels_last, products_per_sample, monkeypatch):
+    x, w, b = _tensors(case, torch.float32, channels_last=channels_last)
+    per_sample = _counting(monkeypatch, PRODUCTS, "_product_into")
+    with torch.no_grad():
+        mine = _conv(case, x, w, b)
+    assert len(per_sample) == products_per_sample
+    torch.testing.assert_close(mine, torch_conv(x, w, b, **case["with"]), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+@pytest.mark.parametrize("case", [CASES[1], CASES[0]], ids=["per-sample", "whole-chunk"])
+def test_torch_mm_serves_when_onednn_is_off(case, monkeypatch):
+    x, w, b = _tensors(case, torch.float32)
+    products = _counting(monkeypatch, torch.ops.mkldnn, "_linear_pointwise")
+    with torch.no_grad():
+        with_onednn = _conv(case, x, w, b)
+        used = len(products)
+        with torch.backends.mkldnn.flags(enabled=False):
+            without = _conv(case, x, w, b)
+    assert len(products) == used
+    if torch.backends.mkldnn.is_available():
+        assert used > 0
+    torch.testing.assert_close(with_onednn, without, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["channels-first", "channels-last"])
+def test_no_convolution_of_torch_is_called(channels_last):
+    x, w, b = _tensors(CASES[1], torch.float32, channels_last=channels_last)
+    x.requires_grad_()
+    with FunctionalConvolutions() as functional, NativeConvolutions() as native:
+        anyconv.conv(x, w, b, padding=1).sum().backward()
+    assert functional.seen == [] and native.seen == []
