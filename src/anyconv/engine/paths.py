@@ -13,6 +13,7 @@ from ..geometry import Geometry
 from ..variants import Variant
 from .pointwise import pointwise_conv, pointwise_fits
 from .tap_loops import tap_loops_conv, tap_loops_fit
+from .tap_products import tap_products_conv, tap_products_fit
 
 #: (input, weight, bias) -> output
 Path = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -28,10 +29,10 @@ def fast_path(
     >>> import torch
     >>> from anyconv.geometry import make_geometry
     >>> from anyconv.variants import Cosine
-    >>> x, w = torch.randn(1, 4, 6, 6), torch.randn(4, 1, 3, 3)
-    >>> fast_path(x, w, Cosine(), make_geometry((6, 6), 3), 4, 2**22) is None
+    >>> x, w = torch.randn(1, 4, 6, 6), torch.randn(4, 4, 3, 3)
+    >>> fast_path(x, w, Cosine(), make_geometry((6, 6), 3), 1, 2**22) is None
     True
-    >>> fast_path(x, w[:, :, :1, :1], Cosine(), make_geometry((6, 6), 1), 4, 2**22) is None
+    >>> fast_path(x, w[:, :, :1, :1], Cosine(), make_geometry((6, 6), 1), 1, 2**22) is None
     False
     """
     if torch._C._are_functorch_transforms_active():
@@ -41,6 +42,10 @@ def fast_path(
         return lambda input, weight, bias: pointwise_conv(input, weight, bias, variant, geometry, groups)
     if tap_loops_fit(variant, input, weight, groups):
         return lambda input, weight, bias: tap_loops_conv(
+            input, weight, bias, variant, geometry, groups, budget
+        )
+    if tap_products_fit(variant, input, weight, groups):
+        return lambda input, weight, bias: tap_products_conv(
             input, weight, bias, variant, geometry, groups, budget
         )
     return None

@@ -1,0 +1,127 @@
+"""The tap-products path: ``cosine``, ``sharpened_cosine``, ``polynomial`` and ``rbf`` on few
+input channels per group (depthwise), composed from the tap loops instead of copied fields.
+
+Each is a function of the tap loops' dot product s = p . w (``rbf``: of their own squared distance,
+which does not cancel on data far from zero), the field norms |p| (a tap-loops box sum of x^2 per
+group) and the filter norms |w|. Autograd differentiates the composition: the loops are
+differentiable, twice through the custom operator.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..geometry import Geometry
+from ..variants import L2, RBF, Cosine, Dot, Polynomial, SharpenedCosine, Variant
+from .tap_loops import tap_loops_conv, tap_loops_fit
+
+_DOT, _L2 = Dot(), L2()
+_VARIANTS = (Cosine, SharpenedCosine, Polynomial, RBF)
+
+
+def tap_products_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
+    """Whether this path computes the call: a product-form variant (exactly one of the built-in
+    classes, whose formulas it repeats) where the tap loops take ``dot`` (see ``tap_loops_fit``).
+
+    >>> import torch
+    >>> x, w = torch.randn(1, 8, 5, 5), torch.randn(8, 1, 3, 3)
+    >>> tap_products_fit(Cosine(), x, w, 8) == tap_loops_fit(Dot(), x, w, 8)
+    True
+    >>> tap_products_fit(Dot(), x, w, 8)
+    False
+    """
+    return type(variant) in _VARIANTS and tap_loops_fit(_DOT, input, weight, groups)
+
+
+def tap_products_conv(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    variant: Variant,
+    geometry: Geometry,
+    groups: int,
+    memory_budget: int,
+) -> torch.Tensor:
+    """The generalized convolution of a batched ``input`` by this path (see :func:`tap_products_fit`).
+
+    ``geometry`` holds the zero padding still to apply; the options are the variant's, numbers or
+    tensors with one value per output channel.
+
+    >>> import torch
+    >>> from anyconv.geometry import make_geometry
+    >>> x, w = torch.randn(2, 4, 6, 6), torch.randn(4, 1, 3, 3)
+    >>> if tap_products_fit(Cosine(), x, w, 4):
+    ...     y = tap_products_conv(x, w, None, Cosine(), make_geometry((6, 6), 3, padding=1), 4, 2**20)
+    ...     assert y.shape == (2, 4, 6, 6) and y.abs().max() <= 1
+    """
+    batch, out_channels, ndim = input.shape[0], weight.shape[0], geometry.ndim
+    per_group = out_channels // groups
+    # (batch, groups, filters per group, *output): a group's field norms broadcast over its filters
+    grouped = (batch, groups, per_group, *geometry.output_size)
+    options = {name: _per_filter(value, groups, ndim) for name, value in variant.options.items()}
+    if isinstance(variant, RBF):
+        gamma = 1 / weight[0].numel() if options["gamma"] is None else options["gamma"]
+        # the loops' l2 is -sum (p - w)^2, summed tap by tap
+        distances = tap_loops_conv(input, weight, None, _L2, geometry, groups, memory_budget)
+        output = (distances.view(grouped) * gamma).exp()
+    else:
+        products = tap_loops_conv(input, weight, None, _DOT, geometry, groups, memory_budget).view(grouped)
+        if isinstance(variant, Polynomial):
+            output = (products + options["c"]).pow(options["degree"])
+        else:
+            field_norms = _field_norms(input, geometry, groups, memory_budget).unsqueeze(2)
+            filter_norms = torch.linalg.vector_norm(weight.flatten(1), dim=1).view(
+                groups, per_group, *(1,) * ndim
+            )
+            if isinstance(variant, Cosine):
+                output = products / (field_norms * filter_norms + variant.eps)
+            else:
+                output = _sharpened(products, field_norms, filter_norms, options["exponent"], options["q"])
+    output = output.view(batch, out_channels, *geometry.output_size)
+    if bias is not None:
+        output = output + bias.view(-1, *(1,) * ndim)
+    return output
+
+
+def _per_filter(value: object, groups: int, ndim: int) -> object:
+    """An option as it broadcasts against (batch, groups, filters per group, *output)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 1:
+        return value.view(groups, -1, *(1,) * ndim)
+    return value
+
+
+def _sharpened(
+    products: torch.Tensor,
+    field_norms: torch.Tensor,
+    filter_norms: torch.Tensor,
+    exponent: float | torch.Tensor,
+    q: float | torch.Tensor,
+) -> torch.Tensor:
+    """sign(s') |s'|^exponent with s' = s / ((|p| + q) (|w| + q)), as ``SharpenedCosine.contract``."""
+    similarity = products / ((field_norms + q) * (filter_norms + q))
+    magnitude = similarity.abs()
+    if torch.is_grad_enabled():
+        # |s'|^e has the derivatives inf * 0 (e < 1) and 0 * log 0 at s' = 0: the variant's rule
+        # takes them as 0, and 1^e keeps autograd's terms finite there
+        zero = magnitude == 0
+        powered = torch.where(zero, 0, torch.where(zero, 1, magnitude).pow(exponent))
+        return torch.sign(similarity) * powered
+    return torch.sign(similarity) * magnitude.pow(exponent)
+
+
+def _field_norms(input: torch.Tensor, geometry: Geometry, groups: int, memory_budget: int) -> torch.Tensor:
+    """|p| of every field of every group, (batch, groups, *output): the square root of a box sum
+    of x^2 (summed over the group's channels first) over the kernel's taps."""
+    squares = input * input
+    if input.shape[1] > groups:
+        squares = squares.unflatten(1, (groups, -1)).sum(2)
+    ones = squares.new_ones((groups, 1, *geometry.kernel_size))
+    return _safe_sqrt(tap_loops_conv(squares, ones, None, _DOT, geometry, groups, memory_budget))
+
+
+def _safe_sqrt(squares: torch.Tensor) -> torch.Tensor:
+    """The square root, its derivative taken as 0 at 0 (a zero field, such as padding, has no
+    direction: the fields path's rule) and NaN kept where the squares are NaN."""
+    zero = squares == 0
+    return torch.where(zero, 0, torch.where(zero, 1, squares).sqrt())
+
