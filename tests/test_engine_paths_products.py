@@ -48,7 +48,12 @@ CASES = [
         "w": (4, 2, 2, 3),
         "with": {"stride": (2, 1), "dilation": (1, 2), "groups": 2},
     },
-    {"id": "same-even-kernel", "x": (1, 4, 7, 8), "w": (4, 1, 4, 2), "with": {"padding": "same", "groups": 4}},
+    {
+        "id": "same-even-kernel",
+        "x": (1, 4, 7, 8),
+        "w": (4, 1, 4, 2),
+        "with": {"padding": "same", "groups": 4},
+    },
     {
         "id": "per-side-padding",
         "x": (1, 2, 6, 7),
@@ -85,7 +90,8 @@ VARIANTS = [
     ("cosine", "cosine", {}),
     ("sharpened_cosine", "sharpened_cosine", {}),
     ("sharpened_cosine-e0.5-q0.1", "sharpened_cosine", {"exponent": 0.5, "q": 0.1}),
-    ("sharpened_cosine-per-channel", "sharpened_cosine", {"exponent": _per_channel(1.0, 3.0), "q": _per_channel(0.01, 1.0)}),
+    ("sharpened_cosine-per-channel", "sharpened_cosine",
+     {"exponent": _per_channel(1.0, 3.0), "q": _per_channel(0.01, 1.0)}),
     ("polynomial", "polynomial", {}),
     ("polynomial-even", "polynomial", {"degree": 2, "c": 0.5}),
     ("polynomial-per-channel", "polynomial", {"degree": 3, "c": _per_channel(-1.0, 1.0)}),
@@ -278,7 +284,9 @@ def test_other_variants_dense_and_compiled_calls_take_other_paths(monkeypatch):
     x = torch.randn(1, 4, 5, 5)
     assert not tap_products_fit(resolve_variant("l1"), x, torch.randn(4, 1, 3, 3), 4)
     assert not tap_products_fit(resolve_variant("cosine"), x, torch.randn(4, 4, 3, 3), 1)
-    assert not tap_products_fit(resolve_variant("cosine"), torch.randn(1, 32, 5, 5), torch.randn(4, 16, 3, 3), 2)
+    assert not tap_products_fit(
+        resolve_variant("cosine"), torch.randn(1, 32, 5, 5), torch.randn(4, 16, 3, 3), 2
+    )
 
     class MyCosine(type(resolve_variant("cosine"))):
         eps = 1.0
@@ -291,7 +299,9 @@ def test_other_variants_dense_and_compiled_calls_take_other_paths(monkeypatch):
 
 def test_vmap_and_channels_last_equal_the_formula():
     x, w = torch.randn(3, 2, 6, 9, 8, dtype=torch.float64), torch.randn(6, 1, 3, 3, dtype=torch.float64)
-    batched = torch.func.vmap(lambda sample: anyconv.generalized_conv(sample, w, "cosine", padding=1, groups=6))(x)
+    batched = torch.func.vmap(
+        lambda sample: anyconv.generalized_conv(sample, w, "cosine", padding=1, groups=6)
+    )(x)
     expected = torch.stack([naive_generalized_conv(s, w, "cosine", padding=1, groups=6) for s in x])
     torch.testing.assert_close(batched, expected)
     last = x[0].to(memory_format=torch.channels_last)

@@ -124,4 +124,3 @@ def _safe_sqrt(squares: torch.Tensor) -> torch.Tensor:
     direction: the fields path's rule) and NaN kept where the squares are NaN."""
     zero = squares == 0
     return torch.where(zero, 0, torch.where(zero, 1, squares).sqrt())
-
