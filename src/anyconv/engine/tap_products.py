@@ -9,6 +9,8 @@ differentiable, twice through the custom operator.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..geometry import Geometry
@@ -17,6 +19,9 @@ from .tap_loops import tap_loops_conv, tap_loops_fit
 
 _DOT, _L2 = Dot(), L2()
 _VARIANTS = (Cosine, SharpenedCosine, Polynomial, RBF)
+#: from this many outputs on, the cosine's division checks whether it may skip making |p| |w| + eps
+#: (below, that tensor costs less than the check)
+_CHECKED_DIVISION = 2**14
 
 
 def tap_products_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
@@ -59,6 +64,7 @@ def tap_products_conv(
     # (batch, groups, filters per group, *output): a group's field norms broadcast over its filters
     grouped = (batch, groups, per_group, *geometry.output_size)
     options = {name: _per_filter(value, groups, ndim) for name, value in variant.options.items()}
+    recording = records_graph(input, weight, bias, *options.values())
     if isinstance(variant, RBF):
         gamma = 1 / weight[0].numel() if options["gamma"] is None else options["gamma"]
         # the loops' l2 is -sum (p - w)^2, summed tap by tap
@@ -69,18 +75,66 @@ def tap_products_conv(
         if isinstance(variant, Polynomial):
             output = (products + options["c"]).pow(options["degree"])
         else:
-            field_norms = _field_norms(input, geometry, groups, memory_budget).unsqueeze(2)
+            field_norms = safe_sqrt(_field_squares(input, geometry, groups, memory_budget)).unsqueeze(2)
             filter_norms = torch.linalg.vector_norm(weight.flatten(1), dim=1).view(
                 groups, per_group, *(1,) * ndim
             )
             if isinstance(variant, Cosine):
-                output = products / (field_norms * filter_norms + variant.eps)
+                output = divide_by_norms(products, field_norms, filter_norms, variant.eps, recording)
             else:
                 output = _sharpened(products, field_norms, filter_norms, options["exponent"], options["q"])
     output = output.view(batch, out_channels, *geometry.output_size)
-    if bias is not None:
-        output = output + bias.view(-1, *(1,) * ndim)
-    return output
+    return add_bias(output, bias, recording)
+
+
+def records_graph(*tensors: object) -> bool:
+    """Whether autograd records a call on ``tensors`` (others are ignored): if not, the path may
+    write into the tensors it made itself.
+
+    >>> import torch
+    >>> records_graph(torch.ones(2, requires_grad=True), 1.0), records_graph(torch.ones(2), None)
+    (True, False)
+    """
+    return torch.is_grad_enabled() and any(
+        isinstance(tensor, torch.Tensor) and tensor.requires_grad for tensor in tensors
+    )
+
+
+def add_bias(output: torch.Tensor, bias: torch.Tensor | None, recording: bool) -> torch.Tensor:
+    """``output`` plus the bias of each output channel; in place when no graph is recorded.
+
+    >>> import torch
+    >>> add_bias(torch.zeros(1, 2, 3), torch.tensor([1.0, 2.0]), False)[0, :, 0]
+    tensor([1., 2.])
+    """
+    if bias is None:
+        return output
+    bias = bias.view(-1, *(1,) * (output.dim() - 2))
+    return output + bias if recording else output.add_(bias)
+
+
+def divide_by_norms(
+    products: torch.Tensor, field_norms: torch.Tensor, filter_norms: torch.Tensor, eps: float, recording: bool
+) -> torch.Tensor:
+    """``products / (field_norms * filter_norms + eps)``, the cosine, for norms that broadcast.
+
+    Without a graph to record it writes into ``products``; and where eps is under a quarter of a
+    unit in the last place of every |p| |w| (ordinary data in float32) dividing by |p| |w| + eps
+    rounds as multiplying by 1 / |p| and 1 / |w| does, which needs no tensor of the output's size.
+
+    >>> import torch
+    >>> products, field_norms = torch.tensor([[3.0, 0.0]]), torch.tensor([[2.0, 0.0]])
+    >>> divide_by_norms(products, field_norms, torch.tensor(3.0), 1e-8, False)
+    tensor([[0.5000, 0.0000]])
+    """
+    if recording:
+        return products / (field_norms * filter_norms + eps)
+    if products.numel() >= _CHECKED_DIVISION and not torch.compiler.is_compiling():
+        # amin propagates NaN, which then takes the exact division; zero norms take it too
+        smallest = field_norms.amin() * filter_norms.amin()
+        if smallest * torch.finfo(products.dtype).eps > 4 * eps:
+            return products.mul_(field_norms.reciprocal()).mul_(filter_norms.reciprocal())
+    return products.div_(field_norms * filter_norms + eps)
 
 
 def _per_filter(value: object, groups: int, ndim: int) -> object:
@@ -109,18 +163,40 @@ def _sharpened(
     return torch.sign(similarity) * magnitude.pow(exponent)
 
 
-def _field_norms(input: torch.Tensor, geometry: Geometry, groups: int, memory_budget: int) -> torch.Tensor:
-    """|p| of every field of every group, (batch, groups, *output): the square root of a box sum
-    of x^2 (summed over the group's channels first) over the kernel's taps."""
+def _field_squares(input: torch.Tensor, geometry: Geometry, groups: int, memory_budget: int) -> torch.Tensor:
+    """|p|^2 of every field of every group, (batch, groups, *output): a box sum of x^2 (summed
+    over the group's channels first) over the kernel's taps."""
     squares = input * input
     if input.shape[1] > groups:
         squares = squares.unflatten(1, (groups, -1)).sum(2)
     ones = squares.new_ones((groups, 1, *geometry.kernel_size))
-    return _safe_sqrt(tap_loops_conv(squares, ones, None, _DOT, geometry, groups, memory_budget))
+    return tap_loops_conv(squares, ones, None, _DOT, geometry, groups, memory_budget)
 
 
-def _safe_sqrt(squares: torch.Tensor) -> torch.Tensor:
+def safe_sqrt(squares: torch.Tensor) -> torch.Tensor:
     """The square root, its derivative taken as 0 at 0 (a zero field, such as padding, has no
-    direction: the fields path's rule) and NaN kept where the squares are NaN."""
-    zero = squares == 0
-    return torch.where(zero, 0, torch.where(zero, 1, squares).sqrt())
+    direction: the fields path's rule), NaN where the squares are NaN.
+
+    >>> import torch
+    >>> squares = torch.tensor([0.0, 4.0], requires_grad=True)
+    >>> torch.autograd.grad(safe_sqrt(squares).sum(), squares)[0]
+    tensor([0.0000, 0.2500])
+    """
+    if not squares.requires_grad:
+        return squares.sqrt()
+    return _SafeSqrt.apply(squares)
+
+
+class _SafeSqrt(torch.autograd.Function):
+    """sqrt whose backward gives 0 where the root is 0 (not inf * 0 = NaN); twice differentiable."""
+
+    @staticmethod
+    def forward(ctx: Any, squares: torch.Tensor) -> torch.Tensor:
+        root = squares.sqrt()
+        ctx.save_for_backward(root)
+        return root
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (root,) = ctx.saved_tensors
+        return (grad / (2 * root)).masked_fill(root == 0, 0)
