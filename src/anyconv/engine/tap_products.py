@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..geometry import Geometry
+from ..geometry import Geometry, make_geometry
 from ..variants import L2, RBF, Cosine, Dot, Polynomial, SharpenedCosine, Variant
 from .tap_loops import tap_loops_conv, tap_loops_fit
 
@@ -22,6 +22,8 @@ _VARIANTS = (Cosine, SharpenedCosine, Polynomial, RBF)
 #: from this many outputs on, the cosine's division checks whether it may skip making |p| |w| + eps
 #: (below, that tensor costs less than the check)
 _CHECKED_DIVISION = 2**14
+#: taps' worth of time one more pass of the box sum costs (its call, its padded copy)
+_PASS_COST = 3
 
 
 def tap_products_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
@@ -165,12 +167,39 @@ def _sharpened(
 
 def _field_squares(input: torch.Tensor, geometry: Geometry, groups: int, memory_budget: int) -> torch.Tensor:
     """|p|^2 of every field of every group, (batch, groups, *output): a box sum of x^2 (summed
-    over the group's channels first) over the kernel's taps."""
+    over the group's channels first) over the kernel's taps, one dimension at a time where that
+    takes fewer taps (a k x k box costs 2k, not k^2, taps per output)."""
     squares = input * input
     if input.shape[1] > groups:
         squares = squares.unflatten(1, (groups, -1)).sum(2)
-    ones = squares.new_ones((groups, 1, *geometry.kernel_size))
-    return tap_loops_conv(squares, ones, None, _DOT, geometry, groups, memory_budget)
+    separable = sum(geometry.kernel_size) + _PASS_COST * (geometry.ndim - 1) < geometry.kernel_volume
+    for pass_geometry in _box_passes(geometry) if separable else (geometry,):
+        ones = squares.new_ones((groups, 1, *pass_geometry.kernel_size))
+        squares = tap_loops_conv(squares, ones, None, _DOT, pass_geometry, groups, memory_budget)
+    return squares
+
+
+def _box_passes(geometry: Geometry) -> list[Geometry]:
+    """The geometries of a box sum one dimension at a time: each slides the kernel, with its
+    stride, padding and dilation, along one dimension over the previous pass's output."""
+    passes, size = [], list(geometry.input_size)
+    for axis in range(geometry.ndim):
+        passes.append(
+            make_geometry(
+                tuple(size),
+                _along(axis, geometry.kernel_size, 1),
+                _along(axis, geometry.stride, 1),
+                _along(axis, geometry.padding, (0, 0)),
+                _along(axis, geometry.dilation, 1),
+            )
+        )
+        size[axis] = geometry.output_size[axis]
+    return passes
+
+
+def _along(axis: int, values: tuple, other: object) -> tuple:
+    """``values`` at ``axis``, ``other`` at every other dimension."""
+    return tuple(value if index == axis else other for index, value in enumerate(values))
 
 
 def safe_sqrt(squares: torch.Tensor) -> torch.Tensor:
