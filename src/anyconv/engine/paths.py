@@ -21,6 +21,7 @@ from .ops import run_generalized_conv, variant_arguments
 from .ops_memory_format import output_memory_format
 from .pointwise import pointwise_conv, pointwise_fits
 from .tap_loops import tap_loops_conv, tap_loops_fit
+from .tap_products import tap_products_conv, tap_products_fit
 from .triton_conv import triton_conv, triton_conv_fits
 
 if TYPE_CHECKING:
@@ -47,6 +48,13 @@ def _tap_loops(
     plan: ConvPlan, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: Variant
 ) -> torch.Tensor:
     output = tap_loops_conv(input, weight, bias, variant, plan.geometry, plan.groups, plan.budget)
+    return output.contiguous(memory_format=output_memory_format(input, weight))
+
+
+def _tap_products(
+    plan: ConvPlan, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: Variant
+) -> torch.Tensor:
+    output = tap_products_conv(input, weight, bias, variant, plan.geometry, plan.groups, plan.budget)
     return output.contiguous(memory_format=output_memory_format(input, weight))
 
 
@@ -88,6 +96,11 @@ PATHS = (
         lambda plan, variant, input, weight: tap_loops_fit(variant, input, weight, plan.groups),
         _tap_loops,
     ),
+    Path(
+        "tap products",
+        lambda plan, variant, input, weight: tap_products_fit(variant, input, weight, plan.groups),
+        _tap_products,
+    ),
     Path("fields", lambda plan, variant, input, weight: True, _fields),
 )
 _RUN = {path.name: path.run for path in PATHS}
@@ -99,10 +112,10 @@ def choose_path(plan: ConvPlan, variant: Variant, input: torch.Tensor, weight: t
     >>> import torch
     >>> from anyconv.engine.plan import plan_conv
     >>> from anyconv.variants import Cosine
-    >>> x, w = torch.randn(1, 4, 6, 6), torch.randn(4, 1, 3, 3)
-    >>> plan_conv(x, w, Cosine(), 1, 0, 1, 4, "zeros", None).path
+    >>> x, w = torch.randn(1, 4, 6, 6), torch.randn(4, 4, 3, 3)
+    >>> plan_conv(x, w, Cosine(), 1, 0, 1, 1, "zeros", None).path
     'fields'
-    >>> plan_conv(x, w[:, :, :1, :1], Cosine(), 1, 0, 1, 4, "zeros", None).path
+    >>> plan_conv(x, w[:, :, :1, :1], Cosine(), 1, 0, 1, 1, "zeros", None).path
     'pointwise'
     """
     if torch._C._are_functorch_transforms_active():

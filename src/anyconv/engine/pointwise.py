@@ -10,6 +10,7 @@ import torch
 
 from ..geometry import Geometry
 from ..variants import Cosine, Dot, Variant
+from .tap_products import add_bias, divide_by_norms, records_graph, safe_sqrt
 
 
 def pointwise_fits(variant: Variant, input: torch.Tensor, geometry: Geometry) -> bool:
@@ -55,12 +56,11 @@ def pointwise_conv(
     batch = input.shape[0]
     fields = strided.reshape(batch, groups, input.shape[1] // groups, geometry.num_positions)
     filters = weight.reshape(groups, weight.shape[0] // groups, -1)
+    recording = records_graph(input, weight, bias)
     output = torch.matmul(filters, fields)
     if isinstance(variant, Cosine):
-        field_norms = torch.linalg.vector_norm(fields, dim=2, keepdim=True)
+        # a sum of squares over the channels: vector_norm over a middle dimension is far slower
+        field_norms = safe_sqrt((fields * fields).sum(2, keepdim=True))
         filter_norms = torch.linalg.vector_norm(filters, dim=2, keepdim=True)
-        output = output / (field_norms * filter_norms + variant.eps)
-    output = output.reshape(batch, weight.shape[0], *geometry.output_size)
-    if bias is not None:
-        output = output + bias.view(-1, *(1,) * geometry.ndim)
-    return output
+        output = divide_by_norms(output, field_norms, filter_norms, variant.eps, recording)
+    return add_bias(output.reshape(batch, weight.shape[0], *geometry.output_size), bias, recording)

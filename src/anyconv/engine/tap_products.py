@@ -1,0 +1,231 @@
+"""The tap-products path: ``cosine``, ``sharpened_cosine``, ``polynomial`` and ``rbf`` on few
+input channels per group (depthwise), composed from the tap loops instead of copied fields.
+
+Each is a function of the tap loops' dot product s = p . w (``rbf``: of their own squared distance,
+which does not cancel on data far from zero), the field norms |p| (a tap-loops box sum of x^2 per
+group) and the filter norms |w|. Autograd differentiates the composition: the loops are
+differentiable, twice through the custom operator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..geometry import Geometry, make_geometry
+from ..variants import L2, RBF, Cosine, Dot, Polynomial, SharpenedCosine, Variant
+from .tap_loops import tap_loops_conv, tap_loops_fit
+
+_DOT, _L2 = Dot(), L2()
+_VARIANTS = (Cosine, SharpenedCosine, Polynomial, RBF)
+#: from this many outputs on, the cosine's division checks whether it may skip making |p| |w| + eps
+#: (below, that tensor costs less than the check)
+_CHECKED_DIVISION = 2**14
+#: taps' worth of time one more pass of the box sum costs (its call, its padded copy)
+_PASS_COST = 3
+
+
+def tap_products_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
+    """Whether this path computes the call: a product-form variant (exactly one of the built-in
+    classes, whose formulas it repeats) where the tap loops take ``dot`` (see ``tap_loops_fit``).
+
+    >>> import torch
+    >>> x, w = torch.randn(1, 8, 5, 5), torch.randn(8, 1, 3, 3)
+    >>> tap_products_fit(Cosine(), x, w, 8) == tap_loops_fit(Dot(), x, w, 8)
+    True
+    >>> tap_products_fit(Dot(), x, w, 8)
+    False
+    """
+    return type(variant) in _VARIANTS and tap_loops_fit(_DOT, input, weight, groups)
+
+
+def tap_products_conv(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    variant: Variant,
+    geometry: Geometry,
+    groups: int,
+    memory_budget: int,
+) -> torch.Tensor:
+    """The generalized convolution of a batched ``input`` by this path (see :func:`tap_products_fit`).
+
+    ``geometry`` holds the zero padding still to apply; the options are the variant's, numbers or
+    tensors with one value per output channel.
+
+    >>> import torch
+    >>> from anyconv.geometry import make_geometry
+    >>> x, w = torch.randn(2, 4, 6, 6), torch.randn(4, 1, 3, 3)
+    >>> if tap_products_fit(Cosine(), x, w, 4):
+    ...     y = tap_products_conv(x, w, None, Cosine(), make_geometry((6, 6), 3, padding=1), 4, 2**20)
+    ...     assert y.shape == (2, 4, 6, 6) and y.abs().max() <= 1
+    """
+    batch, out_channels, ndim = input.shape[0], weight.shape[0], geometry.ndim
+    per_group = out_channels // groups
+    # (batch, groups, filters per group, *output): a group's field norms broadcast over its filters
+    grouped = (batch, groups, per_group, *geometry.output_size)
+    options = {name: _per_filter(value, groups, ndim) for name, value in variant.options.items()}
+    recording = records_graph(input, weight, bias, *options.values())
+    if isinstance(variant, RBF):
+        gamma = 1 / weight[0].numel() if options["gamma"] is None else options["gamma"]
+        # the loops' l2 is -sum (p - w)^2, summed tap by tap
+        distances = tap_loops_conv(input, weight, None, _L2, geometry, groups, memory_budget)
+        output = (distances.view(grouped) * gamma).exp()
+    else:
+        products = tap_loops_conv(input, weight, None, _DOT, geometry, groups, memory_budget).view(grouped)
+        if isinstance(variant, Polynomial):
+            output = (products + options["c"]).pow(options["degree"])
+        else:
+            field_norms = safe_sqrt(_field_squares(input, geometry, groups, memory_budget)).unsqueeze(2)
+            filter_norms = torch.linalg.vector_norm(weight.flatten(1), dim=1).view(
+                groups, per_group, *(1,) * ndim
+            )
+            if isinstance(variant, Cosine):
+                output = divide_by_norms(products, field_norms, filter_norms, variant.eps, recording)
+            else:
+                output = _sharpened(products, field_norms, filter_norms, options["exponent"], options["q"])
+    output = output.view(batch, out_channels, *geometry.output_size)
+    return add_bias(output, bias, recording)
+
+
+def records_graph(*tensors: object) -> bool:
+    """Whether autograd records a call on ``tensors`` (others are ignored): if not, the path may
+    write into the tensors it made itself.
+
+    >>> import torch
+    >>> records_graph(torch.ones(2, requires_grad=True), 1.0), records_graph(torch.ones(2), None)
+    (True, False)
+    """
+    return torch.is_grad_enabled() and any(
+        isinstance(tensor, torch.Tensor) and tensor.requires_grad for tensor in tensors
+    )
+
+
+def add_bias(output: torch.Tensor, bias: torch.Tensor | None, recording: bool) -> torch.Tensor:
+    """``output`` plus the bias of each output channel; in place when no graph is recorded.
+
+    >>> import torch
+    >>> add_bias(torch.zeros(1, 2, 3), torch.tensor([1.0, 2.0]), False)[0, :, 0]
+    tensor([1., 2.])
+    """
+    if bias is None:
+        return output
+    bias = bias.view(-1, *(1,) * (output.dim() - 2))
+    return output + bias if recording else output.add_(bias)
+
+
+def divide_by_norms(
+    products: torch.Tensor, field_norms: torch.Tensor, filter_norms: torch.Tensor, eps: float, recording: bool
+) -> torch.Tensor:
+    """``products / (field_norms * filter_norms + eps)``, the cosine, for norms that broadcast.
+
+    Without a graph to record it writes into ``products``; and where eps is under a quarter of a
+    unit in the last place of every |p| |w| (ordinary data in float32) dividing by |p| |w| + eps
+    rounds as multiplying by 1 / |p| and 1 / |w| does, which needs no tensor of the output's size.
+
+    >>> import torch
+    >>> products, field_norms = torch.tensor([[3.0, 0.0]]), torch.tensor([[2.0, 0.0]])
+    >>> divide_by_norms(products, field_norms, torch.tensor(3.0), 1e-8, False)
+    tensor([[0.5000, 0.0000]])
+    """
+    if recording:
+        return products / (field_norms * filter_norms + eps)
+    if products.numel() >= _CHECKED_DIVISION and not torch.compiler.is_compiling():
+        # amin propagates NaN, which then takes the exact division; zero norms take it too
+        smallest = field_norms.amin() * filter_norms.amin()
+        if smallest * torch.finfo(products.dtype).eps > 4 * eps:
+            return products.mul_(field_norms.reciprocal()).mul_(filter_norms.reciprocal())
+    return products.div_(field_norms * filter_norms + eps)
+
+
+def _per_filter(value: object, groups: int, ndim: int) -> object:
+    """An option as it broadcasts against (batch, groups, filters per group, *output)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 1:
+        return value.view(groups, -1, *(1,) * ndim)
+    return value
+
+
+def _sharpened(
+    products: torch.Tensor,
+    field_norms: torch.Tensor,
+    filter_norms: torch.Tensor,
+    exponent: float | torch.Tensor,
+    q: float | torch.Tensor,
+) -> torch.Tensor:
+    """sign(s') |s'|^exponent with s' = s / ((|p| + q) (|w| + q)), as ``SharpenedCosine.contract``."""
+    similarity = products / ((field_norms + q) * (filter_norms + q))
+    magnitude = similarity.abs()
+    if torch.is_grad_enabled():
+        # |s'|^e has the derivatives inf * 0 (e < 1) and 0 * log 0 at s' = 0: the variant's rule
+        # takes them as 0, and 1^e keeps autograd's terms finite there
+        zero = magnitude == 0
+        powered = torch.where(zero, 0, torch.where(zero, 1, magnitude).pow(exponent))
+        return torch.sign(similarity) * powered
+    return torch.sign(similarity) * magnitude.pow(exponent)
+
+
+def _field_squares(input: torch.Tensor, geometry: Geometry, groups: int, memory_budget: int) -> torch.Tensor:
+    """|p|^2 of every field of every group, (batch, groups, *output): a box sum of x^2 (summed
+    over the group's channels first) over the kernel's taps, one dimension at a time where that
+    takes fewer taps (a k x k box costs 2k, not k^2, taps per output)."""
+    squares = input * input
+    if input.shape[1] > groups:
+        squares = squares.unflatten(1, (groups, -1)).sum(2)
+    separable = sum(geometry.kernel_size) + _PASS_COST * (geometry.ndim - 1) < geometry.kernel_volume
+    for pass_geometry in _box_passes(geometry) if separable else (geometry,):
+        ones = squares.new_ones((groups, 1, *pass_geometry.kernel_size))
+        squares = tap_loops_conv(squares, ones, None, _DOT, pass_geometry, groups, memory_budget)
+    return squares
+
+
+def _box_passes(geometry: Geometry) -> list[Geometry]:
+    """The geometries of a box sum one dimension at a time: each slides the kernel, with its
+    stride, padding and dilation, along one dimension over the previous pass's output."""
+    passes, size = [], list(geometry.input_size)
+    for axis in range(geometry.ndim):
+        passes.append(
+            make_geometry(
+                tuple(size),
+                _along(axis, geometry.kernel_size, 1),
+                _along(axis, geometry.stride, 1),
+                _along(axis, geometry.padding, (0, 0)),
+                _along(axis, geometry.dilation, 1),
+            )
+        )
+        size[axis] = geometry.output_size[axis]
+    return passes
+
+
+def _along(axis: int, values: tuple, other: object) -> tuple:
+    """``values`` at ``axis``, ``other`` at every other dimension."""
+    return tuple(value if index == axis else other for index, value in enumerate(values))
+
+
+def safe_sqrt(squares: torch.Tensor) -> torch.Tensor:
+    """The square root, its derivative taken as 0 at 0 (a zero field, such as padding, has no
+    direction: the fields path's rule), NaN where the squares are NaN.
+
+    >>> import torch
+    >>> squares = torch.tensor([0.0, 4.0], requires_grad=True)
+    >>> torch.autograd.grad(safe_sqrt(squares).sum(), squares)[0]
+    tensor([0.0000, 0.2500])
+    """
+    if not squares.requires_grad:
+        return squares.sqrt()
+    return _SafeSqrt.apply(squares)
+
+
+class _SafeSqrt(torch.autograd.Function):
+    """sqrt whose backward gives 0 where the root is 0 (not inf * 0 = NaN); twice differentiable."""
+
+    @staticmethod
+    def forward(ctx: Any, squares: torch.Tensor) -> torch.Tensor:
+        root = squares.sqrt()
+        ctx.save_for_backward(root)
+        return root
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (root,) = ctx.saved_tensors
+        return (grad / (2 * root)).masked_fill(root == 0, 0)
