@@ -106,12 +106,14 @@ def main() -> None:
         return
     cases = [name for name in CASES if arguments.cases in name]
     backends = [name for name in arguments.backends.split(",") if name]
-    print(f"| case | backend | compile + first step (s) | second step (s) | start-up (s) | runs |")
+    print("| case | backend | compile + first step (s) | second step (s) | start-up (s) | runs |")
     print("|---|---|---|---|---|---|")
     for backend in backends:
         for case in cases:
             results = [_run(case, backend, arguments.breakdown) for _ in range(arguments.runs)]
-            median = {key: statistics.median(r[key] for r in results) for key in ("first", "second", "startup")}
+            median = {
+                key: statistics.median(r[key] for r in results) for key in ("first", "second", "startup")
+            }
             print(
                 f"| {case} | {backend} | {median['first']:.2f} | {median['second']:.3f} "
                 f"| {median['startup']:.2f} | {len(results)} |",
