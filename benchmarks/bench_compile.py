@@ -32,13 +32,13 @@ from collections.abc import Callable
 
 #: name -> (module factory source, input shape); the factories are evaluated in the child
 CASES: dict[str, tuple[str, tuple[int, ...]]] = {
-    "torch Conv2d": ("torch.nn.Conv2d(16, 32, 3, padding=1)", (8, 16, 32, 32)),
-    "anyconv Conv2d": ("anyconv.nn.Conv2d(16, 32, 3, padding=1)", (8, 16, 32, 32)),
-    "anyconv l1": ("anyconv.nn.GeneralizedConv2d(16, 32, 3, padding=1, variant='l1')", (8, 16, 32, 32)),
-    "torch depthwise": ("torch.nn.Conv2d(32, 32, 3, padding=1, groups=32)", (8, 32, 32, 32)),
+    "torch Conv2d": ("torch.nn.Conv2d(16, 32, 3, padding=1)", (2, 16, 16, 16)),
+    "anyconv Conv2d": ("anyconv.nn.Conv2d(16, 32, 3, padding=1)", (2, 16, 16, 16)),
+    "anyconv l1": ("anyconv.nn.GeneralizedConv2d(16, 32, 3, padding=1, variant='l1')", (2, 16, 16, 16)),
+    "torch depthwise": ("torch.nn.Conv2d(32, 32, 3, padding=1, groups=32)", (2, 32, 16, 16)),
     "anyconv depthwise l1": (
         "anyconv.nn.GeneralizedConv2d(32, 32, 3, padding=1, groups=32, variant='l1')",
-        (8, 32, 32, 32),
+        (2, 32, 16, 16),
     ),
 }
 BACKENDS = ("inductor", "aot_eager")
