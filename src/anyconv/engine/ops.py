@@ -52,6 +52,40 @@ def variant_arguments(variant: Variant) -> tuple[str, str, tuple[torch.Tensor, .
     return variant.name, ",".join(fixed) + "|" + ",".join(names), tuple(tensors)
 
 
+def op_variant(name: str, options: str) -> Variant:
+    """The variant that :func:`variant_arguments` described (cached).
+
+    >>> op_variant(*variant_arguments(BUILTIN_VARIANTS["l1"](adder_grad=True))[:2])
+    L1(adder_grad=True)
+    """
+    return _variant(name, options)[0]
+
+
+@lru_cache(maxsize=256)
+def op_geometry(
+    input_size: tuple[int, ...],
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> Geometry:
+    """The geometry of the ops' schema arguments; ``padding`` flat (before, after per dimension).
+
+    >>> op_geometry((5, 5), (3, 3), (1, 1), (1, 1, 0, 0), (1, 1)).output_size
+    (5, 3)
+    """
+    return make_geometry(input_size, kernel_size, stride, tuple(zip(padding[::2], padding[1::2])), dilation)
+
+
+def op_padding(geometry: Geometry) -> list[int]:
+    """The ops' ``padding`` argument of ``geometry``: (before, after) per spatial dimension, flat.
+
+    >>> op_padding(make_geometry((5, 5), 3, padding=((2, 0), (1, 1))))
+    [2, 0, 1, 1]
+    """
+    return [amount for pair in geometry.padding for amount in pair]
+
+
 @lru_cache(maxsize=256)
 def _variant(name: str, options: str) -> tuple[Variant, tuple[str, ...], tuple[tuple[str, object], ...]]:
     fixed_text, _, names = options.partition("|")
@@ -78,8 +112,7 @@ def op_plan(
 ) -> Plan:
     """The engine's plan for one call of the ops, from their schema arguments (cached)."""
     instance, tensor_names, fixed = _variant(variant, options)
-    pairs = tuple(zip(padding[::2], padding[1::2]))
-    geometry = make_geometry(input_shape[2:], weight_shape[2:], stride, pairs, dilation)
+    geometry = op_geometry(input_shape[2:], weight_shape[2:], stride, padding, dilation)
     meta: dict[str, Any] = {"dtype": dtype, "device": "meta"}
     plan = fields_plan(
         torch.empty(input_shape, **meta),
@@ -375,7 +408,7 @@ def run_generalized_conv(
         name,
         options,
         list(geometry.stride),
-        [amount for pair in geometry.padding for amount in pair],
+        op_padding(geometry),
         list(geometry.dilation),
         groups,
         memory_budget,

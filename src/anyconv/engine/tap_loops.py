@@ -3,6 +3,8 @@
 Compiled loops (``variants/tap_loops.cpp``) run over the kernel taps of each output row, reading
 the zero-padded input in place, forward and backward, for ``dot``, ``l1``, ``l2``, ``max_plus``
 and ``min_plus``. A (fields x filters) product would multiply matrices only a few columns wide.
+They run as the custom operators ``anyconv::tap_loops`` and ``anyconv::tap_loops_backward`` (fake
+implementations, an autograd formula), which torch.compile and torch.export keep as single calls.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ..variants.fused import NATIVE_DTYPES, record_native_call
 from ..variants.native import load_library, native_enabled
 from ..variants.triton_backend import backend
 from .blocks import bias_grad
-from .ops import run_generalized_conv, variant_arguments
+from .ops import op_geometry, op_padding, op_variant, output_size, run_generalized_conv, variant_arguments
 
 #: at most this many input channels per group take the tap loops: each output then costs that
 #: many taps per kernel position, and the matrix product of the fields path has too few columns
@@ -40,9 +42,9 @@ _GEOMETRY_ARGUMENTS = (_SIZE,) * 6 + (_POINTER, _POINTER, _SIZE, _POINTER, _SIZE
 
 
 def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
-    """Whether the tap loops compute this call: a variant they know, floating CPU tensors, few
-    input channels per group in a grouped convolution, the loops compiled, no torch.compile
-    tracing the call, and no ``ANYCONV_BACKEND=triton``.
+    """Whether the tap loops compute this call: a variant they know, floating CPU tensors (float16
+    where the compiler has ``_Float16``), few input channels per group in a grouped convolution,
+    the loops compiled, and no ``ANYCONV_BACKEND=triton``.
 
     >>> import torch
     >>> tap_loops_fit(L1(), torch.randn(1, 8, 5, 5), torch.randn(8, 1, 3, 3), 8) in (True, False)
@@ -50,32 +52,28 @@ def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, g
     """
     return (
         type(variant) in _OPERATIONS
-        # the loops are called through ctypes, which torch.compile cannot trace
-        and not torch.compiler.is_compiling()
         and groups > 1
         and weight.shape[1] <= MAX_CHANNELS_PER_GROUP
         and input.device.type == "cpu"
         and input.dtype in NATIVE_DTYPES
-        and native_enabled()
-        # ANYCONV_BACKEND=triton asks for the Triton kernels on CPU tensors too
-        and backend() != "triton"
+        and _loops_available()
         # a compiler without _Float16 builds no float16 loops
-        and hasattr(load_library(_SOURCE), f"tap_forward_{NATIVE_DTYPES[input.dtype]}")
+        and (input.dtype != torch.float16 or _float16_loops_built())
     )
 
 
-@dataclass(frozen=True)
-class TapPlan:
-    """The geometry (its padding applied by the path), groups, the loops' operation code, and how
-    many samples share one padded copy of the input."""
+@torch.compiler.assume_constant_result
+def _loops_available() -> bool:
+    """The loops enabled and compiled, the Triton kernels not asked for; torch.compile takes the
+    answer as a constant of the graph instead of tracing the build and the environment."""
+    # ANYCONV_BACKEND=triton asks for the Triton kernels on CPU tensors too
+    return native_enabled() and backend() != "triton" and load_library(_SOURCE) is not None
 
-    geometry: Geometry
-    groups: int
-    operation: int
-    samples_per_chunk: int
-    #: the same variant and budget, for a backward that must itself be differentiable
-    variant: Variant
-    memory_budget: int
+
+@torch.compiler.assume_constant_result
+def _float16_loops_built() -> bool:
+    """The library has its float16 loops (a constant of the graph under torch.compile too)."""
+    return hasattr(load_library(_SOURCE), f"tap_forward_{NATIVE_DTYPES[torch.float16]}")
 
 
 def tap_loops_conv(
@@ -87,7 +85,8 @@ def tap_loops_conv(
     groups: int,
     memory_budget: int,
 ) -> torch.Tensor:
-    """The generalized convolution of a batched ``input`` by the tap loops (see :func:`tap_loops_fit`).
+    """The generalized convolution of a batched ``input`` by the tap loops (see :func:`tap_loops_fit`),
+    through the custom operator ``anyconv::tap_loops``.
 
     Samples are padded a few at a time, their padded copy (and its gradient) under ``memory_budget``
     bytes when one sample fits.
@@ -99,97 +98,198 @@ def tap_loops_conv(
     ...     y = tap_loops_conv(x, w, None, Dot(), make_geometry((6, 6), 3, padding=1), 4, 2**20)
     ...     assert torch.allclose(y, F.conv2d(x, w, padding=1, groups=4))
     """
-    record_native_call()
-    operation = _OPERATIONS[type(variant)]
-    if operation == _OPERATIONS[L1] and variant.options["adder_grad"]:
-        operation = _L1_ADDER
-    sample_bytes = 2 * input.element_size() * input.shape[1] * _layout(geometry, weight.shape[1])[3]
-    samples_per_chunk = max(1, memory_budget // sample_bytes)
-    return TapLoopsFunction.apply(
-        input, weight, bias, TapPlan(geometry, groups, operation, samples_per_chunk, variant, memory_budget)
+    arguments = variant_arguments(variant)
+    assert arguments is not None, "the tap loops take built-in variants only"
+    name, options, _ = arguments
+    return tap_loops_op(
+        input,
+        weight,
+        bias,
+        name,
+        options,
+        list(geometry.stride),
+        op_padding(geometry),
+        list(geometry.dilation),
+        groups,
+        memory_budget,
     )
 
 
-class TapLoopsFunction(torch.autograd.Function):
-    """``output = loops(pad(input), weight) + bias``; the backward runs the loops' own gradients."""
+@dataclass(frozen=True)
+class TapPlan:
+    """The geometry (its padding applied by the loops), groups, the loops' operation code, and how
+    many samples share one padded copy of the input."""
 
-    @staticmethod
-    def forward(
-        ctx: Any, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: TapPlan
-    ) -> torch.Tensor:
-        ctx.plan = plan
-        ctx.save_for_backward(input, weight)
-        weight = weight.contiguous()
-        output = input.new_empty((input.shape[0], weight.shape[0], *plan.geometry.output_size))
-        for samples in _sample_chunks(input.shape[0], plan.samples_per_chunk):
-            _call("tap_forward", plan, _padded(input[samples], plan.geometry), weight, output[samples])
-        if bias is not None:
-            output += bias.view(-1, *(1,) * plan.geometry.ndim)
-        return output
+    geometry: Geometry
+    groups: int
+    operation: int
+    samples_per_chunk: int
 
-    @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        plan: TapPlan = ctx.plan
-        input, weight = ctx.saved_tensors
-        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():
-            # a graph of the gradients is asked for (double backward): the loops' gradients are
-            # not differentiable, the custom operator's are (or it refuses, for a non-smooth variant)
-            return _differentiable_gradients(plan, input, weight, grad_output, ctx.needs_input_grad[:3])
-        grad_input = grad_weight = None
-        if needs_input or needs_weight:
-            weight, grad_output = weight.contiguous(), grad_output.contiguous()
-            grad_input = torch.empty_like(input) if needs_input else None
-            grad_weight = torch.zeros_like(weight)
-            for samples in _sample_chunks(input.shape[0], plan.samples_per_chunk):
-                padded = _padded(input[samples], plan.geometry)
-                # the tropical gradient goes to the tap that won: the forward's output shows which
-                output = None
-                if plan.operation in _TROPICAL:
-                    output = padded.new_empty(grad_output[samples].shape)
-                    _call("tap_forward", plan, padded, weight, output)
-                grad_padded = torch.zeros_like(padded)
-                # one weight gradient per sample: the loops split samples between threads
-                grad_per_sample = weight.new_zeros((padded.shape[0], *weight.shape))
-                _call(
-                    "tap_backward",
-                    plan,
-                    padded,
-                    weight,
-                    output,
-                    grad_output[samples],
-                    grad_padded,
-                    grad_per_sample,
-                )
-                if grad_input is not None:
-                    grad_input[samples] = _cropped(grad_padded, plan.geometry)
-                grad_weight += grad_per_sample.sum(0)
-            grad_weight = grad_weight if needs_weight else None
-        grad_bias = bias_grad(grad_output) if needs_bias else None
-        return grad_input, grad_weight, grad_bias, None
+
+@lru_cache(maxsize=1024)
+def _tap_plan(
+    variant: str,
+    options: str,
+    input_shape: tuple[int, ...],
+    weight_shape: tuple[int, ...],
+    dtype: torch.dtype,
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+    memory_budget: int,
+) -> TapPlan:
+    """The loops' plan for one call of the ops, from their schema arguments (cached)."""
+    instance = op_variant(variant, options)
+    operation = _OPERATIONS[type(instance)]
+    if operation == _OPERATIONS[L1] and instance.options["adder_grad"]:
+        operation = _L1_ADDER
+    geometry = op_geometry(input_shape[2:], weight_shape[2:], stride, padding, dilation)
+    sample_bytes = 2 * dtype.itemsize * input_shape[1] * _layout(geometry, weight_shape[1])[3]
+    return TapPlan(geometry, groups, operation, max(1, memory_budget // sample_bytes))
+
+
+def _plan_of(input: torch.Tensor, weight: torch.Tensor, *arguments: Any) -> TapPlan:
+    variant, options, stride, padding, dilation, groups, memory_budget = arguments
+    return _tap_plan(
+        variant,
+        options,
+        tuple(input.shape),
+        tuple(weight.shape),
+        input.dtype,
+        tuple(stride),
+        tuple(padding),
+        tuple(dilation),
+        groups,
+        memory_budget,
+    )
+
+
+@torch.library.custom_op("anyconv::tap_loops", mutates_args=())
+def tap_loops_op(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    variant: str,
+    options: str,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    memory_budget: int,
+) -> torch.Tensor:
+    """``loops(pad(input), weight) + bias``; the arguments are those of ``anyconv::generalized_conv``
+    (a variant of the loops, no option tensors)."""
+    plan = _plan_of(input, weight, variant, options, stride, padding, dilation, groups, memory_budget)
+    record_native_call()
+    weight = weight.contiguous()
+    output = input.new_empty((input.shape[0], weight.shape[0], *plan.geometry.output_size))
+    for samples in _sample_chunks(input.shape[0], plan.samples_per_chunk):
+        _call("tap_forward", plan, _padded(input[samples], plan.geometry), weight, output[samples])
+    if bias is not None:
+        output += bias.view(-1, *(1,) * plan.geometry.ndim)
+    return output
+
+
+@tap_loops_op.register_fake
+def _(input, weight, bias, variant, options, stride, padding, dilation, groups, memory_budget):
+    sizes = output_size(input.shape[2:], weight.shape[2:], stride, padding, dilation)
+    return input.new_empty((input.shape[0], weight.shape[0], *sizes))
+
+
+@torch.library.custom_op("anyconv::tap_loops_backward", mutates_args=())
+def tap_loops_backward_op(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    variant: str,
+    options: str,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    memory_budget: int,
+    needs: list[bool],
+) -> list[torch.Tensor]:
+    """[grad input, grad weight] by the loops' own gradients, each empty where ``needs`` says False."""
+    plan = _plan_of(input, weight, variant, options, stride, padding, dilation, groups, memory_budget)
+    record_native_call()
+    weight, grad_output = weight.contiguous(), grad_output.contiguous()
+    grad_input = torch.empty_like(input)
+    grad_weight = torch.zeros_like(weight)
+    for samples in _sample_chunks(input.shape[0], plan.samples_per_chunk):
+        padded = _padded(input[samples], plan.geometry)
+        # the tropical gradient goes to the tap that won: the forward's output shows which
+        output = None
+        if plan.operation in _TROPICAL:
+            output = padded.new_empty(grad_output[samples].shape)
+            _call("tap_forward", plan, padded, weight, output)
+        grad_padded = torch.zeros_like(padded)
+        # one weight gradient per sample: the loops split samples between threads
+        grad_per_sample = weight.new_zeros((padded.shape[0], *weight.shape))
+        _call(
+            "tap_backward", plan, padded, weight, output, grad_output[samples], grad_padded, grad_per_sample
+        )
+        grad_input[samples] = _cropped(grad_padded, plan.geometry)
+        grad_weight += grad_per_sample.sum(0)
+    return [
+        gradient if needed else input.new_empty(0)
+        for gradient, needed in zip((grad_input, grad_weight), needs)
+    ]
+
+
+@tap_loops_backward_op.register_fake
+def _(grad_output, input, weight, variant, options, stride, padding, dilation, groups, memory_budget, needs):
+    shapes = [torch.empty_like(input), weight.new_empty(weight.shape)]
+    return [shape if needed else input.new_empty(0) for shape, needed in zip(shapes, needs)]
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    input, weight, _, *arguments = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.arguments = tuple(arguments)
+
+
+def _backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    input, weight = ctx.saved_tensors
+    needs = ctx.needs_input_grad[:3]
+    grad_input = grad_weight = None
+    if torch.is_grad_enabled():
+        # a graph of the gradients is asked for (double backward): the loops' gradients are
+        # not differentiable, the custom operator's are (or it refuses, for a non-smooth variant)
+        grad_input, grad_weight = _differentiable_gradients(ctx.arguments, input, weight, grad_output, needs)
+    elif needs[0] or needs[1]:
+        found = tap_loops_backward_op(grad_output, input, weight, *ctx.arguments, list(needs[:2]))
+        grad_input, grad_weight = (gradient if needed else None for gradient, needed in zip(found, needs))
+    grad_bias = bias_grad(grad_output) if needs[2] else None
+    return grad_input, grad_weight, grad_bias, *(None,) * len(ctx.arguments)
+
+
+tap_loops_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _differentiable_gradients(
-    plan: TapPlan,
+    arguments: tuple[Any, ...],
     input: torch.Tensor,
     weight: torch.Tensor,
     grad_output: torch.Tensor,
     needs: tuple[bool, ...],
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, None]:
-    """The gradients of :class:`TapLoopsFunction` as a graph: its output recomputed by the custom
-    operator ``anyconv::generalized_conv`` and differentiated with ``create_graph``."""
-    arguments = variant_arguments(plan.variant)
-    assert arguments is not None, "the tap loops take built-in variants only"
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The input and weight gradients of ``anyconv::tap_loops`` as a graph: its output recomputed by
+    the custom operator ``anyconv::generalized_conv`` and differentiated with ``create_graph``."""
+    variant, options, stride, padding, dilation, groups, memory_budget = arguments
     wanted = [tensor for tensor, needed in zip((input, weight), needs[:2]) if needed]
     grads: Iterator[torch.Tensor] = iter(())
     if wanted:
+        geometry = op_geometry(
+            tuple(input.shape[2:]), tuple(weight.shape[2:]), tuple(stride), tuple(padding), tuple(dilation)
+        )
+        instance = op_variant(variant, options)
         output = run_generalized_conv(
-            input, weight, None, plan.variant, arguments, plan.geometry, plan.groups, plan.memory_budget
+            input, weight, None, instance, (variant, options, ()), geometry, groups, memory_budget
         )
         grads = iter(torch.autograd.grad(output, wanted, grad_output, create_graph=True))
-    grad_input = next(grads) if needs[0] else None
-    grad_weight = next(grads) if needs[1] else None
-    return grad_input, grad_weight, bias_grad(grad_output) if needs[2] else None, None
+    return (next(grads) if needs[0] else None), (next(grads) if needs[1] else None)
 
 
 def _threads(work: int) -> int:
