@@ -1,22 +1,29 @@
-"""``conv_transpose``: the transposed convolution as weights times input, folded back with col2im.
+"""``conv_transpose``: the transposed convolution as stride-1 convolutions, one per output phase.
 
-Each input position spreads its channel vector, multiplied by the weights, over the receptive
-field it would have read in the matching convolution; col2im sums those fields into the output.
+A transposed convolution of stride s writes output ``o = q * s + r`` from the input near ``q``
+through the kernel taps of residue r only, so the output positions of one residue (a "phase",
+per dimension) are an ordinary stride-1 convolution of the input with those taps, flipped, their
+in and out channels swapped per group, and dilation ``dilation / gcd(dilation, s)``; its padding
+(cropping where negative) comes from the residue (``geometry.transposed_phases``). Each phase
+runs through the engine's own convolution, which chunks it under the memory budget along any
+spatial dimension, and is written into the strided view ``output[..., r::s]``. No column matrix
+(out_channels x kernel taps per input position) and no col2im are made, the work is that of the
+convolution of the same geometry (no products with the zeros a stride inserts), and gradients
+of any order come from autograd through the engine and the strided writes.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import invalid
 from ..functional.allocation import check_fits
-from ..functional.im2col import Col2Im
-from ..geometry import make_geometry, spatial_tuple, transposed_output_size
+from ..geometry import Phase, spatial_tuple, transposed_output_size, transposed_phases
 from .arguments import check_conv_tensors
-from .chunks import resolve_budget
+from .conv import conv
 from .ops_autocast import autocast_dtype, cast
 from .ops_memory_format import output_memory_format
 
@@ -33,14 +40,17 @@ def conv_transpose(
     *,
     memory_budget: int | None = None,
 ) -> torch.Tensor:
-    """``F.conv_transpose1d/2d/3d`` for any N (``weight.dim() - 2``), as weights times input + col2im.
+    """``F.conv_transpose1d/2d/3d`` for any N (``weight.dim() - 2``), as one convolution per phase.
 
     ``weight`` is (in_channels, out_channels // groups, *kernel_size), as in torch. The output
     size is ``(in - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1``;
     ``output_padding`` must be smaller than the stride or the dilation, as torch requires. The
-    columns (out_channels * K per input position) are made a few samples at a time, each batch
-    of samples under ``memory_budget`` bytes; gradients come from autograd (col2im's is im2col),
-    twice differentiable. Under ``torch.autocast`` it runs in autocast's dtype, as torch's does.
+    output positions ``r::stride`` (per dimension) are a stride-1 :func:`anyconv.conv` of the
+    input with the kernel taps that reach them (at most ``prod(min(kernel, stride))`` phases;
+    positions no tap reaches get the bias alone), each chunked by :func:`anyconv.conv` under
+    ``memory_budget`` bytes along samples and any spatial dimension. Gradients come from
+    autograd, twice differentiable. Under ``torch.autocast`` it runs in autocast's dtype, and a
+    channels-last input or weight gives a channels-last output, as torch's does.
 
     >>> import torch, torch.nn.functional as F
     >>> x, w = torch.randn(2, 4, 5, 5, dtype=torch.float64), torch.randn(4, 3, 3, 3, dtype=torch.float64)
@@ -72,41 +82,84 @@ def conv_transpose(
         raise invalid("padding", padding, f"an int or a tuple of {ndim} ints (no strings when transposed)")
     amounts = spatial_tuple("padding", padding, ndim, 0)
     spacings = spatial_tuple("dilation", dilation, ndim, 1)
-    extra = spatial_tuple("output_padding", output_padding, ndim, 0)
     # checks output_padding against torch's rule and that the output is not empty
-    transposed_output_size(tuple(batched.shape[2:]), kernel_size, steps, amounts, output_padding, spacings)
-    # the smallest image whose fields are exactly one per input position: the output before
-    # its padding is cropped and output_padding's extra zeros (no field reaches them) added
-    full_size = tuple(
-        (size - 1) * step + spacing * (kernel - 1) + 1
-        for size, step, spacing, kernel in zip(batched.shape[2:], steps, spacings, kernel_size)
+    output_size = transposed_output_size(
+        tuple(batched.shape[2:]), kernel_size, steps, amounts, output_padding, spacings
     )
+    out_channels = weight.shape[1] * groups
+    output_shape = (batched.shape[0], out_channels, *output_size)
     # what made the output that large: a stride or a dilation that spreads it, else the kernel
     spread = ("stride", stride) if max(steps) > 1 else ("dilation", dilation) if max(spacings) > 1 else None
-    full_shape = (batched.shape[0], weight.shape[1] * groups, *full_size)
-    check_fits("the output before cropping", full_shape, batched, spread or ("weight", weight))
-    geometry = make_geometry(full_size, kernel_size, steps, 0, spacings)
-    budget = resolve_budget(memory_budget)
-
-    batch, channels = batched.shape[:2]
-    out_channels = weight.shape[1] * groups
-    # (C, Og, *kernel) -> (G, Og * K, Cg): one matrix per group, rows in col2im's (channel, tap) order
-    matrices = weight.reshape(groups, channels // groups, -1).transpose(1, 2)
-    bytes_per_sample = batched.element_size() * out_channels * geometry.kernel_volume * geometry.num_positions
-    samples_per_chunk = max(1, budget // max(1, bytes_per_sample))
-    # crop the padding (a negative pad) and add output_padding's zeros in one F.pad
-    reshape = tuple(
-        amount for pad, more in zip(reversed(amounts), reversed(extra)) for amount in (-pad, more - pad)
+    check_fits("the output", output_shape, batched, spread or ("weight", weight))
+    phases = transposed_phases(tuple(batched.shape[2:]), kernel_size, steps, amounts, spacings, output_size)
+    channels = batched.shape[1]
+    # (C, Og, *kernel) -> (O, Cg, *kernel): the filters of the convolution each phase is
+    filters = (
+        weight.reshape(groups, channels // groups, weight.shape[1], *kernel_size)
+        .transpose(1, 2)
+        .reshape(out_channels, channels // groups, *kernel_size)
     )
-    outputs = []
-    for start in range(0, max(batch, 1), samples_per_chunk):
-        chunk = batched[start : start + samples_per_chunk]
-        values = chunk.reshape(chunk.shape[0], groups, channels // groups, geometry.num_positions)
-        columns = torch.matmul(matrices, values).flatten(1, 2)
-        outputs.append(F.pad(Col2Im.apply(columns, geometry), reshape))
-    output = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-    if bias is not None:
-        output = output + bias.reshape(-1, *(1,) * ndim)
-    # channels-last in, channels-last out, as torch's (col2im writes channels first)
-    output = output.contiguous(memory_format=output_memory_format(batched, weight))
+    layout = output_memory_format(batched, weight)
+    if len(phases) == 1 and _covers(phases[0], output_size):
+        output = _phase(batched, filters, bias, phases[0], groups, memory_budget)
+        output = output.contiguous(memory_format=layout)
+    else:
+        output = _uncovered(batched, bias, output_shape, layout, phases)
+        if not phases:
+            # no tap reaches the output: keep input and weight in the graph, with zero
+            # gradients as torch gives, through sums of nothing (no NaN or inf gets in)
+            output = output + (batched.reshape(-1)[:0].sum() + weight.reshape(-1)[:0].sum())
+        for phase in phases:
+            output[(slice(None), slice(None), *phase.outputs)] = _phase(
+                batched, filters, bias, phase, groups, memory_budget
+            )
     return output.squeeze(0) if was_unbatched else output
+
+
+def _phase(
+    batched: torch.Tensor,
+    filters: torch.Tensor,
+    bias: torch.Tensor | None,
+    phase: Phase,
+    groups: int,
+    memory_budget: int | None,
+) -> torch.Tensor:
+    """The output positions of one phase: a stride-1 convolution with its taps, flipped."""
+    ndim = len(phase.taps)
+    taps = filters[(slice(None), slice(None), *phase.taps)].flip(tuple(range(2, ndim + 2)))
+    window = batched[(slice(None), slice(None), *phase.crop)]
+    return conv(
+        window,
+        taps,
+        bias,
+        padding=phase.padding,
+        dilation=phase.dilation,
+        groups=groups,
+        memory_budget=memory_budget,
+    )
+
+
+def _covers(phase: Phase, output_size: tuple[int, ...]) -> bool:
+    """Whether ``phase`` is every output position (stride 1 in every dimension)."""
+    return all(part == slice(0, size, 1) for part, size in zip(phase.outputs, output_size))
+
+
+def _uncovered(
+    batched: torch.Tensor,
+    bias: torch.Tensor | None,
+    shape: tuple[int, ...],
+    layout: torch.memory_format,
+    phases: tuple[Phase, ...],
+) -> torch.Tensor:
+    """The output before the phases are written: uninitialised where they cover it all, else
+    zeros, or the bias, which is all that positions in no phase get."""
+    ndim = len(shape) - 2
+    covered = sum(
+        math.prod(len(range(size)[part]) for part, size in zip(phase.outputs, shape[2:])) for phase in phases
+    )
+    output = torch.empty(shape, dtype=batched.dtype, device=batched.device, memory_format=layout)
+    if covered == math.prod(shape[2:]):
+        return output
+    if bias is None:
+        return output.zero_()
+    return output.copy_(bias.reshape(-1, *(1,) * ndim).expand(shape))
