@@ -93,26 +93,33 @@ def conv_transpose(
     check_fits("the output", output_shape, batched, spread or ("weight", weight))
     phases = transposed_phases(tuple(batched.shape[2:]), kernel_size, steps, amounts, spacings, output_size)
     channels = batched.shape[1]
-    # (C, Og, *kernel) -> (O, Cg, *kernel): the filters of the convolution each phase is
+    # (C, Og, *kernel) -> (O, Cg, *kernel), flipped once: the filters of every phase's convolution
     filters = (
         weight.reshape(groups, channels // groups, weight.shape[1], *kernel_size)
         .transpose(1, 2)
         .reshape(out_channels, channels // groups, *kernel_size)
+        .flip(tuple(range(2, ndim + 2)))
     )
     layout = output_memory_format(batched, weight)
-    if len(phases) == 1 and _covers(phases[0], output_size):
+    places = tuple(phase.outputs for phase in phases)
+    covered = _count(places, output_size) == math.prod(output_size)
+    if not phases:
+        # no tap reaches the output: keep input and weight in the graph, with zero
+        # gradients as torch gives, through sums of nothing (no NaN or inf gets in)
+        nothing = batched.reshape(-1)[:0].sum() + weight.reshape(-1)[:0].sum()
+        output = batched.new_zeros(output_shape).contiguous(memory_format=layout) + nothing
+    elif len(phases) == 1 and covered:
         output = _phase(batched, filters, bias, phases[0], groups, memory_budget)
-        output = output.contiguous(memory_format=layout)
     else:
-        output = _uncovered(batched, bias, output_shape, layout, phases)
-        if not phases:
-            # no tap reaches the output: keep input and weight in the graph, with zero
-            # gradients as torch gives, through sums of nothing (no NaN or inf gets in)
-            output = output + (batched.reshape(-1)[:0].sum() + weight.reshape(-1)[:0].sum())
-        for phase in phases:
-            output[(slice(None), slice(None), *phase.outputs)] = _phase(
-                batched, filters, bias, phase, groups, memory_budget
-            )
+        # the bias goes with each phase's convolution, unless some positions are in no phase
+        computed = [
+            _phase(batched, filters, bias if covered else None, phase, groups, memory_budget)
+            for phase in phases
+        ]
+        output = _Interleave.apply(output_shape, layout, places, *computed)
+    if bias is not None and not covered:
+        output = output + bias.reshape(-1, *(1,) * ndim)
+    output = output.contiguous(memory_format=layout)
     return output.squeeze(0) if was_unbatched else output
 
 
@@ -124,9 +131,12 @@ def _phase(
     groups: int,
     memory_budget: int | None,
 ) -> torch.Tensor:
-    """The output positions of one phase: a stride-1 convolution with its taps, flipped."""
-    ndim = len(phase.taps)
-    taps = filters[(slice(None), slice(None), *phase.taps)].flip(tuple(range(2, ndim + 2)))
+    """The output positions of one phase: a stride-1 convolution with its taps (of the flipped filters)."""
+    flipped = tuple(
+        slice(kernel - part.stop, kernel - part.start, part.step)
+        for part, kernel in zip(phase.taps, filters.shape[2:])
+    )
+    taps = filters[(slice(None), slice(None), *flipped)]
     window = batched[(slice(None), slice(None), *phase.crop)]
     return conv(
         window,
@@ -139,27 +149,38 @@ def _phase(
     )
 
 
-def _covers(phase: Phase, output_size: tuple[int, ...]) -> bool:
-    """Whether ``phase`` is every output position (stride 1 in every dimension)."""
-    return all(part == slice(0, size, 1) for part, size in zip(phase.outputs, output_size))
-
-
-def _uncovered(
-    batched: torch.Tensor,
-    bias: torch.Tensor | None,
-    shape: tuple[int, ...],
-    layout: torch.memory_format,
-    phases: tuple[Phase, ...],
-) -> torch.Tensor:
-    """The output before the phases are written: uninitialised where they cover it all, else
-    zeros, or the bias, which is all that positions in no phase get."""
-    ndim = len(shape) - 2
-    covered = sum(
-        math.prod(len(range(size)[part]) for part, size in zip(phase.outputs, shape[2:])) for phase in phases
+def _count(places: tuple[tuple[slice, ...], ...], output_size: tuple[int, ...]) -> int:
+    """How many output positions the (disjoint) phases write."""
+    return sum(
+        math.prod(len(range(size)[part]) for part, size in zip(place, output_size)) for place in places
     )
-    output = torch.empty(shape, dtype=batched.dtype, device=batched.device, memory_format=layout)
-    if covered == math.prod(shape[2:]):
+
+
+class _Interleave(torch.autograd.Function):
+    """The phases written into their strided views of one output, zeros elsewhere; the backward
+    hands each phase its strided view of the gradient (no full-size copy, unlike in-place writes
+    under autograd, which copy the whole gradient once per write)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(
+        shape: tuple[int, ...],
+        layout: torch.memory_format,
+        places: tuple[tuple[slice, ...], ...],
+        *phases: torch.Tensor,
+    ) -> torch.Tensor:
+        output = torch.empty(shape, dtype=phases[0].dtype, device=phases[0].device, memory_format=layout)
+        if _count(places, shape[2:]) < math.prod(shape[2:]):
+            output.zero_()
+        for place, phase in zip(places, phases):
+            output[(slice(None), slice(None), *place)] = phase
         return output
-    if bias is None:
-        return output.zero_()
-    return output.copy_(bias.reshape(-1, *(1,) * ndim).expand(shape))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        ctx.places = inputs[2]
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return (None, None, None, *(grad[(slice(None), slice(None), *place)] for place in ctx.places))
