@@ -21,7 +21,7 @@ import torch
 
 from ..errors import invalid
 from ..functional.allocation import check_fits
-from ..geometry import Phase, spatial_tuple, transposed_output_size, transposed_phases
+from ..geometry import PhaseGroup, spatial_tuple, transposed_output_size, transposed_phase_groups
 from .arguments import check_conv_tensors
 from .conv import conv
 from .ops_autocast import autocast_dtype, cast
@@ -91,75 +91,97 @@ def conv_transpose(
     # what made the output that large: a stride or a dilation that spreads it, else the kernel
     spread = ("stride", stride) if max(steps) > 1 else ("dilation", dilation) if max(spacings) > 1 else None
     check_fits("the output", output_shape, batched, spread or ("weight", weight))
-    phases = transposed_phases(tuple(batched.shape[2:]), kernel_size, steps, amounts, spacings, output_size)
+    phase_groups = transposed_phase_groups(
+        tuple(batched.shape[2:]), kernel_size, steps, amounts, spacings, output_size
+    )
     channels = batched.shape[1]
-    # (C, Og, *kernel) -> (O, Cg, *kernel), flipped once: the filters of every phase's convolution
+    # (C, Og, *kernel) -> (G, Og, Cg, *kernel), flipped once: the filters of every phase
     filters = (
         weight.reshape(groups, channels // groups, weight.shape[1], *kernel_size)
         .transpose(1, 2)
-        .reshape(out_channels, channels // groups, *kernel_size)
-        .flip(tuple(range(2, ndim + 2)))
+        .flip(tuple(range(3, ndim + 3)))
     )
     layout = output_memory_format(batched, weight)
-    places = tuple(phase.outputs for phase in phases)
-    covered = _count(places, output_size) == math.prod(output_size)
-    if not phases:
+    members = tuple(
+        (index, member, window, place)
+        for index, group in enumerate(phase_groups)
+        for member, (window, place) in enumerate(zip(group.windows, group.places))
+    )
+    covered = _count(members, output_size) == math.prod(output_size)
+    if not phase_groups:
         # no tap reaches the output: keep input and weight in the graph, with zero
         # gradients as torch gives, through sums of nothing (no NaN or inf gets in)
         nothing = batched.reshape(-1)[:0].sum() + weight.reshape(-1)[:0].sum()
         output = batched.new_zeros(output_shape).contiguous(memory_format=layout) + nothing
-    elif len(phases) == 1 and covered:
-        output = _phase(batched, filters, bias, phases[0], groups, memory_budget)
     else:
-        # the bias goes with each phase's convolution, unless some positions are in no phase
+        # the bias goes with each group's convolution, unless some positions are in no phase
         computed = [
-            _phase(batched, filters, bias if covered else None, phase, groups, memory_budget)
-            for phase in phases
+            _phase_group(batched, filters, bias if covered else None, group, memory_budget)
+            for group in phase_groups
         ]
-        output = _Interleave.apply(output_shape, layout, places, *computed)
+        output = (
+            computed[0]
+            if covered and computed[0].shape == output_shape
+            else _Interleave.apply(output_shape, layout, groups, members, *computed)
+        )
     if bias is not None and not covered:
         output = output + bias.reshape(-1, *(1,) * ndim)
     output = output.contiguous(memory_format=layout)
     return output.squeeze(0) if was_unbatched else output
 
 
-def _phase(
+def _phase_group(
     batched: torch.Tensor,
     filters: torch.Tensor,
     bias: torch.Tensor | None,
-    phase: Phase,
-    groups: int,
+    group: PhaseGroup,
     memory_budget: int | None,
 ) -> torch.Tensor:
-    """The output positions of one phase: a stride-1 convolution with its taps (of the flipped filters)."""
-    flipped = tuple(
-        slice(kernel - part.stop, kernel - part.start, part.step)
-        for part, kernel in zip(phase.taps, filters.shape[2:])
+    """The outputs of a group of phases: one stride-1 convolution whose filters are the members'
+    taps (of the flipped filters), stacked within each group of channels: (B, G * P * Og, ...)."""
+    kernel_size = filters.shape[3:]
+    taps = torch.stack(
+        [
+            filters[
+                (
+                    slice(None),
+                    slice(None),
+                    slice(None),
+                    *(
+                        slice(kernel - part.stop, kernel - part.start, part.step)
+                        for part, kernel in zip(member, kernel_size)
+                    ),
+                )
+            ]
+            for member in group.taps
+        ],
+        dim=1,
     )
-    taps = filters[(slice(None), slice(None), *flipped)]
-    window = batched[(slice(None), slice(None), *phase.crop)]
+    groups, members, per_group = taps.shape[:3]
+    if bias is not None:
+        bias = bias.reshape(groups, 1, per_group).expand(groups, members, per_group).reshape(-1)
     return conv(
-        window,
-        taps,
+        batched[(slice(None), slice(None), *group.crop)],
+        taps.flatten(0, 2),
         bias,
-        padding=phase.padding,
-        dilation=phase.dilation,
+        padding=group.padding,
+        dilation=group.dilation,
         groups=groups,
         memory_budget=memory_budget,
     )
 
 
-def _count(places: tuple[tuple[slice, ...], ...], output_size: tuple[int, ...]) -> int:
+def _count(members: tuple[tuple[Any, ...], ...], output_size: tuple[int, ...]) -> int:
     """How many output positions the (disjoint) phases write."""
     return sum(
-        math.prod(len(range(size)[part]) for part, size in zip(place, output_size)) for place in places
+        math.prod(len(range(size)[part]) for part, size in zip(place, output_size)) for *_, place in members
     )
 
 
 class _Interleave(torch.autograd.Function):
-    """The phases written into their strided views of one output, zeros elsewhere; the backward
-    hands each phase its strided view of the gradient (no full-size copy, unlike in-place writes
-    under autograd, which copy the whole gradient once per write)."""
+    """The phases, read from their groups' outputs, written into their strided views of one
+    output, zeros elsewhere; the backward hands each group the strided views of the gradient
+    (no full-size copy per phase, as in-place writes under autograd would make)."""
 
     generate_vmap_rule = True
 
@@ -167,20 +189,40 @@ class _Interleave(torch.autograd.Function):
     def forward(
         shape: tuple[int, ...],
         layout: torch.memory_format,
-        places: tuple[tuple[slice, ...], ...],
-        *phases: torch.Tensor,
+        groups: int,
+        members: tuple[tuple[Any, ...], ...],
+        *computed: torch.Tensor,
     ) -> torch.Tensor:
-        output = torch.empty(shape, dtype=phases[0].dtype, device=phases[0].device, memory_format=layout)
-        if _count(places, shape[2:]) < math.prod(shape[2:]):
+        output = torch.empty(shape, dtype=computed[0].dtype, device=computed[0].device, memory_format=layout)
+        if _count(members, shape[2:]) < math.prod(shape[2:]):
             output.zero_()
-        for place, phase in zip(places, phases):
-            output[(slice(None), slice(None), *place)] = phase
+        sources = _members(computed, groups, members)
+        for (*_, place), source in zip(members, sources):
+            output[(slice(None), slice(None), *place)].unflatten(1, (groups, -1)).copy_(source)
         return output
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        ctx.places = inputs[2]
+        ctx.groups, ctx.members = inputs[2], inputs[3]
+        ctx.shapes = [tensor.shape for tensor in inputs[4:]]
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        return (None, None, None, *(grad[(slice(None), slice(None), *place)] for place in ctx.places))
+        grads = [grad.new_zeros(shape) for shape in ctx.shapes]
+        for (*_, place), target in zip(ctx.members, _members(grads, ctx.groups, ctx.members)):
+            target.copy_(grad[(slice(None), slice(None), *place)].unflatten(1, (ctx.groups, -1)))
+        return (None, None, None, None, *grads)
+
+
+def _members(
+    computed: list[torch.Tensor] | tuple[torch.Tensor, ...], groups: int, members: tuple[tuple[Any, ...], ...]
+) -> list[torch.Tensor]:
+    """Each phase's view (B, G, Og, *positions) of its group's output (B, G * P * Og, ...)."""
+    views = []
+    for index, member, window, _ in members:
+        source = computed[index]
+        count = sum(1 for other, *_ in members if other == index)
+        views.append(
+            source.unflatten(1, (groups, count, -1))[(slice(None), slice(None), member, slice(None), *window)]
+        )
+    return views

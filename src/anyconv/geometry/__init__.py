@@ -4,12 +4,12 @@ from .arguments import PADDING_MODES, infer_ndim, spatial_tuple
 from .geometry import Geometry, make_geometry
 from .padding import same_padding
 from .summary import Summary, explain
-from .transposed import Phase, transposed_output_size, transposed_phases
+from .transposed import PhaseGroup, transposed_output_size, transposed_phase_groups
 
 __all__ = [
     "PADDING_MODES",
     "Geometry",
-    "Phase",
+    "PhaseGroup",
     "infer_ndim",
     "make_geometry",
     "Summary",
@@ -17,5 +17,5 @@ __all__ = [
     "same_padding",
     "spatial_tuple",
     "transposed_output_size",
-    "transposed_phases",
+    "transposed_phase_groups",
 ]
