@@ -193,25 +193,58 @@ class _Interleave(torch.autograd.Function):
         members: tuple[tuple[Any, ...], ...],
         *computed: torch.Tensor,
     ) -> torch.Tensor:
-        output = torch.empty(shape, dtype=computed[0].dtype, device=computed[0].device, memory_format=layout)
+        # new_empty, not torch.empty: under torch.vmap it allocates a batched buffer
+        if layout == torch.contiguous_format:
+            output = computed[0].new_empty(shape)
+        else:
+            output = computed[0].new_empty((shape[0], *shape[2:], shape[1])).movedim(-1, 1)
         if _count(members, shape[2:]) < math.prod(shape[2:]):
             output.zero_()
-        sources = _members(computed, groups, members)
-        for (*_, place), source in zip(members, sources):
+        for (*_, place), source in zip(members, _members(computed, groups, members)):
             output[(slice(None), slice(None), *place)].unflatten(1, (groups, -1)).copy_(source)
         return output
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         ctx.groups, ctx.members = inputs[2], inputs[3]
-        ctx.shapes = [tensor.shape for tensor in inputs[4:]]
+        ctx.shapes = tuple(tuple(tensor.shape) for tensor in inputs[4:])
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        grads = [grad.new_zeros(shape) for shape in ctx.shapes]
-        for (*_, place), target in zip(ctx.members, _members(grads, ctx.groups, ctx.members)):
-            target.copy_(grad[(slice(None), slice(None), *place)].unflatten(1, (ctx.groups, -1)))
-        return (None, None, None, None, *grads)
+        return (None, None, None, None, *_Deinterleave.apply(grad, ctx.shapes, ctx.groups, ctx.members))
+
+
+class _Deinterleave(torch.autograd.Function):
+    """The adjoint of :class:`_Interleave`: each group's output gathered from the strided views
+    of one output, zeros where its convolution computes positions no phase keeps."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(
+        output: torch.Tensor,
+        shapes: tuple[tuple[int, ...], ...],
+        groups: int,
+        members: tuple[tuple[Any, ...], ...],
+    ) -> tuple[torch.Tensor, ...]:
+        computed = [output.new_zeros(shape) for shape in shapes]
+        for (*_, place), target in zip(members, _members(computed, groups, members)):
+            target.copy_(output[(slice(None), slice(None), *place)].unflatten(1, (groups, -1)))
+        return tuple(computed)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+        ctx.shape, ctx.groups, ctx.members = inputs[0].shape, inputs[2], inputs[3]
+        ctx.layout = output_memory_format(inputs[0], inputs[0])
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return (
+            _Interleave.apply(tuple(ctx.shape), ctx.layout, ctx.groups, ctx.members, *grads),
+            None,
+            None,
+            None,
+        )
 
 
 def _members(
