@@ -1,15 +1,19 @@
-"""``conv_transpose``: the transposed convolution as stride-1 convolutions, one per output phase.
+"""``conv_transpose``: the transposed convolution as stride-1 convolutions, one per group of phases.
 
 A transposed convolution of stride s writes output ``o = q * s + r`` from the input near ``q``
 through the kernel taps of residue r only, so the output positions of one residue (a "phase",
 per dimension) are an ordinary stride-1 convolution of the input with those taps, flipped, their
 in and out channels swapped per group, and dilation ``dilation / gcd(dilation, s)``; its padding
-(cropping where negative) comes from the residue (``geometry.transposed_phases``). Each phase
-runs through the engine's own convolution, which chunks it under the memory budget along any
-spatial dimension, and is written into the strided view ``output[..., r::s]``. No column matrix
-(out_channels x kernel taps per input position) and no col2im are made, the work is that of the
-convolution of the same geometry (no products with the zeros a stride inserts), and gradients
-of any order come from autograd through the engine and the strided writes.
+(cropping where negative) comes from the residue (``geometry.transposed_phase_groups``). Phases
+with as many taps read windows of the input a position or two apart, so one convolution over
+the union of the windows, with their taps stacked as filters, computes them all (for a 4x4
+kernel at stride 2, one 2x2 convolution with 4x the filters instead of four). Each group runs
+through :func:`anyconv.conv`, which chunks it under the memory budget along samples and any
+spatial dimension, and its phases are written into the strided views ``output[..., r::s]`` by
+a small autograd Function whose adjoint gathers them back. No column matrix (out_channels x
+taps per input position) and no col2im are made, the products are those of the convolution of
+the same geometry (none with the zeros a stride inserts), and gradients of any order come from
+autograd through the engine.
 """
 
 from __future__ import annotations
@@ -46,10 +50,10 @@ def conv_transpose(
     size is ``(in - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1``;
     ``output_padding`` must be smaller than the stride or the dilation, as torch requires. The
     output positions ``r::stride`` (per dimension) are a stride-1 :func:`anyconv.conv` of the
-    input with the kernel taps that reach them (at most ``prod(min(kernel, stride))`` phases;
-    positions no tap reaches get the bias alone), each chunked by :func:`anyconv.conv` under
-    ``memory_budget`` bytes along samples and any spatial dimension. Gradients come from
-    autograd, twice differentiable. Under ``torch.autocast`` it runs in autocast's dtype, and a
+    input with the kernel taps that reach them (at most ``prod(min(kernel, stride))`` phases,
+    those with as many taps in one convolution; positions no tap reaches get the bias alone),
+    each chunked by :func:`anyconv.conv` under ``memory_budget`` bytes along samples and any
+    spatial dimension. Gradients come from autograd, twice differentiable. Under ``torch.autocast`` it runs in autocast's dtype, and a
     channels-last input or weight gives a channels-last output, as torch's does.
 
     >>> import torch, torch.nn.functional as F
