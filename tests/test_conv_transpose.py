@@ -108,6 +108,32 @@ CASES = [
     dict(
         id="3d-groups-dilation", input=(1, 4, 3, 3, 4), weight=(4, 2, 2, 2, 3), groups=2, dilation=(2, 1, 2)
     ),
+    # the phase geometries: one phase, several of one tap shape, empty ones, negative offsets
+    dict(id="2d-stride1-crop", input=(2, 3, 6, 5), weight=(3, 2, 3, 2), padding=(2, 1)),
+    dict(id="2d-4x4-stride2-merged-phases", input=(2, 4, 5, 6), weight=(4, 3, 4, 4), stride=2, padding=1),
+    dict(id="2d-kernel-equals-stride", input=(2, 4, 4, 3), weight=(4, 3, 2, 2), stride=2),
+    dict(id="2d-kernel-below-stride", input=(2, 2, 3, 4), weight=(2, 3, 2, 1), stride=(3, 4)),
+    dict(
+        id="2d-kernel-below-stride-output-padding",
+        input=(1, 2, 3, 3),
+        weight=(2, 2, 1, 2),
+        stride=3,
+        output_padding=2,
+    ),
+    dict(id="2d-dilation-above-stride", input=(2, 2, 4, 4), weight=(2, 3, 3, 3), stride=2, dilation=3),
+    dict(id="1d-dilation-shares-stride", input=(2, 2, 7), weight=(2, 2, 5), stride=4, dilation=2, padding=3),
+    dict(id="1d-padding-past-kernel-span", input=(2, 2, 9), weight=(2, 3, 3), stride=2, padding=4),
+    dict(id="1d-padding-past-kernel-no-bias", input=(1, 2, 9), weight=(2, 3, 2), padding=4, bias=False),
+    dict(
+        id="1d-no-tap-reaches-output",
+        input=(2, 1, 1),
+        weight=(1, 2, 1),
+        stride=3,
+        padding=1,
+        output_padding=2,
+    ),
+    dict(id="2d-depthwise-stride2", input=(2, 3, 4, 4), weight=(3, 1, 4, 4), groups=3, stride=2, padding=1),
+    dict(id="3d-stride2-merged-groups", input=(1, 4, 3, 2, 3), weight=(4, 1, 2, 4, 2), groups=2, stride=2),
 ]
 
 
@@ -162,6 +188,46 @@ def test_conv_transpose_matches_torch_on_hypothesis_geometries(seed):
 def test_tiny_memory_budget_gives_the_same_result():
     case = dict(input=(5, 4, 5, 5), weight=(4, 3, 3, 3), stride=2, padding=1, output_padding=1, groups=2)
     _assert_matches_torch(case, memory_budget=1)
+
+
+GRADCHECK_CASES = [
+    dict(id="2d-4x4-stride2", input=(1, 2, 3, 3), weight=(2, 2, 4, 4), stride=2, padding=1),
+    dict(id="2d-kernel-below-stride", input=(1, 2, 2, 3), weight=(2, 2, 1, 2), stride=3, output_padding=1),
+    dict(id="1d-dilation-groups", input=(2, 4, 4), weight=(4, 1, 3), stride=2, dilation=3, groups=2),
+    dict(id="3d-stride-padding", input=(1, 2, 2, 2, 3), weight=(2, 1, 3, 2, 2), stride=(2, 1, 2), padding=1),
+]
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=[case["id"] for case in GRADCHECK_CASES])
+def test_conv_transpose_gradcheck_and_gradgradcheck(case):
+    tensors = _tensors(case, requires_grad=True)
+
+    def function(*tensors):
+        return anyconv.conv_transpose(*tensors, **_options(case))
+
+    assert torch.autograd.gradcheck(function, tensors)
+    assert torch.autograd.gradgradcheck(function, tensors)
+
+
+LAYOUT_CASES = [
+    dict(id="2d", input=(2, 4, 5, 6), weight=(4, 3, 4, 4), stride=2, padding=1),
+    dict(id="2d-kernel-below-stride", input=(2, 4, 3, 3), weight=(4, 2, 1, 2), stride=3),
+]
+
+
+@pytest.mark.parametrize("case", LAYOUT_CASES, ids=[case["id"] for case in LAYOUT_CASES])
+@pytest.mark.parametrize("which", ["input", "weight"])
+def test_channels_last_in_gives_torchs_layout_out(case, which):
+    x, w, b = _tensors(case)
+    layout = torch.channels_last
+    if which == "input":
+        x = x.contiguous(memory_format=layout)
+    else:
+        w = w.contiguous(memory_format=layout)
+    ours = anyconv.conv_transpose(x, w, b, **_options(case))
+    theirs = CONV_TRANSPOSES[w.dim() - 2](x, w, b, **_options(case))
+    torch.testing.assert_close(ours, theirs)
+    assert ours.stride() == theirs.stride()
 
 
 def test_conv_transpose_gradcheck():

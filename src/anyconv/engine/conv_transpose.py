@@ -1,22 +1,33 @@
-"""``conv_transpose``: the transposed convolution as weights times input, folded back with col2im.
+"""``conv_transpose``: the transposed convolution as stride-1 convolutions, one per group of phases.
 
-Each input position spreads its channel vector, multiplied by the weights, over the receptive
-field it would have read in the matching convolution; col2im sums those fields into the output.
+A transposed convolution of stride s writes output ``o = q * s + r`` from the input near ``q``
+through the kernel taps of residue r only, so the output positions of one residue (a "phase",
+per dimension) are an ordinary stride-1 convolution of the input with those taps, flipped, their
+in and out channels swapped per group, and dilation ``dilation / gcd(dilation, s)``; its padding
+(cropping where negative) comes from the residue (``geometry.transposed_phase_groups``). Phases
+with as many taps read windows of the input a position or two apart, so one convolution over
+the union of the windows, with their taps stacked as filters, computes them all (for a 4x4
+kernel at stride 2, one 2x2 convolution with 4x the filters instead of four). Each group runs
+through :func:`anyconv.conv`, which chunks it under the memory budget along samples and any
+spatial dimension, and its phases are written into the strided views ``output[..., r::s]`` by
+a small autograd Function whose adjoint gathers them back. No column matrix (out_channels x
+taps per input position) and no col2im are made, the products are those of the convolution of
+the same geometry (none with the zeros a stride inserts), and gradients of any order come from
+autograd through the engine.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import invalid
 from ..functional.allocation import check_fits
-from ..functional.im2col import Col2Im
-from ..geometry import make_geometry, spatial_tuple, transposed_output_size
+from ..geometry import PhaseGroup, spatial_tuple, transposed_output_size, transposed_phase_groups
 from .arguments import check_conv_tensors
-from .chunks import resolve_budget
+from .conv import conv
 from .ops_autocast import autocast_dtype, cast
 from .ops_memory_format import output_memory_format
 
@@ -33,14 +44,17 @@ def conv_transpose(
     *,
     memory_budget: int | None = None,
 ) -> torch.Tensor:
-    """``F.conv_transpose1d/2d/3d`` for any N (``weight.dim() - 2``), as weights times input + col2im.
+    """``F.conv_transpose1d/2d/3d`` for any N (``weight.dim() - 2``), as one convolution per phase.
 
     ``weight`` is (in_channels, out_channels // groups, *kernel_size), as in torch. The output
     size is ``(in - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1``;
     ``output_padding`` must be smaller than the stride or the dilation, as torch requires. The
-    columns (out_channels * K per input position) are made a few samples at a time, each batch
-    of samples under ``memory_budget`` bytes; gradients come from autograd (col2im's is im2col),
-    twice differentiable. Under ``torch.autocast`` it runs in autocast's dtype, as torch's does.
+    output positions ``r::stride`` (per dimension) are a stride-1 :func:`anyconv.conv` of the
+    input with the kernel taps that reach them (at most ``prod(min(kernel, stride))`` phases,
+    those with as many taps in one convolution; positions no tap reaches get the bias alone),
+    each chunked by :func:`anyconv.conv` under ``memory_budget`` bytes along samples and any
+    spatial dimension. Gradients come from autograd, twice differentiable. Under ``torch.autocast`` it runs in autocast's dtype, and a
+    channels-last input or weight gives a channels-last output, as torch's does.
 
     >>> import torch, torch.nn.functional as F
     >>> x, w = torch.randn(2, 4, 5, 5, dtype=torch.float64), torch.randn(4, 3, 3, 3, dtype=torch.float64)
@@ -72,41 +86,180 @@ def conv_transpose(
         raise invalid("padding", padding, f"an int or a tuple of {ndim} ints (no strings when transposed)")
     amounts = spatial_tuple("padding", padding, ndim, 0)
     spacings = spatial_tuple("dilation", dilation, ndim, 1)
-    extra = spatial_tuple("output_padding", output_padding, ndim, 0)
     # checks output_padding against torch's rule and that the output is not empty
-    transposed_output_size(tuple(batched.shape[2:]), kernel_size, steps, amounts, output_padding, spacings)
-    # the smallest image whose fields are exactly one per input position: the output before
-    # its padding is cropped and output_padding's extra zeros (no field reaches them) added
-    full_size = tuple(
-        (size - 1) * step + spacing * (kernel - 1) + 1
-        for size, step, spacing, kernel in zip(batched.shape[2:], steps, spacings, kernel_size)
+    output_size = transposed_output_size(
+        tuple(batched.shape[2:]), kernel_size, steps, amounts, output_padding, spacings
     )
+    out_channels = weight.shape[1] * groups
+    output_shape = (batched.shape[0], out_channels, *output_size)
     # what made the output that large: a stride or a dilation that spreads it, else the kernel
     spread = ("stride", stride) if max(steps) > 1 else ("dilation", dilation) if max(spacings) > 1 else None
-    full_shape = (batched.shape[0], weight.shape[1] * groups, *full_size)
-    check_fits("the output before cropping", full_shape, batched, spread or ("weight", weight))
-    geometry = make_geometry(full_size, kernel_size, steps, 0, spacings)
-    budget = resolve_budget(memory_budget)
-
-    batch, channels = batched.shape[:2]
-    out_channels = weight.shape[1] * groups
-    # (C, Og, *kernel) -> (G, Og * K, Cg): one matrix per group, rows in col2im's (channel, tap) order
-    matrices = weight.reshape(groups, channels // groups, -1).transpose(1, 2)
-    bytes_per_sample = batched.element_size() * out_channels * geometry.kernel_volume * geometry.num_positions
-    samples_per_chunk = max(1, budget // max(1, bytes_per_sample))
-    # crop the padding (a negative pad) and add output_padding's zeros in one F.pad
-    reshape = tuple(
-        amount for pad, more in zip(reversed(amounts), reversed(extra)) for amount in (-pad, more - pad)
+    check_fits("the output", output_shape, batched, spread or ("weight", weight))
+    phase_groups = transposed_phase_groups(
+        tuple(batched.shape[2:]), kernel_size, steps, amounts, spacings, output_size
     )
-    outputs = []
-    for start in range(0, max(batch, 1), samples_per_chunk):
-        chunk = batched[start : start + samples_per_chunk]
-        values = chunk.reshape(chunk.shape[0], groups, channels // groups, geometry.num_positions)
-        columns = torch.matmul(matrices, values).flatten(1, 2)
-        outputs.append(F.pad(Col2Im.apply(columns, geometry), reshape))
-    output = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-    if bias is not None:
+    channels = batched.shape[1]
+    # (C, Og, *kernel) -> (G, Og, Cg, *kernel), flipped once: the filters of every phase
+    filters = (
+        weight.reshape(groups, channels // groups, weight.shape[1], *kernel_size)
+        .transpose(1, 2)
+        .flip(tuple(range(3, ndim + 3)))
+    )
+    layout = output_memory_format(batched, weight)
+    members = tuple(
+        (index, member, window, place)
+        for index, group in enumerate(phase_groups)
+        for member, (window, place) in enumerate(zip(group.windows, group.places))
+    )
+    covered = _count(members, output_size) == math.prod(output_size)
+    if not phase_groups:
+        # no tap reaches the output: keep input and weight in the graph, with zero
+        # gradients as torch gives, through sums of nothing (no NaN or inf gets in)
+        nothing = batched.reshape(-1)[:0].sum() + weight.reshape(-1)[:0].sum()
+        output = batched.new_zeros(output_shape).contiguous(memory_format=layout) + nothing
+    else:
+        # the bias goes with each group's convolution, unless some positions are in no phase
+        computed = [
+            _phase_group(batched, filters, bias if covered else None, group, memory_budget)
+            for group in phase_groups
+        ]
+        output = (
+            computed[0]
+            if covered and computed[0].shape == output_shape
+            else _Interleave.apply(output_shape, layout, groups, members, *computed)
+        )
+    if bias is not None and not covered:
         output = output + bias.reshape(-1, *(1,) * ndim)
-    # channels-last in, channels-last out, as torch's (col2im writes channels first)
-    output = output.contiguous(memory_format=output_memory_format(batched, weight))
+    output = output.contiguous(memory_format=layout)
     return output.squeeze(0) if was_unbatched else output
+
+
+def _phase_group(
+    batched: torch.Tensor,
+    filters: torch.Tensor,
+    bias: torch.Tensor | None,
+    group: PhaseGroup,
+    memory_budget: int | None,
+) -> torch.Tensor:
+    """The outputs of a group of phases: one stride-1 convolution whose filters are the members'
+    taps (of the flipped filters), stacked within each group of channels: (B, G * P * Og, ...)."""
+    kernel_size = filters.shape[3:]
+    taps = torch.stack(
+        [
+            filters[
+                (
+                    slice(None),
+                    slice(None),
+                    slice(None),
+                    *(
+                        slice(kernel - part.stop, kernel - part.start, part.step)
+                        for part, kernel in zip(member, kernel_size)
+                    ),
+                )
+            ]
+            for member in group.taps
+        ],
+        dim=1,
+    )
+    groups, members, per_group = taps.shape[:3]
+    if bias is not None:
+        bias = bias.reshape(groups, 1, per_group).expand(groups, members, per_group).reshape(-1)
+    return conv(
+        batched[(slice(None), slice(None), *group.crop)],
+        taps.flatten(0, 2),
+        bias,
+        padding=group.padding,
+        dilation=group.dilation,
+        groups=groups,
+        memory_budget=memory_budget,
+    )
+
+
+def _count(members: tuple[tuple[Any, ...], ...], output_size: tuple[int, ...]) -> int:
+    """How many output positions the (disjoint) phases write."""
+    return sum(
+        math.prod(len(range(size)[part]) for part, size in zip(place, output_size)) for *_, place in members
+    )
+
+
+class _Interleave(torch.autograd.Function):
+    """The phases, read from their groups' outputs, written into their strided views of one
+    output, zeros elsewhere; the backward hands each group the strided views of the gradient
+    (no full-size copy per phase, as in-place writes under autograd would make)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(
+        shape: tuple[int, ...],
+        layout: torch.memory_format,
+        groups: int,
+        members: tuple[tuple[Any, ...], ...],
+        *computed: torch.Tensor,
+    ) -> torch.Tensor:
+        # new_empty, not torch.empty: under torch.vmap it allocates a batched buffer
+        if layout == torch.contiguous_format:
+            output = computed[0].new_empty(shape)
+        else:
+            output = computed[0].new_empty((shape[0], *shape[2:], shape[1])).movedim(-1, 1)
+        if _count(members, shape[2:]) < math.prod(shape[2:]):
+            output.zero_()
+        for (*_, place), source in zip(members, _members(computed, groups, members)):
+            output[(slice(None), slice(None), *place)].unflatten(1, (groups, -1)).copy_(source)
+        return output
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        ctx.groups, ctx.members = inputs[2], inputs[3]
+        ctx.shapes = tuple(tuple(tensor.shape) for tensor in inputs[4:])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return (None, None, None, None, *_Deinterleave.apply(grad, ctx.shapes, ctx.groups, ctx.members))
+
+
+class _Deinterleave(torch.autograd.Function):
+    """The adjoint of :class:`_Interleave`: each group's output gathered from the strided views
+    of one output, zeros where its convolution computes positions no phase keeps."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(
+        output: torch.Tensor,
+        shapes: tuple[tuple[int, ...], ...],
+        groups: int,
+        members: tuple[tuple[Any, ...], ...],
+    ) -> tuple[torch.Tensor, ...]:
+        computed = [output.new_zeros(shape) for shape in shapes]
+        for (*_, place), target in zip(members, _members(computed, groups, members)):
+            target.copy_(output[(slice(None), slice(None), *place)].unflatten(1, (groups, -1)))
+        return tuple(computed)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+        ctx.shape, ctx.groups, ctx.members = inputs[0].shape, inputs[2], inputs[3]
+        ctx.layout = output_memory_format(inputs[0], inputs[0])
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return (
+            _Interleave.apply(tuple(ctx.shape), ctx.layout, ctx.groups, ctx.members, *grads),
+            None,
+            None,
+            None,
+        )
+
+
+def _members(
+    computed: list[torch.Tensor] | tuple[torch.Tensor, ...], groups: int, members: tuple[tuple[Any, ...], ...]
+) -> list[torch.Tensor]:
+    """Each phase's view (B, G, Og, *positions) of its group's output (B, G * P * Og, ...)."""
+    views = []
+    for index, member, window, _ in members:
+        source = computed[index]
+        count = sum(1 for other, *_ in members if other == index)
+        views.append(
+            source.unflatten(1, (groups, count, -1))[(slice(None), slice(None), member, slice(None), *window)]
+        )
+    return views

@@ -1,7 +1,12 @@
-"""Sizes of the transposed convolution: its output size and torch's output_padding rule."""
+"""Sizes of the transposed convolution: its output size, torch's output_padding rule, and its phases
+(the stride-1 convolutions that compute it, one per output residue modulo the stride)."""
 
 from __future__ import annotations
 
+import itertools
+import math
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from ..errors import invalid
@@ -43,3 +48,115 @@ def transposed_output_size(
             "padding", padding, f"an amount that leaves a positive output size, got output size {sizes}"
         )
     return sizes
+
+
+@dataclass(frozen=True)
+class PhaseGroup:
+    """Phases of a transposed convolution whose taps have one shape, computed together: a
+    stride-1 convolution of ``input[crop]`` with ``padding`` (before, after pairs) and
+    ``dilation`` whose filters are the members' taps (``taps[i]``, flipped) stacked. Member i's
+    outputs are the positions ``windows[i]`` of that convolution's output, written to the
+    output positions ``places[i]`` (``r::stride`` per dimension)."""
+
+    crop: tuple[slice, ...]
+    padding: tuple[tuple[int, int], ...]
+    dilation: tuple[int, ...]
+    taps: tuple[tuple[slice, ...], ...]
+    windows: tuple[tuple[slice, ...], ...]
+    places: tuple[tuple[slice, ...], ...]
+
+
+@dataclass(frozen=True)
+class _Residue:
+    """One dimension of a phase: its output positions, kernel taps, and the input window it
+    reads, from ``start`` to ``stop`` (zeros outside the input), giving ``outputs`` positions."""
+
+    place: slice
+    taps: slice
+    start: int
+    stop: int
+    outputs: int
+
+
+@lru_cache(maxsize=1024)
+def transposed_phase_groups(
+    input_size: tuple[int, ...],
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+    output_size: tuple[int, ...],
+) -> tuple[PhaseGroup, ...]:
+    """The phases that cover every output position some kernel tap reaches from the input,
+    grouped by the shape of their taps.
+
+    Output ``o = q * stride + r`` receives, from tap ``k`` with ``r + padding - k * dilation``
+    divisible by the stride, the input at ``q + (r + padding - k * dilation) / stride``. The taps
+    of one residue ``r`` are every ``stride / g``-th (``g = gcd(stride, dilation)``), their
+    offsets every ``dilation / g``-th: a stride-1 convolution with the taps flipped and dilation
+    ``dilation / g``. Residues with as many taps read windows of the input a few positions
+    apart, so one convolution over the union of the windows computes them all. Positions in no
+    phase (residues no tap reaches, or whose taps read only padding) get no input at all.
+
+    >>> [group] = transposed_phase_groups((4,), (4,), (2,), (1,), (1,), (8,))
+    >>> group.crop, group.padding, group.taps
+    ((slice(0, 4, None),), ((1, 1),), ((slice(1, 4, 2),), (slice(0, 3, 2),)))
+    >>> group.windows, group.places
+    (((slice(0, 4, None),), (slice(1, 5, None),)), ((slice(0, 8, 2),), (slice(1, 8, 2),)))
+    >>> [len(group.taps) for group in transposed_phase_groups((5, 5), (3, 3), (2, 2), (1, 1), (1, 1), (9, 9))]
+    [1, 1, 1, 1]
+    """
+    per_dimension = [
+        _groups(*sizes) for sizes in zip(input_size, kernel_size, stride, padding, dilation, output_size)
+    ]
+    groups = []
+    for parts in itertools.product(*per_dimension):
+        members = list(itertools.product(*(residues for _, _, _, residues in parts)))
+        groups.append(
+            PhaseGroup(
+                tuple(crop for crop, _, _, _ in parts),
+                tuple(pair for _, pair, _, _ in parts),
+                tuple(spacing for _, _, spacing, _ in parts),
+                tuple(tuple(residue.taps for residue, _ in member) for member in members),
+                tuple(tuple(window for _, window in member) for member in members),
+                tuple(tuple(residue.place for residue, _ in member) for member in members),
+            )
+        )
+    return tuple(groups)
+
+
+def _groups(
+    size: int, kernel: int, step: int, pad: int, spacing: int, output: int
+) -> list[tuple[slice, tuple[int, int], int, list[tuple[_Residue, slice]]]]:
+    """One dimension's groups: (crop, padding, dilation, [(residue, window)]) per tap count."""
+    common = math.gcd(step, spacing)
+    tap_step, offset_step = step // common, spacing // common
+    by_count: dict[int, list[_Residue]] = {}
+    # the first taps of the residues are 0 .. tap_step - 1, one residue each
+    for first in range(min(kernel, tap_step)):
+        residue = (first * spacing - pad) % step
+        if residue >= output:
+            continue
+        count = (kernel - 1 - first) // tap_step + 1
+        outputs = (output - residue + step - 1) // step
+        # the input index read by output q through the first tap: q + offset
+        offset = (residue + pad - first * spacing) // step
+        start, stop = offset - (count - 1) * offset_step, outputs + offset
+        if max(start, 0) < min(stop, size):
+            taps = slice(first, first + (count - 1) * tap_step + 1, tap_step)
+            by_count.setdefault(count, []).append(
+                _Residue(slice(residue, output, step), taps, start, stop, outputs)
+            )
+    groups = []
+    for _, residues in sorted(by_count.items()):
+        residues.sort(key=lambda residue: residue.place.start)
+        start = min(residue.start for residue in residues)
+        stop = max(residue.stop for residue in residues)
+        crop = slice(max(start, 0), min(stop, size))
+        windows = [
+            slice(residue.start - start, residue.start - start + residue.outputs) for residue in residues
+        ]
+        groups.append(
+            (crop, (max(-start, 0), max(stop - size, 0)), offset_step, list(zip(residues, windows)))
+        )
+    return groups

@@ -20,8 +20,8 @@ else:
     TransposedModule = object
 
 
-class _WeightsTimesInput(TransposedModule):
-    """The forward shared by the transposed modules: weights times input, folded back with col2im."""
+class _PhaseConvolutions(TransposedModule):
+    """The forward shared by the transposed modules: :func:`anyconv.conv_transpose`."""
 
     memory_budget: int | None = None
 
@@ -53,12 +53,12 @@ class _WeightsTimesInput(TransposedModule):
         )
 
 
-class ConvTranspose1d(_WeightsTimesInput, torch.nn.ConvTranspose1d):
-    """``torch.nn.ConvTranspose1d``, computed as weights times input folded back with col2im."""
+class ConvTranspose1d(_PhaseConvolutions, torch.nn.ConvTranspose1d):
+    """``torch.nn.ConvTranspose1d``, computed as stride-1 convolutions, one per group of phases."""
 
 
-class ConvTranspose2d(_WeightsTimesInput, torch.nn.ConvTranspose2d):
-    """``torch.nn.ConvTranspose2d``, computed as weights times input folded back with col2im.
+class ConvTranspose2d(_PhaseConvolutions, torch.nn.ConvTranspose2d):
+    """``torch.nn.ConvTranspose2d``, computed as stride-1 convolutions, one per group of phases.
 
     >>> import torch
     >>> layer = ConvTranspose2d(4, 2, 3, stride=2, padding=1)
@@ -67,5 +67,5 @@ class ConvTranspose2d(_WeightsTimesInput, torch.nn.ConvTranspose2d):
     """
 
 
-class ConvTranspose3d(_WeightsTimesInput, torch.nn.ConvTranspose3d):
-    """``torch.nn.ConvTranspose3d``, computed as weights times input folded back with col2im."""
+class ConvTranspose3d(_PhaseConvolutions, torch.nn.ConvTranspose3d):
+    """``torch.nn.ConvTranspose3d``, computed as stride-1 convolutions, one per group of phases."""
