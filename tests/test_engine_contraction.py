@@ -36,7 +36,9 @@ class ScaledExponential(Variant):
         return torch.bmm(scale, filters), torch.bmm(scale.mT, fields)
 
 
-def _tensors(channels=4, outputs=6, groups=2, size=(7, 6), seed=0):
+def _tensors(channels=20, outputs=6, groups=2, size=(7, 6), seed=0):
+    # more than eight channels per group: the fields path, which this file tests (fewer take the
+    # tap loops or the tap products, tests/test_engine_paths_*.py)
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(2, channels, *size, generator=generator, dtype=torch.float64, requires_grad=True)
     w = torch.randn(
@@ -108,8 +110,7 @@ def test_bias_is_added_alike_with_and_without_a_graph():
 
 
 def test_learnable_options_take_autograd_and_keep_no_output():
-    # ten channels per group: the fields path (the tap products' composition keeps exp's output)
-    x, w, _ = _tensors(channels=20)
+    x, w, _ = _tensors()
     gamma = torch.full((6,), 0.2, dtype=torch.float64, requires_grad=True)
     output = anyconv.generalized_conv(x, w, "rbf", padding=1, groups=2, gamma=gamma)
     output.mul_(2)  # nothing of the output is saved, so no version error
