@@ -53,8 +53,10 @@ def conv_transpose(
     input with the kernel taps that reach them (at most ``prod(min(kernel, stride))`` phases,
     those with as many taps in one convolution; positions no tap reaches get the bias alone),
     each chunked by :func:`anyconv.conv` under ``memory_budget`` bytes along samples and any
-    spatial dimension. Gradients come from autograd, twice differentiable. Under ``torch.autocast`` it runs in autocast's dtype, and a
-    channels-last input or weight gives a channels-last output, as torch's does.
+    spatial dimension; beyond the budget, the phases' outputs take at most one output-sized
+    tensor before they are interleaved. Gradients come from autograd, twice differentiable.
+    Under ``torch.autocast`` it runs in autocast's dtype, and a channels-last input or weight
+    gives a channels-last output, as torch's does.
 
     >>> import torch, torch.nn.functional as F
     >>> x, w = torch.randn(2, 4, 5, 5, dtype=torch.float64), torch.randn(4, 3, 3, 3, dtype=torch.float64)
