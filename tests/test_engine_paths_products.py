@@ -280,7 +280,7 @@ def test_unbatched_input():
     )
 
 
-def test_other_variants_dense_and_compiled_calls_take_other_paths(monkeypatch):
+def test_other_variants_and_dense_calls_take_other_paths():
     x = torch.randn(1, 4, 5, 5)
     assert not tap_products_fit(resolve_variant("l1"), x, torch.randn(4, 1, 3, 3), 4)
     assert not tap_products_fit(resolve_variant("cosine"), x, torch.randn(4, 4, 3, 3), 1)
@@ -292,9 +292,25 @@ def test_other_variants_dense_and_compiled_calls_take_other_paths(monkeypatch):
         eps = 1.0
 
     assert not tap_products_fit(MyCosine(), x, torch.randn(4, 1, 3, 3), 4)
-    # torch.compile cannot trace the loops: this path stands aside with them
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert not tap_products_fit(resolve_variant("cosine"), x, torch.randn(4, 1, 3, 3), 4)
+
+
+@pytest.mark.parametrize("name", ["cosine", "sharpened_cosine", "rbf", "polynomial"])
+def test_compiled_fullgraph_equals_eager(name):
+    # the tap loops are custom operators, so torch.compile traces this path's composition of them
+    x = torch.randn(2, 8, 7, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+
+    def layer(x, w):
+        return anyconv.generalized_conv(x, w, name, padding=1, groups=8)
+
+    eager = layer(x, w)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")(x, w)
+    torch.testing.assert_close(compiled, eager)
+    grad = torch.randn_like(eager)
+    for compiled_grad, eager_grad in zip(
+        torch.autograd.grad(compiled, (x, w), grad), torch.autograd.grad(eager, (x, w), grad)
+    ):
+        torch.testing.assert_close(compiled_grad, eager_grad)
 
 
 def test_vmap_and_channels_last_equal_the_formula():

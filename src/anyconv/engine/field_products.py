@@ -91,7 +91,7 @@ def _inner_product_fits(rows: torch.Tensor, filters: torch.Tensor) -> bool:
         and filters.dtype == torch.float32
         and rows.device.type == "cpu"
         and _inner_product_available()
-        and torch.backends.mkldnn.enabled
+        and bool(torch.backends.mkldnn.enabled)
     )
 
 

@@ -139,7 +139,7 @@ def divide_by_norms(
     return products.div_(field_norms * filter_norms + eps)
 
 
-def _per_filter(value: object, groups: int, ndim: int) -> object:
+def _per_filter(value: Any, groups: int, ndim: int) -> Any:
     """An option as it broadcasts against (batch, groups, filters per group, *output)."""
     if isinstance(value, torch.Tensor) and value.dim() == 1:
         return value.view(groups, -1, *(1,) * ndim)
