@@ -215,8 +215,8 @@ def add_tap_products(
     """
     groups, out_group, in_group = taps.shape[1:]
     width, samples = layout.columns, grid.shape[0]
-    # one batched product per tap and group over the chunk's samples (5% faster backward than a
-    # product per sample, measured on (8, 64, 32, 32); the same sums, in the same order)
+    # one batched product per tap and group over the chunk's samples: fewer calls than a product
+    # per sample, the same sums in the same order (docs/engine.md has the measurement)
     for group in range(groups):
         scale = grid[:, group * out_group : (group + 1) * out_group, :width]
         channels = slice(group * in_group, (group + 1) * in_group)
@@ -230,14 +230,11 @@ def add_tap_products(
                 grad_columns.baddbmm_(taps[tap, group].T.expand(samples, -1, -1), scale)
 
 
-#: fewest input channels per group for which the shifted views beat copied fields (measured
-#: here, 1 thread: faster at 4 per group, 2x slower depthwise, where each product is 1 x 1)
+#: fewest input channels per group for which the shifted views beat copied fields (depthwise,
+#: each product is 1 x 1; docs/engine.md has the measurements behind these thresholds)
 MIN_CHANNELS_PER_GROUP = 4
 #: fewest output positions per sample for which they do: each chunk costs a Python loop of
-#: taps x groups products, so small images lose. Measured here, 2 threads, the backward of dot
-#: and cosine against copied fields, batch 8 and 32: 8 x 8 1.14x-1.64x slower (64 and 128
-#: channels); 16 x 16 1.13x-1.17x slower at 16 channels, 0.79x-0.97x the time at 32 to 128;
-#: 32 x 32 0.67x-0.95x at 8 to 64 channels, except dot at 8 channels and batch 8 (1.03x)
+#: taps x groups products, so small images lose
 MIN_POSITIONS = 1024
 #: images from this many positions (16 x 16) take the views too when their groups are this wide
 MIN_POSITIONS_WIDE, WIDE_CHANNELS = 256, 32
@@ -246,8 +243,8 @@ MIN_POSITIONS_WIDE, WIDE_CHANNELS = 256, 32
 def shifted_views_fit(geometry: Geometry, weight: torch.Tensor) -> bool:
     """Whether a backward on shifted views beats copying the fields and folding their gradients.
 
-    At stride 2 the phase split and the smaller products made it no faster (dot and cosine on
-    (8, 64, 32, 32): 1.07x and 1.12x the time), so it is kept for stride 1.
+    At stride 2 the phase split and the smaller products made it no faster, so it is kept for
+    stride 1.
 
     >>> from anyconv.geometry import make_geometry
     >>> shifted_views_fit(make_geometry((32, 32), 3, padding=1), torch.empty(4, 8, 3, 3))
