@@ -92,7 +92,7 @@ def run(arguments: argparse.Namespace) -> int:
             print(f"{start}  {outcome.forward:9.2e}  {outcome.gradient:9.2e}  {verdict}")
     if not hasattr(anyconv, "conv"):
         print("(anyconv.conv is not in this version: its check is left out)")
-    print("fused loops on this machine (float32/float64 on CPU):")
+    print("fused loops on this machine (float32, float64, bfloat16, float16 on CPU):")
     for variant, path in native_paths().items():
         print(f"  {variant.ljust(8)}  {path}")
     if all(outcome.passed for outcome in outcomes):
