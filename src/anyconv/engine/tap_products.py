@@ -1,14 +1,16 @@
 """The tap-products path: ``cosine``, ``sharpened_cosine``, ``polynomial`` and ``rbf`` on few
-input channels per group (depthwise), composed from the tap loops instead of copied fields.
+input channels per group (depthwise), composed from tap-by-tap sums instead of copied fields.
 
-Each is a function of the tap loops' dot product s = p . w (``rbf``: of their own squared distance,
-which does not cancel on data far from zero), the field norms |p| (a tap-loops box sum of x^2 per
-group) and the filter norms |w|. Autograd differentiates the composition: the loops are
-differentiable, twice through the custom operator.
+Each is a function of the dot product s = p . w summed tap by tap (``rbf``: of the squared distance,
+which does not cancel on data far from zero), the field norms |p| (a box sum of x^2 per group) and
+the filter norms |w|. The sums are the C++ tap loops' on CPU and the Triton kernels' where those are
+chosen (:func:`tap_primitive`); both are custom operators differentiable twice, and autograd
+differentiates the composition.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,6 +18,7 @@ import torch
 from ..geometry import Geometry, make_geometry
 from ..variants import L2, RBF, Cosine, Dot, Polynomial, SharpenedCosine, Variant
 from .tap_loops import tap_loops_conv, tap_loops_fit
+from .triton_conv import triton_conv, triton_conv_fits
 
 _DOT, _L2 = Dot(), L2()
 _VARIANTS = (Cosine, SharpenedCosine, Polynomial, RBF)
@@ -25,19 +28,57 @@ _CHECKED_DIVISION = 2**14
 #: taps' worth of time one more pass of the box sum costs (its call, its padded copy)
 _PASS_COST = 3
 
+#: a primitive: (input, weight, bias, variant dot or l2, geometry, groups, memory budget) -> output,
+#: the generalized convolution summed tap by tap without copying fields
+Primitive = Callable[[torch.Tensor, torch.Tensor, Any, Variant, Geometry, int, int], torch.Tensor]
+
 
 def tap_products_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
     """Whether this path computes the call: a product-form variant (exactly one of the built-in
-    classes, whose formulas it repeats) where the tap loops take ``dot`` (see ``tap_loops_fit``).
+    classes, whose formulas it repeats) where a primitive sums ``dot`` tap by tap (:func:`tap_primitive`).
 
     >>> import torch
     >>> x, w = torch.randn(1, 8, 5, 5), torch.randn(8, 1, 3, 3)
-    >>> tap_products_fit(Cosine(), x, w, 8) == tap_loops_fit(Dot(), x, w, 8)
+    >>> tap_products_fit(Cosine(), x, w, 8) == (tap_primitive(x, w, 8) is not None)
     True
     >>> tap_products_fit(Dot(), x, w, 8)
     False
     """
-    return type(variant) in _VARIANTS and tap_loops_fit(_DOT, input, weight, groups)
+    return type(variant) in _VARIANTS and tap_primitive(input, weight, groups) is not None
+
+
+def tap_primitive(input: torch.Tensor, weight: torch.Tensor, groups: int) -> Primitive | None:
+    """What sums this path's ``dot`` and ``l2`` tap by tap on the call: the Triton kernels where they
+    are chosen (CUDA tensors, or ``ANYCONV_BACKEND=triton``: see ``triton_conv_fits``), else the C++
+    tap loops where they fit (``tap_loops_fit``), else None (the path does not fit).
+
+    The two never fit the same call (the loops step aside for ``ANYCONV_BACKEND=triton`` and take
+    CPU tensors only); the box sum of x^2 (one channel per group) fits wherever the call does.
+
+    >>> import torch
+    >>> tap_primitive(torch.randn(1, 8, 5, 5), torch.randn(8, 1, 3, 3), 8) in (tap_loops_conv, _triton, None)
+    True
+    >>> tap_primitive(torch.randn(1, 8, 5, 5), torch.randn(8, 8, 3, 3), 1) is None
+    True
+    """
+    if triton_conv_fits(_DOT, input, weight, groups):
+        return _triton
+    if tap_loops_fit(_DOT, input, weight, groups):
+        return tap_loops_conv
+    return None
+
+
+def _triton(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    variant: Variant,
+    geometry: Geometry,
+    groups: int,
+    memory_budget: int,
+) -> torch.Tensor:
+    """``triton_conv`` as a primitive: the kernels read the padded input in place, so need no budget."""
+    return triton_conv(input, weight, bias, variant, geometry, groups)
 
 
 def tap_products_conv(
@@ -67,17 +108,20 @@ def tap_products_conv(
     grouped = (batch, groups, per_group, *geometry.output_size)
     options = {name: _per_filter(value, groups, ndim) for name, value in variant.options.items()}
     recording = records_graph(input, weight, bias, *options.values())
+    primitive = tap_primitive(input, weight, groups)
+    assert primitive is not None, "tap_products_fit chose this path"
     if isinstance(variant, RBF):
         gamma = 1 / weight[0].numel() if options["gamma"] is None else options["gamma"]
-        # the loops' l2 is -sum (p - w)^2, summed tap by tap
-        distances = tap_loops_conv(input, weight, None, _L2, geometry, groups, memory_budget)
+        # the primitive's l2 is -sum (p - w)^2, summed tap by tap
+        distances = primitive(input, weight, None, _L2, geometry, groups, memory_budget)
         output = (distances.view(grouped) * gamma).exp()
     else:
-        products = tap_loops_conv(input, weight, None, _DOT, geometry, groups, memory_budget).view(grouped)
+        products = primitive(input, weight, None, _DOT, geometry, groups, memory_budget).view(grouped)
         if isinstance(variant, Polynomial):
             output = (products + options["c"]).pow(options["degree"])
         else:
-            field_norms = safe_sqrt(_field_squares(input, geometry, groups, memory_budget)).unsqueeze(2)
+            squares = _field_squares(primitive, input, geometry, groups, memory_budget)
+            field_norms = safe_sqrt(squares).unsqueeze(2)
             filter_norms = torch.linalg.vector_norm(weight.flatten(1), dim=1).view(
                 groups, per_group, *(1,) * ndim
             )
@@ -165,17 +209,20 @@ def _sharpened(
     return torch.sign(similarity) * magnitude.pow(exponent)
 
 
-def _field_squares(input: torch.Tensor, geometry: Geometry, groups: int, memory_budget: int) -> torch.Tensor:
+def _field_squares(
+    primitive: Primitive, input: torch.Tensor, geometry: Geometry, groups: int, memory_budget: int
+) -> torch.Tensor:
     """|p|^2 of every field of every group, (batch, groups, *output): a box sum of x^2 (summed
-    over the group's channels first) over the kernel's taps, one dimension at a time where that
-    takes fewer taps (a k x k box costs 2k, not k^2, taps per output)."""
+    over the group's channels first) over the kernel's taps by the primitive's ``dot`` with a
+    filter of ones, one dimension at a time where that takes fewer taps (a k x k box costs 2k,
+    not k^2, taps per output)."""
     squares = input * input
     if input.shape[1] > groups:
         squares = squares.unflatten(1, (groups, -1)).sum(2)
     separable = sum(geometry.kernel_size) + _PASS_COST * (geometry.ndim - 1) < geometry.kernel_volume
     for pass_geometry in _box_passes(geometry) if separable else (geometry,):
         ones = squares.new_ones((groups, 1, *pass_geometry.kernel_size))
-        squares = tap_loops_conv(squares, ones, None, _DOT, pass_geometry, groups, memory_budget)
+        squares = primitive(squares, ones, None, _DOT, pass_geometry, groups, memory_budget)
     return squares
 
 
