@@ -6,12 +6,16 @@ Run on a machine with a CUDA GPU and triton (``pip install anyconv[gpu]``), from
 Two tables. Variants: every built-in variant on the layer of ``bench_variants.py`` (batch 8 of
 64 x 32 x 32, 64 channels, 3x3, padding 1), with the path it took. Layers: the variants of the
 Triton path on the layer shapes of ``bench_layers.py`` (its transposed rows left out:
-generalized_conv has no transposed form), each also as "(per-chunk)": the same call with the
-implicit path turned off, so that the engine copies fields chunk by chunk for the per-chunk Triton
-kernels (dot and l2 then take their matrix product). Each round times cuDNN once and then every
-method once with CUDA events; a method's ratio is its time over cuDNN's in that round. The tables
-give the median and quartiles of those ratios over the rounds, forward (under ``no_grad``) and
-forward+backward. The path column: ``triton`` for the implicit kernels, else ``engine``.
+generalized_conv has no transposed form), and the product-form variants (cosine,
+sharpened_cosine, polynomial, rbf) on its rows with few channels per group (depthwise, grouped),
+where they take the tap products on the Triton kernels. Each is also timed as "(per-chunk)": the
+same call with the Triton path and the tap products turned off, so that the engine copies fields
+chunk by chunk (for the per-chunk Triton kernels, or the matrix product of dot, l2 and the product
+forms). Each round times cuDNN once and then every method once with CUDA events; a method's ratio
+is its time over cuDNN's in that round. The tables give the median and quartiles of those ratios
+over the rounds, forward (under ``no_grad``) and forward+backward. The path column: ``triton``
+for the implicit kernels, ``tap products (triton)`` for the product forms composed from them,
+else ``engine``.
 """
 
 from __future__ import annotations
@@ -28,11 +32,15 @@ from bench_layers import ROWS, Row
 
 import anyconv
 from anyconv.engine import paths
+from anyconv.engine import plan as planning
+from anyconv.engine.tap_loops import MAX_CHANNELS_PER_GROUP
 from anyconv.variants import BUILTIN_VARIANTS
 from anyconv.variants.triton_backend import forget_triton, took_triton
 
 #: the variants of the Triton path (dot and l2 on few channels per group only)
 TRITON = ("l1", "lp", "max_plus", "min_plus", "dot", "l2")
+#: the product-form variants, composed from the Triton dot and l2 on few channels per group only
+PRODUCTS = ("cosine", "sharpened_cosine", "polynomial", "rbf")
 CHUNKED = " (per-chunk)"
 #: options that keep each variant's outputs finite on these layers
 OPTIONS = {"polynomial": {"degree": 2}}
@@ -75,7 +83,10 @@ def paired_ratios(layer, methods: dict, rounds: int, backward: bool) -> tuple[li
         forget_triton()
         call(function)  # warm-up: Triton compiles each kernel on its first call
         implicit = took_triton() and not name.endswith(CHUNKED)
-        paths[name] = "" if name == "cuDNN" else "triton" if implicit else "engine"
+        if name == "cuDNN" or not implicit:
+            paths[name] = "" if name == "cuDNN" else "engine"
+        else:
+            paths[name] = "tap products (triton)" if name in PRODUCTS else "triton"
     torch_ms: list[float] = []
     ratios: dict[str, list[float]] = {name: [] for name in methods if name != "cuDNN"}
     for _ in range(rounds):
@@ -104,11 +115,19 @@ def _methods(variants: list[str], arguments: dict, ndim: int) -> dict:
 
 
 def with_chunked(methods: dict) -> dict:
-    """``methods`` and, after each variant, the same call with the implicit Triton path turned off."""
+    """``methods`` and, after each variant, the same call with the implicit Triton path and the tap
+    products turned off (the engine's fields path)."""
+    # plans are cached by the call's signature, which the patches do not change: the calls with
+    # the paths turned off keep plans of their own, or they would run the first call's path again
+    chunked_plans: dict = {}
 
     def chunked(function):
         def call(x, w, b):
-            with mock.patch.object(paths, "triton_conv_fits", lambda *args: False):
+            with (
+                mock.patch.object(paths, "triton_conv_fits", lambda *args: False),
+                mock.patch.object(paths, "tap_products_fit", lambda *args: False),
+                mock.patch.object(planning, "_PLANS", chunked_plans),
+            ):
                 return function(x, w, b)
 
         return call
@@ -154,8 +173,14 @@ def variant_table(rounds: int, device: torch.device) -> None:
     print_rows("bench_variants 3x3", "8x64x32x32 -> 64", layer, methods, rounds, {})
 
 
+def few_channels_per_group(row: Row) -> bool:
+    """Whether the row is grouped with few input channels per group (depthwise and the like)."""
+    return row.groups > 1 and row.input_shape[1] // row.groups <= MAX_CHANNELS_PER_GROUP
+
+
 def layer_table(rows: list[Row], variants: list[str], rounds: int, device: torch.device) -> None:
-    """The Triton path's variants (and per-chunk) on the layer shapes of real networks, and a summary."""
+    """The Triton path's variants (and per-chunk) on the layer shapes of real networks, the product
+    forms on the rows with few channels per group only, and a summary."""
     print("\n| row | shape | pass | cuDNN ms | variant | x cuDNN | path |")
     print("|---|---|---|---:|---|---|---|")
     medians: dict[str, list[tuple[float, str]]] = {}
@@ -163,7 +188,8 @@ def layer_table(rows: list[Row], variants: list[str], rounds: int, device: torch
         arguments = dict(stride=row.stride, padding=row.padding, dilation=row.dilation, groups=row.groups)
         layer = _layer(row.input_shape, row.out_channels, row.kernel_size, row.groups, device)
         shape = "x".join(map(str, row.input_shape)) + f" -> {row.out_channels}"
-        methods = with_chunked(_methods(variants, arguments, row.ndim))
+        chosen = [variant for variant in variants if variant not in PRODUCTS or few_channels_per_group(row)]
+        methods = with_chunked(_methods(chosen, arguments, row.ndim))
         print_rows(f"{row.name} ({row.network})", shape, layer, methods, rounds, medians)
     print("\n| variant | geometric mean of forward medians | worst row (forward median) |")
     print("|---|---:|---|")
@@ -179,7 +205,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=15, help="rounds per row and pass (default 15)")
     parser.add_argument("--rows", help="only the layer rows whose name contains this text")
-    parser.add_argument("--variants", nargs="*", default=list(TRITON), choices=TRITON)
+    parser.add_argument("--variants", nargs="*", default=[*TRITON, *PRODUCTS], choices=TRITON + PRODUCTS)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit(
