@@ -59,6 +59,7 @@ PER_CHANNEL = [
     pytest.param("rbf", {"gamma": _per_channel(0.05, 0.5)}, id="rbf-per-channel"),
 ]  # fmt: skip
 FLOATS = [pytest.param(torch.float64, id="float64"), pytest.param(torch.float32, id="float32")]
+HALVES = [pytest.param(torch.bfloat16, id="bfloat16"), pytest.param(torch.float16, id="float16")]
 #: every variant on every geometry, the per-channel options on two (the interpreter is slow)
 CASES = [
     pytest.param(geometry, *variant.values, id=f"{geometry['id']}-{variant.id}")
@@ -142,6 +143,29 @@ def test_equal_to_the_cpu_tap_products(geometry, name, options, dtype, monkeypat
     theirs, _ = _run(geometry, name, options, tensors, grad)
     assert last_path() == "native"
     _assert_all_close(mine, theirs, **tolerance)
+
+
+@pytest.mark.parametrize("dtype", HALVES)
+@pytest.mark.parametrize(("name", "options"), VARIANTS)
+def test_half_precision_within_a_few_epsilons(name, options, dtype):
+    """Half inputs: the sums are float32's, the formula's steps round to the half type (as on the
+    CPU's tap products); the float64 formula of the rounded inputs, to a few epsilons of the scale."""
+    geometry = GEOMETRIES[2]
+    tensors = _tensors(geometry, dtype)
+    mine, grad = _run(geometry, name, options, tensors)
+    assert last_path() == "triton" and mine[0].dtype == dtype
+    eps = torch.finfo(dtype).eps
+    # the output's gradient as the half-precision call took it
+    expected = _naive(geometry, name, options, tensors, grad.to(dtype).double())
+    for label, got, want in zip(("output", "input", "weight", "bias"), mine, expected):
+        scale = want.abs().amax().item() + 1
+        torch.testing.assert_close(
+            got.double(),
+            want,
+            rtol=8 * eps,
+            atol=8 * eps * scale,
+            msg=lambda text, label=label: f"{label}: {text}",
+        )
 
 
 def _refuse(*args, **kwargs):
