@@ -242,3 +242,22 @@ def test_gradgradcheck(name, options, arguments):
         return anyconv.generalized_conv(x, w, name, b, **arguments, **options)
 
     assert gradgradcheck(function, (x, w, b), fast_mode=True)
+
+
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
+def test_torch_compile_fullgraph_equals_eager():
+    """The composition on the Triton operator is traced whole, with no graph break."""
+    geometry = GEOMETRIES[2]
+    x, w, _ = (tensor.requires_grad_() for tensor in _tensors(geometry))
+
+    def layer(x, w):
+        return anyconv.generalized_conv(x, w, "cosine", **geometry["with"])
+
+    eager = layer(x, w)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")(x, w)
+    torch.testing.assert_close(compiled, eager)
+    grad = torch.randn_like(eager)
+    for got, want in zip(
+        torch.autograd.grad(compiled, (x, w), grad), torch.autograd.grad(eager, (x, w), grad)
+    ):
+        torch.testing.assert_close(got, want)
