@@ -2,13 +2,16 @@
 channels per group under ``ANYCONV_BACKEND=triton``, through Triton's interpreter (sizes stay tiny).
 
 Against the naive float64 formulas and the CPU's tap products (the C++ loops), forward, gradients
-(learnable options included), first and second derivatives by gradcheck, and the path taken.
+(learnable options included), half precision, first and second derivatives by gradcheck, the path
+taken, torch.compile, and random N-d calls (hypothesis).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 from variant_reference import naive_generalized_conv
 
@@ -261,3 +264,46 @@ def test_torch_compile_fullgraph_equals_eager():
         torch.autograd.grad(compiled, (x, w), grad), torch.autograd.grad(eager, (x, w), grad)
     ):
         torch.testing.assert_close(got, want)
+
+
+@st.composite
+def _calls(draw):
+    """A random N-d call (N = 1 to 3) with few channels per group: stride, dilation, padding."""
+    name, options = draw(st.sampled_from([param.values for param in VARIANTS]))
+    ndim, groups = draw(st.integers(1, 3)), draw(st.integers(2, 3))
+    # a first dimension of 2 taps or more: a 1x1 kernel takes the pointwise path
+    kernel = [
+        draw(st.integers(2, 3)),
+        *draw(st.lists(st.integers(1, 3), min_size=ndim - 1, max_size=ndim - 1)),
+    ]
+    dilation = draw(st.lists(st.integers(1, 2), min_size=ndim, max_size=ndim))
+    stride = draw(st.lists(st.integers(1, 2), min_size=ndim, max_size=ndim))
+    reach = [spacing * (size - 1) + 1 for spacing, size in zip(dilation, kernel)]
+    # padding under the kernel's reach: no field all of padding (a zero field, where the naive
+    # cosine's gradient is NaN and the path's is 0, the fields path's rule)
+    padding = [draw(st.integers(0, min(1, extent - 1))) for extent in reach]
+    size = [draw(st.integers(max(1, extent - 2 * pad), extent + 2)) for extent, pad in zip(reach, padding)]
+    per_group = draw(st.integers(1, 3))
+    geometry = {
+        "x": (draw(st.integers(1, 2)), groups * per_group, *size),
+        "w": (groups * draw(st.integers(1, 2)), per_group, *kernel),
+        "with": {
+            "stride": tuple(stride),
+            "padding": tuple(padding),
+            "dilation": tuple(dilation),
+            "groups": groups,
+        },
+    }
+    return geometry, name, options
+
+
+@settings(max_examples=6, deadline=None)
+@given(call=_calls(), seed=st.integers(0, 2**16))
+def test_any_geometry_equals_the_naive_formula(call, seed):
+    geometry, name, options = call
+    tensors = _tensors(geometry, seed=seed)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ANYCONV_BACKEND", "triton")
+        mine, grad = _run(geometry, name, options, tensors)
+        assert last_path() == "triton"
+    _assert_all_close(mine, _naive(geometry, name, options, tensors, grad))
