@@ -113,7 +113,7 @@ def conv_transpose(
     check_fits("the output", output_shape, batched, spread or ("weight", weight))
     layout = output_memory_format(batched, weight)
     geometry = col2im_geometry(tuple(batched.shape[2:]), kernel_size, steps, spacings)
-    sample_bytes = col2im_sample_bytes(geometry, out_channels, batched.element_size())
+    sample_bytes = col2im_sample_bytes(geometry, out_channels, output_size, batched.element_size())
     form, samples_per_chunk = transposed_form(
         batched.shape[0], sample_bytes, resolve_budget(memory_budget), FORM
     )
@@ -131,11 +131,12 @@ def transposed_form(batch: int, sample_bytes: int, budget: int, form: str = "aut
     """The form :func:`conv_transpose` takes, and for col2im how many samples each chunk holds.
 
     ``form`` "auto" (the rule), "col2im" or "phases" (either one always, col2im at least one
-    sample at a time). The rule: col2im wherever its columns and image (``sample_bytes`` per
-    sample) fit ``budget`` for at least one sample, in chunks of as many samples as fit; the
-    phases where one sample's do not. col2im is one matrix product and K strided adds per chunk,
-    the phases several convolutions and an interleaving copy: col2im is the faster on the layers
-    networks use, the phases the one whose memory is bounded for any size.
+    sample at a time). The rule: col2im wherever what it makes per sample beyond one
+    output-sized tensor (``sample_bytes``, its columns: :func:`col2im_sample_bytes`) fits
+    ``budget``, in chunks of as many samples as fit; the phases where one sample's does not.
+    Why: col2im is one matrix product and K strided adds per chunk, the phases several
+    convolutions and an interleaving copy, so col2im is the faster form on the layers networks
+    use; the phases are the form whose memory stays bounded for a sample of any size.
 
     >>> transposed_form(32, 2**20, 4 * 2**20), transposed_form(1, 2**30, 4 * 2**20)
     (('col2im', 4), ('phases', 0))
@@ -245,7 +246,7 @@ def _phase_group(
 def _count(members: tuple[tuple[Any, ...], ...], output_size: tuple[int, ...]) -> int:
     """How many output positions the (disjoint) phases write."""
     return sum(
-        math.prod(len(range(size)[part]) for part, size in zip(place, output_size)) for *_, place in members
+        math.prod([len(range(size)[part]) for part, size in zip(place, output_size)]) for *_, place in members
     )
 
 

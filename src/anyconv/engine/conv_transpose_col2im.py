@@ -34,15 +34,17 @@ def col2im_geometry(
     return make_geometry(full_size, kernel_size, stride, 0, dilation)
 
 
-def col2im_sample_bytes(geometry: Geometry, out_channels: int, element_size: int) -> int:
-    """The bytes the col2im form makes per sample: its columns (out_channels x taps per input
-    position) and the image col2im sums them into, before it is cropped.
+def col2im_sample_bytes(
+    geometry: Geometry, out_channels: int, output_size: tuple[int, ...], element_size: int
+) -> int:
+    """The bytes the col2im form makes per sample beyond one output-sized tensor: its columns
+    (out_channels x taps per input position), and its image where the cropped padding makes it larger.
 
-    >>> col2im_sample_bytes(col2im_geometry((16, 16), (4, 4), (2, 2), (1, 1)), 64, 4)
-    1344512
+    >>> col2im_sample_bytes(col2im_geometry((16, 16), (4, 4), (2, 2), (1, 1)), 64, (32, 32), 4)
+    1082368
     """
-    image = math.prod(geometry.padded_size)
-    return element_size * out_channels * (geometry.kernel_volume * geometry.num_positions + image)
+    beyond = max(0, math.prod(geometry.padded_size) - math.prod(output_size))
+    return element_size * out_channels * (geometry.kernel_volume * geometry.num_positions + beyond)
 
 
 def col2im_transpose(
