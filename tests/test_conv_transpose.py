@@ -1,8 +1,11 @@
 """anyconv.conv_transpose against F.conv_transpose1d/2d/3d (float64, forward and both gradients),
-a naive loop for N = 4, torch's output_padding rule, chunking over samples, and bad input."""
+a naive loop for N = 4, torch's output_padding rule, chunking over samples, and bad input; each
+table runs through both forms, col2im and phases (``FORM`` of engine/conv_transpose.py forced)."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import random
 
 import pytest
@@ -16,6 +19,26 @@ import anyconv
 
 DOUBLE = torch.float64
 OPTIONS = ("stride", "padding", "output_padding", "groups", "dilation")
+#: the forms every table runs through; "auto" picks col2im on these small sizes
+FORMS = ("col2im", "phases")
+# the module, not the function engine/__init__.py exports under the same name
+TRANSPOSE = importlib.import_module("anyconv.engine.conv_transpose")
+
+
+@contextlib.contextmanager
+def forced(form):
+    """conv_transpose takes ``form`` inside the block (as ANYCONV_CONV_TRANSPOSE=form would)."""
+    saved, TRANSPOSE.FORM = TRANSPOSE.FORM, form
+    try:
+        yield
+    finally:
+        TRANSPOSE.FORM = saved
+
+
+@pytest.fixture(params=FORMS)
+def form(request):
+    with forced(request.param):
+        yield request.param
 
 
 def _tensors(case, seed=0, requires_grad=False):
@@ -138,7 +161,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case["id"] for case in CASES])
-def test_conv_transpose_matches_torch(case):
+def test_conv_transpose_matches_torch(case, form):
     _assert_matches_torch(case)
 
 
@@ -175,17 +198,19 @@ RANDOM_CASES = [_random_case(_rng, index) for index in range(120)]
 
 
 @pytest.mark.parametrize("case", RANDOM_CASES, ids=[case["id"] for case in RANDOM_CASES])
-def test_conv_transpose_matches_torch_on_seeded_random_geometries(case):
+def test_conv_transpose_matches_torch_on_seeded_random_geometries(case, form):
     _assert_matches_torch(case)
 
 
+@pytest.mark.parametrize("form", FORMS)
 @settings(max_examples=100, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1))
-def test_conv_transpose_matches_torch_on_hypothesis_geometries(seed):
-    _assert_matches_torch(_random_case(random.Random(seed), seed), seed % 1000)
+def test_conv_transpose_matches_torch_on_hypothesis_geometries(form, seed):
+    with forced(form):
+        _assert_matches_torch(_random_case(random.Random(seed), seed), seed % 1000)
 
 
-def test_tiny_memory_budget_gives_the_same_result():
+def test_tiny_memory_budget_gives_the_same_result(form):
     case = dict(input=(5, 4, 5, 5), weight=(4, 3, 3, 3), stride=2, padding=1, output_padding=1, groups=2)
     _assert_matches_torch(case, memory_budget=1)
 
@@ -199,7 +224,7 @@ GRADCHECK_CASES = [
 
 
 @pytest.mark.parametrize("case", GRADCHECK_CASES, ids=[case["id"] for case in GRADCHECK_CASES])
-def test_conv_transpose_gradcheck_and_gradgradcheck(case):
+def test_conv_transpose_gradcheck_and_gradgradcheck(case, form):
     tensors = _tensors(case, requires_grad=True)
 
     def function(*tensors):
@@ -217,7 +242,7 @@ LAYOUT_CASES = [
 
 @pytest.mark.parametrize("case", LAYOUT_CASES, ids=[case["id"] for case in LAYOUT_CASES])
 @pytest.mark.parametrize("which", ["input", "weight"])
-def test_channels_last_in_gives_torchs_layout_out(case, which):
+def test_channels_last_in_gives_torchs_layout_out(case, which, form):
     x, w, b = _tensors(case)
     layout = torch.channels_last
     if which == "input":
@@ -230,7 +255,7 @@ def test_channels_last_in_gives_torchs_layout_out(case, which):
     assert ours.stride() == theirs.stride()
 
 
-def test_conv_transpose_gradcheck():
+def test_conv_transpose_gradcheck(form):
     case = dict(
         input=(2, 4, 3, 3),
         weight=(4, 1, 2, 3),
@@ -264,7 +289,7 @@ FOUR_D_CASES = [
 
 
 @pytest.mark.parametrize("case", FOUR_D_CASES, ids=[case["id"] for case in FOUR_D_CASES])
-def test_conv_transpose_beyond_3d_matches_naive_loop(case):
+def test_conv_transpose_beyond_3d_matches_naive_loop(case, form):
     x, w, b = _tensors(case)
     options = _options(case)
     torch.testing.assert_close(
@@ -272,7 +297,7 @@ def test_conv_transpose_beyond_3d_matches_naive_loop(case):
     )
 
 
-def test_conv_transpose_is_the_adjoint_of_conv():
+def test_conv_transpose_is_the_adjoint_of_conv(form):
     # <conv(x, w), y> == <x, conv_transpose(y, w)> for the same geometry and no bias
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(2, 4, 6, 5, 4, 5, dtype=DOUBLE, generator=generator)
@@ -344,7 +369,7 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=[case["id"] for case in BAD_INPUTS])
-def test_bad_input_gets_a_clear_error(case):
+def test_bad_input_gets_a_clear_error(case, form):
     x, w = torch.randn(case["input"]), torch.randn(case["weight"])
     bias = torch.randn(case["bias"]) if "bias" in case else None
     with pytest.raises(case["error"], match=case["match"]):

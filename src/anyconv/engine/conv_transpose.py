@@ -1,24 +1,28 @@
-"""``conv_transpose``: the transposed convolution as stride-1 convolutions, one per group of phases.
+"""``conv_transpose``: the transposed convolution in one of two forms, col2im or phases, chosen per call.
 
-A transposed convolution of stride s writes output ``o = q * s + r`` from the input near ``q``
-through the kernel taps of residue r only, so the output positions of one residue (a "phase",
-per dimension) are an ordinary stride-1 convolution of the input with those taps, flipped, their
-in and out channels swapped per group, and dilation ``dilation / gcd(dilation, s)``; its padding
-(cropping where negative) comes from the residue (``geometry.transposed_phase_groups``). Phases
-with as many taps read windows of the input a position or two apart, so one convolution over
-the union of the windows, with their taps stacked as filters, computes them all (for a 4x4
-kernel at stride 2, one 2x2 convolution with 4x the filters instead of four). Each group runs
-through :func:`anyconv.conv`, which chunks it under the memory budget along samples and any
-spatial dimension, and its phases are written into the strided views ``output[..., r::s]`` by
-a small autograd Function whose adjoint gathers them back. No column matrix (out_channels x
-taps per input position) and no col2im are made, the products are those of the convolution of
-the same geometry (none with the zeros a stride inserts), and gradients of any order come from
-autograd through the engine.
+The col2im form (``engine/conv_transpose_col2im.py``) multiplies the weights with the input and
+sums the columns back with col2im, a few samples at a time; :func:`transposed_form` takes it
+wherever one sample's columns fit the memory budget, and the phase form below elsewhere.
+
+The phase form: a transposed convolution of stride s writes output ``o = q * s + r`` from the
+input near ``q`` through the kernel taps of residue r only, so the output positions of one
+residue (a "phase", per dimension) are an ordinary stride-1 convolution of the input with those
+taps, flipped, their in and out channels swapped per group, and dilation
+``dilation / gcd(dilation, s)``; its padding (cropping where negative) comes from the residue
+(``geometry.transposed_phase_groups``). Phases with as many taps read windows of the input a
+position or two apart, so one convolution over the union of the windows, with their taps stacked
+as filters, computes them all (for a 4x4 kernel at stride 2, one 2x2 convolution with 4x the
+filters instead of four). Each group runs through :func:`anyconv.conv`, which chunks it under the
+memory budget along samples and any spatial dimension, and its phases are written into the
+strided views ``output[..., r::s]`` by a small autograd Function whose adjoint gathers them back.
+No column matrix (out_channels x taps per input position) and no col2im are made, and gradients
+of any order come from autograd through the engine.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import torch
@@ -27,9 +31,17 @@ from ..errors import invalid
 from ..functional.allocation import check_fits
 from ..geometry import PhaseGroup, spatial_tuple, transposed_output_size, transposed_phase_groups
 from .arguments import check_conv_tensors
+from .chunks import resolve_budget
 from .conv import conv
+from .conv_transpose_col2im import col2im_geometry, col2im_sample_bytes, col2im_transpose
 from .ops_autocast import autocast_dtype, cast
 from .ops_memory_format import output_memory_format
+
+#: the forms :func:`transposed_form` knows
+FORMS = ("auto", "col2im", "phases")
+#: the form every call takes, from ``ANYCONV_CONV_TRANSPOSE`` read once at import: "auto" (the
+#: rule of :func:`transposed_form`), or "col2im" or "phases" always, to time one against the other
+FORM = os.environ.get("ANYCONV_CONV_TRANSPOSE", "auto")
 
 
 def conv_transpose(
@@ -44,16 +56,18 @@ def conv_transpose(
     *,
     memory_budget: int | None = None,
 ) -> torch.Tensor:
-    """``F.conv_transpose1d/2d/3d`` for any N (``weight.dim() - 2``), as one convolution per phase.
+    """``F.conv_transpose1d/2d/3d`` for any N (``weight.dim() - 2``), by col2im or by phases.
 
     ``weight`` is (in_channels, out_channels // groups, *kernel_size), as in torch. The output
     size is ``(in - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1``;
-    ``output_padding`` must be smaller than the stride or the dilation, as torch requires. The
-    output positions ``r::stride`` (per dimension) are a stride-1 :func:`anyconv.conv` of the
-    input with the kernel taps that reach them (at most ``prod(min(kernel, stride))`` phases,
-    those with as many taps in one convolution; positions no tap reaches get the bias alone),
-    each chunked by :func:`anyconv.conv` under ``memory_budget`` bytes along samples and any
-    spatial dimension; beyond the budget, the phases' outputs take at most one output-sized
+    ``output_padding`` must be smaller than the stride or the dilation, as torch requires.
+    Where one sample's columns (out_channels x taps per input position) fit ``memory_budget``
+    bytes: weights times input, summed back by col2im, as many samples at a time as fit
+    (:func:`transposed_form`). Elsewhere by phases: the output positions ``r::stride`` (per
+    dimension) are a stride-1 :func:`anyconv.conv` of the input with the kernel taps that reach
+    them (at most ``prod(min(kernel, stride))`` phases, those with as many taps in one
+    convolution; positions no tap reaches get the bias alone), each chunked under the budget
+    along samples and any spatial dimension; the phases' outputs take at most one output-sized
     tensor before they are interleaved. Gradients come from autograd, twice differentiable.
     Under ``torch.autocast`` it runs in autocast's dtype, and a channels-last input or weight
     gives a channels-last output, as torch's does.
@@ -97,6 +111,59 @@ def conv_transpose(
     # what made the output that large: a stride or a dilation that spreads it, else the kernel
     spread = ("stride", stride) if max(steps) > 1 else ("dilation", dilation) if max(spacings) > 1 else None
     check_fits("the output", output_shape, batched, spread or ("weight", weight))
+    layout = output_memory_format(batched, weight)
+    geometry = col2im_geometry(tuple(batched.shape[2:]), kernel_size, steps, spacings)
+    sample_bytes = col2im_sample_bytes(geometry, out_channels, output_size, batched.element_size())
+    form, samples_per_chunk = transposed_form(
+        batched.shape[0], sample_bytes, resolve_budget(memory_budget), FORM
+    )
+    if form == "col2im":
+        output = col2im_transpose(batched, weight, groups, geometry, amounts, output_size, samples_per_chunk)
+        if bias is not None:
+            output = output + bias.reshape(-1, *(1,) * ndim)
+    else:
+        output = _phases(batched, weight, bias, groups, steps, amounts, spacings, output_size, memory_budget)
+    output = output.contiguous(memory_format=layout)
+    return output.squeeze(0) if was_unbatched else output
+
+
+def transposed_form(batch: int, sample_bytes: int, budget: int, form: str = "auto") -> tuple[str, int]:
+    """The form :func:`conv_transpose` takes, and for col2im how many samples each chunk holds.
+
+    ``form`` "auto" (the rule), "col2im" or "phases" (either one always, col2im at least one
+    sample at a time). The rule: col2im wherever what it makes per sample beyond one
+    output-sized tensor (``sample_bytes``, its columns: :func:`col2im_sample_bytes`) fits
+    ``budget``, in chunks of as many samples as fit; the phases where one sample's does not.
+    Why: col2im is one matrix product and K strided adds per chunk, the phases several
+    convolutions and an interleaving copy, so col2im is the faster form on the layers networks
+    use; the phases are the form whose memory stays bounded for a sample of any size.
+
+    >>> transposed_form(32, 2**20, 4 * 2**20), transposed_form(1, 2**30, 4 * 2**20)
+    (('col2im', 4), ('phases', 0))
+    """
+    if form not in FORMS:
+        raise invalid("ANYCONV_CONV_TRANSPOSE", form, f"one of {', '.join(map(repr, FORMS))}")
+    fitting = budget // max(1, sample_bytes)
+    if form == "phases" or (form == "auto" and fitting < 1):
+        return "phases", 0
+    return "col2im", max(1, min(batch, fitting))
+
+
+def _phases(
+    batched: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    groups: int,
+    steps: tuple[int, ...],
+    amounts: tuple[int, ...],
+    spacings: tuple[int, ...],
+    output_size: tuple[int, ...],
+    memory_budget: int | None,
+) -> torch.Tensor:
+    """The phase form: one stride-1 :func:`anyconv.conv` per group of phases, interleaved."""
+    ndim = len(output_size)
+    kernel_size = tuple(weight.shape[2:])
+    output_shape = (batched.shape[0], weight.shape[1] * groups, *output_size)
     phase_groups = transposed_phase_groups(
         tuple(batched.shape[2:]), kernel_size, steps, amounts, spacings, output_size
     )
@@ -132,8 +199,7 @@ def conv_transpose(
         )
     if bias is not None and not covered:
         output = output + bias.reshape(-1, *(1,) * ndim)
-    output = output.contiguous(memory_format=layout)
-    return output.squeeze(0) if was_unbatched else output
+    return output
 
 
 def _phase_group(
@@ -180,7 +246,7 @@ def _phase_group(
 def _count(members: tuple[tuple[Any, ...], ...], output_size: tuple[int, ...]) -> int:
     """How many output positions the (disjoint) phases write."""
     return sum(
-        math.prod(len(range(size)[part]) for part, size in zip(place, output_size)) for *_, place in members
+        math.prod([len(range(size)[part]) for part, size in zip(place, output_size)]) for *_, place in members
     )
 
 

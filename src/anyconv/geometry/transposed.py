@@ -148,8 +148,9 @@ def _groups(
                 _Residue(slice(residue, output, step), taps, start, stop, outputs)
             )
     groups = []
-    for _, residues in sorted(by_count.items()):
-        residues.sort(key=lambda residue: residue.place.start)
+    # sorted by plain ints, which torch.compile traces without a graph break
+    for count in sorted(by_count):
+        residues = sorted(by_count[count], key=lambda residue: residue.place.start)
         start = min(residue.start for residue in residues)
         stop = max(residue.stop for residue in residues)
         crop = slice(max(start, 0), min(stop, size))

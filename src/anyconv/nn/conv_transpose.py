@@ -20,7 +20,7 @@ else:
     TransposedModule = object
 
 
-class _PhaseConvolutions(TransposedModule):
+class _TransposedConvolutions(TransposedModule):
     """The forward shared by the transposed modules: :func:`anyconv.conv_transpose`."""
 
     memory_budget: int | None = None
@@ -53,12 +53,12 @@ class _PhaseConvolutions(TransposedModule):
         )
 
 
-class ConvTranspose1d(_PhaseConvolutions, torch.nn.ConvTranspose1d):
-    """``torch.nn.ConvTranspose1d``, computed as stride-1 convolutions, one per group of phases."""
+class ConvTranspose1d(_TransposedConvolutions, torch.nn.ConvTranspose1d):
+    """``torch.nn.ConvTranspose1d``, computed by :func:`anyconv.conv_transpose` (col2im or phases)."""
 
 
-class ConvTranspose2d(_PhaseConvolutions, torch.nn.ConvTranspose2d):
-    """``torch.nn.ConvTranspose2d``, computed as stride-1 convolutions, one per group of phases.
+class ConvTranspose2d(_TransposedConvolutions, torch.nn.ConvTranspose2d):
+    """``torch.nn.ConvTranspose2d``, computed by :func:`anyconv.conv_transpose` (col2im or phases).
 
     >>> import torch
     >>> layer = ConvTranspose2d(4, 2, 3, stride=2, padding=1)
@@ -67,5 +67,5 @@ class ConvTranspose2d(_PhaseConvolutions, torch.nn.ConvTranspose2d):
     """
 
 
-class ConvTranspose3d(_PhaseConvolutions, torch.nn.ConvTranspose3d):
-    """``torch.nn.ConvTranspose3d``, computed as stride-1 convolutions, one per group of phases."""
+class ConvTranspose3d(_TransposedConvolutions, torch.nn.ConvTranspose3d):
+    """``torch.nn.ConvTranspose3d``, computed by :func:`anyconv.conv_transpose` (col2im or phases)."""
