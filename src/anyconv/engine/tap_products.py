@@ -4,7 +4,8 @@ input channels per group (depthwise), composed from the tap loops instead of cop
 Each is a function of the tap loops' dot product s = p . w (``rbf``: of their own squared distance,
 which does not cancel on data far from zero), the field norms |p| (a tap-loops box sum of x^2 per
 group) and the filter norms |w|. Autograd differentiates the composition: the loops are
-differentiable, twice through the custom operator.
+differentiable, twice through the custom operator. Without a graph to record, the cosines take
+one pass of the loops instead (:func:`tap_quotient_conv`: p . w, |p|^2 and the division at once).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from ..geometry import Geometry, make_geometry
 from ..variants import L2, RBF, Cosine, Dot, Polynomial, SharpenedCosine, Variant
-from .tap_loops import tap_loops_conv, tap_loops_fit
+from .tap_loops import tap_loops_conv, tap_loops_fit, tap_quotient_conv
 
 _DOT, _L2 = Dot(), L2()
 _VARIANTS = (Cosine, SharpenedCosine, Polynomial, RBF)
@@ -24,6 +25,10 @@ _VARIANTS = (Cosine, SharpenedCosine, Polynomial, RBF)
 _CHECKED_DIVISION = 2**14
 #: taps' worth of time one more pass of the box sum costs (its call, its padded copy)
 _PASS_COST = 3
+#: whether calls that record no graph take the cosines in one pass of the loops (dot, |p|^2 and the
+#: division together) rather than composed from the loops' dot, a box sum of x^2 and the division:
+#: False times the composition against it
+FUSED_QUOTIENT = True
 
 
 def tap_products_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
@@ -67,6 +72,9 @@ def tap_products_conv(
     grouped = (batch, groups, per_group, *geometry.output_size)
     options = {name: _per_filter(value, groups, ndim) for name, value in variant.options.items()}
     recording = records_graph(input, weight, bias, *options.values())
+    if FUSED_QUOTIENT and not recording and isinstance(variant, (Cosine, SharpenedCosine)):
+        output = _fused_cosine(input, weight, variant, geometry, groups, memory_budget)
+        return add_bias(output, bias, recording)
     if isinstance(variant, RBF):
         gamma = 1 / weight[0].numel() if options["gamma"] is None else options["gamma"]
         # the loops' l2 is -sum (p - w)^2, summed tap by tap
@@ -137,6 +145,38 @@ def divide_by_norms(
         if smallest * torch.finfo(products.dtype).eps > 4 * eps:
             return products.mul_(field_norms.reciprocal()).mul_(filter_norms.reciprocal())
     return products.div_(field_norms * filter_norms + eps)
+
+
+def _fused_cosine(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    variant: Cosine | SharpenedCosine,
+    geometry: Geometry,
+    groups: int,
+    memory_budget: int,
+) -> torch.Tensor:
+    """The cosine, or the sharpened cosine, by one pass of the loops (no graph recorded).
+
+    The loops divide by |p| scale + offset: |p| |w| + eps for the cosine, and for the sharpened
+    cosine's (|p| + q)(|w| + q) its expansion |p| (|w| + q) + q (|w| + q); the sharpening
+    sign(s) |s|^exponent then runs in place on the quotient s.
+    """
+    # the norms and options in the loops' compute type (float32 for bfloat16 and float16)
+    compute = torch.promote_types(input.dtype, torch.float32)
+    filter_norms = torch.linalg.vector_norm(weight.flatten(1), dim=1, dtype=compute)
+    if isinstance(variant, Cosine):
+        scale, offset = filter_norms, torch.full_like(filter_norms, variant.eps)
+    else:
+        q = variant.options["q"]
+        scale = filter_norms + (q.to(compute) if isinstance(q, torch.Tensor) else q)
+        offset = scale * (q.to(compute) if isinstance(q, torch.Tensor) else q)
+    quotient = tap_quotient_conv(input, weight, scale, offset, geometry, groups, memory_budget)
+    if isinstance(variant, Cosine):
+        return quotient
+    exponent = variant.options["exponent"]
+    if isinstance(exponent, torch.Tensor):
+        exponent = exponent.view(-1, *(1,) * geometry.ndim)
+    return quotient.abs().pow_(exponent).mul_(quotient.sign_())
 
 
 def _per_filter(value: Any, groups: int, ndim: int) -> Any:
