@@ -11,6 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from variant_reference import naive_generalized_conv
 
 import anyconv
@@ -114,9 +116,8 @@ def _options(options, out_channels, dtype=torch.float64):
     return built
 
 
-@pytest.fixture
-def fused(monkeypatch):
-    """The calls the one pass computed: a list that grows by one on each."""
+def _spy(patch):
+    """Count the calls the one pass computes: a list that grows by one on each."""
     calls = []
     quotient = tap_products.tap_quotient_conv
 
@@ -124,8 +125,14 @@ def fused(monkeypatch):
         calls.append(arguments[0].shape)
         return quotient(*arguments)
 
-    monkeypatch.setattr(tap_products, "tap_quotient_conv", spy)
+    patch.setattr(tap_products, "tap_quotient_conv", spy)
     return calls
+
+
+@pytest.fixture
+def fused(monkeypatch):
+    """The calls the one pass computed in this test."""
+    return _spy(monkeypatch)
 
 
 def _composed(monkeypatch, function):
@@ -145,6 +152,38 @@ def test_fused_equals_the_naive_formula(case, variant_id, name, options, fused):
     assert len(fused) == 1
     expected = naive_generalized_conv(x, w, name, b, **case["with"], **built)
     torch.testing.assert_close(output, expected)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    groups=st.integers(1, 3),
+    per_group=st.integers(1, 3),
+    multiplier=st.integers(1, 2),
+    kernel=st.tuples(st.integers(2, 4), st.integers(1, 4)),  # 1x1 kernels take the pointwise path
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    padding=st.tuples(*(st.integers(0, 2),) * 4),
+    width=st.integers(1, 45),
+    name=st.sampled_from(["cosine", "sharpened_cosine"]),
+)
+def test_random_geometries_equal_the_naive_formula(
+    groups, per_group, multiplier, kernel, stride, dilation, padding, width, name
+):
+    # widths below, between and past one and two vectors of lanes (8 in float64): every block form
+    generator = torch.Generator().manual_seed(width)
+    x = torch.randn(2, 2 * groups * per_group, 8, width + 7, generator=generator, dtype=torch.float64)
+    w = torch.randn(2 * groups * multiplier, per_group, *kernel, generator=generator, dtype=torch.float64)
+    arguments = {
+        "stride": stride,
+        "dilation": dilation,
+        "padding": (padding[:2], padding[2:]),
+        "groups": 2 * groups,
+    }
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        calls = _spy(patch)
+        output = anyconv.generalized_conv(x, w, name, **arguments)
+    assert len(calls) == 1
+    torch.testing.assert_close(output, naive_generalized_conv(x, w, name, **arguments))
 
 
 @pytest.mark.parametrize(("variant_id", "name", "options"), VARIANTS, ids=VARIANT_IDS)
