@@ -159,7 +159,7 @@ def _fused_cosine(
 
     The loops divide by |p| scale + offset: |p| |w| + eps for the cosine, and for the sharpened
     cosine's (|p| + q)(|w| + q) its expansion |p| (|w| + q) + q (|w| + q); the sharpening
-    sign(s) |s|^exponent then runs in place on the quotient s.
+    sign(s) |s|^exponent then runs on the quotient s in place but for one copy.
     """
     # the norms and options in the loops' compute type (float32 for bfloat16 and float16)
     compute = torch.promote_types(input.dtype, torch.float32)
@@ -176,7 +176,8 @@ def _fused_cosine(
     exponent = variant.options["exponent"]
     if isinstance(exponent, torch.Tensor):
         exponent = exponent.view(-1, *(1,) * geometry.ndim)
-    return quotient.abs().pow_(exponent).mul_(quotient.sign_())
+    # exponent > 0, so |s|^exponent is 0 where s is: with the sign of s copied it is sign(s) |s|^exponent
+    return quotient.abs().pow_(exponent).copysign_(quotient)
 
 
 def _per_filter(value: Any, groups: int, ndim: int) -> Any:
