@@ -378,3 +378,17 @@ def test_compiled_fullgraph_equals_eager(variant_id, name, options):
         torch.testing.assert_close(compiled(x, w, b), layer(x, w, b))
     targets = {node.target for graph in graphs for node in graph.graph.nodes if node.op == "call_function"}
     assert torch.ops.anyconv.tap_quotient.default in targets
+
+
+def test_inductor_with_dynamic_batch_under_inference_mode_gives_the_eager_numbers(fused):
+    w = torch.randn(8, 1, 3, 3)
+
+    def layer(x):
+        return anyconv.generalized_conv(x, w, "sharpened_cosine", padding=1, groups=8)
+
+    compiled = torch.compile(layer, fullgraph=True, dynamic=True)
+    with torch.inference_mode():
+        for batch in (2, 3, 5):
+            x = torch.randn(batch, 8, 9, 20)
+            torch.testing.assert_close(compiled(x), layer(x))
+    assert fused
