@@ -26,8 +26,8 @@ _CHECKED_DIVISION = 2**14
 #: taps' worth of time one more pass of the box sum costs (its call, its padded copy)
 _PASS_COST = 3
 #: whether calls that record no graph take the cosines in one pass of the loops (dot, |p|^2 and the
-#: division together) rather than composed from the loops' dot, a box sum of x^2 and the division:
-#: False times the composition against it
+#: division together) rather than composed from the loops' dot, a box sum of x^2 and the division
+#: (set it to False to time the composition against the one pass)
 FUSED_QUOTIENT = True
 
 
@@ -168,8 +168,9 @@ def _fused_cosine(
         scale, offset = filter_norms, torch.full_like(filter_norms, variant.eps)
     else:
         q = variant.options["q"]
-        scale = filter_norms + (q.to(compute) if isinstance(q, torch.Tensor) else q)
-        offset = scale * (q.to(compute) if isinstance(q, torch.Tensor) else q)
+        q = q.to(compute) if isinstance(q, torch.Tensor) else q
+        scale = filter_norms + q
+        offset = scale * q
     quotient = tap_quotient_conv(input, weight, scale, offset, geometry, groups, memory_budget)
     if isinstance(variant, Cosine):
         return quotient
