@@ -5,6 +5,7 @@ the zero-padded input in place, forward and backward, for ``dot``, ``l1``, ``l2`
 and ``min_plus``. A (fields x filters) product would multiply matrices only a few columns wide.
 They run as the custom operators ``anyconv::tap_loops`` and ``anyconv::tap_loops_backward`` (fake
 implementations, an autograd formula), which torch.compile and torch.export keep as single calls.
+``anyconv::tap_quotient`` is the cosine family's forward without a graph in one pass of the loops.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ _WORK_PER_THREAD = 2**20
 _SOURCE = "tap_loops.cpp"
 _POINTER, _SIZE, _FLAG = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _GEOMETRY_ARGUMENTS = (_SIZE,) * 6 + (_POINTER, _POINTER, _SIZE, _POINTER, _SIZE, _SIZE, _FLAG)
+#: entry point -> (whether it takes the operation code first, how many tensors it takes)
+_ENTRY_POINTS = {"tap_forward": (1, 3), "tap_backward": (1, 6), "tap_quotient": (0, 5)}
 
 
 def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
@@ -292,6 +295,82 @@ def _differentiable_gradients(
     return (next(grads) if needs[0] else None), (next(grads) if needs[1] else None)
 
 
+def tap_quotient_conv(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor,
+    geometry: Geometry,
+    groups: int,
+    memory_budget: int,
+) -> torch.Tensor:
+    """(p . w) / (|p| scale + offset) for every field p of a batched ``input`` and filter w, by one
+    pass of the tap loops (see :func:`tap_loops_fit` for ``dot``), through ``anyconv::tap_quotient``.
+
+    ``scale`` and ``offset`` hold one value per filter (the cosine: |w| and eps). The loops read each
+    field once for both p . w and |p|^2 and write only the quotient. No autograd formula: for
+    calls that record no graph.
+
+    >>> import torch
+    >>> from anyconv.geometry import make_geometry
+    >>> x, w = torch.randn(2, 4, 6, 6), torch.randn(4, 1, 3, 3)
+    >>> if tap_loops_fit(Dot(), x, w, 4):
+    ...     norms = torch.linalg.vector_norm(w.flatten(1), dim=1)
+    ...     y = tap_quotient_conv(x, w, norms, torch.zeros(4), make_geometry((6, 6), 3), 4, 2**20)
+    ...     assert y.shape == (2, 4, 4, 4) and y.abs().max() <= 1 + 1e-6
+    """
+    return tap_quotient_op(
+        input,
+        weight,
+        scale,
+        offset,
+        list(geometry.stride),
+        op_padding(geometry),
+        list(geometry.dilation),
+        groups,
+        memory_budget,
+    )
+
+
+#: the loops' dot, whose plan (geometry, chunks of samples) the quotient shares
+_DOT_ARGUMENTS = variant_arguments(Dot())
+
+
+@torch.library.custom_op("anyconv::tap_quotient", mutates_args=())
+def tap_quotient_op(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    memory_budget: int,
+) -> torch.Tensor:
+    """``(loops' dot) / (|p| scale + offset)`` with the padding, stride, dilation and groups of
+    ``anyconv::tap_loops``; ``scale`` and ``offset`` (out_channels,), taken in the loops' compute type."""
+    assert _DOT_ARGUMENTS is not None
+    name, options, _ = _DOT_ARGUMENTS
+    plan = _plan_of(input, weight, name, options, stride, padding, dilation, groups, memory_budget)
+    record_native_call()
+    weight = weight.contiguous()
+    # bfloat16 and float16 loops compute in float32 (storage_types.h)
+    compute = torch.promote_types(input.dtype, torch.float32)
+    scale, offset = (values.to(compute).contiguous() for values in (scale, offset))
+    output = input.new_empty((input.shape[0], weight.shape[0], *plan.geometry.output_size))
+    for samples in _sample_chunks(input.shape[0], plan.samples_per_chunk):
+        padded = _padded(input[samples], plan.geometry)
+        _call("tap_quotient", plan, padded, weight, scale, offset, output[samples])
+    return output
+
+
+@tap_quotient_op.register_fake
+def _(input, weight, scale, offset, stride, padding, dilation, groups, memory_budget):
+    sizes = output_size(input.shape[2:], weight.shape[2:], stride, padding, dilation)
+    return input.new_empty((input.shape[0], weight.shape[0], *sizes))
+
+
 def _threads(work: int) -> int:
     """torch's thread count, or 1 for work too small to repay waking the threads."""
     return max(1, min(torch.get_num_threads(), work // _WORK_PER_THREAD))
@@ -367,8 +446,8 @@ def _indices(sizes: tuple[int, ...]) -> itertools.product:
 @cache
 def _function(name: str, dtype: torch.dtype) -> Any:
     function = getattr(load_library(_SOURCE), f"{name}_{NATIVE_DTYPES[dtype]}")
-    pointers = 4 if name == "tap_forward" else 7
-    function.argtypes = (_FLAG, *(_POINTER,) * (pointers - 1), *_GEOMETRY_ARGUMENTS)
+    operation, pointers = _ENTRY_POINTS[name]
+    function.argtypes = (*(_FLAG,) * operation, *(_POINTER,) * pointers, *_GEOMETRY_ARGUMENTS)
     function.restype = None
     return function
 
@@ -380,7 +459,7 @@ def _call(
     taps, columns, rows, plane = _layout(geometry, weight.shape[1])
     pointers = [tensor.data_ptr() if tensor is not None else None for tensor in (padded, weight, *tensors)]
     _function(name, padded.dtype)(
-        plan.operation,
+        *(plan.operation,) * _ENTRY_POINTS[name][0],
         *pointers,
         padded.shape[0],
         padded.shape[1],

@@ -5,7 +5,8 @@ Each is a function of the dot product s = p . w summed tap by tap (``rbf``: of t
 which does not cancel on data far from zero), the field norms |p| (a box sum of x^2 per group) and
 the filter norms |w|. The sums are the C++ tap loops' on CPU and the Triton kernels' where those are
 chosen (:func:`tap_primitive`); both are custom operators differentiable twice, and autograd
-differentiates the composition.
+differentiates the composition. Without a graph to record, the cosines on the C++ loops take one
+pass instead (:func:`tap_quotient_conv`: p . w, |p|^2 and the division at once).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from ..geometry import Geometry, make_geometry
 from ..variants import L2, RBF, Cosine, Dot, Polynomial, SharpenedCosine, Variant
-from .tap_loops import tap_loops_conv, tap_loops_fit
+from .tap_loops import tap_loops_conv, tap_loops_fit, tap_quotient_conv
 from .triton_conv import triton_conv, triton_conv_fits
 
 _DOT, _L2 = Dot(), L2()
@@ -27,6 +28,10 @@ _VARIANTS = (Cosine, SharpenedCosine, Polynomial, RBF)
 _CHECKED_DIVISION = 2**14
 #: taps' worth of time one more pass of the box sum costs (its call, its padded copy)
 _PASS_COST = 3
+#: whether calls that record no graph take the cosines in one pass of the loops (dot, |p|^2 and the
+#: division together) rather than composed from the loops' dot, a box sum of x^2 and the division
+#: (set it to False to time the composition against the one pass)
+FUSED_QUOTIENT = True
 
 #: a primitive: (input, weight, bias, variant dot or l2, geometry, groups, memory budget) -> output,
 #: the generalized convolution summed tap by tap without copying fields
@@ -110,6 +115,10 @@ def tap_products_conv(
     recording = records_graph(input, weight, bias, *options.values())
     primitive = tap_primitive(input, weight, groups)
     assert primitive is not None, "tap_products_fit chose this path"
+    one_pass = FUSED_QUOTIENT and primitive is tap_loops_conv and not recording
+    if one_pass and isinstance(variant, (Cosine, SharpenedCosine)):
+        output = _fused_cosine(input, weight, variant, geometry, groups, memory_budget)
+        return add_bias(output, bias, recording)
     if isinstance(variant, RBF):
         gamma = 1 / weight[0].numel() if options["gamma"] is None else options["gamma"]
         # the primitive's l2 is -sum (p - w)^2, summed tap by tap
@@ -181,6 +190,40 @@ def divide_by_norms(
         if smallest * torch.finfo(products.dtype).eps > 4 * eps:
             return products.mul_(field_norms.reciprocal()).mul_(filter_norms.reciprocal())
     return products.div_(field_norms * filter_norms + eps)
+
+
+def _fused_cosine(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    variant: Cosine | SharpenedCosine,
+    geometry: Geometry,
+    groups: int,
+    memory_budget: int,
+) -> torch.Tensor:
+    """The cosine, or the sharpened cosine, by one pass of the loops (no graph recorded).
+
+    The loops divide by |p| scale + offset: |p| |w| + eps for the cosine, and for the sharpened
+    cosine's (|p| + q)(|w| + q) its expansion |p| (|w| + q) + q (|w| + q); the sharpening
+    sign(s) |s|^exponent then runs on the quotient s in place but for one copy.
+    """
+    # the norms and options in the loops' compute type (float32 for bfloat16 and float16)
+    compute = torch.promote_types(input.dtype, torch.float32)
+    filter_norms = torch.linalg.vector_norm(weight.flatten(1), dim=1, dtype=compute)
+    if isinstance(variant, Cosine):
+        scale, offset = filter_norms, torch.full_like(filter_norms, variant.eps)
+    else:
+        q = variant.options["q"]
+        q = q.to(compute) if isinstance(q, torch.Tensor) else q
+        scale = filter_norms + q
+        offset = scale * q
+    quotient = tap_quotient_conv(input, weight, scale, offset, geometry, groups, memory_budget)
+    if isinstance(variant, Cosine):
+        return quotient
+    exponent = variant.options["exponent"]
+    if isinstance(exponent, torch.Tensor):
+        exponent = exponent.view(-1, *(1,) * geometry.ndim)
+    # exponent > 0, so |s|^exponent is 0 where s is: with the sign of s copied it is sign(s) |s|^exponent
+    return quotient.abs().pow_(exponent).copysign_(quotient)
 
 
 def _per_filter(value: Any, groups: int, ndim: int) -> Any:

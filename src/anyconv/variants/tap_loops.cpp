@@ -8,6 +8,9 @@
 // weight column weight_index[t]; taps come in the engine's field order (kernel, then channel),
 // which decides the winner of a tropical tie.
 //
+// tap_quotient is the cosine family's forward without a graph: one pass that takes p . w and the
+// field's |p|^2 from the same loads and stores only (p . w) / (|p| scale[o] + offset[o]).
+//
 // S is the stored type of x, w, y and their gradients; the loops compute in its compute type T
 // (float for bfloat16 and float16, see storage_types.h) and round once on store.
 #include <algorithm>
@@ -183,24 +186,33 @@ inline void forward_block(const S* x, const S* w, Out* out, const Geometry& g, i
   store(out + (VECTORS - 1) * kLanes, values[VECTORS - 1], count);
 }
 
+// Cuts one output row of WIDTH outputs into blocks of one or two vectors of LANES outputs and
+// calls block(vectors, first output, lanes of the last vector) on each, vectors an
+// std::integral_constant: whole blocks only, the last one overlapping the one before it (its
+// outputs are written twice), or one partial vector when the row is shorter than a vector
+template <int64_t kLanes, typename Block>
+inline void row_blocks(int64_t width, Block&& block) {
+  if (width < kLanes) {
+    block(std::integral_constant<int, 1>{}, int64_t{0}, static_cast<int>(width));
+    return;
+  }
+  const int64_t size = width >= 2 * kLanes ? 2 * kLanes : kLanes;
+  for (int64_t start = 0; start < width; start += size) {
+    const int64_t first = start + size <= width ? start : width - size;
+    if (size == kLanes) {
+      block(std::integral_constant<int, 1>{}, first, static_cast<int>(kLanes));
+    } else {
+      block(std::integral_constant<int, 2>{}, first, static_cast<int>(kLanes));
+    }
+  }
+}
+
 // one output row of one channel: out[i] for i < width
 template <typename S, typename Out, typename Op>
 void forward_row(const S* x, const S* w, Out* out, const Geometry& g, int64_t origin) {
-  constexpr int64_t kLanes = Lanes<Compute<S>>::kCount;
-  const int64_t block = g.width >= 2 * kLanes ? 2 * kLanes : kLanes;
-  if (g.width < kLanes) {
-    forward_block<S, Out, Op, 1>(x, w, out, g, origin, static_cast<int>(g.width));
-    return;
-  }
-  // whole blocks only: the last one overlaps the one before it (its outputs are written twice)
-  for (int64_t start = 0; start < g.width; start += block) {
-    const int64_t first = start + block <= g.width ? start : g.width - block;
-    if (block == kLanes) {
-      forward_block<S, Out, Op, 1>(x, w, out + first, g, origin + first * g.step);
-    } else {
-      forward_block<S, Out, Op, 2>(x, w, out + first, g, origin + first * g.step);
-    }
-  }
+  row_blocks<Lanes<Compute<S>>::kCount>(g.width, [&](auto vectors, int64_t first, int count) {
+    forward_block<S, Out, Op, decltype(vectors)::value>(x, w, out + first, g, origin + first * g.step, count);
+  });
 }
 
 template <typename S, typename Op>
@@ -338,6 +350,56 @@ void backward(const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* g
   }
 }
 
+// The cosine family in one pass: each output's p . w and |p|^2 (the field's sum of squares over
+// the group's channels and the kernel's taps) accumulate from the same loads, and only
+// (p . w) / (|p| scale + offset) is stored. A zero field gives 0 / offset (0 for eps > 0); NaN
+// and inf flow through as in that formula.
+template <typename S, int VECTORS>
+inline void quotient_block(const S* x, const S* w, S* out, const Geometry& g, int64_t origin, Compute<S> scale,
+                           Compute<S> offset, int count) {
+  using T = Compute<S>;
+  using Vector = typename Lanes<T>::Vector;
+  constexpr int kLanes = Lanes<T>::kCount;
+  Vector products[VECTORS], squares[VECTORS];
+  for (int v = 0; v < VECTORS; ++v) products[v] = squares[v] = Vector{};
+  for (int64_t t = 0; t < g.taps; ++t) {
+    const S* source = x + origin + g.tap_offsets[t];
+    const T weight = widen(w[g.weight_index[t]]);
+    for (int v = 0; v < VECTORS; ++v) {
+      const Vector values = load(source + v * kLanes * g.step, g.step, v == VECTORS - 1 ? count : kLanes);
+      products[v] += values * weight;
+      squares[v] += values * values;
+    }
+  }
+  for (int v = 0; v < VECTORS; ++v) {
+    Vector norms;
+    for (int lane = 0; lane < kLanes; ++lane) norms[lane] = std::sqrt(squares[v][lane]);
+    store(out + v * kLanes, products[v] / (norms * scale + offset), v == VECTORS - 1 ? count : kLanes);
+  }
+}
+
+// every output plane (sample, filter o) of the quotient, scale[o] and offset[o] in the compute type
+template <typename S>
+void quotient(const S* x, const S* w, const Compute<S>* scale, const Compute<S>* offset, S* y, const Geometry& g,
+              int threads) {
+  const int64_t per_group_in = g.channels / g.groups, per_group_out = g.out_channels / g.groups;
+  const int64_t planes = g.batch * g.out_channels, output_plane = g.rows * g.width;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t index = 0; index < planes; ++index) {
+    const int64_t b = index / g.out_channels, o = index % g.out_channels;
+    const S* source = x + (b * g.channels + (o / per_group_out) * per_group_in) * g.plane;
+    const S* filter = w + o * g.taps;
+    S* plane = y + index * output_plane;
+    for (int64_t r = 0; r < g.rows; ++r) {
+      row_blocks<Lanes<Compute<S>>::kCount>(g.width, [&](auto vectors, int64_t first, int count) {
+        quotient_block<S, decltype(vectors)::value>(source, filter, plane + r * g.width + first, g,
+                                                    g.row_offsets[r] + first * g.step, scale[o], offset[o],
+                                                    count);
+      });
+    }
+  }
+}
+
 enum Operation { kDot = 0, kL1 = 1, kL1Adder = 2, kL2 = 3, kMaxPlus = 4, kMinPlus = 5 };
 
 template <typename S>
@@ -388,6 +450,16 @@ void backward_any(int operation, const S* x, const S* w, const S* y, const S* gr
     const Geometry g{batch, channels, out_channels, groups, plane, taps, tap_offsets, weight_index, rows,      \
                      row_offsets, width, step};                                                             \
     backward_any<T>(operation, x, w, y, grad, grad_x, grad_w, g, threads);                                   \
+  }                                                                                                         \
+  extern "C" void tap_quotient_##SUFFIX(const T* x, const T* w, const anyconv::Compute<T>* scale,           \
+                                        const anyconv::Compute<T>* offset, T* y, int64_t batch,              \
+                                        int64_t channels, int64_t out_channels, int64_t groups, int64_t plane, \
+                                        int64_t taps, const int64_t* tap_offsets, const int64_t* weight_index, \
+                                        int64_t rows, const int64_t* row_offsets, int64_t width, int64_t step, \
+                                        int threads) {                                                       \
+    const Geometry g{batch, channels, out_channels, groups, plane, taps, tap_offsets, weight_index, rows,      \
+                     row_offsets, width, step};                                                             \
+    quotient<T>(x, w, scale, offset, y, g, threads);                                                         \
   }
 
 TAP_LOOPS(float, f32)
