@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 import torch
+from torch.fx.experimental.symbolic_shapes import guard_scalar
 
 from ..geometry import Geometry, make_geometry
 from ..variants import BUILTIN_VARIANTS, Variant
@@ -45,8 +46,12 @@ def variant_arguments(variant: Variant) -> tuple[str, str, tuple[torch.Tensor, .
         if isinstance(value, torch.Tensor):
             names.append(name)
             tensors.append(value)
-        elif value is None or type(value) in (bool, int, float):
+        elif value is None or type(value) is bool:
             fixed.append(f"{name}={value!r}")
+        elif type(value) in (int, float):
+            # torch.compile(dynamic=True) traces a number it finds as a symbol: an option is a
+            # constant of the call instead (a guard on its value, a recompile if it changes)
+            fixed.append(f"{name}={guard_scalar(value)!r}")
         else:
             return None
     return variant.name, ",".join(fixed) + "|" + ",".join(names), tuple(tensors)
