@@ -5,8 +5,6 @@ runs over three spatial sizes and two batch sizes, forward and backward, equal t
 graphs dynamo made are counted (``unique_graphs``: a restart inside one compile is not a graph).
 """
 
-import warnings
-
 import pytest
 import torch
 import torch._dynamo
@@ -84,10 +82,7 @@ MODULES = {
 def _fresh_dynamo():
     torch._dynamo.reset()
     counters.clear()
-    with warnings.catch_warnings():
-        # dynamo notes that it traces through the cached helpers of the op's Python side: pure functions
-        warnings.filterwarnings("ignore", message=".*lru_cache.*")
-        yield
+    yield
     torch._dynamo.reset()
 
 
