@@ -96,7 +96,8 @@ def make_geometry(
     if not is_sequence(input_size) or not input_size:
         raise invalid("input_size", input_size, "a non-empty tuple of spatial sizes")
     sizes = tuple(as_size("input_size", size) for size in input_size)
-    if min(sizes) < 0:
+    # one comparison per size: min() would compare symbolic sizes with each other (a guard)
+    if any(size < 0 for size in sizes):
         raise invalid("input_size", input_size, "non-negative sizes")
     ndim = len(sizes)
     kernel = spatial_tuple("kernel_size", kernel_size, ndim, 1)
