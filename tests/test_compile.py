@@ -315,7 +315,7 @@ def test_tap_loops_inductor_training_step_gives_the_eager_numbers():
 
 @pytest.mark.parametrize("name", ["l1", "max_plus"])
 def test_tap_loops_with_dynamic_shapes_compile_once_for_every_batch_size(name):
-    # a batch of 1 is specialised by dynamo itself; a new spatial size re-plans (a recompile)
+    # a batch of 1 is specialised by dynamo itself (new spatial sizes: test_compile_dynamic.py)
     module = _depthwise_module(name).double()
     counter = CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(module, fullgraph=True, backend=counter, dynamic=True)

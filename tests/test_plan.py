@@ -5,7 +5,9 @@ computes the call."""
 from __future__ import annotations
 
 import pytest
+import sympy
 import torch
+from torch.fx.experimental.proxy_tensor import make_fx
 
 import anyconv
 from anyconv.engine import paths
@@ -40,6 +42,44 @@ def test_the_plan_names_the_path(case):
     plan = _plan(torch.randn(input_shape), torch.randn(weight_shape), resolve_variant(name), **arguments)
     assert plan.path == expected
     assert plan.path in [path.name for path in paths.PATHS]
+
+
+#: (id, input shape, weight shape, variant, arguments, expected path): unequal sizes, so that a
+#: trace gives each its own symbol
+TRACED = [
+    ("1x1-strided", (2, 4, 7, 9), (6, 4, 1, 1), "dot", {"stride": 2}, "pointwise"),
+    ("3x3-strided", (2, 4, 7, 9), (6, 4, 3, 3), "dot", {"stride": 2, "padding": 1}, "fields"),
+    ("3x3-reflect", (2, 4, 7, 9), (6, 4, 3, 3), "l1", {"padding": (1, 2), "mode": "reflect"}, "fields"),
+    ("depthwise", (2, 4, 7, 9), (4, 1, 3, 3), "max_plus", {"groups": 4, "padding": "same"}, "tap loops"),
+    ("depthwise-cosine", (2, 4, 7, 9), (8, 1, 3, 3), "cosine", {"groups": 4, "dilation": 2}, "tap products"),
+    ("1-d", (3, 2, 11), (5, 2, 4), "rbf", {"padding": "same"}, "fields"),
+]
+
+
+@pytest.mark.parametrize("case", TRACED, ids=[case[0] for case in TRACED])
+def test_a_traced_plan_keeps_the_sizes_symbolic(case):
+    # a symbolic trace (as torch.export's): the plan's path is eager's, its sizes stay symbols,
+    # and no guard fixes a size or relates two: only bounds (a kernel that fits, a reflection
+    # smaller than the input, the memory a tensor may take)
+    _, input_shape, weight_shape, name, arguments, expected = case
+    if expected.startswith("tap") and not tap_loops_fit(Dot(), torch.ones(1, 4, 3), torch.ones(4, 1, 3), 4):
+        pytest.skip("the tap loops are not built here")
+    seen = {}
+
+    def planned(input, weight):
+        seen["plan"] = _plan(input, weight, resolve_variant(name), **arguments)
+        seen["symbols"] = {size.node.expr for size in input.shape}
+        return input + 1
+
+    traced = make_fx(planned, tracing_mode="symbolic")(torch.randn(input_shape), torch.randn(weight_shape))
+    plan = seen["plan"]
+    assert plan.path == expected
+    assert all(isinstance(size, torch.SymInt) for size in plan.geometry.output_size)
+    for guard in traced.shape_env.guards:
+        if guard.expr.free_symbols & seen["symbols"]:
+            expr = guard.expr
+            assert isinstance(expr, sympy.core.relational.Relational), expr
+            assert not isinstance(expr, sympy.Eq) and (expr.lhs.is_number or expr.rhs.is_number), expr
 
 
 def test_a_plan_is_made_once_per_signature():

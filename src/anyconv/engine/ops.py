@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 import torch
+from torch.fx.experimental.symbolic_shapes import guard_scalar
 
 from ..geometry import Geometry, make_geometry
 from ..variants import BUILTIN_VARIANTS, Variant
@@ -25,6 +26,7 @@ from .backward_choice import Backward, choose_backward, saved_for
 from .blocks import bias_grad
 from .contraction import Plan, contract_chunks, gradients, options_of
 from .fields_plan import fields_plan
+from .ops_key import plan_of
 from .ops_memory_format import empty_like_input
 from .ops_second_order import second_order_gradients
 from .ops_vmap import forward_rule, looped
@@ -45,8 +47,12 @@ def variant_arguments(variant: Variant) -> tuple[str, str, tuple[torch.Tensor, .
         if isinstance(value, torch.Tensor):
             names.append(name)
             tensors.append(value)
-        elif value is None or type(value) in (bool, int, float):
+        elif value is None or type(value) is bool:
             fixed.append(f"{name}={value!r}")
+        elif type(value) in (int, float):
+            # torch.compile(dynamic=True) traces a number it finds as a symbol: an option is a
+            # constant of the call instead (a guard on its value, a recompile if it changes)
+            fixed.append(f"{name}={guard_scalar(value)!r}")
         else:
             return None
     return variant.name, ",".join(fixed) + "|" + ",".join(names), tuple(tensors)
@@ -125,31 +131,6 @@ def op_plan(
     return replace(plan, option_names=tensor_names, fixed_options=fixed, grad_mode=True)
 
 
-def _plan_of(
-    input: torch.Tensor,
-    weight: torch.Tensor,
-    variant: str,
-    options: str,
-    stride: Sequence[int],
-    padding: Sequence[int],
-    dilation: Sequence[int],
-    groups: int,
-    memory_budget: int,
-) -> Plan:
-    return op_plan(
-        variant,
-        options,
-        tuple(input.shape),
-        tuple(weight.shape),
-        input.dtype,
-        tuple(stride),
-        tuple(padding),
-        tuple(dilation),
-        groups,
-        memory_budget,
-    )
-
-
 @torch.library.custom_op("anyconv::generalized_conv", mutates_args=())
 def generalized_conv_op(
     input: torch.Tensor,
@@ -171,7 +152,7 @@ def generalized_conv_op(
     ``padding`` holds (before, after) per spatial dimension; ``keep_output`` (the output is saved
     for the backward, which then reads it) does not change the computation.
     """
-    plan = _plan_of(input, weight, variant, options, stride, padding, dilation, groups, memory_budget)
+    plan = plan_of(op_plan, input, weight, variant, options, stride, padding, dilation, groups, memory_budget)
     output, kept = contract_chunks(input, weight, bias, plan, tuple(option_tensors), keep=keep_kept)
     return output, input.new_empty(0) if kept is None else kept
 
@@ -241,7 +222,7 @@ def generalized_conv_backward_op(
     ``output`` and ``kept``: what the forward saved for a variant that reads them, else None.
     Option tensors get no gradient here: autograd takes those (``ops_second_order``).
     """
-    plan = _plan_of(input, weight, variant, options, stride, padding, dilation, groups, memory_budget)
+    plan = plan_of(op_plan, input, weight, variant, options, stride, padding, dilation, groups, memory_budget)
     all_needs = (*needs, *(False for _ in option_tensors))
     grad_input, grad_weight, _ = gradients(
         plan, input, weight, grad_output, tuple(option_tensors), (output, kept), all_needs
@@ -315,7 +296,7 @@ def _gradients(ctx: Any, grad_output: torch.Tensor, needs: tuple[bool, ...]) -> 
     if not builds_graph and choose_backward(variant, needs[2:]) is not Backward.AUTOGRAD:
         grad_input, grad_weight, grad_options = engine_gradients()
         return grad_input, grad_weight, list(grad_options)
-    plan = _plan_of(input, weight, *ctx.arguments)
+    plan = plan_of(op_plan, input, weight, *ctx.arguments)
     options = options_of(plan, option_tensors, weight.shape[0] // plan.groups)
     grad_input, grad_weight, grad_options = second_order_gradients(
         plan, input, weight, grad_output, option_tensors, options, needs, engine_gradients

@@ -50,11 +50,15 @@ def pointwise_conv(
     True
     """
     steps = tuple(slice(None, None, step) for step in geometry.stride)
-    strided = (
-        input[(slice(None), slice(None), *steps)] if any(step > 1 for step in geometry.stride) else input
-    )
+    strided = input
+    if any(step > 1 for step in geometry.stride):
+        # copied as the reshape below would copy it, but always: whether a reshape can view a
+        # strided input depends on its sizes, a guard that torch.export refuses for symbolic sizes
+        strided = input[(slice(None), slice(None), *steps)].clone(memory_format=torch.contiguous_format)
     batch = input.shape[0]
-    fields = strided.reshape(batch, groups, input.shape[1] // groups, geometry.num_positions)
+    # sizes from the strided input, not the geometry: for symbolic sizes the two are equal, but
+    # not provably so
+    fields = strided.reshape(batch, groups, input.shape[1] // groups, -1)
     filters = weight.reshape(groups, weight.shape[0] // groups, -1)
     recording = records_graph(input, weight, bias)
     output = torch.matmul(filters, fields)
@@ -63,4 +67,4 @@ def pointwise_conv(
         field_norms = safe_sqrt((fields * fields).sum(2, keepdim=True))
         filter_norms = torch.linalg.vector_norm(filters, dim=2, keepdim=True)
         output = divide_by_norms(output, field_norms, filter_norms, variant.eps, recording)
-    return add_bias(output.reshape(batch, weight.shape[0], *geometry.output_size), bias, recording)
+    return add_bias(output.reshape(batch, weight.shape[0], *strided.shape[2:]), bias, recording)

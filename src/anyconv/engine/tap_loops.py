@@ -28,6 +28,7 @@ from ..variants.native import load_library, native_enabled
 from ..variants.triton_backend import backend
 from .blocks import bias_grad
 from .ops import op_geometry, op_padding, op_variant, output_size, run_generalized_conv, variant_arguments
+from .ops_key import plan_of
 
 #: at most this many input channels per group take the tap loops: each output then costs that
 #: many taps per kernel position, and the matrix product of the fields path has too few columns
@@ -152,22 +153,6 @@ def _tap_plan(
     return TapPlan(geometry, groups, operation, max(1, memory_budget // sample_bytes))
 
 
-def _plan_of(input: torch.Tensor, weight: torch.Tensor, *arguments: Any) -> TapPlan:
-    variant, options, stride, padding, dilation, groups, memory_budget = arguments
-    return _tap_plan(
-        variant,
-        options,
-        tuple(input.shape),
-        tuple(weight.shape),
-        input.dtype,
-        tuple(stride),
-        tuple(padding),
-        tuple(dilation),
-        groups,
-        memory_budget,
-    )
-
-
 @torch.library.custom_op("anyconv::tap_loops", mutates_args=())
 def tap_loops_op(
     input: torch.Tensor,
@@ -183,7 +168,8 @@ def tap_loops_op(
 ) -> torch.Tensor:
     """``loops(pad(input), weight) + bias``; the arguments are those of ``anyconv::generalized_conv``
     (a variant of the loops, no option tensors)."""
-    plan = _plan_of(input, weight, variant, options, stride, padding, dilation, groups, memory_budget)
+    arguments = (variant, options, stride, padding, dilation, groups, memory_budget)
+    plan = plan_of(_tap_plan, input, weight, *arguments)
     record_native_call()
     weight = weight.contiguous()
     output = input.new_empty((input.shape[0], weight.shape[0], *plan.geometry.output_size))
@@ -215,7 +201,8 @@ def tap_loops_backward_op(
     needs: list[bool],
 ) -> list[torch.Tensor]:
     """[grad input, grad weight] by the loops' own gradients, each empty where ``needs`` says False."""
-    plan = _plan_of(input, weight, variant, options, stride, padding, dilation, groups, memory_budget)
+    arguments = (variant, options, stride, padding, dilation, groups, memory_budget)
+    plan = plan_of(_tap_plan, input, weight, *arguments)
     record_native_call()
     weight, grad_output = weight.contiguous(), grad_output.contiguous()
     grad_input = torch.empty_like(input)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import operator
 from typing import Any
 
+import torch
+
 from ..errors import invalid, wrong_type
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -25,6 +27,29 @@ def as_int(argument: str, value: Any) -> int:
         return operator.index(value)
     except TypeError:
         raise wrong_type(argument, value, "an integer") from None
+
+
+def as_size(argument: str, value: Any) -> int:
+    """``value`` as :func:`as_int` gives it, but a symbolic size (``torch.SymInt``, as torch.compile
+    and torch.export trace with) kept symbolic: ``int()`` on it would fix the traced graph to one size.
+
+    >>> as_size("input_size", 7)
+    7
+    """
+    # dynamo shows a symbolic size as an int, torch.export's non-strict tracing as a SymInt
+    if isinstance(value, (int, torch.SymInt)) and not isinstance(value, bool):
+        return value  # type: ignore[return-value]
+    return as_int(argument, value)
+
+
+def is_traced(values: tuple[Any, ...]) -> bool:
+    """Whether ``values`` may be symbolic sizes of a trace (torch.compile's or torch.export's), which
+    cannot serve as a cache key.
+
+    >>> is_traced((3, 4))
+    False
+    """
+    return torch.compiler.is_compiling() or any(isinstance(value, torch.SymInt) for value in values)
 
 
 def is_sequence(value: Any) -> bool:

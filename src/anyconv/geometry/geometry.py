@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import Any
 
 from ..errors import ArgumentError, invalid
-from .arguments import as_int, check_padding_mode, is_sequence, spatial_tuple
+from .arguments import as_size, check_padding_mode, is_sequence, is_traced, spatial_tuple
 from .padding import PaddingPairs, padding_pairs
 
 
@@ -95,19 +95,21 @@ def make_geometry(
     """
     if not is_sequence(input_size) or not input_size:
         raise invalid("input_size", input_size, "a non-empty tuple of spatial sizes")
-    sizes = tuple(as_int("input_size", size) for size in input_size)
-    if min(sizes) < 0:
+    sizes = tuple(as_size("input_size", size) for size in input_size)
+    # one comparison per size: min() would compare symbolic sizes with each other (a guard)
+    if any(size < 0 for size in sizes):
         raise invalid("input_size", input_size, "non-negative sizes")
     ndim = len(sizes)
     kernel = spatial_tuple("kernel_size", kernel_size, ndim, 1)
     steps = spatial_tuple("stride", stride, ndim, 1)
     dilations = spatial_tuple("dilation", dilation, ndim, 1)
     pairs = padding_pairs(padding, ndim, kernel, dilations, steps)
-    return _cached_geometry(sizes, kernel, steps, pairs, dilations, check_padding_mode(padding_mode))
+    arguments = (sizes, kernel, steps, pairs, dilations, check_padding_mode(padding_mode))
+    # a trace's sizes may be symbolic, which cannot be hashed: its geometry is made anew
+    return _geometry(*arguments) if is_traced(sizes) else _cached_geometry(*arguments)
 
 
-@lru_cache(maxsize=4096)
-def _cached_geometry(
+def _geometry(
     input_size: tuple[int, ...],
     kernel_size: tuple[int, ...],
     stride: tuple[int, ...],
@@ -125,6 +127,9 @@ def _cached_geometry(
         )
     _check_padding_fits_mode(geometry)
     return geometry
+
+
+_cached_geometry = lru_cache(maxsize=4096)(_geometry)
 
 
 def _check_padding_fits_mode(geometry: Geometry) -> None:
