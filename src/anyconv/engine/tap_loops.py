@@ -339,7 +339,7 @@ def tap_quotient_op(
     ``anyconv::tap_loops``; ``scale`` and ``offset`` (out_channels,), taken in the loops' compute type."""
     assert _DOT_ARGUMENTS is not None
     name, options, _ = _DOT_ARGUMENTS
-    plan = _plan_of(input, weight, name, options, stride, padding, dilation, groups, memory_budget)
+    plan = plan_of(_tap_plan, input, weight, name, options, stride, padding, dilation, groups, memory_budget)
     record_native_call()
     weight = weight.contiguous()
     # bfloat16 and float16 loops compute in float32 (storage_types.h)
