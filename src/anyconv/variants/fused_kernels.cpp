@@ -1,8 +1,7 @@
 // Fused loop nests of l1 (AdderNet) and the tropical max_plus / min_plus, forward and backward,
 // in float, double, bfloat16 and float16 (computed in float); the loop nests and layouts are those
-// of fused_blocks.h. Each call works
-// on the fields [m0, m1), so the caller splits the rows between threads and gives each thread
-// its own filter-gradient buffer.
+// of fused_blocks.h. Each call works on the fields [m0, m1); a backward's threads each have their
+// own filter-gradient buffer when they split the rows, or share one when l1's split the taps.
 
 #include <cmath>
 #include <limits>
@@ -190,12 +189,14 @@ void tropical_backward_rows(const S* f, const Compute<S>* wt, const S* g, S* gra
   }                                                                                                       \
   extern "C" void l1_backward_##SUFFIX(const S* f, const T* w, const S* g, S* gf, T* gw, int64_t K,       \
                                        int64_t O, int64_t m0, int64_t m1, int threads,                    \
-                                       int64_t part_stride, int adder) {                                  \
-    anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t part) {                        \
+                                       int64_t part_stride, int64_t k0, int64_t k1, int adder) {          \
+    /* adder: no filter gradient (gw is null) */                                                          \
+    anyconv::split_backward(m0, m1, k0, k1, threads, gw, part_stride,                                     \
+                            [&](int64_t a, int64_t b, int64_t c, int64_t d, T* own) {                     \
       if (adder)                                                                                          \
-        anyconv::backward_rows<S, L1Adder<T>>(f, w, g, gf, nullptr, K, O, a, b);                          \
+        anyconv::backward_rows<S, L1Adder<T>>(f, w, g, gf, nullptr, K, O, a, b, c, d);                    \
       else                                                                                                \
-        anyconv::backward_rows<S, L1Exact<T>>(f, w, g, gf, gw + part * part_stride, K, O, a, b);          \
+        anyconv::backward_rows<S, L1Exact<T>>(f, w, g, gf, own, K, O, a, b, c, d);                        \
     });                                                                                                   \
   }
 
