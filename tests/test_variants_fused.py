@@ -15,6 +15,8 @@ SHAPES = [
     pytest.param((1, 130, 37), 129, id="wide-filters"),
     # enough tap blocks that l1's and lp's backward split the taps between two threads
     pytest.param((2, 130, 301), 9, id="taps-split"),
+    # fewer fields than filters: max_plus's and min_plus's backward split the filters
+    pytest.param((2, 200, 37), 300, id="filters-split"),
 ]
 DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float64, id="float64")]
 KERNELS = {
@@ -106,3 +108,19 @@ def test_tap_split_and_row_split_agree(kernel, dtype, monkeypatch):
             assert got is None
         else:
             torch.testing.assert_close(got, want, **tolerance)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", ["max_plus", "min_plus"])
+def test_filter_split_and_row_split_agree(kernel, dtype, monkeypatch):
+    # the filter split sums each field gradient over two threads' buffers, the rows split in one
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    fields = torch.empty(2, 200, 37, dtype=dtype)
+    assert fused._splits_filters("tropical_backward", fields, 200, 320, 2)
+    split = _run(kernel, (2, 200, 37), 300, dtype)
+    monkeypatch.setattr(fused, "SPLIT_FILTERS", False)
+    rows = _run(kernel, (2, 200, 37), 300, dtype)
+    tolerance = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else {}
+    for got, want in zip(split, rows):
+        torch.testing.assert_close(got, want, **tolerance)

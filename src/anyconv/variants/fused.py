@@ -29,6 +29,10 @@ _ROWS_PER_THREAD = 64
 #: filter-sized buffer of its own: a wide layer's filters (512 x 4608 taps) outweigh a chunk.
 #: Fewer blocks would leave threads idle on a ragged last block.
 TAP_BLOCKS_PER_THREAD = 4
+#: whether the outputs-innermost backward (max_plus, min_plus) of a chunk with fewer fields than
+#: filters splits the filters between its OpenMP threads (one filter gradient, a field-sized
+#: buffer per extra thread) rather than the rows (a filter-sized buffer per thread)
+SPLIT_FILTERS = True
 
 _last_path: str | None = None
 
@@ -164,6 +168,20 @@ def _tap_ranges(taps: int, lanes: int, threads: int) -> list[tuple[int, int]] | 
     return [(start, min(start + step, taps)) for start in range(0, taps, step)]
 
 
+def _splits_filters(name: str, fields: torch.Tensor, rows: int, width: int, threads: int) -> bool:
+    """Whether the tropical backward's OpenMP threads split the ``width`` (padded) filters of a
+    chunk of ``rows`` fields: fewer fields than filters, a channel block each, float or double."""
+    lanes = 256 // fields.element_size()
+    return (
+        SPLIT_FILTERS
+        and threads > 1
+        and fields.dtype in (torch.float32, torch.float64)
+        and _splits_rows_itself(_SIGNATURES[name][0])
+        and rows < width
+        and width // lanes >= threads
+    )
+
+
 def _run(calls: list[Callable[[], None]]) -> None:
     """Run the calls on threads (ctypes releases the GIL during each foreign call)."""
     if len(calls) == 1:
@@ -254,15 +272,17 @@ def _native_backward(
     if not outputs_innermost:
         # the loops' tap block: 128 bytes of the compute type
         tap_ranges = _tap_ranges(taps, 128 // filters_in.element_size(), len(ranges))
+    split_filters = outputs_innermost and _splits_filters(name, fields, rows, width, len(ranges))
+    shared = tap_ranges is not None or split_filters
     # one filter-gradient buffer per thread, summed after: no two threads write the same one;
-    # or one for all when the threads split the taps
+    # or one for all when the threads split the taps or the filters
     per_thread = None
     if filter_grads:
-        parts = 1 if tap_ranges is not None else len(ranges)
+        parts = 1 if shared else len(ranges)
         per_thread = fields.new_zeros((parts, groups, *filter_shape), dtype=filters_in.dtype)
     size, filter_size = fields.element_size(), filters_in.element_size()
 
-    part_stride = 0 if per_thread is None or tap_ranges is not None else per_thread[0].numel()
+    part_stride = 0 if per_thread is None or shared else per_thread[0].numel()
 
     def call(index: int, start: int, stop: int, threads: int, taps_part: tuple[int, ...]) -> None:
         for group in range(groups):
