@@ -13,6 +13,10 @@ SHAPES = [
     pytest.param((1, 300, 70), 64, id="threads-and-remainders"),
     pytest.param((2, 7, 5), 3, id="tiny-groups"),
     pytest.param((1, 130, 37), 129, id="wide-filters"),
+    # enough tap blocks that l1's and lp's backward split the taps between two threads
+    pytest.param((2, 130, 301), 9, id="taps-split"),
+    # fewer fields than filters: max_plus's and min_plus's backward split the filters
+    pytest.param((2, 200, 37), 300, id="filters-split"),
 ]
 DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float64, id="float64")]
 KERNELS = {
@@ -78,10 +82,45 @@ def test_eager_blocks_bound_the_broadcast(monkeypatch):
 @needs_native
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernel", list(KERNELS))
-def test_openmp_split_and_python_thread_split_are_bit_identical(kernel, dtype, monkeypatch):
-    # a compiler without OpenMP leaves the row split to a Python thread pool: same rows, same sums
-    openmp = _run(kernel, (2, 1003, 37), 64, dtype)
+@pytest.mark.parametrize("shape", [(2, 1003, 37), (2, 130, 301)], ids=["rows", "taps"])
+def test_openmp_split_and_python_thread_split_are_bit_identical(kernel, dtype, shape, monkeypatch):
+    # a compiler without OpenMP leaves the split to a Python thread pool: same parts, same sums
+    openmp = _run(kernel, shape, 64, dtype)
     monkeypatch.setattr(fused, "_splits_rows_itself", lambda source_name: False)
-    threads = _run(kernel, (2, 1003, 37), 64, dtype)
+    threads = _run(kernel, shape, 64, dtype)
     for got, want in zip(openmp, threads):
         assert (got is None and want is None) or torch.equal(got, want)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", ["l1", "adder", "lp-3", "lp-0.7"])
+def test_tap_split_and_row_split_agree(kernel, dtype, monkeypatch):
+    # the taps split sums each filter gradient in one buffer, the rows split in one per thread
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert fused._tap_ranges(301, 32, 2) is not None
+    taps = _run(kernel, (2, 130, 301), 9, dtype)
+    monkeypatch.setattr(fused, "TAP_BLOCKS_PER_THREAD", 10**9)
+    rows = _run(kernel, (2, 130, 301), 9, dtype)
+    tolerance = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else {}
+    for got, want in zip(taps, rows):
+        if want is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want, **tolerance)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", ["max_plus", "min_plus"])
+def test_filter_split_and_row_split_agree(kernel, dtype, monkeypatch):
+    # the filter split sums each field gradient over two threads' buffers, the rows split in one
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    fields = torch.empty(2, 200, 37, dtype=dtype)
+    assert fused._splits_filters("tropical_backward", fields, 200, 320, 2)
+    split = _run(kernel, (2, 200, 37), 300, dtype)
+    monkeypatch.setattr(fused, "SPLIT_FILTERS", False)
+    rows = _run(kernel, (2, 200, 37), 300, dtype)
+    tolerance = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else {}
+    for got, want in zip(split, rows):
+        torch.testing.assert_close(got, want, **tolerance)

@@ -260,6 +260,10 @@ def _fields_backward(
         for total, part in zip(grad_options, chunk_option_grads):
             if total is not None and part is not None:
                 total += part.reshape(total.shape) if total.dim() == 1 else part
+        # dropped before the next chunk's are made: a filter-sized part (and the buffers it is a
+        # view of) held across the next call would double the backward's filter-sized memory
+        grad_fields = grad_chunk_filters = None
+        chunk_option_grads = ()
     grad_weight = weight_of(cast(torch.Tensor, grad_filters), weight) if needs_weight else None
     return grad_input, grad_weight, tuple(grad_options)
 

@@ -160,6 +160,9 @@ def tap_gradients(
             filter_radial_total = (
                 filter_radial if filter_radial_total is None else filter_radial_total + filter_radial
             )
+    # the filters in two layouts, freed before the weight's layout is copied out of grad_taps: on
+    # a wide layer (512 x 512 x 3 x 3) each is as large as the whole input and output together
+    del filters, taps
     grad_weight = None
     if grad_taps is not None:  # made when needs_weight
         grad_weight = grad_taps.permute(1, 2, 3, 0).reshape(weight.shape)

@@ -24,19 +24,29 @@ from .triton_backend import forget_triton, took_triton, triton_twin
 EAGER_BLOCK_ELEMENTS = 2**21
 #: fields per thread below which splitting the rows between threads is not worth it
 _ROWS_PER_THREAD = 64
+#: tap blocks per thread from which the taps-innermost backwards (l1, lp) split the taps between
+#: threads, which then share one filter gradient, rather than the rows, each thread with a
+#: filter-sized buffer of its own: a wide layer's filters (512 x 4608 taps) outweigh a chunk.
+#: Fewer blocks would leave threads idle on a ragged last block.
+TAP_BLOCKS_PER_THREAD = 4
+#: whether the outputs-innermost backward (max_plus, min_plus) of a chunk with fewer fields than
+#: filters splits the filters between its OpenMP threads (one filter gradient, a field-sized
+#: buffer per extra thread) rather than the rows (a filter-sized buffer per thread)
+SPLIT_FILTERS = True
 
 _last_path: str | None = None
 
 _POINTER, _SIZE, _FLAG, _REAL = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
 #: function -> (source file, pointers, argument types after K, O, m0, m1): the number of threads,
-#: for a backward the elements between the threads' filter-gradient buffers, then its options
+#: for a backward the elements between the threads' filter-gradient buffers (0: one buffer, the
+#: taps split) and for a taps-innermost one its taps [k0, k1), then its options
 _SIGNATURES = {
     "l1_forward": ("fused_kernels.cpp", 3, (_FLAG,)),
     "tropical_forward": ("fused_kernels.cpp", 3, (_FLAG, _FLAG)),
-    "l1_backward": ("fused_kernels.cpp", 5, (_FLAG, _SIZE, _FLAG)),
+    "l1_backward": ("fused_kernels.cpp", 5, (_FLAG, _SIZE, _SIZE, _SIZE, _FLAG)),
     "tropical_backward": ("fused_kernels.cpp", 5, (_FLAG, _SIZE, _FLAG)),
     "lp_forward": ("fused_power.cpp", 3, (_FLAG, _REAL)),
-    "lp_backward": ("fused_power.cpp", 5, (_FLAG, _SIZE, _REAL)),
+    "lp_backward": ("fused_power.cpp", 5, (_FLAG, _SIZE, _SIZE, _SIZE, _REAL)),
 }
 
 #: the fused variants and the source file of their native loops
@@ -144,6 +154,34 @@ def _row_ranges(rows: int) -> list[tuple[int, int]]:
     return [(start, min(start + step, rows)) for start in range(0, rows, step)]
 
 
+def _tap_ranges(taps: int, lanes: int, threads: int) -> list[tuple[int, int]] | None:
+    """The taps of each thread, in multiples of the backward's ``lanes``-tap blocks, or None when
+    there are too few blocks to split them (then the rows are split).
+
+    >>> _tap_ranges(4608, 32, 2), _tap_ranges(147, 32, 2)
+    ([(0, 2304), (2304, 4608)], None)
+    """
+    if threads < 2 or -(-taps // lanes) < TAP_BLOCKS_PER_THREAD * threads:
+        return None
+    step = -(-taps // threads)
+    step += -step % lanes
+    return [(start, min(start + step, taps)) for start in range(0, taps, step)]
+
+
+def _splits_filters(name: str, fields: torch.Tensor, rows: int, width: int, threads: int) -> bool:
+    """Whether the tropical backward's OpenMP threads split the ``width`` (padded) filters of a
+    chunk of ``rows`` fields: fewer fields than filters, a channel block each, float or double."""
+    lanes = 256 // fields.element_size()
+    return (
+        SPLIT_FILTERS
+        and threads > 1
+        and fields.dtype in (torch.float32, torch.float64)
+        and _splits_rows_itself(_SIGNATURES[name][0])
+        and rows < width
+        and width // lanes >= threads
+    )
+
+
 def _run(calls: list[Callable[[], None]]) -> None:
     """Run the calls on threads (ctypes releases the GIL during each foreign call)."""
     if len(calls) == 1:
@@ -230,15 +268,23 @@ def _native_backward(
         filter_shape = (width, taps)
     grad_fields = torch.empty_like(fields)
     ranges = _row_ranges(rows)
-    # one filter-gradient buffer per thread, summed after: no two threads write the same one
+    tap_ranges = None
+    if not outputs_innermost:
+        # the loops' tap block: 128 bytes of the compute type
+        tap_ranges = _tap_ranges(taps, 128 // filters_in.element_size(), len(ranges))
+    split_filters = outputs_innermost and _splits_filters(name, fields, rows, width, len(ranges))
+    shared = tap_ranges is not None or split_filters
+    # one filter-gradient buffer per thread, summed after: no two threads write the same one;
+    # or one for all when the threads split the taps or the filters
     per_thread = None
     if filter_grads:
-        per_thread = fields.new_zeros((len(ranges), groups, *filter_shape), dtype=filters_in.dtype)
+        parts = 1 if shared else len(ranges)
+        per_thread = fields.new_zeros((parts, groups, *filter_shape), dtype=filters_in.dtype)
     size, filter_size = fields.element_size(), filters_in.element_size()
 
-    part_stride = 0 if per_thread is None else per_thread[0].numel()
+    part_stride = 0 if per_thread is None or shared else per_thread[0].numel()
 
-    def call(index: int, start: int, stop: int, threads: int) -> None:
+    def call(index: int, start: int, stop: int, threads: int, taps_part: tuple[int, ...]) -> None:
         for group in range(groups):
             function(
                 fields.data_ptr() + group * rows * taps * size,
@@ -252,13 +298,17 @@ def _native_backward(
                 stop,
                 threads,
                 part_stride,
+                *taps_part,
                 *extra,
             )
 
+    every_tap = () if outputs_innermost else (0, taps)
     if _splits_rows_itself(_SIGNATURES[name][0]):
-        call(0, 0, rows, len(ranges))
+        call(0, 0, rows, len(tap_ranges or ranges), every_tap)
+    elif tap_ranges is not None:
+        _run([partial(call, 0, 0, rows, 1, part) for part in tap_ranges])
     else:
-        _run([partial(call, i, *r, 1) for i, r in enumerate(ranges)])
+        _run([partial(call, i, *r, 1, every_tap) for i, r in enumerate(ranges)])
     if per_thread is None:
         return grad_fields, None
     # summed into the first thread's buffer in place: a fresh sum would hold one more filter-sized

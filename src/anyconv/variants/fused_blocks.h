@@ -95,9 +95,33 @@ void split_rows(int64_t m0, int64_t m1, int threads, Body body) {
   body(m0, m1, int64_t(0));
 }
 
+// Runs body(start, stop) on `threads` parts of the taps [k0, k1), each a multiple of the backward's
+// tap block long but the last: the parts then write disjoint columns of one filter gradient, so
+// no thread needs a filter-sized buffer of its own.
+template <typename T, typename Body>
+void split_taps(int64_t k0, int64_t k1, int threads, Body body) {
+#ifdef _OPENMP
+  if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+    {
+      const int64_t parts = omp_get_num_threads(), part = omp_get_thread_num();
+      constexpr int64_t KB = tap_lanes<T>();
+      int64_t step = (k1 - k0 + parts - 1) / parts;
+      step += (KB - step % KB) % KB;
+      const int64_t start = std::min(k0 + part * step, k1);
+      body(start, std::min(start + step, k1));
+    }
+    return;
+  }
+#endif
+  (void)threads;
+  body(k0, k1);
+}
+
 // Term has: static T term(T difference, T grad) giving d output / d difference times grad, with
 // difference = field - filter; the field gradient is minus the sum of terms over filters, the
-// filter gradient (when grad_w is not null) plus their sum over fields.
+// filter gradient (when grad_w is not null) plus their sum over fields. A call covers the taps
+// [k0, k1) of its fields (k0 a multiple of the tap block but at the end).
 template <typename S, int MB, bool FULL, typename Term, typename... Extra>
 void backward_block(const S* f, const Compute<S>* w, const S* g, S* grad_f, Compute<S>* grad_w, int64_t K,
                     int64_t O, int64_t m, int64_t kb, int64_t width, Extra... extra) {
@@ -131,21 +155,36 @@ void backward_block(const S* f, const Compute<S>* w, const S* g, S* grad_f, Comp
 
 template <typename S, int MB, typename Term, typename... Extra>
 void backward_fields(const S* f, const Compute<S>* w, const S* g, S* grad_f, Compute<S>* grad_w, int64_t K,
-                     int64_t O, int64_t m, Extra... extra) {
+                     int64_t O, int64_t m, int64_t k0, int64_t k1, Extra... extra) {
   constexpr int64_t KB = tap_lanes<Compute<S>>();
-  int64_t kb = 0;
-  for (; kb + KB <= K; kb += KB)
+  int64_t kb = k0;
+  for (; kb + KB <= k1; kb += KB)
     backward_block<S, MB, true, Term>(f, w, g, grad_f, grad_w, K, O, m, kb, KB, extra...);
-  if (kb < K) backward_block<S, MB, false, Term>(f, w, g, grad_f, grad_w, K, O, m, kb, K - kb, extra...);
+  if (kb < k1) backward_block<S, MB, false, Term>(f, w, g, grad_f, grad_w, K, O, m, kb, k1 - kb, extra...);
 }
 
 template <typename S, typename Term, typename... Extra>
 void backward_rows(const S* f, const Compute<S>* w, const S* g, S* grad_f, Compute<S>* grad_w, int64_t K,
-                   int64_t O, int64_t m0, int64_t m1, Extra... extra) {
+                   int64_t O, int64_t m0, int64_t m1, int64_t k0, int64_t k1, Extra... extra) {
   int64_t m = m0;
   for (; m + kBlockFields <= m1; m += kBlockFields)
-    backward_fields<S, kBlockFields, Term>(f, w, g, grad_f, grad_w, K, O, m, extra...);
-  for (; m < m1; ++m) backward_fields<S, 1, Term>(f, w, g, grad_f, grad_w, K, O, m, extra...);
+    backward_fields<S, kBlockFields, Term>(f, w, g, grad_f, grad_w, K, O, m, k0, k1, extra...);
+  for (; m < m1; ++m) backward_fields<S, 1, Term>(f, w, g, grad_f, grad_w, K, O, m, k0, k1, extra...);
+}
+
+// The backward's loop nest on `threads` threads over the fields [m0, m1) and taps [k0, k1):
+// body(rows start, stop, taps start, stop, grad_w of the part). part_stride 0: the threads share
+// grad_w and split the taps; else they split the rows, part i writing grad_w + i * part_stride.
+template <typename T, typename Body>
+void split_backward(int64_t m0, int64_t m1, int64_t k0, int64_t k1, int threads, T* grad_w,
+                    int64_t part_stride, Body body) {
+  if (part_stride == 0) {
+    split_taps<T>(k0, k1, threads, [&](int64_t a, int64_t b) { body(m0, m1, a, b, grad_w); });
+  } else {
+    split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t part) {
+      body(a, b, k0, k1, grad_w == nullptr ? grad_w : grad_w + part * part_stride);
+    });
+  }
 }
 
 }  // namespace anyconv

@@ -1,8 +1,7 @@
 // Fused loop nests of l1 (AdderNet) and the tropical max_plus / min_plus, forward and backward,
 // in float, double, bfloat16 and float16 (computed in float); the loop nests and layouts are those
-// of fused_blocks.h. Each call works
-// on the fields [m0, m1), so the caller splits the rows between threads and gives each thread
-// its own filter-gradient buffer.
+// of fused_blocks.h. Each call works on the fields [m0, m1); a backward's threads each have their
+// own filter-gradient buffer when they split the rows, or share one when l1's split the taps.
 
 #include <cmath>
 #include <limits>
@@ -130,27 +129,91 @@ void tropical_backward_block(const S* f, const Compute<S>* wt, const S* g, Compu
 // place for float and double, in a buffer rounded once to S for the narrower types
 template <typename S, int MB, bool MINIMUM, bool FINITE>
 void tropical_backward_fields(const S* f, const Compute<S>* wt, const S* g, S* grad_f, Compute<S>* grad_wt,
-                              Compute<S>* buffer, int64_t K, int64_t O, int64_t m) {
+                              Compute<S>* buffer, int64_t K, int64_t O, int64_t m, int64_t o0, int64_t o1) {
   using T = Compute<S>;
   constexpr bool kInPlace = std::is_same<S, T>::value;
   T* rows = kInPlace ? reinterpret_cast<T*>(grad_f + m * K) : buffer;
   std::fill(rows, rows + MB * K, T(0));
-  for (int64_t ob = 0; ob < O; ob += out_lanes<T>())
+  for (int64_t ob = o0; ob < o1; ob += out_lanes<T>())
     tropical_backward_block<S, MB, MINIMUM, FINITE>(f, wt, g, rows, grad_wt, K, O, m, ob);
   if (!kInPlace)
     for (int64_t j = 0; j < MB * K; ++j) grad_f[m * K + j] = narrow<S>(rows[j]);
 }
 
+// the filters [o0, o1) of the fields [m0, m1): their field gradients (over those filters only)
+// and the filter gradients of those filters
 template <typename S, bool MINIMUM, bool FINITE>
 void tropical_backward_rows(const S* f, const Compute<S>* wt, const S* g, S* grad_f, Compute<S>* grad_wt,
-                            int64_t K, int64_t O, int64_t m0, int64_t m1) {
+                            int64_t K, int64_t O, int64_t m0, int64_t m1, int64_t o0, int64_t o1) {
   constexpr int MB = anyconv::kBlockFields;
   std::vector<Compute<S>> buffer(std::is_same<S, Compute<S>>::value ? 0 : MB * K);
   int64_t m = m0;
   for (; m + MB <= m1; m += MB)
-    tropical_backward_fields<S, MB, MINIMUM, FINITE>(f, wt, g, grad_f, grad_wt, buffer.data(), K, O, m);
+    tropical_backward_fields<S, MB, MINIMUM, FINITE>(f, wt, g, grad_f, grad_wt, buffer.data(), K, O, m, o0, o1);
   for (; m < m1; ++m)
-    tropical_backward_fields<S, 1, MINIMUM, FINITE>(f, wt, g, grad_f, grad_wt, buffer.data(), K, O, m);
+    tropical_backward_fields<S, 1, MINIMUM, FINITE>(f, wt, g, grad_f, grad_wt, buffer.data(), K, O, m, o0, o1);
+}
+
+template <typename S>
+void tropical_backward_any(const S* f, const Compute<S>* wt, const S* g, S* grad_f, Compute<S>* grad_wt,
+                           int64_t K, int64_t O, int64_t m0, int64_t m1, int64_t o0, int64_t o1, int flags) {
+  switch (flags & 3) {
+    case 0: return tropical_backward_rows<S, false, false>(f, wt, g, grad_f, grad_wt, K, O, m0, m1, o0, o1);
+    case 1: return tropical_backward_rows<S, true, false>(f, wt, g, grad_f, grad_wt, K, O, m0, m1, o0, o1);
+    case 2: return tropical_backward_rows<S, false, true>(f, wt, g, grad_f, grad_wt, K, O, m0, m1, o0, o1);
+    default: return tropical_backward_rows<S, true, true>(f, wt, g, grad_f, grad_wt, K, O, m0, m1, o0, o1);
+  }
+}
+
+// The tropical backward with its threads splitting the filters, each a run of whole channel
+// blocks: they then share one filter gradient (columns apart), and each but the first sums its
+// field gradients in a buffer of the fields' size, added to the first's after. For a wide layer
+// the fields of a chunk are far smaller than its filters, which the row split gives each
+// thread. Only for S the compute type itself (float, double): the sums then match the row split's.
+template <typename S>
+void tropical_backward_filters_split(const S* f, const S* wt, const S* g, S* grad_f, S* grad_wt, int64_t K,
+                                     int64_t O, int64_t m0, int64_t m1, int threads, int flags) {
+#ifdef _OPENMP
+  constexpr int64_t OB = out_lanes<S>();
+  const int64_t rows = m1 - m0;
+  std::vector<std::vector<S>> own(threads > 1 ? threads - 1 : 0);
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t parts = omp_get_num_threads(), part = omp_get_thread_num();
+    const int64_t blocks = O / OB, per = (blocks + parts - 1) / parts;
+    const int64_t o0 = std::min(part * per, blocks) * OB, o1 = std::min((part + 1) * per, blocks) * OB;
+    if (part == 0) {
+      tropical_backward_any<S>(f, wt, g, grad_f, grad_wt, K, O, m0, m1, o0, o1, flags);
+    } else {
+      std::vector<S>& mine = own[part - 1];
+      mine.assign(rows * K, S(0));
+      // the fields [m0, m1) seen from m0: the buffer holds only their rows
+      tropical_backward_any<S>(f + m0 * K, wt, g + m0 * O, mine.data(), grad_wt, K, O, 0, rows, o0, o1, flags);
+    }
+  }
+  for (const std::vector<S>& mine : own) {
+    if (mine.empty()) continue;  // a thread the team did not get
+    S* target = grad_f + m0 * K;
+#pragma omp parallel for simd num_threads(threads)
+    for (int64_t j = 0; j < rows * K; ++j) target[j] += mine[j];
+  }
+#else
+  (void)threads;
+  tropical_backward_any<S>(f, wt, g, grad_f, grad_wt, K, O, m0, m1, 0, O, flags);
+#endif
+}
+
+// flags as for tropical_forward; part_stride 0 (float and double only): the threads split the
+// filters, else the rows, thread i writing its filter gradients at grad_wt + i * part_stride
+template <typename S>
+void tropical_backward(const S* f, const Compute<S>* wt, const S* g, S* grad_f, Compute<S>* grad_wt, int64_t K,
+                       int64_t O, int64_t m0, int64_t m1, int threads, int64_t part_stride, int flags) {
+  if constexpr (std::is_same<S, Compute<S>>::value) {
+    if (part_stride == 0) return tropical_backward_filters_split<S>(f, wt, g, grad_f, grad_wt, K, O, m0, m1, threads, flags);
+  }
+  anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t part) {
+    tropical_backward_any<S>(f, wt, g, grad_f, grad_wt + part * part_stride, K, O, a, b, 0, O, flags);
+  });
 }
 
 }  // namespace
@@ -177,25 +240,18 @@ void tropical_backward_rows(const S* f, const Compute<S>* wt, const S* g, S* gra
   extern "C" void tropical_backward_##SUFFIX(const S* f, const T* wt, const S* g, S* gf, T* gwt,          \
                                              int64_t K, int64_t O, int64_t m0, int64_t m1, int threads,   \
                                              int64_t part_stride, int flags) {                            \
-    /* flags as for tropical_forward */                                                                   \
-    anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t part) {                        \
-      T* gw = gwt + part * part_stride;                                                                   \
-      switch (flags & 3) {                                                                                \
-        case 0: tropical_backward_rows<S, false, false>(f, wt, g, gf, gw, K, O, a, b); break;             \
-        case 1: tropical_backward_rows<S, true, false>(f, wt, g, gf, gw, K, O, a, b); break;              \
-        case 2: tropical_backward_rows<S, false, true>(f, wt, g, gf, gw, K, O, a, b); break;              \
-        default: tropical_backward_rows<S, true, true>(f, wt, g, gf, gw, K, O, a, b);                     \
-      }                                                                                                   \
-    });                                                                                                   \
+    tropical_backward<S>(f, wt, g, gf, gwt, K, O, m0, m1, threads, part_stride, flags);                   \
   }                                                                                                       \
   extern "C" void l1_backward_##SUFFIX(const S* f, const T* w, const S* g, S* gf, T* gw, int64_t K,       \
                                        int64_t O, int64_t m0, int64_t m1, int threads,                    \
-                                       int64_t part_stride, int adder) {                                  \
-    anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t part) {                        \
+                                       int64_t part_stride, int64_t k0, int64_t k1, int adder) {          \
+    /* adder: no filter gradient (gw is null) */                                                          \
+    anyconv::split_backward(m0, m1, k0, k1, threads, gw, part_stride,                                     \
+                            [&](int64_t a, int64_t b, int64_t c, int64_t d, T* own) {                     \
       if (adder)                                                                                          \
-        anyconv::backward_rows<S, L1Adder<T>>(f, w, g, gf, nullptr, K, O, a, b);                          \
+        anyconv::backward_rows<S, L1Adder<T>>(f, w, g, gf, nullptr, K, O, a, b, c, d);                    \
       else                                                                                                \
-        anyconv::backward_rows<S, L1Exact<T>>(f, w, g, gf, gw + part * part_stride, K, O, a, b);          \
+        anyconv::backward_rows<S, L1Exact<T>>(f, w, g, gf, own, K, O, a, b, c, d);                        \
     });                                                                                                   \
   }
 

@@ -105,17 +105,18 @@ void lp_forward(const S* f, const Compute<S>* wt, S* out, int64_t K, int64_t O, 
 
 template <typename S>
 void lp_backward(const S* f, const Compute<S>* w, const S* h, S* gf, Compute<S>* gw, int64_t K, int64_t O,
-                 int64_t m0, int64_t m1, int threads, int64_t part_stride, double p) {
+                 int64_t m0, int64_t m1, int threads, int64_t part_stride, int64_t k0, int64_t k1, double p) {
   using T = Compute<S>;
   const T power = static_cast<T>(p);
-  anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t part) {
-    T* own = gw + part * part_stride;
+  anyconv::split_backward(m0, m1, k0, k1, threads, gw, part_stride,
+                          [&](int64_t a, int64_t b, int64_t c, int64_t d, T* own) {
     switch (whole_power(p)) {
-      case 1: return anyconv::backward_rows<S, PowerSlope<T, 0>>(f, w, h, gf, own, K, O, a, b, power);
-      case 2: return anyconv::backward_rows<S, PowerSlope<T, 1>>(f, w, h, gf, own, K, O, a, b, power);
-      case 3: return anyconv::backward_rows<S, PowerSlope<T, 2>>(f, w, h, gf, own, K, O, a, b, power);
-      case 4: return anyconv::backward_rows<S, PowerSlope<T, 3>>(f, w, h, gf, own, K, O, a, b, power);
-      default: return anyconv::backward_rows<S, PowerSlope<T, kAnyPower>>(f, w, h, gf, own, K, O, a, b, power);
+      case 1: return anyconv::backward_rows<S, PowerSlope<T, 0>>(f, w, h, gf, own, K, O, a, b, c, d, power);
+      case 2: return anyconv::backward_rows<S, PowerSlope<T, 1>>(f, w, h, gf, own, K, O, a, b, c, d, power);
+      case 3: return anyconv::backward_rows<S, PowerSlope<T, 2>>(f, w, h, gf, own, K, O, a, b, c, d, power);
+      case 4: return anyconv::backward_rows<S, PowerSlope<T, 3>>(f, w, h, gf, own, K, O, a, b, c, d, power);
+      default:
+        return anyconv::backward_rows<S, PowerSlope<T, kAnyPower>>(f, w, h, gf, own, K, O, a, b, c, d, power);
     }
   });
 }
@@ -129,8 +130,8 @@ void lp_backward(const S* f, const Compute<S>* w, const S* h, S* gf, Compute<S>*
   }                                                                                                       \
   extern "C" void lp_backward_##SUFFIX(const S* f, const T* w, const S* h, S* gf, T* gw, int64_t K,       \
                                        int64_t O, int64_t m0, int64_t m1, int threads,                    \
-                                       int64_t part_stride, double p) {                                   \
-    lp_backward<S>(f, w, h, gf, gw, K, O, m0, m1, threads, part_stride, p);                               \
+                                       int64_t part_stride, int64_t k0, int64_t k1, double p) {           \
+    lp_backward<S>(f, w, h, gf, gw, K, O, m0, m1, threads, part_stride, k0, k1, p);                       \
   }
 
 ANYCONV_EXPORT(float, float, f32)
