@@ -82,14 +82,36 @@ def test_variant_gradgradcheck(case):
     assert gradgradcheck(function, tensors)
 
 
-def test_learnable_option_gradgradcheck():
-    input, weight = _tensors((1, 2, 4, 4), (3, 2, 2, 2), bias=False, scale=0.5)
-    gamma = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64, requires_grad=True)
+#: variant -> its learnable options, one value per output channel of 4
+LEARNABLE = {
+    "rbf": {"gamma": [0.1, 0.2, 0.3, 0.4]},
+    "polynomial": {"c": [0.5, -0.2, 0.3, 1.0]},
+    "sharpened_cosine": {"exponent": [2.0, 2.5, 3.0, 1.5], "q": [0.1, 0.2, 0.1, 0.3]},
+}
 
-    def function(input, weight, gamma):
-        return anyconv.generalized_conv(input, weight, "rbf", gamma=gamma)
 
-    assert gradgradcheck(function, (input, weight, gamma))
+@pytest.mark.parametrize(
+    ("path", "groups"),
+    [("tap products", 4), ("fields", 4), ("fields", 1)],
+    ids=["tap-products-depthwise", "fields-depthwise", "fields-groups1"],
+)
+@pytest.mark.parametrize("variant", LEARNABLE)
+def test_learnable_options_gradgradcheck(variant, path, groups, monkeypatch):
+    _force(path, monkeypatch)
+    input, weight = _tensors((1, 4, 4, 4), (4, 4 // groups, 3, 3), bias=False, scale=0.5)
+    names = list(LEARNABLE[variant])
+    options = [
+        torch.tensor(LEARNABLE[variant][name], dtype=torch.float64, requires_grad=True) for name in names
+    ]
+    instance = resolve_variant(variant, **dict(zip(names, options)))
+    assert plan_conv(input, weight, instance, 1, 1, 1, groups, "zeros", None).path == path
+
+    def function(input, weight, *options):
+        return anyconv.generalized_conv(
+            input, weight, variant, padding=1, groups=groups, **dict(zip(names, options))
+        )
+
+    assert gradgradcheck(function, (input, weight, *options), fast_mode=True)
 
 
 @pytest.mark.parametrize("case", ["2d-stride", "1d-groups-dilation"])
