@@ -154,8 +154,8 @@ def test_gradient_penalty_gives_torchs_numbers(case):
 
 
 # The table: every smooth variant on every CPU path the plan can choose for it, at every kind of
-# grouping and N = 1, 2, 3; each case gradgradcheck'ed and its second derivatives compared with
-# autograd through the naive formula.
+# grouping and N = 1, 2, 3; each case's second derivatives compared with autograd through the
+# naive formula, and the 2-d cases gradgradcheck'ed as well.
 
 #: variant -> its options in the table (a non-integer power, a shift, a gamma off its default)
 SMOOTH = {
@@ -252,7 +252,10 @@ def test_second_derivatives_on_every_path(variant, path, groups, ndim, monkeypat
     def reference(input, weight):
         return naive_generalized_conv(input, weight, variant, None, groups=groups, **kwargs, **options)
 
-    assert gradgradcheck(function, (input, weight), fast_mode=True)
+    if ndim == 2:
+        # numerical second derivatives cost the most here: once per path and grouping is enough
+        # beside the exact comparison with the formula's below, made for every case
+        assert gradgradcheck(function, (input, weight), fast_mode=True)
     generator = torch.Generator().manual_seed(1)
     output_shape = reference(input, weight).shape
     grad_output = torch.randn(output_shape, dtype=torch.float64, generator=generator)
