@@ -7,7 +7,9 @@ block, filters not a multiple of the channel block, taps not a multiple of the t
 import pytest
 import torch
 
-from anyconv.variants import fused
+import anyconv
+from anyconv.engine.plan import plan_conv
+from anyconv.variants import fused, resolve_variant
 
 SHAPES = [
     pytest.param((1, 300, 70), 64, id="threads-and-remainders"),
@@ -124,3 +126,35 @@ def test_filter_split_and_row_split_agree(kernel, dtype, monkeypatch):
     tolerance = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else {}
     for got, want in zip(split, rows):
         torch.testing.assert_close(got, want, **tolerance)
+
+
+#: id -> (variant, input shape, weight shape, keyword arguments, path the plan takes, last_path()'s answer)
+ENGINE_CALLS = {
+    "fields-dot": ("dot", (1, 2, 5, 5), (3, 2, 3, 3), {}, "fields", "eager"),
+    "pointwise-dot": ("dot", (1, 2, 5, 5), (3, 2, 1, 1), {}, "pointwise", "eager"),
+    "fields-l1": ("l1", (1, 2, 5, 5), (3, 2, 3, 3), {}, "fields", "native"),
+    "tap-loops-l1": ("l1", (1, 4, 5, 5), (4, 1, 3, 3), {"groups": 4}, "tap loops", "native"),
+    "tap-products-cosine": ("cosine", (1, 4, 5, 5), (4, 1, 3, 3), {"groups": 4}, "tap products", "native"),
+}
+
+
+@needs_native
+@pytest.mark.parametrize("case", ENGINE_CALLS)
+def test_last_path_answers_for_the_last_call(case, monkeypatch):
+    pytest.importorskip("triton")
+    variant, input_shape, weight_shape, kwargs, path, answer = ENGINE_CALLS[case]
+    input, weight = torch.randn(input_shape), torch.randn(weight_shape)
+    monkeypatch.setenv("ANYCONV_BACKEND", "triton")
+    fused.l1_distances(torch.randn(1, 3, 2), torch.randn(1, 2, 2))
+    assert fused.last_path() == "triton"
+    monkeypatch.setenv("ANYCONV_BACKEND", "auto")
+    plan = plan_conv(input, weight, resolve_variant(variant), 1, 0, 1, kwargs.get("groups", 1), "zeros", None)
+    assert plan.path == path
+    anyconv.generalized_conv(input, weight, variant, **kwargs)
+    assert fused.last_path() == answer
+
+
+def test_last_path_answers_eager_for_the_loops_eager_twins(monkeypatch):
+    monkeypatch.setenv("ANYCONV_NATIVE", "0")
+    anyconv.generalized_conv(torch.randn(1, 4, 5, 5), torch.randn(4, 1, 3, 3), "l1", groups=4)
+    assert fused.last_path() == "eager"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 from ..variants import Variant
+from ..variants.fused import record_eager_call
 from .contraction import GeneralizedConvFunction
 from .fields_plan import fields_plan
 from .ops import run_generalized_conv, variant_arguments
@@ -128,4 +129,7 @@ def run_path(
     plan: ConvPlan, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: Variant
 ) -> torch.Tensor:
     """Compute the call on the batched ``input`` (padded in a non-zero mode already) by the plan's path."""
+    if not torch.compiler.is_compiling():
+        # last_path() answers for this call (a global written in a trace would be a side effect)
+        record_eager_call()
     return _RUN[plan.path](plan, input, weight, bias, variant)

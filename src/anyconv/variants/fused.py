@@ -76,14 +76,28 @@ def native_paths() -> dict[str, str]:
 
 
 def last_path() -> str | None:
-    """Which path the last fused call took: ``"native"`` (C++), ``"triton"`` or ``"eager"``; None before any.
+    """What computed the last call: ``"native"`` (compiled C++ loops: the fused kernels or the
+    engine's tap loops), ``"triton"`` or ``"eager"`` (torch's own operations only: the matrix
+    products, the eager twins of the loops); None before any call.
 
-    >>> import torch
-    >>> _ = l1_distances(torch.randn(1, 5, 3), torch.randn(1, 2, 3))
-    >>> last_path() in ("native", "triton", "eager")
-    True
+    A call is one of the engine (its forward, then its backward once that runs) or one of a
+    fused kernel's own. Under torch.compile the engine's Python is traced once: the answer then
+    follows only the custom operators that run.
+
+    >>> import torch, anyconv
+    >>> _ = anyconv.conv(torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3))
+    >>> last_path()
+    'eager'
     """
     return "triton" if took_triton() else _last_path
+
+
+def record_eager_call() -> None:
+    """Make :func:`last_path` answer ``"eager"``: a call of the engine starts, and the compiled
+    loops or Triton kernels that then compute part of it record themselves over it."""
+    global _last_path
+    _last_path = "eager"
+    forget_triton()
 
 
 def record_native_call() -> None:

@@ -80,7 +80,19 @@ def centre_far_from_zero(filters: torch.Tensor) -> torch.Tensor | None:
 
 
 def _squared_norms(rows: torch.Tensor) -> torch.Tensor:
-    """sum of squares over the last dimension, in one reduction (vecdot would make a product first)."""
+    """sum of squares over the last dimension, in one reduction (vecdot would make a product first).
+
+    Recorded by autograd, it is the sum of the squares instead: the square of the norm has no
+    second derivative where a row is zero (a depthwise filter minus its centre, itself), where
+    the sum's is 2 everywhere.
+
+    >>> rows = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
+    >>> (gradient,) = torch.autograd.grad(_squared_norms(rows).sum(), rows, create_graph=True)
+    >>> torch.autograd.grad(gradient.sum(), rows)[0]
+    tensor([[2., 2., 2.]], dtype=torch.float64)
+    """
+    if rows.requires_grad and torch.is_grad_enabled():
+        return (rows * rows).sum(-1)
     return torch.linalg.vector_norm(rows, dim=-1).square()
 
 
