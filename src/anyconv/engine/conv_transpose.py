@@ -30,6 +30,7 @@ import torch
 from ..errors import invalid
 from ..functional.allocation import check_fits
 from ..geometry import PhaseGroup, spatial_tuple, transposed_output_size, transposed_phase_groups
+from ..geometry.arguments import is_traced
 from .arguments import check_conv_tensors
 from .chunks import resolve_budget
 from .conv import conv
@@ -102,6 +103,7 @@ def conv_transpose(
         raise invalid("padding", padding, f"an int or a tuple of {ndim} ints (no strings when transposed)")
     amounts = spatial_tuple("padding", padding, ndim, 0)
     spacings = spatial_tuple("dilation", dilation, ndim, 1)
+    extra = spatial_tuple("output_padding", output_padding, ndim, 0)
     # checks output_padding against torch's rule and that the output is not empty
     output_size = transposed_output_size(
         tuple(batched.shape[2:]), kernel_size, steps, amounts, output_padding, spacings
@@ -115,10 +117,10 @@ def conv_transpose(
     geometry = col2im_geometry(tuple(batched.shape[2:]), kernel_size, steps, spacings)
     sample_bytes = col2im_sample_bytes(geometry, out_channels, output_size, batched.element_size())
     form, samples_per_chunk = transposed_form(
-        batched.shape[0], sample_bytes, resolve_budget(memory_budget), FORM
+        batched.shape[0], sample_bytes, resolve_budget(memory_budget), FORM, traced=is_traced(output_shape)
     )
     if form == "col2im":
-        output = col2im_transpose(batched, weight, groups, geometry, amounts, output_size, samples_per_chunk)
+        output = col2im_transpose(batched, weight, groups, geometry, amounts, extra, samples_per_chunk)
         if bias is not None:
             output = output + bias.reshape(-1, *(1,) * ndim)
     else:
@@ -127,7 +129,9 @@ def conv_transpose(
     return output.squeeze(0) if was_unbatched else output
 
 
-def transposed_form(batch: int, sample_bytes: int, budget: int, form: str = "auto") -> tuple[str, int]:
+def transposed_form(
+    batch: int, sample_bytes: int, budget: int, form: str = "auto", *, traced: bool = False
+) -> tuple[str, int]:
     """The form :func:`conv_transpose` takes, and for col2im how many samples each chunk holds.
 
     ``form`` "auto" (the rule), "col2im" or "phases" (either one always, col2im at least one
@@ -138,11 +142,23 @@ def transposed_form(batch: int, sample_bytes: int, budget: int, form: str = "aut
     convolutions and an interleaving copy, so col2im is the faster form on the layers networks
     use; the phases are the form whose memory stays bounded for a sample of any size.
 
+    ``traced`` (the sizes may be symbols of torch.compile or torch.export): a graph cannot loop a
+    size-dependent number of times, so col2im takes the whole batch in one chunk, and "auto"
+    takes it only where the whole batch fits the budget (a guard on a range of sizes, never on
+    one size); the phases, which chunk inside :func:`anyconv.conv`, elsewhere.
+
     >>> transposed_form(32, 2**20, 4 * 2**20), transposed_form(1, 2**30, 4 * 2**20)
+    (('col2im', 4), ('phases', 0))
+    >>> transposed_form(4, 2**20, 4 * 2**20, traced=True), transposed_form(5, 2**20, 4 * 2**20, traced=True)
     (('col2im', 4), ('phases', 0))
     """
     if form not in FORMS:
         raise invalid("ANYCONV_CONV_TRANSPOSE", form, f"one of {', '.join(map(repr, FORMS))}")
+    if traced:
+        # one comparison of sizes with the budget: a range guard, no min() or max() of sizes
+        if form == "phases" or (form == "auto" and batch * sample_bytes > budget):
+            return "phases", 0
+        return "col2im", batch
     fitting = budget // max(1, sample_bytes)
     if form == "phases" or (form == "auto" and fitting < 1):
         return "phases", 0

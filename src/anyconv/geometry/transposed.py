@@ -43,7 +43,8 @@ def transposed_output_size(
             input_size, kernel_size, stride, padding, extra, dilation
         )
     )
-    if min(sizes) < 1:
+    # one comparison per size: min() would relate the sizes of a trace with each other (a guard)
+    if any(size < 1 for size in sizes):
         raise invalid(
             "padding", padding, f"an amount that leaves a positive output size, got output size {sizes}"
         )
