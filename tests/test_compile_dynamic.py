@@ -232,3 +232,47 @@ def test_any_size_after_the_first_traces_no_new_graph(name):
 
     equal_to_eager()
     assert counter.frame_count == compiled_frames
+
+
+#: id -> (transposed module factory, input sizes): the col2im form (whose columns fit the budget)
+TRANSPOSED = {
+    "transpose2d-stride-output-padding": (
+        lambda: anyconv.nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1),
+        SIZES_2D,
+    ),
+    "transpose2d-groups-dilated": (
+        lambda: anyconv.nn.ConvTranspose2d(4, 6, 3, stride=(1, 2), padding=(2, 0), groups=2, dilation=2),
+        SIZES_2D,
+    ),
+    "transpose2d-output-padding-past-padding": (
+        lambda: anyconv.nn.ConvTranspose2d(4, 3, 4, stride=3, padding=(0, 1), output_padding=2),
+        SIZES_2D,
+    ),
+    "transpose1d-kernel-4": (lambda: anyconv.nn.ConvTranspose1d(4, 3, 4, stride=2, padding=1), SIZES_1D),
+    "transpose3d": (lambda: anyconv.nn.ConvTranspose3d(4, 3, 3, stride=2, padding=1), SIZES_3D),
+}
+
+
+@pytest.mark.parametrize("name", TRANSPOSED)
+def test_transposed_modules_trace_no_new_graph(name):
+    factory, sizes = TRANSPOSED[name]
+    torch.manual_seed(0)
+    module = factory().double()
+    graphs, recompiles = _check_one_graph(module, module, 4, sizes, list(module.parameters()))
+    assert (graphs, recompiles) == (1, 0)
+
+
+def test_conv_transpose_traces_no_new_graph_and_equals_torch():
+    generator = torch.Generator().manual_seed(2)
+    weight = torch.randn(4, 3, 4, 3, dtype=torch.float64, generator=generator, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, generator=generator, requires_grad=True)
+    arguments = dict(stride=(2, 3), padding=(1, 0), output_padding=(1, 2))
+
+    def function(input):
+        return anyconv.conv_transpose(input, weight, bias, **arguments)
+
+    def reference(input):
+        return torch.nn.functional.conv_transpose2d(input, weight, bias, **arguments)
+
+    graphs, recompiles = _check_one_graph(function, reference, 4, SIZES_2D, [weight, bias])
+    assert (graphs, recompiles) == (1, 0)

@@ -30,6 +30,11 @@ MODULES = {
         {"tap_loops"},
     ),
     "conv-pointwise-strided": (lambda: anyconv.nn.Conv2d(4, 6, 1, stride=2), set()),
+    # the col2im form: a matrix product and col2im's strided adds, no anyconv op
+    "transpose-col2im": (
+        lambda: anyconv.nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1),
+        set(),
+    ),
 }
 #: (batch, height, width) of the example, then of the calls of the exported program
 SIZES = [(2, 9, 11), (3, 12, 7), (1, 5, 16)]
