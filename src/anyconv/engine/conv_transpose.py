@@ -21,7 +21,6 @@ of any order come from autograd through the engine.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
@@ -196,7 +195,7 @@ def _phases(
         for index, group in enumerate(phase_groups)
         for member, (window, place) in enumerate(zip(group.windows, group.places))
     )
-    covered = _count(members, output_size) == math.prod(output_size)
+    covered = _covers(members, steps, output_size)
     if not phase_groups:
         # no tap reaches the output: keep input and weight in the graph, with zero
         # gradients as torch gives, through sums of nothing (no NaN or inf gets in)
@@ -211,7 +210,7 @@ def _phases(
         output = (
             computed[0]
             if covered and computed[0].shape == output_shape
-            else _Interleave.apply(output_shape, layout, groups, members, *computed)
+            else _Interleave.apply(output_shape, layout, groups, members, covered, *computed)
         )
     if bias is not None and not covered:
         output = output + bias.reshape(-1, *(1,) * ndim)
@@ -259,11 +258,16 @@ def _phase_group(
     )
 
 
-def _count(members: tuple[tuple[Any, ...], ...], output_size: tuple[int, ...]) -> int:
-    """How many output positions the (disjoint) phases write."""
-    return sum(
-        math.prod([len(range(size)[part]) for part, size in zip(place, output_size)]) for *_, place in members
-    )
+def _covers(members: tuple[tuple[Any, ...], ...], steps: tuple[int, ...], output_size: tuple[int, ...]) -> bool:
+    """Whether the phases write every output position: along each dimension, every residue
+    modulo the stride that is an output position is some phase's (the phases are products of
+    one residue per dimension). One comparison per size: no count of positions, which would
+    relate a trace's sizes."""
+    for dimension, (step, size) in enumerate(zip(steps, output_size)):
+        starts = {place[dimension].start for *_, place in members}
+        if any(residue not in starts and residue < size for residue in range(step)):
+            return False
+    return True
 
 
 class _Interleave(torch.autograd.Function):
@@ -279,6 +283,7 @@ class _Interleave(torch.autograd.Function):
         layout: torch.memory_format,
         groups: int,
         members: tuple[tuple[Any, ...], ...],
+        covered: bool,
         *computed: torch.Tensor,
     ) -> torch.Tensor:
         # new_empty, not torch.empty: under torch.vmap it allocates a batched buffer
@@ -286,7 +291,7 @@ class _Interleave(torch.autograd.Function):
             output = computed[0].new_empty(shape)
         else:
             output = computed[0].new_empty((shape[0], *shape[2:], shape[1])).movedim(-1, 1)
-        if _count(members, shape[2:]) < math.prod(shape[2:]):
+        if not covered:
             output.zero_()
         for (*_, place), source in zip(members, _members(computed, groups, members)):
             output[(slice(None), slice(None), *place)].unflatten(1, (groups, -1)).copy_(source)
@@ -294,12 +299,19 @@ class _Interleave(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        ctx.groups, ctx.members = inputs[2], inputs[3]
-        ctx.shapes = tuple(tuple(tensor.shape) for tensor in inputs[4:])
+        ctx.groups, ctx.members, ctx.covered = inputs[2], inputs[3], inputs[4]
+        ctx.shapes = tuple(tuple(tensor.shape) for tensor in inputs[5:])
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        return (None, None, None, None, *_Deinterleave.apply(grad, ctx.shapes, ctx.groups, ctx.members))
+        return (
+            None,
+            None,
+            None,
+            None,
+            None,
+            *_Deinterleave.apply(grad, ctx.shapes, ctx.groups, ctx.members, ctx.covered),
+        )
 
 
 class _Deinterleave(torch.autograd.Function):
@@ -314,6 +326,7 @@ class _Deinterleave(torch.autograd.Function):
         shapes: tuple[tuple[int, ...], ...],
         groups: int,
         members: tuple[tuple[Any, ...], ...],
+        covered: bool,
     ) -> tuple[torch.Tensor, ...]:
         computed = [output.new_zeros(shape) for shape in shapes]
         for (*_, place), target in zip(members, _members(computed, groups, members)):
@@ -322,13 +335,14 @@ class _Deinterleave(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
-        ctx.shape, ctx.groups, ctx.members = inputs[0].shape, inputs[2], inputs[3]
+        ctx.shape, ctx.groups, ctx.members, ctx.covered = inputs[0].shape, inputs[2], inputs[3], inputs[4]
         ctx.layout = output_memory_format(inputs[0], inputs[0])
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         return (
-            _Interleave.apply(tuple(ctx.shape), ctx.layout, ctx.groups, ctx.members, *grads),
+            _Interleave.apply(tuple(ctx.shape), ctx.layout, ctx.groups, ctx.members, ctx.covered, *grads),
+            None,
             None,
             None,
             None,

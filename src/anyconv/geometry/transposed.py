@@ -70,13 +70,12 @@ class PhaseGroup:
 @dataclass(frozen=True)
 class _Residue:
     """One dimension of a phase: its output positions, kernel taps, and the input window it
-    reads, from ``start`` to ``stop`` (zeros outside the input), giving ``outputs`` positions."""
+    reads, from ``start`` to ``overhang`` past the input's end (zeros outside the input)."""
 
     place: slice
     taps: slice
     start: int
-    stop: int
-    outputs: int
+    overhang: int
 
 
 @lru_cache(maxsize=1024)
@@ -101,9 +100,9 @@ def transposed_phase_groups(
 
     >>> [group] = transposed_phase_groups((4,), (4,), (2,), (1,), (1,), (8,))
     >>> group.crop, group.padding, group.taps
-    ((slice(0, 4, None),), ((1, 1),), ((slice(1, 4, 2),), (slice(0, 3, 2),)))
+    ((slice(0, None, None),), ((1, 1),), ((slice(1, 4, 2),), (slice(0, 3, 2),)))
     >>> group.windows, group.places
-    (((slice(0, 4, None),), (slice(1, 5, None),)), ((slice(0, 8, 2),), (slice(1, 8, 2),)))
+    (((slice(0, -1, None),), (slice(1, None, None),)), ((slice(0, None, 2),), (slice(1, None, 2),)))
     >>> [len(group.taps) for group in transposed_phase_groups((5, 5), (3, 3), (2, 2), (1, 1), (1, 1), (9, 9))]
     [1, 1, 1, 1]
     """
@@ -143,22 +142,26 @@ def _groups(
         # the input index read by output q through the first tap: q + offset
         offset = (residue + pad - first * spacing) // step
         start, stop = offset - (count - 1) * offset_step, outputs + offset
-        if max(start, 0) < min(stop, size):
+        # the window is never empty (one output at least): it meets the input where it starts
+        # before its end and ends past its start, one comparison per size (no min() of sizes)
+        if start < size and stop > 0:
             taps = slice(first, first + (count - 1) * tap_step + 1, tap_step)
+            # slices hold no size (the output's end is None, the window's end is counted back
+            # from the input's), so that a trace's symbolic sizes stay out of them
             by_count.setdefault(count, []).append(
-                _Residue(slice(residue, output, step), taps, start, stop, outputs)
+                _Residue(slice(residue, None, step), taps, start, stop - size)
             )
     groups = []
     # sorted by plain ints, which torch.compile traces without a graph break
     for count in sorted(by_count):
         residues = sorted(by_count[count], key=lambda residue: residue.place.start)
         start = min(residue.start for residue in residues)
-        stop = max(residue.stop for residue in residues)
-        crop = slice(max(start, 0), min(stop, size))
+        overhang = max(residue.overhang for residue in residues)
+        crop = slice(max(start, 0), overhang if overhang < 0 else None)
+        # the convolution over [start, size + overhang) gives residue r the outputs from
+        # r.start - start to r.overhang - overhang before its end
         windows = [
-            slice(residue.start - start, residue.start - start + residue.outputs) for residue in residues
+            slice(residue.start - start, (residue.overhang - overhang) or None) for residue in residues
         ]
-        groups.append(
-            (crop, (max(-start, 0), max(stop - size, 0)), offset_step, list(zip(residues, windows)))
-        )
+        groups.append((crop, (max(-start, 0), max(overhang, 0)), offset_step, list(zip(residues, windows))))
     return groups
