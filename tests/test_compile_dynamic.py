@@ -294,8 +294,9 @@ def test_conv_transpose_traces_no_new_graph_and_equals_torch(monkeypatch, form, 
     torch._dynamo.reset()
     forms = []
     for name, kind in (("col2im_transpose", "col2im"), ("_phases", "phases")):
+        original = getattr(TRANSPOSE, name)
 
-        def spy(*args, original=getattr(TRANSPOSE, name), kind=kind):
+        def spy(*args, original=original, kind=kind):
             forms.append(kind)
             return original(*args)
 

@@ -258,7 +258,9 @@ def _phase_group(
     )
 
 
-def _covers(members: tuple[tuple[Any, ...], ...], steps: tuple[int, ...], output_size: tuple[int, ...]) -> bool:
+def _covers(
+    members: tuple[tuple[Any, ...], ...], steps: tuple[int, ...], output_size: tuple[int, ...]
+) -> bool:
     """Whether the phases write every output position: along each dimension, every residue
     modulo the stride that is an output position is some phase's (the phases are products of
     one residue per dimension). One comparison per size: no count of positions, which would

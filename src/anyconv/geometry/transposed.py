@@ -10,7 +10,7 @@ from functools import lru_cache
 from typing import Any
 
 from ..errors import invalid
-from .arguments import spatial_tuple
+from .arguments import is_traced, spatial_tuple
 
 
 def transposed_output_size(
@@ -78,7 +78,6 @@ class _Residue:
     overhang: int
 
 
-@lru_cache(maxsize=1024)
 def transposed_phase_groups(
     input_size: tuple[int, ...],
     kernel_size: tuple[int, ...],
@@ -106,6 +105,20 @@ def transposed_phase_groups(
     >>> [len(group.taps) for group in transposed_phase_groups((5, 5), (3, 3), (2, 2), (1, 1), (1, 1), (9, 9))]
     [1, 1, 1, 1]
     """
+    arguments = (input_size, kernel_size, stride, padding, dilation, output_size)
+    # a trace's sizes may be symbolic, which cannot be hashed: its groups are made anew
+    return _phase_groups(*arguments) if is_traced(input_size) else _cached_phase_groups(*arguments)
+
+
+def _phase_groups(
+    input_size: tuple[int, ...],
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+    output_size: tuple[int, ...],
+) -> tuple[PhaseGroup, ...]:
+    """:func:`transposed_phase_groups`, uncached."""
     per_dimension = [
         _groups(*sizes) for sizes in zip(input_size, kernel_size, stride, padding, dilation, output_size)
     ]
@@ -123,6 +136,9 @@ def transposed_phase_groups(
             )
         )
     return tuple(groups)
+
+
+_cached_phase_groups = lru_cache(maxsize=1024)(_phase_groups)
 
 
 def _groups(
