@@ -5,6 +5,8 @@ runs over three spatial sizes and two batch sizes, forward and backward, equal t
 graphs dynamo made are counted (``unique_graphs``: a restart inside one compile is not a graph).
 """
 
+import importlib
+
 import pytest
 import torch
 import torch._dynamo
@@ -16,6 +18,8 @@ from torch._dynamo.utils import counters
 import anyconv
 from anyconv.engine.plan import plan_conv
 from anyconv.variants import BUILTIN_VARIANTS, resolve_variant
+
+TRANSPOSE = importlib.import_module("anyconv.engine.conv_transpose")
 
 # torch's own tracing machinery warns that torch.jit.script_method is deprecated: not ours
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -232,3 +236,70 @@ def test_any_size_after_the_first_traces_no_new_graph(name):
 
     equal_to_eager()
     assert counter.frame_count == compiled_frames
+
+
+#: id -> (transposed module factory, input sizes), run in either form (``ANYCONV_CONV_TRANSPOSE``)
+TRANSPOSED = {
+    "transpose2d-stride-output-padding": (
+        lambda: anyconv.nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1),
+        SIZES_2D,
+    ),
+    "transpose2d-groups-dilated": (
+        lambda: anyconv.nn.ConvTranspose2d(4, 6, 3, stride=(1, 2), padding=(2, 0), groups=2, dilation=2),
+        SIZES_2D,
+    ),
+    "transpose2d-output-padding-past-padding": (
+        lambda: anyconv.nn.ConvTranspose2d(4, 3, 4, stride=3, padding=(0, 1), output_padding=2),
+        SIZES_2D,
+    ),
+    "transpose1d-kernel-4": (lambda: anyconv.nn.ConvTranspose1d(4, 3, 4, stride=2, padding=1), SIZES_1D),
+    "transpose3d": (lambda: anyconv.nn.ConvTranspose3d(4, 3, 3, stride=2, padding=1), SIZES_3D),
+}
+
+
+@pytest.mark.parametrize("form", ["col2im", "phases"])
+@pytest.mark.parametrize("name", TRANSPOSED)
+def test_transposed_modules_trace_no_new_graph(monkeypatch, name, form):
+    monkeypatch.setattr(TRANSPOSE, "FORM", form)
+    factory, sizes = TRANSPOSED[name]
+    torch.manual_seed(0)
+    module = factory().double()
+    graphs, recompiles = _check_one_graph(module, module, 4, sizes, list(module.parameters()))
+    assert (graphs, recompiles) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("form", "budget", "taken"),
+    [("auto", None, "col2im"), ("phases", None, "phases"), ("auto", 1, "phases")],
+    ids=["col2im-fits", "phases", "phases-past-the-budget"],
+)
+def test_conv_transpose_traces_no_new_graph_and_equals_torch(monkeypatch, form, budget, taken):
+    # a budget of 1 (the floor of 256 KiB): one sample's columns fit (eager takes col2im, a
+    # sample at a time), the whole batch's do not (the trace takes the phases)
+    monkeypatch.setattr(TRANSPOSE, "FORM", form)
+    generator = torch.Generator().manual_seed(2)
+    weight = torch.randn(4, 24, 4, 3, dtype=torch.float64, generator=generator, requires_grad=True)
+    bias = torch.randn(24, dtype=torch.float64, generator=generator, requires_grad=True)
+    arguments = dict(stride=(2, 3), padding=(1, 0), output_padding=(1, 2))
+
+    def function(input):
+        return anyconv.conv_transpose(input, weight, bias, **arguments, memory_budget=budget)
+
+    def reference(input):
+        return torch.nn.functional.conv_transpose2d(input, weight, bias, **arguments)
+
+    graphs, recompiles = _check_one_graph(function, reference, 4, SIZES_2D, [weight, bias])
+    assert (graphs, recompiles) == (1, 0)
+    # the form the trace took, by spies apart (a list the graph appends to is guarded on)
+    torch._dynamo.reset()
+    forms = []
+    for name, kind in (("col2im_transpose", "col2im"), ("_phases", "phases")):
+        original = getattr(TRANSPOSE, name)
+
+        def spy(*args, original=original, kind=kind):
+            forms.append(kind)
+            return original(*args)
+
+        monkeypatch.setattr(TRANSPOSE, name, spy)
+    torch.compile(function, fullgraph=True, backend="aot_eager", dynamic=True)(_input(4, SIZES_2D[0], 0))
+    assert forms == [taken]

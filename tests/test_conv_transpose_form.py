@@ -43,6 +43,28 @@ def test_the_rule(batch, sample_bytes, budget, form, expected):
     assert TRANSPOSE.transposed_form(batch, sample_bytes, budget, form) == expected
 
 
+TRACED_CASES = [
+    # (id, batch, bytes per sample, budget, form asked for, expected form and samples per chunk)
+    ("whole-batch-fits-one-chunk", 8, MiB // 4, 4 * MiB, "auto", ("col2im", 8)),
+    ("whole-batch-exactly-fits", 4, MiB, 4 * MiB, "auto", ("col2im", 4)),
+    ("whole-batch-past-the-budget", 32, MiB, 4 * MiB, "auto", ("phases", 0)),
+    ("col2im-asked-whole-batch", 32, MiB, 4 * MiB, "col2im", ("col2im", 32)),
+    ("phases-asked", 8, 1, 4 * MiB, "phases", ("phases", 0)),
+]
+
+
+@pytest.mark.parametrize(
+    ("batch", "sample_bytes", "budget", "form", "expected"),
+    [case[1:] for case in TRACED_CASES],
+    ids=[case[0] for case in TRACED_CASES],
+)
+def test_the_rule_while_traced_takes_the_whole_batch_or_the_phases(
+    batch, sample_bytes, budget, form, expected
+):
+    # a graph cannot loop a size-dependent number of times: col2im in one chunk where it fits
+    assert TRANSPOSE.transposed_form(batch, sample_bytes, budget, form, traced=True) == expected
+
+
 def test_an_unknown_form_is_refused_naming_the_variable():
     with pytest.raises(
         ArgumentError, match=r"ANYCONV_CONV_TRANSPOSE='fast' is invalid: expected one of 'auto'"

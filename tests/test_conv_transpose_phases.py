@@ -40,12 +40,12 @@ def _pairs(sizes, kernel, stride, padding, dilation, output):
     return found
 
 
-def _member_pairs(group, member, sizes, kernel):
+def _member_pairs(group, member, sizes, kernel, output):
     """The (output, input, tap) pairs a member's stride-1 convolution computes, reading zeros
     outside the input."""
     found = set()
     places, windows, taps = group.places[member], group.windows[member], group.taps[member]
-    outputs = [range(10**6)[part] for part in places]
+    outputs = [range(size)[part] for part, size in zip(places, output)]
     counts = [len(range(10**6)[part]) for part in taps]
     for index in itertools.product(*(range(len(part)) for part in outputs)):
         for flipped in itertools.product(*(range(count) for count in counts)):
@@ -75,7 +75,7 @@ def test_phase_members_compute_exactly_the_pairs_of_the_formula(geometry):
     written = []
     for group in groups:
         for member in range(len(group.places)):
-            computed |= _member_pairs(group, member, sizes, kernel)
+            computed |= _member_pairs(group, member, sizes, kernel, output)
             written.extend(
                 itertools.product(*(range(size)[part] for part, size in zip(group.places[member], output)))
             )

@@ -4,11 +4,15 @@ The sizes are symbols through the engine's planning (no guard pins them); the ex
 runs at sizes other than the example's, forward and backward.
 """
 
+import importlib
+
 import pytest
 import torch
 from torch.export import Dim
 
 import anyconv
+
+TRANSPOSE = importlib.import_module("anyconv.engine.conv_transpose")
 
 #: id -> (module factory, the anyconv ops its program calls)
 MODULES = {
@@ -30,6 +34,11 @@ MODULES = {
         {"tap_loops"},
     ),
     "conv-pointwise-strided": (lambda: anyconv.nn.Conv2d(4, 6, 1, stride=2), set()),
+    # the col2im form: a matrix product and col2im's strided adds, no anyconv op
+    "transpose-col2im": (
+        lambda: anyconv.nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1),
+        set(),
+    ),
 }
 #: (batch, height, width) of the example, then of the calls of the exported program
 SIZES = [(2, 9, 11), (3, 12, 7), (1, 5, 16)]
@@ -48,7 +57,17 @@ def _anyconv_ops(program):
 def test_one_exported_program_runs_every_size(name):
     factory, ops = MODULES[name]
     torch.manual_seed(0)
-    module = factory()
+    _check_one_program(factory(), ops)
+
+
+def test_one_exported_program_of_the_transposed_phase_form_runs_every_size(monkeypatch):
+    # the phases: stride-1 convolutions through the engine's op, interleaved
+    monkeypatch.setattr(TRANSPOSE, "FORM", "phases")
+    torch.manual_seed(0)
+    _check_one_program(anyconv.nn.ConvTranspose2d(4, 3, 4, stride=2, padding=1), {"generalized_conv"})
+
+
+def _check_one_program(module, ops):
     batch, height, width = SIZES[0]
     program = torch.export.export(module, (torch.randn(batch, 4, height, width),), dynamic_shapes=DYNAMIC)
     assert _anyconv_ops(program) == ops

@@ -21,7 +21,6 @@ of any order come from autograd through the engine.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
@@ -30,6 +29,7 @@ import torch
 from ..errors import invalid
 from ..functional.allocation import check_fits
 from ..geometry import PhaseGroup, spatial_tuple, transposed_output_size, transposed_phase_groups
+from ..geometry.arguments import is_traced
 from .arguments import check_conv_tensors
 from .chunks import resolve_budget
 from .conv import conv
@@ -102,6 +102,7 @@ def conv_transpose(
         raise invalid("padding", padding, f"an int or a tuple of {ndim} ints (no strings when transposed)")
     amounts = spatial_tuple("padding", padding, ndim, 0)
     spacings = spatial_tuple("dilation", dilation, ndim, 1)
+    extra = spatial_tuple("output_padding", output_padding, ndim, 0)
     # checks output_padding against torch's rule and that the output is not empty
     output_size = transposed_output_size(
         tuple(batched.shape[2:]), kernel_size, steps, amounts, output_padding, spacings
@@ -115,10 +116,10 @@ def conv_transpose(
     geometry = col2im_geometry(tuple(batched.shape[2:]), kernel_size, steps, spacings)
     sample_bytes = col2im_sample_bytes(geometry, out_channels, output_size, batched.element_size())
     form, samples_per_chunk = transposed_form(
-        batched.shape[0], sample_bytes, resolve_budget(memory_budget), FORM
+        batched.shape[0], sample_bytes, resolve_budget(memory_budget), FORM, traced=is_traced(output_shape)
     )
     if form == "col2im":
-        output = col2im_transpose(batched, weight, groups, geometry, amounts, output_size, samples_per_chunk)
+        output = col2im_transpose(batched, weight, groups, geometry, amounts, extra, samples_per_chunk)
         if bias is not None:
             output = output + bias.reshape(-1, *(1,) * ndim)
     else:
@@ -127,7 +128,9 @@ def conv_transpose(
     return output.squeeze(0) if was_unbatched else output
 
 
-def transposed_form(batch: int, sample_bytes: int, budget: int, form: str = "auto") -> tuple[str, int]:
+def transposed_form(
+    batch: int, sample_bytes: int, budget: int, form: str = "auto", *, traced: bool = False
+) -> tuple[str, int]:
     """The form :func:`conv_transpose` takes, and for col2im how many samples each chunk holds.
 
     ``form`` "auto" (the rule), "col2im" or "phases" (either one always, col2im at least one
@@ -138,11 +141,23 @@ def transposed_form(batch: int, sample_bytes: int, budget: int, form: str = "aut
     convolutions and an interleaving copy, so col2im is the faster form on the layers networks
     use; the phases are the form whose memory stays bounded for a sample of any size.
 
+    ``traced`` (the sizes may be symbols of torch.compile or torch.export): a graph cannot loop a
+    size-dependent number of times, so col2im takes the whole batch in one chunk, and "auto"
+    takes it only where the whole batch fits the budget (a guard on a range of sizes, never on
+    one size); the phases, which chunk inside :func:`anyconv.conv`, elsewhere.
+
     >>> transposed_form(32, 2**20, 4 * 2**20), transposed_form(1, 2**30, 4 * 2**20)
+    (('col2im', 4), ('phases', 0))
+    >>> transposed_form(4, 2**20, 4 * 2**20, traced=True), transposed_form(5, 2**20, 4 * 2**20, traced=True)
     (('col2im', 4), ('phases', 0))
     """
     if form not in FORMS:
         raise invalid("ANYCONV_CONV_TRANSPOSE", form, f"one of {', '.join(map(repr, FORMS))}")
+    if traced:
+        # one comparison of sizes with the budget: a range guard, no min() or max() of sizes
+        if form == "phases" or (form == "auto" and batch * sample_bytes > budget):
+            return "phases", 0
+        return "col2im", batch
     fitting = budget // max(1, sample_bytes)
     if form == "phases" or (form == "auto" and fitting < 1):
         return "phases", 0
@@ -180,7 +195,7 @@ def _phases(
         for index, group in enumerate(phase_groups)
         for member, (window, place) in enumerate(zip(group.windows, group.places))
     )
-    covered = _count(members, output_size) == math.prod(output_size)
+    covered = _covers(members, steps, output_size)
     if not phase_groups:
         # no tap reaches the output: keep input and weight in the graph, with zero
         # gradients as torch gives, through sums of nothing (no NaN or inf gets in)
@@ -195,7 +210,7 @@ def _phases(
         output = (
             computed[0]
             if covered and computed[0].shape == output_shape
-            else _Interleave.apply(output_shape, layout, groups, members, *computed)
+            else _Interleave.apply(output_shape, layout, groups, members, covered, *computed)
         )
     if bias is not None and not covered:
         output = output + bias.reshape(-1, *(1,) * ndim)
@@ -243,11 +258,18 @@ def _phase_group(
     )
 
 
-def _count(members: tuple[tuple[Any, ...], ...], output_size: tuple[int, ...]) -> int:
-    """How many output positions the (disjoint) phases write."""
-    return sum(
-        math.prod([len(range(size)[part]) for part, size in zip(place, output_size)]) for *_, place in members
-    )
+def _covers(
+    members: tuple[tuple[Any, ...], ...], steps: tuple[int, ...], output_size: tuple[int, ...]
+) -> bool:
+    """Whether the phases write every output position: along each dimension, every residue
+    modulo the stride that is an output position is some phase's (the phases are products of
+    one residue per dimension). One comparison per size: no count of positions, which would
+    relate a trace's sizes."""
+    for dimension, (step, size) in enumerate(zip(steps, output_size)):
+        starts = {place[dimension].start for *_, place in members}
+        if any(residue not in starts and residue < size for residue in range(step)):
+            return False
+    return True
 
 
 class _Interleave(torch.autograd.Function):
@@ -263,6 +285,7 @@ class _Interleave(torch.autograd.Function):
         layout: torch.memory_format,
         groups: int,
         members: tuple[tuple[Any, ...], ...],
+        covered: bool,
         *computed: torch.Tensor,
     ) -> torch.Tensor:
         # new_empty, not torch.empty: under torch.vmap it allocates a batched buffer
@@ -270,7 +293,7 @@ class _Interleave(torch.autograd.Function):
             output = computed[0].new_empty(shape)
         else:
             output = computed[0].new_empty((shape[0], *shape[2:], shape[1])).movedim(-1, 1)
-        if _count(members, shape[2:]) < math.prod(shape[2:]):
+        if not covered:
             output.zero_()
         for (*_, place), source in zip(members, _members(computed, groups, members)):
             output[(slice(None), slice(None), *place)].unflatten(1, (groups, -1)).copy_(source)
@@ -278,12 +301,19 @@ class _Interleave(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        ctx.groups, ctx.members = inputs[2], inputs[3]
-        ctx.shapes = tuple(tuple(tensor.shape) for tensor in inputs[4:])
+        ctx.groups, ctx.members, ctx.covered = inputs[2], inputs[3], inputs[4]
+        ctx.shapes = tuple(tuple(tensor.shape) for tensor in inputs[5:])
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        return (None, None, None, None, *_Deinterleave.apply(grad, ctx.shapes, ctx.groups, ctx.members))
+        return (
+            None,
+            None,
+            None,
+            None,
+            None,
+            *_Deinterleave.apply(grad, ctx.shapes, ctx.groups, ctx.members, ctx.covered),
+        )
 
 
 class _Deinterleave(torch.autograd.Function):
@@ -298,6 +328,7 @@ class _Deinterleave(torch.autograd.Function):
         shapes: tuple[tuple[int, ...], ...],
         groups: int,
         members: tuple[tuple[Any, ...], ...],
+        covered: bool,
     ) -> tuple[torch.Tensor, ...]:
         computed = [output.new_zeros(shape) for shape in shapes]
         for (*_, place), target in zip(members, _members(computed, groups, members)):
@@ -306,13 +337,14 @@ class _Deinterleave(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
-        ctx.shape, ctx.groups, ctx.members = inputs[0].shape, inputs[2], inputs[3]
+        ctx.shape, ctx.groups, ctx.members, ctx.covered = inputs[0].shape, inputs[2], inputs[3], inputs[4]
         ctx.layout = output_memory_format(inputs[0], inputs[0])
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         return (
-            _Interleave.apply(tuple(ctx.shape), ctx.layout, ctx.groups, ctx.members, *grads),
+            _Interleave.apply(tuple(ctx.shape), ctx.layout, ctx.groups, ctx.members, ctx.covered, *grads),
+            None,
             None,
             None,
             None,

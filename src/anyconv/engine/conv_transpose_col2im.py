@@ -53,36 +53,39 @@ def col2im_transpose(
     groups: int,
     geometry: Geometry,
     padding: tuple[int, ...],
-    output_size: tuple[int, ...],
+    output_padding: tuple[int, ...],
     samples_per_chunk: int,
 ) -> torch.Tensor:
     """The transposed convolution (no bias) of a batched input, ``samples_per_chunk`` samples at a
     time: per group, (out_channels * taps, in_channels) weights times the input, then col2im.
 
-    ``geometry`` is :func:`col2im_geometry`'s; the output (``output_size``) starts ``padding`` into
-    its image, past whose end (output_padding) it is zeros. Twice differentiable through autograd (col2im's
-    backward is im2col); the result may be a view of a larger tensor.
+    ``geometry`` is :func:`col2im_geometry`'s; the output starts ``padding`` into its image, and
+    ``output_padding`` past the image's end (where ``padding`` crops less) is zeros. Twice
+    differentiable through autograd (col2im's backward is im2col); the result may be a view of a
+    larger tensor. The crop and the zeros are plain integers and the chunks a split, so a trace
+    with symbolic sizes (torch.compile, torch.export) keeps them symbolic; a trace passes the whole
+    batch as ``samples_per_chunk`` (one chunk), a graph cannot loop a size-dependent number of times.
 
     >>> import torch, torch.nn.functional as F
     >>> x, w = torch.randn(3, 4, 5, 5, dtype=torch.float64), torch.randn(4, 3, 3, 3, dtype=torch.float64)
     >>> geometry = col2im_geometry((5, 5), (3, 3), (2, 2), (1, 1))
-    >>> y = col2im_transpose(x, w, 1, geometry, (1, 1), (10, 10), samples_per_chunk=2)
+    >>> y = col2im_transpose(x, w, 1, geometry, (1, 1), (1, 1), samples_per_chunk=2)
     >>> torch.allclose(y, F.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1))
     True
     """
     batch, channels = batched.shape[:2]
     # (C, Og, *kernel) -> (G, Og * K, Cg): one matrix per group, rows in col2im's (channel, tap) order
     matrices = weight.reshape(groups, channels // groups, -1).transpose(1, 2)
+    # output_padding's positions beyond the image, which no field reaches: what padding leaves of it
+    beyond = tuple(max(0, more - pad) for pad, more in zip(padding, output_padding))
     # cropping the padding is a view; the copy that follows (cat, bias or layout) makes it whole
-    kept = tuple(
-        range(full)[pad : pad + size] for pad, size, full in zip(padding, output_size, geometry.padded_size)
+    crop = tuple(
+        slice(pad, full - pad + more - extra)
+        for pad, more, extra, full in zip(padding, output_padding, beyond, geometry.padded_size)
     )
-    crop = tuple(slice(part.start, part.stop) for part in kept)
-    # output_padding's positions beyond the image, which no field reaches
-    beyond = tuple(size - len(part) for size, part in zip(output_size, kept))
+    chunks = [batched] if samples_per_chunk >= batch else batched.split(samples_per_chunk)
     parts = []
-    for start in range(0, max(batch, 1), samples_per_chunk):
-        chunk = batched[start : start + samples_per_chunk]
+    for chunk in chunks:
         values = chunk.reshape(chunk.shape[0], groups, channels // groups, geometry.num_positions)
         columns = torch.matmul(matrices, values).flatten(1, 2)
         parts.append(Col2Im.apply(columns, geometry)[(slice(None), slice(None), *crop)])

@@ -10,7 +10,7 @@ from functools import lru_cache
 from typing import Any
 
 from ..errors import invalid
-from .arguments import spatial_tuple
+from .arguments import is_traced, spatial_tuple
 
 
 def transposed_output_size(
@@ -43,7 +43,8 @@ def transposed_output_size(
             input_size, kernel_size, stride, padding, extra, dilation
         )
     )
-    if min(sizes) < 1:
+    # one comparison per size: min() would relate the sizes of a trace with each other (a guard)
+    if any(size < 1 for size in sizes):
         raise invalid(
             "padding", padding, f"an amount that leaves a positive output size, got output size {sizes}"
         )
@@ -69,16 +70,14 @@ class PhaseGroup:
 @dataclass(frozen=True)
 class _Residue:
     """One dimension of a phase: its output positions, kernel taps, and the input window it
-    reads, from ``start`` to ``stop`` (zeros outside the input), giving ``outputs`` positions."""
+    reads, from ``start`` to ``overhang`` past the input's end (zeros outside the input)."""
 
     place: slice
     taps: slice
     start: int
-    stop: int
-    outputs: int
+    overhang: int
 
 
-@lru_cache(maxsize=1024)
 def transposed_phase_groups(
     input_size: tuple[int, ...],
     kernel_size: tuple[int, ...],
@@ -100,12 +99,26 @@ def transposed_phase_groups(
 
     >>> [group] = transposed_phase_groups((4,), (4,), (2,), (1,), (1,), (8,))
     >>> group.crop, group.padding, group.taps
-    ((slice(0, 4, None),), ((1, 1),), ((slice(1, 4, 2),), (slice(0, 3, 2),)))
+    ((slice(0, None, None),), ((1, 1),), ((slice(1, 4, 2),), (slice(0, 3, 2),)))
     >>> group.windows, group.places
-    (((slice(0, 4, None),), (slice(1, 5, None),)), ((slice(0, 8, 2),), (slice(1, 8, 2),)))
+    (((slice(0, -1, None),), (slice(1, None, None),)), ((slice(0, None, 2),), (slice(1, None, 2),)))
     >>> [len(group.taps) for group in transposed_phase_groups((5, 5), (3, 3), (2, 2), (1, 1), (1, 1), (9, 9))]
     [1, 1, 1, 1]
     """
+    arguments = (input_size, kernel_size, stride, padding, dilation, output_size)
+    # a trace's sizes may be symbolic, which cannot be hashed: its groups are made anew
+    return _phase_groups(*arguments) if is_traced(input_size) else _cached_phase_groups(*arguments)
+
+
+def _phase_groups(
+    input_size: tuple[int, ...],
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+    output_size: tuple[int, ...],
+) -> tuple[PhaseGroup, ...]:
+    """:func:`transposed_phase_groups`, uncached."""
     per_dimension = [
         _groups(*sizes) for sizes in zip(input_size, kernel_size, stride, padding, dilation, output_size)
     ]
@@ -125,6 +138,9 @@ def transposed_phase_groups(
     return tuple(groups)
 
 
+_cached_phase_groups = lru_cache(maxsize=1024)(_phase_groups)
+
+
 def _groups(
     size: int, kernel: int, step: int, pad: int, spacing: int, output: int
 ) -> list[tuple[slice, tuple[int, int], int, list[tuple[_Residue, slice]]]]:
@@ -142,22 +158,26 @@ def _groups(
         # the input index read by output q through the first tap: q + offset
         offset = (residue + pad - first * spacing) // step
         start, stop = offset - (count - 1) * offset_step, outputs + offset
-        if max(start, 0) < min(stop, size):
+        # the window is never empty (one output at least): it meets the input where it starts
+        # before its end and ends past its start, one comparison per size (no min() of sizes)
+        if start < size and stop > 0:
             taps = slice(first, first + (count - 1) * tap_step + 1, tap_step)
+            # slices hold no size (the output's end is None, the window's end is counted back
+            # from the input's), so that a trace's symbolic sizes stay out of them
             by_count.setdefault(count, []).append(
-                _Residue(slice(residue, output, step), taps, start, stop, outputs)
+                _Residue(slice(residue, None, step), taps, start, stop - size)
             )
     groups = []
     # sorted by plain ints, which torch.compile traces without a graph break
     for count in sorted(by_count):
         residues = sorted(by_count[count], key=lambda residue: residue.place.start)
         start = min(residue.start for residue in residues)
-        stop = max(residue.stop for residue in residues)
-        crop = slice(max(start, 0), min(stop, size))
+        overhang = max(residue.overhang for residue in residues)
+        crop = slice(max(start, 0), overhang if overhang < 0 else None)
+        # the convolution over [start, size + overhang) gives residue r the outputs from
+        # r.start - start to r.overhang - overhang before its end
         windows = [
-            slice(residue.start - start, residue.start - start + residue.outputs) for residue in residues
+            slice(residue.start - start, (residue.overhang - overhang) or None) for residue in residues
         ]
-        groups.append(
-            (crop, (max(-start, 0), max(stop - size, 0)), offset_step, list(zip(residues, windows)))
-        )
+        groups.append((crop, (max(-start, 0), max(overhang, 0)), offset_step, list(zip(residues, windows))))
     return groups
