@@ -3,12 +3,15 @@
 One row per layer family, its shape taken from a named network. Run from a source checkout:
 ``PYTHONPATH=src python benchmarks/bench_layers.py [--rounds N] [--rows TEXT] [--memory]``.
 
-Each round calls torch's op (``F.conv1d/2d/3d`` or ``F.conv_transpose2d``) once, then every method
-once, and takes each method's ratio to torch's time in that round: the ratios of a round share the
-machine's load. The table gives the median and quartiles of those ratios over the rounds, forward
-(under ``no_grad``) and forward+backward. ``cosine`` is also given as a ratio to ``dot`` (the same
-layer through ``anyconv.conv``). With ``--memory`` each (row, method) runs its forward+backward once
-in a fresh process, whose peak resident memory above its inputs is reported next to torch's.
+Each round times torch's op (``F.conv1d/2d/3d`` or ``F.conv_transpose2d``), then every method, and
+takes each method's ratio to torch's time in that round: the ratios of a round share the machine's
+load. A call shorter than ``BLOCK_SECONDS`` is repeated back to back to fill about that long and
+its time is the mean, so that a fast call is not timed with the state the previous method left
+(threads asleep or spinning, caches). The table gives the median and quartiles of those ratios
+over the rounds, forward (under ``no_grad``) and forward+backward. ``cosine`` is also given as a
+ratio to ``dot`` (the same layer through ``anyconv.conv``). With ``--memory`` each (row, method)
+runs its forward+backward once in a fresh process, whose peak resident memory above its inputs is
+reported next to torch's.
 """
 
 from __future__ import annotations
@@ -16,11 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+
+#: a call shorter than this is repeated back to back to fill about this long (seconds), at most
+#: MAX_REPEATS times, and timed as the mean of the block
+BLOCK_SECONDS = 0.02
+MAX_REPEATS = 200
 
 
 @dataclass(frozen=True)
@@ -184,8 +193,12 @@ def time_row(row: Row, methods: list[str], rounds: int, backward: bool) -> dict[
         tensor.requires_grad_(backward)
     call = _caller(x, w, b, backward)
     methods = [method for method in methods if method in functions]
+    repeats = {}
     for name in ("torch", *methods):
         call(functions[name])  # warm-up: one-time allocations and native-library loading
+        start = time.perf_counter()
+        call(functions[name])
+        repeats[name] = max(1, min(MAX_REPEATS, round(BLOCK_SECONDS / (time.perf_counter() - start))))
     ratios: dict[str, list[float]] = {name: [] for name in methods}
     ratios["torch_ms"] = []
     if "cosine" in methods and "anyconv" in methods:
@@ -194,8 +207,9 @@ def time_row(row: Row, methods: list[str], rounds: int, backward: bool) -> dict[
         times = {}
         for name in ("torch", *methods):
             start = time.perf_counter()
-            call(functions[name])
-            times[name] = time.perf_counter() - start
+            for _ in range(repeats[name]):
+                call(functions[name])
+            times[name] = (time.perf_counter() - start) / repeats[name]
         ratios["torch_ms"].append(1000 * times["torch"])
         for name in methods:
             ratios[name].append(times[name] / times["torch"])
@@ -234,7 +248,10 @@ def peak_memory(row: Row, method: str) -> float:
 def _memory_in_subprocess(row: Row, method: str, threads: int | None) -> str:
     command = [sys.executable, __file__, "--peak", row.name, method]
     command += ["--threads", str(threads)] if threads else []
-    done = subprocess.run(command, capture_output=True, text=True)
+    # glibc keeps freed blocks under its adaptive mmap threshold resident, so the high-water mark
+    # would depend on the order of frees; a fixed threshold returns large blocks at once
+    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    done = subprocess.run(command, capture_output=True, text=True, env=environment)
     if done.returncode:
         return "failed"
     return f"{json.loads(done.stdout):.1f}"
