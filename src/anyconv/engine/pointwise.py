@@ -57,8 +57,8 @@ def pointwise_conv(
         strided = input[(slice(None), slice(None), *steps)].clone(memory_format=torch.contiguous_format)
     batch = input.shape[0]
     # sizes from the strided input, not the geometry: for symbolic sizes the two are equal, but
-    # not provably so
-    fields = strided.reshape(batch, groups, input.shape[1] // groups, -1)
+    # not provably so (and no reshape's -1, which an empty batch leaves ambiguous)
+    fields = strided.flatten(2).unflatten(1, (groups, input.shape[1] // groups))
     filters = weight.reshape(groups, weight.shape[0] // groups, -1)
     recording = records_graph(input, weight, bias)
     output = torch.matmul(filters, fields)
