@@ -207,12 +207,24 @@ inline void row_blocks(int64_t width, Block&& block) {
   }
 }
 
-// one output row of one channel: out[i] for i < width
+// one output row of one channel: out[i] for i < width. The blocks as row_blocks cuts them, written
+// out so that whole vectors take forward_block's default count, a constant the loads fold
 template <typename S, typename Out, typename Op>
 void forward_row(const S* x, const S* w, Out* out, const Geometry& g, int64_t origin) {
-  row_blocks<Lanes<Compute<S>>::kCount>(g.width, [&](auto vectors, int64_t first, int count) {
-    forward_block<S, Out, Op, decltype(vectors)::value>(x, w, out + first, g, origin + first * g.step, count);
-  });
+  constexpr int64_t kLanes = Lanes<Compute<S>>::kCount;
+  const int64_t block = g.width >= 2 * kLanes ? 2 * kLanes : kLanes;
+  if (g.width < kLanes) {
+    forward_block<S, Out, Op, 1>(x, w, out, g, origin, static_cast<int>(g.width));
+    return;
+  }
+  for (int64_t start = 0; start < g.width; start += block) {
+    const int64_t first = start + block <= g.width ? start : g.width - block;
+    if (block == kLanes) {
+      forward_block<S, Out, Op, 1>(x, w, out + first, g, origin + first * g.step);
+    } else {
+      forward_block<S, Out, Op, 2>(x, w, out + first, g, origin + first * g.step);
+    }
+  }
 }
 
 template <typename S, typename Op>
