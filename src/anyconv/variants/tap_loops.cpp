@@ -227,8 +227,10 @@ void forward_row(const S* x, const S* w, Out* out, const Geometry& g, int64_t or
   }
 }
 
-template <typename S, typename Op>
-void forward(const S* x, const S* w, S* y, const Geometry& g, int threads) {
+// Calls row(source, filter, out, origin, o) on every output row of every output plane (sample,
+// filter o), the planes split over the threads: the loops' shared walk over the output
+template <typename S, typename Row>
+void each_output_row(const S* x, const S* w, S* y, const Geometry& g, int threads, Row&& row) {
   const int64_t per_group_in = g.channels / g.groups, per_group_out = g.out_channels / g.groups;
   const int64_t planes = g.batch * g.out_channels, output_plane = g.rows * g.width;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -237,8 +239,15 @@ void forward(const S* x, const S* w, S* y, const Geometry& g, int threads) {
     const S* source = x + (b * g.channels + (o / per_group_out) * per_group_in) * g.plane;
     const S* filter = w + o * g.taps;
     S* plane = y + index * output_plane;
-    for (int64_t r = 0; r < g.rows; ++r) forward_row<S, S, Op>(source, filter, plane + r * g.width, g, g.row_offsets[r]);
+    for (int64_t r = 0; r < g.rows; ++r) row(source, filter, plane + r * g.width, g.row_offsets[r], o);
   }
+}
+
+template <typename S, typename Op>
+void forward(const S* x, const S* w, S* y, const Geometry& g, int threads) {
+  each_output_row(x, w, y, g, threads, [&](const S* source, const S* filter, S* out, int64_t origin, int64_t) {
+    forward_row<S, S, Op>(source, filter, out, g, origin);
+  });
 }
 
 // one output channel's gradient into its group's padded input gradient and its weight gradient,
@@ -394,22 +403,12 @@ inline void quotient_block(const S* x, const S* w, S* out, const Geometry& g, in
 template <typename S>
 void quotient(const S* x, const S* w, const Compute<S>* scale, const Compute<S>* offset, S* y, const Geometry& g,
               int threads) {
-  const int64_t per_group_in = g.channels / g.groups, per_group_out = g.out_channels / g.groups;
-  const int64_t planes = g.batch * g.out_channels, output_plane = g.rows * g.width;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t index = 0; index < planes; ++index) {
-    const int64_t b = index / g.out_channels, o = index % g.out_channels;
-    const S* source = x + (b * g.channels + (o / per_group_out) * per_group_in) * g.plane;
-    const S* filter = w + o * g.taps;
-    S* plane = y + index * output_plane;
-    for (int64_t r = 0; r < g.rows; ++r) {
-      row_blocks<Lanes<Compute<S>>::kCount>(g.width, [&](auto vectors, int64_t first, int count) {
-        quotient_block<S, decltype(vectors)::value>(source, filter, plane + r * g.width + first, g,
-                                                    g.row_offsets[r] + first * g.step, scale[o], offset[o],
-                                                    count);
-      });
-    }
-  }
+  each_output_row(x, w, y, g, threads, [&](const S* source, const S* filter, S* out, int64_t origin, int64_t o) {
+    row_blocks<Lanes<Compute<S>>::kCount>(g.width, [&](auto vectors, int64_t first, int count) {
+      quotient_block<S, decltype(vectors)::value>(source, filter, out + first, g, origin + first * g.step, scale[o],
+                                                  offset[o], count);
+    });
+  });
 }
 
 enum Operation { kDot = 0, kL1 = 1, kL1Adder = 2, kL2 = 3, kMaxPlus = 4, kMinPlus = 5 };
