@@ -16,6 +16,7 @@ from variant_reference import naive_generalized_conv
 import anyconv
 from anyconv.variants import ProductVariant, Variant
 from anyconv.variants.kernels import RBF
+from anyconv.variants.squared import centred_blocks
 
 
 class ScaledExponential(Variant):
@@ -176,13 +177,16 @@ def test_rbf_and_sharpened_cosine_backward_take_two_matrix_products(name, option
 
 @pytest.mark.parametrize("offset", [0.0, 1000.0], ids=["near-zero", "centred"])
 def test_l2_backward_takes_two_matrix_products_centred_or_not(offset):
-    # far from zero the backward takes its products on centred fields: the same two products
+    # far from zero the backward takes its products on centred fields: the fields' gradient in
+    # one product, the filters' in one per block of centred fields (see centred_blocks; one here)
     x, w, b = _tensors(groups=1)  # grouped, the tap loops would take it
     x = (x + offset).detach().requires_grad_()
     w = (w + offset).detach().requires_grad_()
     output = anyconv.generalized_conv(x, w, "l2", b, padding=1)
     with _MatrixProducts() as products:
         torch.autograd.grad(output, (x, w), torch.randn_like(output))
+    fields, taps, filters = output[0, 0].numel() * len(output), w[0].numel(), len(w)
+    assert len(centred_blocks(fields, taps, filters)) == 1
     assert products.count == 2
 
 

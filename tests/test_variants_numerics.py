@@ -17,7 +17,7 @@ from variant_reference import naive_generalized_conv
 
 import anyconv
 from anyconv.engine import contraction, ops
-from anyconv.variants import L2, RBF, fused
+from anyconv.variants import L2, RBF, fused, squared
 
 NAN, INF = float("nan"), float("inf")
 PATHS = ["native", "eager"]
@@ -124,12 +124,17 @@ def test_tropical_gradient_of_a_nan_field_goes_to_its_first_nan_tap(variant, pat
 FAR_FROM_ZERO = [("l2", {}), ("rbf", {"gamma": 1.0}), ("rbf", {"gamma": 10.0})]
 
 
+@pytest.mark.parametrize("blocks", ["one-block", "blocks"])
 @pytest.mark.parametrize("offset", [1000.0, 128.0, -5000.0], ids=lambda o: f"offset{o:g}")
 @pytest.mark.parametrize(
     ("variant", "options"), FAR_FROM_ZERO, ids=[c[0] + str(c[1].get("gamma", "")) for c in FAR_FROM_ZERO]
 )
-def test_l2_family_in_float32_does_not_cancel_far_from_zero(variant, options, offset):
+def test_l2_family_in_float32_does_not_cancel_far_from_zero(variant, options, offset, blocks, monkeypatch):
     # pixels near the offset, filters near the same pixels: distances of order 0.01
+    if blocks == "blocks":
+        # the fields centred a few rows at a time, as with many taps and few outputs
+        monkeypatch.setattr(squared, "MIN_CENTRED_BLOCK", 1)
+        assert len(squared.centred_blocks(2 * 36, 27, 5)) > 1
     generator = torch.Generator().manual_seed(0)
     input = offset + torch.rand(2, 3, 8, 8, generator=generator)
     weight = offset + 0.5 + 0.02 * torch.randn(5, 3, 3, 3, generator=generator)
@@ -167,7 +172,7 @@ GRADIENTS_FAR_FROM_ZERO = [
 
 
 @pytest.mark.parametrize("offset", [1000.0, -5000.0, 128.0], ids=lambda o: f"offset{o:g}")
-@pytest.mark.parametrize("route", ["views", "fields", "fields-stride2"])
+@pytest.mark.parametrize("route", ["views", "fields", "fields-stride2", "fields-blocks"])
 @pytest.mark.parametrize(("variant", "reference", "options"), GRADIENTS_FAR_FROM_ZERO)
 def test_l2_family_float32_gradients_do_not_cancel_far_from_zero(
     variant, reference, options, route, offset, monkeypatch
@@ -176,6 +181,10 @@ def test_l2_family_float32_gradients_do_not_cancel_far_from_zero(
     # cost the gradients more digits than the naive float32 formula loses
     if route == "views":
         take_views_everywhere(monkeypatch)
+    if route == "fields-blocks":
+        # the fields centred a few rows at a time, forward and backward (see centred_blocks)
+        monkeypatch.setattr(squared, "MIN_CENTRED_BLOCK", 1)
+        assert len(squared.centred_blocks(2 * 49, 36, 6)) > 1
     # the ops cache their plans, views or not: plan afresh, and see which route the backward took
     ops.op_plan.cache_clear()
     routes = []

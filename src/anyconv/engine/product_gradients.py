@@ -26,6 +26,7 @@ import torch
 
 from ..geometry import Geometry
 from ..variants import ProductVariant
+from ..variants.squared import centred_blocks
 from .backward_choice import reads_of
 from .blocks import as_chunk_result, chunk_results, output_block, write_block
 from .chunks import Chunk
@@ -80,12 +81,21 @@ def field_gradients(
         kept,
         field_norms=lambda: torch.linalg.vector_norm(fields, dim=-1, keepdim=True),
     )
-    if centre is not None:
-        fields, filters = fields - centre, filters - centre
-    grad_fields = torch.matmul(pair_scale, filters.conj())
-    grad_filters = torch.matmul(pair_scale.mT, fields.conj())
-    if field_radial is not None:
-        grad_fields.addcmul_(fields, field_radial, value=-1)
+    if centre is None:
+        grad_fields = torch.matmul(pair_scale, filters.conj())
+        grad_filters = torch.matmul(pair_scale.mT, fields.conj())
+        if field_radial is not None:
+            grad_fields.addcmul_(fields, field_radial, value=-1)
+    else:
+        filters = filters - centre
+        grad_fields = torch.matmul(pair_scale, filters.conj())
+        grad_filters = torch.zeros_like(filters)
+        # the centred fields block by block, as the forward took them (see centred_blocks)
+        for rows in centred_blocks(fields.shape[1], fields.shape[2], filters.shape[1]):
+            centred = fields[:, rows] - centre
+            grad_filters.baddbmm_(pair_scale[:, rows].mT, centred.conj())
+            if field_radial is not None:
+                grad_fields[:, rows].addcmul_(centred, field_radial[:, rows], value=-1)
     if filter_radial is not None:
         grad_filters.addcmul_(filters, filter_radial, value=-1)
     return grad_fields, grad_filters

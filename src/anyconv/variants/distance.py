@@ -83,8 +83,8 @@ class L2(ProductVariant):
         return centre_far_from_zero(filters)
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
-        # the output and the centred copy of the fields (see squared_distances)
-        return fields_per_chunk * (filters + taps)
+        # the norms beside the output, and a block of centred fields as large (see centred_blocks)
+        return 2 * fields_per_chunk * filters
 
 
 class Lp(Variant):

@@ -56,8 +56,8 @@ class RBF(ProductVariant):
         return centre_far_from_zero(filters)
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
-        # two outputs and the centred copy of the fields (see squared_distances)
-        return fields_per_chunk * (2 * filters + taps)
+        # two outputs beside the result, and a block of centred fields as large (see centred_blocks)
+        return 3 * fields_per_chunk * filters
 
 
 class Polynomial(ProductVariant):

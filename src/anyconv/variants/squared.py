@@ -9,11 +9,15 @@ pairs whose distance is still small beside the norms it came from are computed a
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 #: a product-form distance under this share of the centred norms it came from may have lost more
 #: than a few units of rounding to cancellation: it is computed again from the differences
 CANCELLATION_SHARE = 0.25
+#: elements of a block of centred fields however few the outputs (a smaller copy saves nothing)
+MIN_CENTRED_BLOCK = 2**16
 #: (pair, tap) elements of one block of the recomputation
 _RECOMPUTE_BLOCK = 2**18
 
@@ -35,13 +39,48 @@ def squared_distances(fields: torch.Tensor, filters: torch.Tensor) -> torch.Tens
     skips the check (see docs/numerics.md).
     """
     compiling = torch.compiler.is_compiling()
-    centre = centre_far_from_zero(filters)
-    # centring costs a copy of the fields: only where the filters sit far from zero (see
-    # centre_far_from_zero); elsewhere the check below suffices on its own
-    if centre is not None:
-        centred_fields, centred_filters = fields - centre, filters - centre
-    else:
-        centred_fields, centred_filters = fields, filters
+    centre = centre_far_from_zero(filters) if compiling else _centre_of_last_filters(filters)
+    if centre is None:
+        return _distances(fields, filters, fields, filters, compiling)
+    centred_filters = filters - centre
+    blocks = centred_blocks(fields.shape[1], fields.shape[2], filters.shape[1])
+    if len(blocks) <= 1:
+        return _distances(fields - centre, centred_filters, fields, filters, compiling)
+    distances = fields.new_empty(fields.shape[0], fields.shape[1], filters.shape[1])
+    for rows in blocks:
+        block = fields[:, rows]
+        distances[:, rows] = _distances(block - centre, centred_filters, block, filters, compiling)
+    return distances
+
+
+def centred_blocks(rows: int, taps: int, outputs: int) -> list[slice]:
+    """Blocks of the rows of fields (G, ``rows``, ``taps``) to centre one at a time.
+
+    A block's centred copy holds at most the elements of the chunk's output (``rows`` x
+    ``outputs`` per group) or MIN_CENTRED_BLOCK: the engine sizes its chunks with that much room
+    for it (``working_elements``), so that the centring, needed only for data far from zero, does
+    not make every chunk smaller.
+
+    >>> centred_blocks(10, 4, 8)
+    [slice(None, None, None)]
+    >>> centred_blocks(10_000, 1_000, 64)[:2]
+    [slice(0, 640, None), slice(640, 1280, None)]
+    """
+    if not isinstance(rows, int) or taps <= outputs:
+        # a symbolic size (torch.compile with dynamic shapes) takes one block
+        return [slice(None)]
+    step = max(1, rows * outputs // taps, MIN_CENTRED_BLOCK // taps)
+    return [slice(start, start + step) for start in range(0, max(rows, 1), step)]
+
+
+def _distances(
+    centred_fields: torch.Tensor,
+    centred_filters: torch.Tensor,
+    fields: torch.Tensor,
+    filters: torch.Tensor,
+    compiling: bool,
+) -> torch.Tensor:
+    """The product form on centred fields and filters, pairs that cancelled recomputed from the originals."""
     filter_norms = _squared_norms(centred_filters).unsqueeze(1)
     field_norms = _squared_norms(centred_fields).unsqueeze(-1)
     norms = field_norms + filter_norms
@@ -51,8 +90,11 @@ def squared_distances(fields: torch.Tensor, filters: torch.Tensor) -> torch.Tens
     # one quick reduction where a boolean all() is several times slower
     if compiling:
         return distances.clamp_min_(0)
-    margin = norms.mul_(-CANCELLATION_SHARE).add_(distances)
-    if distances.numel() and not margin.amin() >= 0:
+    with torch.no_grad():
+        # into the norms, read no more: one pass
+        margin = torch.add(distances, norms, alpha=-CANCELLATION_SHARE, out=norms)
+    # a float compared in Python: NaN is not >= 0 either
+    if distances.numel() and not margin.amin().item() >= 0:
         _recompute(distances, ~(margin >= 0), fields, filters)
     return distances
 
@@ -77,6 +119,23 @@ def centre_far_from_zero(filters: torch.Tensor) -> torch.Tensor | None:
     if not torch.compiler.is_compiling() and not offset.any():
         return None
     return centre * offset
+
+
+#: the filters of the last eager call, their version and their centre: the engine contracts every
+#: chunk of a call with the same filters tensor, whose centre is then taken once
+_last_filters: tuple[weakref.ref, int, torch.Tensor | None] | None = None
+
+
+def _centre_of_last_filters(filters: torch.Tensor) -> torch.Tensor | None:
+    """centre_far_from_zero(filters), taken again only for another tensor or one written since."""
+    global _last_filters
+    if _last_filters is not None:
+        reference, version, centre = _last_filters
+        if reference() is filters and version == filters._version:
+            return centre
+    centre = centre_far_from_zero(filters)
+    _last_filters = (weakref.ref(filters), filters._version, centre)
+    return centre
 
 
 def _squared_norms(rows: torch.Tensor) -> torch.Tensor:
