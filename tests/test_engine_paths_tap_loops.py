@@ -16,7 +16,8 @@ from variant_reference import naive_generalized_conv
 import anyconv
 from anyconv.engine import paths
 from anyconv.engine.plan import clear_plans, plan_conv
-from anyconv.engine.tap_loops import tap_loops_fit
+from anyconv.engine.tap_loops import _crop_into, _padded, tap_loops_fit
+from anyconv.geometry import make_geometry
 from anyconv.variants import resolve_variant
 
 #: x shape, weight shape, arguments (groups always given)
@@ -308,3 +309,36 @@ def test_vmap_and_channels_last_equal_torch():
     output = anyconv.conv(last, w, padding=1, groups=6)
     assert output.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(output, torch_conv(x[0], w, padding=1, groups=6))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ndim=st.integers(1, 3),
+    size=st.integers(1, 9),
+    kernel=st.integers(1, 4),
+    stride=st.integers(1, 3),
+    padding=st.integers(0, 3),
+    dilation=st.integers(1, 2),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.int8]),
+)
+def test_the_loops_padded_layout_and_its_adjoint_equal_torchs_pad_and_split(
+    ndim, size, kernel, stride, padding, dilation, dtype
+):
+    # the native pass that pads and splits the last dimension into stride phases, and its adjoint
+    sizes = tuple(size + axis for axis in range(ndim))
+    if any(s + 2 * padding < dilation * (kernel - 1) + 1 for s in sizes):
+        return
+    geometry = make_geometry(sizes, kernel, stride=stride, padding=padding, dilation=dilation)
+    image = (torch.randn(2, 3, *sizes) * 50).to(dtype)
+    extra = -geometry.padded_size[-1] % stride
+    amounts = (geometry.torch_pad[0], geometry.torch_pad[1] + extra, *geometry.torch_pad[2:])
+    expected = torch.nn.functional.pad(image, amounts).unflatten(-1, (-1, stride)).movedim(-1, 2)
+    assert torch.equal(_padded(image, geometry), expected)
+    # a non-contiguous image takes torch's own pad and copy
+    assert torch.equal(_padded(image.transpose(0, 1).contiguous().transpose(0, 1), geometry), expected)
+    grad_padded = (torch.randn(expected.shape) * 50).to(dtype)
+    interior = tuple(slice(before, before + s) for (before, _), s in zip(geometry.padding, sizes))
+    cropped = grad_padded.movedim(2, -1).flatten(-2)[(slice(None), slice(None), *interior)]
+    for grad_image in (torch.empty_like(image), torch.empty_like(image.transpose(0, 1)).transpose(0, 1)):
+        _crop_into(grad_image, grad_padded, geometry)
+        assert torch.equal(grad_image, cropped)

@@ -38,6 +38,8 @@ _L1_ADDER = 2
 _TROPICAL = (_OPERATIONS[MaxPlus], _OPERATIONS[MinPlus])
 #: tap steps (one output, one tap) a thread must get for the loops to split between threads
 _WORK_PER_THREAD = 2**20
+#: elements of the padded input a thread must get for its copy to split between threads
+_COPY_PER_THREAD = 2**16
 _SOURCE = "tap_loops.cpp"
 _POINTER, _SIZE, _FLAG = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _GEOMETRY_ARGUMENTS = (_SIZE,) * 6 + (_POINTER, _POINTER, _SIZE, _POINTER, _SIZE, _SIZE, _FLAG)
@@ -220,7 +222,7 @@ def tap_loops_backward_op(
         _call(
             "tap_backward", plan, padded, weight, output, grad_output[samples], grad_padded, grad_per_sample
         )
-        grad_input[samples] = _cropped(grad_padded, plan.geometry)
+        _crop_into(grad_input[samples], grad_padded, plan.geometry)
         grad_weight += grad_per_sample.sum(0)
     return [
         gradient if needed else input.new_empty(0)
@@ -373,20 +375,54 @@ def _padded(input: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     """The zero-padded input, its last dimension split into ``stride`` phases (see :func:`_layout`):
     (b, C, phases, *padded[:-1], padded[-1] / phases)."""
     phases = geometry.stride[-1]
+    length = -(-geometry.padded_size[-1] // phases)
+    if input.is_contiguous():
+        # the loops' own pass: torch's pad and then strided copy took two, the second slow
+        padded = input.new_empty((*input.shape[:2], phases, *geometry.padded_size[:-1], length))
+        _phase_layout(input, padded, geometry, adjoint=False)
+        return padded
     # zeros after the last column so that the phases have one length
-    extra = -geometry.padded_size[-1] % phases
+    extra = length * phases - geometry.padded_size[-1]
     amounts = (geometry.torch_pad[0], geometry.torch_pad[1] + extra, *geometry.torch_pad[2:])
     padded = F.pad(input, amounts) if any(amounts) else input
     return padded.unflatten(-1, (-1, phases)).movedim(-1, 2).contiguous()
 
 
-def _cropped(grad_padded: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-    """The gradient of the unpadded input from that of :func:`_padded`'s result (its adjoint)."""
+def _crop_into(grad_input: torch.Tensor, grad_padded: torch.Tensor, geometry: Geometry) -> None:
+    """Write the gradient of the unpadded input from that of :func:`_padded`'s result (its adjoint)."""
+    if grad_input.is_contiguous():
+        _phase_layout(grad_input, grad_padded, geometry, adjoint=True)
+        return
     image = grad_padded.movedim(2, -1).flatten(-2)
     interior = tuple(
         slice(before, before + size) for (before, _), size in zip(geometry.padding, geometry.input_size)
     )
-    return image[(slice(None), slice(None), *interior)]
+    grad_input.copy_(image[(slice(None), slice(None), *interior)])
+
+
+def _phase_layout(image: torch.Tensor, padded: torch.Tensor, geometry: Geometry, adjoint: bool) -> None:
+    """``padded`` = :func:`_padded` (``image``) by the loops' copy, or with ``adjoint`` ``image`` from
+    ``padded``: both contiguous, of one dtype."""
+    phases = geometry.stride[-1]
+    sizes = (*geometry.padded_size[:-1], padded.shape[-1] * phases)
+
+    def int64s(values: tuple[int, ...]) -> ctypes.Array:
+        return (ctypes.c_int64 * len(values))(*values)
+
+    elements = padded.numel()
+    _phase_layout_function()(
+        image.data_ptr(),
+        padded.data_ptr(),
+        image.element_size(),
+        image.shape[0] * image.shape[1],
+        geometry.ndim,
+        int64s(geometry.input_size),
+        int64s(tuple(before for before, _ in geometry.padding)),
+        int64s(sizes),
+        phases,
+        int(adjoint),
+        max(1, min(torch.get_num_threads(), elements // _COPY_PER_THREAD)),
+    )
 
 
 @lru_cache(maxsize=256)
@@ -428,6 +464,14 @@ def _layout(
 def _indices(sizes: tuple[int, ...]) -> itertools.product:
     """Every index of an array of ``sizes``, in row-major order."""
     return itertools.product(*map(range, sizes))
+
+
+@cache
+def _phase_layout_function() -> Any:
+    function = load_library(_SOURCE).tap_phase_layout
+    function.argtypes = (_POINTER, _POINTER, *(_SIZE,) * 3, *(_POINTER,) * 3, _SIZE, _FLAG, _FLAG)
+    function.restype = None
+    return function
 
 
 @cache

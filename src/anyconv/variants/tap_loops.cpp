@@ -440,6 +440,100 @@ void backward_any(int operation, const S* x, const S* w, const S* y, const S* gr
   }
 }
 
+// Columns [first, last) of one phase row: target[j] = x[origin + j * phases], or the other way
+// with ADJOINT; PHASES a constant where known (1 and 2), so that the loop vectorises
+template <int64_t kPhases, typename E>
+inline void phase_columns(E* __restrict x, E* __restrict target, int64_t origin, int64_t first, int64_t last,
+                          int64_t phases, bool adjoint) {
+  if (kPhases == 1) {
+    // a plain copy
+    if (adjoint) {
+      std::memcpy(x + origin + first, target + first, (last - first) * sizeof(E));
+    } else {
+      std::memcpy(target + first, x + origin + first, (last - first) * sizeof(E));
+    }
+    return;
+  }
+  const int64_t step = kPhases > 0 ? kPhases : phases;
+  E* __restrict from = x + origin;
+  if (adjoint) {
+    for (int64_t j = first; j < last; ++j) from[j * step] = target[j];
+  } else {
+    for (int64_t j = first; j < last; ++j) target[j] = from[j * step];
+  }
+}
+
+// One padded row of plane P in each phase (see phase_layout): ROW, its index in each leading
+// dimension INDEX; TARGET the row's place in phase 0, the next phase STRIDE elements on
+template <typename E>
+inline void row_of_phases(E* x, E* target, int64_t stride, int64_t p, const int64_t* index, int64_t ndim,
+                          const int64_t* size, const int64_t* before, const int64_t* padded, int64_t phases,
+                          int64_t plane, bool adjoint) {
+  const int64_t width = size[ndim - 1], length = padded[ndim - 1] / phases, left = before[ndim - 1];
+  // the input row this padded row reads, or none (a row of padding)
+  int64_t source = 0, step = width;
+  bool inside = true;
+  for (int64_t d = ndim - 2; d >= 0; --d) {
+    const int64_t at = index[d] - before[d];
+    inside = inside && at >= 0 && at < size[d];
+    source += at * step;
+    step *= size[d];
+  }
+  if (adjoint && !inside) return;
+  for (int64_t phase = 0; phase < phases; ++phase, target += stride) {
+    if (!inside) {
+      std::fill(target, target + length, E(0));
+      continue;
+    }
+    // columns j of this phase with 0 <= j * phases + phase - left < width: [first, last); x's
+    // index of column j: origin + j * phases
+    const int64_t first = std::min(length, std::max<int64_t>(0, (left - phase + phases - 1) / phases));
+    const int64_t last = std::max(first, std::min(length, (width + left - phase + phases - 1) / phases));
+    const int64_t origin = p * plane + source + phase - left;
+    if (!adjoint) {
+      std::fill(target, target + first, E(0));
+      std::fill(target + last, target + length, E(0));
+    }
+    if (phases == 1) {
+      phase_columns<1>(x, target, origin, first, last, phases, adjoint);
+    } else if (phases == 2) {
+      phase_columns<2>(x, target, origin, first, last, phases, adjoint);
+    } else {
+      phase_columns<0>(x, target, origin, first, last, phases, adjoint);
+    }
+  }
+}
+
+// The layout the loops read (see tap_loops.py's _padded): each plane of x (planes, *size) zero-padded
+// by BEFORE (and after, up to PADDED) and its last dimension split into PHASES, padded column
+// j * phases + p at column j of phase p: (planes, phases, *padded[:-1], padded[-1] / phases). One
+// pass where torch's pad and strided copy take two, the second several times slower than a copy.
+// With ADJOINT the other way: the gradient of that layout, cropped back into x's shape. E is an
+// unsigned integer of the element's size: the elements are only copied.
+template <typename E>
+void phase_layout(E* x, E* out, int64_t planes, int64_t ndim, const int64_t* size, const int64_t* before,
+                  const int64_t* padded, int64_t phases, bool adjoint, int threads) {
+  const int64_t length = padded[ndim - 1] / phases;
+  int64_t rows = 1, plane = 1;
+  for (int64_t d = 0; d + 1 < ndim; ++d) rows *= padded[d];
+  for (int64_t d = 0; d < ndim; ++d) plane *= size[d];
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t p = 0; p < planes; ++p) {
+    // the row's index in each leading dimension, advanced row by row (no division per row)
+    std::vector<int64_t> index(ndim, 0);
+    for (int64_t row = 0; row < rows; ++row) {
+      if (row > 0) {
+        for (int64_t d = ndim - 2; d >= 0; --d) {
+          if (++index[d] < padded[d]) break;
+          index[d] = 0;
+        }
+      }
+      E* target = out + (p * phases * rows + row) * length;
+      row_of_phases(x, target, rows * length, p, index.data(), ndim, size, before, padded, phases, plane, adjoint);
+    }
+  }
+}
+
 }  // namespace
 
 #define TAP_LOOPS(T, SUFFIX)                                                                                \
@@ -479,3 +573,15 @@ TAP_LOOPS(anyconv::BFloat16, bf16)
 #ifdef ANYCONV_HAVE_FLOAT16
 TAP_LOOPS(_Float16, f16)
 #endif
+
+// phase_layout for elements of 1, 2, 4 or 8 bytes
+extern "C" void tap_phase_layout(void* x, void* out, int64_t element_size, int64_t planes, int64_t ndim,
+                                 const int64_t* size, const int64_t* before, const int64_t* padded,
+                                 int64_t phases, int adjoint, int threads) {
+  switch (element_size) {
+    case 1: return phase_layout(static_cast<uint8_t*>(x), static_cast<uint8_t*>(out), planes, ndim, size, before, padded, phases, adjoint, threads);
+    case 2: return phase_layout(static_cast<uint16_t*>(x), static_cast<uint16_t*>(out), planes, ndim, size, before, padded, phases, adjoint, threads);
+    case 4: return phase_layout(static_cast<uint32_t*>(x), static_cast<uint32_t*>(out), planes, ndim, size, before, padded, phases, adjoint, threads);
+    case 8: return phase_layout(static_cast<uint64_t*>(x), static_cast<uint64_t*>(out), planes, ndim, size, before, padded, phases, adjoint, threads);
+  }
+}
