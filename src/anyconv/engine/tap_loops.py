@@ -468,7 +468,7 @@ def _indices(sizes: tuple[int, ...]) -> itertools.product:
 
 @cache
 def _phase_layout_function() -> Any:
-    function = load_library(_SOURCE).tap_phase_layout
+    function = getattr(load_library(_SOURCE), "tap_phase_layout")
     function.argtypes = (_POINTER, _POINTER, *(_SIZE,) * 3, *(_POINTER,) * 3, _SIZE, _FLAG, _FLAG)
     function.restype = None
     return function
