@@ -468,7 +468,9 @@ def _indices(sizes: tuple[int, ...]) -> itertools.product:
 
 @cache
 def _phase_layout_function() -> Any:
-    function = getattr(load_library(_SOURCE), "tap_phase_layout")
+    library = load_library(_SOURCE)
+    assert library is not None, "the tap loops run only where their library loaded"
+    function = library.tap_phase_layout
     function.argtypes = (_POINTER, _POINTER, *(_SIZE,) * 3, *(_POINTER,) * 3, _SIZE, _FLAG, _FLAG)
     function.restype = None
     return function
