@@ -165,25 +165,49 @@ inline void store(S* target, const typename Lanes<Compute<S>>::Vector& values,
   }
 }
 
-// VECTORS vectors of outputs of one row (the last COUNT lanes of the last vector when fewer),
-// their values in registers while every tap meets them; OUT is S, or T for the backward's copy
-template <typename S, typename Out, typename Op, int VECTORS>
-inline void forward_block(const S* x, const S* w, Out* out, const Geometry& g, int64_t origin,
-                          int count = Lanes<Compute<S>>::kCount) {
+// VECTORS vectors of outputs in each of ROWS rows (OUTS[r] from output FIRST, read from ORIGINS[r]
+// + FIRST * step; the last COUNT lanes of each row's last vector when PARTIAL), their values in
+// registers while every tap meets them: ROWS x VECTORS independent reductions, where one alone
+// would wait at every tap for the step before. OUT is S, or T for the backward's copy
+template <typename S, typename Out, typename Op, int VECTORS, int ROWS, bool PARTIAL>
+inline void forward_block(const S* x, const S* w, Out* const* outs, const int64_t* origins, const Geometry& g,
+                          int64_t first, int count) {
   using T = Compute<S>;
   using Vector = typename Lanes<T>::Vector;
   constexpr int kLanes = Lanes<T>::kCount;
-  Vector values[VECTORS];
-  for (int v = 0; v < VECTORS; ++v) values[v] = Vector{} + Op::start();
-  for (int64_t t = 0; t < g.taps; ++t) {
-    const S* source = x + origin + g.tap_offsets[t];
-    const T weight = widen(w[g.weight_index[t]]);
-    for (int v = 0; v < VECTORS - 1; ++v) values[v] = Op::step(values[v], load(source + v * kLanes * g.step, g.step), weight);
-    const int64_t last = (VECTORS - 1) * kLanes * g.step;
-    values[VECTORS - 1] = Op::step(values[VECTORS - 1], load(source + last, g.step, count), weight);
+  // whole vectors take load's and store's default count, a constant the compiler folds
+  const int last_count = PARTIAL ? count : kLanes;
+  Vector values[ROWS][VECTORS];
+  for (int r = 0; r < ROWS; ++r) {
+    for (int v = 0; v < VECTORS; ++v) values[r][v] = Vector{} + Op::start();
   }
-  for (int v = 0; v < VECTORS - 1; ++v) store(out + v * kLanes, values[v]);
-  store(out + (VECTORS - 1) * kLanes, values[VECTORS - 1], count);
+  const int64_t last = (VECTORS - 1) * kLanes * g.step;
+  for (int64_t t = 0; t < g.taps; ++t) {
+    const int64_t offset = g.tap_offsets[t] + first * g.step;
+    const T weight = widen(w[g.weight_index[t]]);
+#pragma GCC unroll 8
+    for (int r = 0; r < ROWS; ++r) {
+      const S* source = x + origins[r] + offset;
+#pragma GCC unroll 8
+      for (int v = 0; v < VECTORS - 1; ++v) {
+        values[r][v] = Op::step(values[r][v], load(source + v * kLanes * g.step, g.step), weight);
+      }
+      if (PARTIAL) {
+        values[r][VECTORS - 1] = Op::step(values[r][VECTORS - 1], load(source + last, g.step, last_count), weight);
+      } else {
+        values[r][VECTORS - 1] = Op::step(values[r][VECTORS - 1], load(source + last, g.step), weight);
+      }
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) {
+    Out* out = outs[r] + first;
+    for (int v = 0; v < VECTORS - 1; ++v) store(out + v * kLanes, values[r][v]);
+    if (PARTIAL) {
+      store(out + (VECTORS - 1) * kLanes, values[r][VECTORS - 1], last_count);
+    } else {
+      store(out + (VECTORS - 1) * kLanes, values[r][VECTORS - 1]);
+    }
+  }
 }
 
 // Cuts one output row of WIDTH outputs into blocks of one or two vectors of LANES outputs and
@@ -207,46 +231,56 @@ inline void row_blocks(int64_t width, Block&& block) {
   }
 }
 
-// one output row of one channel: out[i] for i < width. The blocks as row_blocks cuts them, written
-// out so that whole vectors take forward_block's default count, a constant the loads fold
-template <typename S, typename Out, typename Op>
-void forward_row(const S* x, const S* w, Out* out, const Geometry& g, int64_t origin) {
+// ROWS output rows of one channel, OUTS[r][i] for i < width read from ORIGINS[r]: the blocks as
+// row_blocks cuts them, written out so that whole vectors take forward_block's constant count
+template <typename S, typename Out, typename Op, int ROWS>
+void forward_rows(const S* x, const S* w, Out* const* outs, const int64_t* origins, const Geometry& g) {
   constexpr int64_t kLanes = Lanes<Compute<S>>::kCount;
   const int64_t block = g.width >= 2 * kLanes ? 2 * kLanes : kLanes;
   if (g.width < kLanes) {
-    forward_block<S, Out, Op, 1>(x, w, out, g, origin, static_cast<int>(g.width));
+    forward_block<S, Out, Op, 1, ROWS, true>(x, w, outs, origins, g, 0, static_cast<int>(g.width));
     return;
   }
   for (int64_t start = 0; start < g.width; start += block) {
     const int64_t first = start + block <= g.width ? start : g.width - block;
     if (block == kLanes) {
-      forward_block<S, Out, Op, 1>(x, w, out + first, g, origin + first * g.step);
+      forward_block<S, Out, Op, 1, ROWS, false>(x, w, outs, origins, g, first, kLanes);
     } else {
-      forward_block<S, Out, Op, 2>(x, w, out + first, g, origin + first * g.step);
+      forward_block<S, Out, Op, 2, ROWS, false>(x, w, outs, origins, g, first, kLanes);
     }
   }
 }
 
-// Calls row(source, filter, out, origin, o) on every output row of every output plane (sample,
-// filter o), the planes split over the threads: the loops' shared walk over the output
-template <typename S, typename Row>
-void each_output_row(const S* x, const S* w, S* y, const Geometry& g, int threads, Row&& row) {
+// Calls plane(source, filter, out, o) on every output plane (sample, filter o), the planes split
+// over the threads: the loops' shared walk over the output
+template <typename S, typename Plane>
+void each_output_plane(const S* x, const S* w, S* y, const Geometry& g, int threads, Plane&& plane) {
   const int64_t per_group_in = g.channels / g.groups, per_group_out = g.out_channels / g.groups;
   const int64_t planes = g.batch * g.out_channels, output_plane = g.rows * g.width;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t index = 0; index < planes; ++index) {
     const int64_t b = index / g.out_channels, o = index % g.out_channels;
     const S* source = x + (b * g.channels + (o / per_group_out) * per_group_in) * g.plane;
-    const S* filter = w + o * g.taps;
-    S* plane = y + index * output_plane;
-    for (int64_t r = 0; r < g.rows; ++r) row(source, filter, plane + r * g.width, g.row_offsets[r], o);
+    plane(source, w + o * g.taps, y + index * output_plane, o);
   }
 }
 
+// output rows the forward takes together (see forward_block)
+constexpr int kRowsTogether = 2;
+
 template <typename S, typename Op>
 void forward(const S* x, const S* w, S* y, const Geometry& g, int threads) {
-  each_output_row(x, w, y, g, threads, [&](const S* source, const S* filter, S* out, int64_t origin, int64_t) {
-    forward_row<S, S, Op>(source, filter, out, g, origin);
+  each_output_plane(x, w, y, g, threads, [&](const S* source, const S* filter, S* plane, int64_t) {
+    S* outs[kRowsTogether];
+    int64_t r = 0;
+    for (; r + kRowsTogether <= g.rows; r += kRowsTogether) {
+      for (int i = 0; i < kRowsTogether; ++i) outs[i] = plane + (r + i) * g.width;
+      forward_rows<S, S, Op, kRowsTogether>(source, filter, outs, g.row_offsets + r, g);
+    }
+    for (; r < g.rows; ++r) {
+      outs[0] = plane + r * g.width;
+      forward_rows<S, S, Op, 1>(source, filter, outs, g.row_offsets + r, g);
+    }
   });
 }
 
@@ -270,8 +304,9 @@ void backward_plane(const S* __restrict x, const S* __restrict w, const S* __res
       if constexpr (std::is_same<S, T>::value) {
         out = y + r * g.width;
       } else {
-        forward_row<S, T, Op>(x, w, best.data(), g, g.row_offsets[r]);
-        out = best.data();
+        T* row_copy = best.data();
+        forward_rows<S, T, Op, 1>(x, w, &row_copy, g.row_offsets + r, g);
+        out = row_copy;
       }
     }
     for (int64_t t = 0; t < g.taps; ++t) {
@@ -403,11 +438,13 @@ inline void quotient_block(const S* x, const S* w, S* out, const Geometry& g, in
 template <typename S>
 void quotient(const S* x, const S* w, const Compute<S>* scale, const Compute<S>* offset, S* y, const Geometry& g,
               int threads) {
-  each_output_row(x, w, y, g, threads, [&](const S* source, const S* filter, S* out, int64_t origin, int64_t o) {
-    row_blocks<Lanes<Compute<S>>::kCount>(g.width, [&](auto vectors, int64_t first, int count) {
-      quotient_block<S, decltype(vectors)::value>(source, filter, out + first, g, origin + first * g.step, scale[o],
-                                                  offset[o], count);
-    });
+  each_output_plane(x, w, y, g, threads, [&](const S* source, const S* filter, S* plane, int64_t o) {
+    for (int64_t r = 0; r < g.rows; ++r) {
+      row_blocks<Lanes<Compute<S>>::kCount>(g.width, [&](auto vectors, int64_t first, int count) {
+        quotient_block<S, decltype(vectors)::value>(source, filter, plane + r * g.width + first, g,
+                                                    g.row_offsets[r] + first * g.step, scale[o], offset[o], count);
+      });
+    }
   });
 }
 
