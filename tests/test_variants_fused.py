@@ -19,6 +19,8 @@ SHAPES = [
     pytest.param((2, 130, 301), 9, id="taps-split"),
     # fewer fields than filters: max_plus's and min_plus's backward split the filters
     pytest.param((2, 200, 37), 300, id="filters-split"),
+    # more taps than the forward's tap block: the reduction goes on from partial values
+    pytest.param((1, 37, 2100), 70, id="forward-tap-blocks"),
 ]
 DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float64, id="float64")]
 KERNELS = {

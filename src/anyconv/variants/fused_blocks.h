@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "storage_types.h"
 
@@ -40,16 +41,23 @@ template <typename T>
 constexpr int64_t tap_lanes() { return 128 / sizeof(T); }
 constexpr int kBlockFields = 4;
 
-// Reduce has: static T init(); static T step(T acc, T field, T filter); static T finish(T acc)
+// taps of one pass of the forward over its fields when the filters' strip of out_lanes columns
+// would not stay in a core's cache for the whole sweep (the strip of one pass: 256 KiB)
+template <typename T>
+constexpr int64_t forward_tap_block() { return (256 * 1024) / (out_lanes<T>() * sizeof(T)); }
+
+// Reduce has: static T init(); static T step(T acc, T field, T filter); static T finish(T acc).
+// The taps [k0, k1): FIRST starts the reduction (else it goes on from the partial value in out,
+// where S is T), LAST finishes it (else out keeps the partial value)
 template <typename S, int MB, typename Reduce, typename... Extra>
 void forward_block(const S* f, const Compute<S>* wt, S* out, int64_t K, int64_t O, int64_t m, int64_t ob,
-                   Extra... extra) {
+                   int64_t k0, int64_t k1, bool first, bool last, Extra... extra) {
   using T = Compute<S>;
   constexpr int64_t OB = out_lanes<T>();
   T acc[MB][OB];
   for (int i = 0; i < MB; ++i)
-    for (int64_t o = 0; o < OB; ++o) acc[i][o] = Reduce::init();
-  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t o = 0; o < OB; ++o) acc[i][o] = first ? Reduce::init() : widen(out[(m + i) * O + ob + o]);
+  for (int64_t k = k0; k < k1; ++k) {
     const T* w = wt + k * O + ob;
     for (int i = 0; i < MB; ++i) {
       const T x = widen(f[(m + i) * K + k]);
@@ -58,18 +66,39 @@ void forward_block(const S* f, const Compute<S>* wt, S* out, int64_t K, int64_t 
     }
   }
   for (int i = 0; i < MB; ++i)
-    for (int64_t o = 0; o < OB; ++o) out[(m + i) * O + ob + o] = narrow<S>(Reduce::finish(acc[i][o]));
+    for (int64_t o = 0; o < OB; ++o)
+      out[(m + i) * O + ob + o] = narrow<S>(last ? Reduce::finish(acc[i][o]) : acc[i][o]);
 }
 
+// The fields [m0, m1). Where the filters are wider than forward_tap_block taps (and the output
+// holds the compute type, so that a partial value keeps every bit) the taps go in blocks, each
+// block's strip of filters swept over all the fields while it is in cache: the whole filters,
+// re-read from further away for every few fields, made the wide layers several times slower
 template <typename S, typename Reduce, typename... Extra>
 void forward_rows(const S* f, const Compute<S>* wt, S* out, int64_t K, int64_t O, int64_t m0, int64_t m1,
                   Extra... extra) {
-  constexpr int64_t OB = out_lanes<Compute<S>>();
-  int64_t m = m0;
-  for (; m + kBlockFields <= m1; m += kBlockFields)
-    for (int64_t ob = 0; ob < O; ob += OB) forward_block<S, kBlockFields, Reduce>(f, wt, out, K, O, m, ob, extra...);
-  for (; m < m1; ++m)
-    for (int64_t ob = 0; ob < O; ob += OB) forward_block<S, 1, Reduce>(f, wt, out, K, O, m, ob, extra...);
+  using T = Compute<S>;
+  constexpr int64_t OB = out_lanes<T>();
+  const int64_t KB = std::is_same<S, T>::value ? forward_tap_block<T>() : K;
+  if (K <= KB) {
+    int64_t m = m0;
+    for (; m + kBlockFields <= m1; m += kBlockFields)
+      for (int64_t ob = 0; ob < O; ob += OB)
+        forward_block<S, kBlockFields, Reduce>(f, wt, out, K, O, m, ob, 0, K, true, true, extra...);
+    for (; m < m1; ++m)
+      for (int64_t ob = 0; ob < O; ob += OB) forward_block<S, 1, Reduce>(f, wt, out, K, O, m, ob, 0, K, true, true, extra...);
+    return;
+  }
+  for (int64_t k0 = 0; k0 < K; k0 += KB) {
+    const int64_t k1 = std::min(K, k0 + KB);
+    const bool first = k0 == 0, last = k1 == K;
+    for (int64_t ob = 0; ob < O; ob += OB) {
+      int64_t m = m0;
+      for (; m + kBlockFields <= m1; m += kBlockFields)
+        forward_block<S, kBlockFields, Reduce>(f, wt, out, K, O, m, ob, k0, k1, first, last, extra...);
+      for (; m < m1; ++m) forward_block<S, 1, Reduce>(f, wt, out, K, O, m, ob, k0, k1, first, last, extra...);
+    }
+  }
 }
 
 // Runs body(start, stop, part) on `threads` parts of the fields [m0, m1), each a multiple of
