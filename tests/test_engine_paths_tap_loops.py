@@ -44,6 +44,13 @@ CASES = [
         "with": {"padding": 1, "groups": 2},
     },
     {"id": "2d-grouped-8-per-group", "x": (1, 16, 6, 6), "w": (4, 8, 3, 3), "with": {"groups": 2}},
+    # a network's first layer: dense, three image channels, few taps
+    {
+        "id": "2d-dense-stem-s2",
+        "x": (2, 3, 9, 8),
+        "w": (5, 3, 3, 3),
+        "with": {"padding": 1, "stride": 2, "groups": 1},
+    },
     {
         "id": "2d-dilated",
         "x": (1, 4, 11, 11),
@@ -259,6 +266,9 @@ def test_other_variants_and_dense_convolutions_take_other_paths():
     x = torch.randn(1, 4, 5, 5)
     assert not tap_loops_fit(resolve_variant("cosine"), x, torch.randn(4, 1, 3, 3), 4)
     assert not tap_loops_fit(resolve_variant("dot"), x, torch.randn(4, 4, 3, 3), 1)
+    # a dense layer with few taps (3 channels x 3 x 3) takes them, one with more (3 x 7 x 7) not
+    assert tap_loops_fit(resolve_variant("dot"), x[:, :3], torch.randn(16, 3, 3, 3), 1)
+    assert not tap_loops_fit(resolve_variant("dot"), x[:, :3], torch.randn(16, 3, 7, 7), 1)
     assert not tap_loops_fit(resolve_variant("dot"), torch.randn(1, 32, 5, 5), torch.randn(4, 16, 3, 3), 2)
     assert not tap_loops_fit(
         resolve_variant("dot"), x.to(torch.int64), torch.ones(4, 1, 3, 3, dtype=torch.int64), 4

@@ -33,6 +33,10 @@ from .ops_key import plan_of
 #: at most this many input channels per group take the tap loops: each output then costs that
 #: many taps per kernel position, and the matrix product of the fields path has too few columns
 MAX_CHANNELS_PER_GROUP = 8
+#: a dense convolution (one group) takes the tap loops when its fields have at most this many taps:
+#: a network's first layer on a few image channels, whose fields path copies many short fields for
+#: a matrix product of few columns (docs/benchmarks.md)
+MAX_DENSE_TAPS = 32
 _OPERATIONS = {Dot: 0, L1: 1, L2: 3, MaxPlus: 4, MinPlus: 5}
 _L1_ADDER = 2
 _TROPICAL = (_OPERATIONS[MaxPlus], _OPERATIONS[MinPlus])
@@ -49,8 +53,8 @@ _ENTRY_POINTS = {"tap_forward": (1, 3), "tap_backward": (1, 6), "tap_quotient": 
 
 def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
     """Whether the tap loops compute this call: a variant they know, floating CPU tensors (float16
-    where the compiler has ``_Float16``), few input channels per group in a grouped convolution,
-    the loops compiled, and no ``ANYCONV_BACKEND=triton``.
+    where the compiler has ``_Float16``), few input channels per group in a grouped convolution or
+    few taps in a dense one, the loops compiled, and no ``ANYCONV_BACKEND=triton``.
 
     >>> import torch
     >>> tap_loops_fit(L1(), torch.randn(1, 8, 5, 5), torch.randn(8, 1, 3, 3), 8) in (True, False)
@@ -58,8 +62,7 @@ def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, g
     """
     return (
         type(variant) in _OPERATIONS
-        and groups > 1
-        and weight.shape[1] <= MAX_CHANNELS_PER_GROUP
+        and (weight.shape[1] <= MAX_CHANNELS_PER_GROUP if groups > 1 else weight[0].numel() <= MAX_DENSE_TAPS)
         and input.device.type == "cpu"
         and input.dtype in NATIVE_DTYPES
         and _loops_available()
@@ -376,8 +379,9 @@ def _padded(input: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     (b, C, phases, *padded[:-1], padded[-1] / phases)."""
     phases = geometry.stride[-1]
     length = -(-geometry.padded_size[-1] // phases)
-    if input.is_contiguous():
+    if phases > 1 and input.is_contiguous():
         # the loops' own pass: torch's pad and then strided copy took two, the second slow
+        # (with one phase torch's pad alone is the faster copy)
         padded = input.new_empty((*input.shape[:2], phases, *geometry.padded_size[:-1], length))
         _phase_layout(input, padded, geometry, adjoint=False)
         return padded
@@ -390,7 +394,7 @@ def _padded(input: torch.Tensor, geometry: Geometry) -> torch.Tensor:
 
 def _crop_into(grad_input: torch.Tensor, grad_padded: torch.Tensor, geometry: Geometry) -> None:
     """Write the gradient of the unpadded input from that of :func:`_padded`'s result (its adjoint)."""
-    if grad_input.is_contiguous():
+    if geometry.stride[-1] > 1 and grad_input.is_contiguous():
         _phase_layout(grad_input, grad_padded, geometry, adjoint=True)
         return
     image = grad_padded.movedim(2, -1).flatten(-2)

@@ -150,18 +150,41 @@ struct Lanes {
 template <typename S>
 inline typename Lanes<Compute<S>>::Vector load(const S* source, int64_t step,
                                                int count = Lanes<Compute<S>>::kCount) {
-  typename Lanes<Compute<S>>::Vector values{};
+  using Vector = typename Lanes<Compute<S>>::Vector;
+  Vector values{};
   if (std::is_same<S, Compute<S>>::value && step == 1 && count == Lanes<Compute<S>>::kCount) {
     std::memcpy(&values, source, sizeof(values));
-  } else {
-    for (int lane = 0; lane < count; ++lane) values[lane] = widen(source[lane * step]);
+    return values;
   }
+#ifdef __AVX512F__
+  // a partial vector in one masked load (the lanes past COUNT neither read nor fault): rows
+  // narrower than a vector, as a 7 x 7 image's, would otherwise be read lane by lane
+  if (step == 1) {
+    const auto mask = static_cast<__mmask16>((1u << count) - 1);
+    if constexpr (std::is_same<S, float>::value) {
+      return reinterpret_cast<Vector>(_mm512_maskz_loadu_ps(mask, source));
+    } else if constexpr (std::is_same<S, double>::value) {
+      return reinterpret_cast<Vector>(_mm512_maskz_loadu_pd(static_cast<__mmask8>(mask), source));
+    }
+  }
+#endif
+  for (int lane = 0; lane < count; ++lane) values[lane] = widen(source[lane * step]);
   return values;
 }
 
 template <typename S>
 inline void store(S* target, const typename Lanes<Compute<S>>::Vector& values,
                   int count = Lanes<Compute<S>>::kCount) {
+#ifdef __AVX512F__
+  if (count < Lanes<Compute<S>>::kCount) {
+    const auto mask = static_cast<__mmask16>((1u << count) - 1);
+    if constexpr (std::is_same<S, float>::value) {
+      return _mm512_mask_storeu_ps(target, mask, reinterpret_cast<__m512>(values));
+    } else if constexpr (std::is_same<S, double>::value) {
+      return _mm512_mask_storeu_pd(target, static_cast<__mmask8>(mask), reinterpret_cast<__m512d>(values));
+    }
+  }
+#endif
   if (std::is_same<S, Compute<S>>::value) {
     std::memcpy(target, &values, count * sizeof(S));
   } else {
@@ -250,12 +273,19 @@ void each_output_plane(const S* x, const S* w, S* y, const Geometry& g, int thre
 
 // output rows the forward takes together (see forward_block)
 constexpr int kRowsTogether = 2;
+constexpr int kNarrowRowsTogether = 4;
 
 template <typename S, typename Op>
 void forward(const S* x, const S* w, S* y, const Geometry& g, int threads) {
+  const bool narrow_rows = g.width < Lanes<Compute<S>>::kCount;
   each_output_plane(x, w, y, g, threads, [&](const S* source, const S* filter, S* plane, int64_t) {
-    S* outs[kRowsTogether];
+    S* outs[kNarrowRowsTogether];
     int64_t r = 0;
+    // rows of one partial vector each: twice as many together, as many reductions as two wide rows
+    for (; narrow_rows && r + kNarrowRowsTogether <= g.rows; r += kNarrowRowsTogether) {
+      for (int i = 0; i < kNarrowRowsTogether; ++i) outs[i] = plane + (r + i) * g.width;
+      forward_rows<S, S, Op, kNarrowRowsTogether>(source, filter, outs, g.row_offsets + r, g);
+    }
     for (; r + kRowsTogether <= g.rows; r += kRowsTogether) {
       for (int i = 0; i < kRowsTogether; ++i) outs[i] = plane + (r + i) * g.width;
       forward_rows<S, S, Op, kRowsTogether>(source, filter, outs, g.row_offsets + r, g);
@@ -598,8 +628,13 @@ void phase_layout(E* x, E* out, int64_t planes, int64_t ndim, const int64_t* siz
   for (int64_t d = 0; d < ndim; ++d) plane *= size[d];
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t p = 0; p < planes; ++p) {
-    // the row's index in each leading dimension, advanced row by row (no division per row)
-    std::vector<int64_t> index(ndim, 0);
+    // the row's index in each leading dimension, advanced row by row (no division per row); on
+    // the stack for up to kStackDims dimensions (an allocation per plane cost more than a small
+    // plane's copy)
+    constexpr int64_t kStackDims = 8;
+    int64_t stack_index[kStackDims] = {};
+    std::vector<int64_t> heap_index(ndim > kStackDims ? ndim : 0, 0);
+    int64_t* index = ndim > kStackDims ? heap_index.data() : stack_index;
     for (int64_t row = 0; row < rows; ++row) {
       if (row > 0) {
         for (int64_t d = ndim - 2; d >= 0; --d) {
@@ -608,7 +643,7 @@ void phase_layout(E* x, E* out, int64_t planes, int64_t ndim, const int64_t* siz
         }
       }
       E* target = out + (p * phases * rows + row) * length;
-      row_of_phases(x, target, rows * length, p, index.data(), ndim, size, before, padded, phases, plane, adjoint);
+      row_of_phases(x, target, rows * length, p, index, ndim, size, before, padded, phases, plane, adjoint);
     }
   }
 }
