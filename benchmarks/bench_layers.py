@@ -56,6 +56,7 @@ class Row:
 # batch sizes keep one torch call of every row in the milliseconds to tens of milliseconds
 ROWS = (
     Row("stem 7x7 s2", "ResNet-18 conv1", (2, 3, 224, 224), 64, 7, stride=2, padding=3),
+    Row("stem 3x3 s2", "MobileNetV3-small features.0", (2, 3, 224, 224), 16, 3, stride=2, padding=1),
     Row("3x3 @56", "ResNet-18 layer1", (2, 64, 56, 56), 64, 3, padding=1),
     Row("3x3 @14", "ResNet-18 layer3", (2, 256, 14, 14), 256, 3, padding=1),
     Row("3x3 s2", "ResNet-18 layer2.0.conv1", (2, 64, 56, 56), 128, 3, stride=2, padding=1),
@@ -94,6 +95,15 @@ ROWS = (
         groups=144,
     ),
     Row("depthwise 7x7", "ConvNeXt-T stage 1 (96 channels)", (2, 96, 56, 56), 96, 7, padding=3, groups=96),
+    Row(
+        "depthwise 5x5 @7",
+        "MobileNetV3-small features.10 (576 channels)",
+        (2, 576, 7, 7),
+        576,
+        5,
+        padding=2,
+        groups=576,
+    ),
     Row(
         "grouped 3x3, 4 per group", "ResNeXt-50 32x4d layer1", (2, 128, 56, 56), 128, 3, padding=1, groups=32
     ),

@@ -44,13 +44,6 @@ CASES = [
         "with": {"padding": 1, "groups": 2},
     },
     {"id": "2d-grouped-8-per-group", "x": (1, 16, 6, 6), "w": (4, 8, 3, 3), "with": {"groups": 2}},
-    # a network's first layer: dense, three image channels, few taps
-    {
-        "id": "2d-dense-stem-s2",
-        "x": (2, 3, 9, 8),
-        "w": (5, 3, 3, 3),
-        "with": {"padding": 1, "stride": 2, "groups": 1},
-    },
     {
         "id": "2d-dilated",
         "x": (1, 4, 11, 11),
@@ -266,9 +259,12 @@ def test_other_variants_and_dense_convolutions_take_other_paths():
     x = torch.randn(1, 4, 5, 5)
     assert not tap_loops_fit(resolve_variant("cosine"), x, torch.randn(4, 1, 3, 3), 4)
     assert not tap_loops_fit(resolve_variant("dot"), x, torch.randn(4, 4, 3, 3), 1)
-    # a dense layer with few taps (3 channels x 3 x 3) takes them, one with more (3 x 7 x 7) not
-    assert tap_loops_fit(resolve_variant("dot"), x[:, :3], torch.randn(16, 3, 3, 3), 1)
-    assert not tap_loops_fit(resolve_variant("dot"), x[:, :3], torch.randn(16, 3, 7, 7), 1)
+    # a dense layer with few taps (3 channels x 3 x 3) on a large input takes them; one with more
+    # taps (3 x 7 x 7), or on a small input, not
+    image = torch.randn(1, 3, 32, 32)
+    assert tap_loops_fit(resolve_variant("dot"), image, torch.randn(16, 3, 3, 3), 1)
+    assert not tap_loops_fit(resolve_variant("dot"), image, torch.randn(16, 3, 7, 7), 1)
+    assert not tap_loops_fit(resolve_variant("dot"), image[..., :16], torch.randn(16, 3, 3, 3), 1)
     assert not tap_loops_fit(resolve_variant("dot"), torch.randn(1, 32, 5, 5), torch.randn(4, 16, 3, 3), 2)
     assert not tap_loops_fit(
         resolve_variant("dot"), x.to(torch.int64), torch.ones(4, 1, 3, 3, dtype=torch.int64), 4
@@ -352,3 +348,23 @@ def test_the_loops_padded_layout_and_its_adjoint_equal_torchs_pad_and_split(
     for grad_image in (torch.empty_like(image), torch.empty_like(image.transpose(0, 1)).transpose(0, 1)):
         _crop_into(grad_image, grad_padded, geometry)
         assert torch.equal(grad_image, cropped)
+
+
+@pytest.mark.parametrize("name", ["dot", "l1", "max_plus"])
+def test_a_dense_first_layer_equals_the_naive_formula(name):
+    # a network's first layer: three image channels, 3 x 3, stride 2, on a 32 x 34 image
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 3, 32, 34, generator=generator, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, 3, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    arguments = {"stride": 2, "padding": 1}
+    plan = plan_conv(x.detach(), w.detach(), resolve_variant(name), 2, 1, 1, 1, "zeros", None)
+    assert plan.path == "tap loops"
+    got = anyconv.generalized_conv(x, w, name, **arguments)
+    expected = naive_generalized_conv(x, w, name, **arguments)
+    torch.testing.assert_close(got, expected)
+    grad = torch.randn(got.shape, generator=generator, dtype=torch.float64)
+    ours = torch.autograd.grad(got, (x, w), grad)
+    for mine, theirs in zip(ours, torch.autograd.grad(expected, (x, w), grad)):
+        torch.testing.assert_close(mine, theirs)
+    if name == "dot":
+        torch.testing.assert_close(got, torch_conv(x, w, **arguments))

@@ -33,10 +33,12 @@ from .ops_key import plan_of
 #: at most this many input channels per group take the tap loops: each output then costs that
 #: many taps per kernel position, and the matrix product of the fields path has too few columns
 MAX_CHANNELS_PER_GROUP = 8
-#: a dense convolution (one group) takes the tap loops when its fields have at most this many taps:
-#: a network's first layer on a few image channels, whose fields path copies many short fields for
-#: a matrix product of few columns (docs/benchmarks.md)
+#: a dense convolution (one group) takes the tap loops when its fields have at most this many taps
+#: and its samples at least MIN_DENSE_POSITIONS positions: a network's first layer on a few image
+#: channels, whose fields path copies many short fields for a matrix product of few columns
+#: (docs/benchmarks.md); on small inputs the copy costs little
 MAX_DENSE_TAPS = 32
+MIN_DENSE_POSITIONS = 1024
 _OPERATIONS = {Dot: 0, L1: 1, L2: 3, MaxPlus: 4, MinPlus: 5}
 _L1_ADDER = 2
 _TROPICAL = (_OPERATIONS[MaxPlus], _OPERATIONS[MinPlus])
@@ -62,13 +64,21 @@ def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, g
     """
     return (
         type(variant) in _OPERATIONS
-        and (weight.shape[1] <= MAX_CHANNELS_PER_GROUP if groups > 1 else weight[0].numel() <= MAX_DENSE_TAPS)
+        and (
+            weight.shape[1] <= MAX_CHANNELS_PER_GROUP if groups > 1 else _few_taps_on_a_large_input(input, weight)
+        )
         and input.device.type == "cpu"
         and input.dtype in NATIVE_DTYPES
         and _loops_available()
         # a compiler without _Float16 builds no float16 loops
         and (input.dtype != torch.float16 or _float16_loops_built())
     )
+
+
+def _few_taps_on_a_large_input(input: torch.Tensor, weight: torch.Tensor) -> bool:
+    """A dense layer's fields have at most MAX_DENSE_TAPS taps and its samples at least
+    MIN_DENSE_POSITIONS positions."""
+    return weight[0].numel() <= MAX_DENSE_TAPS and input[0, 0].numel() >= MIN_DENSE_POSITIONS
 
 
 @torch.compiler.assume_constant_result
