@@ -64,9 +64,7 @@ def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, g
     """
     return (
         type(variant) in _OPERATIONS
-        and (
-            weight.shape[1] <= MAX_CHANNELS_PER_GROUP if groups > 1 else _few_taps_on_a_large_input(input, weight)
-        )
+        and (weight.shape[1] <= MAX_CHANNELS_PER_GROUP if groups > 1 else _dense_fits(input, weight))
         and input.device.type == "cpu"
         and input.dtype in NATIVE_DTYPES
         and _loops_available()
@@ -75,7 +73,7 @@ def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, g
     )
 
 
-def _few_taps_on_a_large_input(input: torch.Tensor, weight: torch.Tensor) -> bool:
+def _dense_fits(input: torch.Tensor, weight: torch.Tensor) -> bool:
     """A dense layer's fields have at most MAX_DENSE_TAPS taps and its samples at least
     MIN_DENSE_POSITIONS positions."""
     return weight[0].numel() <= MAX_DENSE_TAPS and input[0, 0].numel() >= MIN_DENSE_POSITIONS
