@@ -76,7 +76,7 @@ def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, g
 def _dense_fits(input: torch.Tensor, weight: torch.Tensor) -> bool:
     """A dense layer's fields have at most MAX_DENSE_TAPS taps and its samples at least
     MIN_DENSE_POSITIONS positions."""
-    return weight[0].numel() <= MAX_DENSE_TAPS and input[0, 0].numel() >= MIN_DENSE_POSITIONS
+    return math.prod(weight.shape[1:]) <= MAX_DENSE_TAPS and math.prod(input.shape[2:]) >= MIN_DENSE_POSITIONS
 
 
 @torch.compiler.assume_constant_result
