@@ -44,10 +44,8 @@ _L1_ADDER = 2
 _TROPICAL = (_OPERATIONS[MaxPlus], _OPERATIONS[MinPlus])
 #: tap steps (one output, one tap) a thread must get for the loops to split between threads
 _WORK_PER_THREAD = 2**20
-#: elements of the padded input a thread must get for its copy to split between threads: the copy
-#: is bound by memory, and waking a second thread for a short one cost more than it saved on a
-#: loaded machine (docs/benchmarks.md)
-_COPY_PER_THREAD = 2**20
+#: elements of the padded input a thread must get for its copy to split between threads
+_COPY_PER_THREAD = 2**16
 _SOURCE = "tap_loops.cpp"
 _POINTER, _SIZE, _FLAG = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _GEOMETRY_ARGUMENTS = (_SIZE,) * 6 + (_POINTER, _POINTER, _SIZE, _POINTER, _SIZE, _SIZE, _FLAG)
