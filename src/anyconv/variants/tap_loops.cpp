@@ -148,17 +148,35 @@ struct Lanes {
 // COUNT lanes of a vector read from SOURCE (STEP apart), widened to the compute type; the other
 // lanes are zero
 template <typename S>
-inline typename Lanes<Compute<S>>::Vector load(const S* source, int64_t step,
+__attribute__((always_inline)) inline typename Lanes<Compute<S>>::Vector load(const S* source, int64_t step,
                                                int count = Lanes<Compute<S>>::kCount) {
-  using Vector = typename Lanes<Compute<S>>::Vector;
-  Vector values{};
+  typename Lanes<Compute<S>>::Vector values{};
   if (std::is_same<S, Compute<S>>::value && step == 1 && count == Lanes<Compute<S>>::kCount) {
     std::memcpy(&values, source, sizeof(values));
-    return values;
+  } else {
+    for (int lane = 0; lane < count; ++lane) values[lane] = widen(source[lane * step]);
   }
+  return values;
+}
+
+template <typename S>
+__attribute__((always_inline)) inline void store(S* target, const typename Lanes<Compute<S>>::Vector& values,
+                  int count = Lanes<Compute<S>>::kCount) {
+  if (std::is_same<S, Compute<S>>::value) {
+    std::memcpy(target, &values, count * sizeof(S));
+  } else {
+    for (int lane = 0; lane < count; ++lane) target[lane] = narrow<S>(values[lane]);
+  }
+}
+
+// The first COUNT lanes of a vector, as load and store, in one masked instruction where the
+// compiler targets AVX-512 (the lanes past COUNT neither read nor fault): a row narrower than a
+// vector, as a 7 x 7 image's, would otherwise be read and written lane by lane. Kept apart from
+// load and store, whose whole-vector loops compiled slower with these branches in them
+template <typename S>
+__attribute__((always_inline)) inline typename Lanes<Compute<S>>::Vector load_partial(const S* source, int64_t step, int count) {
 #ifdef __AVX512F__
-  // a partial vector in one masked load (the lanes past COUNT neither read nor fault): rows
-  // narrower than a vector, as a 7 x 7 image's, would otherwise be read lane by lane
+  using Vector = typename Lanes<Compute<S>>::Vector;
   if (step == 1) {
     const auto mask = static_cast<__mmask16>((1u << count) - 1);
     if constexpr (std::is_same<S, float>::value) {
@@ -168,28 +186,20 @@ inline typename Lanes<Compute<S>>::Vector load(const S* source, int64_t step,
     }
   }
 #endif
-  for (int lane = 0; lane < count; ++lane) values[lane] = widen(source[lane * step]);
-  return values;
+  return load(source, step, count);
 }
 
 template <typename S>
-inline void store(S* target, const typename Lanes<Compute<S>>::Vector& values,
-                  int count = Lanes<Compute<S>>::kCount) {
+__attribute__((always_inline)) inline void store_partial(S* target, const typename Lanes<Compute<S>>::Vector& values, int count) {
 #ifdef __AVX512F__
-  if (count < Lanes<Compute<S>>::kCount) {
-    const auto mask = static_cast<__mmask16>((1u << count) - 1);
-    if constexpr (std::is_same<S, float>::value) {
-      return _mm512_mask_storeu_ps(target, mask, reinterpret_cast<__m512>(values));
-    } else if constexpr (std::is_same<S, double>::value) {
-      return _mm512_mask_storeu_pd(target, static_cast<__mmask8>(mask), reinterpret_cast<__m512d>(values));
-    }
+  const auto mask = static_cast<__mmask16>((1u << count) - 1);
+  if constexpr (std::is_same<S, float>::value) {
+    return _mm512_mask_storeu_ps(target, mask, reinterpret_cast<__m512>(values));
+  } else if constexpr (std::is_same<S, double>::value) {
+    return _mm512_mask_storeu_pd(target, static_cast<__mmask8>(mask), reinterpret_cast<__m512d>(values));
   }
 #endif
-  if (std::is_same<S, Compute<S>>::value) {
-    std::memcpy(target, &values, count * sizeof(S));
-  } else {
-    for (int lane = 0; lane < count; ++lane) target[lane] = narrow<S>(values[lane]);
-  }
+  store(target, values, count);
 }
 
 // VECTORS vectors of outputs in each of ROWS rows (OUTS[r] from output FIRST, read from ORIGINS[r]
@@ -197,7 +207,7 @@ inline void store(S* target, const typename Lanes<Compute<S>>::Vector& values,
 // registers while every tap meets them: ROWS x VECTORS independent reductions, where one alone
 // would wait at every tap for the step before. OUT is S, or T for the backward's copy
 template <typename S, typename Out, typename Op, int VECTORS, int ROWS, bool PARTIAL>
-inline void forward_block(const S* x, const S* w, Out* const* outs, const int64_t* origins, const Geometry& g,
+__attribute__((always_inline)) inline void forward_block(const S* x, const S* w, Out* const* outs, const int64_t* origins, const Geometry& g,
                           int64_t first, int count) {
   using T = Compute<S>;
   using Vector = typename Lanes<T>::Vector;
@@ -220,7 +230,7 @@ inline void forward_block(const S* x, const S* w, Out* const* outs, const int64_
         values[r][v] = Op::step(values[r][v], load(source + v * kLanes * g.step, g.step), weight);
       }
       if (PARTIAL) {
-        values[r][VECTORS - 1] = Op::step(values[r][VECTORS - 1], load(source + last, g.step, last_count), weight);
+        values[r][VECTORS - 1] = Op::step(values[r][VECTORS - 1], load_partial(source + last, g.step, last_count), weight);
       } else {
         values[r][VECTORS - 1] = Op::step(values[r][VECTORS - 1], load(source + last, g.step), weight);
       }
@@ -230,7 +240,7 @@ inline void forward_block(const S* x, const S* w, Out* const* outs, const int64_
     Out* out = outs[r] + first;
     for (int v = 0; v < VECTORS - 1; ++v) store(out + v * kLanes, values[r][v]);
     if (PARTIAL) {
-      store(out + (VECTORS - 1) * kLanes, values[r][VECTORS - 1], last_count);
+      store_partial(out + (VECTORS - 1) * kLanes, values[r][VECTORS - 1], last_count);
     } else {
       store(out + (VECTORS - 1) * kLanes, values[r][VECTORS - 1]);
     }
@@ -443,7 +453,7 @@ inline Vector square_root(const Vector& values) {
 }
 
 template <typename S, int VECTORS, int ROWS, bool PARTIAL>
-inline void quotient_block(const S* x, const S* w, S* const* outs, const int64_t* origins, const Geometry& g,
+__attribute__((always_inline)) inline void quotient_block(const S* x, const S* w, S* const* outs, const int64_t* origins, const Geometry& g,
                            int64_t first, int count, Compute<S> scale, Compute<S> offset) {
   using T = Compute<S>;
   using Vector = typename Lanes<T>::Vector;
@@ -461,7 +471,7 @@ inline void quotient_block(const S* x, const S* w, S* const* outs, const int64_t
 #pragma GCC unroll 8
       for (int v = 0; v < VECTORS; ++v) {
         // whole vectors take load's constant default count
-        const Vector values = PARTIAL && v == VECTORS - 1 ? load(source + v * kLanes * g.step, g.step, count)
+        const Vector values = PARTIAL && v == VECTORS - 1 ? load_partial(source + v * kLanes * g.step, g.step, count)
                                                           : load(source + v * kLanes * g.step, g.step);
         products[r][v] += values * weight;
         squares[r][v] += values * values;
@@ -474,7 +484,7 @@ inline void quotient_block(const S* x, const S* w, S* const* outs, const int64_t
       const Vector result = products[r][v] / (norms * scale + offset);
       S* out = outs[r] + first + v * kLanes;
       if (PARTIAL && v == VECTORS - 1) {
-        store(out, result, count);
+        store_partial(out, result, count);
       } else {
         store(out, result);
       }
