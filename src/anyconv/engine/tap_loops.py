@@ -1,4 +1,5 @@
-"""The tap-loops path: few input channels per group (depthwise), no receptive fields copied.
+"""The tap-loops path: few input channels per group (depthwise), or a dense first layer with few
+taps, no receptive fields copied.
 
 Compiled loops (``variants/tap_loops.cpp``) run over the kernel taps of each output row, reading
 the zero-padded input in place, forward and backward, for ``dot``, ``l1``, ``l2``, ``max_plus``
