@@ -57,7 +57,8 @@ _ENTRY_POINTS = {"tap_forward": (1, 3), "tap_backward": (1, 6), "tap_quotient": 
 def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
     """Whether the tap loops compute this call: a variant they know, floating CPU tensors (float16
     where the compiler has ``_Float16``), few input channels per group in a grouped convolution or
-    few taps on a large input in a dense one (see MAX_DENSE_TAPS), the loops compiled, and no ``ANYCONV_BACKEND=triton``.
+    few taps on a large input in a dense one (see MAX_DENSE_TAPS), the loops compiled, and no
+    ``ANYCONV_BACKEND=triton``.
 
     >>> import torch
     >>> tap_loops_fit(L1(), torch.randn(1, 8, 5, 5), torch.randn(8, 1, 3, 3), 8) in (True, False)
