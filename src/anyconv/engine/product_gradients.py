@@ -81,14 +81,14 @@ def field_gradients(
         kept,
         field_norms=lambda: torch.linalg.vector_norm(fields, dim=-1, keepdim=True),
     )
+    if centre is not None:
+        filters = filters - centre
+    grad_fields = torch.matmul(pair_scale, filters.conj())
     if centre is None:
-        grad_fields = torch.matmul(pair_scale, filters.conj())
         grad_filters = torch.matmul(pair_scale.mT, fields.conj())
         if field_radial is not None:
             grad_fields.addcmul_(fields, field_radial, value=-1)
     else:
-        filters = filters - centre
-        grad_fields = torch.matmul(pair_scale, filters.conj())
         grad_filters = torch.zeros_like(filters)
         # the centred fields block by block, as the forward took them (see centred_blocks)
         for rows in centred_blocks(fields.shape[1], fields.shape[2], filters.shape[1]):
