@@ -123,6 +123,41 @@ def test_tropical_gradient_of_a_nan_field_goes_to_its_first_nan_tap(variant, pat
 #: (variant, options): the L2 family, whose product form cancels far from zero
 FAR_FROM_ZERO = [("l2", {}), ("rbf", {"gamma": 1.0}), ("rbf", {"gamma": 10.0})]
 
+#: (channels, where the special values go): the native loops check a few fields at a time, or,
+#: with more taps than one sweep holds (1100 > 1024 in float32), all of a thread's fields at once
+POISONED_AMONG_MANY = [
+    (5, "one field"),
+    (5, "one filter"),
+    (1100, "one field"),
+]
+
+
+@pytest.mark.parametrize("variant", ["max_plus", "min_plus"])
+@pytest.mark.parametrize(("channels", "poisoned"), POISONED_AMONG_MANY)
+def test_tropical_special_values_among_many_finite_fields(variant, channels, poisoned, path):
+    generator = torch.Generator().manual_seed(0)
+    input = torch.randn(1, channels, 70, generator=generator)
+    weight = torch.randn(20, channels, 1, generator=generator)
+    if poisoned == "one field":
+        input[0, :2, 37] = torch.tensor([NAN, INF])
+    else:
+        weight[3, 1, 0] = NAN
+    expected = naive_generalized_conv(input.double(), weight.double(), variant)
+    input.requires_grad_()
+    weight.requires_grad_()
+    output = anyconv.generalized_conv(input, weight, variant)
+    _same_specials(output, expected)
+    assert expected.isnan().any() and expected[expected.isfinite()].numel() > 1000
+    # the gradients: the first winning tap of each (field, filter) takes it, NaN the first NaN tap
+    output.backward(torch.ones_like(output))
+    best = (input.detach()[0].T[:, None, :] + (1 if variant == "max_plus" else -1) * weight.detach()[:, :, 0])
+    winner = best.nan_to_num(nan=INF if variant == "max_plus" else -INF)
+    winner = winner.argmax(-1) if variant == "max_plus" else winner.argmin(-1)
+    counts = torch.zeros(70, channels).index_put_(
+        (torch.arange(70)[:, None].expand(70, 20), winner), torch.ones(70, 20), accumulate=True
+    )
+    torch.testing.assert_close(input.grad[0].T, counts)
+
 
 @pytest.mark.parametrize("blocks", ["one-block", "blocks"])
 @pytest.mark.parametrize("offset", [1000.0, 128.0, -5000.0], ids=lambda o: f"offset{o:g}")

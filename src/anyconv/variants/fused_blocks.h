@@ -45,6 +45,11 @@ constexpr int kBlockFields = 4;
 // would not stay in a core's cache for the whole sweep (the strip of one pass: 256 KiB)
 template <typename T>
 constexpr int64_t forward_tap_block() { return (256 * 1024) / (out_lanes<T>() * sizeof(T)); }
+// whether forward_rows sweeps K taps in tap blocks (only where the output holds the compute type)
+template <typename S>
+constexpr bool forward_in_tap_blocks(int64_t K) {
+  return std::is_same<S, Compute<S>>::value && K > forward_tap_block<Compute<S>>();
+}
 
 // Reduce has: static T init(); static T step(T acc, T field, T filter); static T finish(T acc).
 // The taps [k0, k1): FIRST starts the reduction (else it goes on from the partial value in out,
@@ -79,8 +84,7 @@ void forward_rows(const S* f, const Compute<S>* wt, S* out, int64_t K, int64_t O
                   Extra... extra) {
   using T = Compute<S>;
   constexpr int64_t OB = out_lanes<T>();
-  const int64_t KB = std::is_same<S, T>::value ? forward_tap_block<T>() : K;
-  if (K <= KB) {
+  if (!forward_in_tap_blocks<S>(K)) {
     int64_t m = m0;
     for (; m + kBlockFields <= m1; m += kBlockFields)
       for (int64_t ob = 0; ob < O; ob += OB)
@@ -89,6 +93,7 @@ void forward_rows(const S* f, const Compute<S>* wt, S* out, int64_t K, int64_t O
       for (int64_t ob = 0; ob < O; ob += OB) forward_block<S, 1, Reduce>(f, wt, out, K, O, m, ob, 0, K, true, true, extra...);
     return;
   }
+  constexpr int64_t KB = forward_tap_block<T>();
   for (int64_t k0 = 0; k0 < K; k0 += KB) {
     const int64_t k1 = std::min(K, k0 + KB);
     const bool first = k0 == 0, last = k1 == K;

@@ -43,7 +43,7 @@ struct MinPlus {
   }
   static T finish(T acc) { return acc; }
 };
-// for inputs known to be finite (no NaN, no inf - inf): one max instruction per step, where the
+// for inputs known to be finite (no NaN, no inf): one max instruction per step, where the
 // NaN-propagating select above takes four
 template <typename T>
 struct FiniteMaxPlus {
@@ -57,6 +57,41 @@ struct FiniteMinPlus {
   static T step(T acc, T x, T w) { return std::min(acc, x - w); }
   static T finish(T acc) { return acc; }
 };
+
+// whether the n values hold no NaN and no inf: x * 0 is NaN for exactly those, and a NaN stays
+// in the sum (this file is built without -ffast-math)
+template <typename S>
+bool all_finite(const S* x, int64_t n) {
+  using T = Compute<S>;
+  T sum = T(0);
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) sum += widen(x[j]) * T(0);
+  return sum == sum;
+}
+
+// fields checked together before the tropical loops take them (a multiple of kBlockFields): few
+// enough that the loops then find them in cache
+constexpr int64_t kCheckedFields = 16;
+
+// The tropical forward of the fields [m0, m1). Each run of kCheckedFields fields is checked just
+// before its loops: a run with no NaN and no inf, as the filters, takes the plain max / min, the
+// others the NaN-propagating select. The sweep in tap blocks goes over all its fields at once,
+// so they are checked together.
+template <typename S, bool MINIMUM>
+void tropical_forward_rows(const S* f, const Compute<S>* wt, S* out, int64_t K, int64_t O, int64_t m0,
+                           int64_t m1, bool filters_finite) {
+  using T = Compute<S>;
+  using Propagating = typename std::conditional<MINIMUM, MinPlus<T>, MaxPlus<T>>::type;
+  using Plain = typename std::conditional<MINIMUM, FiniteMinPlus<T>, FiniteMaxPlus<T>>::type;
+  const int64_t run = anyconv::forward_in_tap_blocks<S>(K) ? m1 - m0 : kCheckedFields;
+  for (int64_t m = m0; m < m1; m += run) {
+    const int64_t stop = std::min(m + run, m1);
+    if (filters_finite && all_finite(f + m * K, (stop - m) * K))
+      anyconv::forward_rows<S, Plain>(f, wt, out, K, O, m, stop);
+    else
+      anyconv::forward_rows<S, Propagating>(f, wt, out, K, O, m, stop);
+  }
+}
 
 // d(-|e|)/d e = -sign(e); the sign is folded into the block's "minus the sum" for the fields
 template <typename T>
@@ -73,7 +108,7 @@ struct L1Adder {
 // best value is NaN the winner is the first NaN tap (as torch's max picks it). Two
 // sweeps: the best value, then the first tap reaching it, counted without branches (a select
 // that tracks the winning tap made gcc emit a mispredicted branch per vector, 6x slower).
-// FINITE: the caller checked that no input is NaN or inf, and the plain max / min serve.
+// FINITE: no NaN and no inf in the block's fields or the filters, and the plain max / min serve.
 // grad_rows: the field gradient of the block's MB fields (MB x K, in the compute type)
 template <typename S, int MB, bool MINIMUM, bool FINITE>
 void tropical_backward_block(const S* f, const Compute<S>* wt, const S* g, Compute<S>* grad_rows,
@@ -142,27 +177,32 @@ void tropical_backward_fields(const S* f, const Compute<S>* wt, const S* g, S* g
 
 // the filters [o0, o1) of the fields [m0, m1): their field gradients (over those filters only)
 // and the filter gradients of those filters
-template <typename S, bool MINIMUM, bool FINITE>
+// each block of fields is checked just before its loops (see tropical_forward_rows)
+template <typename S, bool MINIMUM>
 void tropical_backward_rows(const S* f, const Compute<S>* wt, const S* g, S* grad_f, Compute<S>* grad_wt,
-                            int64_t K, int64_t O, int64_t m0, int64_t m1, int64_t o0, int64_t o1) {
+                            int64_t K, int64_t O, int64_t m0, int64_t m1, int64_t o0, int64_t o1,
+                            bool filters_finite) {
   constexpr int MB = anyconv::kBlockFields;
   std::vector<Compute<S>> buffer(std::is_same<S, Compute<S>>::value ? 0 : MB * K);
   int64_t m = m0;
-  for (; m + MB <= m1; m += MB)
-    tropical_backward_fields<S, MB, MINIMUM, FINITE>(f, wt, g, grad_f, grad_wt, buffer.data(), K, O, m, o0, o1);
+  for (; m + MB <= m1; m += MB) {
+    if (filters_finite && all_finite(f + m * K, MB * K))
+      tropical_backward_fields<S, MB, MINIMUM, true>(f, wt, g, grad_f, grad_wt, buffer.data(), K, O, m, o0, o1);
+    else
+      tropical_backward_fields<S, MB, MINIMUM, false>(f, wt, g, grad_f, grad_wt, buffer.data(), K, O, m, o0, o1);
+  }
   for (; m < m1; ++m)
-    tropical_backward_fields<S, 1, MINIMUM, FINITE>(f, wt, g, grad_f, grad_wt, buffer.data(), K, O, m, o0, o1);
+    tropical_backward_fields<S, 1, MINIMUM, false>(f, wt, g, grad_f, grad_wt, buffer.data(), K, O, m, o0, o1);
 }
 
+// flags: bit 0 min_plus (else max_plus), bit 1 the filters are all finite
 template <typename S>
 void tropical_backward_any(const S* f, const Compute<S>* wt, const S* g, S* grad_f, Compute<S>* grad_wt,
                            int64_t K, int64_t O, int64_t m0, int64_t m1, int64_t o0, int64_t o1, int flags) {
-  switch (flags & 3) {
-    case 0: return tropical_backward_rows<S, false, false>(f, wt, g, grad_f, grad_wt, K, O, m0, m1, o0, o1);
-    case 1: return tropical_backward_rows<S, true, false>(f, wt, g, grad_f, grad_wt, K, O, m0, m1, o0, o1);
-    case 2: return tropical_backward_rows<S, false, true>(f, wt, g, grad_f, grad_wt, K, O, m0, m1, o0, o1);
-    default: return tropical_backward_rows<S, true, true>(f, wt, g, grad_f, grad_wt, K, O, m0, m1, o0, o1);
-  }
+  const bool filters_finite = flags & 2;
+  if (flags & 1)
+    return tropical_backward_rows<S, true>(f, wt, g, grad_f, grad_wt, K, O, m0, m1, o0, o1, filters_finite);
+  tropical_backward_rows<S, false>(f, wt, g, grad_f, grad_wt, K, O, m0, m1, o0, o1, filters_finite);
 }
 
 // The tropical backward with its threads splitting the filters, each a run of whole channel
@@ -203,7 +243,7 @@ void tropical_backward_filters_split(const S* f, const S* wt, const S* g, S* gra
 #endif
 }
 
-// flags as for tropical_forward; part_stride 0 (float and double only): the threads split the
+// flags as for tropical_backward_any; part_stride 0 (float and double only): the threads split the
 // filters, else the rows, thread i writing its filter gradients at grad_wt + i * part_stride
 template <typename S>
 void tropical_backward(const S* f, const Compute<S>* wt, const S* g, S* grad_f, Compute<S>* grad_wt, int64_t K,
@@ -226,20 +266,19 @@ void tropical_backward(const S* f, const Compute<S>* wt, const S* g, S* grad_f, 
     });                                                                                                   \
   }                                                                                                       \
   extern "C" void tropical_forward_##SUFFIX(const S* f, const T* wt, S* out, int64_t K, int64_t O,        \
-                                            int64_t m0, int64_t m1, int threads, int flags) {             \
-    /* flags: bit 0 min_plus (else max_plus), bit 1 inputs all finite (the caller checked) */            \
+                                            int64_t m0, int64_t m1, int threads, int minimum) {           \
+    const bool filters_finite = all_finite(wt, K * O);                                                    \
     anyconv::split_rows(m0, m1, threads, [&](int64_t a, int64_t b, int64_t) {                             \
-      switch (flags & 3) {                                                                                \
-        case 0: anyconv::forward_rows<S, MaxPlus<T>>(f, wt, out, K, O, a, b); break;                      \
-        case 1: anyconv::forward_rows<S, MinPlus<T>>(f, wt, out, K, O, a, b); break;                      \
-        case 2: anyconv::forward_rows<S, FiniteMaxPlus<T>>(f, wt, out, K, O, a, b); break;                \
-        default: anyconv::forward_rows<S, FiniteMinPlus<T>>(f, wt, out, K, O, a, b);                      \
-      }                                                                                                   \
+      if (minimum)                                                                                        \
+        tropical_forward_rows<S, true>(f, wt, out, K, O, a, b, filters_finite);                           \
+      else                                                                                                \
+        tropical_forward_rows<S, false>(f, wt, out, K, O, a, b, filters_finite);                          \
     });                                                                                                   \
   }                                                                                                       \
   extern "C" void tropical_backward_##SUFFIX(const S* f, const T* wt, const S* g, S* gf, T* gwt,          \
                                              int64_t K, int64_t O, int64_t m0, int64_t m1, int threads,   \
-                                             int64_t part_stride, int flags) {                            \
+                                             int64_t part_stride, int minimum) {                          \
+    const int flags = (minimum ? 1 : 0) | (all_finite(wt, K * O) ? 2 : 0);                                \
     tropical_backward<S>(f, wt, g, gf, gwt, K, O, m0, m1, threads, part_stride, flags);                   \
   }                                                                                                       \
   extern "C" void l1_backward_##SUFFIX(const S* f, const T* w, const S* g, S* gf, T* gw, int64_t K,       \
