@@ -12,7 +12,7 @@ from torch_reference import torch_conv
 from variant_reference import naive_generalized_conv
 
 import anyconv
-from anyconv.engine import paths
+from anyconv.engine import paths, pointwise
 from anyconv.engine.plan import clear_plans, plan_conv
 from anyconv.variants import resolve_variant
 
@@ -95,7 +95,9 @@ def test_gradcheck(case, name):
     )
 
 
-def test_a_zero_field_has_the_gradient_of_the_fields_path(monkeypatch):
+@pytest.mark.parametrize("small_fields", [pointwise.SMALL_FIELDS, 0], ids=["vector-norm", "sum-of-squares"])
+def test_a_zero_field_has_the_gradient_of_the_fields_path(monkeypatch, small_fields):
+    monkeypatch.setattr(pointwise, "SMALL_FIELDS", small_fields)
     x, w, _ = _tensors(CASES[0])
     x[:, :, 1, 2] = 0
 

@@ -12,6 +12,11 @@ from ..geometry import Geometry
 from ..variants import Cosine, Dot, Variant
 from .tap_products import add_bias, divide_by_norms, records_graph, safe_sqrt
 
+#: fields (elements) up to which torch's vector_norm takes their norms: over the channels, a
+#: middle dimension, it is slower than a sum of squares on larger fields, but on small ones it is
+#: one autograd node where the sum and the safe root are three
+SMALL_FIELDS = 2**14
+
 
 def pointwise_fits(variant: Variant, input: torch.Tensor, geometry: Geometry) -> bool:
     """Whether the pointwise path computes this call: ``dot`` or ``cosine``, a floating dtype,
@@ -63,8 +68,11 @@ def pointwise_conv(
     recording = records_graph(input, weight, bias)
     output = torch.matmul(filters, fields)
     if isinstance(variant, Cosine):
-        # a sum of squares over the channels: vector_norm over a middle dimension is far slower
-        field_norms = safe_sqrt((fields * fields).sum(2, keepdim=True))
+        # both give a zero field the fields path's gradient (0)
+        if fields.numel() <= SMALL_FIELDS:
+            field_norms = torch.linalg.vector_norm(fields, dim=2, keepdim=True)
+        else:
+            field_norms = safe_sqrt((fields * fields).sum(2, keepdim=True))
         filter_norms = torch.linalg.vector_norm(filters, dim=2, keepdim=True)
         output = divide_by_norms(output, field_norms, filter_norms, variant.eps, recording)
     return add_bias(output.reshape(batch, weight.shape[0], *strided.shape[2:]), bias, recording)
