@@ -244,6 +244,34 @@ def test_a_tropical_tie_goes_to_the_first_tap(name, monkeypatch):
         torch.testing.assert_close(got, expected)
 
 
+#: rows of whole vectors and a partial one (37 and 70 outputs wide), stride 1 and 2, dense and depthwise
+WIDE_ROWS = [
+    ((2, 3, 30, 37), (8, 3, 3, 3), {"padding": 1}),
+    ((2, 6, 12, 37), (6, 1, 3, 3), {"padding": 1, "groups": 6, "stride": 2}),
+    ((1, 4, 5, 70), (4, 1, 5, 5), {"padding": 2, "groups": 4}),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", ["max_plus", "min_plus"])
+@pytest.mark.parametrize(("x_shape", "w_shape", "arguments"), WIDE_ROWS, ids=["dense", "depthwise-s2", "5x5"])
+def test_tropical_gradients_on_wide_rows(x_shape, w_shape, arguments, name, dtype):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(x_shape, generator=generator, dtype=dtype, requires_grad=True)
+    w = torch.randn(w_shape, generator=generator, dtype=dtype, requires_grad=True)
+    variant, groups = resolve_variant(name), arguments.get("groups", 1)
+    stride, padding = arguments.get("stride", 1), arguments["padding"]
+    assert plan_conv(x, w, variant, stride, padding, 1, groups, "zeros", None).path == "tap loops"
+    output = anyconv.generalized_conv(x, w, name, **arguments)
+    grad = torch.randn(output.shape, generator=generator, dtype=dtype)
+    got = torch.autograd.grad(output, (x, w), grad)
+    x64, w64 = (tensor.detach().double().requires_grad_() for tensor in (x, w))
+    expected = naive_generalized_conv(x64, w64, name, **arguments)
+    torch.testing.assert_close(output, expected.to(dtype))
+    for got_grad, expected_grad in zip(got, torch.autograd.grad(expected, (x64, w64), grad.double())):
+        torch.testing.assert_close(got_grad, expected_grad.to(dtype))
+
+
 @pytest.mark.parametrize("name", ["dot", "l1", "l2", "max_plus", "min_plus"])
 def test_nan_and_inf_propagate_as_the_formula(name):
     x, w, b = _tensors(CASES[0])

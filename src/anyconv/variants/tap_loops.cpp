@@ -307,6 +307,41 @@ void forward(const S* x, const S* w, S* y, const Geometry& g, int threads) {
   });
 }
 
+// One vector of outputs of the tropical backward at one tap: per output, the first tap whose term
+// equals the output (or is NaN where it is) wins, and takes the output's gradient into the input
+// gradient (TARGET, STEP apart) and into the returned lanes, summed for the weight. FOUND marks
+// the outputs already won. PARTIAL: the first COUNT lanes only (the others come back zero)
+template <typename S, typename Op, bool PARTIAL>
+__attribute__((always_inline)) inline typename Lanes<Compute<S>>::Vector take_winners(
+    const S* source, int64_t step, Compute<S> weight, const Compute<S>* out, Compute<S>* found,
+    const S* grad_row, Compute<S>* target, int count) {
+  using T = Compute<S>;
+  using Vector = typename Lanes<T>::Vector;
+  const auto lanes = [count](const auto* from, int64_t spacing) {
+    if constexpr (PARTIAL) return load_partial(from, spacing, count);
+    else return load(from, spacing);
+  };
+  const Vector value = Op::term(lanes(source, step), weight);
+  const Vector output = lanes(out, 1);
+  const Vector seen = lanes(found, 1);
+  const auto wins = (seen == 0) & ((value == output) | ((value != value) & (output != output)));
+  const Vector taken = wins ? lanes(grad_row, 1) : Vector{};
+  const Vector now_found = wins ? Vector{} + T(1) : seen;
+  if constexpr (PARTIAL) {
+    store_partial(found, now_found, count);
+  } else {
+    store(found, now_found);
+  }
+  if (step != 1) {
+    for (int lane = 0; lane < count; ++lane) target[lane * step] += taken[lane];
+  } else if constexpr (PARTIAL) {
+    store_partial(target, lanes(target, 1) + taken, count);
+  } else {
+    store(target, lanes(target, 1) + taken);
+  }
+  return taken;
+}
+
 // one output channel's gradient into its group's padded input gradient and its weight gradient,
 // both accumulated in the compute type T. The tropical winner is the first tap whose term equals
 // the output: the forward's y for float and double; for the narrower types the row's output is
@@ -339,19 +374,15 @@ void backward_plane(const S* __restrict x, const S* __restrict w, const S* __res
       const T weight = widen(w[g.weight_index[t]]);
       T weight_grad = 0;
       if constexpr (Op::kWinner) {
-        // per output, the first tap whose term equals the output (or is NaN where it is) wins
-        for (int64_t i = 0; i < g.width; i += kLanes) {
-          const int count = static_cast<int>(std::min<int64_t>(kLanes, g.width - i));
-          const Vector value = Op::term(load(source + i * s, s, count), weight);
-          const Vector output = load(out + i, 1, count);
-          const Vector seen = load(found.data() + i, 1, count);
-          const auto wins = (seen == 0) & ((value == output) | ((value != value) & (output != output)));
-          const Vector taken = wins ? load(grad_row + i, 1, count) : Vector{};
-          for (int lane = 0; lane < count; ++lane) target[(i + lane) * s] += taken[lane];
-          const Vector now_found = wins ? Vector{} + T(1) : seen;
-          store(found.data() + i, now_found, count);
-          for (int lane = 0; lane < count; ++lane) weight_grad += taken[lane];
-        }
+        Vector weight_grads{};
+        int64_t i = 0;
+        for (; i + kLanes <= g.width; i += kLanes)
+          weight_grads += take_winners<S, Op, false>(source + i * s, s, weight, out + i, found.data() + i,
+                                                     grad_row + i, target + i * s, kLanes);
+        if (i < g.width)
+          weight_grads += take_winners<S, Op, true>(source + i * s, s, weight, out + i, found.data() + i,
+                                                    grad_row + i, target + i * s, static_cast<int>(g.width - i));
+        for (int lane = 0; lane < kLanes; ++lane) weight_grad += weight_grads[lane];
         weight_grad *= Op::kWeightSign;
       } else {
         Vector weight_grads{};
