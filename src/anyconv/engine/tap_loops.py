@@ -3,9 +3,11 @@ taps, no receptive fields copied.
 
 Compiled loops (``variants/tap_loops.cpp``) run over the kernel taps of each output row, reading
 the zero-padded input in place, forward and backward, for ``dot``, ``l1``, ``l2``, ``max_plus``
-and ``min_plus``. A (fields x filters) product would multiply matrices only a few columns wide.
-They run as the custom operators ``anyconv::tap_loops`` and ``anyconv::tap_loops_backward`` (fake
-implementations, an autograd formula), which torch.compile and torch.export keep as single calls.
+and ``min_plus``. The forward of a grouped layer pads the input itself, a (sample, group) at a
+time in a buffer that stays in cache. A (fields x filters) product would multiply matrices only
+a few columns wide. They run as the custom operators ``anyconv::tap_loops`` and
+``anyconv::tap_loops_backward`` (fake implementations, an autograd formula), which torch.compile
+and torch.export keep as single calls.
 ``anyconv::tap_quotient`` is the cosine family's forward without a graph in one pass of the loops.
 """
 
@@ -50,8 +52,10 @@ _COPY_PER_THREAD = 2**16
 _SOURCE = "tap_loops.cpp"
 _POINTER, _SIZE, _FLAG = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _GEOMETRY_ARGUMENTS = (_SIZE,) * 6 + (_POINTER, _POINTER, _SIZE, _POINTER, _SIZE, _SIZE, _FLAG)
-#: entry point -> (whether it takes the operation code first, how many tensors it takes)
-_ENTRY_POINTS = {"tap_forward": (1, 3), "tap_backward": (1, 6), "tap_quotient": (0, 5)}
+_LAYOUT_ARGUMENTS = (_SIZE, _POINTER, _POINTER, _POINTER, _SIZE)
+#: entry point -> (whether it takes the operation code first, how many tensors it takes, whether
+#: it takes an unpadded input and the layout to give it)
+_ENTRY_POINTS = {"tap_forward": (1, 3, True), "tap_backward": (1, 6, False), "tap_quotient": (0, 5, True)}
 
 
 def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
@@ -107,8 +111,9 @@ def tap_loops_conv(
     """The generalized convolution of a batched ``input`` by the tap loops (see :func:`tap_loops_fit`),
     through the custom operator ``anyconv::tap_loops``.
 
-    Samples are padded a few at a time, their padded copy (and its gradient) under ``memory_budget``
-    bytes when one sample fits.
+    The backward, and the forward of a dense layer, pad samples a few at a time, their padded copy
+    (and its gradient) under ``memory_budget`` bytes when one sample fits; the forward of a grouped
+    layer pads one (sample, group) at a time in the loops.
 
     >>> import torch, torch.nn.functional as F
     >>> from anyconv.geometry import make_geometry
@@ -188,8 +193,11 @@ def tap_loops_op(
     record_native_call()
     weight = weight.contiguous()
     output = input.new_empty((input.shape[0], weight.shape[0], *plan.geometry.output_size))
-    for samples in _sample_chunks(input.shape[0], plan.samples_per_chunk):
-        _call("tap_forward", plan, _padded(input[samples], plan.geometry), weight, output[samples])
+    if _lays_out_itself(input, plan):
+        _call("tap_forward", plan, input, weight, output, unpadded=True)
+    else:
+        for samples in _sample_chunks(input.shape[0], plan.samples_per_chunk):
+            _call("tap_forward", plan, _padded(input[samples], plan.geometry), weight, output[samples])
     if bias is not None:
         output += bias.view(-1, *(1,) * plan.geometry.ndim)
     return output
@@ -361,9 +369,12 @@ def tap_quotient_op(
     compute = torch.promote_types(input.dtype, torch.float32)
     scale, offset = (values.to(compute).contiguous() for values in (scale, offset))
     output = input.new_empty((input.shape[0], weight.shape[0], *plan.geometry.output_size))
-    for samples in _sample_chunks(input.shape[0], plan.samples_per_chunk):
-        padded = _padded(input[samples], plan.geometry)
-        _call("tap_quotient", plan, padded, weight, scale, offset, output[samples])
+    if _lays_out_itself(input, plan):
+        _call("tap_quotient", plan, input, weight, scale, offset, output, unpadded=True)
+    else:
+        for samples in _sample_chunks(input.shape[0], plan.samples_per_chunk):
+            padded = _padded(input[samples], plan.geometry)
+            _call("tap_quotient", plan, padded, weight, scale, offset, output[samples])
     return output
 
 
@@ -382,6 +393,13 @@ def _sample_chunks(batch: int, samples_per_chunk: int) -> list[slice]:
     return [
         slice(start, min(start + samples_per_chunk, batch)) for start in range(0, batch, samples_per_chunk)
     ]
+
+
+def _lays_out_itself(input: torch.Tensor, plan: TapPlan) -> bool:
+    """Whether the forward loops take the unpadded ``input`` and lay out each (sample, group) into
+    a buffer of their own: a grouped convolution (one (sample, group) per step, many steps to share
+    between threads; a dense one has one per sample) on a contiguous input."""
+    return plan.groups > 1 and input.is_contiguous()
 
 
 def _padded(input: torch.Tensor, geometry: Geometry) -> torch.Tensor:
@@ -417,26 +435,29 @@ def _crop_into(grad_input: torch.Tensor, grad_padded: torch.Tensor, geometry: Ge
 def _phase_layout(image: torch.Tensor, padded: torch.Tensor, geometry: Geometry, adjoint: bool) -> None:
     """``padded`` = :func:`_padded` (``image``) by the loops' copy, or with ``adjoint`` ``image`` from
     ``padded``: both contiguous, of one dtype."""
-    phases = geometry.stride[-1]
-    sizes = (*geometry.padded_size[:-1], padded.shape[-1] * phases)
-
-    def int64s(values: tuple[int, ...]) -> ctypes.Array:
-        return (ctypes.c_int64 * len(values))(*values)
-
     elements = padded.numel()
     _phase_layout_function()(
         image.data_ptr(),
         padded.data_ptr(),
         image.element_size(),
         image.shape[0] * image.shape[1],
-        geometry.ndim,
-        int64s(geometry.input_size),
-        int64s(tuple(before for before, _ in geometry.padding)),
-        int64s(sizes),
-        phases,
+        *_layout_arguments(geometry),
         int(adjoint),
         max(1, min(torch.get_num_threads(), elements // _COPY_PER_THREAD)),
     )
+
+
+def _layout_arguments(geometry: Geometry) -> tuple[Any, ...]:
+    """The layout of :func:`_padded` as the loops take it: the number of dimensions, the input's
+    size, the padding before, the padded size (its last a multiple of the phases), the phases."""
+
+    def int64s(values: tuple[int, ...]) -> ctypes.Array:
+        return (ctypes.c_int64 * len(values))(*values)
+
+    phases = geometry.stride[-1]
+    sizes = (*geometry.padded_size[:-1], -(-geometry.padded_size[-1] // phases) * phases)
+    before = tuple(amount for amount, _ in geometry.padding)
+    return geometry.ndim, int64s(geometry.input_size), int64s(before), int64s(sizes), phases
 
 
 @lru_cache(maxsize=256)
@@ -493,17 +514,31 @@ def _phase_layout_function() -> Any:
 @cache
 def _function(name: str, dtype: torch.dtype) -> Any:
     function = getattr(load_library(_SOURCE), f"{name}_{NATIVE_DTYPES[dtype]}")
-    operation, pointers = _ENTRY_POINTS[name]
-    function.argtypes = (*(_FLAG,) * operation, *(_POINTER,) * pointers, *_GEOMETRY_ARGUMENTS)
+    operation, pointers, takes_layout = _ENTRY_POINTS[name]
+    layout = _LAYOUT_ARGUMENTS if takes_layout else ()
+    function.argtypes = (*(_FLAG,) * operation, *(_POINTER,) * pointers, *_GEOMETRY_ARGUMENTS, *layout)
     function.restype = None
     return function
 
 
 def _call(
-    name: str, plan: TapPlan, padded: torch.Tensor, weight: torch.Tensor, *tensors: torch.Tensor | None
+    name: str,
+    plan: TapPlan,
+    padded: torch.Tensor,
+    weight: torch.Tensor,
+    *tensors: torch.Tensor | None,
+    unpadded: bool = False,
 ) -> None:
+    """Run the loops' entry point ``name`` on ``padded`` as :func:`_padded` lays it out or, with
+    ``unpadded`` (forward and quotient only), on the input itself, which they then lay out."""
     geometry = plan.geometry
     taps, columns, rows, plane = _layout(geometry, weight.shape[1])
+    # an entry point that takes a layout reads ndim 0 as "the input is laid out already"
+    layout: tuple[Any, ...] = ()
+    if unpadded:
+        layout = _layout_arguments(geometry)
+    elif _ENTRY_POINTS[name][2]:
+        layout = (0, None, None, None, 1)
     pointers = [tensor.data_ptr() if tensor is not None else None for tensor in (padded, weight, *tensors)]
     _function(name, padded.dtype)(
         *(plan.operation,) * _ENTRY_POINTS[name][0],
@@ -521,4 +556,5 @@ def _call(
         geometry.output_size[-1],
         1,
         _threads(padded.shape[0] * weight.shape[0] * geometry.num_positions * taps.numel()),
+        *layout,
     )

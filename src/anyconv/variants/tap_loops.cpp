@@ -1,7 +1,9 @@
 // Loops over kernel taps for convolutions with few input channels per group (depthwise and the
 // like), forward and backward, reading the zero-padded input directly: no receptive fields are
 // copied. One output row (the last spatial dimension) at a time stays in cache while every tap of
-// the row's filter meets it; N-d geometry arrives flattened as offsets into the padded input.
+// the row's filter meets it; N-d geometry arrives flattened as offsets into the padded input. The
+// forward of a grouped layer pads the input itself, one (sample, group) at a time into a buffer
+// of the thread's own (see each_output_plane).
 //
 // Layout: x and grad_x (B, C, plane) padded input; w (O, T) with T = channels per group x taps;
 // y and grad (B, O, rows, width). Tap t reads x at row_offsets[r] + tap_offsets[t] + i * step and
@@ -267,17 +269,209 @@ void forward_rows(const S* x, const S* w, Out* const* outs, const int64_t* origi
   }
 }
 
-// Calls plane(source, filter, out, o) on every output plane (sample, filter o), the planes split
-// over the threads: the loops' shared walk over the output
-template <typename S, typename Plane>
-void each_output_plane(const S* x, const S* w, S* y, const Geometry& g, int threads, Plane&& plane) {
-  const int64_t per_group_in = g.channels / g.groups, per_group_out = g.out_channels / g.groups;
-  const int64_t planes = g.batch * g.out_channels, output_plane = g.rows * g.width;
+// Columns [first, last) of one phase row: target[j] = x[origin + j * phases], or the other way
+// with ADJOINT; PHASES a constant where known (1 and 2), so that the loop vectorises
+template <int64_t kPhases, typename E>
+inline void phase_columns(E* __restrict x, E* __restrict target, int64_t origin, int64_t first, int64_t last,
+                          int64_t phases, bool adjoint) {
+  if (kPhases == 1) {
+    // a plain copy
+    if (adjoint) {
+      std::memcpy(x + origin + first, target + first, (last - first) * sizeof(E));
+    } else {
+      std::memcpy(target + first, x + origin + first, (last - first) * sizeof(E));
+    }
+    return;
+  }
+  const int64_t step = kPhases > 0 ? kPhases : phases;
+  E* __restrict from = x + origin;
+  if (adjoint) {
+    for (int64_t j = first; j < last; ++j) from[j * step] = target[j];
+  } else {
+    for (int64_t j = first; j < last; ++j) target[j] = from[j * step];
+  }
+}
+
+// One padded row of plane P in each phase (see phase_layout): ROW, its index in each leading
+// dimension INDEX; TARGET the row's place in phase 0, the next phase STRIDE elements on
+template <typename E>
+inline void row_of_phases(E* x, E* target, int64_t stride, int64_t p, const int64_t* index, int64_t ndim,
+                          const int64_t* size, const int64_t* before, const int64_t* padded, int64_t phases,
+                          int64_t plane, bool adjoint) {
+  const int64_t width = size[ndim - 1], length = padded[ndim - 1] / phases, left = before[ndim - 1];
+  // the input row this padded row reads, or none (a row of padding)
+  int64_t source = 0, step = width;
+  bool inside = true;
+  for (int64_t d = ndim - 2; d >= 0; --d) {
+    const int64_t at = index[d] - before[d];
+    inside = inside && at >= 0 && at < size[d];
+    source += at * step;
+    step *= size[d];
+  }
+  if (adjoint && !inside) return;
+  for (int64_t phase = 0; phase < phases; ++phase, target += stride) {
+    if (!inside) {
+      std::fill(target, target + length, E(0));
+      continue;
+    }
+    // columns j of this phase with 0 <= j * phases + phase - left < width: [first, last); x's
+    // index of column j: origin + j * phases
+    const int64_t first = std::min(length, std::max<int64_t>(0, (left - phase + phases - 1) / phases));
+    const int64_t last = std::max(first, std::min(length, (width + left - phase + phases - 1) / phases));
+    const int64_t origin = p * plane + source + phase - left;
+    if (!adjoint) {
+      std::fill(target, target + first, E(0));
+      std::fill(target + last, target + length, E(0));
+    }
+    if (phases == 1) {
+      phase_columns<1>(x, target, origin, first, last, phases, adjoint);
+    } else if (phases == 2) {
+      phase_columns<2>(x, target, origin, first, last, phases, adjoint);
+    } else {
+      phase_columns<0>(x, target, origin, first, last, phases, adjoint);
+    }
+  }
+}
+
+// The layout the loops read (see tap_loops.py's _padded): each plane of x (planes, *size) zero-padded
+// by BEFORE (and after, up to PADDED) and its last dimension split into PHASES, padded column
+// j * phases + p at column j of phase p: (planes, phases, *padded[:-1], padded[-1] / phases). One
+// pass where torch's pad and strided copy take two, the second several times slower than a copy.
+// With ADJOINT the other way: the gradient of that layout, cropped back into x's shape. E is an
+// unsigned integer of the element's size: the elements are only copied.
+struct Layout {
+  int64_t ndim;
+  const int64_t* size;
+  const int64_t* before;
+  const int64_t* padded;
+  int64_t phases;
+};
+
+// plane P of x into OUT, its place in the layout (or back, with ADJOINT)
+template <typename E>
+void lay_out_plane(E* x, E* out, int64_t p, const Layout& layout, bool adjoint) {
+  const int64_t ndim = layout.ndim, phases = layout.phases;
+  const int64_t length = layout.padded[ndim - 1] / phases;
+  int64_t rows = 1, plane = 1;
+  for (int64_t d = 0; d + 1 < ndim; ++d) rows *= layout.padded[d];
+  for (int64_t d = 0; d < ndim; ++d) plane *= layout.size[d];
+  // the row's index in each leading dimension, advanced row by row (no division per row); on the
+  // stack for up to kStackDims dimensions (an allocation per plane cost more than a small plane's copy)
+  constexpr int64_t kStackDims = 8;
+  int64_t stack_index[kStackDims] = {};
+  std::vector<int64_t> heap_index(ndim > kStackDims ? ndim : 0, 0);
+  int64_t* index = ndim > kStackDims ? heap_index.data() : stack_index;
+  for (int64_t row = 0; row < rows; ++row) {
+    if (row > 0) {
+      for (int64_t d = ndim - 2; d >= 0; --d) {
+        if (++index[d] < layout.padded[d]) break;
+        index[d] = 0;
+      }
+    }
+    row_of_phases(x, out + row * length, rows * length, p, index, ndim, layout.size, layout.before,
+                  layout.padded, phases, plane, adjoint);
+  }
+}
+
+// Plane P of x into the interior of OUT's layout, leaving the padding as it is: into a buffer whose
+// padding is zero already (a thread's buffer reused plane after plane), a copy of the input rows
+// alone, where lay_out_plane walks and fills every padded row
+template <typename E>
+void lay_out_interior(const E* x, E* out, int64_t p, const Layout& layout) {
+  const int64_t ndim = layout.ndim, phases = layout.phases, width = layout.size[ndim - 1];
+  const int64_t length = layout.padded[ndim - 1] / phases, left = layout.before[ndim - 1];
+  int64_t rows = 1, plane = 1, input_rows = 1;
+  for (int64_t d = 0; d + 1 < ndim; ++d) rows *= layout.padded[d];
+  for (int64_t d = 0; d + 1 < ndim; ++d) input_rows *= layout.size[d];
+  for (int64_t d = 0; d < ndim; ++d) plane *= layout.size[d];
+  constexpr int64_t kStackDims = 8;
+  int64_t stack_index[kStackDims] = {};
+  std::vector<int64_t> heap_index(ndim > kStackDims ? ndim : 0, 0);
+  int64_t* index = ndim > kStackDims ? heap_index.data() : stack_index;
+  const E* source = x + p * plane;
+  for (int64_t row = 0; row < input_rows; ++row, source += width) {
+    if (row > 0) {
+      for (int64_t d = ndim - 2; d >= 0; --d) {
+        if (++index[d] < layout.size[d]) break;
+        index[d] = 0;
+      }
+    }
+    // the padded row this input row lands on
+    int64_t target_row = 0;
+    for (int64_t d = 0; d + 1 < ndim; ++d) target_row = target_row * layout.padded[d] + index[d] + layout.before[d];
+    E* target = out + target_row * length;
+    if (phases == 1) {
+      std::memcpy(target + left, source, width * sizeof(E));
+      continue;
+    }
+    // as row_of_phases: the columns j of each phase that read the input, x's index j * phases + origin
+    for (int64_t phase = 0; phase < phases; ++phase, target += rows * length) {
+      const int64_t first = std::min(length, std::max<int64_t>(0, (left - phase + phases - 1) / phases));
+      const int64_t last = std::max(first, std::min(length, (width + left - phase + phases - 1) / phases));
+      E* from = const_cast<E*>(source) + phase - left;
+      if (phases == 2) {
+        phase_columns<2>(from, target, 0, first, last, phases, false);
+      } else {
+        phase_columns<0>(from, target, 0, first, last, phases, false);
+      }
+    }
+  }
+}
+
+// the elements of S as unsigned integers of their size, for the layout's copies
+template <typename S>
+using Bits = typename std::conditional<
+    sizeof(S) == 1, uint8_t,
+    typename std::conditional<sizeof(S) == 2, uint16_t,
+                              typename std::conditional<sizeof(S) == 4, uint32_t, uint64_t>::type>::type>::type;
+
+template <typename E>
+void phase_layout(E* x, E* out, int64_t planes, const Layout& layout, bool adjoint, int threads) {
+  int64_t laid_out = layout.phases * (layout.padded[layout.ndim - 1] / layout.phases);
+  for (int64_t d = 0; d + 1 < layout.ndim; ++d) laid_out *= layout.padded[d];
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t index = 0; index < planes; ++index) {
-    const int64_t b = index / g.out_channels, o = index % g.out_channels;
-    const S* source = x + (b * g.channels + (o / per_group_out) * per_group_in) * g.plane;
-    plane(source, w + o * g.taps, y + index * output_plane, o);
+  for (int64_t p = 0; p < planes; ++p) lay_out_plane(x, out + p * laid_out, p, layout, adjoint);
+}
+
+// Calls plane(source, filter, out, o) on every output plane (sample, filter o), the planes split
+// over the threads: the loops' shared walk over the output. Given a LAYOUT (not null), x is the
+// unpadded input: each thread lays out one (sample, group) at a time into a buffer of its own, in
+// cache while the group's filters read it, where a laid-out copy of the whole input went to
+// memory and came back
+template <typename S, typename Plane>
+void each_output_plane(const S* x, const S* w, S* y, const Geometry& g, const Layout* layout, int threads,
+                       Plane&& plane) {
+  const int64_t per_group_in = g.channels / g.groups, per_group_out = g.out_channels / g.groups;
+  const int64_t output_plane = g.rows * g.width;
+  if (layout == nullptr) {
+    const int64_t planes = g.batch * g.out_channels;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t index = 0; index < planes; ++index) {
+      const int64_t b = index / g.out_channels, o = index % g.out_channels;
+      const S* source = x + (b * g.channels + (o / per_group_out) * per_group_in) * g.plane;
+      plane(source, w + o * g.taps, y + index * output_plane, o);
+    }
+    return;
+  }
+  int64_t input_plane = 1;
+  for (int64_t d = 0; d < layout->ndim; ++d) input_plane *= layout->size[d];
+  const int64_t pairs = g.batch * g.groups;
+  using E = Bits<S>;
+#pragma omp parallel num_threads(threads)
+  {
+    // zero filled once: the planes laid out into it write the same interior places only
+    std::vector<E> laid_out(per_group_in * g.plane);
+    const S* source = reinterpret_cast<const S*>(laid_out.data());
+#pragma omp for schedule(static)
+    for (int64_t index = 0; index < pairs; ++index) {
+      const int64_t b = index / g.groups, group = index % g.groups;
+      const E* input = reinterpret_cast<const E*>(x + (b * g.channels + group * per_group_in) * input_plane);
+      for (int64_t c = 0; c < per_group_in; ++c) lay_out_interior(input, laid_out.data() + c * g.plane, c, *layout);
+      for (int64_t j = 0; j < per_group_out; ++j) {
+        const int64_t o = group * per_group_out + j;
+        plane(source, w + o * g.taps, y + (b * g.out_channels + o) * output_plane, o);
+      }
+    }
   }
 }
 
@@ -286,9 +480,9 @@ constexpr int kRowsTogether = 2;
 constexpr int kNarrowRowsTogether = 4;
 
 template <typename S, typename Op>
-void forward(const S* x, const S* w, S* y, const Geometry& g, int threads) {
+void forward(const S* x, const S* w, S* y, const Geometry& g, const Layout* layout, int threads) {
   const bool narrow_rows = g.width < Lanes<Compute<S>>::kCount;
-  each_output_plane(x, w, y, g, threads, [&](const S* source, const S* filter, S* plane, int64_t) {
+  each_output_plane(x, w, y, g, layout, threads, [&](const S* source, const S* filter, S* plane, int64_t) {
     S* outs[kNarrowRowsTogether];
     int64_t r = 0;
     // rows of one partial vector each: twice as many together, as many reductions as two wide rows
@@ -546,8 +740,8 @@ void quotient_rows(const S* x, const S* w, S* const* outs, const int64_t* origin
 // every output plane (sample, filter o) of the quotient, scale[o] and offset[o] in the compute type
 template <typename S>
 void quotient(const S* x, const S* w, const Compute<S>* scale, const Compute<S>* offset, S* y, const Geometry& g,
-              int threads) {
-  each_output_plane(x, w, y, g, threads, [&](const S* source, const S* filter, S* plane, int64_t o) {
+              const Layout* layout, int threads) {
+  each_output_plane(x, w, y, g, layout, threads, [&](const S* source, const S* filter, S* plane, int64_t o) {
     S* outs[kRowsTogether];
     int64_t r = 0;
     for (; r + kRowsTogether <= g.rows; r += kRowsTogether) {
@@ -564,15 +758,16 @@ void quotient(const S* x, const S* w, const Compute<S>* scale, const Compute<S>*
 enum Operation { kDot = 0, kL1 = 1, kL1Adder = 2, kL2 = 3, kMaxPlus = 4, kMinPlus = 5 };
 
 template <typename S>
-void forward_any(int operation, const S* x, const S* w, S* y, const Geometry& g, int threads) {
+void forward_any(int operation, const S* x, const S* w, S* y, const Geometry& g, const Layout* layout,
+                 int threads) {
   using T = Compute<S>;
   switch (operation) {
-    case kDot: return forward<S, Dot<T>>(x, w, y, g, threads);
+    case kDot: return forward<S, Dot<T>>(x, w, y, g, layout, threads);
     case kL1:
-    case kL1Adder: return forward<S, L1<T>>(x, w, y, g, threads);
-    case kL2: return forward<S, L2<T>>(x, w, y, g, threads);
-    case kMaxPlus: return forward<S, MaxPlus<T>>(x, w, y, g, threads);
-    case kMinPlus: return forward<S, MinPlus<T>>(x, w, y, g, threads);
+    case kL1Adder: return forward<S, L1<T>>(x, w, y, g, layout, threads);
+    case kL2: return forward<S, L2<T>>(x, w, y, g, layout, threads);
+    case kMaxPlus: return forward<S, MaxPlus<T>>(x, w, y, g, layout, threads);
+    case kMinPlus: return forward<S, MinPlus<T>>(x, w, y, g, layout, threads);
   }
 }
 
@@ -590,105 +785,6 @@ void backward_any(int operation, const S* x, const S* w, const S* y, const S* gr
   }
 }
 
-// Columns [first, last) of one phase row: target[j] = x[origin + j * phases], or the other way
-// with ADJOINT; PHASES a constant where known (1 and 2), so that the loop vectorises
-template <int64_t kPhases, typename E>
-inline void phase_columns(E* __restrict x, E* __restrict target, int64_t origin, int64_t first, int64_t last,
-                          int64_t phases, bool adjoint) {
-  if (kPhases == 1) {
-    // a plain copy
-    if (adjoint) {
-      std::memcpy(x + origin + first, target + first, (last - first) * sizeof(E));
-    } else {
-      std::memcpy(target + first, x + origin + first, (last - first) * sizeof(E));
-    }
-    return;
-  }
-  const int64_t step = kPhases > 0 ? kPhases : phases;
-  E* __restrict from = x + origin;
-  if (adjoint) {
-    for (int64_t j = first; j < last; ++j) from[j * step] = target[j];
-  } else {
-    for (int64_t j = first; j < last; ++j) target[j] = from[j * step];
-  }
-}
-
-// One padded row of plane P in each phase (see phase_layout): ROW, its index in each leading
-// dimension INDEX; TARGET the row's place in phase 0, the next phase STRIDE elements on
-template <typename E>
-inline void row_of_phases(E* x, E* target, int64_t stride, int64_t p, const int64_t* index, int64_t ndim,
-                          const int64_t* size, const int64_t* before, const int64_t* padded, int64_t phases,
-                          int64_t plane, bool adjoint) {
-  const int64_t width = size[ndim - 1], length = padded[ndim - 1] / phases, left = before[ndim - 1];
-  // the input row this padded row reads, or none (a row of padding)
-  int64_t source = 0, step = width;
-  bool inside = true;
-  for (int64_t d = ndim - 2; d >= 0; --d) {
-    const int64_t at = index[d] - before[d];
-    inside = inside && at >= 0 && at < size[d];
-    source += at * step;
-    step *= size[d];
-  }
-  if (adjoint && !inside) return;
-  for (int64_t phase = 0; phase < phases; ++phase, target += stride) {
-    if (!inside) {
-      std::fill(target, target + length, E(0));
-      continue;
-    }
-    // columns j of this phase with 0 <= j * phases + phase - left < width: [first, last); x's
-    // index of column j: origin + j * phases
-    const int64_t first = std::min(length, std::max<int64_t>(0, (left - phase + phases - 1) / phases));
-    const int64_t last = std::max(first, std::min(length, (width + left - phase + phases - 1) / phases));
-    const int64_t origin = p * plane + source + phase - left;
-    if (!adjoint) {
-      std::fill(target, target + first, E(0));
-      std::fill(target + last, target + length, E(0));
-    }
-    if (phases == 1) {
-      phase_columns<1>(x, target, origin, first, last, phases, adjoint);
-    } else if (phases == 2) {
-      phase_columns<2>(x, target, origin, first, last, phases, adjoint);
-    } else {
-      phase_columns<0>(x, target, origin, first, last, phases, adjoint);
-    }
-  }
-}
-
-// The layout the loops read (see tap_loops.py's _padded): each plane of x (planes, *size) zero-padded
-// by BEFORE (and after, up to PADDED) and its last dimension split into PHASES, padded column
-// j * phases + p at column j of phase p: (planes, phases, *padded[:-1], padded[-1] / phases). One
-// pass where torch's pad and strided copy take two, the second several times slower than a copy.
-// With ADJOINT the other way: the gradient of that layout, cropped back into x's shape. E is an
-// unsigned integer of the element's size: the elements are only copied.
-template <typename E>
-void phase_layout(E* x, E* out, int64_t planes, int64_t ndim, const int64_t* size, const int64_t* before,
-                  const int64_t* padded, int64_t phases, bool adjoint, int threads) {
-  const int64_t length = padded[ndim - 1] / phases;
-  int64_t rows = 1, plane = 1;
-  for (int64_t d = 0; d + 1 < ndim; ++d) rows *= padded[d];
-  for (int64_t d = 0; d < ndim; ++d) plane *= size[d];
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t p = 0; p < planes; ++p) {
-    // the row's index in each leading dimension, advanced row by row (no division per row); on
-    // the stack for up to kStackDims dimensions (an allocation per plane cost more than a small
-    // plane's copy)
-    constexpr int64_t kStackDims = 8;
-    int64_t stack_index[kStackDims] = {};
-    std::vector<int64_t> heap_index(ndim > kStackDims ? ndim : 0, 0);
-    int64_t* index = ndim > kStackDims ? heap_index.data() : stack_index;
-    for (int64_t row = 0; row < rows; ++row) {
-      if (row > 0) {
-        for (int64_t d = ndim - 2; d >= 0; --d) {
-          if (++index[d] < padded[d]) break;
-          index[d] = 0;
-        }
-      }
-      E* target = out + (p * phases * rows + row) * length;
-      row_of_phases(x, target, rows * length, p, index, ndim, size, before, padded, phases, plane, adjoint);
-    }
-  }
-}
-
 }  // namespace
 
 #define TAP_LOOPS(T, SUFFIX)                                                                                \
@@ -696,10 +792,13 @@ void phase_layout(E* x, E* out, int64_t planes, int64_t ndim, const int64_t* siz
                                        int64_t channels, int64_t out_channels, int64_t groups, int64_t plane, \
                                        int64_t taps, const int64_t* tap_offsets, const int64_t* weight_index, \
                                        int64_t rows, const int64_t* row_offsets, int64_t width, int64_t step,  \
-                                       int threads) {                                                       \
+                                       int threads, int64_t ndim, const int64_t* size, const int64_t* before, \
+                                       const int64_t* padded, int64_t phases) {                               \
+    /* ndim 0: x is laid out already; else x is the unpadded input, laid out by the loops */               \
     const Geometry g{batch, channels, out_channels, groups, plane, taps, tap_offsets, weight_index, rows,      \
                      row_offsets, width, step};                                                             \
-    forward_any<T>(operation, x, w, y, g, threads);                                                          \
+    const Layout layout{ndim, size, before, padded, phases};                                                \
+    forward_any<T>(operation, x, w, y, g, ndim > 0 ? &layout : nullptr, threads);                           \
   }                                                                                                         \
   extern "C" void tap_backward_##SUFFIX(int operation, const T* x, const T* w, const T* y, const T* grad,    \
                                         T* grad_x, T* grad_w, int64_t batch, int64_t channels,               \
@@ -716,10 +815,12 @@ void phase_layout(E* x, E* out, int64_t planes, int64_t ndim, const int64_t* siz
                                         int64_t channels, int64_t out_channels, int64_t groups, int64_t plane, \
                                         int64_t taps, const int64_t* tap_offsets, const int64_t* weight_index, \
                                         int64_t rows, const int64_t* row_offsets, int64_t width, int64_t step, \
-                                        int threads) {                                                       \
+                                        int threads, int64_t ndim, const int64_t* size, const int64_t* before, \
+                                        const int64_t* padded, int64_t phases) {                              \
     const Geometry g{batch, channels, out_channels, groups, plane, taps, tap_offsets, weight_index, rows,      \
                      row_offsets, width, step};                                                             \
-    quotient<T>(x, w, scale, offset, y, g, threads);                                                         \
+    const Layout layout{ndim, size, before, padded, phases};                                                \
+    quotient<T>(x, w, scale, offset, y, g, ndim > 0 ? &layout : nullptr, threads);                          \
   }
 
 TAP_LOOPS(float, f32)
@@ -733,10 +834,11 @@ TAP_LOOPS(_Float16, f16)
 extern "C" void tap_phase_layout(void* x, void* out, int64_t element_size, int64_t planes, int64_t ndim,
                                  const int64_t* size, const int64_t* before, const int64_t* padded,
                                  int64_t phases, int adjoint, int threads) {
+  const Layout layout{ndim, size, before, padded, phases};
   switch (element_size) {
-    case 1: return phase_layout(static_cast<uint8_t*>(x), static_cast<uint8_t*>(out), planes, ndim, size, before, padded, phases, adjoint, threads);
-    case 2: return phase_layout(static_cast<uint16_t*>(x), static_cast<uint16_t*>(out), planes, ndim, size, before, padded, phases, adjoint, threads);
-    case 4: return phase_layout(static_cast<uint32_t*>(x), static_cast<uint32_t*>(out), planes, ndim, size, before, padded, phases, adjoint, threads);
-    case 8: return phase_layout(static_cast<uint64_t*>(x), static_cast<uint64_t*>(out), planes, ndim, size, before, padded, phases, adjoint, threads);
+    case 1: return phase_layout(static_cast<uint8_t*>(x), static_cast<uint8_t*>(out), planes, layout, adjoint, threads);
+    case 2: return phase_layout(static_cast<uint16_t*>(x), static_cast<uint16_t*>(out), planes, layout, adjoint, threads);
+    case 4: return phase_layout(static_cast<uint32_t*>(x), static_cast<uint32_t*>(out), planes, layout, adjoint, threads);
+    case 8: return phase_layout(static_cast<uint64_t*>(x), static_cast<uint64_t*>(out), planes, layout, adjoint, threads);
   }
 }
