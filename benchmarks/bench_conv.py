@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from steady_allocator import steady_allocator
+
 CASES = {
     "64->64, 3x3, s1": dict(batch=32, in_channels=64, size=32, out_channels=64, stride=1),
     "64->128, 3x3, s2": dict(batch=32, in_channels=64, size=32, out_channels=128, stride=2),
@@ -119,6 +121,7 @@ def main() -> None:
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    steady_allocator()
     if args.case:
         print(json.dumps(run_case(args.case, args.method, args.mode, args.repeats, args.threads)))
         return

@@ -26,6 +26,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from steady_allocator import steady_allocator
+
 #: a call shorter than this is repeated back to back to fill about this long (seconds), at most
 #: MAX_REPEATS times, and timed as the mean of the block
 BLOCK_SECONDS = 0.02
@@ -293,9 +295,11 @@ def main() -> None:
         row = next(row for row in ROWS if row.name == args.peak[0])
         print(json.dumps(peak_memory(row, args.peak[1])))
         return
+    steady = steady_allocator()
     rows = _rows(args.rows)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, {args.rounds} rounds; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, {args.rounds} rounds"
+        f"{', glibc thresholds fixed' if steady else ''}; "
         "ratio = time / torch's time in the same round: median [quartiles]"
     )
     print()

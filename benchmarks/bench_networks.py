@@ -16,6 +16,8 @@ import copy
 import statistics
 import time
 
+from steady_allocator import steady_allocator
+
 NETWORKS = ("resnet18", "mobilenet_v3_small", "convnext_atto")
 VARIANTS = ("dot", "l1")
 PASSES = ("forward", "training step")
@@ -103,6 +105,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    steady_allocator()
     import torch
 
     if args.threads:

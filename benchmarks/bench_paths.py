@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from steady_allocator import steady_allocator
+
 #: (batch, channels, size): input (batch, channels, size, size), as many output channels
 INPUTS = ("32,64,32", "8,64,64", "8,64,32")
 PASSES = ("forward", "forward+backward")
@@ -105,6 +107,7 @@ def main() -> None:
     parser.add_argument("--variant", default="dot", help="a built-in variant (default: dot)")
     parser.add_argument("--case", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    steady_allocator()
     if args.case:
         print(run_case(*args.case, args.rounds, args.variant))
         return

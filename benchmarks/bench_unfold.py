@@ -22,6 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 import unfoldNd
+from steady_allocator import steady_allocator
 
 import anyconv
 from anyconv.functional import allocation
@@ -109,6 +110,7 @@ def main() -> None:
     parser.add_argument("--no-advice", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--memory", nargs=2, metavar=("CASE", "WHICH"), help=argparse.SUPPRESS)
     options = parser.parse_args()
+    steady_allocator()
     if options.no_advice:
         allocation.use_huge_pages = False
     if options.time:

@@ -15,6 +15,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from steady_allocator import steady_allocator
 
 import anyconv
 from anyconv.variants import BUILTIN_VARIANTS, last_path
@@ -160,6 +161,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--memory-case", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    steady_allocator()
     if args.memory_case:
         memory_case(args.memory_case, args.batch)
         return
