@@ -272,6 +272,32 @@ def test_tropical_gradients_on_wide_rows(x_shape, w_shape, arguments, name, dtyp
         torch.testing.assert_close(got_grad, expected_grad.to(dtype))
 
 
+#: depthwise layers on images narrower than a vector, whose forward holds channels in the vectors:
+#: a partial last block of channels (20, 37), 1-D to 3-D, asymmetric padding, dilation
+NARROW_DEPTHWISE = [
+    ((2, 20, 7, 7), (20, 1, 5, 5), {"padding": 2, "groups": 20}),
+    ((1, 37, 5, 9), (37, 1, 3, 3), {"padding": (1, 0), "dilation": (1, 2), "groups": 37}),
+    ((2, 16, 11), (16, 1, 3), {"padding": 1, "groups": 16}),
+    ((1, 17, 3, 4, 4), (17, 1, 3, 3, 3), {"padding": 1, "groups": 17}),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", ["dot", "l1", "l2", "max_plus", "min_plus"])
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "arguments"), NARROW_DEPTHWISE, ids=["5x5@7", "asym", "1d", "3d"]
+)
+def test_narrow_depthwise_forward_as_the_formula(x_shape, w_shape, arguments, name, dtype):
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(x_shape, generator=generator, dtype=dtype)
+    w = torch.randn(w_shape, generator=generator, dtype=dtype)
+    b = torch.randn(w_shape[0], generator=generator, dtype=dtype)
+    x[0, x_shape[1] - 1].view(-1)[3] = float("nan")  # in the last, partial block of channels
+    x[0, 2].view(-1)[0] = float("inf")
+    expected = naive_generalized_conv(x, w, name, b, **arguments)
+    torch.testing.assert_close(anyconv.generalized_conv(x, w, name, b, **arguments), expected, equal_nan=True)
+
+
 @pytest.mark.parametrize("name", ["dot", "l1", "l2", "max_plus", "min_plus"])
 def test_nan_and_inf_propagate_as_the_formula(name):
     x, w, b = _tensors(CASES[0])

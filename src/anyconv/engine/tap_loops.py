@@ -46,7 +46,7 @@ _OPERATIONS = {Dot: 0, L1: 1, L2: 3, MaxPlus: 4, MinPlus: 5}
 _L1_ADDER = 2
 _TROPICAL = (_OPERATIONS[MaxPlus], _OPERATIONS[MinPlus])
 #: tap steps (one output, one tap) a thread must get for the loops to split between threads
-_WORK_PER_THREAD = 2**20
+_WORK_PER_THREAD = 2**18
 #: elements of the padded input a thread must get for its copy to split between threads
 _COPY_PER_THREAD = 2**16
 _SOURCE = "tap_loops.cpp"

@@ -41,8 +41,8 @@ template <typename T>
 struct Dot {
   static constexpr bool kWinner = false;
   static T start() { return T(0); }
-  template <typename A>
-  static A step(A acc, A x, T w) { return acc + x * w; }
+  template <typename A, typename W>
+  static A step(A acc, A x, W w) { return acc + x * w; }
   template <typename A>
   static void partials(A x, T w, A g, A& dx, A& dw) {
     dx = g * w;
@@ -54,8 +54,8 @@ template <typename T>
 struct L1 {
   static constexpr bool kWinner = false;
   static T start() { return T(0); }
-  template <typename A>
-  static A step(A acc, A x, T w) {
+  template <typename A, typename W>
+  static A step(A acc, A x, W w) {
     A d = x - w;
     return acc - (d < 0 ? -d : d);
   }
@@ -84,8 +84,8 @@ template <typename T>
 struct L2 {
   static constexpr bool kWinner = false;
   static T start() { return T(0); }
-  template <typename A>
-  static A step(A acc, A x, T w) {
+  template <typename A, typename W>
+  static A step(A acc, A x, W w) {
     A d = x - w;
     return acc - d * d;
   }
@@ -106,8 +106,8 @@ struct MaxPlus {
   static A term(A x, T w) {
     return x + w;
   }
-  template <typename A>
-  static A step(A acc, A x, T w) {
+  template <typename A, typename W>
+  static A step(A acc, A x, W w) {
     A value = x + w;
     return ((value > acc) | (value != value)) ? value : acc;
   }
@@ -122,8 +122,8 @@ struct MinPlus {
   static A term(A x, T w) {
     return x - w;
   }
-  template <typename A>
-  static A step(A acc, A x, T w) {
+  template <typename A, typename W>
+  static A step(A acc, A x, W w) {
     A value = x - w;
     return ((value < acc) | (value != value)) ? value : acc;
   }
@@ -373,15 +373,12 @@ void lay_out_plane(E* x, E* out, int64_t p, const Layout& layout, bool adjoint) 
   }
 }
 
-// Plane P of x into the interior of OUT's layout, leaving the padding as it is: into a buffer whose
-// padding is zero already (a thread's buffer reused plane after plane), a copy of the input rows
-// alone, where lay_out_plane walks and fills every padded row
-template <typename E>
-void lay_out_interior(const E* x, E* out, int64_t p, const Layout& layout) {
-  const int64_t ndim = layout.ndim, phases = layout.phases, width = layout.size[ndim - 1];
-  const int64_t length = layout.padded[ndim - 1] / phases, left = layout.before[ndim - 1];
-  int64_t rows = 1, plane = 1, input_rows = 1;
-  for (int64_t d = 0; d + 1 < ndim; ++d) rows *= layout.padded[d];
+// Calls row(source, target_row) for every row of plane P of x (its last dimension), with the
+// padded row (all but the last dimension) it lands on in the layout
+template <typename E, typename Row>
+void each_input_row(const E* x, int64_t p, const Layout& layout, Row&& row) {
+  const int64_t ndim = layout.ndim, width = layout.size[ndim - 1];
+  int64_t plane = 1, input_rows = 1;
   for (int64_t d = 0; d + 1 < ndim; ++d) input_rows *= layout.size[d];
   for (int64_t d = 0; d < ndim; ++d) plane *= layout.size[d];
   constexpr int64_t kStackDims = 8;
@@ -389,20 +386,33 @@ void lay_out_interior(const E* x, E* out, int64_t p, const Layout& layout) {
   std::vector<int64_t> heap_index(ndim > kStackDims ? ndim : 0, 0);
   int64_t* index = ndim > kStackDims ? heap_index.data() : stack_index;
   const E* source = x + p * plane;
-  for (int64_t row = 0; row < input_rows; ++row, source += width) {
-    if (row > 0) {
+  for (int64_t input_row = 0; input_row < input_rows; ++input_row, source += width) {
+    if (input_row > 0) {
       for (int64_t d = ndim - 2; d >= 0; --d) {
         if (++index[d] < layout.size[d]) break;
         index[d] = 0;
       }
     }
-    // the padded row this input row lands on
     int64_t target_row = 0;
     for (int64_t d = 0; d + 1 < ndim; ++d) target_row = target_row * layout.padded[d] + index[d] + layout.before[d];
+    row(source, target_row);
+  }
+}
+
+// Plane P of x into the interior of OUT's layout, leaving the padding as it is: into a buffer whose
+// padding is zero already (a thread's buffer reused plane after plane), a copy of the input rows
+// alone, where lay_out_plane walks and fills every padded row
+template <typename E>
+void lay_out_interior(const E* x, E* out, int64_t p, const Layout& layout) {
+  const int64_t ndim = layout.ndim, phases = layout.phases, width = layout.size[ndim - 1];
+  const int64_t length = layout.padded[ndim - 1] / phases, left = layout.before[ndim - 1];
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < ndim; ++d) rows *= layout.padded[d];
+  each_input_row(x, p, layout, [&](const E* source, int64_t target_row) {
     E* target = out + target_row * length;
     if (phases == 1) {
       std::memcpy(target + left, source, width * sizeof(E));
-      continue;
+      return;
     }
     // as row_of_phases: the columns j of each phase that read the input, x's index j * phases + origin
     for (int64_t phase = 0; phase < phases; ++phase, target += rows * length) {
@@ -415,7 +425,7 @@ void lay_out_interior(const E* x, E* out, int64_t p, const Layout& layout) {
         phase_columns<0>(from, target, 0, first, last, phases, false);
       }
     }
-  }
+  });
 }
 
 // the elements of S as unsigned integers of their size, for the layout's copies
@@ -479,8 +489,151 @@ void each_output_plane(const S* x, const S* w, S* y, const Geometry& g, const La
 constexpr int kRowsTogether = 2;
 constexpr int kNarrowRowsTogether = 4;
 
+// the square root of every lane: one AVX-512 instruction for float where the compiler targets it
+// (GCC vectorised the lane loop with 128-bit instructions only), else lane by lane
+template <typename Vector>
+inline Vector square_root(const Vector& values) {
+#ifdef __AVX512F__
+  if constexpr (sizeof(values[0]) == 4) {
+    return reinterpret_cast<Vector>(_mm512_sqrt_ps(reinterpret_cast<__m512>(values)));
+  } else {
+    return reinterpret_cast<Vector>(_mm512_sqrt_pd(reinterpret_cast<__m512d>(values)));
+  }
+#else
+  Vector roots;
+  for (int lane = 0; lane < static_cast<int>(sizeof(Vector) / sizeof(values[0])); ++lane) {
+    roots[lane] = std::sqrt(values[lane]);
+  }
+  return roots;
+#endif
+}
+
+// outputs of one row the channel-vector forward takes together (independent reductions)
+constexpr int kOutputsTogether = 4;
+
+// COUNT outputs of a row, kLanes channels each, of the reduction OP: ORIGIN the padded position
+// of the first output's first tap; XS the laid-out channels (position-major, kLanes lanes each),
+// WS the taps' weights (tap-major, kLanes lanes each); OUT COUNT vectors
+template <typename T, typename Op>
+struct ReducedOutputs {
+  template <int COUNT>
+  __attribute__((always_inline)) static void outputs(const T* xs, const T* ws, const T*, const T*, T* out,
+                                                     int64_t origin, const Geometry& g) {
+    using Vector = typename Lanes<T>::Vector;
+    constexpr int kLanes = Lanes<T>::kCount;
+    Vector acc[COUNT];
+    for (int j = 0; j < COUNT; ++j) acc[j] = Vector{} + Op::start();
+    for (int64_t t = 0; t < g.taps; ++t) {
+      const T* at = xs + (origin + g.tap_offsets[t]) * kLanes;
+      Vector weight, values;
+      std::memcpy(&weight, ws + t * kLanes, sizeof(weight));
+      for (int j = 0; j < COUNT; ++j) {
+        std::memcpy(&values, at + j * kLanes, sizeof(values));
+        acc[j] = Op::step(acc[j], values, weight);
+      }
+    }
+    std::memcpy(out, acc, sizeof(acc));
+  }
+};
+
+// the same outputs of the cosine family's quotient (see quotient_block), SCALES and OFFSETS a
+// vector of each channel's
+template <typename T>
+struct QuotientOutputs {
+  template <int COUNT>
+  __attribute__((always_inline)) static void outputs(const T* xs, const T* ws, const T* scales, const T* offsets,
+                                                     T* out, int64_t origin, const Geometry& g) {
+    using Vector = typename Lanes<T>::Vector;
+    constexpr int kLanes = Lanes<T>::kCount;
+    Vector products[COUNT], squares[COUNT];
+    for (int j = 0; j < COUNT; ++j) products[j] = squares[j] = Vector{};
+    for (int64_t t = 0; t < g.taps; ++t) {
+      const T* at = xs + (origin + g.tap_offsets[t]) * kLanes;
+      Vector weight, values;
+      std::memcpy(&weight, ws + t * kLanes, sizeof(weight));
+      for (int j = 0; j < COUNT; ++j) {
+        std::memcpy(&values, at + j * kLanes, sizeof(values));
+        products[j] += values * weight;
+        squares[j] += values * values;
+      }
+    }
+    Vector scale, offset;
+    std::memcpy(&scale, scales, sizeof(scale));
+    std::memcpy(&offset, offsets, sizeof(offset));
+    for (int j = 0; j < COUNT; ++j) products[j] /= square_root(squares[j]) * scale + offset;
+    std::memcpy(out, products, sizeof(products));
+  }
+};
+
+// The forward (OUTPUTS: ReducedOutputs or QuotientOutputs) of a depthwise layer (one input and one
+// output channel per group) on rows narrower than a vector, given the unpadded input and its
+// layout at stride 1: the vectors hold kLanes channels of one position (a row's lanes would be
+// mostly empty), laid out position by position into a zero-filled buffer of the thread's own with
+// their weights (and the quotient's SCALE and OFFSET) beside them, kLanes channels of one sample
+// at a time
+template <typename S, typename Outputs>
+void forward_channel_vectors(const S* x, const S* w, const Compute<S>* scale, const Compute<S>* offset, S* y,
+                             const Geometry& g, const Layout& layout, int threads) {
+  using T = Compute<S>;
+  constexpr int kLanes = Lanes<T>::kCount;
+  const int64_t blocks = (g.channels + kLanes - 1) / kLanes, output_plane = g.rows * g.width;
+  int64_t input_plane = 1;
+  for (int64_t d = 0; d < layout.ndim; ++d) input_plane *= layout.size[d];
+  const int64_t length = layout.padded[layout.ndim - 1], left = layout.before[layout.ndim - 1];
+  const int64_t width = layout.size[layout.ndim - 1];
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> xs(g.plane * kLanes), ws(g.taps * kLanes), outs(output_plane * kLanes);
+    std::vector<T> scales(kLanes, T(1)), offsets(kLanes, T(1));
+#pragma omp for schedule(static)
+    for (int64_t index = 0; index < g.batch * blocks; ++index) {
+      const int64_t b = index / blocks, first = (index % blocks) * kLanes;
+      const int count = static_cast<int>(std::min<int64_t>(kLanes, g.channels - first));
+      // the lanes past COUNT keep what the block before left (or the start's zeros and ones):
+      // computed, never stored
+      for (int lane = 0; lane < count; ++lane) {
+        const S* plane = x + (b * g.channels + first + lane) * input_plane;
+        each_input_row(plane, 0, layout, [&](const S* source, int64_t target_row) {
+          T* target = xs.data() + (target_row * length + left) * kLanes + lane;
+          for (int64_t c = 0; c < width; ++c) target[c * kLanes] = widen(source[c]);
+        });
+        for (int64_t t = 0; t < g.taps; ++t) ws[t * kLanes + lane] = widen(w[(first + lane) * g.taps + g.weight_index[t]]);
+        if (scale != nullptr) {
+          scales[lane] = scale[first + lane];
+          offsets[lane] = offset[first + lane];
+        }
+      }
+      for (int64_t r = 0; r < g.rows; ++r) {
+        T* out = outs.data() + r * g.width * kLanes;
+        int64_t i = 0;
+        for (; i + kOutputsTogether <= g.width; i += kOutputsTogether)
+          Outputs::template outputs<kOutputsTogether>(xs.data(), ws.data(), scales.data(), offsets.data(),
+                                                      out + i * kLanes, g.row_offsets[r] + i, g);
+        for (; i < g.width; ++i)
+          Outputs::template outputs<1>(xs.data(), ws.data(), scales.data(), offsets.data(), out + i * kLanes,
+                                       g.row_offsets[r] + i, g);
+      }
+      for (int lane = 0; lane < count; ++lane) {
+        S* target = y + (b * g.channels + first + lane) * output_plane;
+        for (int64_t k = 0; k < output_plane; ++k) target[k] = narrow<S>(outs[k * kLanes + lane]);
+      }
+    }
+  }
+}
+
+// whether forward_channel_vectors computes a forward: depthwise, rows narrower than a vector, the
+// input unpadded at stride 1 (one phase), and channels to fill the vectors
+template <typename S>
+bool takes_channel_vectors(const Geometry& g, const Layout* layout) {
+  constexpr int64_t kLanes = Lanes<Compute<S>>::kCount;
+  return layout != nullptr && layout->phases == 1 && g.groups == g.channels && g.out_channels == g.channels &&
+         g.width < kLanes && g.channels >= kLanes;
+}
+
 template <typename S, typename Op>
 void forward(const S* x, const S* w, S* y, const Geometry& g, const Layout* layout, int threads) {
+  if (takes_channel_vectors<S>(g, layout))
+    return forward_channel_vectors<S, ReducedOutputs<Compute<S>, Op>>(x, w, nullptr, nullptr, y, g, *layout, threads);
   const bool narrow_rows = g.width < Lanes<Compute<S>>::kCount;
   each_output_plane(x, w, y, g, layout, threads, [&](const S* source, const S* filter, S* plane, int64_t) {
     S* outs[kNarrowRowsTogether];
@@ -658,25 +811,6 @@ void backward(const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* g
 // the group's channels and the kernel's taps) accumulate from the same loads, and only
 // (p . w) / (|p| scale + offset) is stored. A zero field gives 0 / offset (0 for eps > 0); NaN
 // and inf flow through as in that formula.
-// the square root of every lane: one AVX-512 instruction for float where the compiler targets it
-// (GCC vectorised the lane loop with 128-bit instructions only), else lane by lane
-template <typename Vector>
-inline Vector square_root(const Vector& values) {
-#ifdef __AVX512F__
-  if constexpr (sizeof(values[0]) == 4) {
-    return reinterpret_cast<Vector>(_mm512_sqrt_ps(reinterpret_cast<__m512>(values)));
-  } else {
-    return reinterpret_cast<Vector>(_mm512_sqrt_pd(reinterpret_cast<__m512d>(values)));
-  }
-#else
-  Vector roots;
-  for (int lane = 0; lane < static_cast<int>(sizeof(Vector) / sizeof(values[0])); ++lane) {
-    roots[lane] = std::sqrt(values[lane]);
-  }
-  return roots;
-#endif
-}
-
 template <typename S, int VECTORS, int ROWS, bool PARTIAL>
 __attribute__((always_inline)) inline void quotient_block(const S* x, const S* w, S* const* outs, const int64_t* origins, const Geometry& g,
                            int64_t first, int count, Compute<S> scale, Compute<S> offset) {
@@ -741,6 +875,8 @@ void quotient_rows(const S* x, const S* w, S* const* outs, const int64_t* origin
 template <typename S>
 void quotient(const S* x, const S* w, const Compute<S>* scale, const Compute<S>* offset, S* y, const Geometry& g,
               const Layout* layout, int threads) {
+  if (takes_channel_vectors<S>(g, layout))
+    return forward_channel_vectors<S, QuotientOutputs<Compute<S>>>(x, w, scale, offset, y, g, *layout, threads);
   each_output_plane(x, w, y, g, layout, threads, [&](const S* source, const S* filter, S* plane, int64_t o) {
     S* outs[kRowsTogether];
     int64_t r = 0;
