@@ -5,7 +5,9 @@ system when freed) until a block of that size is freed, after which it raises it
 serves such blocks from its heap. A process's timings then depend on its history: torch's own
 depthwise 3x3 layer of bench_layers took 0.3 ms or 4 ms in processes that differed only in which
 blocks anyconv had freed before. Fixing the thresholds (``mallopt``) serves every block from the
-heap in every process, torch's and anyconv's alike. The peak-memory runs leave them alone.
+heap in every process, torch's and anyconv's alike. The peak-memory runs of ``bench_layers.py
+--memory`` fix the mmap threshold low instead (``MALLOC_MMAP_THRESHOLD_``), so that a freed block
+leaves the resident memory.
 """
 
 from __future__ import annotations

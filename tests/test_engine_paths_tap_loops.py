@@ -404,12 +404,14 @@ def test_the_loops_padded_layout_and_its_adjoint_equal_torchs_pad_and_split(
         assert torch.equal(grad_image, cropped)
 
 
+@pytest.mark.parametrize("filters", [5, 80], ids=["loops-backward", "fields-backward"])
 @pytest.mark.parametrize("name", ["dot", "l1", "max_plus"])
-def test_a_dense_first_layer_equals_the_naive_formula(name):
-    # a network's first layer: three image channels, 3 x 3, stride 2, on a 32 x 34 image
+def test_a_dense_first_layer_equals_the_naive_formula(name, filters):
+    # a network's first layer: three image channels, 3 x 3, stride 2, on a 32 x 34 image; with
+    # more than MAX_DENSE_LOOPS_BACKWARD_FILTERS filters its backward is the fields path's
     generator = torch.Generator().manual_seed(7)
     x = torch.randn(2, 3, 32, 34, generator=generator, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(5, 3, 3, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(filters, 3, 3, 3, generator=generator, dtype=torch.float64, requires_grad=True)
     arguments = {"stride": 2, "padding": 1}
     plan = plan_conv(x.detach(), w.detach(), resolve_variant(name), 2, 1, 1, 1, "zeros", None)
     assert plan.path == "tap loops"

@@ -30,7 +30,15 @@ from ..variants.fused import NATIVE_DTYPES, record_native_call
 from ..variants.native import load_library, native_enabled
 from ..variants.triton_backend import backend
 from .blocks import bias_grad
-from .ops import op_geometry, op_padding, op_variant, output_size, run_generalized_conv, variant_arguments
+from .ops import (
+    generalized_conv_backward_op,
+    op_geometry,
+    op_padding,
+    op_variant,
+    output_size,
+    run_generalized_conv,
+    variant_arguments,
+)
 from .ops_key import plan_of
 
 #: at most this many input channels per group take the tap loops: each output then costs that
@@ -42,6 +50,9 @@ MAX_CHANNELS_PER_GROUP = 8
 #: (docs/benchmarks.md); on small inputs the copy costs little
 MAX_DENSE_TAPS = 32
 MIN_DENSE_POSITIONS = 1024
+#: a dense layer with more filters takes the fields path's backward after the loops' forward
+#: (docs/benchmarks.md: a 1x1 layer 24 -> 144 against first layers 3 -> 16 to 64)
+MAX_DENSE_LOOPS_BACKWARD_FILTERS = 64
 _OPERATIONS = {Dot: 0, L1: 1, L2: 3, MaxPlus: 4, MinPlus: 5}
 _L1_ADDER = 2
 _TROPICAL = (_OPERATIONS[MaxPlus], _OPERATIONS[MinPlus])
@@ -272,7 +283,15 @@ def _backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None,
         # not differentiable, the custom operator's are (or it refuses, for a non-smooth variant)
         grad_input, grad_weight = _differentiable_gradients(ctx.arguments, input, weight, grad_output, needs)
     elif needs[0] or needs[1]:
-        found = tap_loops_backward_op(grad_output, input, weight, *ctx.arguments, list(needs[:2]))
+        groups = ctx.arguments[5]
+        if groups == 1 and weight.shape[0] > MAX_DENSE_LOOPS_BACKWARD_FILTERS:
+            # a dense layer with many filters: the loops' backward takes each filter's taps alone,
+            # the fields path's backward all filters of a block of fields at once
+            found = generalized_conv_backward_op(
+                grad_output, input, weight, [], None, None, *ctx.arguments, list(needs[:2])
+            )
+        else:
+            found = tap_loops_backward_op(grad_output, input, weight, *ctx.arguments, list(needs[:2]))
         grad_input, grad_weight = (gradient if needed else None for gradient, needed in zip(found, needs))
     grad_bias = bias_grad(grad_output) if needs[2] else None
     return grad_input, grad_weight, grad_bias, *(None,) * len(ctx.arguments)
