@@ -14,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from variant_reference import naive_generalized_conv
 
 import anyconv
+from anyconv.engine import paths
 from anyconv.variants import ProductVariant, Variant
 from anyconv.variants.kernels import RBF
 from anyconv.variants.squared import centred_blocks
@@ -227,16 +228,21 @@ def test_a_user_variant_keeps_a_value_of_its_forward_for_its_backward(views, mon
     assert SquaredDot.calls == []  # nothing is kept without a graph
 
 
-def test_polynomial_keeps_its_output_for_odd_degrees_and_s_plus_c_for_even_ones():
+@pytest.mark.parametrize("route", ["operator", "function"])
+def test_polynomial_keeps_its_output_for_odd_degrees_and_s_plus_c_for_even_ones(route, monkeypatch):
+    # the custom operator (as under torch.compile) or the plain Function (a plain eager call)
+    monkeypatch.setattr(paths, "_machinery_watches", lambda *tensors: route == "operator")
     x, w, _ = _tensors()
     odd = anyconv.generalized_conv(x, w, "polynomial", padding=1, groups=2, degree=3)
     even = anyconv.generalized_conv(x, w, "polynomial", padding=1, groups=2, degree=2, c=0.5)
-    # saved (anyconv::generalized_conv): input, weight, the output (the tensor returned) or None,
-    # the kept s + c or None
-    assert odd.grad_fn.saved_tensors[2].data_ptr() == odd.data_ptr()
-    assert odd.grad_fn.saved_tensors[3] is None and even.grad_fn.saved_tensors[2] is None
+    # saved: input, weight, and the output (the tensor returned) or the kept s + c
+    odd_saved, even_saved = (
+        [tensor for tensor in output.grad_fn.saved_tensors if tensor is not None] for output in (odd, even)
+    )
+    assert len(odd_saved) == len(even_saved) == 3
+    assert odd_saved[2].data_ptr() == odd.data_ptr() and even_saved[2].data_ptr() != even.data_ptr()
     s_plus_c = naive_generalized_conv(x, w, "dot", padding=1, groups=2) + 0.5
-    torch.testing.assert_close(even.grad_fn.saved_tensors[3], s_plus_c.detach())
+    torch.testing.assert_close(even_saved[2], s_plus_c.detach())
 
 
 def test_a_subclass_that_redefines_contract_is_refused_its_parents_backward():

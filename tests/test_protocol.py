@@ -11,7 +11,7 @@ import torch
 from conftest import take_views_everywhere
 
 import anyconv
-from anyconv.engine import backward_choice, contraction
+from anyconv.engine import backward_choice, contraction, paths
 from anyconv.engine.backward_choice import Backward, choose_backward, differentiable_twice, saved_for
 from anyconv.variants import (
     BUILTIN_VARIANTS,
@@ -213,6 +213,10 @@ def test_a_registered_variant_differentiated_by_autograd_runs_through_the_ops(mo
     monkeypatch.setitem(BUILTIN_VARIANTS, RegisteredChebyshev.name, RegisteredChebyshev)
     x = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    # a plain eager call takes the plain Function; the operators where the machinery watches
+    eager = anyconv.generalized_conv(x, w, RegisteredChebyshev.name, padding=1, groups=2)
+    assert "GeneralizedConvFunction" in eager.grad_fn.name()
+    monkeypatch.setattr(paths, "_machinery_watches", lambda *tensors: True)
     output = anyconv.generalized_conv(x, w, RegisteredChebyshev.name, padding=1, groups=2)
     assert "anyconv_generalized_conv" in output.grad_fn.name()
     grad = torch.randn_like(output)

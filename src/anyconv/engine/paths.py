@@ -70,14 +70,32 @@ def _fields(
     plan: ConvPlan, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: Variant
 ) -> torch.Tensor:
     arguments = variant_arguments(variant)
-    if arguments is not None:
+    if arguments is not None and _machinery_watches(input, weight, bias):
         return run_generalized_conv(
             input, weight, bias, variant, arguments, plan.geometry, plan.groups, plan.budget
         )
-    # a variant not registered by name: the plain autograd Function (no compile, export or torch.func)
+    # the plain autograd Function: for a variant not registered by name (no compile, export or
+    # torch.func), and in plain eager calls, where the custom operator's dispatch (its arguments
+    # bound and flattened, forward and backward) cost as much as a small layer's whole work
     function_plan = fields_plan(input, weight, variant, plan.geometry, plan.groups, plan.budget)
     tensors = [variant.options[name] for name in function_plan.option_names]
     return GeneralizedConvFunction.apply(input, weight, bias, function_plan, *tensors)
+
+
+def _machinery_watches(*tensors: torch.Tensor | None) -> bool:
+    """Whether a call must go through the custom operator ``anyconv::generalized_conv``: under
+    torch.compile or torch.export, torch.func's transforms, autocast, a dispatch or function mode,
+    or a tensor subclass (fake, functional) among the tensors; else the plain Function computes
+    the same numbers with less overhead."""
+    present = [tensor for tensor in tensors if tensor is not None]
+    return (
+        torch.compiler.is_compiling()
+        or torch._C._are_functorch_transforms_active()
+        or torch._C._len_torch_dispatch_stack() > 0
+        or torch._C._is_torch_function_mode_enabled()
+        or any(torch.is_autocast_enabled(tensor.device.type) for tensor in present)
+        or any(type(tensor) not in (torch.Tensor, torch.nn.Parameter) for tensor in present)
+    )
 
 
 #: the paths, tried in this order; the fields path computes every call
