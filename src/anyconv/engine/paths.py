@@ -10,6 +10,7 @@ it is: ``docs/engine.md``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -18,7 +19,7 @@ from ..variants import Variant
 from ..variants.fused import record_eager_call
 from .contraction import GeneralizedConvFunction
 from .fields_plan import fields_plan
-from .ops import run_generalized_conv, variant_arguments
+from .ops import op_padding, op_plan, run_generalized_conv, variant_arguments
 from .ops_memory_format import output_memory_format
 from .pointwise import pointwise_conv, pointwise_fits
 from .tap_loops import tap_loops_conv, tap_loops_fit
@@ -77,7 +78,24 @@ def _fields(
     # the plain autograd Function: for a variant not registered by name (no compile, export or
     # torch.func), and in plain eager calls, where the custom operator's dispatch (its arguments
     # bound and flattened, forward and backward) cost as much as a small layer's whole work
-    function_plan = fields_plan(input, weight, variant, plan.geometry, plan.groups, plan.budget)
+    if arguments is None:
+        function_plan = fields_plan(input, weight, variant, plan.geometry, plan.groups, plan.budget)
+    else:
+        # the operator's own plan, cached on its arguments: a plan of many chunks costs to make
+        geometry = plan.geometry
+        cached = op_plan(
+            arguments[0],
+            arguments[1],
+            tuple(input.shape),
+            tuple(weight.shape),
+            input.dtype,
+            geometry.stride,
+            tuple(op_padding(geometry)),
+            geometry.dilation,
+            plan.groups,
+            plan.budget,
+        )
+        function_plan = replace(cached, grad_mode=torch.is_grad_enabled())
     tensors = [variant.options[name] for name in function_plan.option_names]
     return GeneralizedConvFunction.apply(input, weight, bias, function_plan, *tensors)
 
