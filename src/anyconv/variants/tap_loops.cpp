@@ -21,6 +21,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #ifdef __AVX512F__
@@ -292,6 +293,43 @@ inline void phase_columns(E* __restrict x, E* __restrict target, int64_t origin,
   }
 }
 
+// The columns [first, last) of one phase (of PHASES) of a padded row LENGTH columns long that read
+// the input row: padded column j * phases + phase is input column j * phases + phase - LEFT,
+// inside [0, WIDTH)
+inline std::pair<int64_t, int64_t> phase_span(int64_t width, int64_t left, int64_t length, int64_t phase,
+                                              int64_t phases) {
+  const int64_t first = std::min(length, std::max<int64_t>(0, (left - phase + phases - 1) / phases));
+  const int64_t last = std::max(first, std::min(length, (width + left - phase + phases - 1) / phases));
+  return {first, last};
+}
+
+// The index of a row in each leading dimension of an array of BOUNDS (ndim - 1 of them), stepped
+// row by row (no division per row); on the stack for up to kStackDims dimensions (an allocation
+// per plane cost more than a small plane's copy)
+class RowIndex {
+ public:
+  RowIndex(int64_t ndim, const int64_t* bounds)
+      : ndim_(ndim), bounds_(bounds), heap_(ndim > kStackDims ? ndim : 0, 0),
+        index_(ndim > kStackDims ? heap_.data() : stack_) {}
+  RowIndex(const RowIndex&) = delete;  // index_ points into the object itself
+  RowIndex& operator=(const RowIndex&) = delete;
+  const int64_t* operator*() const { return index_; }
+  void next() {
+    for (int64_t d = ndim_ - 2; d >= 0; --d) {
+      if (++index_[d] < bounds_[d]) return;
+      index_[d] = 0;
+    }
+  }
+
+ private:
+  static constexpr int64_t kStackDims = 8;
+  int64_t ndim_;
+  const int64_t* bounds_;
+  int64_t stack_[kStackDims] = {};
+  std::vector<int64_t> heap_;
+  int64_t* index_;
+};
+
 // One padded row of plane P in each phase (see phase_layout): ROW, its index in each leading
 // dimension INDEX; TARGET the row's place in phase 0, the next phase STRIDE elements on
 template <typename E>
@@ -314,10 +352,8 @@ inline void row_of_phases(E* x, E* target, int64_t stride, int64_t p, const int6
       std::fill(target, target + length, E(0));
       continue;
     }
-    // columns j of this phase with 0 <= j * phases + phase - left < width: [first, last); x's
-    // index of column j: origin + j * phases
-    const int64_t first = std::min(length, std::max<int64_t>(0, (left - phase + phases - 1) / phases));
-    const int64_t last = std::max(first, std::min(length, (width + left - phase + phases - 1) / phases));
+    // x's index of column j: origin + j * phases
+    const auto [first, last] = phase_span(width, left, length, phase, phases);
     const int64_t origin = p * plane + source + phase - left;
     if (!adjoint) {
       std::fill(target, target + first, E(0));
@@ -355,20 +391,9 @@ void lay_out_plane(E* x, E* out, int64_t p, const Layout& layout, bool adjoint) 
   int64_t rows = 1, plane = 1;
   for (int64_t d = 0; d + 1 < ndim; ++d) rows *= layout.padded[d];
   for (int64_t d = 0; d < ndim; ++d) plane *= layout.size[d];
-  // the row's index in each leading dimension, advanced row by row (no division per row); on the
-  // stack for up to kStackDims dimensions (an allocation per plane cost more than a small plane's copy)
-  constexpr int64_t kStackDims = 8;
-  int64_t stack_index[kStackDims] = {};
-  std::vector<int64_t> heap_index(ndim > kStackDims ? ndim : 0, 0);
-  int64_t* index = ndim > kStackDims ? heap_index.data() : stack_index;
-  for (int64_t row = 0; row < rows; ++row) {
-    if (row > 0) {
-      for (int64_t d = ndim - 2; d >= 0; --d) {
-        if (++index[d] < layout.padded[d]) break;
-        index[d] = 0;
-      }
-    }
-    row_of_phases(x, out + row * length, rows * length, p, index, ndim, layout.size, layout.before,
+  RowIndex index(ndim, layout.padded);
+  for (int64_t row = 0; row < rows; ++row, index.next()) {
+    row_of_phases(x, out + row * length, rows * length, p, *index, ndim, layout.size, layout.before,
                   layout.padded, phases, plane, adjoint);
   }
 }
@@ -381,20 +406,11 @@ void each_input_row(const E* x, int64_t p, const Layout& layout, Row&& row) {
   int64_t plane = 1, input_rows = 1;
   for (int64_t d = 0; d + 1 < ndim; ++d) input_rows *= layout.size[d];
   for (int64_t d = 0; d < ndim; ++d) plane *= layout.size[d];
-  constexpr int64_t kStackDims = 8;
-  int64_t stack_index[kStackDims] = {};
-  std::vector<int64_t> heap_index(ndim > kStackDims ? ndim : 0, 0);
-  int64_t* index = ndim > kStackDims ? heap_index.data() : stack_index;
+  RowIndex index(ndim, layout.size);
   const E* source = x + p * plane;
-  for (int64_t input_row = 0; input_row < input_rows; ++input_row, source += width) {
-    if (input_row > 0) {
-      for (int64_t d = ndim - 2; d >= 0; --d) {
-        if (++index[d] < layout.size[d]) break;
-        index[d] = 0;
-      }
-    }
+  for (int64_t input_row = 0; input_row < input_rows; ++input_row, source += width, index.next()) {
     int64_t target_row = 0;
-    for (int64_t d = 0; d + 1 < ndim; ++d) target_row = target_row * layout.padded[d] + index[d] + layout.before[d];
+    for (int64_t d = 0; d + 1 < ndim; ++d) target_row = target_row * layout.padded[d] + (*index)[d] + layout.before[d];
     row(source, target_row);
   }
 }
@@ -414,10 +430,9 @@ void lay_out_interior(const E* x, E* out, int64_t p, const Layout& layout) {
       std::memcpy(target + left, source, width * sizeof(E));
       return;
     }
-    // as row_of_phases: the columns j of each phase that read the input, x's index j * phases + origin
+    // the columns j of each phase that read the input, x's index j * phases + phase - left
     for (int64_t phase = 0; phase < phases; ++phase, target += rows * length) {
-      const int64_t first = std::min(length, std::max<int64_t>(0, (left - phase + phases - 1) / phases));
-      const int64_t last = std::max(first, std::min(length, (width + left - phase + phases - 1) / phases));
+      const auto [first, last] = phase_span(width, left, length, phase, phases);
       E* from = const_cast<E*>(source) + phase - left;
       if (phases == 2) {
         phase_columns<2>(from, target, 0, first, last, phases, false);
