@@ -67,28 +67,34 @@ def test_views_backward_peak_stays_within_the_budget_bound(case):
     )
 
 
-#: (id, input size, kernel, stride, dilation, bytes per input position, budget)
+#: (id, input size, kernel, stride, dilation, bytes per input position, per output position, budget)
 SLABS = [
-    ("tall-kernel", (34, 5000), (31, 1), 1, 1, 96, 2**16),
-    ("square-kernel", (40, 3000), (5, 5), 1, 1, 200, 2**16),
-    ("dilated", (40, 3000), (3, 3), 1, 4, 200, 2**16),
-    ("strided", (40, 3000), (3, 3), 2, 1, 200, 2**16),
-    ("3d", (6, 20, 900), (3, 5, 3), 1, 1, 64, 2**15),
-    ("1d", (50_000,), (9,), 1, 1, 64, 2**12),
+    ("tall-kernel", (34, 5000), (31, 1), 1, 1, 96, 0, 2**16),
+    ("square-kernel", (40, 3000), (5, 5), 1, 1, 200, 0, 2**16),
+    ("dilated", (40, 3000), (3, 3), 1, 4, 200, 0, 2**16),
+    ("strided", (40, 3000), (3, 3), 2, 1, 200, 0, 2**16),
+    ("3d", (6, 20, 900), (3, 5, 3), 1, 1, 64, 0, 2**15),
+    ("1d", (50_000,), (9,), 1, 1, 64, 0, 2**12),
+    # the views' chunks: the slab, its gradient and the pair scales per input position, the
+    # pair scales and the variant's work per output position
+    ("slab-and-outputs", (40, 3000), (3, 3), 1, 2, 160, 96, 2**16),
+    ("3d-slab-and-outputs", (10, 30, 30), (3, 3, 3), 1, 1, 384, 384, 2**18),
+    ("strided-slab-and-outputs", (40, 3000), (5, 5), 2, 1, 160, 96, 2**16),
 ]
 
 
 @pytest.mark.parametrize("case", SLABS, ids=[case[0] for case in SLABS])
 def test_slabs_with_their_halo_fit_the_budget(case):
-    _, size, kernel, stride, dilation, bytes_per_position, budget = case
+    _, size, kernel, stride, dilation, per_input, per_output, budget = case
     geometry = make_geometry(size, kernel, stride=stride, dilation=dilation)
-    line = math.prod(geometry.output_size[1:]) * bytes_per_position
-    chunks = plan_chunks(geometry, 2, bytes_per_position, budget, per_input=True)
+    line = math.prod(geometry.output_size[1:]) * per_input
+    chunks = plan_chunks(geometry, 2, per_output, budget, bytes_per_input=per_input)
     covered = 0
     for chunk in chunks:
         samples = chunk.samples.stop - chunk.samples.start
         slab = math.prod(part.stop - part.start for part in chunk.slab)
-        assert samples * slab * bytes_per_position <= budget
-        covered += samples * chunk.geometry.num_positions
+        outputs = chunk.geometry.num_positions
+        assert samples * (slab * per_input + outputs * per_output) <= budget
+        covered += samples * outputs
     assert covered == 2 * geometry.num_positions
     assert line > budget or len(size) == 1  # the case this test is about: one line is over the budget

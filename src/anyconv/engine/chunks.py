@@ -78,40 +78,40 @@ class Chunk:
 
 @lru_cache(maxsize=1024)
 def plan_chunks(
-    geometry: Geometry, batch: int, bytes_per_field: int, budget: int, per_input: bool = False
+    geometry: Geometry, batch: int, bytes_per_output: int, budget: int, bytes_per_input: int = 0
 ) -> tuple[Chunk, ...]:
     """The chunks that cover (batch x output positions), each at most ``budget`` bytes when possible.
 
-    ``bytes_per_field`` is what one output position of a chunk costs; with ``per_input``, what one
-    position of the padded input it reads costs (its slab, the kernel's halo included), for work
-    that is laid out over the slab. Only a single output position of a single sample can be over
-    the budget. Every chunk but the last of each range holds at least half the budget, so there
-    are about ``2 * total / budget``.
+    A chunk costs ``bytes_per_output`` per output position it holds plus ``bytes_per_input`` per
+    position of the padded slab it reads (the kernel's halo included), for work laid out over
+    the slab. Only a single output position of a single sample can be over the budget. Every
+    chunk but the last of each range holds at least half the budget, so there are about
+    ``2 * total / budget``.
 
     >>> g = make_geometry((34, 34), 3)
     >>> [(c.samples, c.region[0]) for c in plan_chunks(g, 4, 4 * 9, 2 * 32 * 32 * 36)]
     [(slice(0, 2, None), slice(0, 32, None)), (slice(2, 4, None), slice(0, 32, None))]
     >>> [c.region[1] for c in plan_chunks(make_geometry((1, 100), (1, 3)), 1, 10, 500)]
     [slice(0, 50, None), slice(50, 98, None)]
-    >>> [c.slab[1] for c in plan_chunks(make_geometry((1, 100), (1, 3)), 1, 10, 500, per_input=True)]
+    >>> [c.slab[1] for c in plan_chunks(make_geometry((1, 100), (1, 3)), 1, 0, 500, bytes_per_input=10)]
     [slice(0, 50, None), slice(48, 98, None), slice(96, 100, None)]
     """
     output = geometry.output_size
 
-    # lists, not generators, in the sums below: torch.compile traces this function
-    def extent(axis: int, count: int) -> int:
-        # what ``count`` outputs along ``axis`` cost: themselves, or the input positions they read
-        if not per_input:
-            return count
-        return (count - 1) * geometry.stride[axis] + geometry.field_span[axis]
+    # lists, not generators, in the products below: torch.compile traces this function
+    def cost(counts: tuple[int, ...]) -> int:
+        # a box of ``counts`` outputs per dimension: its outputs and the slab they read
+        spans = zip(counts, geometry.stride, geometry.field_span)
+        slab = math.prod([(count - 1) * step + span for count, step, span in spans])
+        return math.prod(counts) * bytes_per_output + slab * bytes_per_input
 
-    sample_bytes = math.prod([extent(axis, size) for axis, size in enumerate(output)]) * bytes_per_field
+    sample_bytes = cost(output)
     if sample_bytes <= budget:
         samples_per_chunk = max(1, budget // max(1, sample_bytes))
         regions = [tuple(slice(0, size) for size in output)]
     else:
         samples_per_chunk = 1
-        regions = _split_one_sample(output, extent, bytes_per_field, budget)
+        regions = _split_one_sample(output, cost, budget)
     chunks = []
     for region in regions:
         slab = tuple(
@@ -131,28 +131,22 @@ def plan_chunks(
 
 
 def _split_one_sample(
-    output: tuple[int, ...], extent: Callable[[int, int], int], bytes_per_field: int, budget: int
+    output: tuple[int, ...], cost: Callable[[tuple[int, ...]], int], budget: int
 ) -> list[tuple[slice, ...]]:
     """Boxes of one sample's output positions: single indices along the dimensions before ``axis``,
     ranges along ``axis``, the first dimension whose lines (all later dimensions whole) fit.
 
-    ``extent(axis, count)``: the positions ``count`` outputs along ``axis`` cost."""
+    ``cost(counts)``: the bytes of a box of ``counts`` outputs per dimension.
+    """
     ndim = len(output)
 
-    def across(axis: int) -> int:
-        # bytes of a box one position long along ``axis``: one index before it, whole after it
-        leading = math.prod([extent(before, 1) for before in range(axis)])
-        return (
-            leading
-            * math.prod([extent(after, output[after]) for after in range(axis + 1, ndim)])
-            * bytes_per_field
-        )
+    def box(axis: int, count: int) -> tuple[int, ...]:
+        return (*(1,) * axis, count, *output[axis + 1 :])
 
-    axis = next(axis for axis in range(ndim) if axis == ndim - 1 or across(axis) * extent(axis, 1) <= budget)
-    allowed = budget // max(1, across(axis))
-    # the most outputs along ``axis`` whose extent stays within ``allowed``: extent is linear in them
-    halo, per_output = extent(axis, 1) - 1, extent(axis, 2) - extent(axis, 1)
-    step = max(1, (allowed - halo) // max(1, per_output))
+    axis = next(axis for axis in range(ndim) if axis == ndim - 1 or cost(box(axis, 1)) <= budget)
+    # the most outputs along ``axis`` that fit: the cost is linear in them
+    first = cost(box(axis, 1))
+    step = max(1, 1 + (budget - first) // max(1, cost(box(axis, 2)) - first))
     ranges = [slice(start, min(start + step, output[axis])) for start in range(0, output[axis], step)]
     rest = tuple(slice(0, size) for size in output[axis + 1 :])
     leading = itertools.product(*(range(size) for size in output[:axis]))

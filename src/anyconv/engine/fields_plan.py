@@ -1,7 +1,9 @@
 """The fields path's plan: chunks sized for copied fields, and for the shifted views of its backward.
 
-Both chunkings hold the budget: the fields' chunks count each output position's field, filters
-and working memory; the views' chunks count each position of the padded slab they read.
+The fields' chunks hold the budget, counting each output position's field, filters and working
+memory. The views' chunks hold ``VIEWS_BUDGET_FACTOR`` times it, counting each position of the
+padded slab they read (the kernel's halo included) and the variant's working memory per output
+position.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from .backward_choice import Backward, choose_backward
 from .chunks import plan_chunks
 from .contraction import Plan
 from .shifted_views import shifted_views_fit
+
+#: the views' chunks may hold this many times the budget: their products take the slab in place,
+#: one per kernel tap, and run slower on thinner slabs (docs/engine.md has the measurements)
+VIEWS_BUDGET_FACTOR = 2
 
 
 def fields_plan(
@@ -45,10 +51,14 @@ def fields_plan(
     chunks = plan_chunks(geometry, input.shape[0], bytes_per_field, budget)
     tap_chunks = None
     if choose_backward(variant, (), shifted_views_fit(geometry, weight)) is Backward.VIEWS:
-        # per position of the padded slab a chunk reads (the kernel's halo included): the slab
-        # and its gradient, the pair scales laid out over it, the variant's work
-        bytes_per_position = element * (2 * input.shape[1] + weight.shape[0] + working)
-        tap_chunks = plan_chunks(geometry, input.shape[0], bytes_per_position, budget, per_input=True)
+        # per position of the padded slab a chunk reads (the kernel's halo included): the slab,
+        # its gradient and the pair scales laid out over it; per output position: the variant's
+        # work (its pair scales among it)
+        per_input = element * (2 * input.shape[1] + weight.shape[0])
+        per_output = element * working
+        tap_chunks = plan_chunks(
+            geometry, input.shape[0], per_output, VIEWS_BUDGET_FACTOR * budget, bytes_per_input=per_input
+        )
     options = variant.options
     tensors = tuple(name for name, value in options.items() if isinstance(value, torch.Tensor))
     fixed = tuple((name, value) for name, value in options.items() if name not in tensors)

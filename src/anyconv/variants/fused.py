@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, lru_cache, partial
@@ -35,6 +36,8 @@ TAP_BLOCKS_PER_THREAD = 4
 SPLIT_FILTERS = True
 
 _last_path: str | None = None
+#: (the filters tensor, its version, their padded copy) of the last native call: see _padded_filters
+_last_padded: tuple[weakref.ref, int, torch.Tensor] | None = None
 
 _POINTER, _SIZE, _FLAG, _REAL = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
 #: function -> (source file, pointers, argument types after K, O, m0, m1): the number of threads,
@@ -207,13 +210,32 @@ def _run(calls: list[Callable[[], None]]) -> None:
 
 def _padded_filters(filters: torch.Tensor) -> torch.Tensor:
     """(G, O, K) -> (G, K, O') in the compute dtype, O' the next multiple of the kernels' channel
-    block, zero filled."""
+    block, zero filled.
+
+    The engine hands every chunk of a call the same ``filters`` tensor: the padded copy is made
+    for its first chunk and kept while that tensor lives unchanged (its version counter, which
+    an in-place change of the weight moves too), so a layer of many chunks copies its filters
+    once; the engine's filters live for one call, so nothing is kept past it.
+    """
+    global _last_padded
+    last = _last_padded
+    if last is not None and last[0]() is filters and last[1] == filters._version:
+        return last[2]
     groups, outputs, taps = filters.shape
     dtype = compute_dtype(filters.dtype)
     lanes = 256 // dtype.itemsize
     padded = filters.new_zeros((groups, taps, -(-outputs // lanes) * lanes), dtype=dtype)
     padded[:, :, :outputs] = filters.transpose(1, 2)
+    _last_padded = (weakref.ref(filters, _forget_padded), filters._version, padded)
     return padded
+
+
+def _forget_padded(reference: weakref.ref) -> None:
+    """Drop the padded filters when the tensor they were made from is freed."""
+    global _last_padded
+    last = _last_padded
+    if last is not None and last[0] is reference:
+        _last_padded = None
 
 
 def _padded_rows(rows: torch.Tensor, width: int) -> torch.Tensor:
