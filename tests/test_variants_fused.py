@@ -160,3 +160,28 @@ def test_last_path_answers_eager_for_the_loops_eager_twins(monkeypatch):
     monkeypatch.setenv("ANYCONV_NATIVE", "0")
     anyconv.generalized_conv(torch.randn(1, 4, 5, 5), torch.randn(4, 1, 3, 3), "l1", groups=4)
     assert fused.last_path() == "eager"
+
+
+@needs_native
+@pytest.mark.parametrize("kernel", ["l1", "max_plus"])
+def test_padded_filters_follow_in_place_changes_and_are_dropped_with_their_tensor(kernel):
+    # the engine hands every chunk the same filters tensor; its padded copy is reused only while
+    # that tensor is unchanged, and forgotten once it is freed
+    forward = KERNELS[kernel][0]
+    generator = torch.Generator().manual_seed(3)
+    fields = torch.randn(1, 40, 12, generator=generator, dtype=torch.float64)
+    filters = torch.randn(1, 9, 12, generator=generator, dtype=torch.float64)
+
+    def reference(weights):
+        if kernel == "l1":
+            return -(fields.unsqueeze(2) - weights.unsqueeze(1)).abs().sum(-1)
+        return (fields.unsqueeze(2) + weights.unsqueeze(1)).amax(-1)
+
+    assert torch.allclose(forward(fields, filters), reference(filters))
+    assert torch.allclose(forward(fields[:, :7], filters), reference(filters)[:, :7])
+    filters.mul_(-2.0).add_(0.5)  # in place: the same tensor object, a new version
+    assert torch.allclose(forward(fields, filters), reference(filters))
+    filters[0, 3, 5] = 7.0  # an in-place write through an index
+    assert torch.allclose(forward(fields, filters), reference(filters))
+    del filters
+    assert fused._last_padded is None
