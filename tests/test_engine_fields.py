@@ -210,3 +210,33 @@ def test_no_convolution_of_torch_is_called(channels_last):
     with FunctionalConvolutions() as functional, NativeConvolutions() as native:
         anyconv.conv(x, w, b, padding=1).sum().backward()
     assert functional.seen == [] and native.seen == []
+
+
+#: one-tap fields, copied straight out of the input: (input shape, stride, groups, budget)
+ONE_TAP = [
+    pytest.param((2, 8, 9, 7), 2, 2, 2**30, id="strided-groups"),
+    pytest.param((1, 6, 40, 33), 3, 1, 2**10, id="rows-of-one-sample"),
+    pytest.param((2, 4, 5, 6, 7), (1, 2, 3), 2, 2**30, id="3d"),
+    pytest.param((3, 5, 11), 1, 1, 2**8, id="1d-split"),
+]
+
+
+@pytest.mark.parametrize(("shape", "stride", "groups", "budget"), ONE_TAP)
+@pytest.mark.parametrize("layout", ["channels-first", "channels-last"])
+def test_one_tap_fields_equal_the_slab_route(shape, stride, groups, budget, layout):
+    from anyconv.functional.im2col import field_view
+
+    x = torch.randn(shape, dtype=torch.float64)
+    if layout == "channels-last" and x.dim() in CHANNELS_LAST:
+        x = x.contiguous(memory_format=CHANNELS_LAST[x.dim()])
+    geometry = make_geometry(x.shape[2:], 1, stride=stride)
+    chunks = plan_chunks(geometry, x.shape[0], 8 * x.shape[1], budget)
+    for chunk in chunks:
+        fields = FIELDS.chunk_fields(x, geometry, chunk, groups)
+        # the general route: the chunk's slab, its (here one-tap) fields, then (G, M, Kg)
+        slab = chunk_slab(x, geometry, chunk).movedim(-1, 1)
+        view = field_view(slab, chunk.geometry).unflatten(1, (groups, -1))
+        ndim = geometry.ndim
+        expected = view.permute(1, 0, *range(3, 3 + 2 * ndim), 2).reshape(groups, chunk.num_fields, -1)
+        assert torch.equal(fields, expected)
+    assert len(chunks) > 1 or budget == 2**30

@@ -106,11 +106,18 @@ def chunk_fields(
     With ``buffer`` (from :func:`fields_buffer`) the fields are written into it, and they are
     valid until the next chunk is written there.
     """
-    slab = chunk_slab(input, geometry, chunk).movedim(-1, 1)
     fields_geometry = chunk.geometry
     ndim = geometry.ndim
+    if geometry.kernel_volume == 1 and not geometry.is_padded:
+        # a one-tap field is the input's channel vector at its position: one copy straight out
+        # of the input, without the slab of every position the stride skips
+        kept = [slice(part.start, part.stop, step) for part, step in zip(chunk.slab, geometry.stride)]
+        slab = input[(chunk.samples, slice(None), *kept)]
+        view = slab.unflatten(1, (groups, -1))[(..., *(None,) * ndim)]
+    else:
+        slab = chunk_slab(input, geometry, chunk).movedim(-1, 1)
+        view = field_view(slab, fields_geometry).unflatten(1, (groups, -1))
     samples, channels = slab.shape[:2]
-    view = field_view(slab, fields_geometry).unflatten(1, (groups, channels // groups))
     # (b, G, Cg, *out, *kernel) -> (G, b, *out, *kernel, Cg)
     order = (1, 0, *range(3, 3 + 2 * ndim), 2)
     shape = (groups, samples, *fields_geometry.output_size, *fields_geometry.kernel_size, channels // groups)
