@@ -263,3 +263,31 @@ def test_a_subclass_that_redefines_contract_is_refused_its_parents_backward():
     x, w, _ = _tensors()
     actual = anyconv.generalized_conv(x, w, AutogradCubed, padding=1, groups=2)
     _assert_same_gradients(actual, naive_generalized_conv(x, w, "dot", padding=1, groups=2).pow(3), (x, w))
+
+
+@pytest.mark.parametrize("name", ["l1", "max_plus", "cosine", "polynomial"])
+def test_a_call_with_nothing_to_differentiate_skips_the_function_and_gives_its_numbers(name, monkeypatch):
+    # under no_grad, or with no tensor requiring grad, the fields path runs the chunked forward
+    # alone; with a graph to record it goes through the autograd Function
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 5, 7, 6, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 5, 3, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(4, generator=g, dtype=torch.float64)
+    expected = naive_generalized_conv(x, w, name, b, padding=1)
+    applied = []
+
+    class Counted(paths.GeneralizedConvFunction):
+        @classmethod
+        def apply(cls, *args):
+            applied.append(name)
+            return super().apply(*args)
+
+    monkeypatch.setattr(paths, "GeneralizedConvFunction", Counted)
+    torch.testing.assert_close(anyconv.generalized_conv(x, w, name, b, padding=1), expected)
+    with torch.no_grad():
+        recorded = anyconv.generalized_conv(x, w.requires_grad_(), name, b, padding=1)
+    torch.testing.assert_close(recorded, expected)
+    assert applied == [] and not recorded.requires_grad
+    out = anyconv.generalized_conv(x, w, name, b, padding=1)
+    assert applied == [name] and out.requires_grad
+    torch.testing.assert_close(out.detach(), expected)
