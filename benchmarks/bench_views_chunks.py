@@ -61,7 +61,8 @@ def time_row(name: str, variant: str, factors: list[int], rounds: int) -> str:
     cells = []
     for factor in factors:
         low, middle, high = statistics.quantiles(times[factor], n=4)
-        cells.append(f"{middle:.1f} ms [{low:.1f}, {high:.1f}] ({counts[factor]} chunks)")
+        plural = "" if counts[factor] == 1 else "s"
+        cells.append(f"{middle:.1f} ms [{low:.1f}, {high:.1f}] ({counts[factor]} chunk{plural})")
     return f"| {name} | {variant} | " + " | ".join(cells) + " |"
 
 
