@@ -240,3 +240,21 @@ def test_one_tap_fields_equal_the_slab_route(shape, stride, groups, budget, layo
         expected = view.permute(1, 0, *range(3, 3 + 2 * ndim), 2).reshape(groups, chunk.num_fields, -1)
         assert torch.equal(fields, expected)
     assert len(chunks) > 1 or budget == 2**30
+
+
+@pytest.mark.parametrize(("shape", "stride", "groups", "budget"), ONE_TAP)
+def test_one_tap_field_gradients_fold_back_as_the_adjoint_of_the_copy(shape, stride, groups, budget):
+    # <fields(x), g> = <x, fold(g)> for every chunk: add_field_grads is chunk_fields' adjoint
+    x = torch.randn(shape, dtype=torch.float64)
+    geometry = make_geometry(x.shape[2:], 1, stride=stride)
+    for chunk in plan_chunks(geometry, x.shape[0], 8 * x.shape[1], budget):
+        fields = FIELDS.chunk_fields(x, geometry, chunk, groups)
+        grad_fields = torch.randn_like(fields)
+        folded = torch.zeros_like(x)
+        FIELDS.add_field_grads(folded, grad_fields, geometry, chunk)
+        torch.testing.assert_close((fields * grad_fields).sum(), (x * folded).sum())
+        # only the positions the chunk reads get a gradient
+        untouched = torch.ones_like(x, dtype=torch.bool)
+        kept = [slice(part.start, part.stop, step) for part, step in zip(chunk.slab, geometry.stride)]
+        untouched[(chunk.samples, slice(None), *kept)] = False
+        assert torch.all(folded[untouched] == 0)

@@ -137,6 +137,14 @@ def add_field_grads(
     ndim = geometry.ndim
     groups = grad_fields.shape[0]
     samples = chunk.samples.stop - chunk.samples.start
+    if geometry.kernel_volume == 1 and not geometry.is_padded:
+        # the adjoint of chunk_fields' one-tap copy: each field's gradient goes to its one position
+        kept = [slice(part.start, part.stop, step) for part, step in zip(chunk.slab, geometry.stride)]
+        target = grad_input[(chunk.samples, slice(None), *kept)]
+        # (G, b, *out, Cg) -> (b, G, Cg, *out), the target's (b, C, *out) with C split in groups
+        grads = grad_fields.reshape(groups, samples, *fields_geometry.output_size, -1)
+        target.unflatten(1, (groups, -1)).add_(grads.permute(1, 0, 2 + ndim, *range(2, 2 + ndim)))
+        return
     slab = grad_fields.new_zeros((samples, *fields_geometry.input_size, grad_input.shape[1]))
     image = slab.movedim(-1, 1).unflatten(1, (groups, -1))
     blocks = grad_fields.reshape(
