@@ -185,3 +185,24 @@ def test_padded_filters_follow_in_place_changes_and_are_dropped_with_their_tenso
     assert torch.allclose(forward(fields, filters), reference(filters))
     del filters
     assert fused._last_padded is None
+
+
+@needs_native
+@pytest.mark.parametrize("name", ["l1", "max_plus"])
+def test_inference_mode_calls_of_many_chunks_give_the_no_grad_numbers(name):
+    # filters made under inference_mode have no version counter: the loops pad them per chunk
+    from anyconv.engine.fields_plan import fields_plan
+
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 8, 64, 48, generator=generator)
+    w = torch.randn(6, 8, 3, 3, generator=generator)
+    plan = plan_conv(x, w, resolve_variant(name), 1, 1, 1, 1, "zeros", 2**18)
+    assert plan.path == "fields"
+    assert len(fields_plan(x, w, resolve_variant(name), plan.geometry, 1, plan.budget).chunks) > 2
+    with torch.no_grad():
+        expected = anyconv.generalized_conv(x, w, name, padding=1, memory_budget=2**18)
+    with torch.inference_mode():
+        got = anyconv.generalized_conv(x, w, name, padding=1, memory_budget=2**18)
+        again = anyconv.generalized_conv(x.clone(), w.clone(), name, padding=1, memory_budget=2**18)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(again, expected)

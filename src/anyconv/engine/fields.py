@@ -108,11 +108,10 @@ def chunk_fields(
     """
     fields_geometry = chunk.geometry
     ndim = geometry.ndim
-    if geometry.kernel_volume == 1 and not geometry.is_padded:
+    slab = _one_tap_positions(input, geometry, chunk)
+    if slab is not None:
         # a one-tap field is the input's channel vector at its position: one copy straight out
         # of the input, without the slab of every position the stride skips
-        kept = [slice(part.start, part.stop, step) for part, step in zip(chunk.slab, geometry.stride)]
-        slab = input[(chunk.samples, slice(None), *kept)]
         view = slab.unflatten(1, (groups, -1))[(..., *(None,) * ndim)]
     else:
         slab = chunk_slab(input, geometry, chunk).movedim(-1, 1)
@@ -137,10 +136,9 @@ def add_field_grads(
     ndim = geometry.ndim
     groups = grad_fields.shape[0]
     samples = chunk.samples.stop - chunk.samples.start
-    if geometry.kernel_volume == 1 and not geometry.is_padded:
+    target = _one_tap_positions(grad_input, geometry, chunk)
+    if target is not None:
         # the adjoint of chunk_fields' one-tap copy: each field's gradient goes to its one position
-        kept = [slice(part.start, part.stop, step) for part, step in zip(chunk.slab, geometry.stride)]
-        target = grad_input[(chunk.samples, slice(None), *kept)]
         # (G, b, *out, Cg) -> (b, G, Cg, *out), the target's (b, C, *out) with C split in groups
         grads = grad_fields.reshape(groups, samples, *fields_geometry.output_size, -1)
         target.unflatten(1, (groups, -1)).add_(grads.permute(1, 0, 2 + ndim, *range(2, 2 + ndim)))
@@ -154,6 +152,16 @@ def add_field_grads(
     order = (1, 0, 2 + 2 * ndim, *range(2 + ndim, 2 + 2 * ndim), *range(2, 2 + ndim))
     add_blocks(image, blocks.permute(order), fields_geometry)
     add_image_grad(grad_input, slab.movedim(-1, 1), geometry, chunk)
+
+
+def _one_tap_positions(tensor: torch.Tensor, geometry: Geometry, chunk: Chunk) -> torch.Tensor | None:
+    """The (b, C, *out) view of ``tensor`` (B, C, *spatial) at the positions ``chunk``'s one-tap
+    fields read, or None when the fields are not single input positions (a larger kernel, or
+    zero padding still to apply)."""
+    if geometry.kernel_volume != 1 or geometry.is_padded:
+        return None
+    kept = [slice(part.start, part.stop, step) for part, step in zip(chunk.slab, geometry.stride)]
+    return tensor[(chunk.samples, slice(None), *kept)]
 
 
 def add_image_grad(grad_input: torch.Tensor, image: torch.Tensor, geometry: Geometry, chunk: Chunk) -> None:

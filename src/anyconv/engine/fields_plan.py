@@ -18,7 +18,7 @@ from .contraction import Plan
 from .shifted_views import shifted_views_fit
 
 #: the views' chunks may hold this many times the budget: their products take the slab in place,
-#: one per kernel tap, and run slower on thinner slabs (docs/engine.md has the measurements)
+#: one per kernel tap, and run slower on thinner slabs (measured: docs/benchmarks.md)
 VIEWS_BUDGET_FACTOR = 2
 
 

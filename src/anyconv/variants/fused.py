@@ -215,18 +215,22 @@ def _padded_filters(filters: torch.Tensor) -> torch.Tensor:
     The engine hands every chunk of a call the same ``filters`` tensor: the padded copy is made
     for its first chunk and kept while that tensor lives unchanged (its version counter, which
     an in-place change of the weight moves too), so a layer of many chunks copies its filters
-    once; the engine's filters live for one call, so nothing is kept past it.
+    once; the engine's filters live for one call, so nothing is kept past it. Filters made
+    under ``torch.inference_mode`` have no version counter and are padded for every chunk.
     """
     global _last_padded
+    # an inference tensor (made under torch.inference_mode) has no version counter: no reuse
+    tracked = not filters.is_inference()
     last = _last_padded
-    if last is not None and last[0]() is filters and last[1] == filters._version:
+    if tracked and last is not None and last[0]() is filters and last[1] == filters._version:
         return last[2]
     groups, outputs, taps = filters.shape
     dtype = compute_dtype(filters.dtype)
     lanes = 256 // dtype.itemsize
     padded = filters.new_zeros((groups, taps, -(-outputs // lanes) * lanes), dtype=dtype)
     padded[:, :, :outputs] = filters.transpose(1, 2)
-    _last_padded = (weakref.ref(filters, _forget_padded), filters._version, padded)
+    if tracked:
+        _last_padded = (weakref.ref(filters, _forget_padded), filters._version, padded)
     return padded
 
 
