@@ -526,6 +526,25 @@ inline Vector square_root(const Vector& values) {
 // outputs of one row the channel-vector forward takes together (independent reductions)
 constexpr int kOutputsTogether = 4;
 
+// Hands body(j, values, weight) each tap's weight vector and the values vector of each of COUNT
+// outputs in a run: XS the laid-out channels (position-major, kLanes lanes each), the run's first
+// output at ORIGIN, WS the taps' weights (tap-major, kLanes lanes each)
+template <typename T, int COUNT, typename Body>
+__attribute__((always_inline)) inline void each_tap_vector(const T* xs, const T* ws, int64_t origin,
+                                                           const Geometry& g, Body body) {
+  using Vector = typename Lanes<T>::Vector;
+  constexpr int kLanes = Lanes<T>::kCount;
+  for (int64_t t = 0; t < g.taps; ++t) {
+    const T* at = xs + (origin + g.tap_offsets[t]) * kLanes;
+    Vector weight, values;
+    std::memcpy(&weight, ws + t * kLanes, sizeof(weight));
+    for (int j = 0; j < COUNT; ++j) {
+      std::memcpy(&values, at + j * kLanes, sizeof(values));
+      body(j, values, weight);
+    }
+  }
+}
+
 // COUNT outputs of a row, kLanes channels each, of the reduction OP: ORIGIN the padded position
 // of the first output's first tap; XS the laid-out channels (position-major, kLanes lanes each),
 // WS the taps' weights (tap-major, kLanes lanes each); OUT COUNT vectors
@@ -535,18 +554,11 @@ struct ReducedOutputs {
   __attribute__((always_inline)) static void outputs(const T* xs, const T* ws, const T*, const T*, T* out,
                                                      int64_t origin, const Geometry& g) {
     using Vector = typename Lanes<T>::Vector;
-    constexpr int kLanes = Lanes<T>::kCount;
     Vector acc[COUNT];
     for (int j = 0; j < COUNT; ++j) acc[j] = Vector{} + Op::start();
-    for (int64_t t = 0; t < g.taps; ++t) {
-      const T* at = xs + (origin + g.tap_offsets[t]) * kLanes;
-      Vector weight, values;
-      std::memcpy(&weight, ws + t * kLanes, sizeof(weight));
-      for (int j = 0; j < COUNT; ++j) {
-        std::memcpy(&values, at + j * kLanes, sizeof(values));
-        acc[j] = Op::step(acc[j], values, weight);
-      }
-    }
+    each_tap_vector<T, COUNT>(xs, ws, origin, g, [&](int j, Vector values, Vector weight) {
+      acc[j] = Op::step(acc[j], values, weight);
+    });
     std::memcpy(out, acc, sizeof(acc));
   }
 };
@@ -559,19 +571,12 @@ struct QuotientOutputs {
   __attribute__((always_inline)) static void outputs(const T* xs, const T* ws, const T* scales, const T* offsets,
                                                      T* out, int64_t origin, const Geometry& g) {
     using Vector = typename Lanes<T>::Vector;
-    constexpr int kLanes = Lanes<T>::kCount;
     Vector products[COUNT], squares[COUNT];
     for (int j = 0; j < COUNT; ++j) products[j] = squares[j] = Vector{};
-    for (int64_t t = 0; t < g.taps; ++t) {
-      const T* at = xs + (origin + g.tap_offsets[t]) * kLanes;
-      Vector weight, values;
-      std::memcpy(&weight, ws + t * kLanes, sizeof(weight));
-      for (int j = 0; j < COUNT; ++j) {
-        std::memcpy(&values, at + j * kLanes, sizeof(values));
-        products[j] += values * weight;
-        squares[j] += values * values;
-      }
-    }
+    each_tap_vector<T, COUNT>(xs, ws, origin, g, [&](int j, Vector values, Vector weight) {
+      products[j] += values * weight;
+      squares[j] += values * values;
+    });
     Vector scale, offset;
     std::memcpy(&scale, scales, sizeof(scale));
     std::memcpy(&offset, offsets, sizeof(offset));
