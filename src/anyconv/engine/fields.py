@@ -15,10 +15,11 @@ from typing import Any
 import torch
 
 from ..functional.allocation import check_fits, check_padded_fits
-from ..functional.im2col import add_blocks, field_view
+from ..functional.im2col import field_view
 from ..geometry import Geometry
 from ..geometry.limits import culprit
 from .chunks import Chunk
+from .fields_fold import fold_fields
 
 
 def check_conv_sizes(
@@ -143,14 +144,7 @@ def add_field_grads(
         grads = grad_fields.reshape(groups, samples, *fields_geometry.output_size, -1)
         target.unflatten(1, (groups, -1)).add_(grads.permute(1, 0, 2 + ndim, *range(2, 2 + ndim)))
         return
-    slab = grad_fields.new_zeros((samples, *fields_geometry.input_size, grad_input.shape[1]))
-    image = slab.movedim(-1, 1).unflatten(1, (groups, -1))
-    blocks = grad_fields.reshape(
-        groups, samples, *fields_geometry.output_size, *fields_geometry.kernel_size, -1
-    )
-    # (G, b, *out, *kernel, Cg) -> (b, G, Cg, *kernel, *out), the layout add_blocks reads
-    order = (1, 0, 2 + 2 * ndim, *range(2 + ndim, 2 + 2 * ndim), *range(2, 2 + ndim))
-    add_blocks(image, blocks.permute(order), fields_geometry)
+    slab = fold_fields(grad_fields, fields_geometry, samples)
     add_image_grad(grad_input, slab.movedim(-1, 1), geometry, chunk)
 
 

@@ -1,0 +1,123 @@
+// The fold of the fields path's backward: the gradients of a chunk's receptive fields summed back
+// into the gradient of its padded slab, the adjoint of copying the fields out of it (col2im).
+//
+// Gather form: each slab position finds the (output position, tap) pairs that read it and sums
+// their gradients, taps in kernel order, each position written once. Slab positions are split
+// over the threads without two of them ever writing one element, and the order of the sums is
+// the eager fold's (one add per tap, in kernel order, starting from zero): float32 and float64
+// give its numbers bit for bit; bfloat16 and float16 sum in float and round once.
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "storage_types.h"
+
+namespace {
+
+using anyconv::Compute;
+
+struct FoldGeometry {
+  int64_t samples;    // b, the chunk's samples
+  int64_t groups;     // G
+  int64_t per_group;  // Cg, channels per group
+  int64_t ndim;
+  const int64_t* slab;      // the padded slab's size (ndim)
+  const int64_t* out;       // the chunk's output size (ndim)
+  const int64_t* kernel;    // (ndim)
+  const int64_t* stride;    // (ndim)
+  const int64_t* dilation;  // (ndim)
+};
+
+// fields (G, b, *out, *kernel, Cg) contiguous -> slab (b, *slab, G * Cg) contiguous, every element
+// written (zero where no field reads)
+template <typename S>
+void fold(const S* fields, S* slab, const FoldGeometry& g, int threads) {
+  using T = Compute<S>;
+  const int64_t ndim = g.ndim;
+  int64_t slab_positions = 1, positions = 1, taps = 1, widest = 1;
+  std::vector<int64_t> tap_stride(ndim), place_stride(ndim);
+  for (int64_t d = ndim - 1; d >= 0; --d) {
+    tap_stride[d] = taps;
+    place_stride[d] = positions;
+    slab_positions *= g.slab[d];
+    positions *= g.out[d];
+    taps *= g.kernel[d];
+    widest = std::max(widest, g.kernel[d]);
+  }
+  const int64_t channels = g.groups * g.per_group, per_group = g.per_group;
+  const int64_t items = g.samples * slab_positions;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> sums(per_group);
+    // per dimension, the taps that reach this position and the output places they read it for,
+    // as flat offsets, in increasing tap order
+    std::vector<int64_t> tap_part(ndim * widest), place_part(ndim * widest), count(ndim), index(ndim);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t sample = item / slab_positions;
+      int64_t rest = item % slab_positions;
+      bool reached = true;
+      for (int64_t d = ndim - 1; d >= 0; --d) {
+        const int64_t position = rest % g.slab[d];
+        rest /= g.slab[d];
+        int64_t found = 0;
+        for (int64_t t = 0; t < g.kernel[d]; ++t) {
+          const int64_t reach = position - t * g.dilation[d];
+          if (reach < 0) break;
+          if (reach % g.stride[d] != 0 || reach / g.stride[d] >= g.out[d]) continue;
+          tap_part[d * widest + found] = t * tap_stride[d];
+          place_part[d * widest + found] = reach / g.stride[d] * place_stride[d];
+          ++found;
+        }
+        count[d] = found;
+        reached = reached && found > 0;
+      }
+      S* target = slab + item * channels;
+      if (!reached) {
+        std::fill(target, target + channels, anyconv::narrow<S>(T(0)));
+        continue;
+      }
+      for (int64_t group = 0; group < g.groups; ++group) {
+        std::fill(sums.begin(), sums.end(), T(0));
+        T* sum = sums.data();
+        const S* block = fields + (group * g.samples + sample) * positions * taps * per_group;
+        std::fill(index.begin(), index.end(), 0);
+        for (;;) {
+          int64_t tap = 0, place = 0;
+          for (int64_t d = 0; d < ndim; ++d) {
+            tap += tap_part[d * widest + index[d]];
+            place += place_part[d * widest + index[d]];
+          }
+          const S* source = block + (place * taps + tap) * per_group;
+#pragma omp simd
+          for (int64_t c = 0; c < per_group; ++c) sum[c] += anyconv::widen(source[c]);
+          // the next tap in kernel order (the last dimension fastest)
+          int64_t d = ndim - 1;
+          while (d >= 0 && ++index[d] == count[d]) index[d--] = 0;
+          if (d < 0) break;
+        }
+        S* written = target + group * per_group;
+        for (int64_t c = 0; c < per_group; ++c) written[c] = anyconv::narrow<S>(sum[c]);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+#define FOLD_FIELDS(T, SUFFIX)                                                                            \
+  extern "C" void fold_fields_##SUFFIX(const T* fields, T* slab, int64_t samples, int64_t groups,        \
+                                       int64_t per_group, int64_t ndim, const int64_t* slab_size,        \
+                                       const int64_t* out_size, const int64_t* kernel,                   \
+                                       const int64_t* stride, const int64_t* dilation, int threads) {    \
+    const FoldGeometry g{samples, groups, per_group, ndim, slab_size, out_size, kernel, stride, dilation}; \
+    fold<T>(fields, slab, g, threads);                                                                    \
+  }
+
+FOLD_FIELDS(float, f32)
+FOLD_FIELDS(double, f64)
+FOLD_FIELDS(anyconv::BFloat16, bf16)
+#ifdef ANYCONV_HAVE_FLOAT16
+FOLD_FIELDS(_Float16, f16)
+#endif
