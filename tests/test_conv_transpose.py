@@ -69,6 +69,17 @@ def _assert_matches_torch(case, seed=0, **extra):
     theirs = reference(x, w, b, **options)
     assert ours.shape == theirs.shape
     torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+    # inference (nothing recorded) takes its own route in the col2im form where it is faster
+    # (folded_transpose), and here on every geometry too
+    saved = TRANSPOSE._folds_faster
+    for rule in (saved, lambda *sizes: True):
+        TRANSPOSE._folds_faster = rule
+        try:
+            with torch.no_grad():
+                inferred = anyconv.conv_transpose(x, w, b, **options, **extra)
+        finally:
+            TRANSPOSE._folds_faster = saved
+        torch.testing.assert_close(inferred, theirs, rtol=1e-10, atol=1e-10)
     grad = torch.randn(ours.shape, dtype=DOUBLE, generator=torch.Generator().manual_seed(seed + 1))
     inputs = [tensor for tensor in (x, w, b) if tensor is not None]
     for mine, expected in zip(

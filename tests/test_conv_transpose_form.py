@@ -14,6 +14,7 @@ import torch
 import torch._dynamo
 import torch.nn.functional as F
 from test_conv_transpose import FORMS, forced
+from torch_reference import CONV_TRANSPOSES
 
 import anyconv
 from anyconv.engine.conv_transpose_col2im import col2im_geometry, col2im_sample_bytes
@@ -221,3 +222,52 @@ def test_compiles_as_one_graph_and_exports(form, input, weight, options):
     for mine, reference in zip(grads, torch.autograd.grad(eager.square().sum(), (x, w))):
         torch.testing.assert_close(mine, reference)
     torch._dynamo.reset()
+
+
+INFERENCE_CASES = [
+    # (id, input, weight, options): float32, through oneDNN's inner product and the native fold
+    ("decoder-4x4-stride2", (2, 16, 8, 8), (16, 8, 4, 4), dict(stride=2, padding=1)),
+    (
+        "groups-output-padding-past-the-image",
+        (2, 6, 5, 5),
+        (6, 2, 3, 3),
+        dict(stride=2, output_padding=1, groups=3),
+    ),
+    ("dilated-1d", (3, 4, 9), (4, 5, 3), dict(stride=2, padding=2, dilation=2)),
+    ("3d", (1, 4, 3, 4, 5), (4, 3, 3, 2, 3), dict(stride=2, padding=1)),
+]
+
+
+@pytest.mark.parametrize(
+    ("input", "weight", "options"),
+    [case[1:] for case in INFERENCE_CASES],
+    ids=[case[0] for case in INFERENCE_CASES],
+)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_inference_folds_the_columns_without_autograd(monkeypatch, input, weight, options, channels_last):
+    """No gradient to record, taps that overlap at a stride: the col2im form multiplies without
+    autograd and folds the columns in the fields path's layout (folded_transpose); with a
+    gradient to record, it keeps the autograd form."""
+    taken = []
+    for name in ("folded_transpose", "col2im_transpose"):
+        original = getattr(TRANSPOSE, name)
+        monkeypatch.setattr(
+            TRANSPOSE, name, lambda *args, _f=original, _n=name, **kw: taken.append(_n) or _f(*args, **kw)
+        )
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(input, generator=generator)
+    if channels_last and x.dim() in (4, 5):
+        x = x.to(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+    w = torch.randn(weight, generator=generator)
+    b = torch.randn(weight[1] * options.get("groups", 1), generator=generator)
+    reference = CONV_TRANSPOSES[w.dim() - 2](x, w, b, **options)
+    with forced("auto"):
+        ours = anyconv.conv_transpose(x, w, b, **options)
+        with torch.inference_mode():
+            in_inference_mode = anyconv.conv_transpose(x, w, b, **options)
+        recorded = anyconv.conv_transpose(x, w.requires_grad_(), b, **options)
+    assert taken == ["folded_transpose", "folded_transpose", "col2im_transpose"]
+    for result in (ours, in_inference_mode, recorded):
+        torch.testing.assert_close(result, reference, rtol=1e-4, atol=1e-4)
+        # the layout of the autograd form (torch's own in 2-D: test_conv_transpose's layout test)
+        assert result.stride() == recorded.stride()

@@ -33,9 +33,10 @@ from ..geometry.arguments import is_traced
 from .arguments import check_conv_tensors
 from .chunks import resolve_budget
 from .conv import conv
-from .conv_transpose_col2im import col2im_geometry, col2im_sample_bytes, col2im_transpose
+from .conv_transpose_col2im import col2im_geometry, col2im_sample_bytes, col2im_transpose, folded_transpose
 from .ops_autocast import autocast_dtype, cast
 from .ops_memory_format import output_memory_format
+from .paths import machinery_watches
 
 #: the forms :func:`transposed_form` knows
 FORMS = ("auto", "col2im", "phases")
@@ -118,7 +119,15 @@ def conv_transpose(
     form, samples_per_chunk = transposed_form(
         batched.shape[0], sample_bytes, resolve_budget(memory_budget), FORM, traced=is_traced(output_shape)
     )
-    if form == "col2im":
+    if (
+        form == "col2im"
+        and _folds_faster(kernel_size, steps, spacings)
+        and not _watched(batched, weight, bias)
+    ):
+        output = folded_transpose(
+            batched, weight, bias, groups, geometry, amounts, output_size, samples_per_chunk
+        )
+    elif form == "col2im":
         output = col2im_transpose(batched, weight, groups, geometry, amounts, extra, samples_per_chunk)
         if bias is not None:
             output = output + bias.reshape(-1, *(1,) * ndim)
@@ -126,6 +135,33 @@ def conv_transpose(
         output = _phases(batched, weight, bias, groups, steps, amounts, spacings, output_size, memory_budget)
     output = output.contiguous(memory_format=layout)
     return output.squeeze(0) if was_unbatched else output
+
+
+def _folds_faster(kernel_size: tuple[int, ...], steps: tuple[int, ...], spacings: tuple[int, ...]) -> bool:
+    """Whether the col2im form's inference route (:func:`folded_transpose`) is the faster one: a
+    stride above 1 with taps that overlap (a 3x3 or 4x4 kernel at stride 2). There col2im's
+    adds, one per tap, are strided and the fold's single pass wins; at stride 1 the adds are
+    contiguous, and where taps never overlap (2x2 at stride 2) each is a copy into the
+    channels-first output, both faster than the fold's channels-last image and its transposing
+    copy (measurements in docs/benchmarks.md).
+
+    >>> _folds_faster((4, 4), (2, 2), (1, 1)), _folds_faster((2, 2), (2, 2), (1, 1))
+    (True, False)
+    >>> _folds_faster((3,), (1,), (1,))
+    False
+    """
+    return max(steps) > 1 and any(
+        spacing * (kernel - 1) >= step for kernel, step, spacing in zip(kernel_size, steps, spacings)
+    )
+
+
+def _watched(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records this call (grad mode on, some tensor requiring a gradient) or a
+    compiler, transform or mode watches it: then the col2im form keeps its autograd functions."""
+    recorded = torch.is_grad_enabled() and any(
+        tensor is not None and tensor.requires_grad for tensor in tensors
+    )
+    return recorded or machinery_watches(*tensors)
 
 
 def transposed_form(

@@ -13,6 +13,10 @@ import torch.nn.functional as F
 
 from ..functional.im2col import Col2Im
 from ..geometry import Geometry, make_geometry
+from .blocks import copy_with_bias
+from .field_products import row_product
+from .fields_fold import fold_fields
+from .ops_memory_format import empty_like_input
 
 
 def col2im_geometry(
@@ -92,4 +96,73 @@ def col2im_transpose(
     output = parts[0] if len(parts) == 1 else torch.cat(parts)
     if any(beyond):
         output = F.pad(output, tuple(amount for more in reversed(beyond) for amount in (0, more)))
+    return output
+
+
+def folded_transpose(
+    batched: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    groups: int,
+    geometry: Geometry,
+    padding: tuple[int, ...],
+    output_size: tuple[int, ...],
+    samples_per_chunk: int,
+) -> torch.Tensor:
+    """The col2im form for tensors that need no gradient, in the fields path's layout.
+
+    Per chunk of samples and group, the input's channel vectors (one row per input position)
+    times the weights give each position's columns as a row ordered (tap, out channel): the
+    layout of a field's gradient in the fields path's backward, which its fold
+    (:func:`anyconv.engine.fields_fold.fold_fields`, native where it loads) sums into a
+    channels-last image in one pass. The image's crop is copied into the output, in torch's
+    memory format, with the bias in the same copy; positions past the image (``output_padding``
+    that ``padding`` does not crop) get the bias alone. No autograd: the product runs through
+    oneDNN's inner product where it takes the tensors.
+
+    >>> import torch, torch.nn.functional as F
+    >>> x, w = torch.randn(3, 4, 5, 5, dtype=torch.float64), torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    >>> geometry = col2im_geometry((5, 5), (3, 3), (2, 2), (1, 1))
+    >>> y = folded_transpose(x, w, None, 1, geometry, (1, 1), (10, 10), samples_per_chunk=2)
+    >>> torch.allclose(y, F.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1))
+    True
+    """
+    batch, channels = batched.shape[:2]
+    per_group, out_group, taps = channels // groups, weight.shape[1], geometry.kernel_volume
+    # (C, Og, *kernel) -> (G, K * Og, Cg): a row per (tap, out channel), the fields' order
+    matrices = (
+        weight.reshape(groups, per_group, out_group, taps)
+        .permute(0, 3, 2, 1)
+        .reshape(groups, taps * out_group, per_group)
+    )
+    output = empty_like_input(batched, weight, (batch, groups * out_group, *output_size))
+    # the output positions the image covers once its padding is cropped; the rest (output_padding
+    # past the image) no tap reaches
+    kept = tuple(
+        slice(pad, min(pad + size, full))
+        for pad, size, full in zip(padding, output_size, geometry.padded_size)
+    )
+    inside = tuple(slice(0, part.stop - part.start) for part in kept)
+    per_channel = None if bias is None else bias.view(-1, *(1,) * geometry.ndim)
+    if any(part.stop < size for part, size in zip(inside, output_size)):
+        if per_channel is None:
+            output.zero_()
+        else:
+            output.copy_(per_channel.expand_as(output))
+    for start in range(0, batch, samples_per_chunk):
+        chunk = batched[start : start + samples_per_chunk]
+        samples = chunk.shape[0]
+        # (b, G, Cg, positions) -> (G, b * positions, Cg): a row per input position
+        values = (
+            chunk.reshape(samples, groups, per_group, -1).permute(1, 0, 3, 2).reshape(groups, -1, per_group)
+        )
+        if groups == 1:
+            columns = row_product(values[0], matrices[0], None).unsqueeze(0)
+        else:
+            columns = values.new_empty((groups, values.shape[1], taps * out_group))
+            for group in range(groups):
+                columns[group] = row_product(values[group], matrices[group], None)
+        image = fold_fields(columns, geometry, samples).movedim(-1, 1)
+        target = output[(slice(start, start + samples), slice(None), *inside)]
+        copy_with_bias(target, image[(slice(None), slice(None), *kept)], per_channel)
     return output

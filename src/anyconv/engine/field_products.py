@@ -48,7 +48,7 @@ def write_products(
     for group in range(groups):
         group_bias = None if biases is None else biases[group]
         if not by_sample:
-            result = _product(fields[group], filters[group], group_bias)
+            result = row_product(fields[group], filters[group], group_bias)
             write_block(block[:, group : group + 1], result.unsqueeze(0))
             continue
         column_bias = None if group_bias is None else group_bias.unsqueeze(1)
@@ -58,8 +58,13 @@ def write_products(
             _product_into(target, filters[group], rows, column_bias)
 
 
-def _product(left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``left`` (m, K) times ``right`` (n, K) transposed, plus ``bias`` (n,): (m, n)."""
+def row_product(left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``left`` (m, K) times ``right`` (n, K) transposed, plus ``bias`` (n,): (m, n); no autograd
+    through oneDNN's inner product, so for tensors that need no gradient.
+
+    >>> row_product(torch.ones(2, 3), torch.ones(4, 3), torch.arange(4.0)).tolist()[0]
+    [3.0, 4.0, 5.0, 6.0]
+    """
     if _inner_product_fits(left, right):
         # the bias goes into the product's own pass over its result
         return torch.ops.mkldnn._linear_pointwise(left, right, bias, "none", [], "")
@@ -73,7 +78,7 @@ def _product_into(
 ) -> None:
     """``target`` (m, n), any strides, = ``left`` (m, K) times ``right`` (n, K)^T, plus ``bias`` (m, 1)."""
     if _inner_product_fits(left, right):
-        copy_with_bias(target, _product(left, right, None), bias)
+        copy_with_bias(target, row_product(left, right, None), bias)
     elif bias is None:
         torch.mm(left, right.t(), out=target)
     else:

@@ -71,7 +71,7 @@ def _fields(
     plan: ConvPlan, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: Variant
 ) -> torch.Tensor:
     arguments = variant_arguments(variant)
-    if arguments is not None and _machinery_watches(input, weight, bias):
+    if arguments is not None and machinery_watches(input, weight, bias):
         return run_generalized_conv(
             input, weight, bias, variant, arguments, plan.geometry, plan.groups, plan.budget
         )
@@ -105,7 +105,7 @@ def _fields(
     return GeneralizedConvFunction.apply(input, weight, bias, function_plan, *tensors)
 
 
-def _machinery_watches(*tensors: torch.Tensor | None) -> bool:
+def machinery_watches(*tensors: torch.Tensor | None) -> bool:
     """Whether a call must go through the custom operator ``anyconv::generalized_conv``: under
     torch.compile or torch.export, torch.func's transforms, autocast, a dispatch or function mode,
     or a tensor subclass (fake, functional) among the tensors; else the plain Function computes
