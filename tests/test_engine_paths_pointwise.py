@@ -119,3 +119,40 @@ def test_padded_and_other_variants_take_other_paths():
     x, w = torch.randn(1, 4, 5, 5), torch.randn(2, 4, 1, 1)
     assert plan_conv(x, w, resolve_variant("dot"), 1, 1, 1, 1, "zeros", None).path == "fields"
     assert plan_conv(x, w, resolve_variant("l2"), 1, 0, 1, 1, "zeros", None).path == "fields"
+
+
+CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+LAST_CASES = [case for case in CASES if len(case["x"]) in CHANNELS_LAST and "padding" not in case["with"]] + [
+    {"id": "3d-one-group", "x": (2, 4, 3, 4, 5), "w": (3, 4, 1, 1, 1), "with": {"stride": (1, 2, 2)}}
+]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("case", LAST_CASES, ids=[case["id"] for case in LAST_CASES])
+def test_channels_last_input_equals_the_naive_formula_and_keeps_its_layout(case, name):
+    """A channels-last input's positions are the product's rows: no transposing copy, and the
+    output channels-last (torch's layout in 2-D; test_memory_format has the rule)."""
+    x, w, b = _tensors(case)
+    layout = CHANNELS_LAST[x.dim()]
+    inputs = [
+        x.contiguous(memory_format=layout).requires_grad_(),
+        w.clone().requires_grad_(),
+        b.clone().requires_grad_(),
+    ]
+    naive_inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
+    output = anyconv.generalized_conv(*inputs[:2], name, inputs[2], **case["with"])
+    expected = naive_generalized_conv(*naive_inputs[:2], name, naive_inputs[2], **case["with"])
+    torch.testing.assert_close(output, expected)
+    ambiguous = inputs[0].is_contiguous()  # one position: both layouts at once, torch keeps channels first
+    assert output.is_contiguous(memory_format=torch.contiguous_format if ambiguous else layout)
+    if x.dim() == 4 and name == "dot":
+        assert output.stride() == torch_conv(*inputs, **case["with"]).stride()
+    grad = torch.randn(output.shape, dtype=output.dtype, generator=torch.Generator().manual_seed(1))
+    for got, reference in zip(
+        torch.autograd.grad(output, inputs, grad), torch.autograd.grad(expected, naive_inputs, grad)
+    ):
+        torch.testing.assert_close(got, reference)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: anyconv.generalized_conv(x, w, name, b, **case["with"]),
+        [t.detach().requires_grad_() for t in inputs],
+    )

@@ -12,6 +12,8 @@ from ..geometry import Geometry
 from ..variants import Cosine, Dot, Variant
 from .tap_products import add_bias, divide_by_norms, records_graph, safe_sqrt
 
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
 #: fields (elements) up to which torch's vector_norm takes their norms: over the channels, a
 #: middle dimension, it is slower than a sum of squares on larger fields, but on small ones it is
 #: one autograd node where the sum and the safe root are three
@@ -54,6 +56,15 @@ def pointwise_conv(
     >>> torch.allclose(y, F.conv2d(x, w, stride=2, groups=2))
     True
     """
+    layout = _CHANNELS_LAST.get(input.dim())
+    # channels-last and not also channels-first (as an input of one position is): torch's rule
+    if (
+        groups == 1
+        and layout is not None
+        and input.is_contiguous(memory_format=layout)
+        and not input.is_contiguous()
+    ):
+        return _channels_last(input, weight, bias, variant, geometry, layout)
     steps = tuple(slice(None, None, step) for step in geometry.stride)
     strided = input
     if any(step > 1 for step in geometry.stride):
@@ -76,3 +87,33 @@ def pointwise_conv(
         filter_norms = torch.linalg.vector_norm(filters, dim=2, keepdim=True)
         output = divide_by_norms(output, field_norms, filter_norms, variant.eps, recording)
     return add_bias(output.reshape(batch, weight.shape[0], *strided.shape[2:]), bias, recording)
+
+
+def _channels_last(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    variant: Variant,
+    geometry: Geometry,
+    layout: torch.memory_format,
+) -> torch.Tensor:
+    """One group, a channels-last input: its positions are already the rows (B * positions, C) of
+    the product, and the (rows, O) result is a channels-last output, so nothing is transposed."""
+    if any(step > 1 for step in geometry.stride):
+        steps = tuple(slice(None, None, step) for step in geometry.stride)
+        input = input[(slice(None), slice(None), *steps)].contiguous(memory_format=layout)
+    positions = input.movedim(1, -1)
+    rows = positions.reshape(-1, input.shape[1])
+    filters = weight.reshape(weight.shape[0], -1)
+    recording = records_graph(input, weight, bias)
+    if isinstance(variant, Cosine):
+        output = rows @ filters.T
+        field_norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
+        filter_norms = torch.linalg.vector_norm(filters, dim=1)
+        output = divide_by_norms(output, field_norms, filter_norms, variant.eps, recording)
+        output = add_bias(output.unsqueeze(0).transpose(1, 2), bias, recording).transpose(1, 2)[0]
+    elif bias is None:
+        output = rows @ filters.T
+    else:
+        output = torch.addmm(bias, rows, filters.T)
+    return output.view(*positions.shape[:-1], -1).movedim(-1, 1)
