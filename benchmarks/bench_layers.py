@@ -48,6 +48,8 @@ class Row:
     dilation: int = 1
     groups: int = 1
     transposed: bool = False
+    channels_last: bool = False
+    """the input laid out channels-last, as the network hands it to the layer"""
     extra: dict = field(default_factory=dict)
 
     @property
@@ -97,6 +99,25 @@ ROWS = (
         groups=144,
     ),
     Row("depthwise 7x7", "ConvNeXt-T stage 1 (96 channels)", (2, 96, 56, 56), 96, 7, padding=3, groups=96),
+    # timm's ConvNeXt hands its convolutions channels-last tensors (its norms run on the last dimension)
+    Row(
+        "depthwise 7x7 channels-last",
+        "ConvNeXt-T stage 1, as timm runs it",
+        (2, 96, 56, 56),
+        96,
+        7,
+        padding=3,
+        groups=96,
+        channels_last=True,
+    ),
+    Row(
+        "1x1 channels-last",
+        "ConvNeXt-T stage 1 MLP (96 -> 384), as timm runs it",
+        (2, 96, 56, 56),
+        384,
+        1,
+        channels_last=True,
+    ),
     Row(
         "depthwise 5x5 @7",
         "MobileNetV3-small features.10 (576 channels)",
@@ -166,6 +187,8 @@ def _layer(row: Row, tiny: bool = False):
         span = 1 if row.transposed else (row.kernel_size - 1) * row.dilation + 1
         shape = (1, channels, *(span,) * row.ndim)
     x = torch.randn(shape, generator=generator)
+    if row.channels_last:
+        x = x.contiguous(memory_format=(torch.channels_last, torch.channels_last_3d)[row.ndim - 2])
     w = torch.randn(weight_shape, generator=generator) / math.sqrt(math.prod(weight_shape[1:]))
     b = torch.randn(row.out_channels, generator=generator)
     arguments = dict(stride=row.stride, padding=row.padding, dilation=row.dilation, groups=row.groups)
