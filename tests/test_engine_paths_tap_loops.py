@@ -424,3 +424,31 @@ def test_a_dense_first_layer_equals_the_naive_formula(name, filters):
         torch.testing.assert_close(mine, theirs)
     if name == "dot":
         torch.testing.assert_close(got, torch_conv(x, w, **arguments))
+
+
+CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+@pytest.mark.parametrize(("name", "options"), VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize(
+    "case", [case for case in CASES if len(case["x"]) in CHANNELS_LAST], ids=lambda case: case["id"]
+)
+def test_channels_last_input_equals_the_naive_formula(case, name, options):
+    """A channels-last input (as timm's ConvNeXt gives its depthwise layers): the formula's numbers
+    forward and backward, and a channels-last output."""
+    x, w, b = _tensors(case)
+    layout = CHANNELS_LAST[x.dim()]
+    last = x.contiguous(memory_format=layout).requires_grad_()
+    inputs = [last, w.clone().requires_grad_(), b.clone().requires_grad_()]
+    output = anyconv.generalized_conv(*inputs[:2], name, inputs[2], **case["with"], **options)
+    assert output.is_contiguous(memory_format=layout)
+    naive_inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
+    expected = naive_generalized_conv(*naive_inputs[:2], name, naive_inputs[2], **case["with"])
+    torch.testing.assert_close(output, expected)
+    if name == "l1" and options:
+        return  # AdderNet's rule is not the derivative of the output
+    grad = torch.randn(output.shape, dtype=output.dtype, generator=torch.Generator().manual_seed(1))
+    for got, reference in zip(
+        torch.autograd.grad(output, inputs, grad), torch.autograd.grad(expected, naive_inputs, grad)
+    ):
+        torch.testing.assert_close(got, reference)

@@ -11,6 +11,7 @@ from ..variants import Variant, resolve_variant
 from ..variants.checks import check_call
 from .arguments import check_conv_tensors
 from .ops_autocast import autocast_dtype, cast
+from .ops_memory_format import output_memory_format
 from .paths import run_path
 from .plan import plan_conv
 
@@ -64,4 +65,10 @@ def generalized_conv(
             )
     plan = plan_conv(input, weight, variant, stride, padding, dilation, groups, padding_mode, memory_budget)
     output = run_path(plan, prepare_input(input, plan.unbatched, plan.padding), weight, bias, variant)
-    return output.squeeze(0) if plan.unbatched else output
+    if plan.unbatched:
+        return output.squeeze(0)
+    if plan.padding is not None:
+        # padded in a non-zero mode, the input the path saw is channels first whatever the caller's
+        # layout: the output takes the caller's, as torch's padded convolution keeps it
+        output = output.contiguous(memory_format=output_memory_format(input, weight))
+    return output
