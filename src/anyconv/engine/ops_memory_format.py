@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+#: the channels-last memory format of each tensor rank that has one
+CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
 def output_memory_format(input: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
@@ -18,7 +19,7 @@ def output_memory_format(input: torch.Tensor, weight: torch.Tensor) -> torch.mem
     >>> output_memory_format(x, torch.randn(4, 3, 3, 3))
     torch.channels_last
     """
-    layout = _CHANNELS_LAST.get(input.dim())
+    layout = CHANNELS_LAST.get(input.dim())
     if layout is None:
         return torch.contiguous_format
     for tensor in (input, weight):

@@ -10,9 +10,8 @@ import torch
 
 from ..geometry import Geometry
 from ..variants import Cosine, Dot, Variant
+from .ops_memory_format import CHANNELS_LAST
 from .tap_products import add_bias, divide_by_norms, records_graph, safe_sqrt
-
-_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 #: fields (elements) up to which torch's vector_norm takes their norms: over the channels, a
 #: middle dimension, it is slower than a sum of squares on larger fields, but on small ones it is
@@ -56,7 +55,7 @@ def pointwise_conv(
     >>> torch.allclose(y, F.conv2d(x, w, stride=2, groups=2))
     True
     """
-    layout = _CHANNELS_LAST.get(input.dim())
+    layout = CHANNELS_LAST.get(input.dim())
     # channels-last and not also channels-first (as an input of one position is): torch's rule
     if (
         groups == 1
@@ -111,7 +110,9 @@ def _channels_last(
         field_norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
         filter_norms = torch.linalg.vector_norm(filters, dim=1)
         output = divide_by_norms(output, field_norms, filter_norms, variant.eps, recording)
-        output = add_bias(output.unsqueeze(0).transpose(1, 2), bias, recording).transpose(1, 2)[0]
+        if bias is not None:
+            # one bias per column of the (rows, O) product
+            output = output + bias if recording else output.add_(bias)
     elif bias is None:
         output = rows @ filters.T
     else:
