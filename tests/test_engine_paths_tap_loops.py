@@ -452,3 +452,51 @@ def test_channels_last_input_equals_the_naive_formula(case, name, options):
         torch.autograd.grad(output, inputs, grad), torch.autograd.grad(expected, naive_inputs, grad)
     ):
         torch.testing.assert_close(got, reference)
+
+
+# depthwise layers the loops read channels-last in place: rows wider than a vector, channel counts
+# that leave a partial block of lanes, dilation, strides across rows, 3-D
+IN_PLACE_CASES = [
+    {
+        "id": "wide-rows-partial-block",
+        "x": (2, 20, 9, 21),
+        "w": (20, 1, 3, 3),
+        "with": {"padding": 1, "groups": 20},
+    },
+    {
+        "id": "7x7-many-channels",
+        "x": (1, 40, 18, 17),
+        "w": (40, 1, 7, 7),
+        "with": {"padding": 3, "groups": 40},
+    },
+    {
+        "id": "dilated-row-stride",
+        "x": (2, 17, 11, 19),
+        "w": (17, 1, 3, 3),
+        "with": {"padding": 2, "dilation": 2, "stride": (2, 1), "groups": 17},
+    },
+    {"id": "few-channels", "x": (2, 3, 8, 20), "w": (3, 1, 3, 5), "with": {"padding": (1, 2), "groups": 3}},
+    {"id": "3d", "x": (1, 18, 4, 6, 17), "w": (18, 1, 3, 3, 3), "with": {"padding": 1, "groups": 18}},
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", ["dot", "l1", "max_plus"])
+@pytest.mark.parametrize("case", IN_PLACE_CASES, ids=[case["id"] for case in IN_PLACE_CASES])
+def test_a_channels_last_depthwise_input_is_read_in_place(case, name, dtype):
+    x, w, b = _tensors(case)
+    layout = CHANNELS_LAST[x.dim()]
+    last = x.to(dtype).contiguous(memory_format=layout)
+    assert tap_loops_fit(resolve_variant(name), last, w, case["with"]["groups"])
+    output = anyconv.generalized_conv(last, w.to(dtype), name, b.to(dtype), **case["with"])
+    assert output.dtype == dtype and output.is_contiguous(memory_format=layout)
+    expected = naive_generalized_conv(x, w, name, b, **case["with"])
+    tolerance = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 5e-2}[dtype]
+    torch.testing.assert_close(
+        output.double(), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item()
+    )
+    if dtype == torch.float64:
+        # the same numbers as the channels-first input's loops
+        torch.testing.assert_close(
+            output, anyconv.generalized_conv(x, w, name, b, **case["with"]), rtol=0, atol=0
+        )

@@ -40,6 +40,7 @@ from .ops import (
     variant_arguments,
 )
 from .ops_key import plan_of
+from .ops_memory_format import CHANNELS_LAST
 
 #: at most this many input channels per group take the tap loops: each output then costs that
 #: many taps per kernel position, and the matrix product of the fields path has too few columns
@@ -63,7 +64,7 @@ _COPY_PER_THREAD = 2**16
 _SOURCE = "tap_loops.cpp"
 _POINTER, _SIZE, _FLAG = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _GEOMETRY_ARGUMENTS = (_SIZE,) * 6 + (_POINTER, _POINTER, _SIZE, _POINTER, _SIZE, _SIZE, _FLAG)
-_LAYOUT_ARGUMENTS = (_SIZE, _POINTER, _POINTER, _POINTER, _SIZE)
+_LAYOUT_ARGUMENTS = (_SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _FLAG)
 #: entry point -> (whether it takes the operation code first, how many tensors it takes, whether
 #: it takes an unpadded input and the layout to give it)
 _ENTRY_POINTS = {"tap_forward": (1, 3, True), "tap_backward": (1, 6, False), "tap_quotient": (0, 5, True)}
@@ -203,7 +204,14 @@ def tap_loops_op(
     plan = plan_of(_tap_plan, input, weight, *arguments)
     record_native_call()
     weight = weight.contiguous()
-    output = input.new_empty((input.shape[0], weight.shape[0], *plan.geometry.output_size))
+    output = _output(input, weight, plan.geometry.output_size, plan.groups, plan.geometry.stride[-1])
+    if not output.is_contiguous():
+        # a depthwise layer on a channels-last input: read in place, a vector of channels per
+        # position, into a channels-last output
+        _call("tap_forward", plan, input, weight, output, unpadded=True, channels_last=True)
+        if bias is not None:
+            output += bias.view(-1, *(1,) * plan.geometry.ndim)
+        return output
     if plan.groups > 1 and not input.is_contiguous():
         # a grouped layer's loops lay out each (sample, group) themselves from a channels-first
         # input: one copy into that layout (torch's transposing copy) is faster than padding a
@@ -222,7 +230,27 @@ def tap_loops_op(
 @tap_loops_op.register_fake
 def _(input, weight, bias, variant, options, stride, padding, dilation, groups, memory_budget):
     sizes = output_size(input.shape[2:], weight.shape[2:], stride, padding, dilation)
-    return input.new_empty((input.shape[0], weight.shape[0], *sizes))
+    return _output(input, weight, tuple(sizes), groups, stride[-1])
+
+
+def _output(
+    input: torch.Tensor, weight: torch.Tensor, sizes: tuple[int, ...], groups: int, last_stride: int
+) -> torch.Tensor:
+    """The forward's output: channels-last where the loops read a channels-last input in place
+    (one channel per group, one filter per channel, a stride of 1 along the last dimension, a
+    4-D or 5-D input channels-last and not channels first too), else channels first."""
+    shape = (input.shape[0], weight.shape[0], *sizes)
+    layout = CHANNELS_LAST.get(input.dim())
+    in_place = (
+        layout is not None
+        and groups == input.shape[1] == weight.shape[0]
+        and last_stride == 1
+        and input.is_contiguous(memory_format=layout)
+        and not input.is_contiguous()
+    )
+    if not in_place:
+        return input.new_empty(shape)
+    return torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=layout)
 
 
 @torch.library.custom_op("anyconv::tap_loops_backward", mutates_args=())
@@ -552,17 +580,20 @@ def _call(
     weight: torch.Tensor,
     *tensors: torch.Tensor | None,
     unpadded: bool = False,
+    channels_last: bool = False,
 ) -> None:
     """Run the loops' entry point ``name`` on ``padded`` as :func:`_padded` lays it out or, with
-    ``unpadded`` (forward and quotient only), on the input itself, which they then lay out."""
+    ``unpadded`` (forward and quotient only), on the input itself, which they then lay out
+    (``channels_last``: the input and the output are channels-last, a depthwise layer read in
+    place; see :func:`_output`)."""
     geometry = plan.geometry
     taps, columns, rows, plane = _layout(geometry, weight.shape[1])
     # an entry point that takes a layout reads ndim 0 as "the input is laid out already"
     layout: tuple[Any, ...] = ()
     if unpadded:
-        layout = _layout_arguments(geometry)
+        layout = (*_layout_arguments(geometry), int(channels_last))
     elif _ENTRY_POINTS[name][2]:
-        layout = (0, None, None, None, 1)
+        layout = (0, None, None, None, 1, 0)
     pointers = [tensor.data_ptr() if tensor is not None else None for tensor in (padded, weight, *tensors)]
     _function(name, padded.dtype)(
         *(plan.operation,) * _ENTRY_POINTS[name][0],

@@ -381,6 +381,10 @@ struct Layout {
   const int64_t* before;
   const int64_t* padded;
   int64_t phases;
+  // the input (and the output) channels-last: channel c of position p of sample b at
+  // (b * positions + p) * channels + c; only the channel-vector forward reads it (a depthwise
+  // layer at stride 1 along the last dimension, which the caller checks)
+  bool channels_last = false;
 };
 
 // plane P of x into OUT, its place in the layout (or back, with ADJOINT)
@@ -611,12 +615,23 @@ void forward_channel_vectors(const S* x, const S* w, const Compute<S>* scale, co
       const int count = static_cast<int>(std::min<int64_t>(kLanes, g.channels - first));
       // the lanes past COUNT keep what the block before left (or the start's zeros and ones):
       // computed, never stored
-      for (int lane = 0; lane < count; ++lane) {
-        const S* plane = x + (b * g.channels + first + lane) * input_plane;
-        each_input_row(plane, 0, layout, [&](const S* source, int64_t target_row) {
-          T* target = xs.data() + (target_row * length + left) * kLanes + lane;
-          for (int64_t c = 0; c < width; ++c) target[c * kLanes] = widen(source[c]);
+      if (layout.channels_last) {
+        // each position's COUNT channels are contiguous: one short run per position
+        each_input_row(x, 0, layout, [&](const S* row, int64_t target_row) {
+          const S* source = x + (b * input_plane + (row - x)) * g.channels + first;
+          T* target = xs.data() + (target_row * length + left) * kLanes;
+          for (int64_t c = 0; c < width; ++c, source += g.channels, target += kLanes)
+            for (int lane = 0; lane < count; ++lane) target[lane] = widen(source[lane]);
         });
+      }
+      for (int lane = 0; lane < count; ++lane) {
+        if (!layout.channels_last) {
+          const S* plane = x + (b * g.channels + first + lane) * input_plane;
+          each_input_row(plane, 0, layout, [&](const S* source, int64_t target_row) {
+            T* target = xs.data() + (target_row * length + left) * kLanes + lane;
+            for (int64_t c = 0; c < width; ++c) target[c * kLanes] = widen(source[c]);
+          });
+        }
         for (int64_t t = 0; t < g.taps; ++t) ws[t * kLanes + lane] = widen(w[(first + lane) * g.taps + g.weight_index[t]]);
         if (scale != nullptr) {
           scales[lane] = scale[first + lane];
@@ -633,9 +648,16 @@ void forward_channel_vectors(const S* x, const S* w, const Compute<S>* scale, co
           Outputs::template outputs<1>(xs.data(), ws.data(), scales.data(), offsets.data(), out + i * kLanes,
                                        g.row_offsets[r] + i, g);
       }
-      for (int lane = 0; lane < count; ++lane) {
-        S* target = y + (b * g.channels + first + lane) * output_plane;
-        for (int64_t k = 0; k < output_plane; ++k) target[k] = narrow<S>(outs[k * kLanes + lane]);
+      if (layout.channels_last) {
+        for (int64_t k = 0; k < output_plane; ++k) {
+          S* target = y + (b * output_plane + k) * g.channels + first;
+          for (int lane = 0; lane < count; ++lane) target[lane] = narrow<S>(outs[k * kLanes + lane]);
+        }
+      } else {
+        for (int lane = 0; lane < count; ++lane) {
+          S* target = y + (b * g.channels + first + lane) * output_plane;
+          for (int64_t k = 0; k < output_plane; ++k) target[k] = narrow<S>(outs[k * kLanes + lane]);
+        }
       }
     }
   }
@@ -646,8 +668,10 @@ void forward_channel_vectors(const S* x, const S* w, const Compute<S>* scale, co
 template <typename S>
 bool takes_channel_vectors(const Geometry& g, const Layout* layout) {
   constexpr int64_t kLanes = Lanes<Compute<S>>::kCount;
-  return layout != nullptr && layout->phases == 1 && g.groups == g.channels && g.out_channels == g.channels &&
-         g.width < kLanes && g.channels >= kLanes;
+  const bool depthwise = layout != nullptr && layout->phases == 1 && g.groups == g.channels &&
+                         g.out_channels == g.channels;
+  // a channels-last input is read in place whatever the width: its channels lie side by side
+  return depthwise && (layout->channels_last || (g.width < kLanes && g.channels >= kLanes));
 }
 
 template <typename S, typename Op>
@@ -949,11 +973,11 @@ void backward_any(int operation, const S* x, const S* w, const S* y, const S* gr
                                        int64_t taps, const int64_t* tap_offsets, const int64_t* weight_index, \
                                        int64_t rows, const int64_t* row_offsets, int64_t width, int64_t step,  \
                                        int threads, int64_t ndim, const int64_t* size, const int64_t* before, \
-                                       const int64_t* padded, int64_t phases) {                               \
+                                       const int64_t* padded, int64_t phases, int channels_last) {            \
     /* ndim 0: x is laid out already; else x is the unpadded input, laid out by the loops */               \
     const Geometry g{batch, channels, out_channels, groups, plane, taps, tap_offsets, weight_index, rows,      \
                      row_offsets, width, step};                                                             \
-    const Layout layout{ndim, size, before, padded, phases};                                                \
+    const Layout layout{ndim, size, before, padded, phases, channels_last != 0};                            \
     forward_any<T>(operation, x, w, y, g, ndim > 0 ? &layout : nullptr, threads);                           \
   }                                                                                                         \
   extern "C" void tap_backward_##SUFFIX(int operation, const T* x, const T* w, const T* y, const T* grad,    \
@@ -972,10 +996,10 @@ void backward_any(int operation, const S* x, const S* w, const S* y, const S* gr
                                         int64_t taps, const int64_t* tap_offsets, const int64_t* weight_index, \
                                         int64_t rows, const int64_t* row_offsets, int64_t width, int64_t step, \
                                         int threads, int64_t ndim, const int64_t* size, const int64_t* before, \
-                                        const int64_t* padded, int64_t phases) {                              \
+                                        const int64_t* padded, int64_t phases, int channels_last) {           \
     const Geometry g{batch, channels, out_channels, groups, plane, taps, tap_offsets, weight_index, rows,      \
                      row_offsets, width, step};                                                             \
-    const Layout layout{ndim, size, before, padded, phases};                                                \
+    const Layout layout{ndim, size, before, padded, phases, channels_last != 0};                            \
     quotient<T>(x, w, scale, offset, y, g, ndim > 0 ? &layout : nullptr, threads);                          \
   }
 
