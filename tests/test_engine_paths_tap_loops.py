@@ -500,3 +500,16 @@ def test_a_channels_last_depthwise_input_is_read_in_place(case, name, dtype):
         torch.testing.assert_close(
             output, anyconv.generalized_conv(x, w, name, b, **case["with"]), rtol=0, atol=0
         )
+
+
+@pytest.mark.parametrize("name", ["cosine", "sharpened_cosine"])
+@pytest.mark.parametrize("case", IN_PLACE_CASES, ids=[case["id"] for case in IN_PLACE_CASES])
+def test_a_channels_last_depthwise_quotient_is_read_in_place(case, name):
+    """The cosines' one pass of the loops (anyconv::tap_quotient, no graph to record) on a
+    channels-last input: the formula's numbers, a channels-last output."""
+    x, w, b = _tensors(case)
+    layout = CHANNELS_LAST[x.dim()]
+    with torch.no_grad():
+        output = anyconv.generalized_conv(x.contiguous(memory_format=layout), w, name, b, **case["with"])
+    assert output.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(output, naive_generalized_conv(x, w, name, b, **case["with"]))

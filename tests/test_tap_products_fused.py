@@ -362,6 +362,21 @@ def test_tap_quotient_op_passes_opcheck(case, budget):
     torch.library.opcheck(tap_quotient_op, arguments)
 
 
+def test_tap_quotient_op_passes_opcheck_on_a_channels_last_depthwise_input():
+    """Read in place into a channels-last output: the fake gives the same strides."""
+    generator = torch.Generator().manual_seed(0)
+    input = torch.randn((2, 18, 5, 19), dtype=torch.float64, generator=generator)
+    weight = torch.randn((18, 1, 3, 3), dtype=torch.float64, generator=generator)
+    scale = torch.linalg.vector_norm(weight.flatten(1), dim=1)
+    offset = torch.full_like(scale, 0.25)
+    last = input.contiguous(memory_format=torch.channels_last)
+    arguments = (last, weight, scale, offset, [1, 1], [1, 1, 1, 1], [1, 1], 18, 2**20)
+    torch.library.opcheck(tap_quotient_op, arguments)
+    output = tap_quotient_op(*arguments)
+    assert output.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(output, tap_quotient_op(input, *arguments[1:]))
+
+
 def _recording_backend(graphs):
     def backend(graph, example_inputs):
         graphs.append(graph)

@@ -420,8 +420,11 @@ def tap_quotient_op(
     # bfloat16 and float16 loops compute in float32 (storage_types.h)
     compute = torch.promote_types(input.dtype, torch.float32)
     scale, offset = (values.to(compute).contiguous() for values in (scale, offset))
-    output = input.new_empty((input.shape[0], weight.shape[0], *plan.geometry.output_size))
-    if _lays_out_itself(input, plan):
+    output = _output(input, weight, plan.geometry.output_size, plan.groups, plan.geometry.stride[-1])
+    if not output.is_contiguous():
+        # a depthwise layer on a channels-last input, read in place (see tap_loops_op)
+        _call("tap_quotient", plan, input, weight, scale, offset, output, unpadded=True, channels_last=True)
+    elif _lays_out_itself(input, plan):
         _call("tap_quotient", plan, input, weight, scale, offset, output, unpadded=True)
     else:
         for samples in _sample_chunks(input.shape[0], plan.samples_per_chunk):
@@ -433,7 +436,7 @@ def tap_quotient_op(
 @tap_quotient_op.register_fake
 def _(input, weight, scale, offset, stride, padding, dilation, groups, memory_budget):
     sizes = output_size(input.shape[2:], weight.shape[2:], stride, padding, dilation)
-    return input.new_empty((input.shape[0], weight.shape[0], *sizes))
+    return _output(input, weight, tuple(sizes), groups, stride[-1])
 
 
 def _threads(work: int) -> int:
