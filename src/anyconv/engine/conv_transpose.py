@@ -143,7 +143,7 @@ def _folds_faster(kernel_size: tuple[int, ...], steps: tuple[int, ...], spacings
     adds, one per tap, are strided and the fold's single pass wins; at stride 1 the adds are
     contiguous, and where taps never overlap (2x2 at stride 2) each is a copy into the
     channels-first output, both faster than the fold's channels-last image and its transposing
-    copy (measurements in docs/benchmarks.md).
+    copy (measurements in docs/engine.md).
 
     >>> _folds_faster((4, 4), (2, 2), (1, 1)), _folds_faster((2, 2), (2, 2), (1, 1))
     (True, False)
