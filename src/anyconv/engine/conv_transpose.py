@@ -37,6 +37,7 @@ from .conv_transpose_col2im import col2im_geometry, col2im_sample_bytes, col2im_
 from .ops_autocast import autocast_dtype, cast
 from .ops_memory_format import output_memory_format
 from .paths import machinery_watches
+from .tap_products import records_graph
 
 #: the forms :func:`transposed_form` knows
 FORMS = ("auto", "col2im", "phases")
@@ -125,7 +126,7 @@ def conv_transpose(
         and not _watched(batched, weight, bias)
     ):
         output = folded_transpose(
-            batched, weight, bias, groups, geometry, amounts, output_size, samples_per_chunk
+            batched, weight, bias, groups, geometry, amounts, extra, output_size, samples_per_chunk
         )
     elif form == "col2im":
         output = col2im_transpose(batched, weight, groups, geometry, amounts, extra, samples_per_chunk)
@@ -156,12 +157,9 @@ def _folds_faster(kernel_size: tuple[int, ...], steps: tuple[int, ...], spacings
 
 
 def _watched(*tensors: torch.Tensor | None) -> bool:
-    """Whether autograd records this call (grad mode on, some tensor requiring a gradient) or a
-    compiler, transform or mode watches it: then the col2im form keeps its autograd functions."""
-    recorded = torch.is_grad_enabled() and any(
-        tensor is not None and tensor.requires_grad for tensor in tensors
-    )
-    return recorded or machinery_watches(*tensors)
+    """Whether autograd records this call or a compiler, transform or mode watches it: then the
+    col2im form keeps its autograd functions."""
+    return records_graph(*tensors) or machinery_watches(*tensors)
 
 
 def transposed_form(

@@ -51,6 +51,22 @@ def col2im_sample_bytes(
     return element_size * out_channels * (geometry.kernel_volume * geometry.num_positions + beyond)
 
 
+def image_crop(
+    geometry: Geometry, padding: tuple[int, ...], output_padding: tuple[int, ...]
+) -> tuple[slice, ...]:
+    """The part of col2im's image (``geometry.padded_size``) the output keeps: ``padding`` cropped
+    before, and after it what ``output_padding`` gives back, up to the image's end (output_padding
+    past it is positions no field reaches).
+
+    >>> image_crop(col2im_geometry((5,), (3,), (2,), (1,)), (1,), (1,))
+    (slice(1, 11, None),)
+    """
+    return tuple(
+        slice(pad, full - pad + min(more, pad))
+        for pad, more, full in zip(padding, output_padding, geometry.padded_size)
+    )
+
+
 def col2im_transpose(
     batched: torch.Tensor,
     weight: torch.Tensor,
@@ -83,10 +99,7 @@ def col2im_transpose(
     # output_padding's positions beyond the image, which no field reaches: what padding leaves of it
     beyond = tuple(max(0, more - pad) for pad, more in zip(padding, output_padding))
     # cropping the padding is a view; the copy that follows (cat, bias or layout) makes it whole
-    crop = tuple(
-        slice(pad, full - pad + more - extra)
-        for pad, more, extra, full in zip(padding, output_padding, beyond, geometry.padded_size)
-    )
+    crop = image_crop(geometry, padding, output_padding)
     chunks = [batched] if samples_per_chunk >= batch else batched.split(samples_per_chunk)
     parts = []
     for chunk in chunks:
@@ -106,6 +119,7 @@ def folded_transpose(
     groups: int,
     geometry: Geometry,
     padding: tuple[int, ...],
+    output_padding: tuple[int, ...],
     output_size: tuple[int, ...],
     samples_per_chunk: int,
 ) -> torch.Tensor:
@@ -123,7 +137,7 @@ def folded_transpose(
     >>> import torch, torch.nn.functional as F
     >>> x, w = torch.randn(3, 4, 5, 5, dtype=torch.float64), torch.randn(4, 3, 3, 3, dtype=torch.float64)
     >>> geometry = col2im_geometry((5, 5), (3, 3), (2, 2), (1, 1))
-    >>> y = folded_transpose(x, w, None, 1, geometry, (1, 1), (10, 10), samples_per_chunk=2)
+    >>> y = folded_transpose(x, w, None, 1, geometry, (1, 1), (1, 1), (10, 10), samples_per_chunk=2)
     >>> torch.allclose(y, F.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1))
     True
     """
@@ -138,10 +152,7 @@ def folded_transpose(
     output = empty_like_input(batched, weight, (batch, groups * out_group, *output_size))
     # the output positions the image covers once its padding is cropped; the rest (output_padding
     # past the image) no tap reaches
-    kept = tuple(
-        slice(pad, min(pad + size, full))
-        for pad, size, full in zip(padding, output_size, geometry.padded_size)
-    )
+    kept = image_crop(geometry, padding, output_padding)
     inside = tuple(slice(0, part.stop - part.start) for part in kept)
     per_channel = None if bias is None else bias.view(-1, *(1,) * geometry.ndim)
     if any(part.stop < size for part, size in zip(inside, output_size)):

@@ -12,6 +12,21 @@ import torch
 CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
+def channels_last_format(tensor: torch.Tensor) -> torch.memory_format | None:
+    """``tensor``'s channels-last format where it is laid out so and not channels first too (as a
+    tensor of one position is, which torch takes as channels first), else None.
+
+    >>> channels_last_format(torch.randn(2, 3, 5, 5).to(memory_format=torch.channels_last))
+    torch.channels_last
+    >>> channels_last_format(torch.randn(2, 3, 1, 1).to(memory_format=torch.channels_last)) is None
+    True
+    """
+    layout = CHANNELS_LAST.get(tensor.dim())
+    if layout is None or not tensor.is_contiguous(memory_format=layout) or tensor.is_contiguous():
+        return None
+    return layout
+
+
 def output_memory_format(input: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
     """``torch.channels_last(_3d)`` when ``input`` or ``weight`` is laid out so, else contiguous.
 
@@ -19,15 +34,9 @@ def output_memory_format(input: torch.Tensor, weight: torch.Tensor) -> torch.mem
     >>> output_memory_format(x, torch.randn(4, 3, 3, 3))
     torch.channels_last
     """
-    layout = CHANNELS_LAST.get(input.dim())
-    if layout is None:
-        return torch.contiguous_format
     for tensor in (input, weight):
-        if (
-            tensor.dim() == input.dim()
-            and tensor.is_contiguous(memory_format=layout)
-            and not tensor.is_contiguous()
-        ):
+        layout = channels_last_format(tensor) if tensor.dim() == input.dim() else None
+        if layout is not None:
             return layout
     return torch.contiguous_format
 

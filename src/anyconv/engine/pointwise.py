@@ -10,7 +10,7 @@ import torch
 
 from ..geometry import Geometry
 from ..variants import Cosine, Dot, Variant
-from .ops_memory_format import CHANNELS_LAST
+from .ops_memory_format import channels_last_format
 from .tap_products import add_bias, divide_by_norms, records_graph, safe_sqrt
 
 #: fields (elements) up to which torch's vector_norm takes their norms: over the channels, a
@@ -55,14 +55,8 @@ def pointwise_conv(
     >>> torch.allclose(y, F.conv2d(x, w, stride=2, groups=2))
     True
     """
-    layout = CHANNELS_LAST.get(input.dim())
-    # channels-last and not also channels-first (as an input of one position is): torch's rule
-    if (
-        groups == 1
-        and layout is not None
-        and input.is_contiguous(memory_format=layout)
-        and not input.is_contiguous()
-    ):
+    layout = channels_last_format(input)
+    if groups == 1 and layout is not None:
         return _channels_last(input, weight, bias, variant, geometry, layout)
     steps = tuple(slice(None, None, step) for step in geometry.stride)
     strided = input
@@ -104,16 +98,14 @@ def _channels_last(
     positions = input.movedim(1, -1)
     rows = positions.reshape(-1, input.shape[1])
     filters = weight.reshape(weight.shape[0], -1)
-    recording = records_graph(input, weight, bias)
     if isinstance(variant, Cosine):
+        recording = records_graph(input, weight, bias)
         output = rows @ filters.T
         field_norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
         filter_norms = torch.linalg.vector_norm(filters, dim=1)
         output = divide_by_norms(output, field_norms, filter_norms, variant.eps, recording)
-        if bias is not None:
-            # one bias per column of the (rows, O) product
-            output = output + bias if recording else output.add_(bias)
-    elif bias is None:
+        return add_bias(output.view(*positions.shape[:-1], -1).movedim(-1, 1), bias, recording)
+    if bias is None:
         output = rows @ filters.T
     else:
         output = torch.addmm(bias, rows, filters.T)

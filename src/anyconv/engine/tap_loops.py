@@ -40,7 +40,7 @@ from .ops import (
     variant_arguments,
 )
 from .ops_key import plan_of
-from .ops_memory_format import CHANNELS_LAST
+from .ops_memory_format import channels_last_format
 
 #: at most this many input channels per group take the tap loops: each output then costs that
 #: many taps per kernel position, and the matrix product of the fields path has too few columns
@@ -240,15 +240,8 @@ def _output(
     (one channel per group, one filter per channel, a stride of 1 along the last dimension, a
     4-D or 5-D input channels-last and not channels first too), else channels first."""
     shape = (input.shape[0], weight.shape[0], *sizes)
-    layout = CHANNELS_LAST.get(input.dim())
-    in_place = (
-        layout is not None
-        and groups == input.shape[1] == weight.shape[0]
-        and last_stride == 1
-        and input.is_contiguous(memory_format=layout)
-        and not input.is_contiguous()
-    )
-    if not in_place:
+    layout = channels_last_format(input)
+    if layout is None or not groups == input.shape[1] == weight.shape[0] or last_stride != 1:
         return input.new_empty(shape)
     return torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=layout)
 
