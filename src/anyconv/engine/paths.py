@@ -19,6 +19,7 @@ from ..variants import Variant
 from ..variants.fused import record_eager_call
 from .contraction import GeneralizedConvFunction, contract_chunks
 from .fields_plan import fields_plan
+from .machinery import machinery_watches
 from .ops import op_padding, op_plan, run_generalized_conv, variant_arguments
 from .ops_memory_format import output_memory_format
 from .pointwise import pointwise_conv, pointwise_fits
@@ -103,22 +104,6 @@ def _fields(
         # nothing to differentiate (inference): the forward alone, without autograd's Function
         return contract_chunks(input, weight, bias, function_plan, tuple(tensors))[0]
     return GeneralizedConvFunction.apply(input, weight, bias, function_plan, *tensors)
-
-
-def machinery_watches(*tensors: torch.Tensor | None) -> bool:
-    """Whether a call must go through the custom operator ``anyconv::generalized_conv``: under
-    torch.compile or torch.export, torch.func's transforms, autocast, a dispatch or function mode,
-    or a tensor subclass (fake, functional) among the tensors; else the plain Function computes
-    the same numbers with less overhead."""
-    present = [tensor for tensor in tensors if tensor is not None]
-    return (
-        torch.compiler.is_compiling()
-        or torch._C._are_functorch_transforms_active()
-        or torch._C._len_torch_dispatch_stack() > 0
-        or torch._C._is_torch_function_mode_enabled()
-        or any(torch.is_autocast_enabled(tensor.device.type) for tensor in present)
-        or any(type(tensor) not in (torch.Tensor, torch.nn.Parameter) for tensor in present)
-    )
 
 
 #: the paths, tried in this order; the fields path computes every call

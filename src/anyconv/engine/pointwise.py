@@ -11,7 +11,8 @@ import torch
 from ..geometry import Geometry
 from ..variants import Cosine, Dot, Variant
 from .ops_memory_format import channels_last_format
-from .tap_products import add_bias, divide_by_norms, records_graph, safe_sqrt
+from .tap_norms import divide_by_norms, safe_sqrt
+from .tap_products import add_bias, records_graph
 
 #: fields (elements) up to which torch's vector_norm takes their norms: over the channels, a
 #: middle dimension, it is slower than a sum of squares on larger fields, but on small ones it is

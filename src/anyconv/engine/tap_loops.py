@@ -134,21 +134,7 @@ def tap_loops_conv(
     ...     y = tap_loops_conv(x, w, None, Dot(), make_geometry((6, 6), 3, padding=1), 4, 2**20)
     ...     assert torch.allclose(y, F.conv2d(x, w, padding=1, groups=4))
     """
-    arguments = variant_arguments(variant)
-    assert arguments is not None, "the tap loops take built-in variants only"
-    name, options, _ = arguments
-    return tap_loops_op(
-        input,
-        weight,
-        bias,
-        name,
-        options,
-        list(geometry.stride),
-        op_padding(geometry),
-        list(geometry.dilation),
-        groups,
-        memory_budget,
-    )
+    return tap_loops_op(input, weight, bias, *loops_arguments(variant, geometry, groups, memory_budget))
 
 
 @dataclass(frozen=True)
@@ -309,21 +295,50 @@ def _backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None,
         # not differentiable, the custom operator's are (or it refuses, for a non-smooth variant)
         grad_input, grad_weight = _differentiable_gradients(ctx.arguments, input, weight, grad_output, needs)
     elif needs[0] or needs[1]:
-        groups = ctx.arguments[5]
-        if groups == 1 and weight.shape[0] > MAX_DENSE_LOOPS_BACKWARD_FILTERS:
-            # a dense layer with many filters: the loops' backward takes each filter's taps alone,
-            # the fields path's backward all filters of a block of fields at once
-            found = generalized_conv_backward_op(
-                grad_output, input, weight, [], None, None, *ctx.arguments, list(needs[:2])
-            )
-        else:
-            found = tap_loops_backward_op(grad_output, input, weight, *ctx.arguments, list(needs[:2]))
-        grad_input, grad_weight = (gradient if needed else None for gradient, needed in zip(found, needs))
+        grad_input, grad_weight = loops_gradients(ctx.arguments, input, weight, grad_output, needs[:2])
     grad_bias = bias_grad(grad_output) if needs[2] else None
     return grad_input, grad_weight, grad_bias, *(None,) * len(ctx.arguments)
 
 
 tap_loops_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def loops_gradients(
+    arguments: tuple[Any, ...],
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    grad_output: torch.Tensor,
+    needs: tuple[bool, ...],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The input and weight gradients of ``anyconv::tap_loops`` (its schema ``arguments`` after the
+    bias), None where ``needs`` says False; no graph."""
+    groups = arguments[5]
+    if groups == 1 and weight.shape[0] > MAX_DENSE_LOOPS_BACKWARD_FILTERS:
+        # a dense layer with many filters: the loops' backward takes each filter's taps alone,
+        # the fields path's backward all filters of a block of fields at once
+        found = generalized_conv_backward_op(
+            grad_output, input, weight, [], None, None, *arguments, list(needs)
+        )
+    else:
+        found = tap_loops_backward_op(grad_output, input, weight, *arguments, list(needs))
+    grad_input, grad_weight = (gradient if needed else None for gradient, needed in zip(found, needs))
+    return grad_input, grad_weight
+
+
+def loops_arguments(variant: Variant, geometry: Geometry, groups: int, memory_budget: int) -> tuple[Any, ...]:
+    """The schema arguments of ``anyconv::tap_loops`` after the bias, for a built-in ``variant``."""
+    arguments = variant_arguments(variant)
+    assert arguments is not None, "the tap loops take built-in variants only"
+    name, options, _ = arguments
+    return (
+        name,
+        options,
+        list(geometry.stride),
+        op_padding(geometry),
+        list(geometry.dilation),
+        groups,
+        memory_budget,
+    )
 
 
 def _differentiable_gradients(

@@ -11,31 +11,24 @@ pass instead (:func:`tap_quotient_conv`: p . w, |p|^2 and the division at once).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from ..geometry import Geometry, make_geometry
+from ..geometry import Geometry
 from ..variants import L2, RBF, Cosine, Dot, Polynomial, SharpenedCosine, Variant
+from .machinery import machinery_watches
+from .tap_cosine import composed_cosine, loops_cosine
 from .tap_loops import tap_loops_conv, tap_loops_fit, tap_quotient_conv
+from .tap_norms import Primitive, field_squares, safe_sqrt
 from .triton_conv import triton_conv, triton_conv_fits
 
 _DOT, _L2 = Dot(), L2()
 _VARIANTS = (Cosine, SharpenedCosine, Polynomial, RBF)
-#: from this many outputs on, the cosine's division checks whether it may skip making |p| |w| + eps
-#: (below, that tensor costs less than the check)
-_CHECKED_DIVISION = 2**14
-#: taps' worth of time one more pass of the box sum costs (its call, its padded copy)
-_PASS_COST = 3
 #: whether calls that record no graph take the cosines in one pass of the loops (dot, |p|^2 and the
 #: division together) rather than composed from the loops' dot, a box sum of x^2 and the division
 #: (set it to False to time the composition against the one pass)
 FUSED_QUOTIENT = True
-
-#: a primitive: (input, weight, bias, variant dot or l2, geometry, groups, memory budget) -> output,
-#: the generalized convolution summed tap by tap without copying fields
-Primitive = Callable[[torch.Tensor, torch.Tensor, Any, Variant, Geometry, int, int], torch.Tensor]
 
 
 def tap_products_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
@@ -115,11 +108,19 @@ def tap_products_conv(
     recording = records_graph(input, weight, bias, *options.values())
     primitive = tap_primitive(input, weight, groups)
     assert primitive is not None, "tap_products_fit chose this path"
-    one_pass = FUSED_QUOTIENT and primitive is tap_loops_conv and not recording
-    if one_pass and isinstance(variant, (Cosine, SharpenedCosine)):
+    loops = FUSED_QUOTIENT and primitive is tap_loops_conv
+    if loops and recording and isinstance(variant, Cosine) and not machinery_watches(input, weight, bias):
+        # a backward that keeps the input and the weight only, where the composition below keeps
+        # its products, squares, norms and denominator for autograd
+        return loops_cosine(input, weight, bias, variant.eps, geometry, groups, memory_budget)
+    if loops and not recording and isinstance(variant, (Cosine, SharpenedCosine)):
         output = _fused_cosine(input, weight, variant, geometry, groups, memory_budget)
         return add_bias(output, bias, recording)
-    if isinstance(variant, RBF):
+    if isinstance(variant, Cosine):
+        output = composed_cosine(
+            primitive, input, weight, variant.eps, geometry, groups, memory_budget, recording
+        )
+    elif isinstance(variant, RBF):
         gamma = 1 / weight[0].numel() if options["gamma"] is None else options["gamma"]
         # the primitive's l2 is -sum (p - w)^2, summed tap by tap
         distances = primitive(input, weight, None, _L2, geometry, groups, memory_budget)
@@ -129,15 +130,12 @@ def tap_products_conv(
         if isinstance(variant, Polynomial):
             output = (products + options["c"]).pow(options["degree"])
         else:
-            squares = _field_squares(primitive, input, geometry, groups, memory_budget)
+            squares = field_squares(primitive, input, geometry, groups, memory_budget)
             field_norms = safe_sqrt(squares).unsqueeze(2)
             filter_norms = torch.linalg.vector_norm(weight.flatten(1), dim=1).view(
                 groups, per_group, *(1,) * ndim
             )
-            if isinstance(variant, Cosine):
-                output = divide_by_norms(products, field_norms, filter_norms, variant.eps, recording)
-            else:
-                output = _sharpened(products, field_norms, filter_norms, options["exponent"], options["q"])
+            output = _sharpened(products, field_norms, filter_norms, options["exponent"], options["q"])
     output = output.view(batch, out_channels, *geometry.output_size)
     return add_bias(output, bias, recording)
 
@@ -166,30 +164,6 @@ def add_bias(output: torch.Tensor, bias: torch.Tensor | None, recording: bool) -
         return output
     bias = bias.view(-1, *(1,) * (output.dim() - 2))
     return output + bias if recording else output.add_(bias)
-
-
-def divide_by_norms(
-    products: torch.Tensor, field_norms: torch.Tensor, filter_norms: torch.Tensor, eps: float, recording: bool
-) -> torch.Tensor:
-    """``products / (field_norms * filter_norms + eps)``, the cosine, for norms that broadcast.
-
-    Without a graph to record it writes into ``products``; and where eps is under a quarter of a
-    unit in the last place of every |p| |w| (ordinary data in float32) dividing by |p| |w| + eps
-    rounds as multiplying by 1 / |p| and 1 / |w| does, which needs no tensor of the output's size.
-
-    >>> import torch
-    >>> products, field_norms = torch.tensor([[3.0, 0.0]]), torch.tensor([[2.0, 0.0]])
-    >>> divide_by_norms(products, field_norms, torch.tensor(3.0), 1e-8, False)
-    tensor([[0.5000, 0.0000]])
-    """
-    if recording:
-        return products / (field_norms * filter_norms + eps)
-    if products.numel() >= _CHECKED_DIVISION and not torch.compiler.is_compiling():
-        # amin propagates NaN, which then takes the exact division; zero norms take it too
-        smallest = field_norms.amin() * filter_norms.amin()
-        if smallest * torch.finfo(products.dtype).eps > 4 * eps:
-            return products.mul_(field_norms.reciprocal()).mul_(filter_norms.reciprocal())
-    return products.div_(field_norms * filter_norms + eps)
 
 
 def _fused_cosine(
@@ -250,72 +224,3 @@ def _sharpened(
         powered = torch.where(zero, 0, torch.where(zero, 1, magnitude).pow(exponent))
         return torch.sign(similarity) * powered
     return torch.sign(similarity) * magnitude.pow(exponent)
-
-
-def _field_squares(
-    primitive: Primitive, input: torch.Tensor, geometry: Geometry, groups: int, memory_budget: int
-) -> torch.Tensor:
-    """|p|^2 of every field of every group, (batch, groups, *output): a box sum of x^2 (summed
-    over the group's channels first) over the kernel's taps by the primitive's ``dot`` with a
-    filter of ones, one dimension at a time where that takes fewer taps (a k x k box costs 2k,
-    not k^2, taps per output)."""
-    squares = input * input
-    if input.shape[1] > groups:
-        squares = squares.unflatten(1, (groups, -1)).sum(2)
-    separable = sum(geometry.kernel_size) + _PASS_COST * (geometry.ndim - 1) < geometry.kernel_volume
-    for pass_geometry in _box_passes(geometry) if separable else (geometry,):
-        ones = squares.new_ones((groups, 1, *pass_geometry.kernel_size))
-        squares = primitive(squares, ones, None, _DOT, pass_geometry, groups, memory_budget)
-    return squares
-
-
-def _box_passes(geometry: Geometry) -> list[Geometry]:
-    """The geometries of a box sum one dimension at a time: each slides the kernel, with its
-    stride, padding and dilation, along one dimension over the previous pass's output."""
-    passes, size = [], list(geometry.input_size)
-    for axis in range(geometry.ndim):
-        passes.append(
-            make_geometry(
-                tuple(size),
-                _along(axis, geometry.kernel_size, 1),
-                _along(axis, geometry.stride, 1),
-                _along(axis, geometry.padding, (0, 0)),
-                _along(axis, geometry.dilation, 1),
-            )
-        )
-        size[axis] = geometry.output_size[axis]
-    return passes
-
-
-def _along(axis: int, values: tuple, other: object) -> tuple:
-    """``values`` at ``axis``, ``other`` at every other dimension."""
-    return tuple(value if index == axis else other for index, value in enumerate(values))
-
-
-def safe_sqrt(squares: torch.Tensor) -> torch.Tensor:
-    """The square root, its derivative taken as 0 at 0 (a zero field, such as padding, has no
-    direction: the fields path's rule), NaN where the squares are NaN.
-
-    >>> import torch
-    >>> squares = torch.tensor([0.0, 4.0], requires_grad=True)
-    >>> torch.autograd.grad(safe_sqrt(squares).sum(), squares)[0]
-    tensor([0.0000, 0.2500])
-    """
-    if not squares.requires_grad:
-        return squares.sqrt()
-    return _SafeSqrt.apply(squares)
-
-
-class _SafeSqrt(torch.autograd.Function):
-    """sqrt whose backward gives 0 where the root is 0 (not inf * 0 = NaN); twice differentiable."""
-
-    @staticmethod
-    def forward(ctx: Any, squares: torch.Tensor) -> torch.Tensor:
-        root = squares.sqrt()
-        ctx.save_for_backward(root)
-        return root
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (root,) = ctx.saved_tensors
-        return (grad / (2 * root)).masked_fill(root == 0, 0)

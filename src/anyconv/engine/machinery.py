@@ -1,0 +1,28 @@
+"""Whether torch's machinery watches a call: then the engine takes the routes those tools see
+through (custom operators, composed differentiable steps) instead of its eager shortcuts."""
+
+from __future__ import annotations
+
+import torch
+
+
+def machinery_watches(*tensors: torch.Tensor | None) -> bool:
+    """Whether torch's machinery watches a call on ``tensors`` (None is ignored): torch.compile or
+    torch.export, torch.func's transforms, autocast, a dispatch or function mode, or a tensor
+    subclass (fake, functional) among them. Then the fields path calls the custom operator
+    ``anyconv::generalized_conv`` (else the plain Function computes the same numbers with less
+    overhead), and the eager shortcuts (the folded transpose, the loops' cosine) step aside.
+
+    >>> import torch
+    >>> machinery_watches(torch.ones(2), None)
+    False
+    """
+    present = [tensor for tensor in tensors if tensor is not None]
+    return (
+        torch.compiler.is_compiling()
+        or torch._C._are_functorch_transforms_active()
+        or torch._C._len_torch_dispatch_stack() > 0
+        or torch._C._is_torch_function_mode_enabled()
+        or any(torch.is_autocast_enabled(tensor.device.type) for tensor in present)
+        or any(type(tensor) not in (torch.Tensor, torch.nn.Parameter) for tensor in present)
+    )

@@ -1,0 +1,194 @@
+"""The cosine on the C++ tap loops when autograd records it: a backward that keeps only the input
+and the weight.
+
+Composed from the loops' dot, a box sum of x^2 and the division, autograd would keep the products,
+the squares, the norms and the denominator for the backward, each as large as the output (or the
+input): several activations per layer. Here the forward is one pass of the loops
+(``anyconv::tap_quotient``), and the backward recomputes the quotient y and the field norms |p|,
+then takes, with D = |p| |w| + eps and a = grad / D,
+
+- the input's gradient: the loops' dot gradient of ``a`` plus 2 x times the box sum's adjoint of
+  -(sum over the group's filters of a y |w|) / (2 |p|), 0 where |p| is 0 (a zero field has no
+  direction: the fields path's rule);
+- the weight's gradient: the loops' dot gradient of ``a`` minus (sum over fields of a y |p|) w / |w|.
+
+A second derivative (a backward asked for a graph) differentiates the composed form instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..geometry import Geometry
+from ..variants import Dot
+from .blocks import bias_grad
+from .tap_loops import loops_arguments, loops_gradients, tap_loops_conv, tap_quotient_conv
+from .tap_norms import Primitive, box_sum_adjoint, divide_by_norms, field_squares, safe_sqrt
+
+_DOT = Dot()
+
+
+def loops_cosine(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    eps: float,
+    geometry: Geometry,
+    groups: int,
+    memory_budget: int,
+) -> torch.Tensor:
+    """The cosine of every field of a batched ``input`` with every filter, plus ``bias``, by the tap
+    loops, for calls that record a graph; see the module docstring.
+
+    >>> import torch
+    >>> from anyconv.geometry import make_geometry
+    >>> from anyconv.engine.tap_loops import tap_loops_fit
+    >>> x = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    >>> w = torch.randn(4, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    >>> geometry = make_geometry((6, 6), 3, padding=1)
+    >>> if tap_loops_fit(_DOT, x, w, 4):
+    ...     cosine = lambda x, w: loops_cosine(x, w, None, 1e-8, geometry, 4, 2**20)
+    ...     assert torch.autograd.gradcheck(cosine, (x, w))
+    """
+    return _LoopsCosine.apply(input, weight, bias, eps, geometry, groups, memory_budget)
+
+
+def composed_cosine(
+    primitive: Primitive,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    geometry: Geometry,
+    groups: int,
+    memory_budget: int,
+    recording: bool,
+) -> torch.Tensor:
+    """The cosine composed from the ``primitive``'s dot, the field norms and the division, autograd
+    through each where ``recording``: (batch, out channels, *output), no bias."""
+    batch, ndim = input.shape[0], geometry.ndim
+    grouped = (batch, groups, weight.shape[0] // groups, *geometry.output_size)
+    products = primitive(input, weight, None, _DOT, geometry, groups, memory_budget).view(grouped)
+    field_norms = safe_sqrt(field_squares(primitive, input, geometry, groups, memory_budget)).unsqueeze(2)
+    filter_norms = torch.linalg.vector_norm(weight.flatten(1), dim=1).view(grouped[1:3] + (1,) * ndim)
+    output = divide_by_norms(products, field_norms, filter_norms, eps, recording)
+    return output.view(batch, weight.shape[0], *geometry.output_size)
+
+
+class _LoopsCosine(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        input: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        eps: float,
+        geometry: Geometry,
+        groups: int,
+        memory_budget: int,
+    ) -> torch.Tensor:
+        output = _quotient(input, weight, eps, geometry, groups, memory_budget)
+        if bias is not None:
+            output += bias.view(-1, *(1,) * geometry.ndim)
+        ctx.save_for_backward(input, weight, bias)
+        ctx.arguments = (eps, geometry, groups, memory_budget)
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        input, weight, bias = ctx.saved_tensors
+        eps, geometry, groups, memory_budget = ctx.arguments
+        needs = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():
+            # a graph of the gradients is asked for (a second derivative): the composed form's
+            gradients = _composed_gradients(grad, input, weight, bias, needs, ctx.arguments)
+            return (*gradients, None, None, None, None)
+        grad_input, grad_weight = None, None
+        if needs[0] or needs[1]:
+            grad_input, grad_weight = _gradients(
+                grad, input, weight, eps, geometry, groups, memory_budget, needs
+            )
+        grad_bias = bias_grad(grad) if needs[2] else None
+        return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
+def _quotient(
+    input: torch.Tensor, weight: torch.Tensor, eps: float, geometry: Geometry, groups: int, memory_budget: int
+) -> torch.Tensor:
+    """p . w / (|p| |w| + eps) by one pass of the loops, in the input's dtype."""
+    # the loops' compute type (float32 for bfloat16 and float16)
+    filter_norms = torch.linalg.vector_norm(weight.flatten(1), dim=1, dtype=_compute_type(input))
+    offsets = torch.full_like(filter_norms, eps)
+    return tap_quotient_conv(input, weight, filter_norms, offsets, geometry, groups, memory_budget)
+
+
+def _compute_type(input: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(input.dtype, torch.float32)
+
+
+def _gradients(
+    grad: torch.Tensor,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    geometry: Geometry,
+    groups: int,
+    memory_budget: int,
+    needs: tuple[bool, ...],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The input and weight gradients of the cosine (module docstring), each tensor freed as soon
+    as it is used, so that at most a few output-sized ones live at once."""
+    compute, ndim = _compute_type(input), geometry.ndim
+    filter_norms = torch.linalg.vector_norm(weight.flatten(1), dim=1, dtype=compute)
+    # (groups, filters per group, 1, ...): broadcast against (batch, groups, filters, *output)
+    filter_column = filter_norms.view(groups, -1, *(1,) * ndim)
+    field_norms = field_squares(tap_loops_conv, input, geometry, groups, memory_budget).to(compute).sqrt_()
+    norms = field_norms.unsqueeze(2)
+    scaled = grad.to(compute).unflatten(1, (groups, -1)) / (norms * filter_column + eps)
+    # r = a y, then what goes to the field norms and to the filter norms
+    radial = _quotient(input, weight, eps, geometry, groups, memory_budget).unflatten(1, (groups, -1))
+    radial = radial.to(compute).mul_(scaled)
+    to_filter_norms = (radial * norms).sum((0, *range(3, 3 + ndim))).flatten()
+    to_field_squares = (
+        radial.mul_(filter_column).sum(2).div_(field_norms * -2).masked_fill_(field_norms == 0, 0)
+    )
+    del radial, norms, field_norms
+    arguments = loops_arguments(_DOT, geometry, groups, memory_budget)
+    scaled_grad = scaled.flatten(1, 2).to(input.dtype)
+    del scaled
+    grad_input, grad_weight = loops_gradients(arguments, input, weight, scaled_grad, needs[:2])
+    del scaled_grad
+    if grad_input is not None:
+        adjoint = box_sum_adjoint(
+            tap_loops_conv, to_field_squares.to(input.dtype), geometry, groups, memory_budget
+        )
+        grad_input.unflatten(1, (groups, -1)).addcmul_(
+            input.unflatten(1, (groups, -1)), adjoint.unsqueeze(2), value=2
+        )
+    if grad_weight is not None:
+        direction = (weight.flatten(1).to(compute) / filter_norms[:, None]).masked_fill_(
+            filter_norms[:, None] == 0, 0
+        )
+        grad_weight -= (to_filter_norms[:, None] * direction).view(weight.shape).to(weight.dtype)
+    return grad_input, grad_weight
+
+
+def _composed_gradients(
+    grad: torch.Tensor,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    needs: tuple[bool, ...],
+    arguments: tuple[Any, ...],
+) -> list[torch.Tensor | None]:
+    """The gradients as a graph: the composed form recomputed and differentiated with ``create_graph``."""
+    eps, geometry, groups, memory_budget = arguments
+    wanted = [tensor for tensor, needed in zip((input, weight, bias), needs) if needed and tensor is not None]
+    if not wanted:
+        return [None, None, None]
+    output = composed_cosine(tap_loops_conv, input, weight, eps, geometry, groups, memory_budget, True)
+    if bias is not None:
+        output = output + bias.view(-1, *(1,) * geometry.ndim)
+    found = iter(torch.autograd.grad(output, wanted, grad, create_graph=True, allow_unused=True))
+    return [next(found) if needed else None for needed in needs]
