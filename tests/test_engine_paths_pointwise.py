@@ -12,7 +12,7 @@ from torch_reference import torch_conv
 from variant_reference import naive_generalized_conv
 
 import anyconv
-from anyconv.engine import paths, pointwise
+from anyconv.engine import paths, pointwise, pointwise_cosine
 from anyconv.engine.plan import clear_plans, plan_conv
 from anyconv.variants import resolve_variant
 
@@ -95,9 +95,16 @@ def test_gradcheck(case, name):
     )
 
 
-@pytest.mark.parametrize("small_fields", [pointwise.SMALL_FIELDS, 0], ids=["vector-norm", "sum-of-squares"])
-def test_a_zero_field_has_the_gradient_of_the_fields_path(monkeypatch, small_fields):
-    monkeypatch.setattr(pointwise, "SMALL_FIELDS", small_fields)
+@pytest.mark.parametrize(
+    ("small_fields", "composed"),
+    [(pointwise_cosine.SMALL_FIELDS, True), (0, True), (0, False)],
+    ids=["composed-vector-norm", "composed-sum-of-squares", "recomputing-backward"],
+)
+def test_a_zero_field_has_the_gradient_of_the_fields_path(monkeypatch, small_fields, composed):
+    monkeypatch.setattr(pointwise_cosine, "SMALL_FIELDS", small_fields)
+    # the composed form is what a watched call (torch.compile, export, func) differentiates
+    monkeypatch.setattr(pointwise, "machinery_watches", lambda *tensors: composed)
+    monkeypatch.setattr(pointwise_cosine, "RECOMPUTE_OUTPUTS", 0)
     x, w, _ = _tensors(CASES[0])
     x[:, :, 1, 2] = 0
 

@@ -1,7 +1,7 @@
 """The pointwise path: a 1x1 convolution is a matrix product over channels, with no fields at all.
 
 The (strided) input, seen as (B, G, Cg, L), is multiplied by the weight (G, Og, Cg) for ``dot``,
-and divided by the norms for ``cosine``; autograd differentiates the product and the norms.
+and divided by the norms for ``cosine`` (``engine/pointwise_cosine.py``).
 """
 
 from __future__ import annotations
@@ -10,14 +10,10 @@ import torch
 
 from ..geometry import Geometry
 from ..variants import Cosine, Dot, Variant
+from .machinery import machinery_watches
 from .ops_memory_format import channels_last_format
-from .tap_norms import divide_by_norms, safe_sqrt
+from .pointwise_cosine import composed_cosine, pointwise_cosine, recomputes
 from .tap_products import add_bias, records_graph
-
-#: fields (elements) up to which torch's vector_norm takes their norms: over the channels, a
-#: middle dimension, it is slower than a sum of squares on larger fields, but on small ones it is
-#: one autograd node where the sum and the safe root are three
-SMALL_FIELDS = 2**14
 
 
 def pointwise_fits(variant: Variant, input: torch.Tensor, geometry: Geometry) -> bool:
@@ -71,15 +67,10 @@ def pointwise_conv(
     fields = strided.flatten(2).unflatten(1, (groups, input.shape[1] // groups))
     filters = weight.reshape(groups, weight.shape[0] // groups, -1)
     recording = records_graph(input, weight, bias)
-    output = torch.matmul(filters, fields)
     if isinstance(variant, Cosine):
-        # both give a zero field the fields path's gradient (0)
-        if fields.numel() <= SMALL_FIELDS:
-            field_norms = torch.linalg.vector_norm(fields, dim=2, keepdim=True)
-        else:
-            field_norms = safe_sqrt((fields * fields).sum(2, keepdim=True))
-        filter_norms = torch.linalg.vector_norm(filters, dim=2, keepdim=True)
-        output = divide_by_norms(output, field_norms, filter_norms, variant.eps, recording)
+        output = _cosine(fields, filters, bias, variant, recording, rows=False)
+        return output.reshape(batch, weight.shape[0], *strided.shape[2:])
+    output = torch.matmul(filters, fields)
     return add_bias(output.reshape(batch, weight.shape[0], *strided.shape[2:]), bias, recording)
 
 
@@ -100,14 +91,31 @@ def _channels_last(
     rows = positions.reshape(-1, input.shape[1])
     filters = weight.reshape(weight.shape[0], -1)
     if isinstance(variant, Cosine):
-        recording = records_graph(input, weight, bias)
-        output = rows @ filters.T
-        field_norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
-        filter_norms = torch.linalg.vector_norm(filters, dim=1)
-        output = divide_by_norms(output, field_norms, filter_norms, variant.eps, recording)
-        return add_bias(output.view(*positions.shape[:-1], -1).movedim(-1, 1), bias, recording)
+        output = _cosine(rows, filters, bias, variant, records_graph(input, weight, bias), rows=True)
+        return output.view(*positions.shape[:-1], -1).movedim(-1, 1)
     if bias is None:
         output = rows @ filters.T
     else:
         output = torch.addmm(bias, rows, filters.T)
     return output.view(*positions.shape[:-1], -1).movedim(-1, 1)
+
+
+def _cosine(
+    fields: torch.Tensor,
+    filters: torch.Tensor,
+    bias: torch.Tensor | None,
+    variant: Cosine,
+    recording: bool,
+    rows: bool,
+) -> torch.Tensor:
+    """The cosine plus ``bias`` of ``fields`` and ``filters`` in either layout (``pointwise_cosine``)."""
+    if recording and recomputes(fields, filters, rows) and not machinery_watches(fields, filters, bias):
+        # a backward that keeps the fields and filters only, where the composition keeps the
+        # products and the denominator, each the output's size
+        return pointwise_cosine(fields, filters, bias, variant.eps, rows)
+    output = composed_cosine(fields, filters, variant.eps, rows, recording)
+    if bias is None:
+        return output
+    # (O,) along the rows' last dimension, or (G, Og, 1) against the columns' (B, G, Og, L)
+    shaped = bias if rows else bias.view(*filters.shape[:2], 1)
+    return output + shaped if recording else output.add_(shaped)

@@ -1,0 +1,173 @@
+"""The pointwise path's cosine when autograd records it: a backward that keeps only the fields and
+the filters.
+
+Composed, autograd keeps the products and the denominator |p| |w| + eps for the division's backward,
+each as large as the output (a 1x1 layer that widens 96 channels to 384 has an output four times its
+input). Here the forward computes the cosine without a graph, and the backward recomputes the
+products s and the norms, then takes, with D = |p| |w| + eps, a = grad / D and r = a s / D,
+
+- the fields' gradient: a times the filters, minus (sum over filters of r |w|) p / |p|;
+- the filters' gradient: a times the fields, minus (sum over fields of r |p|) w / |w|,
+
+the radial terms 0 where a norm is 0 (a zero field or filter has no direction: the fields path's
+rule). A second derivative (a backward asked for a graph) differentiates the composed form instead.
+
+Two layouts, as the pointwise path multiplies them: ``rows`` (M, C) fields and (O, C) filters
+giving (M, O) (a channels-last input, one group), or columns, (B, G, Cg, L) fields and (G, Og, Cg)
+filters giving (B, G, Og, L).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .tap_norms import divide_by_norms, safe_sqrt
+
+#: fields (elements) up to which torch's vector_norm takes their norms in columns: over the
+#: channels, a middle dimension, it is slower than a sum of squares on larger fields, but on small
+#: ones it is one autograd node where the sum and the safe root are three
+SMALL_FIELDS = 2**14
+#: outputs from which a recorded call takes the recomputing backward: below, memory is no matter and
+#: the composed form's few autograd nodes cost less than this backward's Python (a squeeze-excitation
+#: layer, 1x1 on 1x1 images, ran slower with it: docs/benchmarks.md)
+RECOMPUTE_OUTPUTS = 2**16
+
+
+def pointwise_cosine(
+    fields: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor | None, eps: float, rows: bool
+) -> torch.Tensor:
+    """The cosine of every field with every filter, plus ``bias``, in the layout ``rows`` names
+    (module docstring), for calls that record a graph.
+
+    >>> import torch
+    >>> fields = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    >>> filters = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    >>> torch.autograd.gradcheck(lambda p, w: pointwise_cosine(p, w, None, 1e-8, True), (fields, filters))
+    True
+    """
+    return _PointwiseCosine.apply(fields, filters, bias, eps, rows)
+
+
+def recomputes(fields: torch.Tensor, filters: torch.Tensor, rows: bool) -> bool:
+    """Whether a recorded call takes :func:`pointwise_cosine`: its output has at least
+    ``RECOMPUTE_OUTPUTS`` elements.
+
+    >>> recomputes(torch.ones(8, 96), torch.ones(24, 96), rows=True)
+    False
+    """
+    # fields (M, C) or (B, G, Cg, L) meet filters (O, C) or (G, Og, Cg)
+    outputs = fields.numel() // fields.shape[_channels(rows)] * filters.shape[-2]
+    return outputs >= RECOMPUTE_OUTPUTS
+
+
+def composed_cosine(
+    fields: torch.Tensor, filters: torch.Tensor, eps: float, rows: bool, recording: bool
+) -> torch.Tensor:
+    """The cosine composed from the product, the norms and the division, autograd through each
+    where ``recording``; no bias."""
+    products = _products(fields, filters, rows)
+    if rows or fields.numel() <= SMALL_FIELDS:
+        # a zero field gets the fields path's gradient (0) from either
+        field_norms = torch.linalg.vector_norm(fields, dim=_channels(rows), keepdim=True)
+    else:
+        field_norms = safe_sqrt((fields * fields).sum(_channels(rows), keepdim=True))
+    filter_norms = torch.linalg.vector_norm(filters, dim=-1, keepdim=not rows)
+    return divide_by_norms(products, field_norms, filter_norms, eps, recording)
+
+
+def _channels(rows: bool) -> int:
+    """The fields' channel dimension."""
+    return -1 if rows else -2
+
+
+def _products(fields: torch.Tensor, filters: torch.Tensor, rows: bool) -> torch.Tensor:
+    return fields @ filters.T if rows else filters @ fields
+
+
+def _bias_view(bias: torch.Tensor, filters: torch.Tensor, rows: bool) -> torch.Tensor:
+    """``bias`` (O,) as it broadcasts against the output."""
+    return bias if rows else bias.view(*filters.shape[:2], 1)
+
+
+class _PointwiseCosine(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        fields: torch.Tensor,
+        filters: torch.Tensor,
+        bias: torch.Tensor | None,
+        eps: float,
+        rows: bool,
+    ) -> torch.Tensor:
+        output = composed_cosine(fields, filters, eps, rows, recording=False)
+        if bias is not None:
+            output += _bias_view(bias, filters, rows)
+        ctx.save_for_backward(fields, filters, bias)
+        ctx.eps, ctx.rows = eps, rows
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        fields, filters, bias = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():
+            # a graph of the gradients is asked for (a second derivative): the composed form's
+            wanted = [
+                tensor
+                for tensor, needed in zip((fields, filters, bias), needs)
+                if needed and tensor is not None
+            ]
+            output = composed_cosine(fields, filters, ctx.eps, ctx.rows, recording=True)
+            if bias is not None:
+                output = output + _bias_view(bias, filters, ctx.rows)
+            found = iter(torch.autograd.grad(output, wanted, grad, create_graph=True))
+            return (*(next(found) if needed else None for needed in needs), None, None)
+        grad_fields, grad_filters = _gradients(grad, fields, filters, ctx.eps, ctx.rows, needs)
+        grad_bias = None
+        if needs[2]:
+            grad_bias = grad.sum(0) if ctx.rows else grad.sum((0, 3)).flatten()
+        return grad_fields, grad_filters, grad_bias, None, None
+
+
+def _gradients(
+    grad: torch.Tensor,
+    fields: torch.Tensor,
+    filters: torch.Tensor,
+    eps: float,
+    rows: bool,
+    needs: tuple[bool, ...],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The fields' and filters' gradients (module docstring), with at most three tensors of the
+    output's size alive at once: the gradient, the products (then y = s / D, then r = a y) and the
+    denominator (then a = grad / D)."""
+    field_norms = (fields * fields).sum(_channels(rows), keepdim=True).sqrt_()
+    filter_norms = torch.linalg.vector_norm(filters, dim=-1, keepdim=not rows)
+    products = _products(fields, filters, rows)
+    denominator = field_norms * filter_norms + eps
+    products.div_(denominator)
+    scaled = denominator.reciprocal_().mul_(grad)
+    radial = products.mul_(scaled)
+    grad_fields = grad_filters = None
+    if needs[0]:
+        to_fields = (radial * filter_norms).sum(-1 if rows else -2, keepdim=True)
+        grad_fields = scaled @ filters if rows else filters.transpose(-1, -2) @ scaled
+        grad_fields -= _direction(fields, field_norms) * to_fields
+        del to_fields
+    if needs[1]:
+        reduced = (0,) if rows else (0, 3)
+        to_filters = (radial * field_norms).sum(reduced)
+        if rows:
+            grad_filters = scaled.T @ fields
+            to_filters = to_filters[:, None]
+        else:
+            grad_filters = (scaled @ fields.transpose(-1, -2)).sum(0)
+            to_filters = to_filters[..., None]
+        grad_filters -= _direction(filters, filter_norms if not rows else filter_norms[:, None]) * to_filters
+    return grad_fields, grad_filters
+
+
+def _direction(vectors: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """``vectors / norms``, 0 where the norm is 0."""
+    return (vectors / norms).masked_fill_(norms == 0, 0)
