@@ -11,7 +11,7 @@ from functools import lru_cache
 import torch
 
 from ..variants import Dot, Variant
-from .blocks import copy_with_bias, write_block
+from .blocks import write_block
 
 
 def is_plain_product(variant: Variant) -> bool:
@@ -24,38 +24,27 @@ def is_plain_product(variant: Variant) -> bool:
     return type(variant).contract is Dot.contract
 
 
-#: positions of one sample in a chunk from which its product is taken filters first, as (Og, n):
-#: it then lands in a channels-first output with a plain copy where the fields-first (n, Og)
-#: result needs a transposing one; with fewer positions one product over the whole chunk ran faster
-SAMPLE_PRODUCT_POSITIONS = 512
-
-
 def write_products(
     block: torch.Tensor, fields: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor | None
 ) -> None:
     """``block`` (b, G, Og, *positions) = ``fields`` (G, M, Kg) times ``filters`` (G, Og, Kg), plus ``bias``.
+
+    One product per group, fields first: (M, Og) with the bias added in the product's own pass, then
+    written into the block (a transposing copy for a channels-first output). Taken filters first,
+    (Og, n) per sample, it would land in a channels-first output with a plain copy, but oneDNN then
+    takes the fields as its weights: that product ran up to twice as slow, by an amount that
+    changed from one process to the next (docs/benchmarks.md).
 
     >>> block, fields, filters = torch.empty(2, 1, 3, 4), torch.ones(1, 8, 5), torch.ones(1, 3, 5)
     >>> write_products(block, fields, filters, torch.tensor([0.0, 1.0, 2.0]))
     >>> block[1, 0, :, 0].tolist()
     [5.0, 6.0, 7.0]
     """
-    samples, groups, filters_per_group = block.shape[:3]
-    positions = fields.shape[1] // samples
+    groups, filters_per_group = block.shape[1:3]
     biases = None if bias is None else bias.view(groups, filters_per_group)
-    # positions contiguous in the output: channels first
-    by_sample = positions >= SAMPLE_PRODUCT_POSITIONS and block.stride(-1) == 1
     for group in range(groups):
-        group_bias = None if biases is None else biases[group]
-        if not by_sample:
-            result = row_product(fields[group], filters[group], group_bias)
-            write_block(block[:, group : group + 1], result.unsqueeze(0))
-            continue
-        column_bias = None if group_bias is None else group_bias.unsqueeze(1)
-        for sample in range(samples):
-            rows = fields[group, sample * positions : (sample + 1) * positions]
-            target = block[sample, group].view(filters_per_group, positions)
-            _product_into(target, filters[group], rows, column_bias)
+        result = row_product(fields[group], filters[group], None if biases is None else biases[group])
+        write_block(block[:, group : group + 1], result.unsqueeze(0))
 
 
 def row_product(left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -71,18 +60,6 @@ def row_product(left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | No
     if bias is None:
         return torch.mm(left, right.t())
     return torch.addmm(bias, left, right.t())
-
-
-def _product_into(
-    target: torch.Tensor, left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | None
-) -> None:
-    """``target`` (m, n), any strides, = ``left`` (m, K) times ``right`` (n, K)^T, plus ``bias`` (m, 1)."""
-    if _inner_product_fits(left, right):
-        copy_with_bias(target, row_product(left, right, None), bias)
-    elif bias is None:
-        torch.mm(left, right.t(), out=target)
-    else:
-        torch.addmm(bias, left, right.t(), out=target)
 
 
 def _inner_product_fits(rows: torch.Tensor, filters: torch.Tensor) -> bool:
