@@ -505,8 +505,10 @@ void each_output_plane(const S* x, const S* w, S* y, const Geometry& g, const La
 }
 
 // output rows the forward takes together (see forward_block)
-constexpr int kRowsTogether = 2;
-constexpr int kNarrowRowsTogether = 4;
+constexpr int kRowsTogether = 4;
+constexpr int kNarrowRowsTogether = 8;
+// the quotient's rows (two sums per output: half as many rows)
+constexpr int kQuotientRowsTogether = 2;
 
 // the square root of every lane: one AVX-512 instruction for float where the compiler targets it
 // (GCC vectorised the lane loop with 128-bit instructions only), else lane by lane
@@ -527,8 +529,9 @@ inline Vector square_root(const Vector& values) {
 #endif
 }
 
-// outputs of one row the channel-vector forward takes together (independent reductions)
-constexpr int kOutputsTogether = 4;
+// outputs of one row the channel-vector forward takes together: independent reductions, and each
+// value vector loaded once for all of them a kernel row's taps reach (see each_tap_vector)
+constexpr int kOutputsTogether = 8;
 
 // Hands body(j, values, weight) each tap's weight vector and the values vector of each of COUNT
 // outputs in a run: XS the laid-out channels (position-major, kLanes lanes each), the run's first
@@ -538,14 +541,25 @@ __attribute__((always_inline)) inline void each_tap_vector(const T* xs, const T*
                                                            const Geometry& g, Body body) {
   using Vector = typename Lanes<T>::Vector;
   constexpr int kLanes = Lanes<T>::kCount;
-  for (int64_t t = 0; t < g.taps; ++t) {
+  for (int64_t t = 0; t < g.taps;) {
+    // a run of taps one position apart (a kernel row at dilation 1): the COUNT outputs' values
+    // slide along it, so each value vector is loaded once for every output it reaches; the taps
+    // still meet each output in kernel order
+    int64_t end = t + 1;
+    while (end < g.taps && g.tap_offsets[end] == g.tap_offsets[end - 1] + 1) ++end;
     const T* at = xs + (origin + g.tap_offsets[t]) * kLanes;
-    Vector weight, values;
-    std::memcpy(&weight, ws + t * kLanes, sizeof(weight));
-    for (int j = 0; j < COUNT; ++j) {
-      std::memcpy(&values, at + j * kLanes, sizeof(values));
-      body(j, values, weight);
+    Vector window[COUNT];
+    for (int j = 0; j < COUNT; ++j) std::memcpy(&window[j], at + j * kLanes, sizeof(Vector));
+    for (int64_t u = t; u < end; ++u) {
+      Vector weight;
+      std::memcpy(&weight, ws + u * kLanes, sizeof(weight));
+      for (int j = 0; j < COUNT; ++j) body(j, window[j], weight);
+      if (u + 1 < end) {
+        for (int j = 0; j + 1 < COUNT; ++j) window[j] = window[j + 1];
+        std::memcpy(&window[COUNT - 1], at + (COUNT + u - t) * kLanes, sizeof(Vector));
+      }
     }
+    t = end;
   }
 }
 
@@ -620,8 +634,14 @@ void forward_channel_vectors(const S* x, const S* w, const Compute<S>* scale, co
         each_input_row(x, 0, layout, [&](const S* row, int64_t target_row) {
           const S* source = x + (b * input_plane + (row - x)) * g.channels + first;
           T* target = xs.data() + (target_row * length + left) * kLanes;
-          for (int64_t c = 0; c < width; ++c, source += g.channels, target += kLanes)
-            for (int lane = 0; lane < count; ++lane) target[lane] = widen(source[lane]);
+          if (count == kLanes) {
+            // a whole vector of channels: a fixed count the compiler moves as one vector
+            for (int64_t c = 0; c < width; ++c, source += g.channels, target += kLanes)
+              for (int lane = 0; lane < kLanes; ++lane) target[lane] = widen(source[lane]);
+          } else {
+            for (int64_t c = 0; c < width; ++c, source += g.channels, target += kLanes)
+              for (int lane = 0; lane < count; ++lane) target[lane] = widen(source[lane]);
+          }
         });
       }
       for (int lane = 0; lane < count; ++lane) {
@@ -644,11 +664,20 @@ void forward_channel_vectors(const S* x, const S* w, const Compute<S>* scale, co
         for (; i + kOutputsTogether <= g.width; i += kOutputsTogether)
           Outputs::template outputs<kOutputsTogether>(xs.data(), ws.data(), scales.data(), offsets.data(),
                                                       out + i * kLanes, g.row_offsets[r] + i, g);
+        // a narrow row's (7 x 7 images) or a row's rest: half as many together, not one at a time
+        for (; i + kOutputsTogether / 2 <= g.width; i += kOutputsTogether / 2)
+          Outputs::template outputs<kOutputsTogether / 2>(xs.data(), ws.data(), scales.data(), offsets.data(),
+                                                          out + i * kLanes, g.row_offsets[r] + i, g);
         for (; i < g.width; ++i)
           Outputs::template outputs<1>(xs.data(), ws.data(), scales.data(), offsets.data(), out + i * kLanes,
                                        g.row_offsets[r] + i, g);
       }
-      if (layout.channels_last) {
+      if (layout.channels_last && count == kLanes) {
+        for (int64_t k = 0; k < output_plane; ++k) {
+          S* target = y + (b * output_plane + k) * g.channels + first;
+          for (int lane = 0; lane < kLanes; ++lane) target[lane] = narrow<S>(outs[k * kLanes + lane]);
+        }
+      } else if (layout.channels_last) {
         for (int64_t k = 0; k < output_plane; ++k) {
           S* target = y + (b * output_plane + k) * g.channels + first;
           for (int lane = 0; lane < count; ++lane) target[lane] = narrow<S>(outs[k * kLanes + lane]);
@@ -922,11 +951,11 @@ void quotient(const S* x, const S* w, const Compute<S>* scale, const Compute<S>*
   if (takes_channel_vectors<S>(g, layout))
     return forward_channel_vectors<S, QuotientOutputs<Compute<S>>>(x, w, scale, offset, y, g, *layout, threads);
   each_output_plane(x, w, y, g, layout, threads, [&](const S* source, const S* filter, S* plane, int64_t o) {
-    S* outs[kRowsTogether];
+    S* outs[kQuotientRowsTogether];
     int64_t r = 0;
-    for (; r + kRowsTogether <= g.rows; r += kRowsTogether) {
-      for (int i = 0; i < kRowsTogether; ++i) outs[i] = plane + (r + i) * g.width;
-      quotient_rows<S, kRowsTogether>(source, filter, outs, g.row_offsets + r, g, scale[o], offset[o]);
+    for (; r + kQuotientRowsTogether <= g.rows; r += kQuotientRowsTogether) {
+      for (int i = 0; i < kQuotientRowsTogether; ++i) outs[i] = plane + (r + i) * g.width;
+      quotient_rows<S, kQuotientRowsTogether>(source, filter, outs, g.row_offsets + r, g, scale[o], offset[o]);
     }
     for (; r < g.rows; ++r) {
       outs[0] = plane + r * g.width;
