@@ -513,3 +513,27 @@ def test_a_channels_last_depthwise_quotient_is_read_in_place(case, name):
         output = anyconv.generalized_conv(x.contiguous(memory_format=layout), w, name, b, **case["with"])
     assert output.is_contiguous(memory_format=layout)
     torch.testing.assert_close(output, naive_generalized_conv(x, w, name, b, **case["with"]))
+
+
+@pytest.mark.parametrize("name", ["cosine", "sharpened_cosine"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        {"id": "12-wide-5x5", "x": (2, 32, 12, 12), "w": (32, 1, 5, 5), "with": {"padding": 2, "groups": 32}},
+        {
+            "id": "9-wide-1x3",
+            "x": (1, 16, 5, 9),
+            "w": (16, 1, 1, 3),
+            "with": {"padding": (0, 1), "groups": 16},
+        },
+        {"id": "7-wide", "x": (1, 16, 7, 7), "w": (16, 1, 3, 3), "with": {"padding": 1, "groups": 16}},
+    ],
+    ids=lambda case: case["id"],
+)
+def test_the_quotient_on_rows_narrower_than_a_vector_equals_the_formula(case, name):
+    """Channels first, rows narrower than a vector: the channel-vector quotient, whose |p|^2 is a
+    sum over kernel rows of the rows' sums of squares where a row holds a whole block of outputs."""
+    x, w, b = _tensors(case)
+    with torch.no_grad():
+        output = anyconv.generalized_conv(x, w, name, b, **case["with"])
+    torch.testing.assert_close(output, naive_generalized_conv(x, w, name, b, **case["with"]))

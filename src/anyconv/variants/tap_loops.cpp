@@ -568,9 +568,11 @@ __attribute__((always_inline)) inline void each_tap_vector(const T* xs, const T*
 // WS the taps' weights (tap-major, kLanes lanes each); OUT COUNT vectors
 template <typename T, typename Op>
 struct ReducedOutputs {
+  // whether outputs() reads the sums of squares along kernel rows (see QuotientOutputs)
+  static constexpr bool kRowSquares = false;
   template <int COUNT>
-  __attribute__((always_inline)) static void outputs(const T* xs, const T* ws, const T*, const T*, T* out,
-                                                     int64_t origin, const Geometry& g) {
+  __attribute__((always_inline)) static void outputs(const T* xs, const T* ws, const T*, const T*, const T*,
+                                                     int64_t, T* out, int64_t origin, const Geometry& g) {
     using Vector = typename Lanes<T>::Vector;
     Vector acc[COUNT];
     for (int j = 0; j < COUNT; ++j) acc[j] = Vector{} + Op::start();
@@ -585,16 +587,35 @@ struct ReducedOutputs {
 // vector of each channel's
 template <typename T>
 struct QuotientOutputs {
+  static constexpr bool kRowSquares = true;
+  // ROW_SQUARES (or null): at each position the sum of x^2 over the RUN taps of a kernel row that
+  // start there, so that |p|^2 is a sum over the kernel's rows instead of over every tap
   template <int COUNT>
   __attribute__((always_inline)) static void outputs(const T* xs, const T* ws, const T* scales, const T* offsets,
-                                                     T* out, int64_t origin, const Geometry& g) {
+                                                     const T* row_squares, int64_t run, T* out, int64_t origin,
+                                                     const Geometry& g) {
     using Vector = typename Lanes<T>::Vector;
+    constexpr int kLanes = Lanes<T>::kCount;
     Vector products[COUNT], squares[COUNT];
     for (int j = 0; j < COUNT; ++j) products[j] = squares[j] = Vector{};
-    each_tap_vector<T, COUNT>(xs, ws, origin, g, [&](int j, Vector values, Vector weight) {
-      products[j] += values * weight;
-      squares[j] += values * values;
-    });
+    if (row_squares != nullptr) {
+      each_tap_vector<T, COUNT>(xs, ws, origin, g, [&](int j, Vector values, Vector weight) {
+        products[j] += values * weight;
+      });
+      for (int64_t t = 0; t < g.taps; t += run) {
+        const T* at = row_squares + (origin + g.tap_offsets[t]) * kLanes;
+        for (int j = 0; j < COUNT; ++j) {
+          Vector sums;
+          std::memcpy(&sums, at + j * kLanes, sizeof(sums));
+          squares[j] += sums;
+        }
+      }
+    } else {
+      each_tap_vector<T, COUNT>(xs, ws, origin, g, [&](int j, Vector values, Vector weight) {
+        products[j] += values * weight;
+        squares[j] += values * values;
+      });
+    }
     Vector scale, offset;
     std::memcpy(&scale, scales, sizeof(scale));
     std::memcpy(&offset, offsets, sizeof(offset));
@@ -602,6 +623,35 @@ struct QuotientOutputs {
     std::memcpy(out, products, sizeof(products));
   }
 };
+
+// the length of every run of taps one position apart (each kernel row's, at a dilation of 1 along
+// the last dimension), or 0 when the runs differ or are single taps
+inline int64_t tap_run(const Geometry& g) {
+  int64_t run = 1;
+  while (run < g.taps && g.tap_offsets[run] == g.tap_offsets[run - 1] + 1) ++run;
+  if (run < 2 || g.taps % run != 0) return 0;
+  for (int64_t t = 0; t < g.taps; ++t) {
+    if (t % run != 0 && g.tap_offsets[t] != g.tap_offsets[t - 1] + 1) return 0;
+  }
+  return run;
+}
+
+// SUMS[p] = the sum of XS[p + k]^2 for k < RUN, vectors of kLanes lanes, for every position from
+// which RUN positions fit in the PLANE
+template <typename T>
+void row_sums_of_squares(const T* xs, T* sums, int64_t plane, int64_t run) {
+  using Vector = typename Lanes<T>::Vector;
+  constexpr int kLanes = Lanes<T>::kCount;
+  for (int64_t p = 0; p + run <= plane; ++p) {
+    Vector total{};
+    for (int64_t k = 0; k < run; ++k) {
+      Vector values;
+      std::memcpy(&values, xs + (p + k) * kLanes, sizeof(values));
+      total += values * values;
+    }
+    std::memcpy(sums + p * kLanes, &total, sizeof(total));
+  }
+}
 
 // The forward (OUTPUTS: ReducedOutputs or QuotientOutputs) of a depthwise layer (one input and one
 // output channel per group) on rows narrower than a vector, given the unpadded input and its
@@ -619,10 +669,15 @@ void forward_channel_vectors(const S* x, const S* w, const Compute<S>* scale, co
   for (int64_t d = 0; d < layout.ndim; ++d) input_plane *= layout.size[d];
   const int64_t length = layout.padded[layout.ndim - 1], left = layout.before[layout.ndim - 1];
   const int64_t width = layout.size[layout.ndim - 1];
+  // the quotient's |p|^2 by kernel rows where every kernel row is a run of RUN taps one position
+  // apart (a dilation of 1 along the last dimension), on rows wide enough for whole blocks of
+  // outputs (on 7 x 7 images the sums' pass cost more than it saved)
+  const int64_t run = Outputs::kRowSquares && g.width >= kOutputsTogether ? tap_run(g) : 0;
 #pragma omp parallel num_threads(threads)
   {
     std::vector<T> xs(g.plane * kLanes), ws(g.taps * kLanes), outs(output_plane * kLanes);
     std::vector<T> scales(kLanes, T(1)), offsets(kLanes, T(1));
+    std::vector<T> row_squares(run > 1 ? g.plane * kLanes : 0);
 #pragma omp for schedule(static)
     for (int64_t index = 0; index < g.batch * blocks; ++index) {
       const int64_t b = index / blocks, first = (index % blocks) * kLanes;
@@ -658,18 +713,24 @@ void forward_channel_vectors(const S* x, const S* w, const Compute<S>* scale, co
           offsets[lane] = offset[first + lane];
         }
       }
+      const T* squares = nullptr;
+      if (run > 1) {
+        squares = row_squares.data();
+        row_sums_of_squares(xs.data(), row_squares.data(), g.plane, run);
+      }
       for (int64_t r = 0; r < g.rows; ++r) {
         T* out = outs.data() + r * g.width * kLanes;
         int64_t i = 0;
         for (; i + kOutputsTogether <= g.width; i += kOutputsTogether)
-          Outputs::template outputs<kOutputsTogether>(xs.data(), ws.data(), scales.data(), offsets.data(),
-                                                      out + i * kLanes, g.row_offsets[r] + i, g);
+          Outputs::template outputs<kOutputsTogether>(xs.data(), ws.data(), scales.data(), offsets.data(), squares,
+                                                      run, out + i * kLanes, g.row_offsets[r] + i, g);
         // a narrow row's (7 x 7 images) or a row's rest: half as many together, not one at a time
         for (; i + kOutputsTogether / 2 <= g.width; i += kOutputsTogether / 2)
           Outputs::template outputs<kOutputsTogether / 2>(xs.data(), ws.data(), scales.data(), offsets.data(),
-                                                          out + i * kLanes, g.row_offsets[r] + i, g);
+                                                          squares, run, out + i * kLanes, g.row_offsets[r] + i, g);
         for (; i < g.width; ++i)
-          Outputs::template outputs<1>(xs.data(), ws.data(), scales.data(), offsets.data(), out + i * kLanes,
+          Outputs::template outputs<1>(xs.data(), ws.data(), scales.data(), offsets.data(), squares, run,
+                                       out + i * kLanes,
                                        g.row_offsets[r] + i, g);
       }
       if (layout.channels_last && count == kLanes) {
