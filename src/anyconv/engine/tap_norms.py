@@ -70,9 +70,11 @@ def box_sum_adjoint(
 ) -> torch.Tensor:
     """The adjoint of :func:`box_sum`: ``grad`` (batch, groups, *output) -> (batch, groups, *input).
 
-    At stride 1, where no side's padding exceeds the kernel's span, the adjoint of a box sum is a
-    box sum of ``grad`` with the padding mirrored, (span - before, span - after): nothing else is
-    made. Otherwise autograd differentiates a box sum of zeros (the sum is linear).
+    Where no side's padding exceeds the kernel's span, the adjoint of a box sum is a box sum of
+    ``grad`` at stride 1 with the padding mirrored: (span - before, span - after) at stride 1; at a
+    larger stride, of ``grad`` spread out that many positions apart with zeros between (then the
+    padding after is what brings the sum back to the input's size). Otherwise autograd
+    differentiates a box sum of zeros (the sum is linear), which holds its graph's tensors.
 
     >>> import torch
     >>> from anyconv.engine.tap_loops import tap_loops_conv, tap_loops_fit
@@ -87,7 +89,15 @@ def box_sum_adjoint(
     if all(_mirrors(pass_geometry) for pass_geometry in passes):
         for pass_geometry in reversed(passes):
             ones = grad.new_ones((groups, 1, *pass_geometry.kernel_size))
-            grad = primitive(grad, ones, None, _DOT, _mirrored(pass_geometry), groups, memory_budget)
+            grad = primitive(
+                _spread(grad, pass_geometry.stride),
+                ones,
+                None,
+                _DOT,
+                _mirrored(pass_geometry),
+                groups,
+                memory_budget,
+            )
         return grad
     values = grad.new_zeros((*grad.shape[:2], *geometry.input_size), requires_grad=True)
     with torch.enable_grad():
@@ -125,17 +135,35 @@ def _spans(geometry: Geometry) -> tuple[int, ...]:
 
 def _mirrors(geometry: Geometry) -> bool:
     """Whether the adjoint of a box sum of ``geometry`` is a box sum (see :func:`box_sum_adjoint`)."""
-    return all(step == 1 for step in geometry.stride) and all(
+    return all(
         before <= span and after <= span for (before, after), span in zip(geometry.padding, _spans(geometry))
     )
 
 
+def _spread_size(geometry: Geometry) -> tuple[int, ...]:
+    """The output's size with ``stride - 1`` zeros between neighbours."""
+    return tuple((size - 1) * step + 1 for size, step in zip(geometry.output_size, geometry.stride))
+
+
 def _mirrored(geometry: Geometry) -> Geometry:
-    """The box sum from ``geometry``'s output size back to its input size: the padding mirrored."""
+    """The box sum at stride 1 from ``geometry``'s spread-out output back to its input size."""
     padding = tuple(
-        (span - before, span - after) for (before, after), span in zip(geometry.padding, _spans(geometry))
+        (span - before, size + before - spread)
+        for (before, _), span, size, spread in zip(
+            geometry.padding, _spans(geometry), geometry.input_size, _spread_size(geometry)
+        )
     )
-    return make_geometry(geometry.output_size, geometry.kernel_size, 1, padding, geometry.dilation)
+    return make_geometry(_spread_size(geometry), geometry.kernel_size, 1, padding, geometry.dilation)
+
+
+def _spread(grad: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
+    """``grad`` (batch, groups, *output) with ``step - 1`` zeros between neighbours along each dimension."""
+    if all(step == 1 for step in stride):
+        return grad
+    size = tuple((length - 1) * step + 1 for length, step in zip(grad.shape[2:], stride))
+    spread = grad.new_zeros((*grad.shape[:2], *size))
+    spread[(slice(None), slice(None), *(slice(None, None, step) for step in stride))] = grad
+    return spread
 
 
 def _along(axis: int, values: tuple, other: object) -> tuple:
