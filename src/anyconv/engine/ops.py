@@ -365,6 +365,27 @@ def keeps(variant: Variant, option_tensors: tuple[torch.Tensor, ...]) -> tuple[b
     return saved_for(variant, choose_backward(variant, [tensor.requires_grad for tensor in option_tensors]))
 
 
+def schema_arguments(
+    name: str, options: str, geometry: Geometry, groups: int, memory_budget: int
+) -> tuple[str, str, list[int], list[int], list[int], int, int]:
+    """The operators' arguments after their tensors, as their schemas type them: the variant's name
+    and options, the geometry as int lists, groups and the memory budget.
+
+    >>> from anyconv.geometry import make_geometry
+    >>> schema_arguments("dot", "", make_geometry((5, 5), 3, padding=1), 1, 2**20)[2:5]
+    ([1, 1], [1, 1, 1, 1], [1, 1])
+    """
+    return (
+        name,
+        options,
+        list(geometry.stride),
+        op_padding(geometry),
+        list(geometry.dilation),
+        groups,
+        memory_budget,
+    )
+
+
 def run_generalized_conv(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -385,17 +406,7 @@ def run_generalized_conv(
     tensors = (input, weight, *(() if bias is None else (bias,)), *option_tensors)
     records = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)
     keep_output, keep_kept = keeps(variant, option_tensors) if records else (False, False)
-    op_arguments = (
-        name,
-        options,
-        list(geometry.stride),
-        op_padding(geometry),
-        list(geometry.dilation),
-        groups,
-        memory_budget,
-        keep_output,
-        keep_kept,
-    )
+    op_arguments = (*schema_arguments(name, options, geometry, groups, memory_budget), keep_output, keep_kept)
     # a backward that reads the output gets it before bias: the bias then goes on after
     bias_in = None if keep_output else bias
     if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():

@@ -37,6 +37,7 @@ from .ops import (
     op_variant,
     output_size,
     run_generalized_conv,
+    schema_arguments,
     variant_arguments,
 )
 from .ops_key import plan_of
@@ -330,15 +331,7 @@ def loops_arguments(variant: Variant, geometry: Geometry, groups: int, memory_bu
     arguments = variant_arguments(variant)
     assert arguments is not None, "the tap loops take built-in variants only"
     name, options, _ = arguments
-    return (
-        name,
-        options,
-        list(geometry.stride),
-        op_padding(geometry),
-        list(geometry.dilation),
-        groups,
-        memory_budget,
-    )
+    return schema_arguments(name, options, geometry, groups, memory_budget)
 
 
 def _differentiable_gradients(
