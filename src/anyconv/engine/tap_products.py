@@ -5,8 +5,10 @@ Each is a function of the dot product s = p . w summed tap by tap (``rbf``: of t
 which does not cancel on data far from zero), the field norms |p| (a box sum of x^2 per group) and
 the filter norms |w|. The sums are the C++ tap loops' on CPU and the Triton kernels' where those are
 chosen (:func:`tap_primitive`); both are custom operators differentiable twice, and autograd
-differentiates the composition. Without a graph to record, the cosines on the C++ loops take one
-pass instead (:func:`tap_quotient_conv`: p . w, |p|^2 and the division at once).
+differentiates the composition. On the C++ loops the cosines take one pass instead
+(:func:`tap_quotient_conv`: p . w, |p|^2 and the division at once) where no graph is recorded, and
+so does the cosine where one is, with a backward that recomputes from the input and the weight
+(``engine/tap_cosine.py``) unless torch's machinery watches the call.
 """
 
 from __future__ import annotations
