@@ -208,10 +208,13 @@ __attribute__((always_inline)) inline void store_partial(S* target, const typena
 // VECTORS vectors of outputs in each of ROWS rows (OUTS[r] from output FIRST, read from ORIGINS[r]
 // + FIRST * step; the last COUNT lanes of each row's last vector when PARTIAL), their values in
 // registers while every tap meets them: ROWS x VECTORS independent reductions, where one alone
-// would wait at every tap for the step before. OUT is S, or T for the backward's copy
+// would wait at every tap for the step before. The last vector starts LAST_VECTOR outputs after
+// FIRST: (VECTORS - 1) kLanes, or fewer to end a row narrower than VECTORS whole vectors (the
+// vectors then overlap and write the same values twice). OUT is S, or T for the backward's copy
 template <typename S, typename Out, typename Op, int VECTORS, int ROWS, bool PARTIAL>
 __attribute__((always_inline)) inline void forward_block(const S* x, const S* w, Out* const* outs, const int64_t* origins, const Geometry& g,
-                          int64_t first, int count) {
+                          int64_t first, int count,
+                          int64_t last_vector = (VECTORS - 1) * Lanes<Compute<S>>::kCount) {
   using T = Compute<S>;
   using Vector = typename Lanes<T>::Vector;
   constexpr int kLanes = Lanes<T>::kCount;
@@ -221,7 +224,7 @@ __attribute__((always_inline)) inline void forward_block(const S* x, const S* w,
   for (int r = 0; r < ROWS; ++r) {
     for (int v = 0; v < VECTORS; ++v) values[r][v] = Vector{} + Op::start();
   }
-  const int64_t last = (VECTORS - 1) * kLanes * g.step;
+  const int64_t last = last_vector * g.step;
   for (int64_t t = 0; t < g.taps; ++t) {
     const int64_t offset = g.tap_offsets[t] + first * g.step;
     const T weight = widen(w[g.weight_index[t]]);
@@ -243,9 +246,9 @@ __attribute__((always_inline)) inline void forward_block(const S* x, const S* w,
     Out* out = outs[r] + first;
     for (int v = 0; v < VECTORS - 1; ++v) store(out + v * kLanes, values[r][v]);
     if (PARTIAL) {
-      store_partial(out + (VECTORS - 1) * kLanes, values[r][VECTORS - 1], last_count);
+      store_partial(out + last_vector, values[r][VECTORS - 1], last_count);
     } else {
-      store(out + (VECTORS - 1) * kLanes, values[r][VECTORS - 1]);
+      store(out + last_vector, values[r][VECTORS - 1]);
     }
   }
 }
@@ -258,6 +261,11 @@ void forward_rows(const S* x, const S* w, Out* const* outs, const int64_t* origi
   const int64_t block = g.width >= 2 * kLanes ? 2 * kLanes : kLanes;
   if (g.width < kLanes) {
     forward_block<S, Out, Op, 1, ROWS, true>(x, w, outs, origins, g, 0, static_cast<int>(g.width));
+    return;
+  }
+  if (g.width > kLanes && g.width < 2 * kLanes) {
+    // one block of two overlapping vectors: twice the independent sums of one vector at a time
+    forward_block<S, Out, Op, 2, ROWS, false>(x, w, outs, origins, g, 0, kLanes, g.width - kLanes);
     return;
   }
   for (int64_t start = 0; start < g.width; start += block) {
