@@ -55,6 +55,10 @@ def pointwise_conv(
     layout = channels_last_format(input)
     if groups == 1 and layout is not None:
         return _channels_last(input, weight, bias, variant, geometry, layout)
+    if groups == 1 and all(size == 1 for size in input.shape[2:]):
+        # one position per sample (squeeze-excitation): the samples are the rows of one plain
+        # matrix product, where the columns' form takes a batched product of one column each
+        return _one_position(input, weight, bias, variant)
     steps = tuple(slice(None, None, step) for step in geometry.stride)
     strided = input
     if any(step > 1 for step in geometry.stride):
@@ -98,6 +102,21 @@ def _channels_last(
     else:
         output = torch.addmm(bias, rows, filters.T)
     return output.view(*positions.shape[:-1], -1).movedim(-1, 1)
+
+
+def _one_position(
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: Variant
+) -> torch.Tensor:
+    """One group, one position per sample: (B, C) rows times the filters, as (B, O, 1, ...)."""
+    rows = input.reshape(input.shape[0], input.shape[1])
+    filters = weight.reshape(weight.shape[0], -1)
+    if isinstance(variant, Cosine):
+        output = _cosine(rows, filters, bias, variant, records_graph(input, weight, bias), rows=True)
+    elif bias is None:
+        output = rows @ filters.T
+    else:
+        output = torch.addmm(bias, rows, filters.T)
+    return output.reshape(input.shape[0], weight.shape[0], *input.shape[2:])
 
 
 def _cosine(
