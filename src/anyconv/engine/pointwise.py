@@ -12,7 +12,7 @@ from ..geometry import Geometry
 from ..variants import Cosine, Dot, Variant
 from .machinery import machinery_watches
 from .ops_memory_format import channels_last_format
-from .pointwise_cosine import composed_cosine, pointwise_cosine, recomputes
+from .pointwise_cosine import bias_view, composed_cosine, pointwise_cosine, recomputes
 from .tap_products import add_bias, records_graph
 
 
@@ -92,15 +92,7 @@ def _channels_last(
         steps = tuple(slice(None, None, step) for step in geometry.stride)
         input = input[(slice(None), slice(None), *steps)].contiguous(memory_format=layout)
     positions = input.movedim(1, -1)
-    rows = positions.reshape(-1, input.shape[1])
-    filters = weight.reshape(weight.shape[0], -1)
-    if isinstance(variant, Cosine):
-        output = _cosine(rows, filters, bias, variant, records_graph(input, weight, bias), rows=True)
-        return output.view(*positions.shape[:-1], -1).movedim(-1, 1)
-    if bias is None:
-        output = rows @ filters.T
-    else:
-        output = torch.addmm(bias, rows, filters.T)
+    output = _row_products(positions.reshape(-1, input.shape[1]), input, weight, bias, variant)
     return output.view(*positions.shape[:-1], -1).movedim(-1, 1)
 
 
@@ -108,15 +100,20 @@ def _one_position(
     input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: Variant
 ) -> torch.Tensor:
     """One group, one position per sample: (B, C) rows times the filters, as (B, O, 1, ...)."""
-    rows = input.reshape(input.shape[0], input.shape[1])
+    output = _row_products(input.reshape(input.shape[0], input.shape[1]), input, weight, bias, variant)
+    return output.reshape(input.shape[0], weight.shape[0], *input.shape[2:])
+
+
+def _row_products(
+    rows: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: Variant
+) -> torch.Tensor:
+    """One group: the ``rows`` (M, C) of ``input`` times the filters of ``weight``, plus ``bias``: (M, O)."""
     filters = weight.reshape(weight.shape[0], -1)
     if isinstance(variant, Cosine):
-        output = _cosine(rows, filters, bias, variant, records_graph(input, weight, bias), rows=True)
-    elif bias is None:
-        output = rows @ filters.T
-    else:
-        output = torch.addmm(bias, rows, filters.T)
-    return output.reshape(input.shape[0], weight.shape[0], *input.shape[2:])
+        return _cosine(rows, filters, bias, variant, records_graph(input, weight, bias), rows=True)
+    if bias is None:
+        return rows @ filters.T
+    return torch.addmm(bias, rows, filters.T)
 
 
 def _cosine(
@@ -135,6 +132,5 @@ def _cosine(
     output = composed_cosine(fields, filters, variant.eps, rows, recording)
     if bias is None:
         return output
-    # (O,) along the rows' last dimension, or (G, Og, 1) against the columns' (B, G, Og, L)
-    shaped = bias if rows else bias.view(*filters.shape[:2], 1)
+    shaped = bias_view(bias, filters, rows)
     return output + shaped if recording else output.add_(shaped)

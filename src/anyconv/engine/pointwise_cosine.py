@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .tap_norms import divide_by_norms, safe_sqrt
+from .tap_norms import direction, divide_by_norms, safe_sqrt
 
 #: fields (elements) up to which torch's vector_norm takes their norms in columns: over the
 #: channels, a middle dimension, it is slower than a sum of squares on larger fields, but on small
@@ -86,8 +86,9 @@ def _products(fields: torch.Tensor, filters: torch.Tensor, rows: bool) -> torch.
     return fields @ filters.T if rows else filters @ fields
 
 
-def _bias_view(bias: torch.Tensor, filters: torch.Tensor, rows: bool) -> torch.Tensor:
-    """``bias`` (O,) as it broadcasts against the output."""
+def bias_view(bias: torch.Tensor, filters: torch.Tensor, rows: bool) -> torch.Tensor:
+    """``bias`` (O,) as it broadcasts against the output: along the rows' last dimension, or
+    (G, Og, 1) against the columns' (B, G, Og, L)."""
     return bias if rows else bias.view(*filters.shape[:2], 1)
 
 
@@ -103,7 +104,7 @@ class _PointwiseCosine(torch.autograd.Function):
     ) -> torch.Tensor:
         output = composed_cosine(fields, filters, eps, rows, recording=False)
         if bias is not None:
-            output += _bias_view(bias, filters, rows)
+            output += bias_view(bias, filters, rows)
         ctx.save_for_backward(fields, filters, bias)
         ctx.eps, ctx.rows = eps, rows
         return output
@@ -121,7 +122,7 @@ class _PointwiseCosine(torch.autograd.Function):
             ]
             output = composed_cosine(fields, filters, ctx.eps, ctx.rows, recording=True)
             if bias is not None:
-                output = output + _bias_view(bias, filters, ctx.rows)
+                output = output + bias_view(bias, filters, ctx.rows)
             found = iter(torch.autograd.grad(output, wanted, grad, create_graph=True))
             return (*(next(found) if needed else None for needed in needs), None, None)
         grad_fields, grad_filters = _gradients(grad, fields, filters, ctx.eps, ctx.rows, needs)
@@ -153,7 +154,7 @@ def _gradients(
     if needs[0]:
         to_fields = (radial * filter_norms).sum(-1 if rows else -2, keepdim=True)
         grad_fields = scaled @ filters if rows else filters.transpose(-1, -2) @ scaled
-        grad_fields -= _direction(fields, field_norms) * to_fields
+        grad_fields -= direction(fields, field_norms) * to_fields
         del to_fields
     if needs[1]:
         reduced = (0,) if rows else (0, 3)
@@ -164,10 +165,5 @@ def _gradients(
         else:
             grad_filters = (scaled @ fields.transpose(-1, -2)).sum(0)
             to_filters = to_filters[..., None]
-        grad_filters -= _direction(filters, filter_norms if not rows else filter_norms[:, None]) * to_filters
+        grad_filters -= direction(filters, filter_norms if not rows else filter_norms[:, None]) * to_filters
     return grad_fields, grad_filters
-
-
-def _direction(vectors: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
-    """``vectors / norms``, 0 where the norm is 0."""
-    return (vectors / norms).masked_fill_(norms == 0, 0)

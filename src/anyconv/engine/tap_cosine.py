@@ -25,7 +25,7 @@ from ..geometry import Geometry
 from ..variants import Dot
 from .blocks import bias_grad
 from .tap_loops import loops_arguments, loops_gradients, tap_loops_conv, tap_quotient_conv
-from .tap_norms import Primitive, box_sum_adjoint, divide_by_norms, field_squares, safe_sqrt
+from .tap_norms import Primitive, box_sum_adjoint, direction, divide_by_norms, field_squares, safe_sqrt
 
 _DOT = Dot()
 
@@ -167,10 +167,10 @@ def _gradients(
             input.unflatten(1, (groups, -1)), adjoint.unsqueeze(2), value=2
         )
     if grad_weight is not None:
-        direction = (weight.flatten(1).to(compute) / filter_norms[:, None]).masked_fill_(
-            filter_norms[:, None] == 0, 0
+        radial_weight = to_filter_norms[:, None] * direction(
+            weight.flatten(1).to(compute), filter_norms[:, None]
         )
-        grad_weight -= (to_filter_norms[:, None] * direction).view(weight.shape).to(weight.dtype)
+        grad_weight -= radial_weight.view(weight.shape).to(weight.dtype)
     return grad_input, grad_weight
 
 

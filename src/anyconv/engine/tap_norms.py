@@ -195,6 +195,15 @@ def divide_by_norms(
     return products.div_(field_norms * filter_norms + eps)
 
 
+def direction(vectors: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """``vectors / norms``, 0 where the norm is 0 (a zero vector has no direction).
+
+    >>> direction(torch.tensor([[3.0, 4.0], [0.0, 0.0]]), torch.tensor([[2.0], [0.0]])).tolist()
+    [[1.5, 2.0], [0.0, 0.0]]
+    """
+    return (vectors / norms).masked_fill_(norms == 0, 0)
+
+
 def safe_sqrt(squares: torch.Tensor) -> torch.Tensor:
     """The square root, its derivative taken as 0 at 0 (a zero field, such as padding, has no
     direction: the fields path's rule), NaN where the squares are NaN.
