@@ -168,11 +168,14 @@ def _build_with(source_name: str, cxx: tuple[str, ...], flags: tuple[str, ...]) 
     """The cache entry of this source, compiler, flags and CPU: checked, else built under a lock."""
     source = Path(__file__).with_name(source_name)
     libraries = _EXTRA_LIBRARIES.get(source_name, ())
+    link_flags = tuple(flag for flag in flags if flag in OPENMP_FLAGS)
     key = entry_key(
         source.read_text(),
         *(source.with_name(header).read_text() for header in HEADERS),
         compiler_identity(cxx),
         *flags,
+        "linked with",
+        *link_flags,
         *libraries,
         cpu_description(),
     )
@@ -189,9 +192,13 @@ def _build_with(source_name: str, cxx: tuple[str, ...], flags: tuple[str, ...]) 
             if is_intact(target):
                 return target
             scratch = Path(held.enter_context(tempfile.TemporaryDirectory(dir=directory)))
-        built = scratch / target.name
-        command = [*cxx, *flags, "-shared", "-fPIC", str(source), "-o", str(built), *libraries]
-        subprocess.run(command, check=True, capture_output=True, text=True)
+        built, compiled = scratch / target.name, scratch / f"{source.stem}.o"
+        # compiled and linked apart: a link with -ffast-math adds gcc's crtfastmath.o, whose
+        # constructor would turn on flush-to-zero for the whole process when the library loads
+        compile_command = [*cxx, *flags, "-fPIC", "-c", str(source), "-o", str(compiled)]
+        subprocess.run(compile_command, check=True, capture_output=True, text=True)
+        link_command = [*cxx, *link_flags, "-shared", str(compiled), "-o", str(built), *libraries]
+        subprocess.run(link_command, check=True, capture_output=True, text=True)
         with _writing(directory):
             publish(built, target)
     return target
