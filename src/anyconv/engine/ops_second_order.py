@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..functional.im2col import Im2Col
 from .backward_choice import differentiable_twice
+from .graph_gradients import gradients_as_graph
 
 if TYPE_CHECKING:
     from .contraction import Plan
@@ -67,14 +68,9 @@ def second_order_gradients(
         return _refused(plan.variant.name, fast, needs, grad_output, *sources)
     if not torch.is_grad_enabled():
         return _chunked_gradients(plan, input, weight, grad_output, option_tensors, needs)
-    wanted = [source for source, needed in zip(sources, needs) if needed]
-    with torch.enable_grad():
-        output = formula_output(input, weight, plan, options)
-        found = iter(torch.autograd.grad(output, wanted, grad_output, create_graph=True, allow_unused=True))
-    answers = []
-    for source, needed in zip(sources, needs):
-        gradient = next(found) if needed else None
-        answers.append(torch.zeros_like(source) if needed and gradient is None else gradient)
+    answers = gradients_as_graph(
+        lambda: formula_output(input, weight, plan, options), sources, needs, grad_output
+    )
     return answers[0], answers[1], tuple(answers[2:])
 
 

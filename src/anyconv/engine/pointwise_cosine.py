@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .graph_gradients import gradients_as_graph
 from .tap_norms import direction, divide_by_norms, safe_sqrt
 
 #: fields (elements) up to which torch's vector_norm takes their norms in columns: over the
@@ -114,17 +115,13 @@ class _PointwiseCosine(torch.autograd.Function):
         fields, filters, bias = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():
-            # a graph of the gradients is asked for (a second derivative): the composed form's
-            wanted = [
-                tensor
-                for tensor, needed in zip((fields, filters, bias), needs)
-                if needed and tensor is not None
-            ]
-            output = composed_cosine(fields, filters, ctx.eps, ctx.rows, recording=True)
-            if bias is not None:
-                output = output + bias_view(bias, filters, ctx.rows)
-            found = iter(torch.autograd.grad(output, wanted, grad, create_graph=True))
-            return (*(next(found) if needed else None for needed in needs), None, None)
+            # a graph of the gradients is asked for (a second derivative): the composed form's,
+            # recomputed and differentiated by autograd
+            def recompute() -> torch.Tensor:
+                output = composed_cosine(fields, filters, ctx.eps, ctx.rows, recording=True)
+                return output if bias is None else output + bias_view(bias, filters, ctx.rows)
+
+            return (*gradients_as_graph(recompute, (fields, filters, bias), needs, grad), None, None)
         grad_fields, grad_filters = _gradients(grad, fields, filters, ctx.eps, ctx.rows, needs)
         grad_bias = None
         if needs[2]:

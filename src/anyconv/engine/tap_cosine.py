@@ -24,6 +24,7 @@ import torch
 from ..geometry import Geometry
 from ..variants import Dot
 from .blocks import bias_grad
+from .graph_gradients import gradients_as_graph
 from .tap_loops import loops_arguments, loops_gradients, tap_loops_conv, tap_quotient_conv
 from .tap_norms import Primitive, box_sum_adjoint, direction, divide_by_norms, field_squares, safe_sqrt
 
@@ -184,11 +185,9 @@ def _composed_gradients(
 ) -> list[torch.Tensor | None]:
     """The gradients as a graph: the composed form recomputed and differentiated with ``create_graph``."""
     eps, geometry, groups, memory_budget = arguments
-    wanted = [tensor for tensor, needed in zip((input, weight, bias), needs) if needed and tensor is not None]
-    if not wanted:
-        return [None, None, None]
-    output = composed_cosine(tap_loops_conv, input, weight, eps, geometry, groups, memory_budget, True)
-    if bias is not None:
-        output = output + bias.view(-1, *(1,) * geometry.ndim)
-    found = iter(torch.autograd.grad(output, wanted, grad, create_graph=True, allow_unused=True))
-    return [next(found) if needed else None for needed in needs]
+
+    def recompute() -> torch.Tensor:
+        output = composed_cosine(tap_loops_conv, input, weight, eps, geometry, groups, memory_budget, True)
+        return output if bias is None else output + bias.view(-1, *(1,) * geometry.ndim)
+
+    return gradients_as_graph(recompute, (input, weight, bias), needs, grad)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import itertools
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any
@@ -30,6 +29,7 @@ from ..variants.fused import NATIVE_DTYPES, record_native_call
 from ..variants.native import load_library, native_enabled
 from ..variants.triton_backend import backend
 from .blocks import bias_grad
+from .graph_gradients import gradients_as_graph
 from .ops import (
     generalized_conv_backward_op,
     op_geometry,
@@ -344,18 +344,18 @@ def _differentiable_gradients(
     """The input and weight gradients of ``anyconv::tap_loops`` as a graph: its output recomputed by
     the custom operator ``anyconv::generalized_conv`` and differentiated with ``create_graph``."""
     variant, options, stride, padding, dilation, groups, memory_budget = arguments
-    wanted = [tensor for tensor, needed in zip((input, weight), needs[:2]) if needed]
-    grads: Iterator[torch.Tensor] = iter(())
-    if wanted:
+
+    def recompute() -> torch.Tensor:
         geometry = op_geometry(
             tuple(input.shape[2:]), tuple(weight.shape[2:]), tuple(stride), tuple(padding), tuple(dilation)
         )
         instance = op_variant(variant, options)
-        output = run_generalized_conv(
+        return run_generalized_conv(
             input, weight, None, instance, (variant, options, ()), geometry, groups, memory_budget
         )
-        grads = iter(torch.autograd.grad(output, wanted, grad_output, create_graph=True))
-    return (next(grads) if needs[0] else None), (next(grads) if needs[1] else None)
+
+    grad_input, grad_weight = gradients_as_graph(recompute, (input, weight), needs[:2], grad_output)
+    return grad_input, grad_weight
 
 
 def tap_quotient_conv(

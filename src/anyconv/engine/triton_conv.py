@@ -30,6 +30,7 @@ from ..variants.triton_implicit import (
 from ..variants.triton_implicit import L1 as L1_RULE
 from ..variants.triton_implicit import L2 as L2_RULE
 from .chunks import resolve_budget
+from .graph_gradients import gradients_as_graph
 from .ops import output_size, run_generalized_conv, variant_arguments
 from .tap_loops import MAX_CHANNELS_PER_GROUP
 
@@ -237,16 +238,15 @@ def _differentiable_gradients(
     assert arguments is not None, "the Triton path takes built-in variants only"
     pairs = tuple(zip(padding[::2], padding[1::2]))
     geometry = make_geometry(input.shape[2:], weight.shape[2:], stride, pairs, dilation)
-    wanted = [tensor for tensor, needed in zip((input, weight), needs) if needed]
-    if not wanted:
-        return [None, None]
-    output = run_generalized_conv(
-        input, weight, None, variant, arguments, geometry, groups, resolve_budget(None)
-    )
-    if rule == POWER:
-        output = output.neg().pow(power)  # the raw output is the sum of powers
-    found = iter(torch.autograd.grad(output, wanted, grad_output, create_graph=True))
-    return [next(found) if needed else None for needed in needs]
+
+    def recompute() -> torch.Tensor:
+        output = run_generalized_conv(
+            input, weight, None, variant, arguments, geometry, groups, resolve_budget(None)
+        )
+        # the raw output is the sum of powers
+        return output.neg().pow(power) if rule == POWER else output
+
+    return gradients_as_graph(recompute, (input, weight), needs, grad_output)
 
 
 triton_conv_op.register_autograd(_backward, setup_context=_setup_context)
