@@ -13,6 +13,8 @@ import sys
 import pytest
 import torch
 from conftest import take_views_everywhere
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from variant_reference import naive_generalized_conv
 
 import anyconv
@@ -301,3 +303,31 @@ def test_nan_reaches_the_gradients_where_the_formulas_autograd_puts_it(variant, 
         answers.append(torch.autograd.grad(function(*leaves, variant), leaves, grad))
     for got, expected in zip(*answers):
         _same_specials(got, expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    fields_scale=st.floats(-3, 3),
+    filters_scale=st.floats(-3, 3),
+    offset=st.sampled_from([0.0, 1.0, -300.0, 1e4]),
+    copies=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_squared_distances_at_any_scale_as_the_naive_float64_formula(
+    fields_scale, filters_scale, offset, copies, seed
+):
+    # fields and filters of scales 1e-3 to 1e3 apart, far from zero or not, some fields copies of
+    # filters: centring and the pair check keep every distance within a few units of rounding of
+    # the centred norms it came from
+    generator = torch.Generator().manual_seed(seed)
+    fields = offset + 10**fields_scale * torch.randn(2, 40, 27, generator=generator, dtype=torch.float64)
+    filters = offset + 10**filters_scale * torch.randn(2, 6, 27, generator=generator, dtype=torch.float64)
+    if copies:
+        fields[:, :6] = filters + 1e-3 * 10**filters_scale * torch.randn(2, 6, 27, generator=generator, dtype=torch.float64)
+    fields, filters = fields.float(), filters.float()
+    got = squared.squared_distances(fields, filters).double()
+    fields, filters = fields.double(), filters.double()
+    expected = (fields[:, :, None] - filters[:, None]).square().sum(-1)
+    centre = filters.mean(1, keepdim=True)
+    norms = (fields - centre).square().sum(-1, keepdim=True) + (filters - centre).square().sum(-1)[:, None]
+    assert ((got - expected).abs() <= 64 * torch.finfo(torch.float32).eps * norms).all()
