@@ -27,8 +27,8 @@ pytestmark = pytest.mark.skipif(
     reason="the tap loops are not compiled on this machine",
 )
 
-#: x shape, weight shape, arguments: depthwise, multiplier, grouped, strides, dilation, 1-D to 3-D,
-#: padding wider than the kernel's span (the box sum's adjoint by autograd)
+#: x shape, weight shape, arguments: depthwise, multiplier, grouped, dense, strides, dilation, 1-D
+#: to 3-D, padding wider than the kernel's span (the box sum's adjoint by autograd)
 CASES = [
     ((2, 6, 9, 8), (6, 1, 3, 3), {"padding": 1, "groups": 6}),
     ((2, 4, 9, 9), (4, 1, 5, 5), {"padding": 2, "stride": 2, "groups": 4}),
@@ -40,6 +40,9 @@ CASES = [
     ((1, 4, 6, 6), (4, 1, 3, 3), {"padding": 3, "groups": 4}),
     ((2, 4, 30), (4, 1, 11), {"padding": 5, "groups": 4}),
     ((1, 3, 5, 6, 5), (3, 1, 3, 3, 3), {"padding": 1, "groups": 3}),
+    # dense first layers, few taps on at least MIN_DENSE_POSITIONS (the quotient kept)
+    ((1, 3, 34, 33), (5, 3, 3, 3), {"padding": 1, "stride": 2}),
+    ((1, 2, 1030), (4, 2, 3), {"padding": 1}),
 ]
 
 
@@ -188,3 +191,22 @@ def test_the_box_sums_adjoint_is_autograds(ndim, data):
     torch.testing.assert_close(adjoint, expected, rtol=1e-12, atol=1e-12)
     # and each pass' sum equals a plain sum over the unfolded taps
     assert len(box_passes(geometry)) in (1, ndim)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[-2]], ids=["depthwise", "dense"])
+def test_a_second_backward_of_the_same_graph_gives_the_same_gradients(case):
+    # retain_graph: the dense layer's kept quotient serves both backwards unchanged, and an
+    # in-place change of the output does not reach it
+    x, w, b = _tensors(*case[:2])
+    inputs = [tensor.requires_grad_() for tensor in (x, w, b)]
+    output = anyconv.generalized_conv(*inputs[:2], "cosine", inputs[2], **case[2])
+    assert type(output.grad_fn).__name__ == "_LoopsCosineBackward"
+    grad = torch.randn(output.shape, generator=torch.Generator().manual_seed(2), dtype=output.dtype)
+    first = torch.autograd.grad(output, inputs, grad, retain_graph=True)
+    second = torch.autograd.grad(output, inputs, grad)
+    for value, reference in zip(second, first):
+        torch.testing.assert_close(value, reference, rtol=0, atol=0)
+    changed = anyconv.generalized_conv(*inputs[:2], "cosine", inputs[2], **case[2])
+    changed.detach().zero_()
+    for value, reference in zip(torch.autograd.grad(changed, inputs, grad), first):
+        torch.testing.assert_close(value, reference, rtol=0, atol=0)

@@ -1,11 +1,12 @@
 """The cosine on the C++ tap loops when autograd records it: a backward that keeps only the input
-and the weight.
+and the weight (and, on a dense layer, the quotient).
 
 Composed from the loops' dot, a box sum of x^2 and the division, autograd would keep the products,
 the squares, the norms and the denominator for the backward, each as large as the output (or the
 input): several activations per layer. Here the forward is one pass of the loops
-(``anyconv::tap_quotient``), and the backward recomputes the quotient y and the field norms |p|,
-then takes, with D = |p| |w| + eps and a = grad / D,
+(``anyconv::tap_quotient``), and the backward recomputes the field norms |p| and the quotient y
+(kept from the forward on a dense layer: :func:`keeps_quotient`), then takes, with
+D = |p| |w| + eps and a = grad / D,
 
 - the input's gradient: the loops' dot gradient of ``a`` plus 2 x times the box sum's adjoint of
   -(sum over the group's filters of a y |w|) / (2 |p|), 0 where |p| is 0 (a zero field has no
@@ -29,6 +30,19 @@ from .tap_loops import loops_arguments, loops_gradients, tap_loops_conv, tap_quo
 from .tap_norms import Primitive, box_sum_adjoint, direction, divide_by_norms, field_squares, safe_sqrt
 
 _DOT = Dot()
+
+
+def keeps_quotient(groups: int) -> bool:
+    """Whether the forward keeps the quotient for the backward: on a dense layer (one group, the
+    few-channel first layers the loops take) recomputing it is a pass over every filter's taps,
+    about a fifth of the forward+backward, for one output-sized tensor beside activations that
+    are larger than the input; a depthwise or grouped layer recomputes it, keeping its backward's
+    memory near torch's (docs/benchmarks.md).
+
+    >>> keeps_quotient(1), keeps_quotient(32)
+    (True, False)
+    """
+    return groups == 1
 
 
 def loops_cosine(
@@ -89,16 +103,22 @@ class _LoopsCosine(torch.autograd.Function):
         groups: int,
         memory_budget: int,
     ) -> torch.Tensor:
-        output = _quotient(input, weight, eps, geometry, groups, memory_budget)
-        if bias is not None:
-            output += bias.view(-1, *(1,) * geometry.ndim)
-        ctx.save_for_backward(input, weight, bias)
+        quotient = _quotient(input, weight, eps, geometry, groups, memory_budget)
+        if keeps_quotient(groups):
+            # the output is the caller's to change in place: the kept quotient is another tensor
+            kept = quotient
+            output = quotient.clone() if bias is None else quotient + bias.view(-1, *(1,) * geometry.ndim)
+        else:
+            kept, output = None, quotient
+            if bias is not None:
+                output += bias.view(-1, *(1,) * geometry.ndim)
+        ctx.save_for_backward(input, weight, bias, kept)
         ctx.arguments = (eps, geometry, groups, memory_budget)
         return output
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        input, weight, bias = ctx.saved_tensors
+        input, weight, bias, kept = ctx.saved_tensors
         eps, geometry, groups, memory_budget = ctx.arguments
         needs = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():
@@ -108,7 +128,7 @@ class _LoopsCosine(torch.autograd.Function):
         grad_input, grad_weight = None, None
         if needs[0] or needs[1]:
             grad_input, grad_weight = _gradients(
-                grad, input, weight, eps, geometry, groups, memory_budget, needs
+                grad, input, weight, kept, eps, geometry, groups, memory_budget, needs
             )
         grad_bias = bias_grad(grad) if needs[2] else None
         return grad_input, grad_weight, grad_bias, None, None, None, None
@@ -132,14 +152,16 @@ def _gradients(
     grad: torch.Tensor,
     input: torch.Tensor,
     weight: torch.Tensor,
+    kept: torch.Tensor | None,
     eps: float,
     geometry: Geometry,
     groups: int,
     memory_budget: int,
     needs: tuple[bool, ...],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The input and weight gradients of the cosine (module docstring), each tensor freed as soon
-    as it is used, so that at most a few output-sized ones live at once."""
+    """The input and weight gradients of the cosine (module docstring), from the ``kept`` quotient
+    or one recomputed, each tensor freed as soon as it is used, so that at most a few
+    output-sized ones live at once."""
     compute, ndim = _compute_type(input), geometry.ndim
     filter_norms = torch.linalg.vector_norm(weight.flatten(1), dim=1, dtype=compute)
     # (groups, filters per group, 1, ...): broadcast against (batch, groups, filters, *output)
@@ -148,8 +170,10 @@ def _gradients(
     norms = field_norms.unsqueeze(2)
     scaled = grad.to(compute).unflatten(1, (groups, -1)) / (norms * filter_column + eps)
     # r = a y, then what goes to the field norms and to the filter norms
-    radial = _quotient(input, weight, eps, geometry, groups, memory_budget).unflatten(1, (groups, -1))
-    radial = radial.to(compute).mul_(scaled)
+    quotient = _quotient(input, weight, eps, geometry, groups, memory_budget) if kept is None else kept
+    # out of place: a kept quotient serves a second backward (retain_graph) unchanged
+    radial = quotient.unflatten(1, (groups, -1)).to(compute) * scaled
+    del quotient
     to_filter_norms = (radial * norms).sum((0, *range(3, 3 + ndim))).flatten()
     to_field_squares = (
         radial.mul_(filter_column).sum(2).div_(field_norms * -2).masked_fill_(field_norms == 0, 0)
