@@ -22,8 +22,10 @@ from ..variants.native import load, load_library, native_enabled
 
 _SOURCE = "fields_fold.cpp"
 _POINTER, _SIZE = ctypes.c_void_p, ctypes.c_int64
-#: multiply-adds per thread below which waking another thread costs more than it saves
-_WORK_PER_THREAD = 2**18
+#: elements of the fields' gradient per thread below which waking another thread costs more than it
+#: saves; a few-channel layer's fold spends most of its time per slab position, not per element,
+#: so that a thread pays already from this few (docs/benchmarks.md)
+_WORK_PER_THREAD = 2**14
 
 
 def fold_fields(grad_fields: torch.Tensor, geometry: Geometry, samples: int) -> torch.Tensor:
