@@ -35,9 +35,9 @@ _DOT = Dot()
 def keeps_quotient(groups: int) -> bool:
     """Whether the forward keeps the quotient for the backward: on a dense layer (one group, the
     few-channel first layers the loops take) recomputing it is a pass over every filter's taps,
-    about a fifth of the forward+backward, for one output-sized tensor beside activations that
-    are larger than the input; a depthwise or grouped layer recomputes it, keeping its backward's
-    memory near torch's (docs/benchmarks.md).
+    the forward's whole cost again, where keeping it costs one output-sized tensor beside
+    activations larger than the input; a depthwise or grouped layer recomputes it, keeping its
+    backward's memory near torch's (measurements in docs/benchmarks.md).
 
     >>> keeps_quotient(1), keeps_quotient(32)
     (True, False)
