@@ -24,9 +24,10 @@ def _norms(fields: torch.Tensor, filters: torch.Tensor) -> tuple[torch.Tensor, t
 def _denominator(field_norms: torch.Tensor, filter_norms: torch.Tensor, eps: float) -> torch.Tensor:
     """|p| |w| + eps, in float32 where the dtype cannot hold eps: in float16 1e-8 rounds to 0 and a
     zero field (padding) would give 0 / 0."""
+    # eps added in place: the broadcast product is fresh, and an output-sized allocation fewer
     if torch.finfo(field_norms.dtype).tiny > eps:
-        return field_norms.float() * filter_norms.float() + eps
-    return field_norms * filter_norms + eps
+        return (field_norms.float() * filter_norms.float()).add_(eps)
+    return (field_norms * filter_norms).add_(eps)
 
 
 def _safe_reciprocal(values: torch.Tensor) -> torch.Tensor:
@@ -51,7 +52,8 @@ class Cosine(ProductVariant):
     def contract(self, fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
         field_norms, filter_norms = _norms(fields, filters)
         products = torch.bmm(fields, filters.transpose(1, 2))
-        return (products / _denominator(field_norms, filter_norms, self.eps)).to(fields.dtype)
+        # divided in place (in float32 for float16, rounded once into the product's dtype)
+        return products.div_(_denominator(field_norms, filter_norms, self.eps))
 
     reads = frozenset({"output", "field_norms"})
 
