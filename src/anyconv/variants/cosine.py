@@ -101,7 +101,11 @@ class SharpenedCosine(ProductVariant):
         self, fields: torch.Tensor, filters: torch.Tensor, exponent: Option = 2.0, q: Option = 1e-3
     ) -> torch.Tensor:
         field_norms, filter_norms = _norms(fields, filters)
-        similarity = torch.bmm(fields, filters.transpose(1, 2)) / ((field_norms + q) * (filter_norms + q))
+        products = torch.bmm(fields, filters.transpose(1, 2))
+        denominator = (field_norms + q) * (filter_norms + q)
+        # in place on the fresh product where that keeps the dtype (tensor options may promote it)
+        in_place = denominator.dtype == products.dtype
+        similarity = products.div_(denominator) if in_place else products / denominator
         magnitude = similarity.abs()
         if torch.is_grad_enabled():
             # autograd runs through here (options that learn): |s|^e at s = 0 has the derivatives
@@ -110,6 +114,9 @@ class SharpenedCosine(ProductVariant):
             zero = magnitude == 0
             powered = torch.where(zero, 0, torch.where(zero, 1, magnitude).pow(exponent))
             return torch.sign(similarity) * powered
+        if torch.result_type(magnitude, exponent) == magnitude.dtype:
+            # no graph to keep: the powers and the signs go in place
+            return magnitude.pow_(exponent).mul_(similarity.sign_())
         return torch.sign(similarity) * magnitude.pow(exponent)
 
     reads = frozenset({"output", "field_norms"})
