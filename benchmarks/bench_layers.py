@@ -206,7 +206,7 @@ def _layer(row: Row, tiny: bool = False):
     return x, w, b, methods
 
 
-def _caller(x, w, b, backward: bool):
+def caller(x, w, b, backward: bool):
     import torch
 
     def call(function):
@@ -215,7 +215,9 @@ def _caller(x, w, b, backward: bool):
                 return function(x, w, b)
         out = function(x, w, b)
         out.backward(torch.ones_like(out))
-        x.grad = w.grad = b.grad = None
+        x.grad = w.grad = None
+        if b is not None:
+            b.grad = None
         return out
 
     return call
@@ -226,7 +228,7 @@ def time_row(row: Row, methods: list[str], rounds: int, backward: bool) -> dict[
     x, w, b, functions = _layer(row)
     for tensor in (x, w, b):
         tensor.requires_grad_(backward)
-    call = _caller(x, w, b, backward)
+    call = caller(x, w, b, backward)
     methods = [method for method in methods if method in functions]
     repeats = {}
     for name in ("torch", *methods):
@@ -269,14 +271,14 @@ def peak_memory(row: Row, method: str) -> float:
     x, w, b, functions = _layer(row, tiny=True)
     for tensor in (x, w, b):
         tensor.requires_grad_(True)
-    _caller(x, w, b, True)(functions[method])
+    caller(x, w, b, True)(functions[method])
     x, w, b, functions = _layer(row)
     for tensor in (x, w, b):
         tensor.requires_grad_(True)
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # resets VmHWM to the current resident size (Linux)
     before = _high_water_mib()
-    _caller(x, w, b, True)(functions[method])
+    caller(x, w, b, True)(functions[method])
     return _high_water_mib() - before
 
 

@@ -34,7 +34,7 @@ from types import ModuleType
 
 import torch
 from bench_layers import METHODS as LAYER_METHODS
-from bench_layers import ROWS, Row
+from bench_layers import ROWS, Row, caller
 from bench_variants import OPTIONS as VARIANT_OPTIONS
 from steady_allocator import steady_allocator
 
@@ -158,17 +158,7 @@ def tensors(layer: dict, backward: bool) -> tuple[torch.Tensor, torch.Tensor, to
 
 def compare(function_a, function_b, x, w, b, backward: bool, rounds: int) -> tuple[list, list]:
     """Each round's time (s) of ``function_a`` and of ``function_b``, alternating which goes first."""
-
-    def call(function):
-        if not backward:
-            with torch.no_grad():
-                return function(x, w, b)
-        out = function(x, w, b)
-        out.backward(torch.ones_like(out))
-        x.grad = w.grad = None
-        if b is not None:
-            b.grad = None
-
+    call = caller(x, w, b, backward)
     repeats = []
     for function in (function_a, function_b):
         call(function)  # warm-up: plans, native libraries
