@@ -537,3 +537,30 @@ def test_the_quotient_on_rows_narrower_than_a_vector_equals_the_formula(case, na
     with torch.no_grad():
         output = anyconv.generalized_conv(x, w, name, b, **case["with"])
     torch.testing.assert_close(output, naive_generalized_conv(x, w, name, b, **case["with"]))
+
+
+@pytest.mark.parametrize("variant", ["dot", "l1", "max_plus"])
+@pytest.mark.parametrize("groups", [8, 2])
+def test_eager_calls_skip_the_operators_dispatch_with_the_same_numbers(variant, groups):
+    # an eager call nothing watches takes the loops' bodies through an autograd Function; the
+    # custom operator (what compile, export and dispatch modes see) gives the same bits
+    from anyconv.engine.tap_loops import loops_arguments, tap_loops_conv, tap_loops_op
+
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 8, 9, 9, generator=generator, requires_grad=True)
+    w = torch.randn(8, 8 // groups, 3, 3, generator=generator, requires_grad=True)
+    b = torch.randn(8, generator=generator, requires_grad=True)
+    instance = resolve_variant(variant)
+    geometry = make_geometry((9, 9), 3, padding=1)
+    assert tap_loops_fit(instance, x, w, groups)
+    eager = tap_loops_conv(x, w, b, instance, geometry, groups, 2**20)
+    assert type(eager.grad_fn).__name__ == "_TapLoopsFunctionBackward"
+    through_op = tap_loops_op(x, w, b, *loops_arguments(instance, geometry, groups, 2**20))
+    assert torch.equal(eager, through_op)
+    grad = torch.randn(eager.shape, generator=generator)
+    eager_grads = torch.autograd.grad(eager, (x, w, b), grad)
+    op_grads = torch.autograd.grad(through_op, (x, w, b), grad)
+    for found, expected in zip(eager_grads, op_grads):
+        assert torch.equal(found, expected)
+    with torch.no_grad():
+        assert torch.equal(tap_loops_conv(x, w, b, instance, geometry, groups, 2**20), through_op)

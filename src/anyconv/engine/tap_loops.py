@@ -30,6 +30,7 @@ from ..variants.native import load_library, native_enabled
 from ..variants.triton_backend import backend
 from .blocks import bias_grad
 from .graph_gradients import gradients_as_graph
+from .machinery import machinery_watches
 from .ops import (
     generalized_conv_backward_op,
     op_geometry,
@@ -135,7 +136,16 @@ def tap_loops_conv(
     ...     y = tap_loops_conv(x, w, None, Dot(), make_geometry((6, 6), 3, padding=1), 4, 2**20)
     ...     assert torch.allclose(y, F.conv2d(x, w, padding=1, groups=4))
     """
-    return tap_loops_op(input, weight, bias, *loops_arguments(variant, geometry, groups, memory_budget))
+    arguments = loops_arguments(variant, geometry, groups, memory_budget)
+    if machinery_watches(input, weight, bias):
+        return tap_loops_op(input, weight, bias, *arguments)
+    # a plain eager call: the same bodies without the custom operators' dispatch (their arguments
+    # bound and flattened, forward and backward), as much as a small layer's whole work
+    if not torch.is_grad_enabled() or not any(
+        tensor is not None and tensor.requires_grad for tensor in (input, weight, bias)
+    ):
+        return _loops_forward(input, weight, bias, *arguments)
+    return _TapLoopsFunction.apply(input, weight, bias, *arguments)
 
 
 @dataclass(frozen=True)
@@ -187,6 +197,24 @@ def tap_loops_op(
 ) -> torch.Tensor:
     """``loops(pad(input), weight) + bias``; the arguments are those of ``anyconv::generalized_conv``
     (a variant of the loops, no option tensors)."""
+    return _loops_forward(
+        input, weight, bias, variant, options, stride, padding, dilation, groups, memory_budget
+    )
+
+
+def _loops_forward(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    variant: str,
+    options: str,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    memory_budget: int,
+) -> torch.Tensor:
+    """The body of ``anyconv::tap_loops``, called directly by eager calls nothing watches."""
     arguments = (variant, options, stride, padding, dilation, groups, memory_budget)
     plan = plan_of(_tap_plan, input, weight, *arguments)
     record_native_call()
@@ -249,6 +277,17 @@ def tap_loops_backward_op(
 ) -> list[torch.Tensor]:
     """[grad input, grad weight] by the loops' own gradients, each empty where ``needs`` says False."""
     arguments = (variant, options, stride, padding, dilation, groups, memory_budget)
+    return _loops_backward(grad_output, input, weight, arguments, needs)
+
+
+def _loops_backward(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    arguments: tuple[Any, ...],
+    needs: list[bool],
+) -> list[torch.Tensor]:
+    """The body of ``anyconv::tap_loops_backward``, called directly by the eager Function's backward."""
     plan = plan_of(_tap_plan, input, weight, *arguments)
     record_native_call()
     weight, grad_output = weight.contiguous(), grad_output.contiguous()
@@ -296,12 +335,31 @@ def _backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None,
         # not differentiable, the custom operator's are (or it refuses, for a non-smooth variant)
         grad_input, grad_weight = _differentiable_gradients(ctx.arguments, input, weight, grad_output, needs)
     elif needs[0] or needs[1]:
-        grad_input, grad_weight = loops_gradients(ctx.arguments, input, weight, grad_output, needs[:2])
+        grad_input, grad_weight = loops_gradients(
+            ctx.arguments, input, weight, grad_output, needs[:2], direct=getattr(ctx, "direct", False)
+        )
     grad_bias = bias_grad(grad_output) if needs[2] else None
     return grad_input, grad_weight, grad_bias, *(None,) * len(ctx.arguments)
 
 
 tap_loops_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _TapLoopsFunction(torch.autograd.Function):
+    """``anyconv::tap_loops`` and its autograd formula without the operators' dispatch: for eager
+    calls that nothing watches (``machinery_watches``), the same bodies and the same backward."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *arguments: Any
+    ) -> torch.Tensor:
+        ctx.save_for_backward(input, weight)
+        ctx.arguments, ctx.direct = arguments, True
+        return _loops_forward(input, weight, bias, *arguments)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return _backward(ctx, grad_output)
 
 
 def loops_gradients(
@@ -310,9 +368,11 @@ def loops_gradients(
     weight: torch.Tensor,
     grad_output: torch.Tensor,
     needs: tuple[bool, ...],
+    direct: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The input and weight gradients of ``anyconv::tap_loops`` (its schema ``arguments`` after the
-    bias), None where ``needs`` says False; no graph."""
+    bias), None where ``needs`` says False; no graph. ``direct``: the loops' backward body is
+    called without its operator's dispatch (an eager call nothing watches)."""
     groups = arguments[5]
     if groups == 1 and weight.shape[0] > MAX_DENSE_LOOPS_BACKWARD_FILTERS:
         # a dense layer with many filters: the loops' backward takes each filter's taps alone,
@@ -320,6 +380,8 @@ def loops_gradients(
         found = generalized_conv_backward_op(
             grad_output, input, weight, [], None, None, *arguments, list(needs)
         )
+    elif direct:
+        found = _loops_backward(grad_output, input, weight, arguments, list(needs))
     else:
         found = tap_loops_backward_op(grad_output, input, weight, *arguments, list(needs))
     grad_input, grad_weight = (gradient if needed else None for gradient, needed in zip(found, needs))
