@@ -182,26 +182,6 @@ def _tap_plan(
     return TapPlan(geometry, groups, operation, max(1, memory_budget // sample_bytes))
 
 
-@torch.library.custom_op("anyconv::tap_loops", mutates_args=())
-def tap_loops_op(
-    input: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    variant: str,
-    options: str,
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
-    memory_budget: int,
-) -> torch.Tensor:
-    """``loops(pad(input), weight) + bias``; the arguments are those of ``anyconv::generalized_conv``
-    (a variant of the loops, no option tensors)."""
-    return _loops_forward(
-        input, weight, bias, variant, options, stride, padding, dilation, groups, memory_budget
-    )
-
-
 def _loops_forward(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -214,7 +194,9 @@ def _loops_forward(
     groups: int,
     memory_budget: int,
 ) -> torch.Tensor:
-    """The body of ``anyconv::tap_loops``, called directly by eager calls nothing watches."""
+    """``loops(pad(input), weight) + bias``; the arguments are those of ``anyconv::generalized_conv``
+    (a variant of the loops, no option tensors). The body of the custom operator ``anyconv::tap_loops``
+    (``tap_loops_op``), called directly by the eager calls that nothing watches."""
     arguments = (variant, options, stride, padding, dilation, groups, memory_budget)
     plan = plan_of(_tap_plan, input, weight, *arguments)
     record_native_call()
@@ -240,6 +222,9 @@ def _loops_forward(
     if bias is not None:
         output += bias.view(-1, *(1,) * plan.geometry.ndim)
     return output
+
+
+tap_loops_op = torch.library.custom_op("anyconv::tap_loops", mutates_args=())(_loops_forward)
 
 
 @tap_loops_op.register_fake
