@@ -544,7 +544,7 @@ def test_the_quotient_on_rows_narrower_than_a_vector_equals_the_formula(case, na
 def test_eager_calls_skip_the_operators_dispatch_with_the_same_numbers(variant, groups):
     # an eager call nothing watches takes the loops' bodies through an autograd Function; the
     # custom operator (what compile, export and dispatch modes see) gives the same bits
-    from anyconv.engine.tap_loops import loops_arguments, tap_loops_conv, tap_loops_op
+    from anyconv.engine.tap_loops import loops_arguments, tap_loops_backward_op, tap_loops_conv, tap_loops_op
 
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(2, 8, 9, 9, generator=generator, requires_grad=True)
@@ -562,5 +562,26 @@ def test_eager_calls_skip_the_operators_dispatch_with_the_same_numbers(variant, 
     op_grads = torch.autograd.grad(through_op, (x, w, b), grad)
     for found, expected in zip(eager_grads, op_grads):
         assert torch.equal(found, expected)
+    # the backward's operator, which the eager backwards (the operator's own too) skip
+    backward_op = tap_loops_backward_op(
+        grad, x, w, *loops_arguments(instance, geometry, groups, 2**20), [True] * 2
+    )
+    for found, expected in zip(eager_grads, backward_op):
+        assert torch.equal(found, expected)
     with torch.no_grad():
         assert torch.equal(tap_loops_conv(x, w, b, instance, geometry, groups, 2**20), through_op)
+
+
+@pytest.mark.parametrize("groups", [8, 2])
+def test_the_eager_quotient_skips_its_operators_dispatch_with_the_same_numbers(groups):
+    from anyconv.engine.tap_loops import op_padding, tap_quotient_conv, tap_quotient_op
+
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 8, 9, 9, generator=generator)
+    w = torch.randn(8, 8 // groups, 3, 3, generator=generator)
+    scale, offset = torch.rand(8, generator=generator) + 0.5, torch.full((8,), 1e-3)
+    geometry = make_geometry((9, 9), 3, padding=1)
+    assert tap_loops_fit(resolve_variant("dot"), x, w, groups)
+    eager = tap_quotient_conv(x, w, scale, offset, geometry, groups, 2**20)
+    through_op = tap_quotient_op(x, w, scale, offset, [1, 1], op_padding(geometry), [1, 1], groups, 2**20)
+    assert torch.equal(eager, through_op)

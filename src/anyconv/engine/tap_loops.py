@@ -272,7 +272,8 @@ def _loops_backward(
     arguments: tuple[Any, ...],
     needs: list[bool],
 ) -> list[torch.Tensor]:
-    """The body of ``anyconv::tap_loops_backward``, called directly by the eager Function's backward."""
+    """The body of ``anyconv::tap_loops_backward``, called directly where nothing watches (see
+    :func:`loops_gradients`)."""
     plan = plan_of(_tap_plan, input, weight, *arguments)
     record_native_call()
     weight, grad_output = weight.contiguous(), grad_output.contiguous()
@@ -320,9 +321,7 @@ def _backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None,
         # not differentiable, the custom operator's are (or it refuses, for a non-smooth variant)
         grad_input, grad_weight = _differentiable_gradients(ctx.arguments, input, weight, grad_output, needs)
     elif needs[0] or needs[1]:
-        grad_input, grad_weight = loops_gradients(
-            ctx.arguments, input, weight, grad_output, needs[:2], direct=getattr(ctx, "direct", False)
-        )
+        grad_input, grad_weight = loops_gradients(ctx.arguments, input, weight, grad_output, needs[:2])
     grad_bias = bias_grad(grad_output) if needs[2] else None
     return grad_input, grad_weight, grad_bias, *(None,) * len(ctx.arguments)
 
@@ -339,7 +338,7 @@ class _TapLoopsFunction(torch.autograd.Function):
         ctx: Any, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *arguments: Any
     ) -> torch.Tensor:
         ctx.save_for_backward(input, weight)
-        ctx.arguments, ctx.direct = arguments, True
+        ctx.arguments = arguments
         return _loops_forward(input, weight, bias, *arguments)
 
     @staticmethod
@@ -353,11 +352,10 @@ def loops_gradients(
     weight: torch.Tensor,
     grad_output: torch.Tensor,
     needs: tuple[bool, ...],
-    direct: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The input and weight gradients of ``anyconv::tap_loops`` (its schema ``arguments`` after the
-    bias), None where ``needs`` says False; no graph. ``direct``: the loops' backward body is
-    called without its operator's dispatch (an eager call nothing watches)."""
+    bias), None where ``needs`` says False; no graph. Through ``anyconv::tap_loops_backward`` where
+    torch's machinery watches (``machinery_watches``), else its body without the dispatch."""
     groups = arguments[5]
     if groups == 1 and weight.shape[0] > MAX_DENSE_LOOPS_BACKWARD_FILTERS:
         # a dense layer with many filters: the loops' backward takes each filter's taps alone,
@@ -365,10 +363,10 @@ def loops_gradients(
         found = generalized_conv_backward_op(
             grad_output, input, weight, [], None, None, *arguments, list(needs)
         )
-    elif direct:
-        found = _loops_backward(grad_output, input, weight, arguments, list(needs))
-    else:
+    elif machinery_watches(grad_output, input, weight):
         found = tap_loops_backward_op(grad_output, input, weight, *arguments, list(needs))
+    else:
+        found = _loops_backward(grad_output, input, weight, arguments, list(needs))
     grad_input, grad_weight = (gradient if needed else None for gradient, needed in zip(found, needs))
     return grad_input, grad_weight
 
@@ -415,7 +413,8 @@ def tap_quotient_conv(
     memory_budget: int,
 ) -> torch.Tensor:
     """(p . w) / (|p| scale + offset) for every field p of a batched ``input`` and filter w, by one
-    pass of the tap loops (see :func:`tap_loops_fit` for ``dot``), through ``anyconv::tap_quotient``.
+    pass of the tap loops (see :func:`tap_loops_fit` for ``dot``), through ``anyconv::tap_quotient``
+    where torch's machinery watches (``machinery_watches``), else its body without the dispatch.
 
     ``scale`` and ``offset`` hold one value per filter (the cosine: |w| and eps). The loops read each
     field once for both p . w and |p|^2 and write only the quotient. No autograd formula: for
@@ -429,25 +428,18 @@ def tap_quotient_conv(
     ...     y = tap_quotient_conv(x, w, norms, torch.zeros(4), make_geometry((6, 6), 3), 4, 2**20)
     ...     assert y.shape == (2, 4, 4, 4) and y.abs().max() <= 1 + 1e-6
     """
-    return tap_quotient_op(
-        input,
-        weight,
-        scale,
-        offset,
-        list(geometry.stride),
-        op_padding(geometry),
-        list(geometry.dilation),
-        groups,
-        memory_budget,
-    )
+    arguments = (list(geometry.stride), op_padding(geometry), list(geometry.dilation), groups, memory_budget)
+    if machinery_watches(input, weight, scale, offset):
+        return tap_quotient_op(input, weight, scale, offset, *arguments)
+    # a plain eager call: the operator's body without its dispatch (see tap_loops_conv)
+    return _quotient_forward(input, weight, scale, offset, *arguments)
 
 
 #: the loops' dot, whose plan (geometry, chunks of samples) the quotient shares
 _DOT_ARGUMENTS = variant_arguments(Dot())
 
 
-@torch.library.custom_op("anyconv::tap_quotient", mutates_args=())
-def tap_quotient_op(
+def _quotient_forward(
     input: torch.Tensor,
     weight: torch.Tensor,
     scale: torch.Tensor,
@@ -459,7 +451,8 @@ def tap_quotient_op(
     memory_budget: int,
 ) -> torch.Tensor:
     """``(loops' dot) / (|p| scale + offset)`` with the padding, stride, dilation and groups of
-    ``anyconv::tap_loops``; ``scale`` and ``offset`` (out_channels,), taken in the loops' compute type."""
+    ``anyconv::tap_loops``; ``scale`` and ``offset`` (out_channels,), taken in the loops' compute type.
+    The body of the custom operator ``anyconv::tap_quotient`` (``tap_quotient_op``)."""
     assert _DOT_ARGUMENTS is not None
     name, options, _ = _DOT_ARGUMENTS
     plan = plan_of(_tap_plan, input, weight, name, options, stride, padding, dilation, groups, memory_budget)
@@ -479,6 +472,9 @@ def tap_quotient_op(
             padded = _padded(input[samples], plan.geometry)
             _call("tap_quotient", plan, padded, weight, scale, offset, output[samples])
     return output
+
+
+tap_quotient_op = torch.library.custom_op("anyconv::tap_quotient", mutates_args=())(_quotient_forward)
 
 
 @tap_quotient_op.register_fake
