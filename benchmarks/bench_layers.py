@@ -56,6 +56,14 @@ class Row:
     def ndim(self) -> int:
         return len(self.input_shape) - 2
 
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """(out, in / groups, *kernel), or torch's (in, out / groups, *kernel) for a transposed layer."""
+        kernel, channels = (self.kernel_size,) * self.ndim, self.input_shape[1]
+        if self.transposed:
+            return (channels, self.out_channels // self.groups, *kernel)
+        return (self.out_channels, channels // self.groups, *kernel)
+
 
 # batch sizes keep one torch call of every row in the milliseconds to tens of milliseconds
 ROWS = (
@@ -170,27 +178,16 @@ def _layer(row: Row, tiny: bool = False):
 
     ``tiny``: one sample whose image is just large enough for one output position.
     """
-    import torch
     import torch.nn.functional as F
 
     import anyconv
 
-    generator = torch.Generator().manual_seed(0)
-    channels = row.input_shape[1]
-    kernel = (row.kernel_size,) * row.ndim
-    if row.transposed:
-        weight_shape = (channels, row.out_channels // row.groups, *kernel)
-    else:
-        weight_shape = (row.out_channels, channels // row.groups, *kernel)
     shape = row.input_shape
     if tiny:
         span = 1 if row.transposed else (row.kernel_size - 1) * row.dilation + 1
-        shape = (1, channels, *(span,) * row.ndim)
-    x = torch.randn(shape, generator=generator)
-    if row.channels_last:
-        x = x.contiguous(memory_format=(torch.channels_last, torch.channels_last_3d)[row.ndim - 2])
-    w = torch.randn(weight_shape, generator=generator) / math.sqrt(math.prod(weight_shape[1:]))
-    b = torch.randn(row.out_channels, generator=generator)
+        shape = (1, shape[1], *(span,) * row.ndim)
+    x, w, b = random_tensors(shape, row.weight_shape, row.out_channels, row.channels_last)
+    assert b is not None
     arguments = dict(stride=row.stride, padding=row.padding, dilation=row.dilation, groups=row.groups)
     if row.transposed:
         torch_op = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[row.ndim - 1]
@@ -204,6 +201,28 @@ def _layer(row: Row, tiny: bool = False):
             )
     methods["torch"] = lambda x, w, b: torch_op(x, w, b, **arguments)
     return x, w, b, methods
+
+
+def random_tensors(
+    input_shape: tuple[int, ...],
+    weight_shape: tuple[int, ...],
+    bias_size: int | None,
+    channels_last: bool = False,
+    weight_scale: float | None = None,
+):
+    """Input, weight and bias (None for no ``bias_size``) drawn from normal numbers, seed 0; the
+    weight times ``weight_scale``, by default 1 / sqrt(its fan-in); the input channels-last if asked."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(input_shape, generator=generator)
+    if channels_last:
+        x = x.contiguous(memory_format=(torch.channels_last, torch.channels_last_3d)[x.dim() - 4])
+    if weight_scale is None:
+        weight_scale = 1 / math.sqrt(math.prod(weight_shape[1:]))
+    w = torch.randn(weight_shape, generator=generator) * weight_scale
+    b = None if bias_size is None else torch.randn(bias_size, generator=generator)
+    return x, w, b
 
 
 def caller(x, w, b, backward: bool):

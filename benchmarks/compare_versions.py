@@ -34,7 +34,7 @@ from types import ModuleType
 
 import torch
 from bench_layers import METHODS as LAYER_METHODS
-from bench_layers import ROWS, Row, caller
+from bench_layers import ROWS, Row, caller, random_tensors
 from bench_variants import OPTIONS as VARIANT_OPTIONS
 from steady_allocator import steady_allocator
 
@@ -116,15 +116,9 @@ def cases(suites: list[str], rows: str | None) -> list[tuple[str, str, dict]]:
 
 
 def _row_layer(row: Row) -> dict:
-    channels, kernel = row.input_shape[1], (row.kernel_size,) * row.ndim
-    if row.transposed:
-        weight_shape = (channels, row.out_channels // row.groups, *kernel)
-    else:
-        weight_shape = (row.out_channels, channels // row.groups, *kernel)
     return dict(
         input_shape=row.input_shape,
-        weight_shape=weight_shape,
-        weight_scale=1 / math.sqrt(math.prod(weight_shape[1:])),
+        weight_shape=row.weight_shape,
         channels_last=row.channels_last,
         transposed=row.transposed,
         arguments=dict(stride=row.stride, padding=row.padding, dilation=row.dilation, groups=row.groups),
@@ -143,13 +137,15 @@ def calls(layer: dict, package: ModuleType, method: str):
 
 
 def tensors(layer: dict, backward: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(layer["input_shape"], generator=generator)
-    if layer.get("channels_last"):
-        x = x.contiguous(memory_format=(torch.channels_last, torch.channels_last_3d)[x.dim() - 4])
-    w = torch.randn(layer["weight_shape"], generator=generator) * layer.get("weight_scale", 1.0)
-    out_channels = w.shape[1] * layer["arguments"]["groups"] if layer.get("transposed") else w.shape[0]
-    b = torch.randn(out_channels, generator=generator) if layer.get("bias", True) else None
+    weight_shape, groups = layer["weight_shape"], layer["arguments"].get("groups", 1)
+    out_channels = weight_shape[1] * groups if layer.get("transposed") else weight_shape[0]
+    x, w, b = random_tensors(
+        layer["input_shape"],
+        weight_shape,
+        out_channels if layer.get("bias", True) else None,
+        layer.get("channels_last", False),
+        layer.get("weight_scale"),
+    )
     for tensor in (x, w, b):
         if tensor is not None:
             tensor.requires_grad_(backward)
