@@ -145,9 +145,7 @@ def main() -> None:
     print("\n| case | shapes, reference | anyconv peak MiB | reference peak MiB |")
     print("|---|---|---:|---:|")
     for name, description in CASES.items():
-        print(
-            f"| {name} | {description} | {memory[name, 'anyconv']:.0f} | {memory[name, 'reference']:.0f} |"
-        )
+        print(f"| {name} | {description} | {memory[name, 'anyconv']:.0f} | {memory[name, 'reference']:.0f} |")
 
 
 if __name__ == "__main__":

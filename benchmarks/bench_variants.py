@@ -92,8 +92,10 @@ def forward_backward(function, x, w):
 
 def timing(batch: int, repeat: int) -> None:
     x, w = layer(batch)
-    print(f"batch {batch} of (64, 32, 32) -> 64 channels, 3x3, padding 1, float32, "
-          f"{torch.get_num_threads()} threads; median of {repeat} runs, ms")
+    print(
+        f"batch {batch} of (64, 32, 32) -> 64 channels, 3x3, padding 1, float32, "
+        f"{torch.get_num_threads()} threads; median of {repeat} runs, ms"
+    )
     print(f"{'variant':<18}{'forward':>9}{'x conv':>8}{'fwd+bwd':>9}{'x conv':>8}{'x dot':>7}  path")
     conv_step = forward_backward(lambda a, b: run("F.conv2d", a, b), x, w)
     dot_step = forward_backward(lambda a, b: run("dot", a, b), x, w)
@@ -109,18 +111,24 @@ def timing(batch: int, repeat: int) -> None:
             dot_forward = paired(lambda: run("dot", x, w), lambda name=name: run(name, x, w), repeat)[1]
             dot_both = paired(dot_step, step, repeat)[1]
             versus_dot = f"{max(dot_forward, dot_both):7.2f}"
-        print(f"{name:<18}{forward:9.1f}{forward_ratio:8.2f}{both:9.1f}{both_ratio:8.2f}{versus_dot}  {path}",
-              flush=True)
-    print("x conv: median over runs of time / F.conv2d's, each timed in turn with it (forward, "
-          "forward+backward);\nx dot: the same against dot, the larger of the two")
+        print(
+            f"{name:<18}{forward:9.1f}{forward_ratio:8.2f}{both:9.1f}{both_ratio:8.2f}{versus_dot}  {path}",
+            flush=True,
+        )
+    print(
+        "x conv: median over runs of time / F.conv2d's, each timed in turn with it (forward, "
+        "forward+backward);\nx dot: the same against dot, the larger of the two"
+    )
     naive_batch = 1
     xs = x[:naive_batch]
     for name in ("l1", "max_plus"):
         naive_ms = median_ms(lambda name=name: naive(name, xs, w), max(1, repeat // 2))
         ours = median_ms(lambda name=name: run(name, xs, w), repeat)
-        print(f"naive broadcast {name} at batch {naive_batch} (batch {batch} needs "
-              f"{batch * 1024 * 64 * 576 * 4 / 2**30:.1f} GiB for the broadcast): {naive_ms:.1f} ms, "
-              f"anyconv {ours:.1f} ms ({naive_ms / ours:.0f}x faster)")
+        print(
+            f"naive broadcast {name} at batch {naive_batch} (batch {batch} needs "
+            f"{batch * 1024 * 64 * 576 * 4 / 2**30:.1f} GiB for the broadcast): {naive_ms:.1f} ms, "
+            f"anyconv {ours:.1f} ms ({naive_ms / ours:.0f}x faster)"
+        )
 
 
 def resident_kib(field: str) -> int:
@@ -142,12 +150,16 @@ def memory_case(name: str, batch: int) -> None:
 
 def memory(batch: int) -> None:
     print(f"peak extra resident memory of forward+backward, batch {batch}, fresh process per case, MiB")
-    print("(includes the output, its gradient and the input and weight gradients: "
-          f"{4 * batch * 64 * 32 * 32 * 3 / 2**20:.0f} MiB)")
+    print(
+        "(includes the output, its gradient and the input and weight gradients: "
+        f"{4 * batch * 64 * 32 * 32 * 3 / 2**20:.0f} MiB)"
+    )
     for name in ("F.conv2d", "dot", "l1", "max_plus", "l2", "cosine"):
         result = subprocess.run(
             [sys.executable, __file__, "--memory-case", name, "--batch", str(batch)],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         print(f"{name:<18}{float(result.stdout.strip()):9.0f}")
     broadcast = batch * 1024 * 64 * 576 * 4 / 2**20
