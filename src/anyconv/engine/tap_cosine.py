@@ -168,16 +168,20 @@ def _gradients(
     filter_column = filter_norms.view(groups, -1, *(1,) * ndim)
     field_norms = field_squares(tap_loops_conv, input, geometry, groups, memory_budget).to(compute).sqrt_()
     norms = field_norms.unsqueeze(2)
-    scaled = grad.to(compute).unflatten(1, (groups, -1)) / (norms * filter_column + eps)
+    # D = |p| |w| + eps, then a = grad / D in its place: one pass each
+    scaled = torch.addcmul(norms.new_tensor(eps), norms, filter_column)
+    torch.div(grad.to(compute).unflatten(1, (groups, -1)), scaled, out=scaled)
     # r = a y, then what goes to the field norms and to the filter norms
     quotient = _quotient(input, weight, eps, geometry, groups, memory_budget) if kept is None else kept
-    # out of place: a kept quotient serves a second backward (retain_graph) unchanged
-    radial = quotient.unflatten(1, (groups, -1)).to(compute) * scaled
+    radial = quotient.unflatten(1, (groups, -1))
+    if kept is None and radial.dtype == compute:
+        radial.mul_(scaled)
+    else:
+        # out of place: a kept quotient serves a second backward (retain_graph) unchanged
+        radial = radial.to(compute) * scaled
     del quotient
-    to_filter_norms = (radial * norms).sum((0, *range(3, 3 + ndim))).flatten()
-    to_field_squares = (
-        radial.mul_(filter_column).sum(2).div_(field_norms * -2).masked_fill_(field_norms == 0, 0)
-    )
+    to_filter_norms, to_field_squares = _radial_sums(radial, norms, filter_norms, groups)
+    to_field_squares.div_(field_norms).masked_fill_(field_norms == 0, 0)
     del radial, norms, field_norms
     arguments = loops_arguments(_DOT, geometry, groups, memory_budget)
     scaled_grad = scaled.flatten(1, 2).to(input.dtype)
@@ -197,6 +201,38 @@ def _gradients(
         )
         grad_weight -= radial_weight.view(weight.shape).to(weight.dtype)
     return grad_input, grad_weight
+
+
+#: positions per (sample, group) from which the radial terms' sums run as batched matrix products
+#: (one pass over r each) rather than products and reductions (two): on fewer, the products' calls
+#: cost more than the pass they save (docs/benchmarks.md)
+MIN_PRODUCT_POSITIONS = 256
+
+
+def _radial_sums(
+    radial: torch.Tensor, norms: torch.Tensor, filter_norms: torch.Tensor, groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """From r (batch, groups, filters, *output): what goes to the filter norms, the sum of r |p| over
+    samples and positions (out channels,), and to the field squares, -(sum over the group's
+    filters of r |w|) / 2 (batch, groups, *output), still to be divided by |p|.
+
+    >>> for size in (4, 16):  # 16 positions, reduced; 256, as products
+    ...     r, p, w = torch.rand(2, 3, 2, size, size), torch.rand(2, 3, 1, size, size), torch.rand(6)
+    ...     to_filters, to_fields = _radial_sums(r, p, w, 3)
+    ...     assert torch.allclose(to_filters, (r * p).sum((0, 3, 4)).flatten())
+    ...     assert torch.allclose(to_fields, (r * w.view(3, 2, 1, 1)).sum(2) * -0.5)
+    """
+    rows = radial.flatten(3)
+    half_norms = filter_norms.view(groups, -1) * -0.5
+    if rows.is_contiguous() and rows.shape[-1] >= MIN_PRODUCT_POSITIONS:
+        # per (sample, group): r (filters, positions) times |p| (positions), -|w| / 2 times r
+        to_filter_norms = torch.matmul(rows, norms.flatten(3).mT).sum(0).flatten()
+        to_field_squares = torch.matmul(half_norms.unsqueeze(1), rows).view(norms.shape[:2] + norms.shape[3:])
+        return to_filter_norms, to_field_squares
+    ndim = radial.dim() - 3
+    to_filter_norms = (radial * norms).sum((0, *range(3, 3 + ndim))).flatten()
+    to_field_squares = (radial * half_norms.view(groups, -1, *(1,) * ndim)).sum(2)
+    return to_filter_norms, to_field_squares
 
 
 def _composed_gradients(
