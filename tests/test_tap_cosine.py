@@ -43,7 +43,7 @@ CASES = [
     # dense first layers, few taps on at least MIN_DENSE_POSITIONS (the quotient kept)
     ((1, 3, 34, 33), (5, 3, 3, 3), {"padding": 1, "stride": 2}),
     ((1, 2, 1030), (4, 2, 3), {"padding": 1}),
-    # at least MIN_PRODUCT_POSITIONS outputs per (sample, group): the radial sums as products
+    # more positions per (sample, group), and filters per group
     ((2, 4, 18, 18), (4, 1, 3, 3), {"padding": 1, "groups": 4}),
     ((1, 8, 17, 16), (8, 4, 3, 3), {"padding": 1, "groups": 2}),
 ]
@@ -111,7 +111,7 @@ def test_gradients_equal_the_composed_form(x_shape, w_shape, arguments, monkeypa
         torch.testing.assert_close(value, reference, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("case", [1, -2], ids=["radial-sums-reduced", "radial-sums-as-products"])
+@pytest.mark.parametrize("case", [1, -2], ids=["depthwise-5x5-stride-2", "depthwise-3x3-18x18"])
 def test_nan_and_inf_give_the_composed_forms_gradients(case, monkeypatch):
     x_shape, w_shape, arguments = CASES[case]
     x, w, b = _tensors(x_shape, w_shape)

@@ -203,12 +203,6 @@ def _gradients(
     return grad_input, grad_weight
 
 
-#: positions per (sample, group) from which the radial terms' sums run as batched matrix products
-#: (one pass over r each) rather than products and reductions (two): on fewer, the products' calls
-#: cost more than the pass they save (docs/benchmarks.md)
-MIN_PRODUCT_POSITIONS = 256
-
-
 def _radial_sums(
     radial: torch.Tensor, norms: torch.Tensor, filter_norms: torch.Tensor, groups: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,22 +210,17 @@ def _radial_sums(
     samples and positions (out channels,), and to the field squares, -(sum over the group's
     filters of r |w|) / 2 (batch, groups, *output), still to be divided by |p|.
 
-    >>> for size in (4, 16):  # 16 positions, reduced; 256, as products
-    ...     r, p, w = torch.rand(2, 3, 2, size, size), torch.rand(2, 3, 1, size, size), torch.rand(6)
-    ...     to_filters, to_fields = _radial_sums(r, p, w, 3)
-    ...     assert torch.allclose(to_filters, (r * p).sum((0, 3, 4)).flatten())
-    ...     assert torch.allclose(to_fields, (r * w.view(3, 2, 1, 1)).sum(2) * -0.5)
+    >>> r, p, w = torch.rand(2, 3, 2, 4, 5), torch.rand(2, 3, 1, 4, 5), torch.rand(6)
+    >>> to_filters, to_fields = _radial_sums(r, p, w, 3)
+    >>> torch.allclose(to_filters, (r * p).sum((0, 3, 4)).flatten())
+    True
+    >>> torch.allclose(to_fields, (r * w.view(3, 2, 1, 1)).sum(2) * -0.5)
+    True
     """
-    rows = radial.flatten(3)
-    half_norms = filter_norms.view(groups, -1) * -0.5
-    if rows.is_contiguous() and rows.shape[-1] >= MIN_PRODUCT_POSITIONS:
-        # per (sample, group): r (filters, positions) times |p| (positions), -|w| / 2 times r
-        to_filter_norms = torch.matmul(rows, norms.flatten(3).mT).sum(0).flatten()
-        to_field_squares = torch.matmul(half_norms.unsqueeze(1), rows).view(norms.shape[:2] + norms.shape[3:])
-        return to_filter_norms, to_field_squares
     ndim = radial.dim() - 3
     to_filter_norms = (radial * norms).sum((0, *range(3, 3 + ndim))).flatten()
-    to_field_squares = (radial * half_norms.view(groups, -1, *(1,) * ndim)).sum(2)
+    half_norms = filter_norms.view(groups, -1, *(1,) * ndim) * -0.5
+    to_field_squares = (radial * half_norms).sum(2)
     return to_filter_norms, to_field_squares
 
 
