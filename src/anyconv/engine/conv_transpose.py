@@ -34,10 +34,9 @@ from .arguments import check_conv_tensors
 from .chunks import resolve_budget
 from .conv import conv
 from .conv_transpose_col2im import col2im_geometry, col2im_sample_bytes, col2im_transpose, folded_transpose
-from .machinery import machinery_watches
+from .machinery import machinery_watches, records_graph
 from .ops_autocast import autocast_dtype, cast
 from .ops_memory_format import output_memory_format
-from .tap_products import records_graph
 
 #: the forms :func:`transposed_form` knows
 FORMS = ("auto", "col2im", "phases")

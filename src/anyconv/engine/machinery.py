@@ -1,5 +1,6 @@
 """Whether torch's machinery watches a call: then the engine takes the routes those tools see
-through (custom operators, composed differentiable steps) instead of its eager shortcuts."""
+through (custom operators, composed differentiable steps) instead of its eager shortcuts; and
+whether autograd records it."""
 
 from __future__ import annotations
 
@@ -25,4 +26,18 @@ def machinery_watches(*tensors: torch.Tensor | None) -> bool:
         or torch._C._is_torch_function_mode_enabled()
         or any(torch.is_autocast_enabled(tensor.device.type) for tensor in present)
         or any(type(tensor) not in (torch.Tensor, torch.nn.Parameter) for tensor in present)
+    )
+
+
+def records_graph(*tensors: object) -> bool:
+    """Whether autograd records a call on ``tensors`` (others, None among them, are ignored): if
+    not, a path may run its forward alone, without an autograd Function, and write into the
+    tensors it made itself.
+
+    >>> import torch
+    >>> records_graph(torch.ones(2, requires_grad=True), 1.0), records_graph(torch.ones(2), None)
+    (True, False)
+    """
+    return torch.is_grad_enabled() and any(
+        isinstance(tensor, torch.Tensor) and tensor.requires_grad for tensor in tensors
     )

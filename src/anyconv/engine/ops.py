@@ -26,6 +26,7 @@ from .backward_choice import Backward, choose_backward, saved_for
 from .blocks import bias_grad
 from .contraction import Plan, contract_chunks, gradients, options_of
 from .fields_plan import fields_plan
+from .machinery import records_graph
 from .ops_key import plan_of
 from .ops_memory_format import empty_like_input
 from .ops_second_order import second_order_gradients
@@ -290,7 +291,7 @@ def _gradients(ctx: Any, grad_output: torch.Tensor, needs: tuple[bool, ...]) -> 
         return grad_input, grad_weight, (None,) * len(option_tensors)
 
     sources = (grad_output, input, weight, *option_tensors)
-    builds_graph = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in sources)
+    builds_graph = records_graph(*sources)
     # autograd through contract cannot run inside the op (it runs below autograd): it runs here
     variant = _variant(*ctx.arguments[:2])[0]
     if not builds_graph and choose_backward(variant, needs[2:]) is not Backward.AUTOGRAD:
@@ -404,7 +405,7 @@ def run_generalized_conv(
     """
     name, options, option_tensors = arguments
     tensors = (input, weight, *(() if bias is None else (bias,)), *option_tensors)
-    records = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)
+    records = records_graph(*tensors)
     keep_output, keep_kept = keeps(variant, option_tensors) if records else (False, False)
     op_arguments = (*schema_arguments(name, options, geometry, groups, memory_budget), keep_output, keep_kept)
     # a backward that reads the output gets it before bias: the bias then goes on after

@@ -19,7 +19,7 @@ from ..variants import Variant
 from ..variants.fused import record_eager_call
 from .contraction import GeneralizedConvFunction, contract_chunks
 from .fields_plan import fields_plan
-from .machinery import machinery_watches
+from .machinery import machinery_watches, records_graph
 from .ops import op_padding, op_plan, run_generalized_conv, variant_arguments
 from .ops_memory_format import output_memory_format
 from .pointwise import pointwise_conv, pointwise_fits
@@ -98,9 +98,7 @@ def _fields(
         )
         function_plan = replace(cached, grad_mode=torch.is_grad_enabled())
     tensors = [variant.options[name] for name in function_plan.option_names]
-    if not torch.is_grad_enabled() or not any(
-        tensor is not None and tensor.requires_grad for tensor in (input, weight, bias, *tensors)
-    ):
+    if not records_graph(input, weight, bias, *tensors):
         # nothing to differentiate (inference): the forward alone, without autograd's Function
         return contract_chunks(input, weight, bias, function_plan, tuple(tensors))[0]
     return GeneralizedConvFunction.apply(input, weight, bias, function_plan, *tensors)

@@ -10,10 +10,10 @@ import torch
 
 from ..geometry import Geometry
 from ..variants import Cosine, Dot, Variant
-from .machinery import machinery_watches
+from .machinery import machinery_watches, records_graph
 from .ops_memory_format import channels_last_format
 from .pointwise_cosine import bias_view, composed_cosine, pointwise_cosine, recomputes
-from .tap_products import add_bias, records_graph
+from .tap_products import add_bias
 
 
 def pointwise_fits(variant: Variant, input: torch.Tensor, geometry: Geometry) -> bool:

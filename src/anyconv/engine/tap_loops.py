@@ -30,7 +30,7 @@ from ..variants.native import load_library, native_enabled
 from ..variants.triton_backend import backend
 from .blocks import bias_grad
 from .graph_gradients import gradients_as_graph
-from .machinery import machinery_watches
+from .machinery import machinery_watches, records_graph
 from .ops import (
     generalized_conv_backward_op,
     op_geometry,
@@ -141,9 +141,7 @@ def tap_loops_conv(
         return tap_loops_op(input, weight, bias, *arguments)
     # a plain eager call: the same bodies without the custom operators' dispatch (their arguments
     # bound and flattened, forward and backward), as much as a small layer's whole work
-    if not torch.is_grad_enabled() or not any(
-        tensor is not None and tensor.requires_grad for tensor in (input, weight, bias)
-    ):
+    if not records_graph(input, weight, bias):
         return _loops_forward(input, weight, bias, *arguments)
     return _TapLoopsFunction.apply(input, weight, bias, *arguments)
 

@@ -19,7 +19,7 @@ import torch
 
 from ..geometry import Geometry
 from ..variants import L2, RBF, Cosine, Dot, Polynomial, SharpenedCosine, Variant
-from .machinery import machinery_watches
+from .machinery import machinery_watches, records_graph
 from .tap_cosine import composed_cosine, loops_cosine
 from .tap_loops import tap_loops_conv, tap_loops_fit, tap_quotient_conv
 from .tap_norms import Primitive, field_squares, safe_sqrt
@@ -140,19 +140,6 @@ def tap_products_conv(
             output = _sharpened(products, field_norms, filter_norms, options["exponent"], options["q"])
     output = output.view(batch, out_channels, *geometry.output_size)
     return add_bias(output, bias, recording)
-
-
-def records_graph(*tensors: object) -> bool:
-    """Whether autograd records a call on ``tensors`` (others are ignored): if not, the path may
-    write into the tensors it made itself.
-
-    >>> import torch
-    >>> records_graph(torch.ones(2, requires_grad=True), 1.0), records_graph(torch.ones(2), None)
-    (True, False)
-    """
-    return torch.is_grad_enabled() and any(
-        isinstance(tensor, torch.Tensor) and tensor.requires_grad for tensor in tensors
-    )
 
 
 def add_bias(output: torch.Tensor, bias: torch.Tensor | None, recording: bool) -> torch.Tensor:
