@@ -9,6 +9,7 @@ pairs whose distance is still small beside the norms it came from are computed a
 
 from __future__ import annotations
 
+import math
 import weakref
 
 import torch
@@ -16,6 +17,10 @@ import torch
 #: a product-form distance under this share of the centred norms it came from may have lost more
 #: than a few units of rounding to cancellation: it is computed again from the differences
 CANCELLATION_SHARE = 0.25
+#: a field's and a filter's squared norms this far apart (their ratio, either way) cannot cancel:
+#: ``||p - w||^2 >= (|p| - |w|)^2`` (Cauchy-Schwarz), at least CANCELLATION_SHARE of
+#: ``|p|^2 + |w|^2`` once ``|p| / |w|`` is past the larger root of ``(1 - s)(t^2 + 1) = 2t``
+NORMS_APART = ((1 + math.sqrt(1 - (1 - CANCELLATION_SHARE) ** 2)) / (1 - CANCELLATION_SHARE)) ** 2
 #: elements of a block of centred fields however few the outputs (a smaller copy saves nothing)
 MIN_CENTRED_BLOCK = 2**16
 #: (pair, tap) elements of one block of the recomputation
@@ -85,11 +90,14 @@ def _distances(
     field_norms = _squared_norms(centred_fields).unsqueeze(-1)
     norms = field_norms + filter_norms
     distances = torch.baddbmm(norms, centred_fields, centred_filters.transpose(1, 2), alpha=-2)
+    if compiling:
+        return distances.clamp_min_(0)
+    if norms_apart(field_norms, filter_norms):
+        # no pair can have cancelled (nor be negative): nothing to check
+        return distances
     # the margin is NaN also where the product form gave NaN (inf - inf) or the norms overflowed:
     # the differences then say what the formula gives, inf or NaN. amin propagates NaN, and is
     # one quick reduction where a boolean all() is several times slower
-    if compiling:
-        return distances.clamp_min_(0)
     with torch.no_grad():
         # into the norms, read no more: one pass
         margin = torch.add(distances, norms, alpha=-CANCELLATION_SHARE, out=norms)
@@ -97,6 +105,49 @@ def _distances(
     if distances.numel() and not margin.amin().item() >= 0:
         _recompute(distances, ~(margin >= 0), fields, filters)
     return distances
+
+
+def norms_apart(field_norms: torch.Tensor, filter_norms: torch.Tensor) -> bool:
+    """Whether, group by group, all fields' squared norms (G, M, 1) are finite and NORMS_APART above
+    all filters' (G, 1, O), or all below: then no pair can cancel, which the norms' extremes tell
+    without a pass over the pairs.
+
+    Activations against freshly initialised filters are far apart; trained distance filters that
+    look like their fields are not, and take the pair by pair check.
+
+    >>> norms_apart(torch.tensor([[[50.0], [9.0]]]), torch.tensor([[[1.0, 1.5]]]))
+    True
+    >>> norms_apart(torch.tensor([[[50.0], [2.0]]]), torch.tensor([[[1.0, 1.5]]]))
+    False
+    >>> norms_apart(torch.tensor([[[float("inf")]]]), torch.tensor([[[1.0]]]))
+    False
+    """
+    if not field_norms.numel() or not filter_norms.numel():
+        return True
+    fields_low, fields_high = _extremes(field_norms)
+    filters_low, filters_high = _extremes(filter_norms)
+    # floats compared in Python: NaN is neither finite nor apart
+    return all(
+        high < math.inf
+        and filter_high < math.inf
+        and (low >= NORMS_APART * filter_high or NORMS_APART * high <= filter_low)
+        for low, high, filter_low, filter_high in zip(fields_low, fields_high, filters_low, filters_high)
+    )
+
+
+def _extremes(norms: torch.Tensor) -> tuple[list[float], list[float]]:
+    """The lowest and the highest of ``norms`` (G, ...) group by group, as floats.
+
+    >>> _extremes(torch.tensor([[[3.0], [1.0]], [[2.0], [5.0]]]))
+    ([1.0, 2.0], [3.0, 5.0])
+    """
+    norms = norms.detach()
+    if norms.shape[0] == 1:
+        # a reduction over everything is several times quicker than one along a dimension
+        low, high = torch.aminmax(norms)
+        return [low.item()], [high.item()]
+    low, high = torch.aminmax(norms.flatten(1), dim=1)
+    return low.tolist(), high.tolist()
 
 
 def centre_far_from_zero(filters: torch.Tensor) -> torch.Tensor | None:
