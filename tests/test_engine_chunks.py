@@ -45,6 +45,8 @@ PLANS = [
         budget=900,
     ),
     dict(id="one-position-each", size=(2, 3, 4), kernel=1, stride=1, batch=2, bytes_per_field=64, budget=1),
+    # 1365 positions fit: three of them and one of a single position, balanced into four of 1024
+    dict(id="tiny-remainder", size=(4098,), kernel=3, stride=1, batch=2, bytes_per_field=3, budget=4095),
 ]
 
 
@@ -66,6 +68,9 @@ def test_chunks_cover_every_sample_and_position_once_within_budget(case):
         single = samples == 1 and math.prod(sizes) == 1
         assert chunk.num_fields * case["bytes_per_field"] <= case["budget"] or single
     assert torch.equal(covered, torch.ones_like(covered))
+    # no chunk of a few positions beside full ones: each its own overhead for little work
+    sizes = [chunk.num_fields for chunk in chunks]
+    assert 2 * min(sizes) >= max(sizes)
 
 
 def test_a_plan_is_not_a_list_of_every_output_row():

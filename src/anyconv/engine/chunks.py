@@ -84,9 +84,9 @@ def plan_chunks(
 
     A chunk costs ``bytes_per_output`` per output position it holds plus ``bytes_per_input`` per
     position of the padded slab it reads (the kernel's halo included), for work laid out over
-    the slab. Only a single output position of a single sample can be over the budget. Every
-    chunk but the last of each range holds at least half the budget, so there are about
-    ``2 * total / budget``.
+    the slab. Only a single output position of a single sample can be over the budget. The
+    chunks of a range are as few as the budget allows, and each holds at least half the budget
+    when there are several (see ``_parts``), so there are about ``2 * total / budget``.
 
     >>> g = make_geometry((34, 34), 3)
     >>> [(c.samples, c.region[0]) for c in plan_chunks(g, 4, 4 * 9, 2 * 32 * 32 * 36)]
@@ -94,7 +94,7 @@ def plan_chunks(
     >>> [c.region[1] for c in plan_chunks(make_geometry((1, 100), (1, 3)), 1, 10, 500)]
     [slice(0, 50, None), slice(50, 98, None)]
     >>> [c.slab[1] for c in plan_chunks(make_geometry((1, 100), (1, 3)), 1, 0, 500, bytes_per_input=10)]
-    [slice(0, 50, None), slice(48, 98, None), slice(96, 100, None)]
+    [slice(0, 34, None), slice(32, 67, None), slice(65, 100, None)]
     """
     output = geometry.output_size
 
@@ -124,10 +124,26 @@ def plan_chunks(
             stride=geometry.stride,
             dilation=geometry.dilation,
         )
-        for start in range(0, batch, samples_per_chunk):
-            samples = slice(start, min(start + samples_per_chunk, batch))
+        for samples in _parts(batch, samples_per_chunk):
             chunks.append(Chunk(samples, region, slab, slab_geometry))
     return tuple(chunks)
+
+
+def _parts(total: int, most: int) -> list[slice]:
+    """``range(total)`` in parts of ``most``, unless the last would hold under half of that: then
+    in as many parts, as equal as can be. A last part of a few positions costs a whole chunk's
+    overhead; full parts keep the sizes that the rows before were timed with.
+
+    >>> [(part.start, part.stop) for part in _parts(28, 10)]
+    [(0, 10), (10, 20), (20, 28)]
+    >>> [part.stop - part.start for part in _parts(4096, 1365)]
+    [1024, 1024, 1024, 1024]
+    """
+    most = max(1, most)
+    count = -(-total // most)
+    if 2 * (total - (count - 1) * most) >= most:
+        return [slice(start, min(start + most, total)) for start in range(0, total, most)]
+    return [slice(total * index // count, total * (index + 1) // count) for index in range(count)]
 
 
 def _split_one_sample(
@@ -146,8 +162,8 @@ def _split_one_sample(
     axis = next(axis for axis in range(ndim) if axis == ndim - 1 or cost(box(axis, 1)) <= budget)
     # the most outputs along ``axis`` that fit: the cost is linear in them
     first = cost(box(axis, 1))
-    step = max(1, 1 + (budget - first) // max(1, cost(box(axis, 2)) - first))
-    ranges = [slice(start, min(start + step, output[axis])) for start in range(0, output[axis], step)]
+    most = max(1, 1 + (budget - first) // max(1, cost(box(axis, 2)) - first))
+    ranges = _parts(output[axis], most)
     rest = tuple(slice(0, size) for size in output[axis + 1 :])
     leading = itertools.product(*(range(size) for size in output[:axis]))
     return [
