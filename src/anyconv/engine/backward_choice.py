@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
 from ..variants import ProductVariant, Variant
+from ..variants.filter_sums import FilterGradientSum
 
 
 class Backward(enum.Enum):
@@ -68,14 +70,17 @@ def reads_of(
     output: torch.Tensor | None,
     kept: torch.Tensor | None = None,
     field_norms: Callable[[], torch.Tensor] | None = None,
-) -> dict[str, torch.Tensor | None]:
+    filter_sum: FilterGradientSum | None = None,
+) -> dict[str, Any]:
     """The keyword arguments ``variant.reads`` asks its backward to be handed; norms made lazily.
 
     >>> from anyconv.variants import RBF
     >>> reads_of(RBF(), torch.ones(1, 1, 1))
     {'output': tensor([[[1.]]])}
     """
-    handed: dict[str, torch.Tensor | None] = {}
+    handed: dict[str, Any] = {}
+    if "filter_sum" in variant.reads:
+        handed["filter_sum"] = filter_sum
     if "output" in variant.reads:
         handed["output"] = output
     if "kept" in variant.reads:

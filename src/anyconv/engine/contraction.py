@@ -19,6 +19,7 @@ import torch
 
 from ..geometry import Geometry
 from ..variants import ProductVariant, Variant
+from ..variants.filter_sums import FilterGradientSum
 from .backward_choice import Backward, choose_backward, reads_of, saved_for
 from .blocks import as_chunk_result, bias_grad, chunk_results, output_block, write_block
 from .chunks import Chunk
@@ -224,7 +225,12 @@ def _fields_backward(
     if backward is Backward.PRODUCT and isinstance(variant, ProductVariant):
         centre = variant.gradient_centre(filters)
     grad_input = torch.zeros_like(input) if needs_input else None
-    grad_filters = torch.zeros_like(filters) if needs_weight else None
+    # a backward that sums its own filter gradient over the chunks (the fused loops, in their
+    # layout) is handed one running sum, read once at the end
+    filter_sum = None
+    if backward is Backward.OWN and needs_weight and "filter_sum" in variant.reads:
+        filter_sum = FilterGradientSum(filters)
+    grad_filters = torch.zeros_like(filters) if needs_weight and filter_sum is None else None
     grad_options = [
         torch.zeros_like(value) if needed else None for value, needed in zip(option_tensors, needs_options)
     ]
@@ -243,7 +249,7 @@ def _fields_backward(
             )
         elif backward is Backward.OWN:
             assert variant.contract_backward is not None
-            reads = reads_of(variant, own_output)
+            reads = reads_of(variant, own_output, filter_sum=filter_sum)
             grad_fields, grad_chunk_filters = variant.contract_backward(
                 fields, filters, grad, **reads, **options
             )
@@ -254,7 +260,7 @@ def _fields_backward(
         if needs_input:
             assert grad_input is not None and grad_fields is not None
             add_field_grads(grad_input, grad_fields, geometry, chunk)
-        if needs_weight:
+        if needs_weight and filter_sum is None:
             assert grad_filters is not None and grad_chunk_filters is not None
             grad_filters += grad_chunk_filters
         for total, part in zip(grad_options, chunk_option_grads):
@@ -264,6 +270,8 @@ def _fields_backward(
         # view of) held across the next call would double the backward's filter-sized memory
         grad_fields = grad_chunk_filters = None
         chunk_option_grads = ()
+    if filter_sum is not None:
+        grad_filters = filter_sum.total()
     grad_weight = weight_of(cast(torch.Tensor, grad_filters), weight) if needs_weight else None
     return grad_input, grad_weight, tuple(grad_options)
 

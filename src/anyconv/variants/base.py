@@ -80,8 +80,10 @@ class Variant:
     #: what the backward is handed besides fields, filters, grad and options, by keyword (see
     #: ``readable``); an instance may narrow it to what its options need
     reads: frozenset[str] = frozenset()
-    #: what a backward of this kind can read
-    readable: ClassVar[frozenset[str]] = frozenset({"output"})
+    #: what a backward of this kind can read: ``"output"``; or ``"filter_sum"``, a
+    #: :class:`~anyconv.variants.filter_sums.FilterGradientSum` of the whole backward to add the
+    #: chunk's filter gradient into (returning None for it), None when no filter gradient is needed
+    readable: ClassVar[frozenset[str]] = frozenset({"output", "filter_sum"})
     #: the methods that state the formula, and the one that states its backward: a backward
     #: defined above the formula's class was derived for another formula (see check_protocol)
     formula_methods: ClassVar[tuple[str, ...]] = ("contract",)
@@ -230,7 +232,9 @@ def check_protocol(cls: type[Variant]) -> None:
         )
     if issubclass(cls, ProductVariant):
         _check_product(cls)
-    elif cls.reads and cls.contract_backward is None:
+    # filter_sum goes to a contract_backward only: a subclass of l1 or max_plus that takes
+    # autograd (contract_backward = None) may keep its parent's reads
+    elif cls.reads - {"filter_sum"} and cls.contract_backward is None:
         raise TypeError(
             f"variant class {cls.__name__} reads {sorted(cls.reads)} but has no contract_backward(): "
             "autograd through contract() reads nothing; define contract_backward() or drop reads"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from .base import Option, ProductVariant, Variant
+from .filter_sums import FilterGradientSum, handed_back
 from .fused import l1_backward, l1_distances, power_sums, power_sums_backward
 from .options import check_flag, check_positive
 from .squared import centre_far_from_zero, squared_distance_partials, squared_distances
@@ -34,6 +35,7 @@ class L1(Variant):
     name = "l1"
     defaults = {"adder_grad": False}
     dtype_kinds = ("floating", "integer")
+    reads = frozenset({"filter_sum"})
 
     def check_option(self, option: str, value: Option) -> None:
         check_flag(option, value, self.name)
@@ -42,14 +44,20 @@ class L1(Variant):
         return l1_distances(fields, filters)
 
     def contract_backward(
-        self, fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor, adder_grad: bool = False
+        self,
+        fields: torch.Tensor,
+        filters: torch.Tensor,
+        grad: torch.Tensor,
+        adder_grad: bool = False,
+        filter_sum: FilterGradientSum | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        grad_fields, grad_filters = l1_backward(fields, filters, grad, adder=adder_grad)
-        if adder_grad:
-            # AdderNet's filter gradient sum_m g (p - w) is a matrix product
-            grad_filters = torch.bmm(grad.transpose(1, 2), fields)
-            grad_filters -= filters * grad.sum(1).unsqueeze(-1)
-        return grad_fields, grad_filters
+        if not adder_grad:
+            return l1_backward(fields, filters, grad, filter_sum=filter_sum)
+        grad_fields, _ = l1_backward(fields, filters, grad, adder=True)
+        # AdderNet's filter gradient sum_m g (p - w) is a matrix product
+        grad_filters = torch.bmm(grad.transpose(1, 2), fields)
+        grad_filters -= filters * grad.sum(1).unsqueeze(-1)
+        return handed_back(grad_fields, grad_filters, filter_sum)
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
         # the kernels' padded copy of the output (or its gradient)
@@ -100,6 +108,7 @@ class Lp(Variant):
 
     name = "lp"
     defaults = {"p": 2.0}
+    reads = frozenset({"filter_sum"})
 
     def check_option(self, option: str, value: Option) -> None:
         check_positive(option, value, self.name)
@@ -108,11 +117,16 @@ class Lp(Variant):
         return power_sums(fields, filters, p).pow_(1 / p).neg_()
 
     def contract_backward(
-        self, fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor, p: float = 2.0
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self,
+        fields: torch.Tensor,
+        filters: torch.Tensor,
+        grad: torch.Tensor,
+        p: float = 2.0,
+        filter_sum: FilterGradientSum | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         # d(-S^(1/p)) = -S^(1/p - 1) / p dS: the per-output factor the fused backward is given
         sums = power_sums(fields, filters, p)
-        return power_sums_backward(fields, filters, grad * sums.pow_(1 / p - 1), p)
+        return power_sums_backward(fields, filters, grad * sums.pow_(1 / p - 1), p, filter_sum)
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
         return fields_per_chunk * filters

@@ -18,6 +18,7 @@ from functools import cache, lru_cache, partial
 
 import torch
 
+from .filter_sums import FilterGradientSum, handed_back
 from .native import load, load_library, native_enabled
 from .triton_backend import forget_triton, took_triton, triton_twin
 
@@ -292,8 +293,12 @@ def _native_backward(
     *extra: object,
     filter_grads: bool = True,
     outputs_innermost: bool = False,
+    filter_sum: FilterGradientSum | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Run a backward loop nest: taps innermost (filters (G, O, K)), or outputs innermost (padded)."""
+    """Run a backward loop nest: taps innermost (filters (G, O, K)), or outputs innermost (padded).
+
+    With ``filter_sum`` the loops add the filter gradient into its per-thread sums, and None is
+    returned for it."""
     fields = fields.contiguous()
     groups, rows, taps = fields.shape
     if outputs_innermost:
@@ -319,7 +324,10 @@ def _native_backward(
     per_thread = None
     if filter_grads:
         parts = 1 if shared else len(ranges)
-        per_thread = fields.new_zeros((parts, groups, *filter_shape), dtype=filters_in.dtype)
+        if filter_sum is None:
+            per_thread = fields.new_zeros((parts, groups, *filter_shape), dtype=filters_in.dtype)
+        else:
+            per_thread = filter_sum.loop_parts(parts, filter_shape, filters_in.dtype, outputs_innermost)
     size, filter_size = fields.element_size(), filters_in.element_size()
 
     part_stride = 0 if per_thread is None or shared else per_thread[0].numel()
@@ -349,7 +357,7 @@ def _native_backward(
         _run([partial(call, 0, 0, rows, 1, part) for part in tap_ranges])
     else:
         _run([partial(call, i, *r, 1, every_tap) for i, r in enumerate(ranges)])
-    if per_thread is None:
+    if per_thread is None or filter_sum is not None:
         return grad_fields, None
     # summed into the first thread's buffer in place: a fresh sum would hold one more filter-sized
     # tensor at the peak, which on wide layers (512 x 4608 taps) outweighs a whole chunk
@@ -397,17 +405,30 @@ def l1_distances(fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
 
 @triton_twin
 def l1_backward(
-    fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor, *, adder: bool = False
+    fields: torch.Tensor,
+    filters: torch.Tensor,
+    grad: torch.Tensor,
+    *,
+    adder: bool = False,
+    filter_sum: FilterGradientSum | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gradients of :func:`l1_distances`: exact (sign) or, with ``adder``, AdderNet's clipped field rule.
 
     Exact: d/dp = -sign(p - w), d/dw = sign(p - w). With ``adder`` the field gradient uses
     clip(p - w, -1, 1) in place of the sign and the filter gradient is left to the caller (None).
+    With ``filter_sum`` the filter gradient is added into it (None returned in its place).
     """
     function = _native_function("l1_backward", fields)
     if function is not None:
         return _native_backward(
-            "l1_backward", function, fields, filters, grad, int(adder), filter_grads=not adder
+            "l1_backward",
+            function,
+            fields,
+            filters,
+            grad,
+            int(adder),
+            filter_grads=not adder,
+            filter_sum=filter_sum,
         )
     grad_fields = torch.empty_like(fields)
     grad_filters = None if adder else torch.zeros_like(filters)
@@ -418,7 +439,7 @@ def l1_backward(
         grad_fields[:, rows] = -terms.sum(2)
         if grad_filters is not None:
             grad_filters += terms.sum(1)
-    return grad_fields, grad_filters
+    return handed_back(grad_fields, grad_filters, filter_sum)
 
 
 @triton_twin
@@ -450,16 +471,28 @@ def _tropical_block(
 
 @triton_twin
 def tropical_backward(
-    fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor, *, minimum: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of :func:`tropical`: the winning tap (the first, on a tie) takes the whole gradient."""
+    fields: torch.Tensor,
+    filters: torch.Tensor,
+    grad: torch.Tensor,
+    *,
+    minimum: bool,
+    filter_sum: FilterGradientSum | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gradients of :func:`tropical`: the winning tap (the first, on a tie) takes the whole gradient.
+
+    With ``filter_sum`` the filter gradient is added into it (None returned in its place)."""
     function = _native_function("tropical_backward", fields)
     if function is not None:
-        grad_fields, grad_filters = _native_backward(
-            "tropical_backward", function, fields, filters, grad, int(minimum), outputs_innermost=True
+        return _native_backward(
+            "tropical_backward",
+            function,
+            fields,
+            filters,
+            grad,
+            int(minimum),
+            outputs_innermost=True,
+            filter_sum=filter_sum,
         )
-        assert grad_filters is not None
-        return grad_fields, grad_filters
     groups, _, taps = fields.shape
     grad_fields = torch.zeros_like(fields)
     grad_filters = torch.zeros_like(filters)
@@ -472,7 +505,7 @@ def tropical_backward(
         filter_terms = -block_grad if minimum else block_grad
         flat_index = (taps_won + offsets).reshape(groups, -1)
         flat_filters.scatter_add_(1, flat_index, filter_terms.reshape(groups, -1))
-    return grad_fields, grad_filters
+    return handed_back(grad_fields, grad_filters, filter_sum)
 
 
 @triton_twin
@@ -500,19 +533,22 @@ def _magnitude_power(differences: torch.Tensor, power: float) -> torch.Tensor:
 
 @triton_twin
 def power_sums_backward(
-    fields: torch.Tensor, filters: torch.Tensor, scale: torch.Tensor, p: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+    fields: torch.Tensor,
+    filters: torch.Tensor,
+    scale: torch.Tensor,
+    p: float,
+    filter_sum: FilterGradientSum | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gradients of ``-sum scale * S / p`` (S from :func:`power_sums`), scale (G, M, O) held fixed.
 
     Field: -sum_o scale |e|^(p-1) sign(e); filter: the same sum over fields with a + sign (e = p - w).
+    With ``filter_sum`` the filter gradient is added into it (None returned in its place).
     """
     function = _native_function("lp_backward", fields)
     if function is not None:
-        grad_fields, grad_filters = _native_backward(
-            "lp_backward", function, fields, filters, scale, float(p)
+        return _native_backward(
+            "lp_backward", function, fields, filters, scale, float(p), filter_sum=filter_sum
         )
-        assert grad_filters is not None
-        return grad_fields, grad_filters
     grad_fields = torch.empty_like(fields)
     grad_filters = torch.zeros_like(filters)
     for rows in _blocks(fields, filters):
@@ -522,4 +558,4 @@ def power_sums_backward(
         terms = scale[:, rows, :, None] * _magnitude_power(differences, p - 1) * differences.sign()
         grad_fields[:, rows] = -terms.sum(2)
         grad_filters += terms.sum(1)
-    return grad_fields, grad_filters
+    return handed_back(grad_fields, grad_filters, filter_sum)

@@ -10,6 +10,7 @@ from typing import ClassVar
 import torch
 
 from .base import Variant
+from .filter_sums import FilterGradientSum
 from .fused import tropical, tropical_backward
 
 
@@ -18,14 +19,19 @@ class _Tropical(Variant):
 
     minimum: ClassVar[bool]
     dtype_kinds = ("floating", "integer")
+    reads = frozenset({"filter_sum"})
 
     def contract(self, fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
         return tropical(fields, filters, minimum=self.minimum)
 
     def contract_backward(
-        self, fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return tropical_backward(fields, filters, grad, minimum=self.minimum)
+        self,
+        fields: torch.Tensor,
+        filters: torch.Tensor,
+        grad: torch.Tensor,
+        filter_sum: FilterGradientSum | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return tropical_backward(fields, filters, grad, minimum=self.minimum, filter_sum=filter_sum)
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
         return fields_per_chunk * filters

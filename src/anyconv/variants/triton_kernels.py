@@ -14,6 +14,8 @@ from types import SimpleNamespace
 
 import torch
 
+from .filter_sums import FilterGradientSum, handed_back
+
 try:
     import triton
     import triton.language as tl
@@ -294,7 +296,12 @@ def l1_distances(fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
 
 
 def l1_backward(
-    fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor, *, adder: bool = False
+    fields: torch.Tensor,
+    filters: torch.Tensor,
+    grad: torch.Tensor,
+    *,
+    adder: bool = False,
+    filter_sum: FilterGradientSum | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gradients of :func:`l1_distances`, exact (sign) or AdderNet's clipped field rule (filters: None).
 
@@ -305,7 +312,8 @@ def l1_backward(
     >>> l1_backward(p, w, g, adder=True)
     (tensor([[[-1.,  1.]]]), None)
     """
-    return _pair_gradients(fields, filters, grad, _CLIPPED if adder else _SIGN, filter_grads=not adder)
+    grads = _pair_gradients(fields, filters, grad, _CLIPPED if adder else _SIGN, filter_grads=not adder)
+    return handed_back(*grads, filter_sum)
 
 
 def tropical(fields: torch.Tensor, filters: torch.Tensor, *, minimum: bool) -> torch.Tensor:
@@ -320,8 +328,13 @@ def tropical(fields: torch.Tensor, filters: torch.Tensor, *, minimum: bool) -> t
 
 
 def tropical_backward(
-    fields: torch.Tensor, filters: torch.Tensor, grad: torch.Tensor, *, minimum: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
+    fields: torch.Tensor,
+    filters: torch.Tensor,
+    grad: torch.Tensor,
+    *,
+    minimum: bool,
+    filter_sum: FilterGradientSum | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gradients of :func:`tropical`: the winning tap (the first NaN, else the first on a tie) takes all.
 
     The kernel finds the winners, (G, M, O) indices; two scatter-adds route the gradient to them.
@@ -340,7 +353,7 @@ def tropical_backward(
     grad_filters.view(groups, -1).scatter_add_(
         1, (taps_won + offsets).reshape(groups, -1), filter_terms.reshape(groups, -1)
     )
-    return grad_fields, grad_filters
+    return handed_back(grad_fields, grad_filters, filter_sum)
 
 
 def power_sums(fields: torch.Tensor, filters: torch.Tensor, p: float) -> torch.Tensor:
@@ -354,8 +367,12 @@ def power_sums(fields: torch.Tensor, filters: torch.Tensor, p: float) -> torch.T
 
 
 def power_sums_backward(
-    fields: torch.Tensor, filters: torch.Tensor, scale: torch.Tensor, p: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+    fields: torch.Tensor,
+    filters: torch.Tensor,
+    scale: torch.Tensor,
+    p: float,
+    filter_sum: FilterGradientSum | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gradients of ``-sum scale * S / p`` (S from :func:`power_sums`), scale (G, M, O) held fixed.
 
     >>> import torch
@@ -363,5 +380,4 @@ def power_sums_backward(
     (tensor([[[-1., -4.]]]), tensor([[[1., 4.]]]))
     """
     grad_fields, grad_filters = _pair_gradients(fields, filters, scale, _SIGNED_POWER, p)
-    assert grad_filters is not None
-    return grad_fields, grad_filters
+    return handed_back(grad_fields, grad_filters, filter_sum)
