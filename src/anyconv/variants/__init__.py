@@ -4,6 +4,7 @@ from .base import ProductVariant, Variant
 from .cosine import Cosine, SharpenedCosine
 from .distance import L1, L2, Lp
 from .dot import Dot
+from .filter_sums import FilterGradientSum
 from .fused import last_path, native_kernels_available
 from .kernels import RBF, Polynomial
 from .morphology import MaxPlus, MinPlus
@@ -13,6 +14,7 @@ __all__ = [
     "BUILTIN_VARIANTS",
     "Cosine",
     "Dot",
+    "FilterGradientSum",
     "L1",
     "L2",
     "Lp",
