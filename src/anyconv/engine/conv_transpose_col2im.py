@@ -143,11 +143,15 @@ def folded_transpose(
     """
     batch, channels = batched.shape[:2]
     per_group, out_group, taps = channels // groups, weight.shape[1], geometry.kernel_volume
-    # (C, Og, *kernel) -> (G, K * Og, Cg): a row per (tap, out channel), the fields' order
+    # (C, Og, *kernel) -> (G, K * Og, Cg): a row per (tap, out channel), the fields' order; copied
+    # as (G, Cg, K * Og), which swaps only the inner two dimensions, and handed over transposed
+    # (oneDNN's inner product and torch.mm take that view as it is): the copy straight into
+    # (G, K * Og, Cg) read the weight a few KiB apart element by element, several times slower
     matrices = (
         weight.reshape(groups, per_group, out_group, taps)
-        .permute(0, 3, 2, 1)
-        .reshape(groups, taps * out_group, per_group)
+        .transpose(2, 3)
+        .reshape(groups, per_group, taps * out_group)
+        .transpose(1, 2)
     )
     output = empty_like_input(batched, weight, (batch, groups * out_group, *output_size))
     # the output positions the image covers once its padding is cropped; the rest (output_padding
