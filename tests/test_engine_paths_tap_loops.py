@@ -585,3 +585,32 @@ def test_the_eager_quotient_skips_its_operators_dispatch_with_the_same_numbers(g
     eager = tap_quotient_conv(x, w, scale, offset, geometry, groups, 2**20)
     through_op = tap_quotient_op(x, w, scale, offset, [1, 1], op_padding(geometry), [1, 1], groups, 2**20)
     assert torch.equal(eager, through_op)
+
+
+#: the forward's layouts: planes of a padded copy, a grouped layer laid out by the loops, channel
+#: vectors (depthwise rows narrower than a vector, or a channels-last input read in place)
+BIAS_LAYOUTS = [
+    pytest.param((2, 24, 30, 30), (24, 1, 3, 3), 24, False, id="planes"),
+    pytest.param((2, 16, 12, 12), (32, 4, 3, 3), 4, False, id="grouped"),
+    pytest.param((2, 32, 7, 7), (32, 1, 5, 5), 32, False, id="narrow-rows"),
+    pytest.param((2, 32, 14, 14), (32, 1, 7, 7), 32, True, id="channels-last"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["float64", "bfloat16"])
+@pytest.mark.parametrize(("x_shape", "w_shape", "groups", "channels_last"), BIAS_LAYOUTS)
+def test_the_loops_add_the_bias_as_they_store(x_shape, w_shape, groups, channels_last, dtype):
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(x_shape, generator=generator).to(dtype)
+    w = torch.randn(w_shape, generator=generator).to(dtype)
+    b = (100 * torch.randn(w_shape[0], generator=generator)).to(dtype)
+    b[0], b[1] = float("nan"), float("-inf")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert plan_conv(x, w, resolve_variant("dot"), 1, 0, 1, groups, "zeros", None).path == "tap loops"
+    got = anyconv.conv(x, w, b, padding=w_shape[-1] // 2, groups=groups)
+    expected = torch_conv(x.double(), w.double(), b.double(), padding=w_shape[-1] // 2, groups=groups)
+    assert got[:, 0].isnan().all() and (got[:, 1] == float("-inf")).all()
+    # one rounding of the sum and the bias together: within the stored type's half unit of it
+    tolerance = 0 if dtype == torch.float64 else torch.finfo(dtype).eps
+    torch.testing.assert_close(got[:, 2:].double(), expected[:, 2:], rtol=tolerance, atol=1e-9)

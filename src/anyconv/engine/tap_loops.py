@@ -69,7 +69,7 @@ _GEOMETRY_ARGUMENTS = (_SIZE,) * 6 + (_POINTER, _POINTER, _SIZE, _POINTER, _SIZE
 _LAYOUT_ARGUMENTS = (_SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _FLAG)
 #: entry point -> (whether it takes the operation code first, how many tensors it takes, whether
 #: it takes an unpadded input and the layout to give it)
-_ENTRY_POINTS = {"tap_forward": (1, 3, True), "tap_backward": (1, 6, False), "tap_quotient": (0, 5, True)}
+_ENTRY_POINTS = {"tap_forward": (1, 4, True), "tap_backward": (1, 6, False), "tap_quotient": (0, 5, True)}
 
 
 def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
@@ -199,13 +199,13 @@ def _loops_forward(
     plan = plan_of(_tap_plan, input, weight, *arguments)
     record_native_call()
     weight = weight.contiguous()
+    # the loops add the bias as they store each output
+    bias = None if bias is None else bias.to(input.dtype).contiguous()
     output = _output(input, weight, plan.geometry.output_size, plan.groups, plan.geometry.stride[-1])
     if not output.is_contiguous():
         # a depthwise layer on a channels-last input: read in place, a vector of channels per
         # position, into a channels-last output
-        _call("tap_forward", plan, input, weight, output, unpadded=True, channels_last=True)
-        if bias is not None:
-            output += bias.view(-1, *(1,) * plan.geometry.ndim)
+        _call("tap_forward", plan, input, weight, output, bias, unpadded=True, channels_last=True)
         return output
     if plan.groups > 1 and not input.is_contiguous():
         # a grouped layer's loops lay out each (sample, group) themselves from a channels-first
@@ -213,12 +213,10 @@ def _loops_forward(
         # channels-last input sample by sample (docs/benchmarks.md)
         input = input.contiguous()
     if _lays_out_itself(input, plan):
-        _call("tap_forward", plan, input, weight, output, unpadded=True)
+        _call("tap_forward", plan, input, weight, output, bias, unpadded=True)
     else:
         for samples in _sample_chunks(input.shape[0], plan.samples_per_chunk):
-            _call("tap_forward", plan, _padded(input[samples], plan.geometry), weight, output[samples])
-    if bias is not None:
-        output += bias.view(-1, *(1,) * plan.geometry.ndim)
+            _call("tap_forward", plan, _padded(input[samples], plan.geometry), weight, output[samples], bias)
     return output
 
 
@@ -283,7 +281,7 @@ def _loops_backward(
         output = None
         if plan.operation in _TROPICAL:
             output = padded.new_empty(grad_output[samples].shape)
-            _call("tap_forward", plan, padded, weight, output)
+            _call("tap_forward", plan, padded, weight, output, None)
         grad_padded = torch.zeros_like(padded)
         # one weight gradient per sample: the loops split samples between threads
         grad_per_sample = weight.new_zeros((padded.shape[0], *weight.shape))

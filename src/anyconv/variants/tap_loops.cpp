@@ -213,7 +213,7 @@ __attribute__((always_inline)) inline void store_partial(S* target, const typena
 // vectors then overlap and write the same values twice). OUT is S, or T for the backward's copy
 template <typename S, typename Out, typename Op, int VECTORS, int ROWS, bool PARTIAL>
 __attribute__((always_inline)) inline void forward_block(const S* x, const S* w, Out* const* outs, const int64_t* origins, const Geometry& g,
-                          int64_t first, int count,
+                          const S* bias, int64_t first, int count,
                           int64_t last_vector = (VECTORS - 1) * Lanes<Compute<S>>::kCount) {
   using T = Compute<S>;
   using Vector = typename Lanes<T>::Vector;
@@ -242,6 +242,13 @@ __attribute__((always_inline)) inline void forward_block(const S* x, const S* w,
       }
     }
   }
+  if (bias != nullptr) {
+    // the channel's bias in the same store: no pass over the output of its own
+    const T added = widen(*bias);
+    for (int r = 0; r < ROWS; ++r) {
+      for (int v = 0; v < VECTORS; ++v) values[r][v] = values[r][v] + added;
+    }
+  }
   for (int r = 0; r < ROWS; ++r) {
     Out* out = outs[r] + first;
     for (int v = 0; v < VECTORS - 1; ++v) store(out + v * kLanes, values[r][v]);
@@ -256,24 +263,25 @@ __attribute__((always_inline)) inline void forward_block(const S* x, const S* w,
 // ROWS output rows of one channel, OUTS[r][i] for i < width read from ORIGINS[r]: the blocks as
 // blocks of one or two vectors (the last overlapping the one before), written out so that whole vectors take forward_block's constant count
 template <typename S, typename Out, typename Op, int ROWS>
-void forward_rows(const S* x, const S* w, Out* const* outs, const int64_t* origins, const Geometry& g) {
+void forward_rows(const S* x, const S* w, Out* const* outs, const int64_t* origins, const Geometry& g,
+                  const S* bias = nullptr) {
   constexpr int64_t kLanes = Lanes<Compute<S>>::kCount;
   const int64_t block = g.width >= 2 * kLanes ? 2 * kLanes : kLanes;
   if (g.width < kLanes) {
-    forward_block<S, Out, Op, 1, ROWS, true>(x, w, outs, origins, g, 0, static_cast<int>(g.width));
+    forward_block<S, Out, Op, 1, ROWS, true>(x, w, outs, origins, g, bias, 0, static_cast<int>(g.width));
     return;
   }
   if (g.width > kLanes && g.width < 2 * kLanes) {
     // one block of two overlapping vectors: twice the independent sums of one vector at a time
-    forward_block<S, Out, Op, 2, ROWS, false>(x, w, outs, origins, g, 0, kLanes, g.width - kLanes);
+    forward_block<S, Out, Op, 2, ROWS, false>(x, w, outs, origins, g, bias, 0, kLanes, g.width - kLanes);
     return;
   }
   for (int64_t start = 0; start < g.width; start += block) {
     const int64_t first = start + block <= g.width ? start : g.width - block;
     if (block == kLanes) {
-      forward_block<S, Out, Op, 1, ROWS, false>(x, w, outs, origins, g, first, kLanes);
+      forward_block<S, Out, Op, 1, ROWS, false>(x, w, outs, origins, g, bias, first, kLanes);
     } else {
-      forward_block<S, Out, Op, 2, ROWS, false>(x, w, outs, origins, g, first, kLanes);
+      forward_block<S, Out, Op, 2, ROWS, false>(x, w, outs, origins, g, bias, first, kLanes);
     }
   }
 }
@@ -669,7 +677,7 @@ void row_sums_of_squares(const T* xs, T* sums, int64_t plane, int64_t run) {
 // at a time
 template <typename S, typename Outputs>
 void forward_channel_vectors(const S* x, const S* w, const Compute<S>* scale, const Compute<S>* offset, S* y,
-                             const Geometry& g, const Layout& layout, int threads) {
+                             const S* bias, const Geometry& g, const Layout& layout, int threads) {
   using T = Compute<S>;
   constexpr int kLanes = Lanes<T>::kCount;
   const int64_t blocks = (g.channels + kLanes - 1) / kLanes, output_plane = g.rows * g.width;
@@ -741,6 +749,11 @@ void forward_channel_vectors(const S* x, const S* w, const Compute<S>* scale, co
                                        out + i * kLanes,
                                        g.row_offsets[r] + i, g);
       }
+      if (bias != nullptr) {
+        // the bias added here, on the thread's own buffer, rather than in a pass over the output
+        for (int64_t k = 0; k < output_plane; ++k)
+          for (int lane = 0; lane < count; ++lane) outs[k * kLanes + lane] += widen(bias[first + lane]);
+      }
       if (layout.channels_last && count == kLanes) {
         for (int64_t k = 0; k < output_plane; ++k) {
           S* target = y + (b * output_plane + k) * g.channels + first;
@@ -773,25 +786,27 @@ bool takes_channel_vectors(const Geometry& g, const Layout* layout) {
 }
 
 template <typename S, typename Op>
-void forward(const S* x, const S* w, S* y, const Geometry& g, const Layout* layout, int threads) {
+void forward(const S* x, const S* w, const S* bias, S* y, const Geometry& g, const Layout* layout, int threads) {
   if (takes_channel_vectors<S>(g, layout))
-    return forward_channel_vectors<S, ReducedOutputs<Compute<S>, Op>>(x, w, nullptr, nullptr, y, g, *layout, threads);
+    return forward_channel_vectors<S, ReducedOutputs<Compute<S>, Op>>(x, w, nullptr, nullptr, y, bias, g, *layout,
+                                                                      threads);
   const bool narrow_rows = g.width < Lanes<Compute<S>>::kCount;
-  each_output_plane(x, w, y, g, layout, threads, [&](const S* source, const S* filter, S* plane, int64_t) {
+  each_output_plane(x, w, y, g, layout, threads, [&](const S* source, const S* filter, S* plane, int64_t o) {
+    const S* channel_bias = bias == nullptr ? nullptr : bias + o;
     S* outs[kNarrowRowsTogether];
     int64_t r = 0;
     // rows of one partial vector each: twice as many together, as many reductions as two wide rows
     for (; narrow_rows && r + kNarrowRowsTogether <= g.rows; r += kNarrowRowsTogether) {
       for (int i = 0; i < kNarrowRowsTogether; ++i) outs[i] = plane + (r + i) * g.width;
-      forward_rows<S, S, Op, kNarrowRowsTogether>(source, filter, outs, g.row_offsets + r, g);
+      forward_rows<S, S, Op, kNarrowRowsTogether>(source, filter, outs, g.row_offsets + r, g, channel_bias);
     }
     for (; r + kRowsTogether <= g.rows; r += kRowsTogether) {
       for (int i = 0; i < kRowsTogether; ++i) outs[i] = plane + (r + i) * g.width;
-      forward_rows<S, S, Op, kRowsTogether>(source, filter, outs, g.row_offsets + r, g);
+      forward_rows<S, S, Op, kRowsTogether>(source, filter, outs, g.row_offsets + r, g, channel_bias);
     }
     for (; r < g.rows; ++r) {
       outs[0] = plane + r * g.width;
-      forward_rows<S, S, Op, 1>(source, filter, outs, g.row_offsets + r, g);
+      forward_rows<S, S, Op, 1>(source, filter, outs, g.row_offsets + r, g, channel_bias);
     }
   });
 }
@@ -1018,7 +1033,8 @@ template <typename S>
 void quotient(const S* x, const S* w, const Compute<S>* scale, const Compute<S>* offset, S* y, const Geometry& g,
               const Layout* layout, int threads) {
   if (takes_channel_vectors<S>(g, layout))
-    return forward_channel_vectors<S, QuotientOutputs<Compute<S>>>(x, w, scale, offset, y, g, *layout, threads);
+    return forward_channel_vectors<S, QuotientOutputs<Compute<S>>>(x, w, scale, offset, y, nullptr, g, *layout,
+                                                                   threads);
   each_output_plane(x, w, y, g, layout, threads, [&](const S* source, const S* filter, S* plane, int64_t o) {
     S* outs[kQuotientRowsTogether];
     int64_t r = 0;
@@ -1036,16 +1052,16 @@ void quotient(const S* x, const S* w, const Compute<S>* scale, const Compute<S>*
 enum Operation { kDot = 0, kL1 = 1, kL1Adder = 2, kL2 = 3, kMaxPlus = 4, kMinPlus = 5 };
 
 template <typename S>
-void forward_any(int operation, const S* x, const S* w, S* y, const Geometry& g, const Layout* layout,
-                 int threads) {
+void forward_any(int operation, const S* x, const S* w, S* y, const S* bias, const Geometry& g,
+                 const Layout* layout, int threads) {
   using T = Compute<S>;
   switch (operation) {
-    case kDot: return forward<S, Dot<T>>(x, w, y, g, layout, threads);
+    case kDot: return forward<S, Dot<T>>(x, w, bias, y, g, layout, threads);
     case kL1:
-    case kL1Adder: return forward<S, L1<T>>(x, w, y, g, layout, threads);
-    case kL2: return forward<S, L2<T>>(x, w, y, g, layout, threads);
-    case kMaxPlus: return forward<S, MaxPlus<T>>(x, w, y, g, layout, threads);
-    case kMinPlus: return forward<S, MinPlus<T>>(x, w, y, g, layout, threads);
+    case kL1Adder: return forward<S, L1<T>>(x, w, bias, y, g, layout, threads);
+    case kL2: return forward<S, L2<T>>(x, w, bias, y, g, layout, threads);
+    case kMaxPlus: return forward<S, MaxPlus<T>>(x, w, bias, y, g, layout, threads);
+    case kMinPlus: return forward<S, MinPlus<T>>(x, w, bias, y, g, layout, threads);
   }
 }
 
@@ -1066,17 +1082,19 @@ void backward_any(int operation, const S* x, const S* w, const S* y, const S* gr
 }  // namespace
 
 #define TAP_LOOPS(T, SUFFIX)                                                                                \
-  extern "C" void tap_forward_##SUFFIX(int operation, const T* x, const T* w, T* y, int64_t batch,         \
-                                       int64_t channels, int64_t out_channels, int64_t groups, int64_t plane, \
-                                       int64_t taps, const int64_t* tap_offsets, const int64_t* weight_index, \
-                                       int64_t rows, const int64_t* row_offsets, int64_t width, int64_t step,  \
-                                       int threads, int64_t ndim, const int64_t* size, const int64_t* before, \
-                                       const int64_t* padded, int64_t phases, int channels_last) {            \
-    /* ndim 0: x is laid out already; else x is the unpadded input, laid out by the loops */               \
+  extern "C" void tap_forward_##SUFFIX(int operation, const T* x, const T* w, T* y, const T* bias,        \
+                                       int64_t batch, int64_t channels, int64_t out_channels, int64_t groups, \
+                                       int64_t plane, int64_t taps, const int64_t* tap_offsets,              \
+                                       const int64_t* weight_index, int64_t rows, const int64_t* row_offsets, \
+                                       int64_t width, int64_t step, int threads, int64_t ndim,               \
+                                       const int64_t* size, const int64_t* before, const int64_t* padded,    \
+                                       int64_t phases, int channels_last) {                                  \
+    /* ndim 0: x is laid out already; else x is the unpadded input, laid out by the loops; bias (O) or */   \
+    /* null, added in the loops' store */                                                                   \
     const Geometry g{batch, channels, out_channels, groups, plane, taps, tap_offsets, weight_index, rows,      \
                      row_offsets, width, step};                                                             \
     const Layout layout{ndim, size, before, padded, phases, channels_last != 0};                            \
-    forward_any<T>(operation, x, w, y, g, ndim > 0 ? &layout : nullptr, threads);                           \
+    forward_any<T>(operation, x, w, y, bias, g, ndim > 0 ? &layout : nullptr, threads);                     \
   }                                                                                                         \
   extern "C" void tap_backward_##SUFFIX(int operation, const T* x, const T* w, const T* y, const T* grad,    \
                                         T* grad_x, T* grad_w, int64_t batch, int64_t channels,               \
