@@ -414,3 +414,20 @@ def test_inductor_with_dynamic_batch_under_inference_mode_gives_the_eager_number
             x = torch.randn(batch, 8, 9, 20)
             torch.testing.assert_close(compiled(x), layer(x))
     assert fused
+
+
+@pytest.mark.parametrize("name", ["cosine", "sharpened_cosine"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["channels-first", "channels-last"])
+@pytest.mark.parametrize("case", [CASES[2], CASES[7]], ids=[CASES[2]["id"], CASES[7]["id"]])
+def test_the_bias_in_the_loops_store_is_the_formulas(case, channels_last, name, fused):
+    # the cosine's bias is added by the loops as they store the quotient: special values too
+    x, w, b = _tensors(case)
+    b[0], b[1] = float("nan"), float("-inf")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        output = anyconv.generalized_conv(x, w, name, b, **case["with"])
+    assert len(fused) == 1
+    expected = naive_generalized_conv(x, w, name, b, **case["with"])
+    assert output[:, 0].isnan().all() and (output[:, 1] == float("-inf")).all()
+    torch.testing.assert_close(output[:, 2:], expected[:, 2:])

@@ -103,15 +103,13 @@ class _LoopsCosine(torch.autograd.Function):
         groups: int,
         memory_budget: int,
     ) -> torch.Tensor:
-        quotient = _quotient(input, weight, eps, geometry, groups, memory_budget)
         if keeps_quotient(groups):
             # the output is the caller's to change in place: the kept quotient is another tensor
-            kept = quotient
-            output = quotient.clone() if bias is None else quotient + bias.view(-1, *(1,) * geometry.ndim)
+            kept = _quotient(input, weight, eps, geometry, groups, memory_budget)
+            output = kept.clone() if bias is None else kept + bias.view(-1, *(1,) * geometry.ndim)
         else:
-            kept, output = None, quotient
-            if bias is not None:
-                output += bias.view(-1, *(1,) * geometry.ndim)
+            # the bias added as the loops store the quotient
+            kept, output = None, _quotient(input, weight, eps, geometry, groups, memory_budget, bias)
         ctx.save_for_backward(input, weight, bias, kept)
         ctx.arguments = (eps, geometry, groups, memory_budget)
         return output
@@ -135,13 +133,19 @@ class _LoopsCosine(torch.autograd.Function):
 
 
 def _quotient(
-    input: torch.Tensor, weight: torch.Tensor, eps: float, geometry: Geometry, groups: int, memory_budget: int
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    geometry: Geometry,
+    groups: int,
+    memory_budget: int,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """p . w / (|p| |w| + eps) by one pass of the loops, in the input's dtype."""
+    """p . w / (|p| |w| + eps) (+ ``bias``) by one pass of the loops, in the input's dtype."""
     # the loops' compute type (float32 for bfloat16 and float16)
     filter_norms = torch.linalg.vector_norm(weight.flatten(1), dim=1, dtype=_compute_type(input))
     offsets = torch.full_like(filter_norms, eps)
-    return tap_quotient_conv(input, weight, filter_norms, offsets, geometry, groups, memory_budget)
+    return tap_quotient_conv(input, weight, filter_norms, offsets, geometry, groups, memory_budget, bias)
 
 
 def _compute_type(input: torch.Tensor) -> torch.dtype:

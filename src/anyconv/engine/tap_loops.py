@@ -69,7 +69,7 @@ _GEOMETRY_ARGUMENTS = (_SIZE,) * 6 + (_POINTER, _POINTER, _SIZE, _POINTER, _SIZE
 _LAYOUT_ARGUMENTS = (_SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _FLAG)
 #: entry point -> (whether it takes the operation code first, how many tensors it takes, whether
 #: it takes an unpadded input and the layout to give it)
-_ENTRY_POINTS = {"tap_forward": (1, 4, True), "tap_backward": (1, 6, False), "tap_quotient": (0, 5, True)}
+_ENTRY_POINTS = {"tap_forward": (1, 4, True), "tap_backward": (1, 6, False), "tap_quotient": (0, 6, True)}
 
 
 def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
@@ -407,14 +407,16 @@ def tap_quotient_conv(
     geometry: Geometry,
     groups: int,
     memory_budget: int,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(p . w) / (|p| scale + offset) for every field p of a batched ``input`` and filter w, by one
-    pass of the tap loops (see :func:`tap_loops_fit` for ``dot``), through ``anyconv::tap_quotient``
-    where torch's machinery watches (``machinery_watches``), else its body without the dispatch.
+    """(p . w) / (|p| scale + offset) (+ ``bias``) for every field p of a batched ``input`` and
+    filter w, by one pass of the tap loops (see :func:`tap_loops_fit` for ``dot``), through
+    ``anyconv::tap_quotient`` where torch's machinery watches (``machinery_watches``), else its
+    body without the dispatch.
 
     ``scale`` and ``offset`` hold one value per filter (the cosine: |w| and eps). The loops read each
-    field once for both p . w and |p|^2 and write only the quotient. No autograd formula: for
-    calls that record no graph.
+    field once for both p . w and |p|^2 and write only the quotient, the bias added as they store
+    it. No autograd formula: for calls that record no graph.
 
     >>> import torch
     >>> from anyconv.geometry import make_geometry
@@ -425,10 +427,10 @@ def tap_quotient_conv(
     ...     assert y.shape == (2, 4, 4, 4) and y.abs().max() <= 1 + 1e-6
     """
     arguments = (list(geometry.stride), op_padding(geometry), list(geometry.dilation), groups, memory_budget)
-    if machinery_watches(input, weight, scale, offset):
-        return tap_quotient_op(input, weight, scale, offset, *arguments)
+    if machinery_watches(input, weight, scale, offset, bias):
+        return tap_quotient_op(input, weight, scale, offset, *arguments, bias)
     # a plain eager call: the operator's body without its dispatch (see tap_loops_conv)
-    return _quotient_forward(input, weight, scale, offset, *arguments)
+    return _quotient_forward(input, weight, scale, offset, *arguments, bias)
 
 
 #: the loops' dot, whose plan (geometry, chunks of samples) the quotient shares
@@ -445,10 +447,11 @@ def _quotient_forward(
     dilation: list[int],
     groups: int,
     memory_budget: int,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``(loops' dot) / (|p| scale + offset)`` with the padding, stride, dilation and groups of
-    ``anyconv::tap_loops``; ``scale`` and ``offset`` (out_channels,), taken in the loops' compute type.
-    The body of the custom operator ``anyconv::tap_quotient`` (``tap_quotient_op``)."""
+    """``(loops' dot) / (|p| scale + offset) + bias`` with the padding, stride, dilation and groups
+    of ``anyconv::tap_loops``; ``scale`` and ``offset`` (out_channels,), taken in the loops' compute
+    type. The body of the custom operator ``anyconv::tap_quotient`` (``tap_quotient_op``)."""
     assert _DOT_ARGUMENTS is not None
     name, options, _ = _DOT_ARGUMENTS
     plan = plan_of(_tap_plan, input, weight, name, options, stride, padding, dilation, groups, memory_budget)
@@ -457,16 +460,28 @@ def _quotient_forward(
     # bfloat16 and float16 loops compute in float32 (storage_types.h)
     compute = torch.promote_types(input.dtype, torch.float32)
     scale, offset = (values.to(compute).contiguous() for values in (scale, offset))
+    bias = None if bias is None else bias.to(input.dtype).contiguous()
     output = _output(input, weight, plan.geometry.output_size, plan.groups, plan.geometry.stride[-1])
     if not output.is_contiguous():
         # a depthwise layer on a channels-last input, read in place (see tap_loops_op)
-        _call("tap_quotient", plan, input, weight, scale, offset, output, unpadded=True, channels_last=True)
+        _call(
+            "tap_quotient",
+            plan,
+            input,
+            weight,
+            scale,
+            offset,
+            output,
+            bias,
+            unpadded=True,
+            channels_last=True,
+        )
     elif _lays_out_itself(input, plan):
-        _call("tap_quotient", plan, input, weight, scale, offset, output, unpadded=True)
+        _call("tap_quotient", plan, input, weight, scale, offset, output, bias, unpadded=True)
     else:
         for samples in _sample_chunks(input.shape[0], plan.samples_per_chunk):
             padded = _padded(input[samples], plan.geometry)
-            _call("tap_quotient", plan, padded, weight, scale, offset, output[samples])
+            _call("tap_quotient", plan, padded, weight, scale, offset, output[samples], bias)
     return output
 
 
@@ -474,7 +489,7 @@ tap_quotient_op = torch.library.custom_op("anyconv::tap_quotient", mutates_args=
 
 
 @tap_quotient_op.register_fake
-def _(input, weight, scale, offset, stride, padding, dilation, groups, memory_budget):
+def _(input, weight, scale, offset, stride, padding, dilation, groups, memory_budget, bias=None):
     sizes = output_size(input.shape[2:], weight.shape[2:], stride, padding, dilation)
     return _output(input, weight, tuple(sizes), groups, stride[-1])
 

@@ -116,8 +116,7 @@ def tap_products_conv(
         # its products, squares, norms and denominator for autograd
         return loops_cosine(input, weight, bias, variant.eps, geometry, groups, memory_budget)
     if loops and not recording and isinstance(variant, (Cosine, SharpenedCosine)):
-        output = _fused_cosine(input, weight, variant, geometry, groups, memory_budget)
-        return add_bias(output, bias, recording)
+        return _fused_cosine(input, weight, bias, variant, geometry, groups, memory_budget)
     if isinstance(variant, Cosine):
         output = composed_cosine(
             primitive, input, weight, variant.eps, geometry, groups, memory_budget, recording
@@ -158,16 +157,18 @@ def add_bias(output: torch.Tensor, bias: torch.Tensor | None, recording: bool) -
 def _fused_cosine(
     input: torch.Tensor,
     weight: torch.Tensor,
+    bias: torch.Tensor | None,
     variant: Cosine | SharpenedCosine,
     geometry: Geometry,
     groups: int,
     memory_budget: int,
 ) -> torch.Tensor:
-    """The cosine, or the sharpened cosine, by one pass of the loops (no graph recorded).
+    """The cosine, or the sharpened cosine, plus ``bias``, by one pass of the loops (no graph recorded).
 
     The loops divide by |p| scale + offset: |p| |w| + eps for the cosine, and for the sharpened
     cosine's (|p| + q)(|w| + q) its expansion |p| (|w| + q) + q (|w| + q); the sharpening
-    sign(s) |s|^exponent then runs on the quotient s in place but for one copy.
+    sign(s) |s|^exponent then runs on the quotient s in place but for one copy. The cosine's bias
+    goes on in the loops' store, the sharpened cosine's after the sharpening.
     """
     # the norms and options in the loops' compute type (float32 for bfloat16 and float16)
     compute = torch.promote_types(input.dtype, torch.float32)
@@ -179,14 +180,14 @@ def _fused_cosine(
         q = q.to(compute) if isinstance(q, torch.Tensor) else q
         scale = filter_norms + q
         offset = scale * q
-    quotient = tap_quotient_conv(input, weight, scale, offset, geometry, groups, memory_budget)
     if isinstance(variant, Cosine):
-        return quotient
+        return tap_quotient_conv(input, weight, scale, offset, geometry, groups, memory_budget, bias)
+    quotient = tap_quotient_conv(input, weight, scale, offset, geometry, groups, memory_budget)
     exponent = variant.options["exponent"]
     if isinstance(exponent, torch.Tensor):
         exponent = exponent.view(-1, *(1,) * geometry.ndim)
     # exponent > 0, so |s|^exponent is 0 where s is: with the sign of s copied it is sign(s) |s|^exponent
-    return quotient.abs().pow_(exponent).copysign_(quotient)
+    return add_bias(quotient.abs().pow_(exponent).copysign_(quotient), bias, False)
 
 
 def _per_filter(value: Any, groups: int, ndim: int) -> Any:

@@ -11,7 +11,8 @@
 // which decides the winner of a tropical tie.
 //
 // tap_quotient is the cosine family's forward without a graph: one pass that takes p . w and the
-// field's |p|^2 from the same loads and stores only (p . w) / (|p| scale[o] + offset[o]).
+// field's |p|^2 from the same loads and stores only (p . w) / (|p| scale[o] + offset[o]), plus the
+// bias where one is given (as tap_forward adds it).
 //
 // S is the stored type of x, w, y and their gradients; the loops compute in its compute type T
 // (float for bfloat16 and float16, see storage_types.h) and round once on store.
@@ -970,7 +971,7 @@ void backward(const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* g
 // and inf flow through as in that formula.
 template <typename S, int VECTORS, int ROWS, bool PARTIAL>
 __attribute__((always_inline)) inline void quotient_block(const S* x, const S* w, S* const* outs, const int64_t* origins, const Geometry& g,
-                           int64_t first, int count, Compute<S> scale, Compute<S> offset) {
+                           int64_t first, int count, Compute<S> scale, Compute<S> offset, const S* bias) {
   using T = Compute<S>;
   using Vector = typename Lanes<T>::Vector;
   constexpr int kLanes = Lanes<T>::kCount;
@@ -997,7 +998,8 @@ __attribute__((always_inline)) inline void quotient_block(const S* x, const S* w
   for (int r = 0; r < ROWS; ++r) {
     for (int v = 0; v < VECTORS; ++v) {
       const Vector norms = square_root(squares[r][v]);
-      const Vector result = products[r][v] / (norms * scale + offset);
+      Vector result = products[r][v] / (norms * scale + offset);
+      if (bias != nullptr) result = result + widen(*bias);
       S* out = outs[r] + first + v * kLanes;
       if (PARTIAL && v == VECTORS - 1) {
         store_partial(out, result, count);
@@ -1011,40 +1013,42 @@ __attribute__((always_inline)) inline void quotient_block(const S* x, const S* w
 // ROWS output rows of the quotient for one filter, cut into blocks as forward_rows cuts them
 template <typename S, int ROWS>
 void quotient_rows(const S* x, const S* w, S* const* outs, const int64_t* origins, const Geometry& g,
-                   Compute<S> scale, Compute<S> offset) {
+                   Compute<S> scale, Compute<S> offset, const S* bias) {
   constexpr int64_t kLanes = Lanes<Compute<S>>::kCount;
   const int64_t block = g.width >= 2 * kLanes ? 2 * kLanes : kLanes;
   if (g.width < kLanes) {
-    quotient_block<S, 1, ROWS, true>(x, w, outs, origins, g, 0, static_cast<int>(g.width), scale, offset);
+    quotient_block<S, 1, ROWS, true>(x, w, outs, origins, g, 0, static_cast<int>(g.width), scale, offset, bias);
     return;
   }
   for (int64_t start = 0; start < g.width; start += block) {
     const int64_t first = start + block <= g.width ? start : g.width - block;
     if (block == kLanes) {
-      quotient_block<S, 1, ROWS, false>(x, w, outs, origins, g, first, kLanes, scale, offset);
+      quotient_block<S, 1, ROWS, false>(x, w, outs, origins, g, first, kLanes, scale, offset, bias);
     } else {
-      quotient_block<S, 2, ROWS, false>(x, w, outs, origins, g, first, kLanes, scale, offset);
+      quotient_block<S, 2, ROWS, false>(x, w, outs, origins, g, first, kLanes, scale, offset, bias);
     }
   }
 }
 
 // every output plane (sample, filter o) of the quotient, scale[o] and offset[o] in the compute type
 template <typename S>
-void quotient(const S* x, const S* w, const Compute<S>* scale, const Compute<S>* offset, S* y, const Geometry& g,
-              const Layout* layout, int threads) {
+void quotient(const S* x, const S* w, const Compute<S>* scale, const Compute<S>* offset, S* y, const S* bias,
+              const Geometry& g, const Layout* layout, int threads) {
   if (takes_channel_vectors<S>(g, layout))
-    return forward_channel_vectors<S, QuotientOutputs<Compute<S>>>(x, w, scale, offset, y, nullptr, g, *layout,
+    return forward_channel_vectors<S, QuotientOutputs<Compute<S>>>(x, w, scale, offset, y, bias, g, *layout,
                                                                    threads);
   each_output_plane(x, w, y, g, layout, threads, [&](const S* source, const S* filter, S* plane, int64_t o) {
+    const S* channel_bias = bias == nullptr ? nullptr : bias + o;
     S* outs[kQuotientRowsTogether];
     int64_t r = 0;
     for (; r + kQuotientRowsTogether <= g.rows; r += kQuotientRowsTogether) {
       for (int i = 0; i < kQuotientRowsTogether; ++i) outs[i] = plane + (r + i) * g.width;
-      quotient_rows<S, kQuotientRowsTogether>(source, filter, outs, g.row_offsets + r, g, scale[o], offset[o]);
+      quotient_rows<S, kQuotientRowsTogether>(source, filter, outs, g.row_offsets + r, g, scale[o], offset[o],
+                                              channel_bias);
     }
     for (; r < g.rows; ++r) {
       outs[0] = plane + r * g.width;
-      quotient_rows<S, 1>(source, filter, outs, g.row_offsets + r, g, scale[o], offset[o]);
+      quotient_rows<S, 1>(source, filter, outs, g.row_offsets + r, g, scale[o], offset[o], channel_bias);
     }
   });
 }
@@ -1107,7 +1111,8 @@ void backward_any(int operation, const S* x, const S* w, const S* y, const S* gr
     backward_any<T>(operation, x, w, y, grad, grad_x, grad_w, g, threads);                                   \
   }                                                                                                         \
   extern "C" void tap_quotient_##SUFFIX(const T* x, const T* w, const anyconv::Compute<T>* scale,           \
-                                        const anyconv::Compute<T>* offset, T* y, int64_t batch,              \
+                                        const anyconv::Compute<T>* offset, T* y, const T* bias,              \
+                                        int64_t batch,                                                       \
                                         int64_t channels, int64_t out_channels, int64_t groups, int64_t plane, \
                                         int64_t taps, const int64_t* tap_offsets, const int64_t* weight_index, \
                                         int64_t rows, const int64_t* row_offsets, int64_t width, int64_t step, \
@@ -1116,7 +1121,7 @@ void backward_any(int operation, const S* x, const S* w, const S* y, const S* gr
     const Geometry g{batch, channels, out_channels, groups, plane, taps, tap_offsets, weight_index, rows,      \
                      row_offsets, width, step};                                                             \
     const Layout layout{ndim, size, before, padded, phases, channels_last != 0};                            \
-    quotient<T>(x, w, scale, offset, y, g, ndim > 0 ? &layout : nullptr, threads);                          \
+    quotient<T>(x, w, scale, offset, y, bias, g, ndim > 0 ? &layout : nullptr, threads);                    \
   }
 
 TAP_LOOPS(float, f32)
