@@ -7,6 +7,8 @@ import pytest
 #: the planner of the fields path, whose choice of a backward on shifted views tests override
 FIELDS_PLAN = importlib.import_module("anyconv.engine.fields_plan")
 PLAN = importlib.import_module("anyconv.engine.plan")
+TAP_LOOPS = importlib.import_module("anyconv.engine.tap_loops")
+FUSED = importlib.import_module("anyconv.variants.fused")
 
 
 @pytest.fixture(autouse=True)
@@ -36,3 +38,23 @@ def no_budget_floor(monkeypatch):
 def views_everywhere(monkeypatch):
     """The engine's backward on shifted views for every geometry (see take_views_everywhere)."""
     take_views_everywhere(monkeypatch)
+
+
+@pytest.fixture
+def fields_for_dense(monkeypatch):
+    """The fields path for dense standard convolutions: the tap loops' filter blocks (which take
+    those of up to MAX_BLOCKED_CHANNELS channels where the loops are built) turned off."""
+    monkeypatch.setattr(TAP_LOOPS, "filter_blocks_fit", lambda *arguments: False)
+    PLAN.clear_plans()
+
+
+@pytest.fixture(params=["native", "eager"])
+def path(request, monkeypatch):
+    """Run the test on the native loops (skipped without a compiler) and on the eager path."""
+    if request.param == "native":
+        if not FUSED.native_kernels_available():
+            pytest.skip("no C++ compiler here")
+        monkeypatch.setenv("ANYCONV_NATIVE", "1")
+    else:
+        monkeypatch.setenv("ANYCONV_NATIVE", "0")
+    return request.param

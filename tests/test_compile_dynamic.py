@@ -42,7 +42,7 @@ def _generalized(name, channels=4, out_channels=8, kernel=3, **arguments):
 #: id -> (module factory, input sizes, the path eager takes for it)
 MODULES = {
     **{
-        f"{name}-dense": (_generalized(name, padding=1), SIZES_2D, "fields")
+        f"{name}-dense": (_generalized(name, padding=1), SIZES_2D, "tap loops" if name == "dot" else "fields")
         for name in sorted(BUILTIN_VARIANTS)
     },
     **{
@@ -73,7 +73,7 @@ MODULES = {
     "conv2d-strided-dilated": (
         lambda: anyconv.nn.Conv2d(4, 6, 3, padding=(2, 1), stride=2, dilation=(2, 1)),
         SIZES_2D,
-        "fields",
+        "tap loops",
     ),
     "conv1d-same": (lambda: anyconv.nn.Conv1d(4, 3, 3, padding="same", dilation=2), SIZES_1D, "fields"),
     "conv3d-circular": (

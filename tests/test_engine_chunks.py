@@ -17,6 +17,9 @@ from anyconv.engine.chunks import plan_chunks
 from anyconv.geometry import make_geometry
 
 DOUBLE = torch.float64
+#: the chunked contraction of the fields path: the tap loops' filter blocks would take the dense
+#: standard convolutions (see conftest.fields_for_dense)
+pytestmark = pytest.mark.usefixtures("fields_for_dense")
 
 PLANS = [
     dict(id="whole-samples", size=(34, 34), kernel=3, stride=1, batch=8, bytes_per_field=36, budget=2**16),

@@ -25,6 +25,11 @@ PRODUCTS = importlib.import_module("anyconv.engine.field_products")
 
 CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
+
+#: the tap loops' filter blocks would take the dense cases (see conftest.fields_for_dense)
+pytestmark = pytest.mark.usefixtures("fields_for_dense")
+
+
 # input shape, weight shape, conv arguments, memory budget (None: the default); every case has
 # more than MAX_CHANNELS_PER_GROUP channels per group, so that the fields path takes it
 CASES = [

@@ -16,7 +16,14 @@ from variant_reference import naive_generalized_conv
 import anyconv
 from anyconv.engine import paths
 from anyconv.engine.plan import clear_plans, plan_conv
-from anyconv.engine.tap_loops import _crop_into, _padded, tap_loops_fit
+from anyconv.engine.tap_loops import (
+    FILTERS_TOGETHER,
+    MAX_BLOCKED_CHANNELS,
+    _crop_into,
+    _padded,
+    tap_loops_fit,
+    tap_sums_fit,
+)
 from anyconv.geometry import make_geometry
 from anyconv.variants import resolve_variant
 
@@ -312,13 +319,19 @@ def test_nan_and_inf_propagate_as_the_formula(name):
 def test_other_variants_and_dense_convolutions_take_other_paths():
     x = torch.randn(1, 4, 5, 5)
     assert not tap_loops_fit(resolve_variant("cosine"), x, torch.randn(4, 1, 3, 3), 4)
-    assert not tap_loops_fit(resolve_variant("dot"), x, torch.randn(4, 4, 3, 3), 1)
-    # a dense layer with few taps (3 channels x 3 x 3) on a large input takes them; one with more
-    # taps (3 x 7 x 7), or on a small input, not
+    # a dense layer with few taps (3 channels x 3 x 3) on a large input takes them for every
+    # variant they know; one with more taps (3 x 7 x 7), or on a small input, for dot alone (in
+    # filter blocks), and not with fewer filters than a block or more channels than the cache holds
     image = torch.randn(1, 3, 32, 32)
-    assert tap_loops_fit(resolve_variant("dot"), image, torch.randn(16, 3, 3, 3), 1)
-    assert not tap_loops_fit(resolve_variant("dot"), image, torch.randn(16, 3, 7, 7), 1)
-    assert not tap_loops_fit(resolve_variant("dot"), image[..., :16], torch.randn(16, 3, 3, 3), 1)
+    assert tap_loops_fit(resolve_variant("l1"), image, torch.randn(16, 3, 3, 3), 1)
+    assert not tap_loops_fit(resolve_variant("l1"), image, torch.randn(16, 3, 7, 7), 1)
+    assert not tap_loops_fit(resolve_variant("l1"), image[..., :16], torch.randn(16, 3, 3, 3), 1)
+    assert tap_loops_fit(resolve_variant("dot"), image, torch.randn(16, 3, 7, 7), 1)
+    assert tap_loops_fit(resolve_variant("dot"), x, torch.randn(4, 4, 3, 3), 1)
+    assert not tap_loops_fit(resolve_variant("dot"), x, torch.randn(FILTERS_TOGETHER - 1, 4, 3, 3), 1)
+    wide = torch.randn(1, MAX_BLOCKED_CHANNELS + 1, 5, 5)
+    assert not tap_loops_fit(resolve_variant("dot"), wide, torch.randn(8, MAX_BLOCKED_CHANNELS + 1, 3, 3), 1)
+    assert not tap_sums_fit(x, torch.randn(4, 4, 3, 3), 1)
     assert not tap_loops_fit(resolve_variant("dot"), torch.randn(1, 32, 5, 5), torch.randn(4, 16, 3, 3), 2)
     assert not tap_loops_fit(
         resolve_variant("dot"), x.to(torch.int64), torch.ones(4, 1, 3, 3, dtype=torch.int64), 4

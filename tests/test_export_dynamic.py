@@ -16,13 +16,18 @@ TRANSPOSE = importlib.import_module("anyconv.engine.conv_transpose")
 
 #: id -> (module factory, the anyconv ops its program calls)
 MODULES = {
-    "conv-fields": (lambda: anyconv.nn.Conv2d(4, 6, 3, padding=1, stride=(2, 1)), {"generalized_conv"}),
+    # a dense standard convolution: the tap loops' filter blocks
+    "conv-tap-loops": (lambda: anyconv.nn.Conv2d(4, 6, 3, padding=1, stride=(2, 1)), {"tap_loops"}),
     "rbf-fields": (
         lambda: anyconv.nn.GeneralizedConv2d(4, 6, 3, padding=1, variant="rbf", gamma=0.1),
         {"generalized_conv"},
     ),
     "conv-reflect": (
         lambda: anyconv.nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect"),
+        {"tap_loops"},
+    ),
+    "l1-fields": (
+        lambda: anyconv.nn.GeneralizedConv2d(4, 6, 3, padding=1, variant="l1"),
         {"generalized_conv"},
     ),
     "l1-tap-loops": (
@@ -61,10 +66,11 @@ def test_one_exported_program_runs_every_size(name):
 
 
 def test_one_exported_program_of_the_transposed_phase_form_runs_every_size(monkeypatch):
-    # the phases: stride-1 convolutions through the engine's op, interleaved
+    # the phases: stride-1 convolutions through the engine's op (the tap loops' filter blocks),
+    # interleaved
     monkeypatch.setattr(TRANSPOSE, "FORM", "phases")
     torch.manual_seed(0)
-    _check_one_program(anyconv.nn.ConvTranspose2d(4, 3, 4, stride=2, padding=1), {"generalized_conv"})
+    _check_one_program(anyconv.nn.ConvTranspose2d(4, 3, 4, stride=2, padding=1), {"tap_loops"})
 
 
 def _check_one_program(module, ops):

@@ -15,8 +15,6 @@ from anyconv.engine import contraction
 from anyconv.variants import L1, MaxPlus, fused
 from anyconv.variants.filter_sums import FilterGradientSum
 
-PATHS = ["native", "eager"]
-
 BACKWARDS = {
     "l1": lambda f, w, g, **sum_: fused.l1_backward(f, w, g, **sum_),
     "max_plus": lambda f, w, g, **sum_: fused.tropical_backward(f, w, g, minimum=False, **sum_),
@@ -32,17 +30,6 @@ CHUNKS = [
     pytest.param(2, (200, 900, 5), 37, 300, id="filters-then-rows"),
     pytest.param(2, (130, 61), 301, 9, id="taps-split"),
 ]
-
-
-@pytest.fixture(params=PATHS)
-def path(request, monkeypatch):
-    if request.param == "native":
-        if not fused.native_kernels_available():
-            pytest.skip("no C++ compiler here")
-        monkeypatch.setenv("ANYCONV_NATIVE", "1")
-    else:
-        monkeypatch.setenv("ANYCONV_NATIVE", "0")
-    return request.param
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])

@@ -22,19 +22,6 @@ from anyconv.engine import contraction, ops
 from anyconv.variants import L2, RBF, fused, squared
 
 NAN, INF = float("nan"), float("inf")
-PATHS = ["native", "eager"]
-
-
-@pytest.fixture(params=PATHS)
-def path(request, monkeypatch):
-    """Run the test on the native loops (skipped without a compiler) and on the eager path."""
-    if request.param == "native":
-        if not fused.native_kernels_available():
-            pytest.skip("no C++ compiler here")
-        monkeypatch.setenv("ANYCONV_NATIVE", "1")
-    else:
-        monkeypatch.setenv("ANYCONV_NATIVE", "0")
-    return request.param
 
 
 def _same_specials(got, expected, **tolerance):
@@ -152,7 +139,7 @@ def test_tropical_special_values_among_many_finite_fields(variant, channels, poi
     assert expected.isnan().any() and expected[expected.isfinite()].numel() > 1000
     # the gradients: the first winning tap of each (field, filter) takes it, NaN the first NaN tap
     output.backward(torch.ones_like(output))
-    best = (input.detach()[0].T[:, None, :] + (1 if variant == "max_plus" else -1) * weight.detach()[:, :, 0])
+    best = input.detach()[0].T[:, None, :] + (1 if variant == "max_plus" else -1) * weight.detach()[:, :, 0]
     winner = best.nan_to_num(nan=INF if variant == "max_plus" else -INF)
     winner = winner.argmax(-1) if variant == "max_plus" else winner.argmin(-1)
     counts = torch.zeros(70, channels).index_put_(
@@ -228,8 +215,12 @@ def test_l2_family_float32_gradients_do_not_cancel_far_from_zero(
     for name in ("tap_gradients", "field_gradients"):
         original = getattr(contraction, name)
         monkeypatch.setattr(
-            contraction, name, lambda *args, name=name, original=original, **kwargs: (
-                routes.append(name), original(*args, **kwargs))[1]
+            contraction,
+            name,
+            lambda *args, name=name, original=original, **kwargs: (
+                routes.append(name),
+                original(*args, **kwargs),
+            )[1],
         )
     stride = 2 if route == "fields-stride2" else 1
     generator = torch.Generator().manual_seed(5)
@@ -323,7 +314,9 @@ def test_squared_distances_at_any_scale_as_the_naive_float64_formula(
     fields = offset + 10**fields_scale * torch.randn(2, 40, 27, generator=generator, dtype=torch.float64)
     filters = offset + 10**filters_scale * torch.randn(2, 6, 27, generator=generator, dtype=torch.float64)
     if copies:
-        fields[:, :6] = filters + 1e-3 * 10**filters_scale * torch.randn(2, 6, 27, generator=generator, dtype=torch.float64)
+        fields[:, :6] = filters + 1e-3 * 10**filters_scale * torch.randn(
+            2, 6, 27, generator=generator, dtype=torch.float64
+        )
     fields, filters = fields.float(), filters.float()
     got = squared.squared_distances(fields, filters).double()
     fields, filters = fields.double(), filters.double()

@@ -1,11 +1,14 @@
-"""The tap-loops path: few input channels per group (depthwise), or a dense first layer with few
-taps, no receptive fields copied.
+"""The tap-loops path: few input channels per group (depthwise), a dense first layer with few
+taps, or the standard convolution of a dense layer with up to MAX_BLOCKED_CHANNELS channels; no
+receptive fields copied.
 
 Compiled loops (``variants/tap_loops.cpp``) run over the kernel taps of each output row, reading
 the zero-padded input in place, forward and backward, for ``dot``, ``l1``, ``l2``, ``max_plus``
 and ``min_plus``. The forward of a grouped layer pads the input itself, a (sample, group) at a
 time in a buffer that stays in cache. A (fields x filters) product would multiply matrices only
-a few columns wide. They run as the custom operators ``anyconv::tap_loops`` and
+a few columns wide. The forward of a dense layer takes its filters FILTERS_TOGETHER at a time, so
+that every vector of the input loaded feeds that many filters, tile by tile of the output; its
+backward with many taps is the fields path's. They run as the custom operators ``anyconv::tap_loops`` and
 ``anyconv::tap_loops_backward`` (fake implementations, an autograd formula), which torch.compile
 and torch.export keep as single calls.
 ``anyconv::tap_quotient`` is the cosine family's forward without a graph in one pass of the loops.
@@ -53,6 +56,11 @@ MAX_CHANNELS_PER_GROUP = 8
 #: (docs/benchmarks.md); on small inputs the copy costs little
 MAX_DENSE_TAPS = 32
 MIN_DENSE_POSITIONS = 1024
+#: the forward of a dense layer takes this many filters at once (``kFiltersTogether`` of the loops)
+FILTERS_TOGETHER = 4
+#: a dense layer of more taps takes the loops' filter blocks (``dot`` only) up to this many input
+#: channels: a tile of the input then stays in cache while every block of filters reads it
+MAX_BLOCKED_CHANNELS = 128
 #: a dense layer with more filters takes the fields path's backward after the loops' forward
 #: (docs/benchmarks.md: a 1x1 layer 24 -> 144 against first layers 3 -> 16 to 64)
 MAX_DENSE_LOOPS_BACKWARD_FILTERS = 64
@@ -73,19 +81,61 @@ _ENTRY_POINTS = {"tap_forward": (1, 4, True), "tap_backward": (1, 6, False), "ta
 
 
 def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
-    """Whether the tap loops compute this call: a variant they know, floating CPU tensors (float16
-    where the compiler has ``_Float16``), few input channels per group in a grouped convolution or
-    few taps on a large input in a dense one (see MAX_DENSE_TAPS), the loops compiled, and no
-    ``ANYCONV_BACKEND=triton``.
+    """Whether the tap loops compute this call: where they sum every tap of a variant they know
+    (:func:`tap_sums_fit`), or the standard convolution (``dot``) of a dense layer whose filters
+    they take in blocks (:func:`filter_blocks_fit`).
 
     >>> import torch
     >>> tap_loops_fit(L1(), torch.randn(1, 8, 5, 5), torch.randn(8, 1, 3, 3), 8) in (True, False)
     True
     """
+    if type(variant) not in _OPERATIONS:
+        return False
+    if tap_sums_fit(input, weight, groups):
+        return True
+    return type(variant) is Dot and filter_blocks_fit(input, weight, groups)
+
+
+def tap_sums_fit(input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
+    """Whether the loops take a call of any variant they know: floating CPU tensors (float16 where
+    the compiler has ``_Float16``), few input channels per group in a grouped convolution or few
+    taps on a large input in a dense one (see MAX_DENSE_TAPS), the loops compiled, and no
+    ``ANYCONV_BACKEND=triton``. The tap products sum their ``dot`` there.
+
+    >>> import torch
+    >>> tap_sums_fit(torch.randn(1, 8, 5, 5), torch.randn(8, 8, 3, 3), 1)
+    False
+    """
     return (
-        type(variant) in _OPERATIONS
-        and (weight.shape[1] <= MAX_CHANNELS_PER_GROUP if groups > 1 else _dense_fits(input, weight))
-        and input.device.type == "cpu"
+        weight.shape[1] <= MAX_CHANNELS_PER_GROUP if groups > 1 else _dense_fits(input, weight)
+    ) and _runs_here(input)
+
+
+def filter_blocks_fit(input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
+    """Whether the loops' forward takes a dense layer's filters FILTERS_TOGETHER at a time: one
+    group of at most MAX_BLOCKED_CHANNELS input channels and at least FILTERS_TOGETHER filters,
+    where the loops run (:func:`tap_sums_fit`). Each input vector the loops load then feeds that
+    many filters, and no fields are copied; with more channels a tile of the input outgrows the
+    cache (docs/benchmarks.md).
+
+    >>> import torch
+    >>> filter_blocks_fit(torch.randn(1, 64, 9, 9), torch.randn(64, 64, 3, 3), 1) in (True, False)
+    True
+    >>> filter_blocks_fit(torch.randn(1, 512, 9, 9), torch.randn(64, 512, 3, 3), 1)
+    False
+    """
+    return (
+        groups == 1
+        and weight.shape[1] <= MAX_BLOCKED_CHANNELS
+        and weight.shape[0] >= FILTERS_TOGETHER
+        and _runs_here(input)
+    )
+
+
+def _runs_here(input: torch.Tensor) -> bool:
+    """The loops compiled for the input's device and dtype, and not stepped aside."""
+    return (
+        input.device.type == "cpu"
         and input.dtype in NATIVE_DTYPES
         and _loops_available()
         # a compiler without _Float16 builds no float16 loops
@@ -353,9 +403,11 @@ def loops_gradients(
     bias), None where ``needs`` says False; no graph. Through ``anyconv::tap_loops_backward`` where
     torch's machinery watches (``machinery_watches``), else its body without the dispatch."""
     groups = arguments[5]
-    if groups == 1 and weight.shape[0] > MAX_DENSE_LOOPS_BACKWARD_FILTERS:
-        # a dense layer with many filters: the loops' backward takes each filter's taps alone,
-        # the fields path's backward all filters of a block of fields at once
+    if groups == 1 and (
+        weight.shape[0] > MAX_DENSE_LOOPS_BACKWARD_FILTERS or math.prod(weight.shape[1:]) > MAX_DENSE_TAPS
+    ):
+        # a dense layer with many filters or many taps: the loops' backward takes each filter's
+        # taps alone, the fields path's backward all filters of a block of fields at once
         found = generalized_conv_backward_op(
             grad_output, input, weight, [], None, None, *arguments, list(needs)
         )

@@ -21,7 +21,7 @@ from ..geometry import Geometry
 from ..variants import L2, RBF, Cosine, Dot, Polynomial, SharpenedCosine, Variant
 from .machinery import machinery_watches, records_graph
 from .tap_cosine import composed_cosine, loops_cosine
-from .tap_loops import tap_loops_conv, tap_loops_fit, tap_quotient_conv
+from .tap_loops import tap_loops_conv, tap_quotient_conv, tap_sums_fit
 from .tap_norms import Primitive, field_squares, safe_sqrt
 from .triton_conv import triton_conv, triton_conv_fits
 
@@ -50,7 +50,7 @@ def tap_products_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor
 def tap_primitive(input: torch.Tensor, weight: torch.Tensor, groups: int) -> Primitive | None:
     """What sums this path's ``dot`` and ``l2`` tap by tap on the call: the Triton kernels where they
     are chosen (CUDA tensors, or ``ANYCONV_BACKEND=triton``: see ``triton_conv_fits``), else the C++
-    tap loops where they fit (``tap_loops_fit``), else None (the path does not fit).
+    tap loops where they sum every tap (``tap_sums_fit``), else None (the path does not fit).
 
     The two never fit the same call (the loops step aside for ``ANYCONV_BACKEND=triton`` and take
     CPU tensors only); the box sum of x^2 (one channel per group) fits wherever the call does.
@@ -63,7 +63,7 @@ def tap_primitive(input: torch.Tensor, weight: torch.Tensor, groups: int) -> Pri
     """
     if triton_conv_fits(_DOT, input, weight, groups):
         return _triton
-    if tap_loops_fit(_DOT, input, weight, groups):
+    if tap_sums_fit(input, weight, groups):
         return tap_loops_conv
     return None
 

@@ -3,7 +3,9 @@
 // copied. One output row (the last spatial dimension) at a time stays in cache while every tap of
 // the row's filter meets it; N-d geometry arrives flattened as offsets into the padded input. The
 // forward of a grouped layer pads the input itself, one (sample, group) at a time into a buffer
-// of the thread's own (see each_output_plane).
+// of the thread's own (see each_output_plane). The forward of a layer with many filters per group
+// takes them a few at a time, each value loaded meeting every filter of the block (see
+// forward_filter_blocks): the standard convolution of a dense layer without receptive fields.
 //
 // Layout: x and grad_x (B, C, plane) padded input; w (O, T) with T = channels per group x taps;
 // y and grad (B, O, rows, width). Tap t reads x at row_offsets[r] + tap_offsets[t] + i * step and
@@ -786,8 +788,265 @@ bool takes_channel_vectors(const Geometry& g, const Layout* layout) {
   return depthwise && (layout->channels_last || (g.width < kLanes && g.channels >= kLanes));
 }
 
+// the first COUNT lanes of a vector: the mask of masked_load, made once outside a loop
+template <typename S>
+__attribute__((always_inline)) inline auto lane_mask(int count) {
+#ifdef __AVX512F__
+  if constexpr (std::is_same<S, float>::value) return static_cast<__mmask16>((1u << count) - 1);
+  else if constexpr (std::is_same<S, double>::value) return static_cast<__mmask8>((1u << count) - 1);
+  else return count;
+#else
+  return count;
+#endif
+}
+
+// load_partial with the mask of lane_mask: GCC kept the sums of a loop around load_partial in
+// memory rather than in registers
+template <typename S, typename Mask>
+__attribute__((always_inline)) inline typename Lanes<Compute<S>>::Vector masked_load(const S* source, Mask mask,
+                                                                                    int count) {
+  using Vector = typename Lanes<Compute<S>>::Vector;
+#ifdef __AVX512F__
+  if constexpr (std::is_same<S, float>::value) {
+    return reinterpret_cast<Vector>(_mm512_maskz_loadu_ps(mask, source));
+  } else if constexpr (std::is_same<S, double>::value) {
+    return reinterpret_cast<Vector>(_mm512_maskz_loadu_pd(mask, source));
+  }
+#endif
+  (void)mask;
+  return load(source, 1, count);
+}
+
+// store_partial with the mask of lane_mask (see masked_load)
+template <typename S, typename Mask>
+__attribute__((always_inline)) inline void masked_store(S* target, typename Lanes<Compute<S>>::Vector values,
+                                                        Mask mask, int count) {
+#ifdef __AVX512F__
+  if constexpr (std::is_same<S, float>::value) {
+    return _mm512_mask_storeu_ps(target, mask, reinterpret_cast<__m512>(values));
+  } else if constexpr (std::is_same<S, double>::value) {
+    return _mm512_mask_storeu_pd(target, mask, reinterpret_cast<__m512d>(values));
+  }
+#endif
+  (void)mask;
+  store(target, values, count);
+}
+
+// filters the forward of a layer with many filters per group takes together (see filters_block)
+constexpr int kFiltersTogether = 4;
+
+// FILTERS filters' outputs on VECTORS vectors of each of ROWS rows, as forward_block takes one
+// filter's: every value vector loaded once meets the FILTERS weights of its tap, so that a load
+// feeds FILTERS steps where forward_block's feeds one. WS the filters' weights tap by tap (taps x
+// FILTERS, compute type), OUTS[f * ROWS + r] filter f's row r, BIASES FILTERS values or null
+template <typename S, typename Op, int FILTERS, int VECTORS, int ROWS, bool PARTIAL, bool MASKED_LOAD = PARTIAL>
+__attribute__((always_inline)) inline void filters_block(const S* x, const Compute<S>* ws, S* const* outs,
+                                                         const int64_t* origins, const Geometry& g,
+                                                         const Compute<S>* biases, int64_t first, int count,
+                                                         int64_t last_vector) {
+  using T = Compute<S>;
+  using Vector = typename Lanes<T>::Vector;
+  constexpr int kLanes = Lanes<T>::kCount;
+  const int last_count = PARTIAL ? count : kLanes;
+  const auto mask = lane_mask<S>(last_count);
+  Vector values[FILTERS][ROWS][VECTORS];
+  for (int f = 0; f < FILTERS; ++f)
+    for (int r = 0; r < ROWS; ++r)
+      for (int v = 0; v < VECTORS; ++v) values[f][r][v] = Vector{} + Op::start();
+    for (int64_t t = 0; t < g.taps; ++t) {
+    const int64_t offset = g.tap_offsets[t] + first;
+    const T* weights = ws + t * FILTERS;
+#pragma GCC unroll 8
+    for (int r = 0; r < ROWS; ++r) {
+      const S* source = x + origins[r] + offset;
+      Vector loaded[VECTORS];
+#pragma GCC unroll 8
+      for (int v = 0; v < VECTORS - 1; ++v) loaded[v] = load(source + v * kLanes, 1);
+      if constexpr (MASKED_LOAD) {
+        loaded[VECTORS - 1] = masked_load(source + last_vector, mask, last_count);
+      } else {
+        loaded[VECTORS - 1] = load(source + last_vector, 1);
+      }
+#pragma GCC unroll 8
+      for (int f = 0; f < FILTERS; ++f) {
+#pragma GCC unroll 8
+        for (int v = 0; v < VECTORS; ++v) values[f][r][v] = Op::step(values[f][r][v], loaded[v], weights[f]);
+      }
+    }
+  }
+  for (int f = 0; f < FILTERS; ++f) {
+    const T added = biases == nullptr ? T(0) : biases[f];
+    for (int r = 0; r < ROWS; ++r) {
+      S* out = outs[f * ROWS + r] + first;
+      for (int v = 0; v < VECTORS; ++v) {
+        const Vector result = biases == nullptr ? values[f][r][v] : values[f][r][v] + added;
+        const int64_t at = v == VECTORS - 1 ? last_vector : v * kLanes;
+        if (PARTIAL && v == VECTORS - 1) {
+          masked_store(out + at, result, mask, last_count);
+        } else {
+          store(out + at, result);
+        }
+      }
+    }
+  }
+}
+
+// ROWS rows of FILTERS filters, cut into blocks of VECTORS vectors (the last overlapping the one
+// before); a row narrower than that into blocks of two vectors or one
+template <typename S, typename Op, int FILTERS, int ROWS, int VECTORS>
+void filters_rows(const S* x, const Compute<S>* ws, S* const* outs, const int64_t* origins, const Geometry& g,
+                  const Compute<S>* biases, const S* end) {
+  constexpr int64_t kLanes = Lanes<Compute<S>>::kCount;
+  if (g.width < kLanes) {
+    // a whole vector read past the row's end where it stays inside the input (END): GCC kept the
+    // sums of a loop of masked loads in memory, not in registers
+    const int width = static_cast<int>(g.width);
+    if (x + origins[ROWS - 1] + g.tap_offsets[g.taps - 1] + Lanes<Compute<S>>::kCount <= end) {
+      filters_block<S, Op, FILTERS, 1, ROWS, true, false>(x, ws, outs, origins, g, biases, 0, width, 0);
+    } else {
+      filters_block<S, Op, FILTERS, 1, ROWS, true, true>(x, ws, outs, origins, g, biases, 0, width, 0);
+    }
+    return;
+  }
+  if (g.width == kLanes) {
+    filters_block<S, Op, FILTERS, 1, ROWS, false>(x, ws, outs, origins, g, biases, 0, kLanes, 0);
+    return;
+  }
+  if (g.width < 2 * kLanes) {
+    // two vectors, the second overlapping the first
+    filters_block<S, Op, FILTERS, 2, ROWS, false>(x, ws, outs, origins, g, biases, 0, kLanes, g.width - kLanes);
+    return;
+  }
+  if (g.width < VECTORS * kLanes) {
+    // blocks of two vectors, the last overlapping the one before
+    for (int64_t start = 0; start < g.width; start += 2 * kLanes) {
+      const int64_t first = std::min(start, g.width - 2 * kLanes);
+      filters_block<S, Op, FILTERS, 2, ROWS, false>(x, ws, outs, origins, g, biases, first, kLanes, kLanes);
+    }
+    return;
+  }
+  constexpr int64_t block = VECTORS * kLanes;
+  for (int64_t start = 0; start < g.width; start += block) {
+    const int64_t first = start + block <= g.width ? start : g.width - block;
+    filters_block<S, Op, FILTERS, VECTORS, ROWS, false>(x, ws, outs, origins, g, biases, first, kLanes,
+                                                        (VECTORS - 1) * kLanes);
+  }
+}
+
+// Rows [BEGIN, END) of FILTERS filters' output planes (PLANES[f], rows of PLANE_WIDTH outputs)
+// in the columns [COLUMN, COLUMN + g.width) from one padded sample-and-group SOURCE (shifted to
+// that column already), ROWS rows of VECTORS vectors at a time, single rows of four vectors
+template <typename S, typename Op, int FILTERS, int ROWS, int VECTORS>
+void filters_tile_rows(const S* source, const Compute<S>* ws, S* const* planes, const Geometry& g, int64_t begin,
+                       int64_t stop, int64_t column, int64_t plane_width, const Compute<S>* biases, const S* end) {
+  S* outs[FILTERS * ROWS];
+  int64_t r = begin;
+  for (; r + ROWS <= stop; r += ROWS) {
+    for (int f = 0; f < FILTERS; ++f)
+      for (int i = 0; i < ROWS; ++i) outs[f * ROWS + i] = planes[f] + (r + i) * plane_width + column;
+    filters_rows<S, Op, FILTERS, ROWS, VECTORS>(source, ws, outs, g.row_offsets + r, g, biases, end);
+  }
+  for (; r < stop; ++r) {
+    for (int f = 0; f < FILTERS; ++f) outs[f] = planes[f] + r * plane_width + column;
+    filters_rows<S, Op, FILTERS, 1, 4>(source, ws, outs, g.row_offsets + r, g, biases, end);
+  }
+}
+
+// filters_tile_rows with enough independent sums whatever the width: rows narrower than a vector
+// four at a time, wider ones two at a time
+template <typename S, typename Op, int FILTERS>
+void filters_tile(const S* source, const Compute<S>* ws, S* const* planes, const Geometry& g, int64_t begin,
+                  int64_t stop, int64_t column, int64_t plane_width, const Compute<S>* biases, const S* end) {
+  if (g.width < Lanes<Compute<S>>::kCount) {
+    filters_tile_rows<S, Op, FILTERS, 4, 1>(source, ws, planes, g, begin, stop, column, plane_width, biases, end);
+  } else {
+    filters_tile_rows<S, Op, FILTERS, 2, 2>(source, ws, planes, g, begin, stop, column, plane_width, biases, end);
+  }
+}
+
+// output rows of one tile of the filter-block forward (see forward_filter_blocks), and its
+// columns on single-row (1-D) outputs
+constexpr int64_t kTileRows = 4;
+constexpr int64_t kTileColumns = 256;
+
+// The forward of a layer with at least kFiltersTogether filters per group on an input laid out
+// already. The threads split tiles of the output (a sample's group, kTileRows rows, or
+// kTileColumns columns of a single row), and each tile goes through every block of its group's
+// filters: the tile's part of the input stays in cache while they read it, where a filter block
+// walking the whole input read it from memory once per block. The filters are packed once, block
+// by block and tap by tap (the filters of a group that do not fill a block one by one).
+template <typename S, typename Op>
+void forward_filter_blocks(const S* x, const S* w, const S* bias, S* y, const Geometry& given, int threads) {
+  using T = Compute<S>;
+  constexpr int F = kFiltersTogether;
+  // the taps in the order of their offsets, channel by channel: the taps of one channel read the
+  // same few cache lines one after the other, where the field order (kernel, then channel) went
+  // through every channel at each kernel position, more lines than the first-level cache holds
+  std::vector<int64_t> order(given.taps), offsets(given.taps), columns(given.taps);
+  for (int64_t t = 0; t < given.taps; ++t) order[t] = t;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return given.tap_offsets[a] < given.tap_offsets[b]; });
+  for (int64_t t = 0; t < given.taps; ++t) {
+    offsets[t] = given.tap_offsets[order[t]];
+    columns[t] = given.weight_index[order[t]];
+  }
+  Geometry g = given;
+  g.tap_offsets = offsets.data();
+  g.weight_index = columns.data();
+  const int64_t per_group_in = g.channels / g.groups, per_group_out = g.out_channels / g.groups;
+  const int64_t output_plane = g.rows * g.width;
+  // filter o's weights at packed[o * taps ...]: blocks of F filters interleaved tap by tap
+  // (F per tap), the rest one filter after another
+  std::vector<T> packed(g.out_channels * g.taps), biases(g.out_channels, T(0));
+  const int64_t whole = per_group_out / F * F;
+  for (int64_t o = 0; o < g.out_channels; ++o) {
+    const int64_t j = o % per_group_out;
+    T* target = packed.data() + (o - j % F) * g.taps;
+    for (int64_t t = 0; t < g.taps; ++t) {
+      const T value = widen(w[o * g.taps + g.weight_index[t]]);
+      if (j < whole) {
+        target[t * F + j % F] = value;
+      } else {
+        packed[o * g.taps + t] = value;
+      }
+    }
+    if (bias != nullptr) biases[o] = widen(bias[o]);
+  }
+  const bool single_row = g.rows == 1;
+  const int64_t row_tiles = single_row ? 1 : (g.rows + kTileRows - 1) / kTileRows;
+  const int64_t column_tiles = single_row ? (g.width + kTileColumns - 1) / kTileColumns : 1;
+  const int64_t tiles = row_tiles * column_tiles, items = g.batch * g.groups * tiles;
+  // the end of the laid-out input, past which no load may read
+  const S* end = x + g.batch * g.channels * g.plane;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t index = 0; index < items; ++index) {
+    const int64_t b = index / (g.groups * tiles), group = (index / tiles) % g.groups, tile = index % tiles;
+    const int64_t begin = single_row ? 0 : tile * kTileRows, stop = single_row ? 1 : std::min(g.rows, begin + kTileRows);
+    const int64_t column = single_row ? tile * kTileColumns : 0;
+    Geometry part = g;
+    part.width = single_row ? std::min(kTileColumns, g.width - column) : g.width;
+    const S* source = x + (b * g.channels + group * per_group_in) * g.plane + column;
+    for (int64_t j = 0; j < per_group_out; j += F) {
+      const int64_t first = group * per_group_out + j;
+      S* planes[F];
+      for (int f = 0; f < F && j + f < per_group_out; ++f) planes[f] = y + (b * g.out_channels + first + f) * output_plane;
+      const T* block_bias = bias == nullptr ? nullptr : biases.data() + first;
+      if (j < whole) {
+        filters_tile<S, Op, F>(source, packed.data() + first * g.taps, planes, part, begin, stop, column, g.width,
+                               block_bias, end);
+        continue;
+      }
+      for (int64_t f = 0; j + f < per_group_out; ++f)
+        filters_tile<S, Op, 1>(source, packed.data() + (first + f) * g.taps, planes + f, part, begin, stop, column,
+                               g.width, block_bias == nullptr ? nullptr : block_bias + f, end);
+    }
+  }
+}
+
 template <typename S, typename Op>
 void forward(const S* x, const S* w, const S* bias, S* y, const Geometry& g, const Layout* layout, int threads) {
+  if (layout == nullptr && g.out_channels / g.groups >= kFiltersTogether)
+    return forward_filter_blocks<S, Op>(x, w, bias, y, g, threads);
   if (takes_channel_vectors<S>(g, layout))
     return forward_channel_vectors<S, ReducedOutputs<Compute<S>, Op>>(x, w, nullptr, nullptr, y, bias, g, *layout,
                                                                       threads);

@@ -1,0 +1,146 @@
+"""The tap loops' filter blocks (variants/tap_loops.cpp, ``forward_filter_blocks``): the forward
+of a dense ``dot`` layer with many taps, FILTERS_TOGETHER filters at a time.
+
+Every width class the loops cut rows into (narrower than a vector, one vector, between one and
+two, between two and four, wider; a single 1-D row in tiles of columns), filter counts that do
+and do not fill the blocks, strides, dilations and 1-D to 3-D, against torch's convolution in
+float64; special values against the naive formula; gradients (the fields path's backward).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch_reference import torch_conv
+from variant_reference import naive_generalized_conv
+
+import anyconv
+from anyconv.engine.plan import plan_conv
+from anyconv.engine.tap_loops import FILTERS_TOGETHER, MAX_BLOCKED_CHANNELS, filter_blocks_fit
+from anyconv.variants import Dot
+
+pytestmark = pytest.mark.skipif(
+    not filter_blocks_fit(torch.ones(1, 1, 4), torch.ones(FILTERS_TOGETHER, 1, 3), 1),
+    reason="the tap loops are not built here",
+)
+
+#: id, input shape, weight shape, arguments
+CASES = [
+    ("narrow-rows", (2, 3, 9, 7), (5, 3, 3, 3), {"padding": 1}),
+    ("one-vector-float64", (1, 4, 10, 8), (8, 4, 3, 3), {"padding": 1}),
+    ("one-vector-float32", (1, 4, 10, 16), (8, 4, 3, 3), {"padding": 1}),
+    ("between-one-and-two", (2, 2, 9, 21), (4, 2, 3, 3), {"padding": 1}),
+    ("between-two-and-four", (1, 2, 3, 45), (6, 2, 3, 3), {"padding": 1}),
+    ("wide", (1, 2, 5, 70), (9, 2, 3, 5), {"padding": (1, 2)}),
+    ("stem-7x7-stride-2", (2, 3, 40, 38), (8, 3, 7, 7), {"padding": 3, "stride": 2}),
+    ("stride-3-dilation-2", (1, 5, 23, 29), (7, 5, 3, 3), {"padding": 2, "stride": (2, 3), "dilation": 2}),
+    ("1-d-tiles-of-columns", (2, 3, 700), (4, 3, 5), {"padding": 2}),
+    ("1-d-strided", (1, 4, 301), (12, 4, 11), {"padding": 5, "stride": 2}),
+    ("3-d", (1, 3, 5, 9, 18), (6, 3, 3, 3, 3), {"padding": 1}),
+    ("most-channels", (1, MAX_BLOCKED_CHANNELS, 6, 6), (4, MAX_BLOCKED_CHANNELS, 3, 3), {"padding": 1}),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
+def test_each_geometry_equals_torch(case, dtype):
+    _, x_shape, w_shape, arguments = case
+    generator = torch.Generator().manual_seed(len(x_shape) * 100 + x_shape[-1])
+    x = torch.randn(x_shape, generator=generator, dtype=dtype)
+    w = torch.randn(w_shape, generator=generator, dtype=dtype)
+    b = torch.randn(w_shape[0], generator=generator, dtype=dtype)
+    plan = plan_conv(
+        x,
+        w,
+        Dot(),
+        arguments.get("stride", 1),
+        arguments.get("padding", 0),
+        arguments.get("dilation", 1),
+        1,
+        "zeros",
+        None,
+    )
+    assert plan.path == "tap loops"
+    expected = torch_conv(x.double(), w.double(), b.double(), **arguments)
+    # float32: within a few units of its precision of the largest sum of magnitudes
+    scale = torch_conv(x.double().abs(), w.double().abs(), **arguments).max().item()
+    tolerance = 1e-12 if dtype == torch.float64 else 2**-20 * scale
+    for bias in (b, None):
+        got = anyconv.conv(x, w, bias, **arguments)
+        reference = expected if bias is not None else expected - b.double().view(-1, *[1] * (x.dim() - 2))
+        assert got.dtype == dtype and got.shape == reference.shape
+        torch.testing.assert_close(got.double(), reference, rtol=tolerance, atol=tolerance)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 3),  # batch
+    st.integers(1, 5),  # channels
+    st.integers(FILTERS_TOGETHER, 11),  # filters
+    st.integers(1, 12),  # rows
+    st.integers(1, 70),  # width
+    st.integers(1, 4),  # kernel
+    st.integers(1, 3),  # stride
+    st.integers(1, 2),  # dilation
+    st.integers(0, 3),  # padding
+)
+def test_random_geometries_equal_torch(
+    batch, channels, filters, rows, width, kernel, stride, dilation, padding
+):
+    span = dilation * (kernel - 1) + 1
+    if rows + 2 * padding < span or width + 2 * padding < span:
+        return
+    generator = torch.Generator().manual_seed(batch * 1000 + width * 10 + kernel)
+    x = torch.randn(batch, channels, rows, width, generator=generator, dtype=torch.float64)
+    w = torch.randn(filters, channels, kernel, kernel, generator=generator, dtype=torch.float64)
+    b = torch.randn(filters, generator=generator, dtype=torch.float64)
+    arguments = {"stride": stride, "padding": padding, "dilation": dilation}
+    torch.testing.assert_close(
+        anyconv.conv(x, w, b, **arguments), torch_conv(x, w, b, **arguments), rtol=1e-12, atol=1e-12
+    )
+
+
+def test_special_values_follow_the_formula():
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 9, 21, generator=generator, dtype=torch.float64)
+    w = torch.randn(6, 3, 3, 3, generator=generator, dtype=torch.float64)
+    b = torch.randn(6, generator=generator, dtype=torch.float64)
+    x[0, 1, 4, 7] = float("nan")
+    x[1, 0, 0, 20] = float("inf")
+    x[1, 2, 8, 0] = -float("inf")
+    w[5, 0] = 0.0  # inf * 0: NaN, as the formula gives
+    b[2] = float("nan")
+    x[0, 0] += 1e6  # far from zero
+    expected = naive_generalized_conv(x, w, "dot", b, padding=1)
+    torch.testing.assert_close(anyconv.conv(x, w, b, padding=1), expected, equal_nan=True)
+
+
+def test_gradients_equal_torch():
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 8, 11, generator=generator, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, 3, 3, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(8, generator=generator, dtype=torch.float64, requires_grad=True)
+    arguments = {"padding": 1, "stride": (1, 2)}
+    grad = torch.randn(torch_conv(x, w, b, **arguments).shape, generator=generator, dtype=torch.float64)
+    got = torch.autograd.grad(anyconv.conv(x, w, b, **arguments), (x, w, b), grad)
+    want = torch.autograd.grad(torch_conv(x, w, b, **arguments), (x, w, b), grad)
+    for value, reference in zip(got, want):
+        torch.testing.assert_close(value, reference)
+    torch.autograd.gradcheck(lambda *t: anyconv.conv(*t, **arguments), (x[:1, :, :5, :6], w[:4], b[:4]))
+    torch.autograd.gradgradcheck(lambda *t: anyconv.conv(*t, **arguments), (x[:1, :, :5, :6], w[:4], b[:4]))
+
+
+def test_low_precision_rounds_once():
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(1, 4, 7, 20, generator=generator)
+    w = torch.randn(5, 4, 3, 3, generator=generator)
+    for dtype in (torch.bfloat16, torch.float16):
+        if not filter_blocks_fit(x.to(dtype), w.to(dtype), 1):
+            continue
+        got = anyconv.conv(x.to(dtype), w.to(dtype), padding=1)
+        exact = torch_conv(x.to(dtype).double(), w.to(dtype).double(), padding=1)
+        assert got.dtype == dtype
+        # one rounding of the float sums: within half a unit of the stored type, plus float's error
+        torch.testing.assert_close(got.double(), exact.to(dtype).double(), rtol=2**-7, atol=1e-3)
