@@ -39,10 +39,19 @@ def _generalized(name, channels=4, out_channels=8, kernel=3, **arguments):
     )
 
 
+#: the dense layers' paths other than the fields path: the tap loops' filter blocks take dot, and
+#: the variants composed from it
+_DENSE_PATHS = {
+    "dot": "tap loops",
+    "cosine": "tap products",
+    "sharpened_cosine": "tap products",
+    "polynomial": "tap products",
+}
+
 #: id -> (module factory, input sizes, the path eager takes for it)
 MODULES = {
     **{
-        f"{name}-dense": (_generalized(name, padding=1), SIZES_2D, "tap loops" if name == "dot" else "fields")
+        f"{name}-dense": (_generalized(name, padding=1), SIZES_2D, _DENSE_PATHS.get(name, "fields"))
         for name in sorted(BUILTIN_VARIANTS)
     },
     **{

@@ -1,5 +1,6 @@
 """The tap-products path: ``cosine``, ``sharpened_cosine``, ``polynomial`` and ``rbf`` on few
-input channels per group (depthwise), composed from tap-by-tap sums instead of copied fields.
+input channels per group (depthwise), and the first three on the dense layers whose ``dot`` the
+loops take in filter blocks, composed from tap-by-tap sums instead of copied fields.
 
 Each is a function of the dot product s = p . w summed tap by tap (``rbf``: of the squared distance,
 which does not cancel on data far from zero), the field norms |p| (a box sum of x^2 per group) and
@@ -21,12 +22,14 @@ from ..geometry import Geometry
 from ..variants import L2, RBF, Cosine, Dot, Polynomial, SharpenedCosine, Variant
 from .machinery import machinery_watches, records_graph
 from .tap_cosine import composed_cosine, loops_cosine
-from .tap_loops import tap_loops_conv, tap_quotient_conv, tap_sums_fit
+from .tap_loops import filter_blocks_fit, tap_loops_conv, tap_quotient_conv, tap_sums_fit
 from .tap_norms import Primitive, field_squares, safe_sqrt
 from .triton_conv import triton_conv, triton_conv_fits
 
 _DOT, _L2 = Dot(), L2()
 _VARIANTS = (Cosine, SharpenedCosine, Polynomial, RBF)
+#: the variants composed from the loops' dot alone (rbf's squared distances have no filter blocks)
+_DOT_VARIANTS = (Cosine, SharpenedCosine, Polynomial)
 #: whether calls that record no graph take the cosines in one pass of the loops (dot, |p|^2 and the
 #: division together) rather than composed from the loops' dot, a box sum of x^2 and the division
 #: (set it to False to time the composition against the one pass)
@@ -35,7 +38,9 @@ FUSED_QUOTIENT = True
 
 def tap_products_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
     """Whether this path computes the call: a product-form variant (exactly one of the built-in
-    classes, whose formulas it repeats) where a primitive sums ``dot`` tap by tap (:func:`tap_primitive`).
+    classes, whose formulas it repeats) where a primitive sums ``dot`` tap by tap (:func:`tap_primitive`),
+    or one composed from ``dot`` alone where the loops take a dense layer's ``dot`` in filter blocks
+    (``filter_blocks_fit``).
 
     >>> import torch
     >>> x, w = torch.randn(1, 8, 5, 5), torch.randn(8, 1, 3, 3)
@@ -44,7 +49,11 @@ def tap_products_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor
     >>> tap_products_fit(Dot(), x, w, 8)
     False
     """
-    return type(variant) in _VARIANTS and tap_primitive(input, weight, groups) is not None
+    if type(variant) not in _VARIANTS:
+        return False
+    if tap_primitive(input, weight, groups) is not None:
+        return True
+    return type(variant) in _DOT_VARIANTS and filter_blocks_fit(input, weight, groups)
 
 
 def tap_primitive(input: torch.Tensor, weight: torch.Tensor, groups: int) -> Primitive | None:
@@ -108,9 +117,11 @@ def tap_products_conv(
     grouped = (batch, groups, per_group, *geometry.output_size)
     options = {name: _per_filter(value, groups, ndim) for name, value in variant.options.items()}
     recording = records_graph(input, weight, bias, *options.values())
-    primitive = tap_primitive(input, weight, groups)
-    assert primitive is not None, "tap_products_fit chose this path"
-    loops = FUSED_QUOTIENT and primitive is tap_loops_conv
+    primitive = tap_primitive(input, weight, groups) or tap_loops_conv
+    # where the loops take a dense layer's dot in filter blocks only (many taps), the composition:
+    # the one pass of the quotient and the cosine's backward take each filter alone (on a first
+    # layer's few taps the one pass stays the faster)
+    loops = FUSED_QUOTIENT and primitive is tap_loops_conv and tap_sums_fit(input, weight, groups)
     if loops and recording and isinstance(variant, Cosine) and not machinery_watches(input, weight, bias):
         # a backward that keeps the input and the weight only, where the composition below keeps
         # its products, squares, norms and denominator for autograd
