@@ -8,6 +8,7 @@ import pytest
 FIELDS_PLAN = importlib.import_module("anyconv.engine.fields_plan")
 PLAN = importlib.import_module("anyconv.engine.plan")
 TAP_LOOPS = importlib.import_module("anyconv.engine.tap_loops")
+TAP_PRODUCTS = importlib.import_module("anyconv.engine.tap_products")
 FUSED = importlib.import_module("anyconv.variants.fused")
 
 
@@ -42,9 +43,11 @@ def views_everywhere(monkeypatch):
 
 @pytest.fixture
 def fields_for_dense(monkeypatch):
-    """The fields path for dense standard convolutions: the tap loops' filter blocks (which take
-    those of up to MAX_BLOCKED_CHANNELS channels where the loops are built) turned off."""
-    monkeypatch.setattr(TAP_LOOPS, "filter_blocks_fit", lambda *arguments: False)
+    """The fields path for dense layers: the tap loops' filter blocks (which take the standard
+    convolution of up to MAX_BLOCKED_CHANNELS channels where the loops are built, and the tap
+    products the variants composed from it) turned off."""
+    for module in (TAP_LOOPS, TAP_PRODUCTS):
+        monkeypatch.setattr(module, "filter_blocks_fit", lambda *arguments: False)
     PLAN.clear_plans()
 
 

@@ -266,9 +266,12 @@ def test_a_subclass_that_redefines_contract_is_refused_its_parents_backward():
 
 
 @pytest.mark.parametrize("name", ["l1", "max_plus", "cosine", "polynomial"])
-def test_a_call_with_nothing_to_differentiate_skips_the_function_and_gives_its_numbers(name, monkeypatch):
+def test_a_call_with_nothing_to_differentiate_skips_the_function_and_gives_its_numbers(
+    name, monkeypatch, fields_for_dense
+):
     # under no_grad, or with no tensor requiring grad, the fields path runs the chunked forward
-    # alone; with a graph to record it goes through the autograd Function
+    # alone; with a graph to record it goes through the autograd Function (the dense cosine and
+    # polynomial taken off the tap products)
     g = torch.Generator().manual_seed(5)
     x = torch.randn(2, 5, 7, 6, generator=g, dtype=torch.float64)
     w = torch.randn(4, 5, 3, 3, generator=g, dtype=torch.float64)

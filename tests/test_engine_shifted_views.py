@@ -182,7 +182,10 @@ def test_tap_layout_places_every_tap_on_its_phase_and_shift():
     assert layout.columns == 4 * 3 - 3
 
 
-def test_engine_takes_the_views_backward_for_matrix_product_variants_at_stride_1_only(monkeypatch):
+def test_engine_takes_the_views_backward_for_matrix_product_variants_at_stride_1_only(
+    monkeypatch, fields_for_dense
+):
+    # the fields path's forward and backward (the tap loops' filter blocks off)
     calls = []
     original = contraction.tap_gradients
     monkeypatch.setattr(

@@ -18,8 +18,7 @@ from torch_reference import torch_conv
 from variant_reference import naive_generalized_conv
 
 import anyconv
-from anyconv.engine import tap_loops as TAP_LOOPS
-from anyconv.engine.plan import clear_plans, plan_conv
+from anyconv.engine.plan import plan_conv
 from anyconv.engine.tap_loops import FILTERS_TOGETHER, MAX_BLOCKED_CHANNELS, filter_blocks_fit
 from anyconv.variants import Dot, resolve_variant
 
@@ -201,7 +200,7 @@ def test_products_composed_from_the_blocks_differentiate_twice(name, options):
 
 
 @pytest.mark.parametrize(("name", "options"), PRODUCTS, ids=[name for name, _ in PRODUCTS])
-def test_products_on_zero_fields_equal_the_fields_path(name, options, monkeypatch):
+def test_products_on_zero_fields_equal_the_fields_path(name, options, request):
     # a zero field has no direction: the norms' rule (0 / eps forward, a gradient of 0 through
     # |p|), which the naive formula's autograd does not follow; the fields path's own does
     _, x_shape, w_shape, arguments = CASES[3]
@@ -217,7 +216,6 @@ def test_products_on_zero_fields_equal_the_fields_path(name, options, monkeypatc
         return (output, *torch.autograd.grad(output, inputs, grad))
 
     got = outputs_and_gradients()
-    monkeypatch.setattr(TAP_LOOPS, "filter_blocks_fit", lambda *arguments: False)
-    clear_plans()
+    request.getfixturevalue("fields_for_dense")
     for value, reference in zip(got, outputs_and_gradients()):
         torch.testing.assert_close(value, reference)
