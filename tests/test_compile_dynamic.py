@@ -39,14 +39,9 @@ def _generalized(name, channels=4, out_channels=8, kernel=3, **arguments):
     )
 
 
-#: the dense layers' paths other than the fields path: the tap loops' filter blocks take dot, and
-#: the variants composed from it
-_DENSE_PATHS = {
-    "dot": "tap loops",
-    "cosine": "tap products",
-    "sharpened_cosine": "tap products",
-    "polynomial": "tap products",
-}
+#: the dense layers' paths other than the fields path: the tap loops' filter blocks take dot (and,
+#: with gradients off, the tap products the variants composed from it)
+_DENSE_PATHS = {"dot": "tap loops"}
 
 #: id -> (module factory, input sizes, the path eager takes for it)
 MODULES = {
