@@ -39,9 +39,9 @@ def _generalized(name, channels=4, out_channels=8, kernel=3, **arguments):
     )
 
 
-#: the dense layers' paths other than the fields path: the tap loops' filter blocks take dot (and,
-#: with gradients off, the tap products the variants composed from it)
-_DENSE_PATHS = {"dot": "tap loops"}
+#: the dense layers' paths other than the fields path: the tap loops' filter blocks take dot and l2
+#: (and, with gradients off, the tap products the variants composed from them)
+_DENSE_PATHS = {"dot": "tap loops", "l2": "tap loops"}
 
 #: id -> (module factory, input sizes, the path eager takes for it)
 MODULES = {

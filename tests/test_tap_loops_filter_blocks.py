@@ -148,7 +148,12 @@ def test_low_precision_rounds_once():
 
 
 #: the variants composed from the filter blocks' dot on dense layers in inference (engine/tap_products.py)
-PRODUCTS = [("cosine", {}), ("sharpened_cosine", {"exponent": 1.5, "q": 0.1}), ("polynomial", {"degree": 2})]
+PRODUCTS = [
+    ("cosine", {}),
+    ("sharpened_cosine", {"exponent": 1.5, "q": 0.1}),
+    ("polynomial", {"degree": 2}),
+    ("rbf", {"gamma": 0.05}),
+]
 PRODUCT_CASES = [CASES[0], CASES[3], CASES[7], CASES[8], CASES[10]]
 
 
@@ -197,3 +202,42 @@ def test_products_on_zero_fields_and_special_values_equal_the_fields_path(name, 
         got = anyconv.generalized_conv(x, w, name, **arguments, **options)
     expected = anyconv.generalized_conv(x, w, name, **arguments, **options)  # the fields path
     torch.testing.assert_close(got, expected, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    "case", [CASES[0], CASES[3], CASES[6], CASES[8], CASES[10]], ids=lambda case: case[0]
+)
+def test_l2_equals_the_naive_formula_far_from_zero(case):
+    # the loops take each difference: data far from zero does not cancel
+    _, x_shape, w_shape, arguments = case
+    generator = torch.Generator().manual_seed(19)
+    x = torch.randn(x_shape, generator=generator, dtype=torch.float64) + 1e4
+    w = torch.randn(w_shape, generator=generator, dtype=torch.float64) + 1e4
+    b = torch.randn(w_shape[0], generator=generator, dtype=torch.float64)
+    assert (
+        plan_conv(
+            x,
+            w,
+            resolve_variant("l2"),
+            arguments.get("stride", 1),
+            arguments.get("padding", 0),
+            arguments.get("dilation", 1),
+            1,
+            "zeros",
+            None,
+        ).path
+        == "tap loops"
+    )
+    expected = naive_generalized_conv(x, w, "l2", b, **arguments)
+    torch.testing.assert_close(
+        anyconv.generalized_conv(x, w, "l2", b, **arguments), expected, rtol=1e-12, atol=1e-6
+    )
+    inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
+    naive_inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
+    output = anyconv.generalized_conv(*inputs[:2], "l2", inputs[2], **arguments)
+    expected = naive_generalized_conv(*naive_inputs[:2], "l2", naive_inputs[2], **arguments)
+    grad = torch.randn(output.shape, generator=generator, dtype=output.dtype)
+    for value, reference in zip(
+        torch.autograd.grad(output, inputs, grad), torch.autograd.grad(expected, naive_inputs, grad)
+    ):
+        torch.testing.assert_close(value, reference, rtol=1e-9, atol=1e-6)

@@ -65,6 +65,10 @@ MAX_BLOCKED_CHANNELS = 128
 #: (docs/benchmarks.md: a 1x1 layer 24 -> 144 against first layers 3 -> 16 to 64)
 MAX_DENSE_LOOPS_BACKWARD_FILTERS = 64
 _OPERATIONS = {Dot: 0, L1: 1, L2: 3, MaxPlus: 4, MinPlus: 5}
+#: the variants whose dense layers the filter blocks take: one multiply-add (dot) or a difference
+#: and a multiply-add (l2, whose squared differences cannot cancel) per tap and lane; l1's and the
+#: tropical steps cost more than the fields path's fused loops save
+_BLOCKED = (Dot, L2)
 _L1_ADDER = 2
 _TROPICAL = (_OPERATIONS[MaxPlus], _OPERATIONS[MinPlus])
 #: tap steps (one output, one tap) a thread must get for the loops to split between threads
@@ -82,8 +86,8 @@ _ENTRY_POINTS = {"tap_forward": (1, 4, True), "tap_backward": (1, 6, False), "ta
 
 def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
     """Whether the tap loops compute this call: where they sum every tap of a variant they know
-    (:func:`tap_sums_fit`), or the standard convolution (``dot``) of a dense layer whose filters
-    they take in blocks (:func:`filter_blocks_fit`).
+    (:func:`tap_sums_fit`), or ``dot`` or ``l2`` on a dense layer whose filters they take in blocks
+    (:func:`filter_blocks_fit`).
 
     >>> import torch
     >>> tap_loops_fit(L1(), torch.randn(1, 8, 5, 5), torch.randn(8, 1, 3, 3), 8) in (True, False)
@@ -93,7 +97,7 @@ def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, g
         return False
     if tap_sums_fit(input, weight, groups):
         return True
-    return type(variant) is Dot and filter_blocks_fit(input, weight, groups)
+    return type(variant) in _BLOCKED and filter_blocks_fit(input, weight, groups)
 
 
 def tap_sums_fit(input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
@@ -115,8 +119,8 @@ def filter_blocks_fit(input: torch.Tensor, weight: torch.Tensor, groups: int) ->
     """Whether the loops' forward takes a dense layer's filters FILTERS_TOGETHER at a time: one
     group of at most MAX_BLOCKED_CHANNELS input channels and at least FILTERS_TOGETHER filters,
     where the loops run (:func:`tap_sums_fit`). Each input vector the loops load then feeds that
-    many filters, and no fields are copied; with more channels a tile of the input outgrows the
-    cache (docs/benchmarks.md).
+    many filters, and no fields are copied; with more channels the fields path, whose copies
+    weigh less against a product of many filters, measured as fast or faster (docs/benchmarks.md).
 
     >>> import torch
     >>> filter_blocks_fit(torch.randn(1, 64, 9, 9), torch.randn(64, 64, 3, 3), 1) in (True, False)

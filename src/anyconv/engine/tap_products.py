@@ -1,6 +1,6 @@
 """The tap-products path: ``cosine``, ``sharpened_cosine``, ``polynomial`` and ``rbf`` on few
-input channels per group (depthwise), and the first three in inference on the dense layers whose
-``dot`` the loops take in filter blocks, composed from tap-by-tap sums instead of copied fields.
+input channels per group (depthwise), and in inference on the dense layers whose ``dot`` and ``l2``
+the loops take in filter blocks, composed from tap-by-tap sums instead of copied fields.
 
 Each is a function of the dot product s = p . w summed tap by tap (``rbf``: of the squared distance,
 which does not cancel on data far from zero), the field norms |p| (a box sum of x^2 per group) and
@@ -28,8 +28,6 @@ from .triton_conv import triton_conv, triton_conv_fits
 
 _DOT, _L2 = Dot(), L2()
 _VARIANTS = (Cosine, SharpenedCosine, Polynomial, RBF)
-#: the variants composed from the loops' dot alone (rbf's squared distances have no filter blocks)
-_DOT_VARIANTS = (Cosine, SharpenedCosine, Polynomial)
 #: whether calls that record no graph take the cosines in one pass of the loops (dot, |p|^2 and the
 #: division together) rather than composed from the loops' dot, a box sum of x^2 and the division
 #: (set it to False to time the composition against the one pass)
@@ -39,8 +37,8 @@ FUSED_QUOTIENT = True
 def tap_products_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
     """Whether this path computes the call: a product-form variant (exactly one of the built-in
     classes, whose formulas it repeats) where a primitive sums ``dot`` tap by tap (:func:`tap_primitive`),
-    or, with gradients off, one composed from ``dot`` alone where the loops take a dense layer's
-    ``dot`` in filter blocks (``filter_blocks_fit``).
+    or, with gradients off, where the loops take a dense layer's ``dot`` and ``l2`` in filter blocks
+    (``filter_blocks_fit``).
 
     >>> import torch
     >>> x, w = torch.randn(1, 8, 5, 5), torch.randn(8, 1, 3, 3)
@@ -56,11 +54,7 @@ def tap_products_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor
     # a dense layer in inference only: recorded for autograd, the composition keeps its products,
     # norms and quotient, about three outputs more than the fields path's backward (ResNet-18's
     # stem: a peak of 2.4x torch's, docs/benchmarks.md)
-    return (
-        type(variant) in _DOT_VARIANTS
-        and not torch.is_grad_enabled()
-        and filter_blocks_fit(input, weight, groups)
-    )
+    return not torch.is_grad_enabled() and filter_blocks_fit(input, weight, groups)
 
 
 def tap_primitive(input: torch.Tensor, weight: torch.Tensor, groups: int) -> Primitive | None:
