@@ -20,13 +20,15 @@ from variant_reference import naive_generalized_conv
 import anyconv
 from anyconv.engine.plan import plan_conv
 from anyconv.engine.tap_loops import FILTERS_TOGETHER, MAX_BLOCKED_CHANNELS, filter_blocks_fit
-from anyconv.variants import Dot, resolve_variant
+from anyconv.variants import resolve_variant
 
 pytestmark = pytest.mark.skipif(
     not filter_blocks_fit(torch.ones(1, 1, 4), torch.ones(FILTERS_TOGETHER, 1, 3), 1),
     reason="the tap loops are not built here",
 )
 
+#: the geometry arguments a case may leave out, and their defaults
+_DEFAULTS = (("stride", 1), ("padding", 0), ("dilation", 1))
 #: id, input shape, weight shape, arguments
 CASES = [
     ("narrow-rows", (2, 3, 9, 7), (5, 3, 3, 3), {"padding": 1}),
@@ -44,6 +46,12 @@ CASES = [
 ]
 
 
+def _path(x, w, name, arguments, **options):
+    """The path the engine plans for ``name`` with ``options`` on one group."""
+    stride, padding, dilation = (arguments.get(key, default) for key, default in _DEFAULTS)
+    return plan_conv(x, w, resolve_variant(name, **options), stride, padding, dilation, 1, "zeros", None).path
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
 def test_each_geometry_equals_torch(case, dtype):
@@ -52,18 +60,7 @@ def test_each_geometry_equals_torch(case, dtype):
     x = torch.randn(x_shape, generator=generator, dtype=dtype)
     w = torch.randn(w_shape, generator=generator, dtype=dtype)
     b = torch.randn(w_shape[0], generator=generator, dtype=dtype)
-    plan = plan_conv(
-        x,
-        w,
-        Dot(),
-        arguments.get("stride", 1),
-        arguments.get("padding", 0),
-        arguments.get("dilation", 1),
-        1,
-        "zeros",
-        None,
-    )
-    assert plan.path == "tap loops"
+    assert _path(x, w, "dot", arguments) == "tap loops"
     expected = torch_conv(x.double(), w.double(), b.double(), **arguments)
     # float32: within a few units of its precision of the largest sum of magnitudes
     scale = torch_conv(x.double().abs(), w.double().abs(), **arguments).max().item()
@@ -157,20 +154,6 @@ PRODUCTS = [
 PRODUCT_CASES = [CASES[0], CASES[3], CASES[7], CASES[8], CASES[10]]
 
 
-def _product_path(x, w, name, options, arguments):
-    return plan_conv(
-        x,
-        w,
-        resolve_variant(name, **options),
-        arguments.get("stride", 1),
-        arguments.get("padding", 0),
-        arguments.get("dilation", 1),
-        1,
-        "zeros",
-        None,
-    ).path
-
-
 @pytest.mark.parametrize(("name", "options"), PRODUCTS, ids=[name for name, _ in PRODUCTS])
 @pytest.mark.parametrize("case", PRODUCT_CASES, ids=[case[0] for case in PRODUCT_CASES])
 def test_products_composed_from_the_blocks_equal_the_naive_formula(case, name, options):
@@ -181,10 +164,10 @@ def test_products_composed_from_the_blocks_equal_the_naive_formula(case, name, o
     b = torch.randn(w_shape[0], generator=generator, dtype=torch.float64)
     expected = naive_generalized_conv(x, w, name, b, **arguments, **options)
     with torch.no_grad():
-        assert _product_path(x, w, name, options, arguments) == "tap products"
+        assert _path(x, w, name, arguments, **options) == "tap products"
         torch.testing.assert_close(anyconv.generalized_conv(x, w, name, b, **arguments, **options), expected)
     # recorded for autograd: the fields path, whose backward keeps less
-    assert _product_path(x, w, name, options, arguments) == "fields"
+    assert _path(x, w, name, arguments, **options) == "fields"
 
 
 @pytest.mark.parametrize(("name", "options"), PRODUCTS, ids=[name for name, _ in PRODUCTS])
@@ -214,20 +197,7 @@ def test_l2_equals_the_naive_formula_far_from_zero(case):
     x = torch.randn(x_shape, generator=generator, dtype=torch.float64) + 1e4
     w = torch.randn(w_shape, generator=generator, dtype=torch.float64) + 1e4
     b = torch.randn(w_shape[0], generator=generator, dtype=torch.float64)
-    assert (
-        plan_conv(
-            x,
-            w,
-            resolve_variant("l2"),
-            arguments.get("stride", 1),
-            arguments.get("padding", 0),
-            arguments.get("dilation", 1),
-            1,
-            "zeros",
-            None,
-        ).path
-        == "tap loops"
-    )
+    assert _path(x, w, "l2", arguments) == "tap loops"
     expected = naive_generalized_conv(x, w, "l2", b, **arguments)
     torch.testing.assert_close(
         anyconv.generalized_conv(x, w, "l2", b, **arguments), expected, rtol=1e-12, atol=1e-6
