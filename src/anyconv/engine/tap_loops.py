@@ -58,8 +58,8 @@ MAX_DENSE_TAPS = 32
 MIN_DENSE_POSITIONS = 1024
 #: the forward of a dense layer takes this many filters at once (``kFiltersTogether`` of the loops)
 FILTERS_TOGETHER = 4
-#: a dense layer of more taps takes the loops' filter blocks (``dot`` only) up to this many input
-#: channels: a tile of the input then stays in cache while every block of filters reads it
+#: a dense layer takes the loops' filter blocks (``dot`` and ``l2``) up to this many input channels:
+#: with more, the fields path's copies weigh less against its product and it measured as fast
 MAX_BLOCKED_CHANNELS = 128
 #: a dense layer with more filters takes the fields path's backward after the loops' forward
 #: (docs/benchmarks.md: a 1x1 layer 24 -> 144 against first layers 3 -> 16 to 64)

@@ -118,11 +118,12 @@ def tap_products_conv(
     grouped = (batch, groups, per_group, *geometry.output_size)
     options = {name: _per_filter(value, groups, ndim) for name, value in variant.options.items()}
     recording = records_graph(input, weight, bias, *options.values())
-    primitive = tap_primitive(input, weight, groups) or tap_loops_conv
-    # where the loops take a dense layer's dot in filter blocks only (many taps), the composition:
-    # the one pass of the quotient and the cosine's backward take each filter alone (on a first
-    # layer's few taps the one pass stays the faster)
-    loops = FUSED_QUOTIENT and primitive is tap_loops_conv and tap_sums_fit(input, weight, groups)
+    summing = tap_primitive(input, weight, groups)
+    # else the loops take a dense layer's dot in filter blocks only (many taps): the composition,
+    # as the one pass of the quotient and the cosine's backward take each filter alone (on a
+    # first layer's few taps, which the loops sum, the one pass stays the faster)
+    primitive = summing or tap_loops_conv
+    loops = FUSED_QUOTIENT and summing is tap_loops_conv
     if loops and recording and isinstance(variant, Cosine) and not machinery_watches(input, weight, bias):
         # a backward that keeps the input and the weight only, where the composition below keeps
         # its products, squares, norms and denominator for autograd

@@ -788,50 +788,6 @@ bool takes_channel_vectors(const Geometry& g, const Layout* layout) {
   return depthwise && (layout->channels_last || (g.width < kLanes && g.channels >= kLanes));
 }
 
-// the first COUNT lanes of a vector: the mask of masked_load, made once outside a loop
-template <typename S>
-__attribute__((always_inline)) inline auto lane_mask(int count) {
-#ifdef __AVX512F__
-  if constexpr (std::is_same<S, float>::value) return static_cast<__mmask16>((1u << count) - 1);
-  else if constexpr (std::is_same<S, double>::value) return static_cast<__mmask8>((1u << count) - 1);
-  else return count;
-#else
-  return count;
-#endif
-}
-
-// load_partial with the mask of lane_mask: GCC kept the sums of a loop around load_partial in
-// memory rather than in registers
-template <typename S, typename Mask>
-__attribute__((always_inline)) inline typename Lanes<Compute<S>>::Vector masked_load(const S* source, Mask mask,
-                                                                                    int count) {
-  using Vector = typename Lanes<Compute<S>>::Vector;
-#ifdef __AVX512F__
-  if constexpr (std::is_same<S, float>::value) {
-    return reinterpret_cast<Vector>(_mm512_maskz_loadu_ps(mask, source));
-  } else if constexpr (std::is_same<S, double>::value) {
-    return reinterpret_cast<Vector>(_mm512_maskz_loadu_pd(mask, source));
-  }
-#endif
-  (void)mask;
-  return load(source, 1, count);
-}
-
-// store_partial with the mask of lane_mask (see masked_load)
-template <typename S, typename Mask>
-__attribute__((always_inline)) inline void masked_store(S* target, typename Lanes<Compute<S>>::Vector values,
-                                                        Mask mask, int count) {
-#ifdef __AVX512F__
-  if constexpr (std::is_same<S, float>::value) {
-    return _mm512_mask_storeu_ps(target, mask, reinterpret_cast<__m512>(values));
-  } else if constexpr (std::is_same<S, double>::value) {
-    return _mm512_mask_storeu_pd(target, mask, reinterpret_cast<__m512d>(values));
-  }
-#endif
-  (void)mask;
-  store(target, values, count);
-}
-
 // filters the forward of a layer with many filters per group takes together (see filters_block)
 constexpr int kFiltersTogether = 4;
 
@@ -848,12 +804,11 @@ __attribute__((always_inline)) inline void filters_block(const S* x, const Compu
   using Vector = typename Lanes<T>::Vector;
   constexpr int kLanes = Lanes<T>::kCount;
   const int last_count = PARTIAL ? count : kLanes;
-  const auto mask = lane_mask<S>(last_count);
   Vector values[FILTERS][ROWS][VECTORS];
   for (int f = 0; f < FILTERS; ++f)
     for (int r = 0; r < ROWS; ++r)
       for (int v = 0; v < VECTORS; ++v) values[f][r][v] = Vector{} + Op::start();
-    for (int64_t t = 0; t < g.taps; ++t) {
+  for (int64_t t = 0; t < g.taps; ++t) {
     const int64_t offset = g.tap_offsets[t] + first;
     const T* weights = ws + t * FILTERS;
 #pragma GCC unroll 8
@@ -863,7 +818,7 @@ __attribute__((always_inline)) inline void filters_block(const S* x, const Compu
 #pragma GCC unroll 8
       for (int v = 0; v < VECTORS - 1; ++v) loaded[v] = load(source + v * kLanes, 1);
       if constexpr (MASKED_LOAD) {
-        loaded[VECTORS - 1] = masked_load(source + last_vector, mask, last_count);
+        loaded[VECTORS - 1] = load_partial(source + last_vector, 1, last_count);
       } else {
         loaded[VECTORS - 1] = load(source + last_vector, 1);
       }
@@ -882,7 +837,7 @@ __attribute__((always_inline)) inline void filters_block(const S* x, const Compu
         const Vector result = biases == nullptr ? values[f][r][v] : values[f][r][v] + added;
         const int64_t at = v == VECTORS - 1 ? last_vector : v * kLanes;
         if (PARTIAL && v == VECTORS - 1) {
-          masked_store(out + at, result, mask, last_count);
+          store_partial(out + at, result, last_count);
         } else {
           store(out + at, result);
         }
@@ -901,7 +856,7 @@ void filters_rows(const S* x, const Compute<S>* ws, S* const* outs, const int64_
     // a whole vector read past the row's end where it stays inside the input (END): GCC kept the
     // sums of a loop of masked loads in memory, not in registers
     const int width = static_cast<int>(g.width);
-    if (x + origins[ROWS - 1] + g.tap_offsets[g.taps - 1] + Lanes<Compute<S>>::kCount <= end) {
+    if (x + origins[ROWS - 1] + g.tap_offsets[g.taps - 1] + kLanes <= end) {
       filters_block<S, Op, FILTERS, 1, ROWS, true, false>(x, ws, outs, origins, g, biases, 0, width, 0);
     } else {
       filters_block<S, Op, FILTERS, 1, ROWS, true, true>(x, ws, outs, origins, g, biases, 0, width, 0);
