@@ -320,13 +320,14 @@ def test_other_variants_and_dense_convolutions_take_other_paths():
     x = torch.randn(1, 4, 5, 5)
     assert not tap_loops_fit(resolve_variant("cosine"), x, torch.randn(4, 1, 3, 3), 4)
     # a dense layer with few taps (3 channels x 3 x 3) on a large input takes them for every
-    # variant they know; one with more taps (3 x 7 x 7), or on a small input, for dot alone (in
-    # filter blocks), and not with fewer filters than a block or more channels than the cache holds
+    # variant they know, whatever its filters; one with more taps (3 x 7 x 7), or on a small input,
+    # in filter blocks, and not with fewer filters than a block or more channels than the cache holds
     image = torch.randn(1, 3, 32, 32)
-    assert tap_loops_fit(resolve_variant("l1"), image, torch.randn(16, 3, 3, 3), 1)
-    assert not tap_loops_fit(resolve_variant("l1"), image, torch.randn(16, 3, 7, 7), 1)
-    assert not tap_loops_fit(resolve_variant("l1"), image[..., :16], torch.randn(16, 3, 3, 3), 1)
-    assert tap_loops_fit(resolve_variant("dot"), image, torch.randn(16, 3, 7, 7), 1)
+    assert tap_loops_fit(resolve_variant("l1"), image, torch.randn(2, 3, 3, 3), 1)
+    assert not tap_loops_fit(resolve_variant("l1"), image, torch.randn(FILTERS_TOGETHER - 1, 3, 7, 7), 1)
+    assert not tap_loops_fit(resolve_variant("l1"), image[..., :16], torch.randn(2, 3, 3, 3), 1)
+    for name in ("dot", "l1", "l2", "max_plus", "min_plus"):
+        assert tap_loops_fit(resolve_variant(name), image, torch.randn(16, 3, 7, 7), 1)
     assert tap_loops_fit(resolve_variant("dot"), x, torch.randn(4, 4, 3, 3), 1)
     assert not tap_loops_fit(resolve_variant("dot"), x, torch.randn(FILTERS_TOGETHER - 1, 4, 3, 3), 1)
     wide = torch.randn(1, MAX_BLOCKED_CHANNELS + 1, 5, 5)

@@ -28,9 +28,11 @@ VARIANTS = [
 ]
 #: the variants the tap loops compute (lp takes the fused loops on every layer)
 TAP_LOOP_VARIANTS = ("l1", "max_plus", "min_plus")
-#: the fused loops (dense: many channels per group) and the tap loops (depthwise)
+#: the fused loops (dense with fewer filters than a block, grouped) and the tap loops
+#: (depthwise; dense in filter blocks)
 LAYERS = [
-    {"id": "dense", "x": (2, 6, 9, 8), "w": (5, 6, 3, 3), "with": {"padding": 1}, "taps": False},
+    {"id": "dense", "x": (2, 6, 9, 8), "w": (5, 6, 3, 3), "with": {"padding": 1}, "taps": True},
+    {"id": "dense-3-filters", "x": (2, 6, 9, 8), "w": (3, 6, 3, 3), "with": {"padding": 1}, "taps": False},
     {"id": "grouped-strided", "x": (1, 24, 11, 10), "w": (6, 12, 3, 2), "with": {"stride": 2, "groups": 2}, "taps": False},
     {"id": "depthwise", "x": (2, 4, 21, 37), "w": (4, 1, 3, 3), "with": {"padding": 1, "groups": 4}, "taps": True},
     {"id": "depthwise-5x5-s2", "x": (1, 3, 23, 40), "w": (6, 1, 5, 5), "with": {"padding": 2, "stride": 2, "groups": 3}, "taps": True},

@@ -36,7 +36,8 @@ PATHS = [
     ("3x3-cosine", (2, 4, 8, 8), (6, 4, 3, 3), "cosine", {"padding": 1}, "fields"),
     ("3x3-rbf", (2, 4, 8, 8), (6, 4, 3, 3), "rbf", {"padding": 1}, "fields"),
     ("3x3-l2", (2, 4, 8, 8), (6, 4, 3, 3), "l2", {}, "tap loops"),
-    ("3x3-l1", (2, 4, 8, 8), (6, 4, 3, 3), "l1", {}, "fields"),
+    ("3x3-l1", (2, 4, 8, 8), (6, 4, 3, 3), "l1", {}, "tap loops"),
+    ("3x3-l1-many-channels", (1, 130, 5, 5), (6, 130, 3, 3), "l1", {}, "fields"),
 ]
 
 
@@ -55,8 +56,8 @@ def test_the_plan_names_the_path(case):
 TRACED = [
     ("1x1-strided", (2, 4, 7, 9), (6, 4, 1, 1), "dot", {"stride": 2}, "pointwise"),
     ("3x3-strided", (2, 4, 7, 9), (6, 4, 3, 3), "dot", {"stride": 2, "padding": 1}, "tap loops"),
-    ("3x3-strided-l1", (2, 4, 7, 9), (6, 4, 3, 3), "l1", {"stride": 2, "padding": 1}, "fields"),
-    ("3x3-reflect", (2, 4, 7, 9), (6, 4, 3, 3), "l1", {"padding": (1, 2), "mode": "reflect"}, "fields"),
+    ("3x3-strided-l1", (2, 4, 7, 9), (6, 4, 3, 3), "l1", {"stride": 2, "padding": 1}, "tap loops"),
+    ("3x3-reflect", (2, 4, 7, 9), (3, 4, 3, 3), "l1", {"padding": (1, 2), "mode": "reflect"}, "fields"),
     ("depthwise", (2, 4, 7, 9), (4, 1, 3, 3), "max_plus", {"groups": 4, "padding": "same"}, "tap loops"),
     ("depthwise-cosine", (2, 4, 7, 9), (8, 1, 3, 3), "cosine", {"groups": 4, "dilation": 2}, "tap products"),
     ("1-d", (3, 2, 11), (5, 2, 4), "rbf", {"padding": "same"}, "fields"),

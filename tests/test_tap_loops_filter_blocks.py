@@ -1,6 +1,6 @@
 """The tap loops' filter blocks (variants/tap_loops.cpp, ``forward_filter_blocks``): the forward
-of a dense ``dot`` layer with many taps, FILTERS_TOGETHER filters at a time, and the variants the
-tap products compose from it in inference.
+of a dense layer with many taps, FILTERS_TOGETHER filters at a time (``dot``, ``l1``, ``l2``,
+``max_plus``, ``min_plus``), and the variants the tap products compose from it in inference.
 
 Every width class the loops cut rows into (narrower than a vector, one vector, between one and
 two, between two and four, wider; a single 1-D row in tiles of columns), filter counts that do
@@ -211,3 +211,125 @@ def test_l2_equals_the_naive_formula_far_from_zero(case):
         torch.autograd.grad(output, inputs, grad), torch.autograd.grad(expected, naive_inputs, grad)
     ):
         torch.testing.assert_close(value, reference, rtol=1e-9, atol=1e-6)
+
+
+#: the variants the blocks take besides dot, with the options that change their backward
+DISTANCES = [("l1", {}), ("l1", {"adder_grad": True}), ("max_plus", {}), ("min_plus", {})]
+_DISTANCE_IDS = ["l1", "l1-adder", "max_plus", "min_plus"]
+
+
+def _tie_free(x_shape, w_shape, generator):
+    """Inputs on which every tropical output has one winning tap: integers in the input, distinct
+    fractions below 1/2 in each filter (the naive formula's amax splits a tie's gradient, the loops
+    give it to the first tap)."""
+    x = (torch.randperm(torch.Size(x_shape).numel(), generator=generator) % 300 - 150).reshape(x_shape)
+    taps = torch.Size(w_shape[1:]).numel()
+    fractions = torch.stack([torch.randperm(taps, generator=generator) for _ in range(w_shape[0])])
+    return x.double(), (fractions / (2 * taps)).reshape(w_shape).double()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(("name", "options"), DISTANCES, ids=_DISTANCE_IDS)
+@pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
+def test_distances_on_each_geometry_equal_the_naive_formula(case, name, options, dtype):
+    _, x_shape, w_shape, arguments = case
+    generator = torch.Generator().manual_seed(23 + x_shape[-1])
+    x = torch.randn(x_shape, generator=generator, dtype=torch.float64)
+    w = torch.randn(w_shape, generator=generator, dtype=torch.float64)
+    b = torch.randn(w_shape[0], generator=generator, dtype=torch.float64)
+    assert _path(x, w, name, arguments, **options) == "tap loops"
+    expected = naive_generalized_conv(x, w, name, b, **arguments, **options)
+    got = anyconv.generalized_conv(x.to(dtype), w.to(dtype), name, b.to(dtype), **arguments, **options)
+    assert got.dtype == dtype and got.shape == expected.shape
+    # float32: a few units of its precision of the largest sum of magnitudes (l1's sums grow with
+    # the taps; a tropical output is one rounded sum)
+    tolerance = 1e-12 if dtype == torch.float64 else 2**-20 * expected.abs().max().item()
+    torch.testing.assert_close(got.double(), expected, rtol=tolerance, atol=tolerance)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.sampled_from(["l1", "max_plus", "min_plus"]),
+    st.integers(1, 2),  # batch
+    st.integers(1, 4),  # channels
+    st.integers(FILTERS_TOGETHER, 9),  # filters
+    st.integers(1, 10),  # rows
+    st.integers(1, 60),  # width
+    st.integers(1, 4),  # kernel
+    st.integers(1, 3),  # stride
+    st.integers(1, 2),  # dilation
+    st.integers(0, 3),  # padding
+)
+def test_distances_on_random_geometries_equal_the_naive_formula(
+    name, batch, channels, filters, rows, width, kernel, stride, dilation, padding
+):
+    span = dilation * (kernel - 1) + 1
+    if rows + 2 * padding < span or width + 2 * padding < span:
+        return
+    generator = torch.Generator().manual_seed(batch * 1000 + width * 10 + kernel)
+    x = torch.randn(batch, channels, rows, width, generator=generator, dtype=torch.float64)
+    w = torch.randn(filters, channels, kernel, kernel, generator=generator, dtype=torch.float64)
+    arguments = {"stride": stride, "padding": padding, "dilation": dilation}
+    torch.testing.assert_close(
+        anyconv.generalized_conv(x, w, name, **arguments),
+        naive_generalized_conv(x, w, name, **arguments),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("name", ["l1", "max_plus", "min_plus"])
+@pytest.mark.parametrize("where", ["input", "weight", "last-input-value", "infinities-only"])
+def test_distances_on_special_values_follow_the_formula(name, where):
+    # the tropical pair takes a plain maximum (minimum) where every value is finite and the NaN
+    # rule otherwise: a NaN or an infinity anywhere, the last input value included, turns it on
+    _, x_shape, w_shape, arguments = CASES[3]
+    generator = torch.Generator().manual_seed(29)
+    x = torch.randn(x_shape, generator=generator, dtype=torch.float64)
+    w = torch.randn(w_shape, generator=generator, dtype=torch.float64)
+    if where == "input":
+        x[0, 1, 4, 7] = float("nan")
+        x[1, 0, 0, 20] = float("inf")
+        x[1, 1, 8, 0] = -float("inf")
+    elif where == "weight":
+        w[2, 1, 0, 2] = float("nan")
+        w[3, 0, 1, 1] = -float("inf")
+    elif where == "last-input-value":
+        x[-1, -1, -1, -1] = float("nan")
+    else:
+        # +inf meets -inf: NaN terms in every precision of the formula
+        x[0, 0, 3, 3] = float("inf")
+        w[1, 0, 1, 1] = -float("inf")
+        w[2, 0, 1, 1] = float("inf")
+    expected = naive_generalized_conv(x, w, name, **arguments)
+    for dtype in (torch.float64, torch.float32):
+        got = anyconv.generalized_conv(x.to(dtype), w.to(dtype), name, **arguments)
+        torch.testing.assert_close(got.double(), expected, equal_nan=True, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "options"), DISTANCES, ids=_DISTANCE_IDS)
+@pytest.mark.parametrize("case", [CASES[0], CASES[6], CASES[8], CASES[10]], ids=lambda case: case[0])
+def test_distance_gradients_equal_the_naive_formula(case, name, options):
+    _, x_shape, w_shape, arguments = case
+    generator = torch.Generator().manual_seed(31)
+    x, w = _tie_free(x_shape, w_shape, generator)
+    inputs = [tensor.clone().requires_grad_() for tensor in (x, w)]
+    output = anyconv.generalized_conv(*inputs, name, **arguments, **options)
+    grad = torch.randn(output.shape, generator=generator, dtype=output.dtype)
+    got = torch.autograd.grad(output, inputs, grad)
+    if options.get("adder_grad"):
+        # AdderNet's rule: the filters' p - w, the fields' clip(w - p, -1, 1); checked against
+        # the same rule on the fields path (tests/test_native_low_precision.py checks its formulas)
+        with pytest.MonkeyPatch.context() as patch:
+            from anyconv.engine import plan, tap_loops
+
+            patch.setattr(tap_loops, "filter_blocks_fit", lambda *arguments: False)
+            plan.clear_plans()
+            fields = [tensor.clone().requires_grad_() for tensor in (x, w)]
+            want = torch.autograd.grad(anyconv.generalized_conv(*fields, name, **arguments, **options), fields, grad)
+        plan.clear_plans()
+    else:
+        naive = [tensor.clone().requires_grad_() for tensor in (x, w)]
+        want = torch.autograd.grad(naive_generalized_conv(*naive, name, **arguments), naive, grad)
+    for value, reference in zip(got, want):
+        torch.testing.assert_close(value, reference, rtol=1e-9, atol=1e-9)

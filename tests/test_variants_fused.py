@@ -11,6 +11,9 @@ import anyconv
 from anyconv.engine.plan import plan_conv
 from anyconv.variants import fused, resolve_variant
 
+# the calls below test the fields path's fused loops: dense layers there, not in the filter blocks
+pytestmark = pytest.mark.usefixtures("fields_for_dense")
+
 SHAPES = [
     pytest.param((1, 300, 70), 64, id="threads-and-remainders"),
     pytest.param((2, 7, 5), 3, id="tiny-groups"),

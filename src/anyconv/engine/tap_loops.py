@@ -58,17 +58,13 @@ MAX_DENSE_TAPS = 32
 MIN_DENSE_POSITIONS = 1024
 #: the forward of a dense layer takes this many filters at once (``kFiltersTogether`` of the loops)
 FILTERS_TOGETHER = 4
-#: a dense layer takes the loops' filter blocks (``dot`` and ``l2``) up to this many input channels:
+#: a dense layer takes the loops' filter blocks up to this many input channels:
 #: with more, the fields path's copies weigh less against its product and it measured as fast
 MAX_BLOCKED_CHANNELS = 128
 #: a dense layer with more filters takes the fields path's backward after the loops' forward
 #: (docs/benchmarks.md: a 1x1 layer 24 -> 144 against first layers 3 -> 16 to 64)
 MAX_DENSE_LOOPS_BACKWARD_FILTERS = 64
 _OPERATIONS = {Dot: 0, L1: 1, L2: 3, MaxPlus: 4, MinPlus: 5}
-#: the variants whose dense layers the filter blocks take: one multiply-add (dot) or a difference
-#: and a multiply-add (l2, whose squared differences cannot cancel) per tap and lane; l1's and the
-#: tropical steps cost more than the fields path's fused loops save
-_BLOCKED = (Dot, L2)
 _L1_ADDER = 2
 _TROPICAL = (_OPERATIONS[MaxPlus], _OPERATIONS[MinPlus])
 #: tap steps (one output, one tap) a thread must get for the loops to split between threads
@@ -86,18 +82,16 @@ _ENTRY_POINTS = {"tap_forward": (1, 4, True), "tap_backward": (1, 6, False), "ta
 
 def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
     """Whether the tap loops compute this call: where they sum every tap of a variant they know
-    (:func:`tap_sums_fit`), or ``dot`` or ``l2`` on a dense layer whose filters they take in blocks
+    (:func:`tap_sums_fit`), or a dense layer whose filters they take in blocks
     (:func:`filter_blocks_fit`).
 
     >>> import torch
     >>> tap_loops_fit(L1(), torch.randn(1, 8, 5, 5), torch.randn(8, 1, 3, 3), 8) in (True, False)
     True
     """
-    if type(variant) not in _OPERATIONS:
-        return False
-    if tap_sums_fit(input, weight, groups):
-        return True
-    return type(variant) in _BLOCKED and filter_blocks_fit(input, weight, groups)
+    return type(variant) in _OPERATIONS and (
+        tap_sums_fit(input, weight, groups) or filter_blocks_fit(input, weight, groups)
+    )
 
 
 def tap_sums_fit(input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
