@@ -309,7 +309,7 @@ def test_distances_on_special_values_follow_the_formula(name, where):
 
 @pytest.mark.parametrize(("name", "options"), DISTANCES, ids=_DISTANCE_IDS)
 @pytest.mark.parametrize("case", [CASES[0], CASES[6], CASES[8], CASES[10]], ids=lambda case: case[0])
-def test_distance_gradients_equal_the_naive_formula(case, name, options):
+def test_distance_gradients_equal_the_naive_formula(case, name, options, request):
     _, x_shape, w_shape, arguments = case
     generator = torch.Generator().manual_seed(31)
     x, w = _tie_free(x_shape, w_shape, generator)
@@ -320,14 +320,10 @@ def test_distance_gradients_equal_the_naive_formula(case, name, options):
     if options.get("adder_grad"):
         # AdderNet's rule: the filters' p - w, the fields' clip(w - p, -1, 1); checked against
         # the same rule on the fields path (tests/test_native_low_precision.py checks its formulas)
-        with pytest.MonkeyPatch.context() as patch:
-            from anyconv.engine import plan, tap_loops
-
-            patch.setattr(tap_loops, "filter_blocks_fit", lambda *arguments: False)
-            plan.clear_plans()
-            fields = [tensor.clone().requires_grad_() for tensor in (x, w)]
-            want = torch.autograd.grad(anyconv.generalized_conv(*fields, name, **arguments, **options), fields, grad)
-        plan.clear_plans()
+        request.getfixturevalue("fields_for_dense")
+        fields = [tensor.clone().requires_grad_() for tensor in (x, w)]
+        output = anyconv.generalized_conv(*fields, name, **arguments, **options)
+        want = torch.autograd.grad(output, fields, grad)
     else:
         naive = [tensor.clone().requires_grad_() for tensor in (x, w)]
         want = torch.autograd.grad(naive_generalized_conv(*naive, name, **arguments), naive, grad)
