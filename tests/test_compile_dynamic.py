@@ -39,9 +39,9 @@ def _generalized(name, channels=4, out_channels=8, kernel=3, **arguments):
     )
 
 
-#: the dense layers' paths other than the fields path: the tap loops' filter blocks take dot and l2
-#: (and, with gradients off, the tap products the variants composed from them)
-_DENSE_PATHS = {"dot": "tap loops", "l2": "tap loops"}
+#: the dense layers' paths other than the fields path: the tap loops' filter blocks take the
+#: variants the loops know (and, with gradients off, the tap products compose the others from them)
+_DENSE_PATHS = dict.fromkeys(("dot", "l1", "l2", "max_plus", "min_plus"), "tap loops")
 
 #: id -> (module factory, input sizes, the path eager takes for it)
 MODULES = {
@@ -66,6 +66,11 @@ MODULES = {
             "polynomial",
             "rbf",
         )
+    },
+    # fewer filters than a block: the fields path's fused loops
+    **{
+        f"{name}-dense-few-filters": (_generalized(name, padding=1, out_channels=3), SIZES_2D, "fields")
+        for name in ("l1", "max_plus")
     },
     "dot-pointwise": (_generalized("dot", kernel=1, stride=2), SIZES_2D, "pointwise"),
     "cosine-pointwise": (_generalized("cosine", kernel=1), SIZES_2D, "pointwise"),

@@ -278,6 +278,27 @@ def test_distances_on_random_geometries_equal_the_naive_formula(
     )
 
 
+@pytest.mark.parametrize("name", ["max_plus", "min_plus"])
+def test_the_tropical_pair_takes_blocks_of_any_channel_count(name):
+    # a sum and a maximum per tap and lane: the blocks at any channel count, l1 and dot up to
+    # MAX_BLOCKED_CHANNELS
+    channels = 2 * MAX_BLOCKED_CHANNELS + 3
+    generator = torch.Generator().manual_seed(37)
+    x, w = _tie_free((1, channels, 6, 19), (5, channels, 3, 3), generator)
+    arguments = {"padding": 2, "dilation": 2}
+    assert _path(x, w, name, arguments) == "tap loops"
+    assert _path(x, w, "l1", arguments) == "fields"
+    inputs = [tensor.clone().requires_grad_() for tensor in (x, w)]
+    output = anyconv.generalized_conv(*inputs, name, **arguments)
+    naive = [tensor.clone().requires_grad_() for tensor in (x, w)]
+    expected = naive_generalized_conv(*naive, name, **arguments)
+    torch.testing.assert_close(output, expected, rtol=1e-12, atol=1e-12)
+    grad = torch.randn(output.shape, generator=generator, dtype=output.dtype)
+    got, want = torch.autograd.grad(output, inputs, grad), torch.autograd.grad(expected, naive, grad)
+    for value, reference in zip(got, want):
+        torch.testing.assert_close(value, reference, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("name", ["l1", "max_plus", "min_plus"])
 @pytest.mark.parametrize("where", ["input", "weight", "last-input-value", "infinities-only"])
 def test_distances_on_special_values_follow_the_formula(name, where):

@@ -58,8 +58,9 @@ MAX_DENSE_TAPS = 32
 MIN_DENSE_POSITIONS = 1024
 #: the forward of a dense layer takes this many filters at once (``kFiltersTogether`` of the loops)
 FILTERS_TOGETHER = 4
-#: a dense layer takes the loops' filter blocks up to this many input channels:
-#: with more, the fields path's copies weigh less against its product and it measured as fast
+#: a dense layer takes the loops' filter blocks up to this many input channels: with more, the
+#: fields path's copies weigh less against its product and it measured as fast; max_plus's and
+#: min_plus's blocks (a sum and a maximum per tap and lane) measured faster at any channel count
 MAX_BLOCKED_CHANNELS = 128
 #: a dense layer with more filters takes the fields path's backward after the loops' forward
 #: (docs/benchmarks.md: a 1x1 layer 24 -> 144 against first layers 3 -> 16 to 64)
@@ -89,9 +90,10 @@ def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, g
     >>> tap_loops_fit(L1(), torch.randn(1, 8, 5, 5), torch.randn(8, 1, 3, 3), 8) in (True, False)
     True
     """
-    return type(variant) in _OPERATIONS and (
-        tap_sums_fit(input, weight, groups) or filter_blocks_fit(input, weight, groups)
-    )
+    if type(variant) not in _OPERATIONS:
+        return False
+    max_channels = None if _OPERATIONS[type(variant)] in _TROPICAL else MAX_BLOCKED_CHANNELS
+    return tap_sums_fit(input, weight, groups) or filter_blocks_fit(input, weight, groups, max_channels)
 
 
 def tap_sums_fit(input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
@@ -109,12 +111,15 @@ def tap_sums_fit(input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool
     ) and _runs_here(input)
 
 
-def filter_blocks_fit(input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
+def filter_blocks_fit(
+    input: torch.Tensor, weight: torch.Tensor, groups: int, max_channels: int | None = MAX_BLOCKED_CHANNELS
+) -> bool:
     """Whether the loops' forward takes a dense layer's filters FILTERS_TOGETHER at a time: one
-    group of at most MAX_BLOCKED_CHANNELS input channels and at least FILTERS_TOGETHER filters,
-    where the loops run (:func:`tap_sums_fit`). Each input vector the loops load then feeds that
-    many filters, and no fields are copied; with more channels the fields path, whose copies
-    weigh less against a product of many filters, measured as fast or faster (docs/benchmarks.md).
+    group of at most ``max_channels`` input channels (None: any) and at least FILTERS_TOGETHER
+    filters, where the loops run (:func:`tap_sums_fit`). Each input vector the loops load then
+    feeds that many filters, and no fields are copied; with more channels than MAX_BLOCKED_CHANNELS
+    the fields path, whose copies weigh less against a product of many filters, measured as fast
+    or faster for ``dot`` (docs/benchmarks.md).
 
     >>> import torch
     >>> filter_blocks_fit(torch.randn(1, 64, 9, 9), torch.randn(64, 64, 3, 3), 1) in (True, False)
@@ -124,7 +129,7 @@ def filter_blocks_fit(input: torch.Tensor, weight: torch.Tensor, groups: int) ->
     """
     return (
         groups == 1
-        and weight.shape[1] <= MAX_BLOCKED_CHANNELS
+        and (max_channels is None or weight.shape[1] <= max_channels)
         and weight.shape[0] >= FILTERS_TOGETHER
         and _runs_here(input)
     )
