@@ -26,9 +26,14 @@ MODULES = {
         lambda: anyconv.nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect"),
         {"tap_loops"},
     ),
+    # fewer filters than a filter block: the fields path
     "l1-fields": (
-        lambda: anyconv.nn.GeneralizedConv2d(4, 6, 3, padding=1, variant="l1"),
+        lambda: anyconv.nn.GeneralizedConv2d(4, 3, 3, padding=1, variant="l1"),
         {"generalized_conv"},
+    ),
+    "max_plus-filter-blocks": (
+        lambda: anyconv.nn.GeneralizedConv2d(4, 8, 3, padding=1, variant="max_plus"),
+        {"tap_loops"},
     ),
     "l1-tap-loops": (
         lambda: anyconv.nn.GeneralizedConv2d(4, 8, 3, padding=1, groups=4, variant="l1"),
