@@ -158,3 +158,38 @@ def test_only_the_weight_gradient():
     reference = w.detach().clone().requires_grad_()
     expected = naive_generalized_conv(x, reference, "cosine", b)
     torch.testing.assert_close(grad_w, torch.autograd.grad(expected.sum(), [reference])[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_inference_product_of_unit_vectors_equals_the_naive_formula(case, dtype, monkeypatch):
+    # without a graph, where eps is negligible against every |p| |w|, the product of p / |p| and
+    # w / |w| (layers with no more channels per group than filters per group); a zero field or a
+    # NaN takes the division
+    from anyconv.engine import tap_norms
+
+    monkeypatch.setattr(tap_norms, "_CHECKED_DIVISION", 0)
+    x, w, b = _tensors(case)
+    arguments = case[2]
+    taken = []
+
+    def recorded(*args):
+        taken.append(tap_norms.eps_negligible(*args))
+        return taken[-1]
+
+    monkeypatch.setattr(pointwise_cosine, "eps_negligible", recorded)
+    for special in (None, "zero", "nan"):
+        if special == "zero":
+            x[0, :, 0] = 0
+        elif special == "nan":
+            x[(-1,) * x.dim()] = float("nan")
+        expected = naive_generalized_conv(x, w, "cosine", b, **arguments)
+        taken.clear()
+        with torch.no_grad():
+            got = anyconv.generalized_conv(x.to(dtype), w.to(dtype), "cosine", b.to(dtype), **arguments)
+        tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(got.double(), expected, rtol=tolerance, atol=tolerance, equal_nan=True)
+        # float64's eps is not negligible against unit-sized norms (1e-8 against 2e-16 |p| |w|),
+        # nor float32's against the norms of a group's two channels, some of them small
+        if dtype == torch.float32 and x.shape[1] <= w.shape[0] and "groups" not in arguments:
+            assert taken == [special is None]

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .graph_gradients import gradients_as_graph
-from .tap_norms import direction, divide_by_norms, safe_sqrt
+from .tap_norms import direction, divide_by_norms, eps_negligible, safe_sqrt
 
 #: fields (elements) up to which torch's vector_norm takes their norms in columns: over the
 #: channels, a middle dimension, it is slower than a sum of squares on larger fields, but on small
@@ -67,15 +67,22 @@ def composed_cosine(
     fields: torch.Tensor, filters: torch.Tensor, eps: float, rows: bool, recording: bool
 ) -> torch.Tensor:
     """The cosine composed from the product, the norms and the division, autograd through each
-    where ``recording``; no bias."""
-    products = _products(fields, filters, rows)
+    where ``recording``; no bias. Not recording, where eps is negligible against every |p| |w|
+    (:func:`eps_negligible`), the product of the unit vectors p / |p| and w / |w|: one pass over
+    the fields where the division took two over the output (a 1x1 layer that widens its channels
+    has an output several times its input)."""
     if rows or fields.numel() <= SMALL_FIELDS:
         # a zero field gets the fields path's gradient (0) from either
         field_norms = torch.linalg.vector_norm(fields, dim=_channels(rows), keepdim=True)
     else:
         field_norms = safe_sqrt((fields * fields).sum(_channels(rows), keepdim=True))
     filter_norms = torch.linalg.vector_norm(filters, dim=-1, keepdim=not rows)
-    return divide_by_norms(products, field_norms, filter_norms, eps, recording)
+    outputs = fields.numel() // fields.shape[_channels(rows)] * filters.shape[-2]
+    if not recording and fields.shape[_channels(rows)] <= filters.shape[-2]:
+        if eps_negligible(field_norms, filter_norms, eps, outputs):
+            units = filters / (filter_norms[:, None] if rows else filter_norms)
+            return _products(fields / field_norms, units, rows)
+    return divide_by_norms(_products(fields, filters, rows), field_norms, filter_norms, eps, recording)
 
 
 def _channels(rows: bool) -> int:

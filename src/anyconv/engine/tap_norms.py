@@ -187,12 +187,27 @@ def divide_by_norms(
     """
     if recording:
         return products / (field_norms * filter_norms + eps)
-    if products.numel() >= _CHECKED_DIVISION and not torch.compiler.is_compiling():
-        # amin propagates NaN, which then takes the exact division; zero norms take it too
-        smallest = field_norms.amin() * filter_norms.amin()
-        if smallest * torch.finfo(products.dtype).eps > 4 * eps:
-            return products.mul_(field_norms.reciprocal()).mul_(filter_norms.reciprocal())
+    if eps_negligible(field_norms, filter_norms, eps, products.numel()):
+        return products.mul_(field_norms.reciprocal()).mul_(filter_norms.reciprocal())
     return products.div_(field_norms * filter_norms + eps)
+
+
+def eps_negligible(field_norms: torch.Tensor, filter_norms: torch.Tensor, eps: float, outputs: int) -> bool:
+    """Whether eps is under a quarter of a unit in the last place of every |p| |w| (so that
+    dividing by |p| |w| + eps rounds as dividing by |p| |w| does), checked for calls of at least
+    ``_CHECKED_DIVISION`` outputs outside a compiler's trace (below, the check costs more than it
+    saves). NaN and zero norms say no.
+
+    >>> eps_negligible(torch.tensor([2.0, 3.0]), torch.tensor([1.0]), 1e-8, 2**20)
+    True
+    >>> eps_negligible(torch.tensor([2.0, 0.0]), torch.tensor([1.0]), 1e-8, 2**20)
+    False
+    """
+    if outputs < _CHECKED_DIVISION or torch.compiler.is_compiling():
+        return False
+    # amin propagates NaN
+    smallest = field_norms.amin() * filter_norms.amin()
+    return bool(smallest * torch.finfo(field_norms.dtype).eps > 4 * eps)
 
 
 def direction(vectors: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
