@@ -1,11 +1,15 @@
-"""The tap loops' filter blocks (variants/tap_loops.cpp, ``forward_filter_blocks``): the forward
-of a dense layer with many taps, FILTERS_TOGETHER filters at a time (``dot``, ``l1``, ``l2``,
-``max_plus``, ``min_plus``), and the variants the tap products compose from it in inference.
+"""The tap loops' filter blocks (variants/tap_loops.cpp): the forward of a dense layer with many
+taps (``dot``, ``l1``, ``l2``, ``max_plus``, ``min_plus``), and the variants the tap products
+compose from it in inference. With fewer than two vectors of filters (32 in float32, 16 in
+float64) FILTERS_TOGETHER filters at a time, the lanes across a row's outputs
+(``forward_filter_blocks``); with more, the lanes across filters, 14 positions of a row at a time
+(``forward_filter_vectors``).
 
 Every width class the loops cut rows into (narrower than a vector, one vector, between one and
-two, between two and four, wider; a single 1-D row in tiles of columns), filter counts that do
-and do not fill the blocks, strides, dilations and 1-D to 3-D, against torch's convolution in
-float64; special values against the naive formula; gradients (the fields path's backward).
+two, between two and four, wider; a single 1-D row in tiles of columns; rows of 14 positions and
+a remainder, the last read near the input's end), filter counts that do and do not fill the
+blocks, strides 1, 2 and 3, dilations and 1-D to 3-D, against torch's convolution in float64;
+special values against the naive formula; gradients (the fields path's backward).
 """
 
 from __future__ import annotations
@@ -43,6 +47,13 @@ CASES = [
     ("1-d-strided", (1, 4, 301), (12, 4, 11), {"padding": 5, "stride": 2}),
     ("3-d", (1, 3, 5, 9, 18), (6, 3, 3, 3, 3), {"padding": 1}),
     ("most-channels", (1, MAX_BLOCKED_CHANNELS, 6, 6), (4, MAX_BLOCKED_CHANNELS, 3, 3), {"padding": 1}),
+    # two vectors of filters and more: the lanes across filters
+    ("filter-vectors", (2, 5, 9, 30), (40, 5, 3, 3), {"padding": 1}),
+    ("filter-vectors-stride-2", (1, 4, 11, 33), (33, 4, 3, 3), {"padding": 1, "stride": 2}),
+    ("filter-vectors-stride-3", (1, 3, 17, 40), (64, 3, 3, 3), {"padding": 2, "stride": 3, "dilation": 2}),
+    ("filter-vectors-end-of-input", (1, 2, 5, 19), (32, 2, 3, 3), {}),
+    ("filter-vectors-1-d", (2, 3, 300), (48, 3, 5), {"padding": 2}),
+    ("filter-vectors-3-d", (1, 2, 4, 6, 15), (32, 2, 3, 3, 3), {"padding": 1}),
 ]
 
 
@@ -76,7 +87,7 @@ def test_each_geometry_equals_torch(case, dtype):
 @given(
     st.integers(1, 3),  # batch
     st.integers(1, 5),  # channels
-    st.integers(FILTERS_TOGETHER, 11),  # filters
+    st.integers(FILTERS_TOGETHER, 40),  # filters
     st.integers(1, 12),  # rows
     st.integers(1, 70),  # width
     st.integers(1, 4),  # kernel
@@ -130,10 +141,11 @@ def test_gradients_equal_torch():
     torch.autograd.gradgradcheck(lambda *t: anyconv.conv(*t, **arguments), (x[:1, :, :5, :6], w[:4], b[:4]))
 
 
-def test_low_precision_rounds_once():
+@pytest.mark.parametrize("filters", [5, 40])
+def test_low_precision_rounds_once(filters):
     generator = torch.Generator().manual_seed(7)
     x = torch.randn(1, 4, 7, 20, generator=generator)
-    w = torch.randn(5, 4, 3, 3, generator=generator)
+    w = torch.randn(filters, 4, 3, 3, generator=generator)
     for dtype in (torch.bfloat16, torch.float16):
         if not filter_blocks_fit(x.to(dtype), w.to(dtype), 1):
             continue
@@ -252,7 +264,7 @@ def test_distances_on_each_geometry_equal_the_naive_formula(case, name, options,
     st.sampled_from(["l1", "max_plus", "min_plus"]),
     st.integers(1, 2),  # batch
     st.integers(1, 4),  # channels
-    st.integers(FILTERS_TOGETHER, 9),  # filters
+    st.integers(FILTERS_TOGETHER, 40),  # filters
     st.integers(1, 10),  # rows
     st.integers(1, 60),  # width
     st.integers(1, 4),  # kernel
@@ -278,16 +290,16 @@ def test_distances_on_random_geometries_equal_the_naive_formula(
     )
 
 
-@pytest.mark.parametrize("name", ["max_plus", "min_plus"])
-def test_the_tropical_pair_takes_blocks_of_any_channel_count(name):
-    # a sum and a maximum per tap and lane: the blocks at any channel count, l1 and dot up to
-    # MAX_BLOCKED_CHANNELS
+@pytest.mark.parametrize("filters", [5, 33])
+@pytest.mark.parametrize("name", ["l1", "max_plus", "min_plus"])
+def test_distances_take_blocks_of_any_channel_count(name, filters):
+    # no matrix product: the blocks at any channel count, dot and l2 up to MAX_BLOCKED_CHANNELS
     channels = 2 * MAX_BLOCKED_CHANNELS + 3
     generator = torch.Generator().manual_seed(37)
-    x, w = _tie_free((1, channels, 6, 19), (5, channels, 3, 3), generator)
+    x, w = _tie_free((1, channels, 6, 19), (filters, channels, 3, 3), generator)
     arguments = {"padding": 2, "dilation": 2}
     assert _path(x, w, name, arguments) == "tap loops"
-    assert _path(x, w, "l1", arguments) == "fields"
+    assert _path(x, w, "dot", arguments) == "fields"
     inputs = [tensor.clone().requires_grad_() for tensor in (x, w)]
     output = anyconv.generalized_conv(*inputs, name, **arguments)
     naive = [tensor.clone().requires_grad_() for tensor in (x, w)]

@@ -6,12 +6,14 @@ Compiled loops (``variants/tap_loops.cpp``) run over the kernel taps of each out
 the zero-padded input in place, forward and backward, for ``dot``, ``l1``, ``l2``, ``max_plus``
 and ``min_plus``. The forward of a grouped layer pads the input itself, a (sample, group) at a
 time in a buffer that stays in cache. A (fields x filters) product would multiply matrices only
-a few columns wide. The forward of a dense layer takes its filters FILTERS_TOGETHER at a time, so
-that every vector of the input loaded feeds that many filters, tile by tile of the output; its
-backward with many taps is the fields path's. They run as the custom operators ``anyconv::tap_loops`` and
+a few columns wide. The forward of a dense layer takes its filters in blocks, so that every
+input value loaded feeds every filter of a block: with 32 filters or more (16 in float64), two
+vectors of filters at 14 positions of a row, each input value broadcast; with fewer,
+FILTERS_TOGETHER filters at a time, tile by tile of the output. Its backward with many taps is
+the fields path's. They run as the custom operators ``anyconv::tap_loops`` and
 ``anyconv::tap_loops_backward`` (fake implementations, an autograd formula), which torch.compile
-and torch.export keep as single calls.
-``anyconv::tap_quotient`` is the cosine family's forward without a graph in one pass of the loops.
+and torch.export keep as single calls. ``anyconv::tap_quotient`` is the cosine family's forward
+without a graph in one pass of the loops.
 """
 
 from __future__ import annotations
@@ -58,15 +60,18 @@ MAX_DENSE_TAPS = 32
 MIN_DENSE_POSITIONS = 1024
 #: the forward of a dense layer takes this many filters at once (``kFiltersTogether`` of the loops)
 FILTERS_TOGETHER = 4
-#: a dense layer takes the loops' filter blocks up to this many input channels: with more, the
-#: fields path's copies weigh less against its product and it measured as fast; max_plus's and
-#: min_plus's blocks (a sum and a maximum per tap and lane) measured faster at any channel count
+#: a dense layer takes the loops' filter blocks for ``dot`` and ``l2`` up to this many input
+#: channels: with more, the fields path's copies weigh less against its matrix product and it
+#: measured as fast or faster; l1, max_plus and min_plus, which have no matrix product, take the
+#: blocks at any channel count
 MAX_BLOCKED_CHANNELS = 128
 #: a dense layer with more filters takes the fields path's backward after the loops' forward
 #: (docs/benchmarks.md: a 1x1 layer 24 -> 144 against first layers 3 -> 16 to 64)
 MAX_DENSE_LOOPS_BACKWARD_FILTERS = 64
 _OPERATIONS = {Dot: 0, L1: 1, L2: 3, MaxPlus: 4, MinPlus: 5}
 _L1_ADDER = 2
+#: the variants the loops know that are no matrix product (their fields path is fused loops)
+_DISTANCES = (L1, MaxPlus, MinPlus)
 _TROPICAL = (_OPERATIONS[MaxPlus], _OPERATIONS[MinPlus])
 #: tap steps (one output, one tap) a thread must get for the loops to split between threads
 _WORK_PER_THREAD = 2**18
@@ -92,7 +97,7 @@ def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, g
     """
     if type(variant) not in _OPERATIONS:
         return False
-    max_channels = None if _OPERATIONS[type(variant)] in _TROPICAL else MAX_BLOCKED_CHANNELS
+    max_channels = None if type(variant) in _DISTANCES else MAX_BLOCKED_CHANNELS
     return tap_sums_fit(input, weight, groups) or filter_blocks_fit(input, weight, groups, max_channels)
 
 
@@ -114,12 +119,12 @@ def tap_sums_fit(input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool
 def filter_blocks_fit(
     input: torch.Tensor, weight: torch.Tensor, groups: int, max_channels: int | None = MAX_BLOCKED_CHANNELS
 ) -> bool:
-    """Whether the loops' forward takes a dense layer's filters FILTERS_TOGETHER at a time: one
-    group of at most ``max_channels`` input channels (None: any) and at least FILTERS_TOGETHER
-    filters, where the loops run (:func:`tap_sums_fit`). Each input vector the loops load then
-    feeds that many filters, and no fields are copied; with more channels than MAX_BLOCKED_CHANNELS
-    the fields path, whose copies weigh less against a product of many filters, measured as fast
-    or faster for ``dot`` (docs/benchmarks.md).
+    """Whether the loops' forward takes a dense layer's filters in blocks: one group of at most
+    ``max_channels`` input channels (None: any) and at least FILTERS_TOGETHER filters, where the
+    loops run (:func:`tap_sums_fit`). Each input value the loops load then feeds every filter of a
+    block, and no fields are copied; with more channels than MAX_BLOCKED_CHANNELS the fields path,
+    whose copies weigh less against a product of many filters, measured as fast or faster for
+    ``dot`` (docs/benchmarks.md).
 
     >>> import torch
     >>> filter_blocks_fit(torch.randn(1, 64, 9, 9), torch.randn(64, 64, 3, 3), 1) in (True, False)

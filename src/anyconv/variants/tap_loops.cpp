@@ -3,9 +3,11 @@
 // copied. One output row (the last spatial dimension) at a time stays in cache while every tap of
 // the row's filter meets it; N-d geometry arrives flattened as offsets into the padded input. The
 // forward of a grouped layer pads the input itself, one (sample, group) at a time into a buffer
-// of the thread's own (see each_output_plane). The forward of a layer with many filters per group
-// takes them a few at a time, each value loaded meeting every filter of the block (see
-// forward_filter_blocks): the standard convolution of a dense layer without receptive fields.
+// of the thread's own (see each_output_plane). The forward of a dense layer takes its filters a
+// few at a time, each value loaded meeting every filter of the block: with at least two vectors'
+// worth of filters, the lanes hold filters and each input value is broadcast (see
+// forward_filter_vectors); with fewer, the lanes hold outputs of a row (forward_filter_blocks).
+// The standard convolution of a dense layer, and its distances, without receptive fields.
 //
 // Layout: x and grad_x (B, C, plane) padded input; w (O, T) with T = channels per group x taps;
 // y and grad (B, O, rows, width). Tap t reads x at row_offsets[r] + tap_offsets[t] + i * step and
@@ -1032,8 +1034,143 @@ void forward_filter_blocks(const S* x, const S* w, const S* bias, S* y, const Ge
   }
 }
 
+// output positions of a row, and vectors of filters, the filter-vector forward takes together
+// (see filter_vectors_block): 14 x 2 sums in registers, and 14 divides the widths networks use
+constexpr int kPositionsTogether = 14;
+constexpr int kFilterVectors = 2;
+
+// The outputs of V vectors of filters (V x kLanes filters, a lane each) at P positions of one
+// output row, every tap's input value broadcast to a vector: the lanes hold filters, so that no
+// lane is wasted on a row narrower than a whole number of vectors (as a 56-wide row in vectors
+// of 16 positions), and each value loaded feeds V vectors of filters. X the input at the first
+// position's origin, positions STEP apart; WS the block's weights tap by tap (taps x V x kLanes);
+// OUTS[f] filter f's output row from the first position, for the block's COUNT filters; BIASES
+// theirs or null; COLUMNS the positions written (the first COLUMNS of P)
+// VALUE in every lane, read from memory straight into the vector where the compiler targets
+// AVX-512 (GCC compiled `Vector{} + value` to an add, then a broadcast on the shuffle port that
+// the multiply-adds need)
+template <typename S>
+__attribute__((always_inline)) inline typename Lanes<Compute<S>>::Vector broadcast(const S* value) {
+  using Vector = typename Lanes<Compute<S>>::Vector;
+#ifdef __AVX512F__
+  if constexpr (std::is_same<S, float>::value) {
+    return reinterpret_cast<Vector>(_mm512_set1_ps(*value));
+  } else if constexpr (std::is_same<S, double>::value) {
+    return reinterpret_cast<Vector>(_mm512_set1_pd(*value));
+  }
+#endif
+  return Vector{} + widen(*value);
+}
+
+template <typename S, typename Op, int P, int V, int STEP>
+__attribute__((always_inline)) inline void filter_vectors_block(const S* x, const Compute<S>* ws,
+                                                                const int64_t* offsets, int64_t taps, int64_t given_step,
+                                                                S* const* outs, int count, const Compute<S>* biases,
+                                                                int columns) {
+  // a step known at compile time (1 or 2) makes each position's address a constant displacement
+  const int64_t step = STEP > 0 ? STEP : given_step;
+  using T = Compute<S>;
+  using Vector = typename Lanes<T>::Vector;
+  constexpr int kLanes = Lanes<T>::kCount;
+  Vector sums[P][V];
+  for (int p = 0; p < P; ++p)
+    for (int v = 0; v < V; ++v) sums[p][v] = Vector{} + Op::start();
+  for (int64_t t = 0; t < taps; ++t) {
+    Vector weights[V];
+    for (int v = 0; v < V; ++v) weights[v] = load(ws + (t * V + v) * kLanes, 1);
+    const S* source = x + offsets[t];
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) {
+      const Vector value = broadcast(source + p * step);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) sums[p][v] = Op::step(sums[p][v], value, weights[v]);
+    }
+  }
+  // lane by lane into the filters' rows: the transposition costs a few instructions per output,
+  // against taps x V steps for each
+  alignas(64) T values[P][V * kLanes];
+  for (int p = 0; p < P; ++p)
+    for (int v = 0; v < V; ++v) std::memcpy(values[p] + v * kLanes, &sums[p][v], sizeof(Vector));
+  for (int f = 0; f < count; ++f) {
+    const T added = biases == nullptr ? T(0) : biases[f];
+    for (int p = 0; p < columns; ++p) outs[f][p] = narrow<S>(values[p][f] + added);
+  }
+}
+
+// The forward of a dense layer with at least kFilterVectors x kLanes filters per group on an
+// input laid out already, the lanes across filters (see filter_vectors_block). The threads split
+// (sample, group, block of filters, output row); the filters are packed once, block by block and
+// tap by tap (zero past the group's last filter). The taps go channel by channel, as in
+// forward_filter_blocks.
+template <typename S, typename Op>
+void forward_filter_vectors(const S* x, const S* w, const S* bias, S* y, const Geometry& given, int threads) {
+  using T = Compute<S>;
+  constexpr int kLanes = Lanes<T>::kCount;
+  constexpr int V = kFilterVectors, P = kPositionsTogether, kBlock = V * kLanes;
+  std::vector<int64_t> order(given.taps), offsets(given.taps), columns(given.taps);
+  for (int64_t t = 0; t < given.taps; ++t) order[t] = t;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return given.tap_offsets[a] < given.tap_offsets[b]; });
+  for (int64_t t = 0; t < given.taps; ++t) {
+    offsets[t] = given.tap_offsets[order[t]];
+    columns[t] = given.weight_index[order[t]];
+  }
+  const Geometry& g = given;
+  const int64_t per_group_in = g.channels / g.groups, per_group_out = g.out_channels / g.groups;
+  const int64_t blocks = (per_group_out + kBlock - 1) / kBlock;
+  // block b of group q at packed[(q * blocks + b) * taps * kBlock]: tap by tap, kBlock filters each
+  std::vector<T> packed(g.groups * blocks * g.taps * kBlock, T(0)), biases(g.out_channels, T(0));
+  for (int64_t o = 0; o < g.out_channels; ++o) {
+    const int64_t q = o / per_group_out, j = o % per_group_out;
+    T* target = packed.data() + (q * blocks + j / kBlock) * g.taps * kBlock + j % kBlock;
+    for (int64_t t = 0; t < g.taps; ++t) target[t * kBlock] = widen(w[o * g.taps + columns[t]]);
+    if (bias != nullptr) biases[o] = widen(bias[o]);
+  }
+  const int64_t output_plane = g.rows * g.width;
+  const int64_t items = g.batch * g.groups * blocks * g.rows;
+  // the end of the laid-out input: a block of P positions that would read past it takes its
+  // positions one by one
+  const S* end = x + g.batch * g.channels * g.plane;
+  const int64_t reach = offsets[g.taps - 1];
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t index = 0; index < items; ++index) {
+    const int64_t r = index % g.rows, block = (index / g.rows) % blocks;
+    const int64_t q = (index / (g.rows * blocks)) % g.groups, b = index / (g.rows * blocks * g.groups);
+    const int64_t first = q * per_group_out + block * kBlock;
+    const int count = static_cast<int>(std::min<int64_t>(kBlock, (q + 1) * per_group_out - first));
+    const T* ws = packed.data() + (q * blocks + block) * g.taps * kBlock;
+    const T* block_bias = bias == nullptr ? nullptr : biases.data() + first;
+    const S* row = x + (b * g.channels + q * per_group_in) * g.plane + g.row_offsets[r];
+    S* outs[kBlock];
+    for (int f = 0; f < count; ++f) outs[f] = y + (b * g.out_channels + first + f) * output_plane + r * g.width;
+    int64_t c = 0;
+    for (; c + P <= g.width || (c < g.width && row + (c + P - 1) * g.step + reach < end); c += P) {
+      const int columns_here = static_cast<int>(std::min<int64_t>(P, g.width - c));
+      const S* start = row + c * g.step;
+      if (g.step == 1) {
+        filter_vectors_block<S, Op, P, V, 1>(start, ws, offsets.data(), g.taps, 1, outs, count, block_bias,
+                                             columns_here);
+      } else if (g.step == 2) {
+        filter_vectors_block<S, Op, P, V, 2>(start, ws, offsets.data(), g.taps, 2, outs, count, block_bias,
+                                             columns_here);
+      } else {
+        filter_vectors_block<S, Op, P, V, 0>(start, ws, offsets.data(), g.taps, g.step, outs, count, block_bias,
+                                             columns_here);
+      }
+      for (int f = 0; f < count; ++f) outs[f] += P;
+    }
+    for (; c < g.width; ++c) {
+      filter_vectors_block<S, Op, 1, V, 0>(row + c * g.step, ws, offsets.data(), g.taps, g.step, outs, count,
+                                           block_bias, 1);
+      for (int f = 0; f < count; ++f) outs[f] += 1;
+    }
+  }
+}
+
 template <typename S, typename Op>
 void forward(const S* x, const S* w, const S* bias, S* y, const Geometry& g, const Layout* layout, int threads) {
+  if (layout == nullptr && g.out_channels / g.groups >= kFilterVectors * Lanes<Compute<S>>::kCount)
+    return forward_filter_vectors<S, Op>(x, w, bias, y, g, threads);
   if (layout == nullptr && g.out_channels / g.groups >= kFiltersTogether)
     return forward_filter_blocks<S, Op>(x, w, bias, y, g, threads);
   if (takes_channel_vectors<S>(g, layout))
