@@ -52,6 +52,8 @@ CASES = [
     ("filter-vectors-stride-2", (1, 4, 11, 33), (33, 4, 3, 3), {"padding": 1, "stride": 2}),
     ("filter-vectors-stride-3", (1, 3, 17, 40), (64, 3, 3, 3), {"padding": 2, "stride": 3, "dilation": 2}),
     ("filter-vectors-end-of-input", (1, 2, 5, 19), (32, 2, 3, 3), {}),
+    ("filter-vectors-half-blocks", (2, 6, 9, 14), (40, 6, 2, 2), {"stride": 2}),
+    ("filter-vectors-narrow-rows", (1, 3, 6, 5), (32, 3, 3, 3), {"padding": 1}),
     ("filter-vectors-1-d", (2, 3, 300), (48, 3, 5), {"padding": 2}),
     ("filter-vectors-3-d", (1, 2, 4, 6, 15), (32, 2, 3, 3, 3), {"padding": 1}),
 ]

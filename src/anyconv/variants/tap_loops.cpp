@@ -1097,6 +1097,31 @@ __attribute__((always_inline)) inline void filter_vectors_block(const S* x, cons
   }
 }
 
+// One output row of a block of filters (see forward_filter_vectors) in blocks of P positions; a
+// block that would read past the input's END (the last position's taps reach REACH past it)
+// takes its positions one by one
+template <typename S, typename Op, int P, int V>
+void filter_vectors_row(const S* row, const Compute<S>* ws, const int64_t* offsets, const Geometry& g,
+                        S** outs, int count, const Compute<S>* biases, int64_t reach, const S* end) {
+  int64_t c = 0;
+  for (; c + P <= g.width || (c < g.width && row + (c + P - 1) * g.step + reach < end); c += P) {
+    const int columns = static_cast<int>(std::min<int64_t>(P, g.width - c));
+    const S* start = row + c * g.step;
+    if (g.step == 1) {
+      filter_vectors_block<S, Op, P, V, 1>(start, ws, offsets, g.taps, 1, outs, count, biases, columns);
+    } else if (g.step == 2) {
+      filter_vectors_block<S, Op, P, V, 2>(start, ws, offsets, g.taps, 2, outs, count, biases, columns);
+    } else {
+      filter_vectors_block<S, Op, P, V, 0>(start, ws, offsets, g.taps, g.step, outs, count, biases, columns);
+    }
+    for (int f = 0; f < count; ++f) outs[f] += P;
+  }
+  for (; c < g.width; ++c) {
+    filter_vectors_block<S, Op, 1, V, 0>(row + c * g.step, ws, offsets, g.taps, g.step, outs, count, biases, 1);
+    for (int f = 0; f < count; ++f) outs[f] += 1;
+  }
+}
+
 // The forward of a dense layer with at least kFilterVectors x kLanes filters per group on an
 // input laid out already, the lanes across filters (see filter_vectors_block). The threads split
 // (sample, group, block of filters, output row); the filters are packed once, block by block and
@@ -1143,26 +1168,12 @@ void forward_filter_vectors(const S* x, const S* w, const S* bias, S* y, const G
     const S* row = x + (b * g.channels + q * per_group_in) * g.plane + g.row_offsets[r];
     S* outs[kBlock];
     for (int f = 0; f < count; ++f) outs[f] = y + (b * g.out_channels + first + f) * output_plane + r * g.width;
-    int64_t c = 0;
-    for (; c + P <= g.width || (c < g.width && row + (c + P - 1) * g.step + reach < end); c += P) {
-      const int columns_here = static_cast<int>(std::min<int64_t>(P, g.width - c));
-      const S* start = row + c * g.step;
-      if (g.step == 1) {
-        filter_vectors_block<S, Op, P, V, 1>(start, ws, offsets.data(), g.taps, 1, outs, count, block_bias,
-                                             columns_here);
-      } else if (g.step == 2) {
-        filter_vectors_block<S, Op, P, V, 2>(start, ws, offsets.data(), g.taps, 2, outs, count, block_bias,
-                                             columns_here);
-      } else {
-        filter_vectors_block<S, Op, P, V, 0>(start, ws, offsets.data(), g.taps, g.step, outs, count, block_bias,
-                                             columns_here);
-      }
-      for (int f = 0; f < count; ++f) outs[f] += P;
-    }
-    for (; c < g.width; ++c) {
-      filter_vectors_block<S, Op, 1, V, 0>(row + c * g.step, ws, offsets.data(), g.taps, g.step, outs, count,
-                                           block_bias, 1);
-      for (int f = 0; f < count; ++f) outs[f] += 1;
+    // a row of at most half a block of positions takes blocks of that half: a 7-wide row in
+    // blocks of 14 would compute twice its outputs
+    if (g.width <= P / 2) {
+      filter_vectors_row<S, Op, P / 2, V>(row, ws, offsets.data(), g, outs, count, block_bias, reach, end);
+    } else {
+      filter_vectors_row<S, Op, P, V>(row, ws, offsets.data(), g, outs, count, block_bias, reach, end);
     }
   }
 }
