@@ -328,6 +328,12 @@ def test_other_variants_and_dense_convolutions_take_other_paths():
     assert not tap_loops_fit(resolve_variant("l1"), image[..., :16], torch.randn(2, 3, 3, 3), 1)
     for name in ("dot", "l1", "l2", "max_plus", "min_plus"):
         assert tap_loops_fit(resolve_variant(name), image, torch.randn(16, 3, 7, 7), 1)
+    # a 1x1 kernel on a channels-last input: the fields path reads it in place
+    wide = torch.randn(2, 40, 9, 9)
+    assert tap_loops_fit(resolve_variant("l1"), wide, torch.randn(16, 40, 1, 1), 1)
+    channels_last = wide.contiguous(memory_format=torch.channels_last)
+    assert not tap_loops_fit(resolve_variant("l1"), channels_last, torch.randn(16, 40, 1, 1), 1)
+    assert tap_loops_fit(resolve_variant("l1"), channels_last, torch.randn(16, 40, 3, 3), 1)
     assert tap_loops_fit(resolve_variant("dot"), x, torch.randn(4, 4, 3, 3), 1)
     assert not tap_loops_fit(resolve_variant("dot"), x, torch.randn(FILTERS_TOGETHER - 1, 4, 3, 3), 1)
     wide = torch.randn(1, MAX_BLOCKED_CHANNELS + 1, 5, 5)

@@ -1,9 +1,9 @@
 """The tap loops' filter blocks (variants/tap_loops.cpp): the forward of a dense layer with many
 taps (``dot``, ``l1``, ``l2``, ``max_plus``, ``min_plus``), and the variants the tap products
-compose from it in inference. With fewer than two vectors of filters (32 in float32, 16 in
-float64) FILTERS_TOGETHER filters at a time, the lanes across a row's outputs
-(``forward_filter_blocks``); with more, the lanes across filters, 14 positions of a row at a time
-(``forward_filter_vectors``).
+compose from it in inference. With two vectors of filters or more (32 in float32, 16 in float64)
+and at least 64 taps, the lanes across filters, 14 positions of a row at a time
+(``forward_filter_vectors``); otherwise FILTERS_TOGETHER filters at a time, the lanes across a
+row's outputs (``forward_filter_blocks``).
 
 Every width class the loops cut rows into (narrower than a vector, one vector, between one and
 two, between two and four, wider; a single 1-D row in tiles of columns; rows of 14 positions and
@@ -47,15 +47,15 @@ CASES = [
     ("1-d-strided", (1, 4, 301), (12, 4, 11), {"padding": 5, "stride": 2}),
     ("3-d", (1, 3, 5, 9, 18), (6, 3, 3, 3, 3), {"padding": 1}),
     ("most-channels", (1, MAX_BLOCKED_CHANNELS, 6, 6), (4, MAX_BLOCKED_CHANNELS, 3, 3), {"padding": 1}),
-    # two vectors of filters and more: the lanes across filters
-    ("filter-vectors", (2, 5, 9, 30), (40, 5, 3, 3), {"padding": 1}),
-    ("filter-vectors-stride-2", (1, 4, 11, 33), (33, 4, 3, 3), {"padding": 1, "stride": 2}),
-    ("filter-vectors-stride-3", (1, 3, 17, 40), (64, 3, 3, 3), {"padding": 2, "stride": 3, "dilation": 2}),
-    ("filter-vectors-end-of-input", (1, 2, 5, 19), (32, 2, 3, 3), {}),
-    ("filter-vectors-half-blocks", (2, 6, 9, 14), (40, 6, 2, 2), {"stride": 2}),
-    ("filter-vectors-narrow-rows", (1, 3, 6, 5), (32, 3, 3, 3), {"padding": 1}),
-    ("filter-vectors-1-d", (2, 3, 300), (48, 3, 5), {"padding": 2}),
-    ("filter-vectors-3-d", (1, 2, 4, 6, 15), (32, 2, 3, 3, 3), {"padding": 1}),
+    # two vectors of filters and more, at least 64 taps: the lanes across filters
+    ("filter-vectors", (2, 8, 9, 30), (40, 8, 3, 3), {"padding": 1}),
+    ("filter-vectors-stride-2", (1, 8, 11, 33), (33, 8, 3, 3), {"padding": 1, "stride": 2}),
+    ("filter-vectors-stride-3", (1, 8, 17, 40), (64, 8, 3, 3), {"padding": 2, "stride": 3, "dilation": 2}),
+    ("filter-vectors-end-of-input", (1, 8, 5, 19), (32, 8, 3, 3), {}),
+    ("filter-vectors-half-blocks", (2, 16, 9, 14), (40, 16, 2, 2), {"stride": 2}),
+    ("filter-vectors-narrow-rows", (1, 8, 6, 5), (32, 8, 3, 3), {"padding": 1}),
+    ("filter-vectors-1-d", (2, 16, 300), (48, 16, 5), {"padding": 2}),
+    ("filter-vectors-3-d", (1, 3, 4, 6, 15), (32, 3, 3, 3, 3), {"padding": 1}),
 ]
 
 

@@ -136,7 +136,16 @@ def filter_blocks_fit(
         groups == 1
         and (max_channels is None or weight.shape[1] <= max_channels)
         and weight.shape[0] >= FILTERS_TOGETHER
+        and not _pointwise_channels_last(input, weight)
         and _runs_here(input)
+    )
+
+
+def _pointwise_channels_last(input: torch.Tensor, weight: torch.Tensor) -> bool:
+    """A 1x1 kernel on a channels-last input: the fields path reads its fields in place, where the
+    loops would copy the input channels first and the output back."""
+    return all(size == 1 for size in weight.shape[2:]) and input.dim() in (4, 5) and (
+        input.is_contiguous(memory_format=torch.channels_last if input.dim() == 4 else torch.channels_last_3d)
     )
 
 

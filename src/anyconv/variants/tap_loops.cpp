@@ -1038,6 +1038,9 @@ void forward_filter_blocks(const S* x, const S* w, const S* bias, S* y, const Ge
 // (see filter_vectors_block): 14 x 2 sums in registers, and 14 divides the widths networks use
 constexpr int kPositionsTogether = 14;
 constexpr int kFilterVectors = 2;
+// taps from which the filter vectors take a layer: their outputs are written lane by lane, which
+// a few taps' steps do not pay for (a 1x1 layer of 24 channels ran faster in filter blocks)
+constexpr int64_t kMinVectorTaps = 64;
 
 // The outputs of V vectors of filters (V x kLanes filters, a lane each) at P positions of one
 // output row, every tap's input value broadcast to a vector: the lanes hold filters, so that no
@@ -1180,7 +1183,8 @@ void forward_filter_vectors(const S* x, const S* w, const S* bias, S* y, const G
 
 template <typename S, typename Op>
 void forward(const S* x, const S* w, const S* bias, S* y, const Geometry& g, const Layout* layout, int threads) {
-  if (layout == nullptr && g.out_channels / g.groups >= kFilterVectors * Lanes<Compute<S>>::kCount)
+  if (layout == nullptr && g.out_channels / g.groups >= kFilterVectors * Lanes<Compute<S>>::kCount &&
+      g.taps >= kMinVectorTaps)
     return forward_filter_vectors<S, Op>(x, w, bias, y, g, threads);
   if (layout == nullptr && g.out_channels / g.groups >= kFiltersTogether)
     return forward_filter_blocks<S, Op>(x, w, bias, y, g, threads);
