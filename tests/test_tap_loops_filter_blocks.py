@@ -54,6 +54,7 @@ CASES = [
     ("filter-vectors-end-of-input", (1, 8, 5, 19), (32, 8, 3, 3), {}),
     ("filter-vectors-half-blocks", (2, 16, 9, 14), (40, 16, 2, 2), {"stride": 2}),
     ("filter-vectors-narrow-rows", (1, 8, 6, 5), (32, 8, 3, 3), {"padding": 1}),
+    ("filter-vectors-rows-of-8", (2, 8, 6, 16), (32, 8, 3, 3), {"padding": 1}),
     ("filter-vectors-1-d", (2, 16, 300), (48, 16, 5), {"padding": 2}),
     ("filter-vectors-3-d", (1, 3, 4, 6, 15), (32, 3, 3, 3, 3), {"padding": 1}),
 ]

@@ -1037,6 +1037,7 @@ void forward_filter_blocks(const S* x, const S* w, const S* bias, S* y, const Ge
 // output positions of a row, and vectors of filters, the filter-vector forward takes together
 // (see filter_vectors_block): 14 x 2 sums in registers, and 14 divides the widths networks use
 constexpr int kPositionsTogether = 14;
+constexpr int kShortPositions = 8;
 constexpr int kFilterVectors = 2;
 // taps from which the filter vectors take a layer: their outputs are written lane by lane, which
 // a few taps' steps do not pay for (a 1x1 layer of 24 channels ran faster in filter blocks)
@@ -1171,10 +1172,16 @@ void forward_filter_vectors(const S* x, const S* w, const S* bias, S* y, const G
     const S* row = x + (b * g.channels + q * per_group_in) * g.plane + g.row_offsets[r];
     S* outs[kBlock];
     for (int f = 0; f < count; ++f) outs[f] = y + (b * g.out_channels + first + f) * output_plane + r * g.width;
-    // a row of at most half a block of positions takes blocks of that half: a 7-wide row in
-    // blocks of 14 would compute twice its outputs
+    // a row of at most half a block of positions takes blocks of that half (a 7-wide row in
+    // blocks of 14 would compute twice its outputs), and a row that blocks of 14 would overrun by
+    // more than a tenth of its width, but blocks of 8 fit, blocks of 8 (a 16-wide row in blocks
+    // of 14 would compute 28 positions)
+    const int64_t overrun = (g.width + P - 1) / P * P - g.width;
     if (g.width <= P / 2) {
       filter_vectors_row<S, Op, P / 2, V>(row, ws, offsets.data(), g, outs, count, block_bias, reach, end);
+    } else if (10 * overrun > g.width && g.width % kShortPositions == 0) {
+      filter_vectors_row<S, Op, kShortPositions, V>(row, ws, offsets.data(), g, outs, count, block_bias, reach,
+                                                     end);
     } else {
       filter_vectors_row<S, Op, P, V>(row, ws, offsets.data(), g, outs, count, block_bias, reach, end);
     }
