@@ -86,34 +86,6 @@ def test_each_geometry_equals_torch(case, dtype):
         torch.testing.assert_close(got.double(), reference, rtol=tolerance, atol=tolerance)
 
 
-@settings(max_examples=40, deadline=None)
-@given(
-    st.integers(1, 3),  # batch
-    st.integers(1, 5),  # channels
-    st.integers(FILTERS_TOGETHER, 40),  # filters
-    st.integers(1, 12),  # rows
-    st.integers(1, 70),  # width
-    st.integers(1, 4),  # kernel
-    st.integers(1, 3),  # stride
-    st.integers(1, 2),  # dilation
-    st.integers(0, 3),  # padding
-)
-def test_random_geometries_equal_torch(
-    batch, channels, filters, rows, width, kernel, stride, dilation, padding
-):
-    span = dilation * (kernel - 1) + 1
-    if rows + 2 * padding < span or width + 2 * padding < span:
-        return
-    generator = torch.Generator().manual_seed(batch * 1000 + width * 10 + kernel)
-    x = torch.randn(batch, channels, rows, width, generator=generator, dtype=torch.float64)
-    w = torch.randn(filters, channels, kernel, kernel, generator=generator, dtype=torch.float64)
-    b = torch.randn(filters, generator=generator, dtype=torch.float64)
-    arguments = {"stride": stride, "padding": padding, "dilation": dilation}
-    torch.testing.assert_close(
-        anyconv.conv(x, w, b, **arguments), torch_conv(x, w, b, **arguments), rtol=1e-12, atol=1e-12
-    )
-
-
 def test_special_values_follow_the_formula():
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(2, 3, 9, 21, generator=generator, dtype=torch.float64)
@@ -262,34 +234,37 @@ def test_distances_on_each_geometry_equal_the_naive_formula(case, name, options,
     torch.testing.assert_close(got.double(), expected, rtol=tolerance, atol=tolerance)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
-    st.sampled_from(["l1", "max_plus", "min_plus"]),
-    st.integers(1, 2),  # batch
-    st.integers(1, 4),  # channels
+    st.sampled_from(["dot", "l1", "max_plus", "min_plus"]),
+    st.integers(1, 3),  # batch
+    st.integers(1, 8),  # channels
     st.integers(FILTERS_TOGETHER, 40),  # filters
-    st.integers(1, 10),  # rows
-    st.integers(1, 60),  # width
+    st.integers(1, 12),  # rows
+    st.integers(1, 70),  # width
     st.integers(1, 4),  # kernel
     st.integers(1, 3),  # stride
     st.integers(1, 2),  # dilation
     st.integers(0, 3),  # padding
 )
-def test_distances_on_random_geometries_equal_the_naive_formula(
+def test_random_geometries_equal_the_references(
     name, batch, channels, filters, rows, width, kernel, stride, dilation, padding
 ):
+    # dot against torch's convolution (with a bias), the distances against the naive formula
     span = dilation * (kernel - 1) + 1
     if rows + 2 * padding < span or width + 2 * padding < span:
         return
     generator = torch.Generator().manual_seed(batch * 1000 + width * 10 + kernel)
     x = torch.randn(batch, channels, rows, width, generator=generator, dtype=torch.float64)
     w = torch.randn(filters, channels, kernel, kernel, generator=generator, dtype=torch.float64)
+    b = torch.randn(filters, generator=generator, dtype=torch.float64)
     arguments = {"stride": stride, "padding": padding, "dilation": dilation}
+    if name == "dot":
+        expected = torch_conv(x, w, b, **arguments)
+    else:
+        expected = naive_generalized_conv(x, w, name, b, **arguments)
     torch.testing.assert_close(
-        anyconv.generalized_conv(x, w, name, **arguments),
-        naive_generalized_conv(x, w, name, **arguments),
-        rtol=1e-12,
-        atol=1e-12,
+        anyconv.generalized_conv(x, w, name, b, **arguments), expected, rtol=1e-12, atol=1e-12
     )
 
 

@@ -955,6 +955,23 @@ void filters_tile(const S* source, const Compute<S>* ws, S* const* planes, const
   }
 }
 
+// The taps of G in the order of their offsets (OFFSETS) with their weight columns (COLUMNS):
+// channel by channel, so that the taps of one channel read the same few cache lines one after the
+// other, where the field order (kernel, then channel) went through every channel at each kernel
+// position, more lines than the first-level cache holds
+inline void taps_by_offset(const Geometry& g, std::vector<int64_t>& offsets, std::vector<int64_t>& columns) {
+  std::vector<int64_t> order(g.taps);
+  for (int64_t t = 0; t < g.taps; ++t) order[t] = t;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return g.tap_offsets[a] < g.tap_offsets[b]; });
+  offsets.resize(g.taps);
+  columns.resize(g.taps);
+  for (int64_t t = 0; t < g.taps; ++t) {
+    offsets[t] = g.tap_offsets[order[t]];
+    columns[t] = g.weight_index[order[t]];
+  }
+}
+
 // output rows of one tile of the filter-block forward (see forward_filter_blocks), and its
 // columns on single-row (1-D) outputs
 constexpr int64_t kTileRows = 4;
@@ -970,17 +987,8 @@ template <typename S, typename Op>
 void forward_filter_blocks(const S* x, const S* w, const S* bias, S* y, const Geometry& given, int threads) {
   using T = Compute<S>;
   constexpr int F = kFiltersTogether;
-  // the taps in the order of their offsets, channel by channel: the taps of one channel read the
-  // same few cache lines one after the other, where the field order (kernel, then channel) went
-  // through every channel at each kernel position, more lines than the first-level cache holds
-  std::vector<int64_t> order(given.taps), offsets(given.taps), columns(given.taps);
-  for (int64_t t = 0; t < given.taps; ++t) order[t] = t;
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int64_t a, int64_t b) { return given.tap_offsets[a] < given.tap_offsets[b]; });
-  for (int64_t t = 0; t < given.taps; ++t) {
-    offsets[t] = given.tap_offsets[order[t]];
-    columns[t] = given.weight_index[order[t]];
-  }
+  std::vector<int64_t> offsets, columns;
+  taps_by_offset(given, offsets, columns);
   Geometry g = given;
   g.tap_offsets = offsets.data();
   g.weight_index = columns.data();
@@ -1129,21 +1137,15 @@ void filter_vectors_row(const S* row, const Compute<S>* ws, const int64_t* offse
 // The forward of a dense layer with at least kFilterVectors x kLanes filters per group on an
 // input laid out already, the lanes across filters (see filter_vectors_block). The threads split
 // (sample, group, block of filters, output row); the filters are packed once, block by block and
-// tap by tap (zero past the group's last filter). The taps go channel by channel, as in
-// forward_filter_blocks.
+// tap by tap (zero past the group's last filter). The taps go channel by channel
+// (taps_by_offset).
 template <typename S, typename Op>
 void forward_filter_vectors(const S* x, const S* w, const S* bias, S* y, const Geometry& given, int threads) {
   using T = Compute<S>;
   constexpr int kLanes = Lanes<T>::kCount;
   constexpr int V = kFilterVectors, P = kPositionsTogether, kBlock = V * kLanes;
-  std::vector<int64_t> order(given.taps), offsets(given.taps), columns(given.taps);
-  for (int64_t t = 0; t < given.taps; ++t) order[t] = t;
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int64_t a, int64_t b) { return given.tap_offsets[a] < given.tap_offsets[b]; });
-  for (int64_t t = 0; t < given.taps; ++t) {
-    offsets[t] = given.tap_offsets[order[t]];
-    columns[t] = given.weight_index[order[t]];
-  }
+  std::vector<int64_t> offsets, columns;
+  taps_by_offset(given, offsets, columns);
   const Geometry& g = given;
   const int64_t per_group_in = g.channels / g.groups, per_group_out = g.out_channels / g.groups;
   const int64_t blocks = (per_group_out + kBlock - 1) / kBlock;
