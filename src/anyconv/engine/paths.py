@@ -137,7 +137,7 @@ def choose_path(plan: ConvPlan, variant: Variant, input: torch.Tensor, weight: t
     >>> import torch
     >>> from anyconv.engine.plan import plan_conv
     >>> from anyconv.variants import L1, Cosine
-    >>> x, w = torch.randn(1, 4, 6, 6), torch.randn(4, 4, 3, 3)
+    >>> x, w = torch.randn(1, 4, 6, 6), torch.randn(3, 4, 3, 3)
     >>> plan_conv(x, w, L1(), 1, 0, 1, 1, "zeros", None).path
     'fields'
     >>> plan_conv(x, w[:, :, :1, :1], Cosine(), 1, 0, 1, 1, "zeros", None).path
