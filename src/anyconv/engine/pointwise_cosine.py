@@ -58,9 +58,7 @@ def recomputes(fields: torch.Tensor, filters: torch.Tensor, rows: bool) -> bool:
     >>> recomputes(torch.ones(8, 96), torch.ones(24, 96), rows=True)
     False
     """
-    # fields (M, C) or (B, G, Cg, L) meet filters (O, C) or (G, Og, Cg)
-    outputs = fields.numel() // fields.shape[_channels(rows)] * filters.shape[-2]
-    return outputs >= RECOMPUTE_OUTPUTS
+    return _output_count(fields, filters, rows) >= RECOMPUTE_OUTPUTS
 
 
 def composed_cosine(
@@ -77,12 +75,16 @@ def composed_cosine(
     else:
         field_norms = safe_sqrt((fields * fields).sum(_channels(rows), keepdim=True))
     filter_norms = torch.linalg.vector_norm(filters, dim=-1, keepdim=not rows)
-    outputs = fields.numel() // fields.shape[_channels(rows)] * filters.shape[-2]
     if not recording and fields.shape[_channels(rows)] <= filters.shape[-2]:
-        if eps_negligible(field_norms, filter_norms, eps, outputs):
+        if eps_negligible(field_norms, filter_norms, eps, _output_count(fields, filters, rows)):
             units = filters / (filter_norms[:, None] if rows else filter_norms)
             return _products(fields / field_norms, units, rows)
     return divide_by_norms(_products(fields, filters, rows), field_norms, filter_norms, eps, recording)
+
+
+def _output_count(fields: torch.Tensor, filters: torch.Tensor, rows: bool) -> int:
+    """The number of outputs: fields (M, C) or (B, G, Cg, L) meet filters (O, C) or (G, Og, Cg)."""
+    return fields.numel() // fields.shape[_channels(rows)] * filters.shape[-2]
 
 
 def _channels(rows: bool) -> int:

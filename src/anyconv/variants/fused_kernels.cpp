@@ -12,6 +12,7 @@
 
 namespace {
 
+using anyconv::all_finite;
 using anyconv::Compute;
 using anyconv::narrow;
 using anyconv::out_lanes;
@@ -57,17 +58,6 @@ struct FiniteMinPlus {
   static T step(T acc, T x, T w) { return std::min(acc, x - w); }
   static T finish(T acc) { return acc; }
 };
-
-// whether the n values hold no NaN and no inf: x * 0 is NaN for exactly those, and a NaN stays
-// in the sum (this file is built without -ffast-math)
-template <typename S>
-bool all_finite(const S* x, int64_t n) {
-  using T = Compute<S>;
-  T sum = T(0);
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < n; ++j) sum += widen(x[j]) * T(0);
-  return sum == sum;
-}
 
 // fields checked together before the tropical loops take them (a multiple of kBlockFields): few
 // enough that the loops then find them in cache

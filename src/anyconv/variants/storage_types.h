@@ -66,4 +66,16 @@ inline S narrow(Compute<S> value) {
   return Storage<S>::narrow(value);
 }
 
+// whether the COUNT values from VALUES hold no NaN and no inf: a value times zero is NaN for
+// exactly those, and a NaN stays in the sum. Not for sources built with -ffast-math, which may
+// take the sum as equal to itself.
+template <typename S>
+bool all_finite(const S* values, int64_t count) {
+  using T = Compute<S>;
+  T sum = T(0);
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < count; ++j) sum += widen(values[j]) * T(0);
+  return sum == sum;
+}
+
 }  // namespace anyconv

@@ -37,6 +37,7 @@
 
 namespace {
 
+using anyconv::all_finite;
 using anyconv::Compute;
 using anyconv::narrow;
 using anyconv::widen;
@@ -1463,21 +1464,6 @@ void quotient(const S* x, const S* w, const Compute<S>* scale, const Compute<S>*
 }
 
 enum Operation { kDot = 0, kL1 = 1, kL1Adder = 2, kL2 = 3, kMaxPlus = 4, kMinPlus = 5 };
-
-// whether the COUNT values from VALUES are all finite: a vector sum of each value times zero
-// stays zero unless one of them is infinite or NaN
-template <typename S>
-bool all_finite(const S* values, int64_t count) {
-  using Vector = typename Lanes<Compute<S>>::Vector;
-  constexpr int64_t kLanes = Lanes<Compute<S>>::kCount;
-  Vector zeros{};
-  int64_t i = 0;
-  for (; i + kLanes <= count; i += kLanes) zeros += load(values + i, 1) * Compute<S>(0);
-  if (i < count) zeros += load(values + i, 1, static_cast<int>(count - i)) * Compute<S>(0);
-  for (int lane = 0; lane < kLanes; ++lane)
-    if (!(zeros[lane] == 0)) return false;
-  return true;
-}
 
 // whether no tropical term of the forward can be NaN: the input and the weights all finite
 template <typename S>
