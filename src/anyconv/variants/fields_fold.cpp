@@ -29,13 +29,55 @@ struct FoldGeometry {
   const int64_t* dilation;  // (ndim)
 };
 
+// Per dimension and slab coordinate, the taps that reach it and the output places they read it
+// for, as flat offsets in increasing tap order: found once per call, so that the loop over the slab
+// does no integer division (a few-channel fold spent most of its time on them)
+struct Reaches {
+  int64_t widest;
+  std::vector<int64_t> count;   // (ndim, slab[d]) flattened, dimension by dimension
+  std::vector<int64_t> tap;     // (ndim, slab[d], widest)
+  std::vector<int64_t> place;   // (ndim, slab[d], widest)
+  std::vector<int64_t> start;   // where dimension d's coordinates begin in count
+};
+
+Reaches find_reaches(const FoldGeometry& g, const std::vector<int64_t>& tap_stride,
+                     const std::vector<int64_t>& place_stride) {
+  Reaches r;
+  r.widest = 1;
+  int64_t coordinates = 0;
+  for (int64_t d = 0; d < g.ndim; ++d) {
+    r.widest = std::max(r.widest, g.kernel[d]);
+    r.start.push_back(coordinates);
+    coordinates += g.slab[d];
+  }
+  r.count.assign(coordinates, 0);
+  r.tap.assign(coordinates * r.widest, 0);
+  r.place.assign(coordinates * r.widest, 0);
+  for (int64_t d = 0; d < g.ndim; ++d) {
+    for (int64_t position = 0; position < g.slab[d]; ++position) {
+      const int64_t at = r.start[d] + position;
+      int64_t found = 0;
+      for (int64_t t = 0; t < g.kernel[d]; ++t) {
+        const int64_t reach = position - t * g.dilation[d];
+        if (reach < 0) break;
+        if (reach % g.stride[d] != 0 || reach / g.stride[d] >= g.out[d]) continue;
+        r.tap[at * r.widest + found] = t * tap_stride[d];
+        r.place[at * r.widest + found] = reach / g.stride[d] * place_stride[d];
+        ++found;
+      }
+      r.count[at] = found;
+    }
+  }
+  return r;
+}
+
 // fields (G, b, *out, *kernel, Cg) contiguous -> slab (b, *slab, G * Cg) contiguous, every element
 // written (zero where no field reads)
 template <typename S>
 void fold(const S* fields, S* slab, const FoldGeometry& g, int threads) {
   using T = Compute<S>;
   const int64_t ndim = g.ndim;
-  int64_t slab_positions = 1, positions = 1, taps = 1, widest = 1;
+  int64_t slab_positions = 1, positions = 1, taps = 1;
   std::vector<int64_t> tap_stride(ndim), place_stride(ndim);
   for (int64_t d = ndim - 1; d >= 0; --d) {
     tap_stride[d] = taps;
@@ -43,62 +85,61 @@ void fold(const S* fields, S* slab, const FoldGeometry& g, int threads) {
     slab_positions *= g.slab[d];
     positions *= g.out[d];
     taps *= g.kernel[d];
-    widest = std::max(widest, g.kernel[d]);
   }
+  const Reaches reaches = find_reaches(g, tap_stride, place_stride);
+  const int64_t widest = reaches.widest;
   const int64_t channels = g.groups * g.per_group, per_group = g.per_group;
-  const int64_t items = g.samples * slab_positions;
+  // the threads split lines of the slab (a sample and every coordinate but the last): the last
+  // coordinate runs along the line, so that only a line's start is divided out of its index
+  const int64_t line = g.slab[ndim - 1], lines = g.samples * (slab_positions / line);
 #pragma omp parallel num_threads(threads)
   {
     std::vector<T> sums(per_group);
-    // per dimension, the taps that reach this position and the output places they read it for,
-    // as flat offsets, in increasing tap order
-    std::vector<int64_t> tap_part(ndim * widest), place_part(ndim * widest), count(ndim), index(ndim);
+    // per dimension, where this position's reaches start in the tables, and the odometer over them
+    std::vector<int64_t> at(ndim), count(ndim), index(ndim);
 #pragma omp for schedule(static)
-    for (int64_t item = 0; item < items; ++item) {
-      const int64_t sample = item / slab_positions;
-      int64_t rest = item % slab_positions;
-      bool reached = true;
-      for (int64_t d = ndim - 1; d >= 0; --d) {
-        const int64_t position = rest % g.slab[d];
+    for (int64_t item = 0; item < lines; ++item) {
+      const int64_t sample = item / (slab_positions / line);
+      int64_t rest = item % (slab_positions / line);
+      bool line_reached = true;
+      for (int64_t d = ndim - 2; d >= 0; --d) {
+        const int64_t coordinate = reaches.start[d] + rest % g.slab[d];
         rest /= g.slab[d];
-        int64_t found = 0;
-        for (int64_t t = 0; t < g.kernel[d]; ++t) {
-          const int64_t reach = position - t * g.dilation[d];
-          if (reach < 0) break;
-          if (reach % g.stride[d] != 0 || reach / g.stride[d] >= g.out[d]) continue;
-          tap_part[d * widest + found] = t * tap_stride[d];
-          place_part[d * widest + found] = reach / g.stride[d] * place_stride[d];
-          ++found;
+        at[d] = coordinate * widest;
+        count[d] = reaches.count[coordinate];
+        line_reached = line_reached && count[d] > 0;
+      }
+      for (int64_t position = 0; position < line; ++position) {
+        const int64_t coordinate = reaches.start[ndim - 1] + position;
+        at[ndim - 1] = coordinate * widest;
+        count[ndim - 1] = reaches.count[coordinate];
+        S* target = slab + (item * line + position) * channels;
+        if (!line_reached || count[ndim - 1] == 0) {
+          std::fill(target, target + channels, anyconv::narrow<S>(T(0)));
+          continue;
         }
-        count[d] = found;
-        reached = reached && found > 0;
-      }
-      S* target = slab + item * channels;
-      if (!reached) {
-        std::fill(target, target + channels, anyconv::narrow<S>(T(0)));
-        continue;
-      }
-      for (int64_t group = 0; group < g.groups; ++group) {
-        std::fill(sums.begin(), sums.end(), T(0));
-        T* sum = sums.data();
-        const S* block = fields + (group * g.samples + sample) * positions * taps * per_group;
-        std::fill(index.begin(), index.end(), 0);
-        for (;;) {
-          int64_t tap = 0, place = 0;
-          for (int64_t d = 0; d < ndim; ++d) {
-            tap += tap_part[d * widest + index[d]];
-            place += place_part[d * widest + index[d]];
-          }
-          const S* source = block + (place * taps + tap) * per_group;
+        for (int64_t group = 0; group < g.groups; ++group) {
+          std::fill(sums.begin(), sums.end(), T(0));
+          T* sum = sums.data();
+          const S* block = fields + (group * g.samples + sample) * positions * taps * per_group;
+          std::fill(index.begin(), index.end(), 0);
+          for (;;) {
+            int64_t tap = 0, place = 0;
+            for (int64_t d = 0; d < ndim; ++d) {
+              tap += reaches.tap[at[d] + index[d]];
+              place += reaches.place[at[d] + index[d]];
+            }
+            const S* source = block + (place * taps + tap) * per_group;
 #pragma omp simd
-          for (int64_t c = 0; c < per_group; ++c) sum[c] += anyconv::widen(source[c]);
-          // the next tap in kernel order (the last dimension fastest)
-          int64_t d = ndim - 1;
-          while (d >= 0 && ++index[d] == count[d]) index[d--] = 0;
-          if (d < 0) break;
+            for (int64_t c = 0; c < per_group; ++c) sum[c] += anyconv::widen(source[c]);
+            // the next tap in kernel order (the last dimension fastest)
+            int64_t d = ndim - 1;
+            while (d >= 0 && ++index[d] == count[d]) index[d--] = 0;
+            if (d < 0) break;
+          }
+          S* written = target + group * per_group;
+          for (int64_t c = 0; c < per_group; ++c) written[c] = anyconv::narrow<S>(sum[c]);
         }
-        S* written = target + group * per_group;
-        for (int64_t c = 0; c < per_group; ++c) written[c] = anyconv::narrow<S>(sum[c]);
       }
     }
   }
