@@ -10,7 +10,9 @@ products s and the norms, then takes, with D = |p| |w| + eps, a = grad / D and r
 - the filters' gradient: a times the fields, minus (sum over fields of r |p|) w / |w|,
 
 the radial terms 0 where a norm is 0 (a zero field or filter has no direction: the fields path's
-rule). A second derivative (a backward asked for a graph) differentiates the composed form instead.
+rule). Where eps is negligible against every |p| |w|, the same gradients come from the unit vectors
+alone, with no output-sized tensor and no recomputed product (:func:`_unit_gradients`). A second
+derivative (a backward asked for a graph) differentiates the composed form instead.
 
 Two layouts, as the pointwise path multiplies them: ``rows`` (M, C) fields and (O, C) filters
 giving (M, O) (a channels-last input, one group), or columns, (B, G, Cg, L) fields and (G, Og, Cg)
@@ -82,6 +84,43 @@ def composed_cosine(
     return divide_by_norms(_products(fields, filters, rows), field_norms, filter_norms, eps, recording)
 
 
+def _unit_gradients(
+    grad: torch.Tensor,
+    fields: torch.Tensor,
+    filters: torch.Tensor,
+    field_norms: torch.Tensor,
+    filter_norms: torch.Tensor,
+    rows: bool,
+    needs: tuple[bool, ...],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """:func:`_gradients` where eps is negligible against every |p| |w| (:func:`eps_negligible`:
+    no norm is zero or NaN), so that y = p^ . w^ with the unit vectors p^ = p / |p| and
+    w^ = w / |w|. The gradients are then the dot's, of the unit vectors, each projected off its own
+    direction and divided by its norm:
+
+    - the fields': with T = the sum over filters of grad w^, (T - p^ (p^ . T)) / |p|;
+    - the filters': with Q = the sum over fields of grad p^, (Q - w^ (w^ . Q)) / |w|.
+
+    No output-sized tensor is made beyond the gradient itself, and the products are not recomputed.
+    """
+    norms = filter_norms[:, None] if rows else filter_norms
+    units, unit_fields = filters / norms, fields / field_norms
+    grad_fields = grad_filters = None
+    if needs[0]:
+        along = units.transpose(-1, -2) @ grad if not rows else grad @ units
+        along -= unit_fields * (unit_fields * along).sum(_channels(rows), keepdim=True)
+        grad_fields = along.div_(field_norms)
+    if needs[1]:
+        if rows:
+            across = grad.T @ unit_fields
+        else:
+            # (B, G, Og, L) x (B, G, L, Cg), summed over the samples: (G, Og, Cg)
+            across = (grad @ unit_fields.transpose(-1, -2)).sum(0)
+        across -= units * (units * across).sum(-1, keepdim=True)
+        grad_filters = across.div_(norms)
+    return grad_fields, grad_filters
+
+
 def _output_count(fields: torch.Tensor, filters: torch.Tensor, rows: bool) -> int:
     """The number of outputs: fields (M, C) or (B, G, Cg, L) meet filters (O, C) or (G, Og, Cg)."""
     return fields.numel() // fields.shape[_channels(rows)] * filters.shape[-2]
@@ -151,6 +190,8 @@ def _gradients(
     denominator (then a = grad / D)."""
     field_norms = (fields * fields).sum(_channels(rows), keepdim=True).sqrt_()
     filter_norms = torch.linalg.vector_norm(filters, dim=-1, keepdim=not rows)
+    if eps_negligible(field_norms, filter_norms, eps, _output_count(fields, filters, rows)):
+        return _unit_gradients(grad, fields, filters, field_norms, filter_norms, rows, needs)
     products = _products(fields, filters, rows)
     denominator = field_norms * filter_norms + eps
     products.div_(denominator)
