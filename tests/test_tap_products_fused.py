@@ -83,6 +83,17 @@ CASES = [
     },
 ]
 IDS = [case["id"] for case in CASES]
+#: dense layers with 4 filters or more: the loops' quotient takes the dot from the filter blocks (or
+#: the filter vectors: 32 filters and 64 taps), then |p| once per field, then divides
+DENSE_CASES = [
+    {"id": "dense-4-filters", "x": (2, 3, 9, 20), "w": (4, 3, 3, 3), "with": {"padding": 1}},
+    {"id": "dense-stem-7x7-s2", "x": (1, 3, 17, 19), "w": (8, 3, 7, 7), "with": {"stride": 2, "padding": 3}},
+    {"id": "dense-filter-vectors", "x": (1, 3, 12, 30), "w": (40, 3, 5, 5), "with": {"padding": 2}},
+    {"id": "dense-dilated", "x": (1, 6, 12, 12), "w": (5, 6, 3, 3), "with": {"padding": 2, "dilation": 2}},
+    {"id": "dense-1d", "x": (2, 8, 40), "w": (6, 8, 3), "with": {"padding": 1}},
+    {"id": "dense-3d", "x": (1, 4, 5, 6, 7), "w": (5, 4, 3, 3, 3), "with": {"padding": 1}},
+]  # fmt: skip
+DENSE_IDS = [case["id"] for case in DENSE_CASES]
 
 
 def _per_channel(low, high):
@@ -150,7 +161,7 @@ def _composed(monkeypatch, function):
 
 
 @pytest.mark.parametrize(("variant_id", "name", "options"), VARIANTS, ids=VARIANT_IDS)
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", CASES + DENSE_CASES, ids=IDS + DENSE_IDS)
 def test_fused_equals_the_naive_formula(case, variant_id, name, options, fused):
     x, w, b = _tensors(case)
     built = _options(options, w.shape[0])
@@ -193,14 +204,57 @@ def test_random_geometries_equal_the_naive_formula(
     torch.testing.assert_close(output, naive_generalized_conv(x, w, name, **arguments))
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    channels=st.integers(1, 4),
+    filters=st.sampled_from([4, 5, 9, 33, 40]),
+    kernel=st.tuples(st.integers(2, 5), st.integers(1, 5)),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    padding=st.tuples(*(st.integers(0, 2),) * 4),
+    width=st.integers(1, 45),
+    name=st.sampled_from(["cosine", "sharpened_cosine"]),
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+)
+def test_random_dense_geometries_equal_the_naive_formula(
+    channels, filters, kernel, stride, dilation, padding, width, name, dtype
+):
+    # the dot from the filter blocks or vectors, |p| once per field, the division
+    generator = torch.Generator().manual_seed(width)
+    x = torch.randn(2, channels, 9, width + 8, generator=generator, dtype=torch.float64)
+    w = torch.randn(filters, channels, *kernel, generator=generator, dtype=torch.float64)
+    arguments = {"stride": stride, "dilation": dilation, "padding": (padding[:2], padding[2:])}
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        calls = _spy(patch)
+        output = anyconv.generalized_conv(x.to(dtype), w.to(dtype), name, **arguments)
+    assert len(calls) == 1
+    tolerance = 1e-12 if dtype == torch.float64 else 2e-5
+    expected = naive_generalized_conv(x, w, name, **arguments)
+    torch.testing.assert_close(output.double(), expected, rtol=tolerance, atol=tolerance)
+
+
+def test_zero_fields_of_a_dense_layer_give_the_formulas(fused):
+    x, w, b = _tensors(DENSE_CASES[2])
+    x[0, :, :3] = 0
+    x[0, :, :, :4] = 0
+    with torch.no_grad():
+        output = anyconv.generalized_conv(x, w, "cosine", b, padding=2)
+    assert len(fused) == 1
+    torch.testing.assert_close(output, naive_generalized_conv(x, w, "cosine", b, padding=2))
+    # the fields of zeros only: every output is its bias
+    torch.testing.assert_close(output[0, :, 0, 0], b)
+
+
 @pytest.mark.parametrize(("variant_id", "name", "options"), VARIANTS, ids=VARIANT_IDS)
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", CASES + DENSE_CASES, ids=IDS + DENSE_IDS)
 def test_fused_float32_equals_the_composed_route(case, variant_id, name, options, fused, monkeypatch):
     x, w, b = _tensors(case, torch.float32, seed=1)
     built = _options(options, w.shape[0], torch.float32)
 
     def forward():
-        return anyconv.generalized_conv(x, w, name, b, **case["with"], **built)
+        # no graph: a dense layer takes this path only then
+        with torch.no_grad():
+            return anyconv.generalized_conv(x, w, name, b, **case["with"], **built)
 
     output = forward()
     assert len(fused) == 1
@@ -263,21 +317,24 @@ def test_zero_fields_give_what_the_formula_and_the_composed_route_give(
     torch.testing.assert_close(output[1], b.view(-1, 1, 1).expand_as(output[1]))
 
 
+@pytest.mark.parametrize(
+    "case", [CASES[7], DENSE_CASES[0], DENSE_CASES[2]], ids=["grouped", "dense", "vectors"]
+)
 @pytest.mark.parametrize("name", ["cosine", "sharpened_cosine"])
 @pytest.mark.parametrize("poisoned", ["input", "weight", "both"])
-def test_nan_and_inf_propagate_as_in_the_composed_route(name, poisoned, fused, monkeypatch):
-    case = CASES[7]
+def test_nan_and_inf_propagate_as_in_the_composed_route(case, name, poisoned, fused, monkeypatch):
     x, w, b = _tensors(case)
     if poisoned in ("input", "both"):
         x[0, 1, 3, 4] = float("nan")
-        x[0, 6, 0, 0] = float("inf")
+        x[0, -1, 0, 0] = float("inf")
         x[0, 2, 6, 5] = float("-inf")
     if poisoned in ("weight", "both"):
-        w[1, 2, 1, 1] = float("nan")
-        w[5, 0, 0, 2] = float("inf")
+        w[1, -1, 1, 1] = float("nan")
+        w[-1, 0, 0, 2] = float("inf")
 
     def forward():
-        return anyconv.generalized_conv(x, w, name, b, **case["with"])
+        with torch.no_grad():
+            return anyconv.generalized_conv(x, w, name, b, **case["with"])
 
     output = forward()
     assert len(fused) == 1

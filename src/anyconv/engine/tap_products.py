@@ -7,7 +7,8 @@ which does not cancel on data far from zero), the field norms |p| (a box sum of 
 the filter norms |w|. The sums are the C++ tap loops' on CPU and the Triton kernels' where those are
 chosen (:func:`tap_primitive`); both are custom operators differentiable twice, and autograd
 differentiates the composition. On the C++ loops the cosines take one pass instead
-(:func:`tap_quotient_conv`: p . w, |p|^2 and the division at once) where no graph is recorded, and
+(:func:`tap_quotient_conv`: p . w, |p|^2 and the division at once; on a dense layer in float or
+double the filter blocks' p . w, then |p| once per field, then the division) where no graph is recorded, and
 so does the cosine where one is, with a backward that recomputes from the input and the weight
 (``engine/tap_cosine.py``) unless torch's machinery watches the call.
 """
@@ -119,16 +120,18 @@ def tap_products_conv(
     options = {name: _per_filter(value, groups, ndim) for name, value in variant.options.items()}
     recording = records_graph(input, weight, bias, *options.values())
     summing = tap_primitive(input, weight, groups)
-    # else the loops take a dense layer's dot in filter blocks only (many taps): the composition,
-    # as the one pass of the quotient and the cosine's backward take each filter alone (on a
-    # first layer's few taps, which the loops sum, the one pass stays the faster)
+    # else the loops take a dense layer's dot in filter blocks only (many taps), with gradients off
     primitive = summing or tap_loops_conv
     loops = FUSED_QUOTIENT and summing is tap_loops_conv
+    # there, in float and double, the loops' quotient takes the dot from the filter blocks and
+    # divides it by |p| found once per field (quotient_of_sums in tap_loops.cpp); bfloat16 and
+    # float16 would round the dot before the division, and compose
+    blocked = FUSED_QUOTIENT and summing is None and input.dtype in (torch.float32, torch.float64)
     if loops and recording and isinstance(variant, Cosine) and not machinery_watches(input, weight, bias):
         # a backward that keeps the input and the weight only, where the composition below keeps
         # its products, squares, norms and denominator for autograd
         return loops_cosine(input, weight, bias, variant.eps, geometry, groups, memory_budget)
-    if loops and not recording and isinstance(variant, (Cosine, SharpenedCosine)):
+    if (loops or blocked) and not recording and isinstance(variant, (Cosine, SharpenedCosine)):
         return _fused_cosine(input, weight, bias, variant, geometry, groups, memory_budget)
     if isinstance(variant, Cosine):
         output = composed_cosine(

@@ -57,6 +57,15 @@ struct Dot {
   }
 };
 
+// each field's sum of squares: the weight is not read (the quotient's |p|^2, see quotient_of_sums)
+template <typename T>
+struct Squares {
+  static constexpr bool kWinner = false;
+  static T start() { return T(0); }
+  template <typename A, typename W>
+  static A step(A acc, A x, W) { return acc + x * x; }
+};
+
 // |values|: the sign bit cleared, one instruction per vector where a compare and a blend took
 // three (GCC does not see `d < 0 ? -d : d` on vector extensions as an absolute value)
 template <typename A>
@@ -1440,6 +1449,36 @@ void quotient_rows(const S* x, const S* w, S* const* outs, const int64_t* origin
   }
 }
 
+// The quotient of a layer whose dot the filter blocks or the filter vectors take (an input laid out
+// already, several filters per group): every filter's dot by them, then each field's |p|^2 once per
+// group (a single filter of ones), then the division in place. The one pass (quotient_block) sums
+// |p|^2 again for every filter and takes the filters one at a time. Float and double only: a
+// narrower type would round the dot before the division.
+template <typename S>
+void quotient_of_sums(const S* x, const S* w, const S* scale, const S* offset, S* y, const S* bias,
+                      const Geometry& g, int threads) {
+  forward<S, Dot<S>>(x, w, nullptr, y, g, nullptr, threads);
+  Geometry per_group = g;
+  per_group.out_channels = g.groups;
+  const std::vector<S> ones(g.groups * g.taps, S(1));
+  const int64_t plane = g.rows * g.width, per_group_out = g.out_channels / g.groups;
+  std::vector<S> squares(g.batch * g.groups * plane);
+  forward<S, Squares<S>>(x, ones.data(), nullptr, squares.data(), per_group, nullptr, threads);
+  // |p| once per field, where the division below meets each field once per filter
+  S* norms = squares.data();
+#pragma omp parallel for simd num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < g.batch * g.groups * plane; ++i) norms[i] = std::sqrt(norms[i]);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t index = 0; index < g.batch * g.out_channels; ++index) {
+    const int64_t b = index / g.out_channels, o = index % g.out_channels;
+    S* out = y + index * plane;
+    const S* field_norms = norms + (b * g.groups + o / per_group_out) * plane;
+    const S factor = scale[o], added = offset[o], shift = bias == nullptr ? S(0) : bias[o];
+#pragma omp simd
+    for (int64_t i = 0; i < plane; ++i) out[i] = out[i] / (field_norms[i] * factor + added) + shift;
+  }
+}
+
 // every output plane (sample, filter o) of the quotient, scale[o] and offset[o] in the compute type
 template <typename S>
 void quotient(const S* x, const S* w, const Compute<S>* scale, const Compute<S>* offset, S* y, const S* bias,
@@ -1447,6 +1486,10 @@ void quotient(const S* x, const S* w, const Compute<S>* scale, const Compute<S>*
   if (takes_channel_vectors<S>(g, layout))
     return forward_channel_vectors<S, QuotientOutputs<Compute<S>>>(x, w, scale, offset, y, bias, g, *layout,
                                                                    threads);
+  if constexpr (std::is_same_v<S, Compute<S>>) {
+    if (layout == nullptr && g.out_channels / g.groups >= kFiltersTogether)
+      return quotient_of_sums<S>(x, w, scale, offset, y, bias, g, threads);
+  }
   each_output_plane(x, w, y, g, layout, threads, [&](const S* source, const S* filter, S* plane, int64_t o) {
     const S* channel_bias = bias == nullptr ? nullptr : bias + o;
     S* outs[kQuotientRowsTogether];
