@@ -144,8 +144,14 @@ def filter_blocks_fit(
 def _pointwise_channels_last(input: torch.Tensor, weight: torch.Tensor) -> bool:
     """A 1x1 kernel on a channels-last input: the fields path reads its fields in place, where the
     loops would copy the input channels first and the output back."""
-    return all(size == 1 for size in weight.shape[2:]) and input.dim() in (4, 5) and (
-        input.is_contiguous(memory_format=torch.channels_last if input.dim() == 4 else torch.channels_last_3d)
+    return (
+        all(size == 1 for size in weight.shape[2:])
+        and input.dim() in (4, 5)
+        and (
+            input.is_contiguous(
+                memory_format=torch.channels_last if input.dim() == 4 else torch.channels_last_3d
+            )
+        )
     )
 
 

@@ -22,8 +22,6 @@ class Dot(ProductVariant):
     def contract(self, fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
         return torch.matmul(fields, filters.transpose(-1, -2))
 
-    def product_backward(
-        self, grad: torch.Tensor, filters: torch.Tensor
-    ) -> tuple[torch.Tensor, None, None]:
+    def product_backward(self, grad: torch.Tensor, filters: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         """A linear map: the gradient itself scales each pair, and there are no norm terms."""
         return grad, None, None

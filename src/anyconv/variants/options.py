@@ -33,16 +33,22 @@ def check_positive(option: str, value: Any, variant: str) -> None:
     """
     for entry in _entries(option, value, variant):
         if not (entry > 0 and entry < float("inf")):
-            raise invalid(option, value if not isinstance(value, torch.Tensor) else entry,
-                          f"a finite number > 0 for {variant!r}")
+            raise invalid(
+                option,
+                value if not isinstance(value, torch.Tensor) else entry,
+                f"a finite number > 0 for {variant!r}",
+            )
 
 
 def check_finite(option: str, value: Any, variant: str) -> None:
     """``value`` (every entry of a tensor) must be a finite number."""
     for entry in _entries(option, value, variant):
         if not abs(entry) < float("inf"):
-            raise invalid(option, value if not isinstance(value, torch.Tensor) else entry,
-                          f"a finite number for {variant!r}")
+            raise invalid(
+                option,
+                value if not isinstance(value, torch.Tensor) else entry,
+                f"a finite number for {variant!r}",
+            )
 
 
 def check_positive_integer(option: str, value: Any, variant: str) -> None:
