@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.autograd import gradcheck, gradgradcheck
 import variant_reference
+from torch.autograd import gradcheck, gradgradcheck
 from variant_reference import naive_generalized_conv
 
 import anyconv

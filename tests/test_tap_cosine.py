@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import variant_reference
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.autograd import gradcheck, gradgradcheck
@@ -214,3 +215,44 @@ def test_a_second_backward_of_the_same_graph_gives_the_same_gradients(case):
     changed.detach().zero_()
     for value, reference in zip(torch.autograd.grad(changed, inputs, grad), first):
         torch.testing.assert_close(value, reference, rtol=0, atol=0)
+
+
+def _exact_cosine(p, w):
+    return (p * w).sum(-1) / (p.norm(dim=-1) * w.norm(dim=-1))
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "arguments"), CASES)
+def test_gradients_of_unit_filters_equal_the_naive_formula(x_shape, w_shape, arguments, monkeypatch):
+    # where eps is negligible against every |p| |w| the backward takes 1 / D as 1 / |p| times
+    # 1 / |w| (_unit_gradients); eps 0 takes it in float64, where the formula checks it tightly.
+    # A field of padding alone (|p| = 0) keeps the general backward.
+    from anyconv.engine import tap_cosine, tap_norms
+    from anyconv.variants import Cosine
+
+    monkeypatch.setattr(tap_norms, "_CHECKED_DIVISION", 0)
+    monkeypatch.setattr(Cosine, "eps", 0.0)
+    monkeypatch.setitem(variant_reference.FORMULAS, "exact_cosine", (_exact_cosine, {}))
+    taken = []
+    original = tap_cosine._unit_gradients
+
+    def recorded(*args):
+        taken.append(True)
+        return original(*args)
+
+    monkeypatch.setattr(tap_cosine, "_unit_gradients", recorded)
+    x, w, b = _tensors(x_shape, w_shape)
+    output, got = _gradients(x, w, b, arguments)
+    inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
+    expected = naive_generalized_conv(inputs[0], inputs[1], "exact_cosine", inputs[2], **arguments)
+    zero_fields = (expected - inputs[2].view(-1, *(1,) * (x.dim() - 2))).isnan().any()
+    assert taken == ([] if zero_fields else [True])
+    if zero_fields:
+        return
+    grad = torch.randn(output.shape, generator=torch.Generator().manual_seed(1), dtype=output.dtype)
+    torch.testing.assert_close(output, expected, rtol=1e-12, atol=1e-12)
+    for value, reference in zip(got, torch.autograd.grad(expected, inputs, grad)):
+        torch.testing.assert_close(value, reference, rtol=1e-10, atol=1e-12)
+    assert gradcheck(
+        lambda x, w: anyconv.generalized_conv(x, w, "cosine", **arguments),
+        [x.clone().requires_grad_(), w.clone().requires_grad_()],
+    )
