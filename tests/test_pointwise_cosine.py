@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import variant_reference
 from torch.autograd import gradcheck, gradgradcheck
-from variant_reference import naive_generalized_conv
+from variant_reference import eps_zero_cosine, naive_generalized_conv
 
 import anyconv
 from anyconv.engine import pointwise, pointwise_cosine
-from anyconv.variants import Cosine
 
 #: x shape, weight shape, arguments, channels-last input
 CASES = [
@@ -197,28 +195,11 @@ def test_inference_product_of_unit_vectors_equals_the_naive_formula(case, dtype,
             assert taken == [special is None]
 
 
-def _exact_cosine(p, w):
-    return (p * w).sum(-1) / (p.norm(dim=-1) * w.norm(dim=-1))
-
-
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_gradients_of_unit_vectors_equal_the_naive_formula(case, monkeypatch):
     # where eps is negligible against every |p| |w|, the backward takes 1 / D as 1 / |p| times
     # 1 / |w| (_unit_gradients); eps 0 takes it in float64, where the formula checks it tightly
-    from anyconv.engine import tap_norms
-
-    monkeypatch.setattr(tap_norms, "_CHECKED_DIVISION", 0)
-    taken = []
-    original = pointwise_cosine._unit_gradients
-
-    def recorded(*args):
-        taken.append(True)
-        return original(*args)
-
-    monkeypatch.setattr(pointwise_cosine, "_unit_gradients", recorded)
-    monkeypatch.setitem(variant_reference.FORMULAS, "exact_cosine", (_exact_cosine, {}))
-    # eps 0: negligible against every nonzero |p| |w|, also in float64
-    monkeypatch.setattr(Cosine, "eps", 0.0)
+    taken = eps_zero_cosine(monkeypatch, pointwise_cosine)
     x, w, b = _tensors(case)
     inputs = [tensor.clone(memory_format=torch.preserve_format).requires_grad_() for tensor in (x, w, b)]
     output = anyconv.generalized_conv(inputs[0], inputs[1], "cosine", inputs[2], **case[2])

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import variant_reference
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.autograd import gradcheck, gradgradcheck
-from variant_reference import naive_generalized_conv
+from variant_reference import eps_zero_cosine, naive_generalized_conv
 
 import anyconv
 from anyconv.engine import tap_products
@@ -217,29 +216,14 @@ def test_a_second_backward_of_the_same_graph_gives_the_same_gradients(case):
         torch.testing.assert_close(value, reference, rtol=0, atol=0)
 
 
-def _exact_cosine(p, w):
-    return (p * w).sum(-1) / (p.norm(dim=-1) * w.norm(dim=-1))
-
-
 @pytest.mark.parametrize(("x_shape", "w_shape", "arguments"), CASES)
 def test_gradients_of_unit_filters_equal_the_naive_formula(x_shape, w_shape, arguments, monkeypatch):
     # where eps is negligible against every |p| |w| the backward takes 1 / D as 1 / |p| times
     # 1 / |w| (_unit_gradients); eps 0 takes it in float64, where the formula checks it tightly.
     # A field of padding alone (|p| = 0) keeps the general backward.
-    from anyconv.engine import tap_cosine, tap_norms
-    from anyconv.variants import Cosine
+    from anyconv.engine import tap_cosine
 
-    monkeypatch.setattr(tap_norms, "_CHECKED_DIVISION", 0)
-    monkeypatch.setattr(Cosine, "eps", 0.0)
-    monkeypatch.setitem(variant_reference.FORMULAS, "exact_cosine", (_exact_cosine, {}))
-    taken = []
-    original = tap_cosine._unit_gradients
-
-    def recorded(*args):
-        taken.append(True)
-        return original(*args)
-
-    monkeypatch.setattr(tap_cosine, "_unit_gradients", recorded)
+    taken = eps_zero_cosine(monkeypatch, tap_cosine)
     x, w, b = _tensors(x_shape, w_shape)
     output, got = _gradients(x, w, b, arguments)
     inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]

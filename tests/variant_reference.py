@@ -29,10 +29,33 @@ FORMULAS = {
     "rbf": (lambda p, w, gamma: torch.exp(-gamma * (p - w).pow(2).sum(-1)), {"gamma": None}),
     "polynomial": (lambda p, w, degree=3, c=1.0: ((p * w).sum(-1) + c).pow(degree), {"degree": 3, "c": 1.0}),
     "cosine": (lambda p, w: (p * w).sum(-1) / (_norm(p) * _norm(w) + 1e-8), {}),
+    # the cosine with eps 0: what the backwards' unit-vector forms compute (see eps_zero_cosine)
+    "exact_cosine": (lambda p, w: (p * w).sum(-1) / (_norm(p) * _norm(w)), {}),
     "sharpened_cosine": (_sharpened, {"exponent": 2.0, "q": 1e-3}),
     "max_plus": (lambda p, w: (p + w).amax(-1), {}),
     "min_plus": (lambda p, w: (p - w).amin(-1), {}),
 }
+
+
+def eps_zero_cosine(monkeypatch, module) -> list[bool]:
+    """Give the cosine eps 0 and check every division, so that wherever no norm is zero the
+    cosine's backward in ``module`` (``engine.pointwise_cosine`` or ``engine.tap_cosine``) takes its
+    ``_unit_gradients`` (eps negligible, also in float64); returns the list each of its calls
+    appends to. The formula to compare with is ``"exact_cosine"``."""
+    from anyconv.engine import tap_norms
+    from anyconv.variants import Cosine
+
+    monkeypatch.setattr(tap_norms, "_CHECKED_DIVISION", 0)
+    monkeypatch.setattr(Cosine, "eps", 0.0)
+    taken: list[bool] = []
+    original = module._unit_gradients
+
+    def recorded(*args):
+        taken.append(True)
+        return original(*args)
+
+    monkeypatch.setattr(module, "_unit_gradients", recorded)
+    return taken
 
 
 def naive_generalized_conv(
