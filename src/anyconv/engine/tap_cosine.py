@@ -27,15 +27,7 @@ from ..variants import Dot
 from .blocks import bias_grad
 from .graph_gradients import gradients_as_graph
 from .tap_loops import loops_arguments, loops_gradients, tap_loops_conv, tap_quotient_conv
-from .tap_norms import (
-    Primitive,
-    box_sum_adjoint,
-    direction,
-    divide_by_norms,
-    eps_negligible,
-    field_squares,
-    safe_sqrt,
-)
+from .tap_norms import Primitive, box_sum_adjoint, direction, divide_by_norms, field_squares, safe_sqrt
 
 _DOT = Dot()
 
@@ -179,10 +171,6 @@ def _gradients(
     # (groups, filters per group, 1, ...): broadcast against (batch, groups, filters, *output)
     filter_column = filter_norms.view(groups, -1, *(1,) * ndim)
     field_norms = field_squares(tap_loops_conv, input, geometry, groups, memory_budget).to(compute).sqrt_()
-    if compute == input.dtype and eps_negligible(field_norms, filter_norms, eps, grad.numel()):
-        return _unit_gradients(
-            grad, input, weight, kept, field_norms, filter_norms, geometry, groups, memory_budget, needs
-        )
     norms = field_norms.unsqueeze(2)
     # D = |p| |w| + eps, then a = grad / D in its place: one pass each
     scaled = torch.addcmul(norms.new_tensor(eps), norms, filter_column)
@@ -216,56 +204,6 @@ def _gradients(
             weight.flatten(1).to(compute), filter_norms[:, None]
         )
         grad_weight -= radial_weight.view(weight.shape).to(weight.dtype)
-    return grad_input, grad_weight
-
-
-def _unit_gradients(
-    grad: torch.Tensor,
-    input: torch.Tensor,
-    weight: torch.Tensor,
-    kept: torch.Tensor | None,
-    field_norms: torch.Tensor,
-    filter_norms: torch.Tensor,
-    geometry: Geometry,
-    groups: int,
-    memory_budget: int,
-    needs: tuple[bool, ...],
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """:func:`_gradients` where eps is negligible against every |p| |w| (``eps_negligible``: no
-    norm is zero or NaN), in float or double: 1 / D is then 1 / |p| times 1 / |w|, so that
-
-    - a = grad / D is (grad / |p|) for the unit filters w / |w|: the loops' dot gradients of
-      grad / |p| with the unit filters give the input's tangential part, and times 1 / |w| the
-      weight's;
-    - with gy = grad y: the field squares take -(sum over the group's filters of gy) / (2 |p|^2),
-      and the filter norms the sum of gy over samples and positions, over |w|.
-
-    Fewer output-sized passes than D, a and r take, and no mask (no norm is zero).
-    """
-    ndim = geometry.ndim
-    field_scales = field_norms.reciprocal_()
-    filter_scales = filter_norms.reciprocal()
-    grouped = grad.unflatten(1, (groups, -1))
-    scaled_grad = (grouped * field_scales.unsqueeze(2)).flatten(1, 2)
-    units = weight * filter_scales.view(-1, *(1,) * (weight.dim() - 1))
-    arguments = loops_arguments(_DOT, geometry, groups, memory_budget)
-    grad_input, grad_weight = loops_gradients(arguments, input, units, scaled_grad, needs[:2])
-    del scaled_grad
-    quotient = _quotient(input, weight, 0.0, geometry, groups, memory_budget) if kept is None else kept
-    # gy, in the recomputed quotient's place (a kept one serves a second backward unchanged)
-    weighted = quotient.mul_(grad) if kept is None else quotient * grad
-    del quotient
-    if grad_input is not None:
-        per_group = weighted.unflatten(1, (groups, -1)).sum(2)
-        to_field_squares = per_group.mul_(field_scales.square_()).mul_(-0.5)
-        adjoint = box_sum_adjoint(tap_loops_conv, to_field_squares, geometry, groups, memory_budget)
-        grad_input.unflatten(1, (groups, -1)).addcmul_(
-            input.unflatten(1, (groups, -1)), adjoint.unsqueeze(2), value=2
-        )
-    if grad_weight is not None:
-        grad_weight.mul_(filter_scales.view(-1, *(1,) * (weight.dim() - 1)))
-        to_filter_norms = weighted.sum((0, *range(2, 2 + ndim))) * filter_scales
-        grad_weight -= (to_filter_norms * filter_scales).view(-1, *(1,) * (weight.dim() - 1)) * weight
     return grad_input, grad_weight
 
 
