@@ -47,7 +47,7 @@ from .ops import (
     variant_arguments,
 )
 from .ops_key import plan_of
-from .ops_memory_format import channels_last_format
+from .ops_memory_format import CHANNELS_LAST, channels_last_format
 
 #: at most this many input channels per group take the tap loops: each output then costs that
 #: many taps per kernel position, and the matrix product of the fields path has too few columns
@@ -144,14 +144,11 @@ def filter_blocks_fit(
 def _pointwise_channels_last(input: torch.Tensor, weight: torch.Tensor) -> bool:
     """A 1x1 kernel on a channels-last input: the fields path reads its fields in place, where the
     loops would copy the input channels first and the output back."""
+    layout = CHANNELS_LAST.get(input.dim())
     return (
         all(size == 1 for size in weight.shape[2:])
-        and input.dim() in (4, 5)
-        and (
-            input.is_contiguous(
-                memory_format=torch.channels_last if input.dim() == 4 else torch.channels_last_3d
-            )
-        )
+        and layout is not None
+        and input.is_contiguous(memory_format=layout)
     )
 
 

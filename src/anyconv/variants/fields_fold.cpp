@@ -91,7 +91,7 @@ void fold(const S* fields, S* slab, const FoldGeometry& g, int threads) {
   const int64_t channels = g.groups * g.per_group, per_group = g.per_group;
   // the threads split lines of the slab (a sample and every coordinate but the last): the last
   // coordinate runs along the line, so that only a line's start is divided out of its index
-  const int64_t line = g.slab[ndim - 1], lines = g.samples * (slab_positions / line);
+  const int64_t line = g.slab[ndim - 1], sample_lines = slab_positions / line, lines = g.samples * sample_lines;
 #pragma omp parallel num_threads(threads)
   {
     std::vector<T> sums(per_group);
@@ -99,8 +99,8 @@ void fold(const S* fields, S* slab, const FoldGeometry& g, int threads) {
     std::vector<int64_t> at(ndim), count(ndim), index(ndim);
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < lines; ++item) {
-      const int64_t sample = item / (slab_positions / line);
-      int64_t rest = item % (slab_positions / line);
+      const int64_t sample = item / sample_lines;
+      int64_t rest = item % sample_lines;
       bool line_reached = true;
       for (int64_t d = ndim - 2; d >= 0; --d) {
         const int64_t coordinate = reaches.start[d] + rest % g.slab[d];
