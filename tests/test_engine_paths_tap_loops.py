@@ -316,6 +316,31 @@ def test_nan_and_inf_propagate_as_the_formula(name):
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "options"), [case for case in VARIANTS if case[0] in ("dot", "l1", "l2") and not case[1]]
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_an_infinite_weight_gives_the_formulas_gradients_on_rows_past_a_vector(name, options, dtype):
+    """Rows of 21 outputs: a whole vector and a partial one per row, whose unused lanes must not
+    carry 0 x inf = NaN into the weight's gradient."""
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 5, 21, generator=generator, dtype=torch.float64)
+    w = torch.randn(3, 1, 3, 3, generator=generator, dtype=torch.float64)
+    w[1, 0, 1, 2] = float("inf")
+    # positive: the infinite tap's weight gradient is then infinite (not NaN) in the formula
+    grad = torch.rand(2, 3, 5, 21, generator=generator, dtype=torch.float64) + 0.5
+    arguments = {"padding": 1, "groups": 3, **options}
+    inputs = [tensor.to(dtype).requires_grad_() for tensor in (x, w)]
+    got = torch.autograd.grad(anyconv.generalized_conv(*inputs, name, **arguments), inputs, grad.to(dtype))
+    naive_inputs = [tensor.clone().requires_grad_() for tensor in (x, w)]
+    expected = torch.autograd.grad(
+        naive_generalized_conv(*naive_inputs, name, **arguments), naive_inputs, grad
+    )
+    for value, reference in zip(got, expected):
+        assert value.isfinite().any()
+        torch.testing.assert_close(value, reference.to(dtype), equal_nan=True, atol=1e-4, rtol=1e-4)
+
+
 def test_other_variants_and_dense_convolutions_take_other_paths():
     x = torch.randn(1, 4, 5, 5)
     assert not tap_loops_fit(resolve_variant("cosine"), x, torch.randn(4, 1, 3, 3), 4)

@@ -4,8 +4,8 @@ receptive fields copied.
 
 Compiled loops (``variants/tap_loops.cpp``) run over the kernel taps of each output row, reading
 the zero-padded input in place, forward and backward, for ``dot``, ``l1``, ``l2``, ``max_plus``
-and ``min_plus``. The forward of a grouped layer pads the input itself, a (sample, group) at a
-time in a buffer that stays in cache. A (fields x filters) product would multiply matrices only
+and ``min_plus``. A grouped layer's loops pad the input themselves, forward and backward, a
+(sample, group) at a time in a buffer that stays in cache, and crop its gradient the same way. A (fields x filters) product would multiply matrices only
 a few columns wide. The forward of a dense layer takes its filters in blocks, so that every
 input value loaded feeds every filter of a block: with 32 filters or more (16 in float64), two
 vectors of filters at 14 positions of a row, each input value broadcast; with fewer,
@@ -81,9 +81,9 @@ _SOURCE = "tap_loops.cpp"
 _POINTER, _SIZE, _FLAG = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _GEOMETRY_ARGUMENTS = (_SIZE,) * 6 + (_POINTER, _POINTER, _SIZE, _POINTER, _SIZE, _SIZE, _FLAG)
 _LAYOUT_ARGUMENTS = (_SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _FLAG)
-#: entry point -> (whether it takes the operation code first, how many tensors it takes, whether
-#: it takes an unpadded input and the layout to give it)
-_ENTRY_POINTS = {"tap_forward": (1, 4, True), "tap_backward": (1, 6, False), "tap_quotient": (0, 6, True)}
+#: entry point -> (whether it takes the operation code first, how many tensors it takes); each
+#: takes the layout of an unpadded input last
+_ENTRY_POINTS = {"tap_forward": (1, 4), "tap_backward": (1, 6), "tap_quotient": (0, 6)}
 
 
 def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
@@ -195,9 +195,9 @@ def tap_loops_conv(
     """The generalized convolution of a batched ``input`` by the tap loops (see :func:`tap_loops_fit`),
     through the custom operator ``anyconv::tap_loops``.
 
-    The backward, and the forward of a dense layer, pad samples a few at a time, their padded copy
-    (and its gradient) under ``memory_budget`` bytes when one sample fits; the forward of a grouped
-    layer pads one (sample, group) at a time in the loops.
+    A dense layer's forward and backward pad samples a few at a time, their padded copy (and its
+    gradient) under ``memory_budget`` bytes when one sample fits; a grouped layer's loops pad one
+    (sample, group) at a time themselves.
 
     >>> import torch, torch.nn.functional as F
     >>> from anyconv.geometry import make_geometry
@@ -344,6 +344,16 @@ def _loops_backward(
     record_native_call()
     weight, grad_output = weight.contiguous(), grad_output.contiguous()
     grad_input = torch.empty_like(input)
+    if _lays_out_itself(input, plan):
+        # the loops lay out each (sample, group) and crop its gradient themselves
+        grad_per_sample = weight.new_zeros((input.shape[0], *weight.shape))
+        _call(
+            "tap_backward", plan, input, weight, None, grad_output, grad_input, grad_per_sample, unpadded=True
+        )
+        return [
+            gradient if needed else input.new_empty(0)
+            for gradient, needed in zip((grad_input, grad_per_sample.sum(0)), needs)
+        ]
     grad_weight = torch.zeros_like(weight)
     for samples in _sample_chunks(input.shape[0], plan.samples_per_chunk):
         padded = _padded(input[samples], plan.geometry)
@@ -696,9 +706,13 @@ def _phase_layout_function() -> Any:
 @cache
 def _function(name: str, dtype: torch.dtype) -> Any:
     function = getattr(load_library(_SOURCE), f"{name}_{NATIVE_DTYPES[dtype]}")
-    operation, pointers, takes_layout = _ENTRY_POINTS[name]
-    layout = _LAYOUT_ARGUMENTS if takes_layout else ()
-    function.argtypes = (*(_FLAG,) * operation, *(_POINTER,) * pointers, *_GEOMETRY_ARGUMENTS, *layout)
+    operation, pointers = _ENTRY_POINTS[name]
+    function.argtypes = (
+        *(_FLAG,) * operation,
+        *(_POINTER,) * pointers,
+        *_GEOMETRY_ARGUMENTS,
+        *_LAYOUT_ARGUMENTS,
+    )
     function.restype = None
     return function
 
@@ -713,17 +727,15 @@ def _call(
     channels_last: bool = False,
 ) -> None:
     """Run the loops' entry point ``name`` on ``padded`` as :func:`_padded` lays it out or, with
-    ``unpadded`` (forward and quotient only), on the input itself, which they then lay out
+    ``unpadded``, on the input itself, which they then lay out
     (``channels_last``: the input and the output are channels-last, a depthwise layer read in
     place; see :func:`_output`)."""
     geometry = plan.geometry
     taps, columns, rows, plane = _layout(geometry, weight.shape[1])
-    # an entry point that takes a layout reads ndim 0 as "the input is laid out already"
-    layout: tuple[Any, ...] = ()
+    # the entry points read ndim 0 as "the input is laid out already"
+    layout: tuple[Any, ...] = (0, None, None, None, 1, 0)
     if unpadded:
         layout = (*_layout_arguments(geometry), int(channels_last))
-    elif _ENTRY_POINTS[name][2]:
-        layout = (0, None, None, None, 1, 0)
     pointers = [tensor.data_ptr() if tensor is not None else None for tensor in (padded, weight, *tensors)]
     _function(name, padded.dtype)(
         *(plan.operation,) * _ENTRY_POINTS[name][0],

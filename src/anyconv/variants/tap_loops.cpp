@@ -512,6 +512,29 @@ void lay_out_interior(const E* x, E* out, int64_t p, const Layout& layout) {
   });
 }
 
+// The adjoint of lay_out_interior: plane P of x from the interior of OUT's layout (a gradient in
+// the compute type T, rounded to S), the padding dropped
+template <typename S, typename T>
+void crop_interior(const T* out, S* x, int64_t p, const Layout& layout) {
+  const int64_t ndim = layout.ndim, phases = layout.phases, width = layout.size[ndim - 1];
+  const int64_t length = layout.padded[ndim - 1] / phases, left = layout.before[ndim - 1];
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < ndim; ++d) rows *= layout.padded[d];
+  each_input_row(x, p, layout, [&](const S* row, int64_t target_row) {
+    S* target = const_cast<S*>(row);
+    const T* from = out + target_row * length;
+    if (phases == 1) {
+      for (int64_t j = 0; j < width; ++j) target[j] = narrow<S>(from[left + j]);
+      return;
+    }
+    for (int64_t phase = 0; phase < phases; ++phase, from += rows * length) {
+      const auto [first, last] = phase_span(width, left, length, phase, phases);
+      S* to = target + phase - left;
+      for (int64_t j = first; j < last; ++j) to[j * phases] = narrow<S>(from[j]);
+    }
+  });
+}
+
 // the elements of S as unsigned integers of their size, for the layout's copies
 template <typename S>
 using Bits = typename std::conditional<
@@ -1200,6 +1223,28 @@ void forward_filter_vectors(const S* x, const S* w, const S* bias, S* y, const G
   }
 }
 
+// One output plane of filter FILTER over one (sample, group) SOURCE of the padded layout, plus
+// CHANNEL_BIAS where not null
+template <typename S, typename Op>
+void forward_plane(const S* source, const S* filter, S* plane, const Geometry& g, const S* channel_bias) {
+  const bool narrow_rows = g.width < Lanes<Compute<S>>::kCount;
+  S* outs[kNarrowRowsTogether];
+  int64_t r = 0;
+  // rows of one partial vector each: twice as many together, as many reductions as two wide rows
+  for (; narrow_rows && r + kNarrowRowsTogether <= g.rows; r += kNarrowRowsTogether) {
+    for (int i = 0; i < kNarrowRowsTogether; ++i) outs[i] = plane + (r + i) * g.width;
+    forward_rows<S, S, Op, kNarrowRowsTogether>(source, filter, outs, g.row_offsets + r, g, channel_bias);
+  }
+  for (; r + kRowsTogether <= g.rows; r += kRowsTogether) {
+    for (int i = 0; i < kRowsTogether; ++i) outs[i] = plane + (r + i) * g.width;
+    forward_rows<S, S, Op, kRowsTogether>(source, filter, outs, g.row_offsets + r, g, channel_bias);
+  }
+  for (; r < g.rows; ++r) {
+    outs[0] = plane + r * g.width;
+    forward_rows<S, S, Op, 1>(source, filter, outs, g.row_offsets + r, g, channel_bias);
+  }
+}
+
 template <typename S, typename Op>
 void forward(const S* x, const S* w, const S* bias, S* y, const Geometry& g, const Layout* layout, int threads) {
   if (layout == nullptr && g.out_channels / g.groups >= kFilterVectors * Lanes<Compute<S>>::kCount &&
@@ -1210,25 +1255,19 @@ void forward(const S* x, const S* w, const S* bias, S* y, const Geometry& g, con
   if (takes_channel_vectors<S>(g, layout))
     return forward_channel_vectors<S, ReducedOutputs<Compute<S>, Op>>(x, w, nullptr, nullptr, y, bias, g, *layout,
                                                                       threads);
-  const bool narrow_rows = g.width < Lanes<Compute<S>>::kCount;
   each_output_plane(x, w, y, g, layout, threads, [&](const S* source, const S* filter, S* plane, int64_t o) {
-    const S* channel_bias = bias == nullptr ? nullptr : bias + o;
-    S* outs[kNarrowRowsTogether];
-    int64_t r = 0;
-    // rows of one partial vector each: twice as many together, as many reductions as two wide rows
-    for (; narrow_rows && r + kNarrowRowsTogether <= g.rows; r += kNarrowRowsTogether) {
-      for (int i = 0; i < kNarrowRowsTogether; ++i) outs[i] = plane + (r + i) * g.width;
-      forward_rows<S, S, Op, kNarrowRowsTogether>(source, filter, outs, g.row_offsets + r, g, channel_bias);
-    }
-    for (; r + kRowsTogether <= g.rows; r += kRowsTogether) {
-      for (int i = 0; i < kRowsTogether; ++i) outs[i] = plane + (r + i) * g.width;
-      forward_rows<S, S, Op, kRowsTogether>(source, filter, outs, g.row_offsets + r, g, channel_bias);
-    }
-    for (; r < g.rows; ++r) {
-      outs[0] = plane + r * g.width;
-      forward_rows<S, S, Op, 1>(source, filter, outs, g.row_offsets + r, g, channel_bias);
-    }
+    forward_plane<S, Op>(source, filter, plane, g, bias == nullptr ? nullptr : bias + o);
   });
+}
+
+// VALUES with the lanes from COUNT on set to zero
+template <typename Vector>
+__attribute__((always_inline)) inline Vector first_lanes(const Vector& values, int count) {
+  using T = typename std::decay<decltype(values[0])>::type;
+  constexpr int kLanes = sizeof(Vector) / sizeof(T);
+  Vector lanes;
+  for (int lane = 0; lane < kLanes; ++lane) lanes[lane] = T(lane);
+  return lanes < T(count) ? values : Vector{};
 }
 
 // One vector of outputs of the tropical backward at one tap: per output, the first tap whose term
@@ -1273,11 +1312,16 @@ __attribute__((always_inline)) inline typename Lanes<Compute<S>>::Vector take_wi
 template <typename S, typename Op>
 void backward_plane(const S* __restrict x, const S* __restrict w, const S* __restrict y,
                     const S* __restrict grad, Compute<S>* __restrict grad_x, Compute<S>* __restrict grad_w,
-                    const Geometry& g, std::vector<Compute<S>>& found, std::vector<Compute<S>>& best) {
+                    const Geometry& g, std::vector<Compute<S>>& found, std::vector<Compute<S>>& best,
+                    typename Lanes<Compute<S>>::Vector* __restrict tap_grads) {
   using T = Compute<S>;
   using Vector = typename Lanes<T>::Vector;
   constexpr int kLanes = Lanes<T>::kCount;
   const int64_t s = g.step;
+  // each tap's weight gradient stays a vector over the rows, its lanes summed once at the end: a
+  // sum across the lanes per row and tap, one dependent addition after another, took most of
+  // the time on rows a few vectors wide
+  std::fill(tap_grads, tap_grads + g.taps, Vector{});
   for (int64_t r = 0; r < g.rows; ++r) {
     const S* __restrict grad_row = grad + r * g.width;
     const T* __restrict out = nullptr;
@@ -1296,9 +1340,8 @@ void backward_plane(const S* __restrict x, const S* __restrict w, const S* __res
       const S* __restrict source = x + offset;
       T* __restrict target = grad_x + offset;
       const T weight = widen(w[g.weight_index[t]]);
-      T weight_grad = 0;
+      Vector& weight_grads = tap_grads[t];
       if constexpr (Op::kWinner) {
-        Vector weight_grads{};
         int64_t i = 0;
         for (; i + kLanes <= g.width; i += kLanes)
           weight_grads += take_winners<S, Op, false>(source + i * s, s, weight, out + i, found.data() + i,
@@ -1306,10 +1349,7 @@ void backward_plane(const S* __restrict x, const S* __restrict w, const S* __res
         if (i < g.width)
           weight_grads += take_winners<S, Op, true>(source + i * s, s, weight, out + i, found.data() + i,
                                                     grad_row + i, target + i * s, static_cast<int>(g.width - i));
-        for (int lane = 0; lane < kLanes; ++lane) weight_grad += weight_grads[lane];
-        weight_grad *= Op::kWeightSign;
       } else {
-        Vector weight_grads{};
         int64_t i = 0;
         for (; i + kLanes <= g.width; i += kLanes) {
           Vector dx, dw;
@@ -1322,44 +1362,77 @@ void backward_plane(const S* __restrict x, const S* __restrict w, const S* __res
           }
           weight_grads += dw;
         }
-        for (int lane = 0; lane < kLanes; ++lane) weight_grad += weight_grads[lane];
-        for (; i < g.width; ++i) {
-          T dx, dw;
-          Op::partials(widen(source[i * s]), weight, widen(grad_row[i]), dx, dw);
-          target[i * s] += dx;
-          weight_grad += dw;
+        if (i < g.width) {
+          // the row's last outputs in one partial vector: a scalar tail cost as much as the
+          // whole vectors on rows a few vectors wide (56, 28 or 14 outputs)
+          const int count = static_cast<int>(g.width - i);
+          Vector dx, dw;
+          Op::partials(load_partial(source + i * s, s, count), weight, load_partial(grad_row + i, 1, count), dx, dw);
+          if (s == 1) {
+            store_partial(target + i, load_partial(target + i, 1, count) + dx, count);
+          } else {
+            for (int lane = 0; lane < count; ++lane) target[(i + lane) * s] += dx[lane];
+          }
+          // the lanes past COUNT met a zero gradient, but 0 times an infinite weight is NaN
+          weight_grads += first_lanes(dw, count);
         }
       }
-      grad_w[g.weight_index[t]] += weight_grad;
     }
+  }
+  for (int64_t t = 0; t < g.taps; ++t) {
+    T weight_grad = 0;
+    for (int lane = 0; lane < kLanes; ++lane) weight_grad += tap_grads[t][lane];
+    if constexpr (Op::kWinner) weight_grad *= Op::kWeightSign;
+    grad_w[g.weight_index[t]] += weight_grad;
   }
 }
 
 // Threads split (sample, group) pairs: each writes only its group's input gradient, and each
 // sample its own weight-gradient slice (summed over samples by the caller). The narrower types
 // accumulate both in T buffers of the thread's own, rounded once into grad_x and grad_w (which
-// the caller zero filled, as the wider types add into them in place).
+// the caller zero filled, as the wider types add into them in place). Given a LAYOUT (not null),
+// x and grad_x are unpadded, as in the forward's each_output_plane: each thread lays out one
+// (sample, group) of x into a buffer of its own, accumulates its gradient in another and crops
+// that into grad_x, all in cache, where the padded copies of x and of its gradient went to memory
+// and back; a tropical forward recomputes the winners' outputs plane by plane (Y is not read).
 template <typename S, typename Op>
 void backward(const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* grad_w, const Geometry& g,
-              int threads) {
+              const Layout* layout, int threads) {
   using T = Compute<S>;
-  constexpr bool kInPlace = std::is_same<S, T>::value;
+  using E = Bits<S>;
+  constexpr bool kSameType = std::is_same<S, T>::value;
+  const bool in_place = kSameType && layout == nullptr;
   const int64_t per_group_in = g.channels / g.groups, per_group_out = g.out_channels / g.groups;
   const int64_t pairs = g.batch * g.groups, output_plane = g.rows * g.width;
   const int64_t group_elements = per_group_in * g.plane;
+  int64_t input_plane = g.plane;
+  if (layout != nullptr) {
+    input_plane = 1;
+    for (int64_t d = 0; d < layout->ndim; ++d) input_plane *= layout->size[d];
+  }
 #pragma omp parallel num_threads(threads)
   {
     std::vector<T> found(Op::kWinner ? g.width : 0);
-    std::vector<T> best(Op::kWinner && !kInPlace ? g.width : 0);
-    std::vector<T> input_grads(kInPlace ? 0 : group_elements);
-    std::vector<T> weight_grads(kInPlace ? 0 : g.taps);
+    std::vector<T> best(Op::kWinner && !kSameType ? g.width : 0);
+    std::vector<T> input_grads(in_place ? 0 : group_elements);
+    std::vector<T> weight_grads(kSameType ? 0 : g.taps);
+    std::vector<typename Lanes<T>::Vector> tap_grads(g.taps);
+    // zero filled once: the planes laid out into it write the same interior places only
+    std::vector<E> laid_out(layout != nullptr ? group_elements : 0);
+    std::vector<S> outputs(layout != nullptr && Op::kWinner && kSameType ? output_plane : 0);
 #pragma omp for schedule(static)
     for (int64_t index = 0; index < pairs; ++index) {
       const int64_t b = index / g.groups, group = index % g.groups;
-      const int64_t input_at = (b * g.channels + group * per_group_in) * g.plane;
+      const int64_t input_at = (b * g.channels + group * per_group_in) * input_plane;
+      const S* source = x + input_at;
+      if (layout != nullptr) {
+        const E* input = reinterpret_cast<const E*>(source);
+        for (int64_t c = 0; c < per_group_in; ++c) lay_out_interior(input, laid_out.data() + c * g.plane, c, *layout);
+        source = reinterpret_cast<const S*>(laid_out.data());
+      }
       T* group_grad = input_grads.data();
-      if constexpr (kInPlace) {
-        group_grad = grad_x + input_at;
+      if (in_place) {
+        group_grad = reinterpret_cast<T*>(grad_x + input_at);
       } else {
         std::fill(input_grads.begin(), input_grads.end(), T(0));
       }
@@ -1368,18 +1441,27 @@ void backward(const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* g
         const int64_t output_at = (b * g.out_channels + o) * output_plane;
         S* filter_grad = grad_w + (b * g.out_channels + o) * g.taps;
         T* channel_grad = weight_grads.data();
-        if constexpr (kInPlace) {
+        if constexpr (kSameType) {
           channel_grad = filter_grad;
         } else {
           std::fill(weight_grads.begin(), weight_grads.end(), T(0));
         }
-        backward_plane<S, Op>(x + input_at, w + o * g.taps, y == nullptr ? nullptr : y + output_at,
-                              grad + output_at, group_grad, channel_grad, g, found, best);
-        if constexpr (!kInPlace)
+        const S* plane_y = y == nullptr ? nullptr : y + output_at;
+        if (!outputs.empty()) {
+          forward_plane<S, Op>(source, w + o * g.taps, outputs.data(), g, nullptr);
+          plane_y = outputs.data();
+        }
+        backward_plane<S, Op>(source, w + o * g.taps, plane_y, grad + output_at, group_grad, channel_grad, g,
+                              found, best, tap_grads.data());
+        if constexpr (!kSameType)
           for (int64_t t = 0; t < g.taps; ++t) filter_grad[t] = narrow<S>(weight_grads[t]);
       }
-      if constexpr (!kInPlace)
+      if (layout != nullptr) {
+        for (int64_t c = 0; c < per_group_in; ++c)
+          crop_interior(input_grads.data() + c * g.plane, grad_x + input_at, c, *layout);
+      } else if (!in_place) {
         for (int64_t e = 0; e < group_elements; ++e) grad_x[input_at + e] = narrow<S>(input_grads[e]);
+      }
     }
   }
 }
@@ -1540,15 +1622,15 @@ void forward_any(int operation, const S* x, const S* w, S* y, const S* bias, con
 
 template <typename S>
 void backward_any(int operation, const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* grad_w,
-                  const Geometry& g, int threads) {
+                  const Geometry& g, const Layout* layout, int threads) {
   using T = Compute<S>;
   switch (operation) {
-    case kDot: return backward<S, Dot<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
-    case kL1: return backward<S, L1<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
-    case kL1Adder: return backward<S, L1Adder<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
-    case kL2: return backward<S, L2<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
-    case kMaxPlus: return backward<S, MaxPlus<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
-    case kMinPlus: return backward<S, MinPlus<T>>(x, w, y, grad, grad_x, grad_w, g, threads);
+    case kDot: return backward<S, Dot<T>>(x, w, y, grad, grad_x, grad_w, g, layout, threads);
+    case kL1: return backward<S, L1<T>>(x, w, y, grad, grad_x, grad_w, g, layout, threads);
+    case kL1Adder: return backward<S, L1Adder<T>>(x, w, y, grad, grad_x, grad_w, g, layout, threads);
+    case kL2: return backward<S, L2<T>>(x, w, y, grad, grad_x, grad_w, g, layout, threads);
+    case kMaxPlus: return backward<S, MaxPlus<T>>(x, w, y, grad, grad_x, grad_w, g, layout, threads);
+    case kMinPlus: return backward<S, MinPlus<T>>(x, w, y, grad, grad_x, grad_w, g, layout, threads);
   }
 }
 
@@ -1574,10 +1656,14 @@ void backward_any(int operation, const S* x, const S* w, const S* y, const S* gr
                                         int64_t out_channels, int64_t groups, int64_t plane, int64_t taps,   \
                                         const int64_t* tap_offsets, const int64_t* weight_index,             \
                                         int64_t rows, const int64_t* row_offsets, int64_t width,             \
-                                        int64_t step, int threads) {                                         \
+                                        int64_t step, int threads, int64_t ndim, const int64_t* size,        \
+                                        const int64_t* before, const int64_t* padded, int64_t phases,        \
+                                        int channels_last) {                                                 \
+    /* ndim 0: x and grad_x are laid out already; else both are unpadded (channels_last unused) */          \
     const Geometry g{batch, channels, out_channels, groups, plane, taps, tap_offsets, weight_index, rows,      \
                      row_offsets, width, step};                                                             \
-    backward_any<T>(operation, x, w, y, grad, grad_x, grad_w, g, threads);                                   \
+    const Layout layout{ndim, size, before, padded, phases, channels_last != 0};                            \
+    backward_any<T>(operation, x, w, y, grad, grad_x, grad_w, g, ndim > 0 ? &layout : nullptr, threads);     \
   }                                                                                                         \
   extern "C" void tap_quotient_##SUFFIX(const T* x, const T* w, const anyconv::Compute<T>* scale,           \
                                         const anyconv::Compute<T>* offset, T* y, const T* bias,              \
