@@ -51,7 +51,9 @@ def geometries(draw, modes=tuple(TORCH_PAD_MODE)):
         padding = tuple(draw(st.lists(st.integers(0, 2), min_size=ndim, max_size=ndim)))
         pairs = tuple((amount, amount) for amount in padding)
     elif form == "pairs":
-        pairs = tuple(draw(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), min_size=ndim, max_size=ndim)))
+        pairs = tuple(
+            draw(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), min_size=ndim, max_size=ndim))
+        )
         padding = pairs
     elif form == "same":
         # torch's rule, written out here: total d * (k - 1), the odd element after
@@ -104,7 +106,10 @@ def _tensors(case, requires_grad=False):
         case["out_channels"], case["in_channels"] // case["groups"], *case["kernel"], generator=generator
     )
     bias = torch.randn(case["out_channels"], generator=generator) if case["bias"] else None
-    tensors = [None if t is None else t.to(case["dtype"]).requires_grad_(requires_grad) for t in (input, weight, bias)]
+    tensors = [
+        None if t is None else t.to(case["dtype"]).requires_grad_(requires_grad)
+        for t in (input, weight, bias)
+    ]
     return tensors
 
 
@@ -148,7 +153,9 @@ def test_dot_matches_torch_conv(case):
     assert ((output.double() - reference).abs() <= _bound(case["dtype"]) * scale + 1e-12).all()
     if case["dtype"] != torch.float64 or output.numel() == 0:
         return
-    grad = torch.randn(output.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(case["seed"]))
+    grad = torch.randn(
+        output.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(case["seed"])
+    )
     wanted = [t for t in (input, weight, bias) if t is not None]
     mine = torch.autograd.grad(output, wanted, grad)
     theirs = torch.autograd.grad(reference, [t for t in exact if t is not None], grad)
@@ -161,12 +168,17 @@ def _reference_unfold(input, case):
     padded = _torch_pad(input, case)
     out = [
         (size + before + after - d * (k - 1) - 1) // s + 1
-        for size, (before, after), k, d, s in zip(case["sizes"], case["pairs"], case["kernel"], case["dilation"], case["stride"])
+        for size, (before, after), k, d, s in zip(
+            case["sizes"], case["pairs"], case["kernel"], case["dilation"], case["stride"]
+        )
     ]
     taps = []
-    for tap in torch.cartesian_prod(*[torch.arange(k) for k in case["kernel"]]).reshape(-1, case["ndim"]).tolist():
+    for tap in (
+        torch.cartesian_prod(*[torch.arange(k) for k in case["kernel"]]).reshape(-1, case["ndim"]).tolist()
+    ):
         index = tuple(
-            slice(t * d, t * d + s * (o - 1) + 1, s) for t, d, s, o in zip(tap, case["dilation"], case["stride"], out)
+            slice(t * d, t * d + s * (o - 1) + 1, s)
+            for t, d, s, o in zip(tap, case["dilation"], case["stride"], out)
         )
         taps.append(padded[(..., *index)])
     batch, channels = input.shape[:2]
@@ -178,14 +190,23 @@ def _field_kwargs(case):
 
 
 @fuzz
-@given(geometries(), st.sampled_from([torch.float64, torch.float32, torch.int64, torch.uint8]), st.integers(1, 3))
+@given(
+    geometries(), st.sampled_from([torch.float64, torch.float32, torch.int64, torch.uint8]), st.integers(1, 3)
+)
 def test_unfold_and_patches_match_a_tap_by_tap_reference(case, dtype, channels):
     input = torch.randint(0, 100, (case["batch"], channels, *case["sizes"])).to(dtype)
     columns = anyconv.unfold(input, case["kernel"], padding_mode=case["mode"], **_field_kwargs(case))
-    assert torch.equal(columns, _reference_unfold(input, case).to(dtype)) if dtype.is_floating_point else torch.equal(
-        columns, _reference_unfold(input.double(), case).to(dtype)
+    assert (
+        torch.equal(columns, _reference_unfold(input, case).to(dtype))
+        if dtype.is_floating_point
+        else torch.equal(columns, _reference_unfold(input.double(), case).to(dtype))
     )
-    if case["ndim"] == 2 and case["mode"] == "zeros" and case["padding"] != "same" and dtype.is_floating_point:
+    if (
+        case["ndim"] == 2
+        and case["mode"] == "zeros"
+        and case["padding"] != "same"
+        and dtype.is_floating_point
+    ):
         padded = _torch_pad(input, case)
         assert torch.equal(columns, F.unfold(padded, case["kernel"], case["dilation"], 0, case["stride"]))
     view = anyconv.patches(input, case["kernel"], padding_mode=case["mode"], **_field_kwargs(case))
@@ -222,12 +243,21 @@ def test_every_variant_is_the_same_whatever_the_chunks(variant, case, budget):
     kwargs = _anyconv_kwargs(case)
     whole = anyconv.generalized_conv(input, weight, variant, bias, **kwargs)
     pieces = anyconv.generalized_conv(input, weight, variant, bias, memory_budget=budget, **kwargs)
-    assert whole.shape == _reference_conv(*(t.detach() if t is not None else None for t in (input, weight, bias)), case).shape
+    assert (
+        whole.shape
+        == _reference_conv(
+            *(t.detach() if t is not None else None for t in (input, weight, bias)), case
+        ).shape
+    )
     torch.testing.assert_close(pieces, whole, rtol=1e-10, atol=1e-10)
     if whole.numel() == 0:
         return
-    grad = torch.randn(whole.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(case["seed"]))
-    for got, expected in zip(torch.autograd.grad(pieces, (input, weight), grad), torch.autograd.grad(whole, (input, weight), grad)):
+    grad = torch.randn(
+        whole.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(case["seed"])
+    )
+    for got, expected in zip(
+        torch.autograd.grad(pieces, (input, weight), grad), torch.autograd.grad(whole, (input, weight), grad)
+    ):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
     single = anyconv.generalized_conv(input[0], weight, variant, bias, **kwargs)
     torch.testing.assert_close(single, whole[0], rtol=1e-10, atol=1e-10)
@@ -256,7 +286,11 @@ def test_the_backward_on_shifted_views_equals_the_one_on_copied_fields(variant, 
     torch.testing.assert_close(views, fields, rtol=0, atol=0)
     if fields.numel() == 0:
         return
-    grad = torch.randn(fields.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(case["seed"]))
+    grad = torch.randn(
+        fields.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(case["seed"])
+    )
     leaves = (input, weight, bias) if bias is not None else (input, weight)
-    for got, expected in zip(torch.autograd.grad(views, leaves, grad), torch.autograd.grad(fields, leaves, grad)):
+    for got, expected in zip(
+        torch.autograd.grad(views, leaves, grad), torch.autograd.grad(fields, leaves, grad)
+    ):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)

@@ -29,8 +29,9 @@ class Chebyshev(Variant):
 def _tensors(channels=4, outputs=6, groups=2, size=(7, 6), seed=0):
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(2, channels, *size, generator=generator, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(outputs, channels // groups, 3, 3, generator=generator, dtype=torch.float64,
-                    requires_grad=True)
+    w = torch.randn(
+        outputs, channels // groups, 3, 3, generator=generator, dtype=torch.float64, requires_grad=True
+    )
     b = torch.randn(outputs, generator=generator, dtype=torch.float64, requires_grad=True)
     return x, w, b
 

@@ -92,7 +92,9 @@ def test_unfold_patches_and_fold_ignore_the_layout(layout):
     assert torch.equal(view, anyconv.patches(input.contiguous(), (2, 3), stride=2))
     columns = F.unfold(input.contiguous(), 3, padding=1).transpose(1, 2).contiguous().transpose(1, 2)
     assert not columns.is_contiguous()
-    torch.testing.assert_close(anyconv.fold(columns, (7, 6), 3, padding=1), F.fold(columns, (7, 6), 3, padding=1))
+    torch.testing.assert_close(
+        anyconv.fold(columns, (7, 6), 3, padding=1), F.fold(columns, (7, 6), 3, padding=1)
+    )
 
 
 EDGE_SHAPES = [
@@ -144,7 +146,9 @@ def test_an_input_larger_than_any_memory_budget_chunk():
     # one sample's fields exceed the budget: chunks are row ranges, which must tile exactly
     input, weight = _randn(2, 3, 23, 9), _randn(5, 3, 3, 2, seed=1)
     for budget in (1, 100, 1000, 10**4):
-        got = _forward_and_grads(anyconv.conv, input, weight, {"padding": 1, "stride": (2, 1), "memory_budget": budget})
+        got = _forward_and_grads(
+            anyconv.conv, input, weight, {"padding": 1, "stride": (2, 1), "memory_budget": budget}
+        )
         expected = _forward_and_grads(F.conv2d, input, weight, {"padding": 1, "stride": (2, 1)})
         for a, b in zip(got, expected):
             torch.testing.assert_close(a, b)

@@ -75,7 +75,9 @@ def test_unfold_equals_reference(case):
 MODE_CASES = [
     pytest.param(mode, geometry.values[0], id=f"{mode}-{geometry.id}")
     for mode in ("reflect", "replicate", "circular")
-    for geometry in random_cases(1, 8, 11) + random_cases(2, 12, 12) + random_cases(3, 6, 13, largest_size=5)
+    for geometry in random_cases(1, 8, 11)
+    + random_cases(2, 12, 12)
+    + random_cases(3, 6, 13, largest_size=5)
     + random_cases(4, 3, 14, largest_size=3, largest_kernel=2)
     if fits_mode(geometry.values[0], mode)
 ]
@@ -139,14 +141,26 @@ GRADIENT_CASES = [
     pytest.param("zeros", random_geometry(random.Random(33), 4, 3, 2), id="4d-zeros"),
     pytest.param(
         "reflect",
-        {"input_size": [4, 3, 3], "kernel_size": [2, 2, 3], "stride": [1, 2, 1], "dilation": [2, 1, 1],
-         "padding": [(1, 2), (0, 1), (2, 0)], "symmetric": False},
+        {
+            "input_size": [4, 3, 3],
+            "kernel_size": [2, 2, 3],
+            "stride": [1, 2, 1],
+            "dilation": [2, 1, 1],
+            "padding": [(1, 2), (0, 1), (2, 0)],
+            "symmetric": False,
+        },
         id="3d-reflect-asymmetric",
     ),
     pytest.param(
         "circular",
-        {"input_size": [3, 4], "kernel_size": [3, 2], "stride": [2, 1], "dilation": [1, 2],
-         "padding": [(1, 1), (2, 1)], "symmetric": False},
+        {
+            "input_size": [3, 4],
+            "kernel_size": [3, 2],
+            "stride": [2, 1],
+            "dilation": [1, 2],
+            "padding": [(1, 1), (2, 1)],
+            "symmetric": False,
+        },
         id="2d-circular",
     ),
 ]
@@ -187,12 +201,20 @@ ERROR_CASES = [
     pytest.param(torch.zeros(1, 1, 3, 3), 2, {"stride": 0}, ArgumentError, "stride=0", id="stride-zero"),
     pytest.param(torch.zeros(1, 1, 3, 3), 2.0, {}, ArgumentTypeError, "kernel_size=2.0", id="float-kernel"),
     pytest.param(
-        torch.zeros(1, 1, 3, 3), 2, {"padding_mode": "mirror"}, ArgumentError, "padding_mode='mirror'",
+        torch.zeros(1, 1, 3, 3),
+        2,
+        {"padding_mode": "mirror"},
+        ArgumentError,
+        "padding_mode='mirror'",
         id="unknown-mode",
     ),
     pytest.param(
-        torch.zeros(1, 1, 3, 3), 2, {"padding": 3, "padding_mode": "reflect"}, ArgumentError,
-        "padding_mode='reflect'", id="reflect-too-wide",
+        torch.zeros(1, 1, 3, 3),
+        2,
+        {"padding": 3, "padding_mode": "reflect"},
+        ArgumentError,
+        "padding_mode='reflect'",
+        id="reflect-too-wide",
     ),
 ]
 

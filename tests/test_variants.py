@@ -13,14 +13,31 @@ import anyconv
 from anyconv.variants import BUILTIN_VARIANTS, ProductVariant, resolve_variant
 
 GEOMETRIES = [
-    dict(id="1d-groups-stride", size=(11,), channels=4, outputs=6, kernel=(3,), groups=2, stride=2,
-         padding=1),
-    dict(id="2d-dilation-asym", size=(7, 8), channels=3, outputs=5, kernel=(3, 2), stride=(1, 2),
-         padding=(2, 0), dilation=(2, 1)),
+    dict(
+        id="1d-groups-stride", size=(11,), channels=4, outputs=6, kernel=(3,), groups=2, stride=2, padding=1
+    ),
+    dict(
+        id="2d-dilation-asym",
+        size=(7, 8),
+        channels=3,
+        outputs=5,
+        kernel=(3, 2),
+        stride=(1, 2),
+        padding=(2, 0),
+        dilation=(2, 1),
+    ),
     dict(id="2d-same-groups", size=(6, 6), channels=4, outputs=4, kernel=3, groups=4, padding="same"),
     dict(id="2d-reflect", size=(5, 6), channels=2, outputs=3, kernel=3, padding=1, padding_mode="reflect"),
-    dict(id="3d-groups-dilation", size=(5, 4, 5), channels=4, outputs=6, kernel=2, groups=2, padding=1,
-         dilation=2),
+    dict(
+        id="3d-groups-dilation",
+        size=(5, 4, 5),
+        channels=4,
+        outputs=6,
+        kernel=2,
+        groups=2,
+        padding=1,
+        dilation=2,
+    ),
 ]
 
 #: variant -> options tried besides the defaults
@@ -43,8 +60,11 @@ def _case(geometry, dtype=torch.float64, seed=0):
     w_shape = (geometry["outputs"], geometry["channels"] // groups, *kernel)
     w = torch.randn(w_shape, generator=generator, dtype=dtype)
     b = torch.randn(geometry["outputs"], generator=generator, dtype=dtype)
-    conv_args = {key: geometry[key] for key in ("stride", "padding", "dilation", "groups", "padding_mode")
-                 if key in geometry}
+    conv_args = {
+        key: geometry[key]
+        for key in ("stride", "padding", "dilation", "groups", "padding_mode")
+        if key in geometry
+    }
     return x, w, b, conv_args
 
 
@@ -105,8 +125,9 @@ def test_learnable_per_channel_options_get_their_gradients(name, ranges, geometr
     x, w = _scaled(name, x, w)
     generator = torch.Generator().manual_seed(1)
     options = {
-        option: (low + (high - low) * torch.rand(geometry["outputs"], generator=generator, dtype=x.dtype))
-        .requires_grad_()
+        option: (
+            low + (high - low) * torch.rand(geometry["outputs"], generator=generator, dtype=x.dtype)
+        ).requires_grad_()
         for option, (low, high) in ranges.items()
     }
     x.requires_grad_(), w.requires_grad_()
@@ -155,8 +176,9 @@ def test_gradcheck(name, views, monkeypatch):
     if views:
         take_views_everywhere(monkeypatch)
     # l1 and the tropical variants are piecewise smooth: random float64 values stay off the kinks
-    x, w, b, conv_args = _case(dict(size=(5, 4), channels=2, outputs=4, kernel=(2, 3), groups=2, padding=1,
-                                    stride=(2, 1)))
+    x, w, b, conv_args = _case(
+        dict(size=(5, 4), channels=2, outputs=4, kernel=(2, 3), groups=2, padding=1, stride=(2, 1))
+    )
     x, w = _scaled(name, x, w)
     inputs = (x.requires_grad_(), w.requires_grad_(), b.requires_grad_())
     assert torch.autograd.gradcheck(
@@ -170,8 +192,9 @@ def test_gradcheck_of_learnable_options():
     q = torch.tensor([0.1, 0.3], dtype=x.dtype, requires_grad=True)
     gamma = torch.tensor([0.1, 0.4], dtype=x.dtype, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda x, w, exponent, q: anyconv.generalized_conv(x, w, "sharpened_cosine", exponent=exponent, q=q,
-                                                           **conv_args),
+        lambda x, w, exponent, q: anyconv.generalized_conv(
+            x, w, "sharpened_cosine", exponent=exponent, q=q, **conv_args
+        ),
         (x.requires_grad_(), w.requires_grad_(), exponent, q),
     )
     assert torch.autograd.gradcheck(

@@ -29,14 +29,22 @@ DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float64,
 KERNELS = {
     "l1": (lambda f, w: fused.l1_distances(f, w), lambda f, w, g: fused.l1_backward(f, w, g)),
     "adder": (lambda f, w: fused.l1_distances(f, w), lambda f, w, g: fused.l1_backward(f, w, g, adder=True)),
-    "max_plus": (lambda f, w: fused.tropical(f, w, minimum=False),
-                 lambda f, w, g: fused.tropical_backward(f, w, g, minimum=False)),
-    "min_plus": (lambda f, w: fused.tropical(f, w, minimum=True),
-                 lambda f, w, g: fused.tropical_backward(f, w, g, minimum=True)),
-    "lp-3": (lambda f, w: fused.power_sums(f, w, 3.0),
-             lambda f, w, g: fused.power_sums_backward(f, w, g, 3.0)),
-    "lp-0.7": (lambda f, w: fused.power_sums(f, w, 0.7),
-               lambda f, w, g: fused.power_sums_backward(f, w, g, 0.7)),
+    "max_plus": (
+        lambda f, w: fused.tropical(f, w, minimum=False),
+        lambda f, w, g: fused.tropical_backward(f, w, g, minimum=False),
+    ),
+    "min_plus": (
+        lambda f, w: fused.tropical(f, w, minimum=True),
+        lambda f, w, g: fused.tropical_backward(f, w, g, minimum=True),
+    ),
+    "lp-3": (
+        lambda f, w: fused.power_sums(f, w, 3.0),
+        lambda f, w, g: fused.power_sums_backward(f, w, g, 3.0),
+    ),
+    "lp-0.7": (
+        lambda f, w: fused.power_sums(f, w, 0.7),
+        lambda f, w, g: fused.power_sums_backward(f, w, g, 0.7),
+    ),
 }
 
 needs_native = pytest.mark.skipif(not fused.native_kernels_available(), reason="no C++ compiler here")

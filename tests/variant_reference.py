@@ -59,7 +59,15 @@ def eps_zero_cosine(monkeypatch, module) -> list[bool]:
 
 
 def naive_generalized_conv(
-    input, weight, variant, bias=None, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
+    input,
+    weight,
+    variant,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    padding_mode="zeros",
     **options,
 ):
     """The output of generalized_conv by the formula, broadcast over all fields and filters."""

@@ -26,7 +26,14 @@ from ..geometry import Geometry
 from ..variants import Dot
 from .blocks import bias_grad
 from .graph_gradients import gradients_as_graph
-from .tap_loops import loops_arguments, loops_gradients, tap_loops_conv, tap_quotient_conv
+from .tap_loops import (
+    cosine_gradients_fit,
+    loops_arguments,
+    loops_gradients,
+    tap_cosine_gradients,
+    tap_loops_conv,
+    tap_quotient_conv,
+)
 from .tap_norms import Primitive, box_sum_adjoint, direction, divide_by_norms, field_squares, safe_sqrt
 
 _DOT = Dot()
@@ -168,6 +175,20 @@ def _gradients(
     output-sized ones live at once."""
     compute, ndim = _compute_type(input), geometry.ndim
     filter_norms = torch.linalg.vector_norm(weight.flatten(1), dim=1, dtype=compute)
+    if kept is None and cosine_gradients_fit(input, groups):
+        grad_input, grad_weight, to_filter_norms = tap_cosine_gradients(
+            grad,
+            input,
+            weight,
+            filter_norms,
+            torch.full_like(filter_norms, eps),
+            geometry,
+            groups,
+            memory_budget,
+        )
+        radial_weight = to_filter_norms[:, None] * direction(weight.flatten(1), filter_norms[:, None])
+        grad_weight -= radial_weight.view(weight.shape)
+        return grad_input if needs[0] else None, grad_weight if needs[1] else None
     # (groups, filters per group, 1, ...): broadcast against (batch, groups, filters, *output)
     filter_column = filter_norms.view(groups, -1, *(1,) * ndim)
     field_norms = field_squares(tap_loops_conv, input, geometry, groups, memory_budget).to(compute).sqrt_()

@@ -5,15 +5,17 @@ receptive fields copied.
 Compiled loops (``variants/tap_loops.cpp``) run over the kernel taps of each output row, reading
 the zero-padded input in place, forward and backward, for ``dot``, ``l1``, ``l2``, ``max_plus``
 and ``min_plus``. A grouped layer's loops pad the input themselves, forward and backward, a
-(sample, group) at a time in a buffer that stays in cache, and crop its gradient the same way. A (fields x filters) product would multiply matrices only
-a few columns wide. The forward of a dense layer takes its filters in blocks, so that every
-input value loaded feeds every filter of a block: with 32 filters or more (16 in float64), two
-vectors of filters at 14 positions of a row, each input value broadcast; with fewer,
-FILTERS_TOGETHER filters at a time, tile by tile of the output. Its backward with many taps is
-the fields path's. They run as the custom operators ``anyconv::tap_loops`` and
-``anyconv::tap_loops_backward`` (fake implementations, an autograd formula), which torch.compile
-and torch.export keep as single calls. ``anyconv::tap_quotient`` is the cosine family's forward
-without a graph in one pass of the loops.
+(sample, group) at a time in a buffer that stays in cache, and crop its gradient the same way. A
+(fields x filters) product would multiply matrices only a few columns wide. The forward of a
+dense layer takes its filters in blocks, so that every input value loaded feeds every filter of
+a block: with 32 filters or more (16 in float64), two vectors of filters at 14 positions of a
+row, each input value broadcast; with fewer, FILTERS_TOGETHER filters at a time, tile by tile of
+the output. Its backward with many taps is the fields path's. They run as the custom operators
+``anyconv::tap_loops`` and ``anyconv::tap_loops_backward`` (fake implementations, an autograd
+formula), which torch.compile and torch.export keep as single calls. ``anyconv::tap_quotient``
+is the cosine family's forward without a graph in one pass of the loops; the cosine's backward
+on a grouped layer in eager calls is one pass per (sample, group) too
+(:func:`tap_cosine_gradients`).
 """
 
 from __future__ import annotations
@@ -83,7 +85,12 @@ _GEOMETRY_ARGUMENTS = (_SIZE,) * 6 + (_POINTER, _POINTER, _SIZE, _POINTER, _SIZE
 _LAYOUT_ARGUMENTS = (_SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _FLAG)
 #: entry point -> (whether it takes the operation code first, how many tensors it takes); each
 #: takes the layout of an unpadded input last
-_ENTRY_POINTS = {"tap_forward": (1, 4), "tap_backward": (1, 6), "tap_quotient": (0, 6)}
+_ENTRY_POINTS = {
+    "tap_forward": (1, 4),
+    "tap_backward": (1, 6),
+    "tap_quotient": (0, 6),
+    "tap_cosine_backward": (0, 8),
+}
 
 
 def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
@@ -513,6 +520,57 @@ def tap_quotient_conv(
         return tap_quotient_op(input, weight, scale, offset, *arguments, bias)
     # a plain eager call: the operator's body without its dispatch (see tap_loops_conv)
     return _quotient_forward(input, weight, scale, offset, *arguments, bias)
+
+
+def cosine_gradients_fit(input: torch.Tensor, groups: int) -> bool:
+    """Whether :func:`tap_cosine_gradients` takes the cosine's backward: a grouped layer on a
+    contiguous float32 or float64 input, in an eager call that nothing watches."""
+    return (
+        groups > 1
+        and input.is_contiguous()
+        and input.dtype in (torch.float32, torch.float64)
+        and not machinery_watches(input)
+    )
+
+
+def tap_cosine_gradients(
+    grad: torch.Tensor,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor,
+    geometry: Geometry,
+    groups: int,
+    memory_budget: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The cosine's gradients by one pass of the loops per (sample, group) (where
+    :func:`cosine_gradients_fit`): the input's gradient, the weight's without its radial term, and
+    the sum over samples and positions of a y |p| per filter (the radial term's factor), with
+    ``scale`` = |w| and ``offset`` = eps per filter; see ``engine/tap_cosine.py``."""
+    assert _DOT_ARGUMENTS is not None
+    name, options, _ = _DOT_ARGUMENTS
+    arguments = (list(geometry.stride), op_padding(geometry), list(geometry.dilation), groups, memory_budget)
+    plan = plan_of(_tap_plan, input, weight, name, options, *arguments)
+    record_native_call()
+    weight, grad = weight.contiguous(), grad.contiguous()
+    scale, offset = (values.to(input.dtype).contiguous() for values in (scale, offset))
+    grad_input = torch.empty_like(input)
+    grad_per_sample = weight.new_zeros((input.shape[0], *weight.shape))
+    radial = weight.new_empty((input.shape[0], weight.shape[0]))
+    _call(
+        "tap_cosine_backward",
+        plan,
+        input,
+        weight,
+        scale,
+        offset,
+        grad,
+        grad_input,
+        grad_per_sample,
+        radial,
+        unpadded=True,
+    )
+    return grad_input, grad_per_sample.sum(0), radial.sum(0)
 
 
 #: the loops' dot, whose plan (geometry, chunks of samples) the quotient shares

@@ -66,6 +66,18 @@ struct Squares {
   static A step(A acc, A x, W) { return acc + x * x; }
 };
 
+// the cosine's radial input gradient (see cosine_backward): minus the gradient times x at every
+// tap, the weight not read and given no gradient
+template <typename T>
+struct Radial {
+  static constexpr bool kWinner = false;
+  template <typename A>
+  static void partials(A x, T, A g, A& dx, A& dw) {
+    dx = -(g * x);
+    dw = A{};
+  }
+};
+
 // |values|: the sign bit cleared, one instruction per vector where a compare and a blend took
 // three (GCC does not see `d < 0 ? -d : d` on vector extensions as an absolute value)
 template <typename A>
@@ -1225,23 +1237,23 @@ void forward_filter_vectors(const S* x, const S* w, const S* bias, S* y, const G
 
 // One output plane of filter FILTER over one (sample, group) SOURCE of the padded layout, plus
 // CHANNEL_BIAS where not null
-template <typename S, typename Op>
-void forward_plane(const S* source, const S* filter, S* plane, const Geometry& g, const S* channel_bias) {
+template <typename S, typename Op, typename Out = S>
+void forward_plane(const S* source, const S* filter, Out* plane, const Geometry& g, const S* channel_bias) {
   const bool narrow_rows = g.width < Lanes<Compute<S>>::kCount;
-  S* outs[kNarrowRowsTogether];
+  Out* outs[kNarrowRowsTogether];
   int64_t r = 0;
   // rows of one partial vector each: twice as many together, as many reductions as two wide rows
   for (; narrow_rows && r + kNarrowRowsTogether <= g.rows; r += kNarrowRowsTogether) {
     for (int i = 0; i < kNarrowRowsTogether; ++i) outs[i] = plane + (r + i) * g.width;
-    forward_rows<S, S, Op, kNarrowRowsTogether>(source, filter, outs, g.row_offsets + r, g, channel_bias);
+    forward_rows<S, Out, Op, kNarrowRowsTogether>(source, filter, outs, g.row_offsets + r, g, channel_bias);
   }
   for (; r + kRowsTogether <= g.rows; r += kRowsTogether) {
     for (int i = 0; i < kRowsTogether; ++i) outs[i] = plane + (r + i) * g.width;
-    forward_rows<S, S, Op, kRowsTogether>(source, filter, outs, g.row_offsets + r, g, channel_bias);
+    forward_rows<S, Out, Op, kRowsTogether>(source, filter, outs, g.row_offsets + r, g, channel_bias);
   }
   for (; r < g.rows; ++r) {
     outs[0] = plane + r * g.width;
-    forward_rows<S, S, Op, 1>(source, filter, outs, g.row_offsets + r, g, channel_bias);
+    forward_rows<S, Out, Op, 1>(source, filter, outs, g.row_offsets + r, g, channel_bias);
   }
 }
 
@@ -1466,6 +1478,136 @@ void backward(const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* g
   }
 }
 
+// The cosine's backward_plane for a group of one filter (depthwise): at every tap, A w - R x into
+// the input gradient and A x into the weight's (the dot's and the Radial backward's terms), in
+// one pass over the taps where the two took two
+template <typename S>
+void cosine_backward_plane(const S* __restrict x, const S* __restrict w, const S* __restrict along,
+                           const S* __restrict radial, S* __restrict grad_x, S* __restrict grad_w, const Geometry& g,
+                           typename Lanes<S>::Vector* __restrict tap_grads) {
+  using Vector = typename Lanes<S>::Vector;
+  constexpr int kLanes = Lanes<S>::kCount;
+  const int64_t s = g.step;
+  std::fill(tap_grads, tap_grads + g.taps, Vector{});
+  for (int64_t r = 0; r < g.rows; ++r) {
+    const S* __restrict along_row = along + r * g.width;
+    const S* __restrict radial_row = radial + r * g.width;
+    for (int64_t t = 0; t < g.taps; ++t) {
+      const int64_t offset = g.row_offsets[r] + g.tap_offsets[t];
+      const S* __restrict source = x + offset;
+      S* __restrict target = grad_x + offset;
+      const S weight = w[g.weight_index[t]];
+      Vector& weight_grads = tap_grads[t];
+      int64_t i = 0;
+      for (; i + kLanes <= g.width; i += kLanes) {
+        const Vector values = load(source + i * s, s), a = load(along_row + i, 1);
+        const Vector dx = a * weight - load(radial_row + i, 1) * values;
+        if (s == 1) {
+          Vector sums = load(target + i, 1) + dx;
+          std::memcpy(target + i, &sums, sizeof(sums));
+        } else {
+          for (int lane = 0; lane < kLanes; ++lane) target[(i + lane) * s] += dx[lane];
+        }
+        weight_grads += a * values;
+      }
+      if (i < g.width) {
+        const int count = static_cast<int>(g.width - i);
+        const Vector values = load_partial(source + i * s, s, count), a = load_partial(along_row + i, 1, count);
+        const Vector dx = a * weight - load_partial(radial_row + i, 1, count) * values;
+        if (s == 1) {
+          store_partial(target + i, load_partial(target + i, 1, count) + dx, count);
+        } else {
+          for (int lane = 0; lane < count; ++lane) target[(i + lane) * s] += dx[lane];
+        }
+        // the lanes past COUNT are zero: a and x both loaded as 0
+        weight_grads += a * values;
+      }
+    }
+  }
+  for (int64_t t = 0; t < g.taps; ++t) {
+    S weight_grad = 0;
+    for (int lane = 0; lane < kLanes; ++lane) weight_grad += tap_grads[t][lane];
+    grad_w[g.weight_index[t]] += weight_grad;
+  }
+}
+
+// The cosine's input and weight gradients on a grouped layer, given the unpadded input and its
+// LAYOUT (see tap_cosine.py for the formulas): per (sample, group), in the thread's buffers, |p|
+// of every field, then per filter o its products p . w, D = |p| scale[o] + offset[o], a = grad / D
+// and y = p . w / D; the loops' dot backward of a goes into the input and weight gradients, and
+// sum over the group's filters of a y scale[o] / |p| (0 where |p| is 0) into the radial gradient
+// minus that times x (the Radial backward, over every tap of the group's channels). RADIAL (B, O)
+// gets the sum over positions of a y |p|, which the caller turns into the weight's radial term.
+// Where the composition made and kept several output-sized tensors, nothing leaves the cache
+// but the gradients. S is float or double (the narrower types keep the composition).
+template <typename S>
+void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, const S* grad, S* grad_x,
+                     S* grad_w, S* radial, const Geometry& g, const Layout& layout, int threads) {
+  static_assert(std::is_same<S, Compute<S>>::value, "float and double only");
+  using T = S;
+  using E = Bits<S>;
+  using Vector = typename Lanes<T>::Vector;
+  const int64_t per_group_in = g.channels / g.groups, per_group_out = g.out_channels / g.groups;
+  const int64_t pairs = g.batch * g.groups, output_plane = g.rows * g.width;
+  const int64_t group_elements = per_group_in * g.plane;
+  int64_t input_plane = 1;
+  for (int64_t d = 0; d < layout.ndim; ++d) input_plane *= layout.size[d];
+#pragma omp parallel num_threads(threads)
+  {
+    // zero filled once: the planes laid out into it write the same interior places only
+    std::vector<E> laid_out(group_elements);
+    std::vector<T> input_grads(group_elements), norms(output_plane), scaled(output_plane), radial_grads(output_plane);
+    std::vector<T> unused(0), no_weight_grads(g.taps);
+    std::vector<Vector> tap_grads(g.taps);
+#pragma omp for schedule(static)
+    for (int64_t index = 0; index < pairs; ++index) {
+      const int64_t b = index / g.groups, group = index % g.groups;
+      const int64_t input_at = (b * g.channels + group * per_group_in) * input_plane;
+      const E* input = reinterpret_cast<const E*>(x + input_at);
+      for (int64_t c = 0; c < per_group_in; ++c) lay_out_interior(input, laid_out.data() + c * g.plane, c, layout);
+      const S* source = reinterpret_cast<const S*>(laid_out.data());
+      std::fill(input_grads.begin(), input_grads.end(), T(0));
+      std::fill(radial_grads.begin(), radial_grads.end(), T(0));
+      const S* group_filters = w + group * per_group_out * g.taps;
+      forward_plane<S, Squares<T>>(source, group_filters, norms.data(), g, nullptr);
+      for (int64_t v = 0; v < output_plane; ++v) norms[v] = std::sqrt(norms[v]);
+      for (int64_t j = 0; j < per_group_out; ++j) {
+        const int64_t o = group * per_group_out + j;
+        const S* incoming = grad + (b * g.out_channels + o) * output_plane;
+        forward_plane<S, Dot<T>>(source, w + o * g.taps, scaled.data(), g, nullptr);
+        const T filter_scale = scale[o], filter_offset = offset[o];
+        T* __restrict products = scaled.data();
+        T* __restrict to_radial = radial_grads.data();
+        const T* __restrict field_norms = norms.data();
+        T radial_sum = 0;
+#pragma omp simd reduction(+ : radial_sum)
+        for (int64_t v = 0; v < output_plane; ++v) {
+          const T denominator = field_norms[v] * filter_scale + filter_offset;
+          const T a = incoming[v] / denominator;
+          const T ay = a * (products[v] / denominator);
+          products[v] = a;
+          to_radial[v] += field_norms[v] == 0 ? T(0) : ay * filter_scale / field_norms[v];
+          radial_sum += ay * field_norms[v];
+        }
+        radial[b * g.out_channels + o] = radial_sum;
+        S* filter_grad = grad_w + (b * g.out_channels + o) * g.taps;
+        if (per_group_out == 1) {
+          cosine_backward_plane(source, w + o * g.taps, products, to_radial, input_grads.data(), filter_grad, g,
+                                tap_grads.data());
+        } else {
+          backward_plane<S, Dot<T>>(source, w + o * g.taps, nullptr, products, input_grads.data(), filter_grad, g,
+                                    unused, unused, tap_grads.data());
+        }
+      }
+      if (per_group_out > 1)
+        backward_plane<S, Radial<T>>(source, group_filters, nullptr, radial_grads.data(), input_grads.data(),
+                                     no_weight_grads.data(), g, unused, unused, tap_grads.data());
+      for (int64_t c = 0; c < per_group_in; ++c)
+        crop_interior(input_grads.data() + c * g.plane, grad_x + input_at, c, layout);
+    }
+  }
+}
+
 // The cosine family in one pass: each output's p . w and |p|^2 (the field's sum of squares over
 // the group's channels and the kernel's taps) accumulate from the same loads, and only
 // (p . w) / (|p| scale + offset) is stored. A zero field gives 0 / offset (0 for eps > 0); NaN
@@ -1678,6 +1820,26 @@ void backward_any(int operation, const S* x, const S* w, const S* y, const S* gr
     const Layout layout{ndim, size, before, padded, phases, channels_last != 0};                            \
     quotient<T>(x, w, scale, offset, y, bias, g, ndim > 0 ? &layout : nullptr, threads);                    \
   }
+
+#define TAP_COSINE_BACKWARD(T, SUFFIX)                                                                      \
+  extern "C" void tap_cosine_backward_##SUFFIX(const T* x, const T* w, const T* scale, const T* offset,     \
+                                               const T* grad, T* grad_x, T* grad_w, T* radial,             \
+                                               int64_t batch, int64_t channels, int64_t out_channels,      \
+                                               int64_t groups, int64_t plane, int64_t taps,                \
+                                               const int64_t* tap_offsets, const int64_t* weight_index,    \
+                                               int64_t rows, const int64_t* row_offsets, int64_t width,    \
+                                               int64_t step, int threads, int64_t ndim, const int64_t* size, \
+                                               const int64_t* before, const int64_t* padded, int64_t phases, \
+                                               int) {                                                       \
+    /* x and grad_x unpadded, laid out by the loops (ndim > 0) */                                          \
+    const Geometry g{batch, channels, out_channels, groups, plane, taps, tap_offsets, weight_index, rows,      \
+                     row_offsets, width, step};                                                             \
+    const Layout layout{ndim, size, before, padded, phases};                                                \
+    cosine_backward<T>(x, w, scale, offset, grad, grad_x, grad_w, radial, g, layout, threads);               \
+  }
+
+TAP_COSINE_BACKWARD(float, f32)
+TAP_COSINE_BACKWARD(double, f64)
 
 TAP_LOOPS(float, f32)
 TAP_LOOPS(double, f64)
