@@ -145,6 +145,7 @@ def test_channels_last_input_gives_the_same_gradients():
     output, got = _gradients(x.contiguous(memory_format=torch.channels_last), w, b, arguments)
     expected, want = _gradients(x, w, b, arguments)
     assert output.is_contiguous(memory_format=torch.channels_last)
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(output, expected)
     for value, reference in zip(got, want):
         torch.testing.assert_close(value, reference)

@@ -524,13 +524,8 @@ def tap_quotient_conv(
 
 def cosine_gradients_fit(input: torch.Tensor, groups: int) -> bool:
     """Whether :func:`tap_cosine_gradients` takes the cosine's backward: a grouped layer on a
-    contiguous float32 or float64 input, in an eager call that nothing watches."""
-    return (
-        groups > 1
-        and input.is_contiguous()
-        and input.dtype in (torch.float32, torch.float64)
-        and not machinery_watches(input)
-    )
+    float32 or float64 input, in an eager call that nothing watches."""
+    return groups > 1 and input.dtype in (torch.float32, torch.float64) and not machinery_watches(input)
 
 
 def tap_cosine_gradients(
@@ -552,6 +547,8 @@ def tap_cosine_gradients(
     arguments = (list(geometry.stride), op_padding(geometry), list(geometry.dilation), groups, memory_budget)
     plan = plan_of(_tap_plan, input, weight, name, options, *arguments)
     record_native_call()
+    # a channels-last input read as one contiguous copy, its gradient given back in its layout
+    given, input = input, input.contiguous()
     weight, grad = weight.contiguous(), grad.contiguous()
     scale, offset = (values.to(input.dtype).contiguous() for values in (scale, offset))
     grad_input = torch.empty_like(input)
@@ -570,6 +567,8 @@ def tap_cosine_gradients(
         radial,
         unpadded=True,
     )
+    if given is not input:
+        grad_input = torch.empty_like(given).copy_(grad_input)
     return grad_input, grad_per_sample.sum(0), radial.sum(0)
 
 
