@@ -13,6 +13,11 @@ D = |p| |w| + eps and a = grad / D,
   direction: the fields path's rule);
 - the weight's gradient: the loops' dot gradient of ``a`` minus (sum over fields of a y |p|) w / |w|.
 
+In an eager float32 or float64 call on a grouped layer, or a dense one whose backward the loops
+take, all of it is one pass of the loops per (sample, group) in buffers that stay in cache
+(:func:`~anyconv.engine.tap_loops.tap_cosine_gradients`); elsewhere (bfloat16 and float16, calls
+torch's machinery watches) it is composed from the loops' passes and torch's elementwise ops.
+
 A second derivative (a backward asked for a graph) differentiates the composed form instead.
 """
 
@@ -175,20 +180,12 @@ def _gradients(
     output-sized ones live at once."""
     compute, ndim = _compute_type(input), geometry.ndim
     filter_norms = torch.linalg.vector_norm(weight.flatten(1), dim=1, dtype=compute)
-    if kept is None and cosine_gradients_fit(input, groups):
-        grad_input, grad_weight, to_filter_norms = tap_cosine_gradients(
-            grad,
-            input,
-            weight,
-            filter_norms,
-            torch.full_like(filter_norms, eps),
-            geometry,
-            groups,
-            memory_budget,
+    if cosine_gradients_fit(input, weight, groups):
+        offsets = torch.full_like(filter_norms, eps)
+        found = tap_cosine_gradients(
+            grad, input, weight, filter_norms, offsets, geometry, groups, memory_budget, kept
         )
-        radial_weight = to_filter_norms[:, None] * direction(weight.flatten(1), filter_norms[:, None])
-        grad_weight -= radial_weight.view(weight.shape)
-        return grad_input if needs[0] else None, grad_weight if needs[1] else None
+        return _with_radial_weight(found, weight, filter_norms, needs)
     # (groups, filters per group, 1, ...): broadcast against (batch, groups, filters, *output)
     filter_column = filter_norms.view(groups, -1, *(1,) * ndim)
     field_norms = field_squares(tap_loops_conv, input, geometry, groups, memory_budget).to(compute).sqrt_()
@@ -226,6 +223,20 @@ def _gradients(
         )
         grad_weight -= radial_weight.view(weight.shape).to(weight.dtype)
     return grad_input, grad_weight
+
+
+def _with_radial_weight(
+    found: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    weight: torch.Tensor,
+    filter_norms: torch.Tensor,
+    needs: tuple[bool, ...],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The gradients from :func:`tap_cosine_gradients`'s three results: the weight's gets its radial
+    term, minus (the sum of a y |p|) w / |w| per filter."""
+    grad_input, grad_weight, to_filter_norms = found
+    radial_weight = to_filter_norms[:, None] * direction(weight.flatten(1), filter_norms[:, None])
+    grad_weight -= radial_weight.view(weight.shape)
+    return grad_input if needs[0] else None, grad_weight if needs[1] else None
 
 
 def _radial_sums(

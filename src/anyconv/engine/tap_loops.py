@@ -89,7 +89,7 @@ _ENTRY_POINTS = {
     "tap_forward": (1, 4),
     "tap_backward": (1, 6),
     "tap_quotient": (0, 6),
-    "tap_cosine_backward": (0, 8),
+    "tap_cosine_backward": (0, 9),
 }
 
 
@@ -440,11 +440,7 @@ def loops_gradients(
     bias), None where ``needs`` says False; no graph. Through ``anyconv::tap_loops_backward`` where
     torch's machinery watches (``machinery_watches``), else its body without the dispatch."""
     groups = arguments[5]
-    if groups == 1 and (
-        weight.shape[0] > MAX_DENSE_LOOPS_BACKWARD_FILTERS or math.prod(weight.shape[1:]) > MAX_DENSE_TAPS
-    ):
-        # a dense layer with many filters or many taps: the loops' backward takes each filter's
-        # taps alone, the fields path's backward all filters of a block of fields at once
+    if groups == 1 and not _dense_loops_backward(weight):
         found = generalized_conv_backward_op(
             grad_output, input, weight, [], None, None, *arguments, list(needs)
         )
@@ -522,10 +518,24 @@ def tap_quotient_conv(
     return _quotient_forward(input, weight, scale, offset, *arguments, bias)
 
 
-def cosine_gradients_fit(input: torch.Tensor, groups: int) -> bool:
-    """Whether :func:`tap_cosine_gradients` takes the cosine's backward: a grouped layer on a
-    float32 or float64 input, in an eager call that nothing watches."""
-    return groups > 1 and input.dtype in (torch.float32, torch.float64) and not machinery_watches(input)
+def cosine_gradients_fit(input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
+    """Whether :func:`tap_cosine_gradients` takes the cosine's backward: a grouped layer, or a dense
+    one whose backward the loops take (:func:`_dense_loops_backward`), on a float32 or float64
+    input, in an eager call that nothing watches."""
+    return (
+        (groups > 1 or _dense_loops_backward(weight))
+        and input.dtype in (torch.float32, torch.float64)
+        and not machinery_watches(input)
+    )
+
+
+def _dense_loops_backward(weight: torch.Tensor) -> bool:
+    """Whether the loops take a dense layer's backward: with more filters or more taps, the
+    fields path's backward, which takes all filters of a block of fields at once, is faster than
+    the loops' filter by filter."""
+    return (
+        weight.shape[0] <= MAX_DENSE_LOOPS_BACKWARD_FILTERS and math.prod(weight.shape[1:]) <= MAX_DENSE_TAPS
+    )
 
 
 def tap_cosine_gradients(
@@ -537,11 +547,13 @@ def tap_cosine_gradients(
     geometry: Geometry,
     groups: int,
     memory_budget: int,
+    kept: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The cosine's gradients by one pass of the loops per (sample, group) (where
     :func:`cosine_gradients_fit`): the input's gradient, the weight's without its radial term, and
     the sum over samples and positions of a y |p| per filter (the radial term's factor), with
-    ``scale`` = |w| and ``offset`` = eps per filter; see ``engine/tap_cosine.py``."""
+    ``scale`` = |w| and ``offset`` = eps per filter, and the quotient y where the forward ``kept``
+    it; see ``engine/tap_cosine.py``."""
     assert _DOT_ARGUMENTS is not None
     name, options, _ = _DOT_ARGUMENTS
     arguments = (list(geometry.stride), op_padding(geometry), list(geometry.dilation), groups, memory_budget)
@@ -551,6 +563,7 @@ def tap_cosine_gradients(
     given, input = input, input.contiguous()
     weight, grad = weight.contiguous(), grad.contiguous()
     scale, offset = (values.to(input.dtype).contiguous() for values in (scale, offset))
+    kept = None if kept is None else kept.contiguous()
     grad_input = torch.empty_like(input)
     grad_per_sample = weight.new_zeros((input.shape[0], *weight.shape))
     radial = weight.new_empty((input.shape[0], weight.shape[0]))
@@ -561,6 +574,7 @@ def tap_cosine_gradients(
         weight,
         scale,
         offset,
+        kept,
         grad,
         grad_input,
         grad_per_sample,

@@ -1539,10 +1539,12 @@ void cosine_backward_plane(const S* __restrict x, const S* __restrict w, const S
 // minus that times x (the Radial backward, over every tap of the group's channels). RADIAL (B, O)
 // gets the sum over positions of a y |p|, which the caller turns into the weight's radial term.
 // Where the composition made and kept several output-sized tensors, nothing leaves the cache
-// but the gradients. S is float or double (the narrower types keep the composition).
+// but the gradients. KEPT, where not null, is y as the forward kept it (B, O, rows, width): a
+// dense layer's products are not recomputed. S is float or double (the narrower types keep the
+// composition).
 template <typename S>
-void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, const S* grad, S* grad_x,
-                     S* grad_w, S* radial, const Geometry& g, const Layout& layout, int threads) {
+void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, const S* kept, const S* grad,
+                     S* grad_x, S* grad_w, S* radial, const Geometry& g, const Layout& layout, int threads) {
   static_assert(std::is_same<S, Compute<S>>::value, "float and double only");
   using T = S;
   using E = Bits<S>;
@@ -1574,17 +1576,23 @@ void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, co
       for (int64_t j = 0; j < per_group_out; ++j) {
         const int64_t o = group * per_group_out + j;
         const S* incoming = grad + (b * g.out_channels + o) * output_plane;
-        forward_plane<S, Dot<T>>(source, w + o * g.taps, scaled.data(), g, nullptr);
-        const T filter_scale = scale[o], filter_offset = offset[o];
+        // y = p . w / D, or the kept y, into SCALED; then a = grad / D in its place
         T* __restrict products = scaled.data();
         T* __restrict to_radial = radial_grads.data();
         const T* __restrict field_norms = norms.data();
+        const T filter_scale = scale[o], filter_offset = offset[o];
+        if (kept == nullptr) {
+          forward_plane<S, Dot<T>>(source, w + o * g.taps, products, g, nullptr);
+#pragma omp simd
+          for (int64_t v = 0; v < output_plane; ++v) products[v] /= field_norms[v] * filter_scale + filter_offset;
+        } else {
+          std::memcpy(products, kept + (b * g.out_channels + o) * output_plane, output_plane * sizeof(T));
+        }
         T radial_sum = 0;
 #pragma omp simd reduction(+ : radial_sum)
         for (int64_t v = 0; v < output_plane; ++v) {
-          const T denominator = field_norms[v] * filter_scale + filter_offset;
-          const T a = incoming[v] / denominator;
-          const T ay = a * (products[v] / denominator);
+          const T a = incoming[v] / (field_norms[v] * filter_scale + filter_offset);
+          const T ay = a * products[v];
           products[v] = a;
           to_radial[v] += field_norms[v] == 0 ? T(0) : ay * filter_scale / field_norms[v];
           radial_sum += ay * field_norms[v];
@@ -1823,7 +1831,8 @@ void backward_any(int operation, const S* x, const S* w, const S* y, const S* gr
 
 #define TAP_COSINE_BACKWARD(T, SUFFIX)                                                                      \
   extern "C" void tap_cosine_backward_##SUFFIX(const T* x, const T* w, const T* scale, const T* offset,     \
-                                               const T* grad, T* grad_x, T* grad_w, T* radial,             \
+                                               const T* kept, const T* grad, T* grad_x, T* grad_w,         \
+                                               T* radial,                                                  \
                                                int64_t batch, int64_t channels, int64_t out_channels,      \
                                                int64_t groups, int64_t plane, int64_t taps,                \
                                                const int64_t* tap_offsets, const int64_t* weight_index,    \
@@ -1835,7 +1844,7 @@ void backward_any(int operation, const S* x, const S* w, const S* y, const S* gr
     const Geometry g{batch, channels, out_channels, groups, plane, taps, tap_offsets, weight_index, rows,      \
                      row_offsets, width, step};                                                             \
     const Layout layout{ndim, size, before, padded, phases};                                                \
-    cosine_backward<T>(x, w, scale, offset, grad, grad_x, grad_w, radial, g, layout, threads);               \
+    cosine_backward<T>(x, w, scale, offset, kept, grad, grad_x, grad_w, radial, g, layout, threads);         \
   }
 
 TAP_COSINE_BACKWARD(float, f32)
