@@ -1622,10 +1622,13 @@ void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, co
 // and inf flow through as in that formula.
 template <typename S, int VECTORS, int ROWS, bool PARTIAL>
 __attribute__((always_inline)) inline void quotient_block(const S* x, const S* w, S* const* outs, const int64_t* origins, const Geometry& g,
-                           int64_t first, int count, Compute<S> scale, Compute<S> offset, const S* bias) {
+                           int64_t first, int count, Compute<S> scale, Compute<S> offset, const S* bias,
+                           int64_t last_vector = (VECTORS - 1) * Lanes<Compute<S>>::kCount) {
   using T = Compute<S>;
   using Vector = typename Lanes<T>::Vector;
   constexpr int kLanes = Lanes<T>::kCount;
+  // where each vector starts, after FIRST: the last at LAST_VECTOR (as in forward_block)
+  const auto at = [last_vector](int v) { return v == VECTORS - 1 ? last_vector : int64_t(v) * kLanes; };
   Vector products[ROWS][VECTORS], squares[ROWS][VECTORS];
   for (int r = 0; r < ROWS; ++r) {
     for (int v = 0; v < VECTORS; ++v) products[r][v] = squares[r][v] = Vector{};
@@ -1639,8 +1642,8 @@ __attribute__((always_inline)) inline void quotient_block(const S* x, const S* w
 #pragma GCC unroll 8
       for (int v = 0; v < VECTORS; ++v) {
         // whole vectors take load's constant default count
-        const Vector values = PARTIAL && v == VECTORS - 1 ? load_partial(source + v * kLanes * g.step, g.step, count)
-                                                          : load(source + v * kLanes * g.step, g.step);
+        const Vector values = PARTIAL && v == VECTORS - 1 ? load_partial(source + at(v) * g.step, g.step, count)
+                                                          : load(source + at(v) * g.step, g.step);
         products[r][v] += values * weight;
         squares[r][v] += values * values;
       }
@@ -1651,7 +1654,7 @@ __attribute__((always_inline)) inline void quotient_block(const S* x, const S* w
       const Vector norms = square_root(squares[r][v]);
       Vector result = products[r][v] / (norms * scale + offset);
       if (bias != nullptr) result = result + widen(*bias);
-      S* out = outs[r] + first + v * kLanes;
+      S* out = outs[r] + first + at(v);
       if (PARTIAL && v == VECTORS - 1) {
         store_partial(out, result, count);
       } else {
@@ -1669,6 +1672,11 @@ void quotient_rows(const S* x, const S* w, S* const* outs, const int64_t* origin
   const int64_t block = g.width >= 2 * kLanes ? 2 * kLanes : kLanes;
   if (g.width < kLanes) {
     quotient_block<S, 1, ROWS, true>(x, w, outs, origins, g, 0, static_cast<int>(g.width), scale, offset, bias);
+    return;
+  }
+  if (g.width > kLanes && g.width < 2 * kLanes) {
+    // one block of two overlapping vectors: twice the independent sums of one vector at a time
+    quotient_block<S, 2, ROWS, false>(x, w, outs, origins, g, 0, kLanes, scale, offset, bias, g.width - kLanes);
     return;
   }
   for (int64_t start = 0; start < g.width; start += block) {
