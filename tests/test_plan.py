@@ -33,7 +33,7 @@ PATHS = [
     ("1x1-padded", (2, 4, 5, 5), (6, 4, 1, 1), "dot", {"padding": 1}, "tap loops"),
     ("3x3", (2, 4, 8, 8), (6, 4, 3, 3), "dot", {"padding": 1}, "tap loops"),
     ("3x3-many-channels", (1, 130, 5, 5), (6, 130, 3, 3), "dot", {"padding": 1}, "fields"),
-    ("3x3-cosine", (2, 4, 8, 8), (6, 4, 3, 3), "cosine", {"padding": 1}, "fields"),
+    ("3x3-cosine", (2, 4, 8, 8), (6, 4, 3, 3), "cosine", {"padding": 1}, "tap products"),
     ("3x3-rbf", (2, 4, 8, 8), (6, 4, 3, 3), "rbf", {"padding": 1}, "fields"),
     ("3x3-l2", (2, 4, 8, 8), (6, 4, 3, 3), "l2", {}, "tap loops"),
     ("3x3-l1", (2, 4, 8, 8), (6, 4, 3, 3), "l1", {}, "tap loops"),
@@ -133,6 +133,15 @@ def test_list_arguments_are_planned_as_their_tuples_are():
     expected = torch.nn.functional.conv2d(x, w, padding=1, stride=(2, 1))
     for stride, padding in [((2, 1), 1), ([2, 1], [1, 1]), ([2, 1], [[1, 1], (1, 1)])]:
         torch.testing.assert_close(anyconv.conv(x, w, stride=stride, padding=padding), expected)
+
+
+def test_a_plan_made_while_torchs_machinery_watches_is_not_reused_in_a_plain_call():
+    # a dense layer's recorded cosine takes the loops' one-pass backward in plain eager calls only
+    x, w = torch.randn(2, 4, 8, 8), torch.randn(6, 4, 3, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        watched = _plan(x, w, resolve_variant("cosine"), padding=1)
+    plain = _plan(x, w, resolve_variant("cosine"), padding=1)
+    assert (watched.path, plain.path) == ("fields", "tap products")
 
 
 class _Squares(Variant):

@@ -46,6 +46,9 @@ CASES = [
     # more positions per (sample, group), and filters per group
     ((2, 4, 18, 18), (4, 1, 3, 3), {"padding": 1, "groups": 4}),
     ((1, 8, 17, 16), (8, 4, 3, 3), {"padding": 1, "groups": 2}),
+    # dense layers of many taps, whose dot the filter blocks take (the fields path's backward)
+    ((2, 8, 9, 10), (6, 8, 3, 3), {"padding": 1}),
+    ((2, 16, 40), (8, 16, 3), {"padding": 1, "stride": 2}),
 ]
 
 
@@ -111,7 +114,9 @@ def test_gradients_equal_the_composed_form(x_shape, w_shape, arguments, monkeypa
         torch.testing.assert_close(value, reference, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("case", [1, -2], ids=["depthwise-5x5-stride-2", "depthwise-3x3-18x18"])
+@pytest.mark.parametrize(
+    "case", [1, 12, 14], ids=["depthwise-5x5-stride-2", "depthwise-3x3-18x18", "dense-3x3"]
+)
 def test_nan_and_inf_give_the_composed_forms_gradients(case, monkeypatch):
     x_shape, w_shape, arguments = CASES[case]
     x, w, b = _tensors(x_shape, w_shape)
@@ -198,7 +203,9 @@ def test_the_box_sums_adjoint_is_autograds(ndim, data):
     assert len(box_passes(geometry)) in (1, ndim)
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[-2]], ids=["depthwise", "dense"])
+@pytest.mark.parametrize(
+    "case", [CASES[0], CASES[10], CASES[14]], ids=["depthwise", "dense-few-taps", "dense"]
+)
 def test_a_second_backward_of_the_same_graph_gives_the_same_gradients(case):
     # retain_graph: the dense layer's kept quotient serves both backwards unchanged, and an
     # in-place change of the output does not reach it

@@ -17,6 +17,7 @@ from ..variants.native import native_enabled
 from ..variants.triton_backend import backend
 from .chunks import resolve_budget
 from .fields import check_conv_sizes
+from .machinery import machinery_watches
 from .paths import choose_path
 
 #: plans kept; the oldest is dropped past this (a model has a few dozen call signatures)
@@ -64,8 +65,9 @@ def plan_conv(
     """The plan of a call whose tensors were checked (``check_conv_tensors``), made once per signature.
 
     The signature: the shapes, dtype and device, the arguments exactly as given, the variant's
-    type and its numeric options (and which options are tensors), the grad mode, the
-    torch.func transforms, and the environment's switches (``ANYCONV_NATIVE``,
+    type and its numeric options (and which options are tensors), the grad mode, whether torch's
+    machinery watches (``machinery_watches``: torch.func's transforms, autocast, modes, tensor
+    subclasses), and the environment's switches (``ANYCONV_NATIVE``,
     ``ANYCONV_BACKEND``). A call that torch.compile traces is planned in the trace (its
     arguments may be symbolic), as is one whose arguments cannot serve as a key.
     """
@@ -89,7 +91,7 @@ def plan_conv(
             tuple((name, value) for name, value in options.items() if not isinstance(value, torch.Tensor)),
             tuple(isinstance(value, torch.Tensor) for value in options.values()),
             torch.is_grad_enabled(),
-            torch._C._are_functorch_transforms_active(),
+            machinery_watches(input, weight),
             native_enabled(),
             backend(),
         )

@@ -1,6 +1,7 @@
 """The tap-products path: ``cosine``, ``sharpened_cosine``, ``polynomial`` and ``rbf`` on few
-input channels per group (depthwise), and in inference on the dense layers whose ``dot`` and ``l2``
-the loops take in filter blocks, composed from tap-by-tap sums instead of copied fields.
+input channels per group (depthwise), and on the dense layers whose ``dot`` and ``l2`` the loops
+take in filter blocks (in inference; the cosine also in an eager float call that records a graph),
+composed from tap-by-tap sums instead of copied fields.
 
 Each is a function of the dot product s = p . w summed tap by tap (``rbf``: of the squared distance,
 which does not cancel on data far from zero), the field norms |p| (a box sum of x^2 per group) and
@@ -8,9 +9,10 @@ the filter norms |w|. The sums are the C++ tap loops' on CPU and the Triton kern
 chosen (:func:`tap_primitive`); both are custom operators differentiable twice, and autograd
 differentiates the composition. On the C++ loops the cosines take one pass instead
 (:func:`tap_quotient_conv`: p . w, |p|^2 and the division at once; on a dense layer in float or
-double the filter blocks' p . w, then |p| once per field, then the division) where no graph is recorded, and
-so does the cosine where one is, with a backward that recomputes from the input and the weight
-(``engine/tap_cosine.py``) unless torch's machinery watches the call.
+double the filter blocks' p . w, then |p| once per field, then the division) where no graph is
+recorded, and so does the cosine where one is, with a backward that recomputes from the input and
+the weight, or reads a dense layer's kept quotient (``engine/tap_cosine.py``), unless torch's
+machinery watches the call.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ FUSED_QUOTIENT = True
 def tap_products_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
     """Whether this path computes the call: a product-form variant (exactly one of the built-in
     classes, whose formulas it repeats) where a primitive sums ``dot`` tap by tap (:func:`tap_primitive`),
-    or, with gradients off, where the loops take a dense layer's ``dot`` and ``l2`` in filter blocks
-    (``filter_blocks_fit``).
+    or where the loops take a dense layer's ``dot`` and ``l2`` in filter blocks (``filter_blocks_fit``)
+    with gradients off, or for the cosine in an eager float32 or float64 call.
 
     >>> import torch
     >>> x, w = torch.randn(1, 8, 5, 5), torch.randn(8, 1, 3, 3)
@@ -52,10 +54,17 @@ def tap_products_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor
         return False
     if tap_primitive(input, weight, groups) is not None:
         return True
-    # a dense layer in inference only: recorded for autograd, the composition keeps its products,
-    # norms and quotient, about three outputs more than the fields path's backward (ResNet-18's
-    # stem: a peak of 2.4x torch's, docs/benchmarks.md)
-    return not torch.is_grad_enabled() and filter_blocks_fit(input, weight, groups)
+    if not filter_blocks_fit(input, weight, groups):
+        return False
+    # a dense layer in inference, or the cosine in an eager float call whose backward recomputes
+    # (loops_cosine): elsewhere, recorded for autograd, the composition keeps its products, norms
+    # and quotient, about three outputs more than the fields path's backward (ResNet-18's stem: a
+    # peak of 2.4x torch's, docs/benchmarks.md)
+    return not torch.is_grad_enabled() or (
+        type(variant) is Cosine
+        and input.dtype in (torch.float32, torch.float64)
+        and not machinery_watches(input, weight)
+    )
 
 
 def tap_primitive(input: torch.Tensor, weight: torch.Tensor, groups: int) -> Primitive | None:
@@ -127,9 +136,14 @@ def tap_products_conv(
     # divides it by |p| found once per field (quotient_of_sums in tap_loops.cpp); bfloat16 and
     # float16 would round the dot before the division, and compose
     blocked = FUSED_QUOTIENT and summing is None and input.dtype in (torch.float32, torch.float64)
-    if loops and recording and isinstance(variant, Cosine) and not machinery_watches(input, weight, bias):
-        # a backward that keeps the input and the weight only, where the composition below keeps
-        # its products, squares, norms and denominator for autograd
+    if (
+        (loops or blocked)
+        and recording
+        and isinstance(variant, Cosine)
+        and not machinery_watches(input, weight, bias)
+    ):
+        # a backward that keeps the input and the weight only (and a dense layer's quotient), where
+        # the composition below keeps its products, squares, norms and denominator for autograd
         return loops_cosine(input, weight, bias, variant.eps, geometry, groups, memory_budget)
     if (loops or blocked) and not recording and isinstance(variant, (Cosine, SharpenedCosine)):
         return _fused_cosine(input, weight, bias, variant, geometry, groups, memory_budget)
