@@ -187,23 +187,27 @@ void backward_block(const S* f, const Compute<S>* w, const S* g, S* grad_f, Comp
     for (int64_t j = 0; j < n; ++j) grad_f[(m + i) * K + kb + j] = narrow<S>(-acc[i][j]);
 }
 
-template <typename S, int MB, typename Term, typename... Extra>
-void backward_fields(const S* f, const Compute<S>* w, const S* g, S* grad_f, Compute<S>* grad_w, int64_t K,
-                     int64_t O, int64_t m, int64_t k0, int64_t k1, Extra... extra) {
-  constexpr int64_t KB = tap_lanes<Compute<S>>();
-  int64_t kb = k0;
-  for (; kb + KB <= k1; kb += KB)
-    backward_block<S, MB, true, Term>(f, w, g, grad_f, grad_w, K, O, m, kb, KB, extra...);
-  if (kb < k1) backward_block<S, MB, false, Term>(f, w, g, grad_f, grad_w, K, O, m, kb, k1 - kb, extra...);
+// The fields [m0, m1) at the taps [kb, kb + width): every block of fields meets the same column of
+// the filters and of their gradient (O x width, in cache), which a loop over the taps inside one
+// over the fields would stream in from memory again for every block of fields on a layer whose
+// filters outgrow the cache
+template <typename S, bool FULL, typename Term, typename... Extra>
+void backward_tap_column(const S* f, const Compute<S>* w, const S* g, S* grad_f, Compute<S>* grad_w, int64_t K,
+                         int64_t O, int64_t m0, int64_t m1, int64_t kb, int64_t width, Extra... extra) {
+  int64_t m = m0;
+  for (; m + kBlockFields <= m1; m += kBlockFields)
+    backward_block<S, kBlockFields, FULL, Term>(f, w, g, grad_f, grad_w, K, O, m, kb, width, extra...);
+  for (; m < m1; ++m) backward_block<S, 1, FULL, Term>(f, w, g, grad_f, grad_w, K, O, m, kb, width, extra...);
 }
 
 template <typename S, typename Term, typename... Extra>
 void backward_rows(const S* f, const Compute<S>* w, const S* g, S* grad_f, Compute<S>* grad_w, int64_t K,
                    int64_t O, int64_t m0, int64_t m1, int64_t k0, int64_t k1, Extra... extra) {
-  int64_t m = m0;
-  for (; m + kBlockFields <= m1; m += kBlockFields)
-    backward_fields<S, kBlockFields, Term>(f, w, g, grad_f, grad_w, K, O, m, k0, k1, extra...);
-  for (; m < m1; ++m) backward_fields<S, 1, Term>(f, w, g, grad_f, grad_w, K, O, m, k0, k1, extra...);
+  constexpr int64_t KB = tap_lanes<Compute<S>>();
+  int64_t kb = k0;
+  for (; kb + KB <= k1; kb += KB)
+    backward_tap_column<S, true, Term>(f, w, g, grad_f, grad_w, K, O, m0, m1, kb, KB, extra...);
+  if (kb < k1) backward_tap_column<S, false, Term>(f, w, g, grad_f, grad_w, K, O, m0, m1, kb, k1 - kb, extra...);
 }
 
 // The backward's loop nest on `threads` threads over the fields [m0, m1) and taps [k0, k1):

@@ -150,39 +150,46 @@ void tropical_backward_block(const S* f, const Compute<S>* wt, const S* g, Compu
   }
 }
 
-// the field gradients of MB fields, summed over every block of filters in the compute type: in
-// place for float and double, in a buffer rounded once to S for the narrower types
-template <typename S, int MB, bool MINIMUM, bool FINITE>
-void tropical_backward_fields(const S* f, const Compute<S>* wt, const S* g, S* grad_f, Compute<S>* grad_wt,
-                              Compute<S>* buffer, int64_t K, int64_t O, int64_t m, int64_t o0, int64_t o1) {
-  using T = Compute<S>;
-  constexpr bool kInPlace = std::is_same<S, T>::value;
-  T* rows = kInPlace ? reinterpret_cast<T*>(grad_f + m * K) : buffer;
-  std::fill(rows, rows + MB * K, T(0));
-  for (int64_t ob = o0; ob < o1; ob += out_lanes<T>())
-    tropical_backward_block<S, MB, MINIMUM, FINITE>(f, wt, g, rows, grad_wt, K, O, m, ob);
-  if (!kInPlace)
-    for (int64_t j = 0; j < MB * K; ++j) grad_f[m * K + j] = narrow<S>(rows[j]);
-}
+// fields a tile of the tropical backward takes: their rows and one block of filters' column of wt
+// (K x out_lanes) stay in cache while every block of the tile meets that column
+constexpr int64_t kTileFields = 8 * anyconv::kBlockFields;
 
 // the filters [o0, o1) of the fields [m0, m1): their field gradients (over those filters only)
-// and the filter gradients of those filters
-// each block of fields is checked just before its loops (see tropical_forward_rows)
+// and the filter gradients of those filters. Tile by tile of fields, each block of filters meets
+// every block of fields of the tile: a loop over the filters inside one over the fields streamed
+// the whole of wt in from memory again for every block of fields on a wide layer. The field
+// gradients sum in the compute type: in place for float and double, in a buffer rounded once to S
+// for the narrower types. Each block of fields is checked once (see tropical_forward_rows).
 template <typename S, bool MINIMUM>
 void tropical_backward_rows(const S* f, const Compute<S>* wt, const S* g, S* grad_f, Compute<S>* grad_wt,
                             int64_t K, int64_t O, int64_t m0, int64_t m1, int64_t o0, int64_t o1,
                             bool filters_finite) {
+  using T = Compute<S>;
   constexpr int MB = anyconv::kBlockFields;
-  std::vector<Compute<S>> buffer(std::is_same<S, Compute<S>>::value ? 0 : MB * K);
-  int64_t m = m0;
-  for (; m + MB <= m1; m += MB) {
-    if (filters_finite && all_finite(f + m * K, MB * K))
-      tropical_backward_fields<S, MB, MINIMUM, true>(f, wt, g, grad_f, grad_wt, buffer.data(), K, O, m, o0, o1);
-    else
-      tropical_backward_fields<S, MB, MINIMUM, false>(f, wt, g, grad_f, grad_wt, buffer.data(), K, O, m, o0, o1);
+  constexpr int64_t OB = out_lanes<T>();
+  constexpr bool kInPlace = std::is_same<S, T>::value;
+  std::vector<T> buffer(kInPlace ? 0 : kTileFields * K);
+  bool finite[kTileFields / MB];
+  for (int64_t t0 = m0; t0 < m1; t0 += kTileFields) {
+    const int64_t t1 = std::min(t0 + kTileFields, m1);
+    T* rows = kInPlace ? reinterpret_cast<T*>(grad_f + t0 * K) : buffer.data();
+    std::fill(rows, rows + (t1 - t0) * K, T(0));
+    for (int64_t m = t0; m + MB <= t1; m += MB) finite[(m - t0) / MB] = filters_finite && all_finite(f + m * K, MB * K);
+    for (int64_t ob = o0; ob < o1; ob += OB) {
+      int64_t m = t0;
+      for (; m + MB <= t1; m += MB) {
+        T* block_rows = rows + (m - t0) * K;
+        if (finite[(m - t0) / MB])
+          tropical_backward_block<S, MB, MINIMUM, true>(f, wt, g, block_rows, grad_wt, K, O, m, ob);
+        else
+          tropical_backward_block<S, MB, MINIMUM, false>(f, wt, g, block_rows, grad_wt, K, O, m, ob);
+      }
+      for (; m < t1; ++m)
+        tropical_backward_block<S, 1, MINIMUM, false>(f, wt, g, rows + (m - t0) * K, grad_wt, K, O, m, ob);
+    }
+    if (!kInPlace)
+      for (int64_t j = 0; j < (t1 - t0) * K; ++j) grad_f[t0 * K + j] = narrow<S>(rows[j]);
   }
-  for (; m < m1; ++m)
-    tropical_backward_fields<S, 1, MINIMUM, false>(f, wt, g, grad_f, grad_wt, buffer.data(), K, O, m, o0, o1);
 }
 
 // flags: bit 0 min_plus (else max_plus), bit 1 the filters are all finite
