@@ -78,6 +78,25 @@ def test_native_and_eager_paths_agree(kernel, shape, filters, dtype, monkeypatch
             torch.testing.assert_close(got, want, **tolerance)
 
 
+@needs_native
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", ["max_plus", "min_plus"])
+@pytest.mark.parametrize("shape, filters", [((1, 70, 37), 64), ((2, 45, 9), 3)], ids=["tiles", "small"])
+def test_a_tropical_tie_goes_to_the_first_tap_natively_as_in_the_eager_path(
+    kernel, shape, filters, dtype, monkeypatch
+):
+    # small integers: most (field, filter) pairs have several taps at the best value
+    generator = torch.Generator().manual_seed(3)
+    f = torch.randint(-2, 3, shape, generator=generator).to(dtype)
+    w = torch.randint(-2, 3, (shape[0], filters, shape[2]), generator=generator).to(dtype)
+    g = torch.randn(shape[0], shape[1], filters, generator=generator, dtype=dtype)
+    backward = KERNELS[kernel][1]
+    native = backward(f, w, g)
+    monkeypatch.setenv("ANYCONV_NATIVE", "0")
+    for got, want in zip(native, backward(f, w, g)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_eager_path_for_other_dtypes():
     f, w = torch.randint(-9, 9, (1, 9, 4)), torch.randint(-9, 9, (1, 3, 4))
     expected = -(f[:, :, None] - w[:, None]).abs().sum(-1)

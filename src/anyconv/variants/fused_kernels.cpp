@@ -94,6 +94,27 @@ struct L1Adder {
   static T term(T e, T grad) { return grad * std::min(std::max(e, T(-1)), T(1)); }
 };
 
+// taps whose index a T holds exactly (the single sweep's winner index)
+template <typename T>
+constexpr int64_t kExactTaps = int64_t(1) << std::numeric_limits<T>::digits;
+
+// each (field, filter)'s gradient to its winning tap TAP: into the field gradient rows and the
+// filter gradient
+template <typename S, int MB, bool MINIMUM>
+inline void take_winners(const S* g, const Compute<S> (&tap)[MB][out_lanes<Compute<S>>()], Compute<S>* grad_rows,
+                         Compute<S>* grad_wt, int64_t K, int64_t O, int64_t m, int64_t ob) {
+  using T = Compute<S>;
+  for (int i = 0; i < MB; ++i) {
+    for (int64_t o = 0; o < out_lanes<T>(); ++o) {
+      const T grad = widen(g[(m + i) * O + ob + o]);
+      // every tap searched leaves tap at K: never index there, whatever the input
+      const int64_t k = std::min(static_cast<int64_t>(tap[i][o]), K - 1);
+      grad_rows[i * K + k] += grad;
+      grad_wt[k * O + ob + o] += MINIMUM ? -grad : grad;
+    }
+  }
+}
+
 // the tap that wins each (field, filter), the first on a tie, takes the whole gradient; when the
 // best value is NaN the winner is the first NaN tap (as torch's max picks it). Two
 // sweeps: the best value, then the first tap reaching it, counted without branches (a select
@@ -111,6 +132,29 @@ void tropical_backward_block(const S* f, const Compute<S>* wt, const S* g, Compu
   T best[MB][OB];
   for (int i = 0; i < MB; ++i)
     for (int64_t o = 0; o < OB; ++o) best[i][o] = Reduce::init();
+  if constexpr (FINITE) {
+    if (K < kExactTaps<T>) {
+      // no NaN: the winner is the first tap strictly better than every tap before it, tracked in
+      // the same sweep as the best value (its index a T, so that the select stays in vectors)
+      T tap[MB][OB] = {};
+      for (int64_t k = 0; k < K; ++k) {
+        const T* w = wt + k * O + ob;
+        const T index = static_cast<T>(k);
+        for (int i = 0; i < MB; ++i) {
+          const T x = widen(f[(m + i) * K + k]);
+#pragma omp simd
+          for (int64_t o = 0; o < OB; ++o) {
+            const T value = MINIMUM ? x - w[o] : x + w[o];
+            const bool better = MINIMUM ? value < best[i][o] : value > best[i][o];
+            best[i][o] = better ? value : best[i][o];
+            tap[i][o] = better ? index : tap[i][o];
+          }
+        }
+      }
+      take_winners<S, MB, MINIMUM>(g, tap, grad_rows, grad_wt, K, O, m, ob);
+      return;
+    }
+  }
   for (int64_t k = 0; k < K; ++k) {
     const T* w = wt + k * O + ob;
     for (int i = 0; i < MB; ++i) {
@@ -139,15 +183,7 @@ void tropical_backward_block(const S* f, const Compute<S>* wt, const S* g, Compu
       }
     }
   }
-  for (int i = 0; i < MB; ++i) {
-    for (int64_t o = 0; o < OB; ++o) {
-      const T grad = widen(g[(m + i) * O + ob + o]);
-      // every tap searched leaves tap at K: never index there, whatever the input
-      const int64_t k = std::min(static_cast<int64_t>(tap[i][o]), K - 1);
-      grad_rows[i * K + k] += grad;
-      grad_wt[k * O + ob + o] += MINIMUM ? -grad : grad;
-    }
-  }
+  take_winners<S, MB, MINIMUM>(g, tap, grad_rows, grad_wt, K, O, m, ob);
 }
 
 // fields a tile of the tropical backward takes: their rows and one block of filters' column of wt
