@@ -1352,7 +1352,8 @@ void backward_plane(const S* __restrict x, const S* __restrict w, const S* __res
       const S* __restrict source = x + offset;
       T* __restrict target = grad_x + offset;
       const T weight = widen(w[g.weight_index[t]]);
-      Vector& weight_grads = tap_grads[t];
+      // the row's sum in a register, added to the tap's vector once
+      Vector weight_grads{};
       if constexpr (Op::kWinner) {
         int64_t i = 0;
         for (; i + kLanes <= g.width; i += kLanes)
@@ -1363,16 +1364,23 @@ void backward_plane(const S* __restrict x, const S* __restrict w, const S* __res
                                                     grad_row + i, target + i * s, static_cast<int>(g.width - i));
       } else {
         int64_t i = 0;
-        for (; i + kLanes <= g.width; i += kLanes) {
-          Vector dx, dw;
-          Op::partials(load(source + i * s, s), weight, load(grad_row + i, 1), dx, dw);
-          if (s == 1) {
+        // the contiguous case apart: with the strided scatter in the same loop, GCC kept an
+        // address per lane live and stepped all of them on every vector
+        if (s == 1) {
+          for (; i + kLanes <= g.width; i += kLanes) {
+            Vector dx, dw;
+            Op::partials(load(source + i, 1), weight, load(grad_row + i, 1), dx, dw);
             Vector sums = load(target + i, 1) + dx;
             std::memcpy(target + i, &sums, sizeof(sums));
-          } else {
-            for (int lane = 0; lane < kLanes; ++lane) target[(i + lane) * s] += dx[lane];
+            weight_grads += dw;
           }
-          weight_grads += dw;
+        } else {
+          for (; i + kLanes <= g.width; i += kLanes) {
+            Vector dx, dw;
+            Op::partials(load(source + i * s, s), weight, load(grad_row + i, 1), dx, dw);
+            for (int lane = 0; lane < kLanes; ++lane) target[(i + lane) * s] += dx[lane];
+            weight_grads += dw;
+          }
         }
         if (i < g.width) {
           // the row's last outputs in one partial vector: a scalar tail cost as much as the
@@ -1389,6 +1397,7 @@ void backward_plane(const S* __restrict x, const S* __restrict w, const S* __res
           weight_grads += first_lanes(dw, count);
         }
       }
+      tap_grads[t] += weight_grads;
     }
   }
   for (int64_t t = 0; t < g.taps; ++t) {
@@ -1497,18 +1506,23 @@ void cosine_backward_plane(const S* __restrict x, const S* __restrict w, const S
       const S* __restrict source = x + offset;
       S* __restrict target = grad_x + offset;
       const S weight = w[g.weight_index[t]];
-      Vector& weight_grads = tap_grads[t];
+      Vector weight_grads{};
       int64_t i = 0;
-      for (; i + kLanes <= g.width; i += kLanes) {
-        const Vector values = load(source + i * s, s), a = load(along_row + i, 1);
-        const Vector dx = a * weight - load(radial_row + i, 1) * values;
-        if (s == 1) {
-          Vector sums = load(target + i, 1) + dx;
+      // the contiguous case apart, as in backward_plane
+      if (s == 1) {
+        for (; i + kLanes <= g.width; i += kLanes) {
+          const Vector values = load(source + i, 1), a = load(along_row + i, 1);
+          Vector sums = load(target + i, 1) + (a * weight - load(radial_row + i, 1) * values);
           std::memcpy(target + i, &sums, sizeof(sums));
-        } else {
-          for (int lane = 0; lane < kLanes; ++lane) target[(i + lane) * s] += dx[lane];
+          weight_grads += a * values;
         }
-        weight_grads += a * values;
+      } else {
+        for (; i + kLanes <= g.width; i += kLanes) {
+          const Vector values = load(source + i * s, s), a = load(along_row + i, 1);
+          const Vector dx = a * weight - load(radial_row + i, 1) * values;
+          for (int lane = 0; lane < kLanes; ++lane) target[(i + lane) * s] += dx[lane];
+          weight_grads += a * values;
+        }
       }
       if (i < g.width) {
         const int count = static_cast<int>(g.width - i);
@@ -1522,6 +1536,7 @@ void cosine_backward_plane(const S* __restrict x, const S* __restrict w, const S
         // the lanes past COUNT are zero: a and x both loaded as 0
         weight_grads += a * values;
       }
+      tap_grads[t] += weight_grads;
     }
   }
   for (int64_t t = 0; t < g.taps; ++t) {
