@@ -81,7 +81,13 @@ def test_native_and_eager_paths_agree(kernel, shape, filters, dtype, monkeypatch
 @needs_native
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernel", ["max_plus", "min_plus"])
-@pytest.mark.parametrize("shape, filters", [((1, 70, 37), 64), ((2, 45, 9), 3)], ids=["tiles", "small"])
+@pytest.mark.parametrize(
+    "shape, filters",
+    # taps enough for the single sweep (kSingleSweepTaps in fused_kernels.cpp), over two tiles of
+    # fields; few taps and filters for the two sweeps
+    [((1, 70, 600), 64), ((2, 45, 9), 3)],
+    ids=["single-sweep", "two-sweeps"],
+)
 def test_a_tropical_tie_goes_to_the_first_tap_natively_as_in_the_eager_path(
     kernel, shape, filters, dtype, monkeypatch
 ):

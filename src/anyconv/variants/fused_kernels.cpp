@@ -97,6 +97,9 @@ struct L1Adder {
 // taps whose index a T holds exactly (the single sweep's winner index)
 template <typename T>
 constexpr int64_t kExactTaps = int64_t(1) << std::numeric_limits<T>::digits;
+// taps from which a finite block takes the single sweep: on fewer, a new best comes often enough
+// that the sweep's selects cost more than the second, branch-free sweep (docs/benchmarks.md)
+constexpr int64_t kSingleSweepTaps = 512;
 
 // each (field, filter)'s gradient to its winning tap TAP: into the field gradient rows and the
 // filter gradient
@@ -133,7 +136,7 @@ void tropical_backward_block(const S* f, const Compute<S>* wt, const S* g, Compu
   for (int i = 0; i < MB; ++i)
     for (int64_t o = 0; o < OB; ++o) best[i][o] = Reduce::init();
   if constexpr (FINITE) {
-    if (K < kExactTaps<T>) {
+    if (K >= kSingleSweepTaps && K < kExactTaps<T>) {
       // no NaN: the winner is the first tap strictly better than every tap before it, tracked in
       // the same sweep as the best value (its index a T, so that the select stays in vectors)
       T tap[MB][OB] = {};
