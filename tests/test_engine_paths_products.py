@@ -283,8 +283,13 @@ def test_unbatched_input():
 def test_other_variants_and_dense_calls_take_other_paths():
     x = torch.randn(1, 4, 5, 5)
     assert not tap_products_fit(resolve_variant("l1"), x, torch.randn(4, 1, 3, 3), 4)
-    # dense: where the loops take dot and l2 in filter blocks, with gradients off
-    assert not tap_products_fit(resolve_variant("cosine"), x, torch.randn(4, 4, 3, 3), 1)
+    # dense: where the loops take dot and l2 in filter blocks, with gradients off, and the cosine
+    # with gradients on in an eager float call
+    assert tap_products_fit(resolve_variant("cosine"), x, torch.randn(4, 4, 3, 3), 1)
+    assert not tap_products_fit(resolve_variant("rbf"), x, torch.randn(4, 4, 3, 3), 1)
+    assert not tap_products_fit(
+        resolve_variant("cosine"), x.bfloat16(), torch.randn(4, 4, 3, 3).bfloat16(), 1
+    )
     with torch.no_grad():
         assert tap_products_fit(resolve_variant("cosine"), x, torch.randn(4, 4, 3, 3), 1)
         assert tap_products_fit(resolve_variant("rbf"), x, torch.randn(4, 4, 3, 3), 1)

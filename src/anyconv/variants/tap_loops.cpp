@@ -496,15 +496,27 @@ void each_input_row(const E* x, int64_t p, const Layout& layout, Row&& row) {
   }
 }
 
+// What lay_out_interior and crop_interior walk: the phases, an input row's width, a padded row's
+// length in each phase, the padding before a row, and the padded rows of one phase
+struct InteriorShape {
+  int64_t phases, width, length, left, rows;
+};
+
+inline InteriorShape interior_shape(const Layout& layout) {
+  const int64_t ndim = layout.ndim;
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < ndim; ++d) rows *= layout.padded[d];
+  return {layout.phases, layout.size[ndim - 1], layout.padded[ndim - 1] / layout.phases, layout.before[ndim - 1],
+          rows};
+}
+
 // Plane P of x into the interior of OUT's layout, leaving the padding as it is: into a buffer whose
 // padding is zero already (a thread's buffer reused plane after plane), a copy of the input rows
 // alone, where lay_out_plane walks and fills every padded row
 template <typename E>
 void lay_out_interior(const E* x, E* out, int64_t p, const Layout& layout) {
-  const int64_t ndim = layout.ndim, phases = layout.phases, width = layout.size[ndim - 1];
-  const int64_t length = layout.padded[ndim - 1] / phases, left = layout.before[ndim - 1];
-  int64_t rows = 1;
-  for (int64_t d = 0; d + 1 < ndim; ++d) rows *= layout.padded[d];
+  const InteriorShape shape = interior_shape(layout);
+  const int64_t phases = shape.phases, width = shape.width, length = shape.length, left = shape.left;
   each_input_row(x, p, layout, [&](const E* source, int64_t target_row) {
     E* target = out + target_row * length;
     if (phases == 1) {
@@ -512,7 +524,7 @@ void lay_out_interior(const E* x, E* out, int64_t p, const Layout& layout) {
       return;
     }
     // the columns j of each phase that read the input, x's index j * phases + phase - left
-    for (int64_t phase = 0; phase < phases; ++phase, target += rows * length) {
+    for (int64_t phase = 0; phase < phases; ++phase, target += shape.rows * length) {
       const auto [first, last] = phase_span(width, left, length, phase, phases);
       E* from = const_cast<E*>(source) + phase - left;
       if (phases == 2) {
@@ -528,10 +540,8 @@ void lay_out_interior(const E* x, E* out, int64_t p, const Layout& layout) {
 // the compute type T, rounded to S), the padding dropped
 template <typename S, typename T>
 void crop_interior(const T* out, S* x, int64_t p, const Layout& layout) {
-  const int64_t ndim = layout.ndim, phases = layout.phases, width = layout.size[ndim - 1];
-  const int64_t length = layout.padded[ndim - 1] / phases, left = layout.before[ndim - 1];
-  int64_t rows = 1;
-  for (int64_t d = 0; d + 1 < ndim; ++d) rows *= layout.padded[d];
+  const InteriorShape shape = interior_shape(layout);
+  const int64_t phases = shape.phases, width = shape.width, length = shape.length, left = shape.left;
   each_input_row(x, p, layout, [&](const S* row, int64_t target_row) {
     S* target = const_cast<S*>(row);
     const T* from = out + target_row * length;
@@ -539,7 +549,7 @@ void crop_interior(const T* out, S* x, int64_t p, const Layout& layout) {
       for (int64_t j = 0; j < width; ++j) target[j] = narrow<S>(from[left + j]);
       return;
     }
-    for (int64_t phase = 0; phase < phases; ++phase, from += rows * length) {
+    for (int64_t phase = 0; phase < phases; ++phase, from += shape.rows * length) {
       const auto [first, last] = phase_span(width, left, length, phase, phases);
       S* to = target + phase - left;
       for (int64_t j = first; j < last; ++j) to[j * phases] = narrow<S>(from[j]);
