@@ -619,7 +619,8 @@ def test_eager_calls_skip_the_operators_dispatch_with_the_same_numbers(variant, 
 
 @pytest.mark.parametrize("groups", [8, 2])
 def test_the_eager_quotient_skips_its_operators_dispatch_with_the_same_numbers(groups):
-    from anyconv.engine.tap_loops import op_padding, tap_quotient_conv, tap_quotient_op
+    from anyconv.engine.ops import op_padding
+    from anyconv.engine.tap_loops import tap_quotient_conv, tap_quotient_op
 
     generator = torch.Generator().manual_seed(4)
     x = torch.randn(2, 8, 9, 9, generator=generator)

@@ -41,7 +41,6 @@ from .machinery import machinery_watches, records_graph
 from .ops import (
     generalized_conv_backward_op,
     op_geometry,
-    op_padding,
     op_variant,
     output_size,
     run_generalized_conv,
@@ -511,7 +510,7 @@ def tap_quotient_conv(
     ...     y = tap_quotient_conv(x, w, norms, torch.zeros(4), make_geometry((6, 6), 3), 4, 2**20)
     ...     assert y.shape == (2, 4, 4, 4) and y.abs().max() <= 1 + 1e-6
     """
-    arguments = (list(geometry.stride), op_padding(geometry), list(geometry.dilation), groups, memory_budget)
+    arguments = _dot_arguments(geometry, groups, memory_budget)[2:]
     if machinery_watches(input, weight, scale, offset, bias):
         return tap_quotient_op(input, weight, scale, offset, *arguments, bias)
     # a plain eager call: the operator's body without its dispatch (see tap_loops_conv)
@@ -554,10 +553,7 @@ def tap_cosine_gradients(
     the sum over samples and positions of a y |p| per filter (the radial term's factor), with
     ``scale`` = |w| and ``offset`` = eps per filter, and the quotient y where the forward ``kept``
     it; see ``engine/tap_cosine.py``."""
-    assert _DOT_ARGUMENTS is not None
-    name, options, _ = _DOT_ARGUMENTS
-    arguments = (list(geometry.stride), op_padding(geometry), list(geometry.dilation), groups, memory_budget)
-    plan = plan_of(_tap_plan, input, weight, name, options, *arguments)
+    plan = plan_of(_tap_plan, input, weight, *_dot_arguments(geometry, groups, memory_budget))
     record_native_call()
     # a channels-last input read as one contiguous copy, its gradient given back in its layout
     given, input = input, input.contiguous()
@@ -588,6 +584,16 @@ def tap_cosine_gradients(
 
 #: the loops' dot, whose plan (geometry, chunks of samples) the quotient shares
 _DOT_ARGUMENTS = variant_arguments(Dot())
+
+
+def _dot_arguments(
+    geometry: Geometry, groups: int, memory_budget: int
+) -> tuple[str, str, list[int], list[int], list[int], int, int]:
+    """The schema arguments of the loops' dot after the bias (see :func:`loops_arguments`), which
+    the quotient and the cosine's backward plan with."""
+    assert _DOT_ARGUMENTS is not None
+    name, options, _ = _DOT_ARGUMENTS
+    return schema_arguments(name, options, geometry, groups, memory_budget)
 
 
 def _quotient_forward(

@@ -464,14 +464,21 @@ struct Layout {
   bool channels_last = false;
 };
 
+// the elements of one unpadded input plane
+inline int64_t unpadded_plane(const Layout& layout) {
+  int64_t plane = 1;
+  for (int64_t d = 0; d < layout.ndim; ++d) plane *= layout.size[d];
+  return plane;
+}
+
 // plane P of x into OUT, its place in the layout (or back, with ADJOINT)
 template <typename E>
 void lay_out_plane(E* x, E* out, int64_t p, const Layout& layout, bool adjoint) {
   const int64_t ndim = layout.ndim, phases = layout.phases;
   const int64_t length = layout.padded[ndim - 1] / phases;
-  int64_t rows = 1, plane = 1;
+  const int64_t plane = unpadded_plane(layout);
+  int64_t rows = 1;
   for (int64_t d = 0; d + 1 < ndim; ++d) rows *= layout.padded[d];
-  for (int64_t d = 0; d < ndim; ++d) plane *= layout.size[d];
   RowIndex index(ndim, layout.padded);
   for (int64_t row = 0; row < rows; ++row, index.next()) {
     row_of_phases(x, out + row * length, rows * length, p, *index, ndim, layout.size, layout.before,
@@ -484,9 +491,9 @@ void lay_out_plane(E* x, E* out, int64_t p, const Layout& layout, bool adjoint) 
 template <typename E, typename Row>
 void each_input_row(const E* x, int64_t p, const Layout& layout, Row&& row) {
   const int64_t ndim = layout.ndim, width = layout.size[ndim - 1];
-  int64_t plane = 1, input_rows = 1;
+  const int64_t plane = unpadded_plane(layout);
+  int64_t input_rows = 1;
   for (int64_t d = 0; d + 1 < ndim; ++d) input_rows *= layout.size[d];
-  for (int64_t d = 0; d < ndim; ++d) plane *= layout.size[d];
   RowIndex index(ndim, layout.size);
   const E* source = x + p * plane;
   for (int64_t input_row = 0; input_row < input_rows; ++input_row, source += width, index.next()) {
@@ -557,6 +564,18 @@ void crop_interior(const T* out, S* x, int64_t p, const Layout& layout) {
   });
 }
 
+// One (sample, group) of CHANNELS unpadded planes at X into a buffer of laid-out planes of
+// PLANE elements each, and its gradient back (crop_group)
+template <typename E>
+void lay_out_group(const E* x, E* out, int64_t channels, int64_t plane, const Layout& layout) {
+  for (int64_t c = 0; c < channels; ++c) lay_out_interior(x, out + c * plane, c, layout);
+}
+
+template <typename S, typename T>
+void crop_group(const T* out, S* x, int64_t channels, int64_t plane, const Layout& layout) {
+  for (int64_t c = 0; c < channels; ++c) crop_interior(out + c * plane, x, c, layout);
+}
+
 // the elements of S as unsigned integers of their size, for the layout's copies
 template <typename S>
 using Bits = typename std::conditional<
@@ -592,8 +611,7 @@ void each_output_plane(const S* x, const S* w, S* y, const Geometry& g, const La
     }
     return;
   }
-  int64_t input_plane = 1;
-  for (int64_t d = 0; d < layout->ndim; ++d) input_plane *= layout->size[d];
+  const int64_t input_plane = unpadded_plane(*layout);
   const int64_t pairs = g.batch * g.groups;
   using E = Bits<S>;
 #pragma omp parallel num_threads(threads)
@@ -605,7 +623,7 @@ void each_output_plane(const S* x, const S* w, S* y, const Geometry& g, const La
     for (int64_t index = 0; index < pairs; ++index) {
       const int64_t b = index / g.groups, group = index % g.groups;
       const E* input = reinterpret_cast<const E*>(x + (b * g.channels + group * per_group_in) * input_plane);
-      for (int64_t c = 0; c < per_group_in; ++c) lay_out_interior(input, laid_out.data() + c * g.plane, c, *layout);
+      lay_out_group(input, laid_out.data(), per_group_in, g.plane, *layout);
       for (int64_t j = 0; j < per_group_out; ++j) {
         const int64_t o = group * per_group_out + j;
         plane(source, w + o * g.taps, y + (b * g.out_channels + o) * output_plane, o);
@@ -775,8 +793,7 @@ void forward_channel_vectors(const S* x, const S* w, const Compute<S>* scale, co
   using T = Compute<S>;
   constexpr int kLanes = Lanes<T>::kCount;
   const int64_t blocks = (g.channels + kLanes - 1) / kLanes, output_plane = g.rows * g.width;
-  int64_t input_plane = 1;
-  for (int64_t d = 0; d < layout.ndim; ++d) input_plane *= layout.size[d];
+  const int64_t input_plane = unpadded_plane(layout);
   const int64_t length = layout.padded[layout.ndim - 1], left = layout.before[layout.ndim - 1];
   const int64_t width = layout.size[layout.ndim - 1];
   // the quotient's |p|^2 by kernel rows where every kernel row is a run of RUN taps one position
@@ -1292,6 +1309,18 @@ __attribute__((always_inline)) inline Vector first_lanes(const Vector& values, i
   return lanes < T(count) ? values : Vector{};
 }
 
+// Each tap's weight gradient, kept as a vector over the lanes (see backward_plane), summed across
+// its lanes, times SIGN, into GRAD_W
+template <typename T>
+void add_tap_sums(const typename Lanes<T>::Vector* tap_grads, T* grad_w, const Geometry& g, T sign) {
+  constexpr int kLanes = Lanes<T>::kCount;
+  for (int64_t t = 0; t < g.taps; ++t) {
+    T weight_grad = 0;
+    for (int lane = 0; lane < kLanes; ++lane) weight_grad += tap_grads[t][lane];
+    grad_w[g.weight_index[t]] += weight_grad * sign;
+  }
+}
+
 // One vector of outputs of the tropical backward at one tap: per output, the first tap whose term
 // equals the output (or is NaN where it is) wins, and takes the output's gradient into the input
 // gradient (TARGET, STEP apart) and into the returned lanes, summed for the weight. FOUND marks
@@ -1410,12 +1439,9 @@ void backward_plane(const S* __restrict x, const S* __restrict w, const S* __res
       tap_grads[t] += weight_grads;
     }
   }
-  for (int64_t t = 0; t < g.taps; ++t) {
-    T weight_grad = 0;
-    for (int lane = 0; lane < kLanes; ++lane) weight_grad += tap_grads[t][lane];
-    if constexpr (Op::kWinner) weight_grad *= Op::kWeightSign;
-    grad_w[g.weight_index[t]] += weight_grad;
-  }
+  T sign = T(1);
+  if constexpr (Op::kWinner) sign = Op::kWeightSign;
+  add_tap_sums(tap_grads, grad_w, g, sign);
 }
 
 // Threads split (sample, group) pairs: each writes only its group's input gradient, and each
@@ -1436,11 +1462,7 @@ void backward(const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* g
   const int64_t per_group_in = g.channels / g.groups, per_group_out = g.out_channels / g.groups;
   const int64_t pairs = g.batch * g.groups, output_plane = g.rows * g.width;
   const int64_t group_elements = per_group_in * g.plane;
-  int64_t input_plane = g.plane;
-  if (layout != nullptr) {
-    input_plane = 1;
-    for (int64_t d = 0; d < layout->ndim; ++d) input_plane *= layout->size[d];
-  }
+  const int64_t input_plane = layout != nullptr ? unpadded_plane(*layout) : g.plane;
 #pragma omp parallel num_threads(threads)
   {
     std::vector<T> found(Op::kWinner ? g.width : 0);
@@ -1458,7 +1480,7 @@ void backward(const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* g
       const S* source = x + input_at;
       if (layout != nullptr) {
         const E* input = reinterpret_cast<const E*>(source);
-        for (int64_t c = 0; c < per_group_in; ++c) lay_out_interior(input, laid_out.data() + c * g.plane, c, *layout);
+        lay_out_group(input, laid_out.data(), per_group_in, g.plane, *layout);
         source = reinterpret_cast<const S*>(laid_out.data());
       }
       T* group_grad = input_grads.data();
@@ -1488,8 +1510,7 @@ void backward(const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* g
           for (int64_t t = 0; t < g.taps; ++t) filter_grad[t] = narrow<S>(weight_grads[t]);
       }
       if (layout != nullptr) {
-        for (int64_t c = 0; c < per_group_in; ++c)
-          crop_interior(input_grads.data() + c * g.plane, grad_x + input_at, c, *layout);
+        crop_group(input_grads.data(), grad_x + input_at, per_group_in, g.plane, *layout);
       } else if (!in_place) {
         for (int64_t e = 0; e < group_elements; ++e) grad_x[input_at + e] = narrow<S>(input_grads[e]);
       }
@@ -1549,11 +1570,7 @@ void cosine_backward_plane(const S* __restrict x, const S* __restrict w, const S
       tap_grads[t] += weight_grads;
     }
   }
-  for (int64_t t = 0; t < g.taps; ++t) {
-    S weight_grad = 0;
-    for (int lane = 0; lane < kLanes; ++lane) weight_grad += tap_grads[t][lane];
-    grad_w[g.weight_index[t]] += weight_grad;
-  }
+  add_tap_sums(tap_grads, grad_w, g, S(1));
 }
 
 // The cosine's input and weight gradients on a grouped layer, given the unpadded input and its
@@ -1577,8 +1594,7 @@ void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, co
   const int64_t per_group_in = g.channels / g.groups, per_group_out = g.out_channels / g.groups;
   const int64_t pairs = g.batch * g.groups, output_plane = g.rows * g.width;
   const int64_t group_elements = per_group_in * g.plane;
-  int64_t input_plane = 1;
-  for (int64_t d = 0; d < layout.ndim; ++d) input_plane *= layout.size[d];
+  const int64_t input_plane = unpadded_plane(layout);
 #pragma omp parallel num_threads(threads)
   {
     // zero filled once: the planes laid out into it write the same interior places only
@@ -1591,7 +1607,7 @@ void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, co
       const int64_t b = index / g.groups, group = index % g.groups;
       const int64_t input_at = (b * g.channels + group * per_group_in) * input_plane;
       const E* input = reinterpret_cast<const E*>(x + input_at);
-      for (int64_t c = 0; c < per_group_in; ++c) lay_out_interior(input, laid_out.data() + c * g.plane, c, layout);
+      lay_out_group(input, laid_out.data(), per_group_in, g.plane, layout);
       const S* source = reinterpret_cast<const S*>(laid_out.data());
       std::fill(input_grads.begin(), input_grads.end(), T(0));
       std::fill(radial_grads.begin(), radial_grads.end(), T(0));
@@ -1635,8 +1651,7 @@ void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, co
       if (per_group_out > 1)
         backward_plane<S, Radial<T>>(source, group_filters, nullptr, radial_grads.data(), input_grads.data(),
                                      no_weight_grads.data(), g, unused, unused, tap_grads.data());
-      for (int64_t c = 0; c < per_group_in; ++c)
-        crop_interior(input_grads.data() + c * g.plane, grad_x + input_at, c, layout);
+      crop_group(input_grads.data(), grad_x + input_at, per_group_in, g.plane, layout);
     }
   }
 }
