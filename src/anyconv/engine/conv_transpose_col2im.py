@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from ..functional.im2col import Col2Im
 from ..geometry import Geometry, make_geometry
 from .blocks import copy_with_bias
-from .field_products import row_product
 from .fields_fold import fold_fields
 from .ops_memory_format import empty_like_input
 
@@ -129,10 +128,11 @@ def folded_transpose(
     times the weights give each position's columns as a row ordered (tap, out channel): the
     layout of a field's gradient in the fields path's backward, which its fold
     (:func:`anyconv.engine.fields_fold.fold_fields`, native where it loads) sums into a
-    channels-last image in one pass. The image's crop is copied into the output, in torch's
-    memory format, with the bias in the same copy; positions past the image (``output_padding``
-    that ``padding`` does not crop) get the bias alone. No autograd: the product runs through
-    oneDNN's inner product where it takes the tensors.
+    channels-last image in one pass. The product reads a channels-first input as it is, through
+    a transposed view, where a copy of its rows cost a pass over the input. The image's crop is
+    copied into the output, in torch's memory format, with the bias in the same copy; positions
+    past the image (``output_padding`` that ``padding`` does not crop) get the bias alone. No
+    autograd.
 
     >>> import torch, torch.nn.functional as F
     >>> x, w = torch.randn(3, 4, 5, 5, dtype=torch.float64), torch.randn(4, 3, 3, 3, dtype=torch.float64)
@@ -143,15 +143,9 @@ def folded_transpose(
     """
     batch, channels = batched.shape[:2]
     per_group, out_group, taps = channels // groups, weight.shape[1], geometry.kernel_volume
-    # (C, Og, *kernel) -> (G, K * Og, Cg): a row per (tap, out channel), the fields' order; copied
-    # as (G, Cg, K * Og), which swaps only the inner two dimensions, and handed over transposed
-    # (oneDNN's inner product and torch.mm take that view as it is): the copy straight into
-    # (G, K * Og, Cg) read the weight a few KiB apart element by element, several times slower
+    # (C, Og, *kernel) -> (G, Cg, K * Og): a column per (tap, out channel), the fields' order
     matrices = (
-        weight.reshape(groups, per_group, out_group, taps)
-        .transpose(2, 3)
-        .reshape(groups, per_group, taps * out_group)
-        .transpose(1, 2)
+        weight.reshape(groups, per_group, out_group, taps).transpose(2, 3).reshape(groups, per_group, -1)
     )
     output = empty_like_input(batched, weight, (batch, groups * out_group, *output_size))
     # the output positions the image covers once its padding is cropped; the rest (output_padding
@@ -167,16 +161,12 @@ def folded_transpose(
     for start in range(0, batch, samples_per_chunk):
         chunk = batched[start : start + samples_per_chunk]
         samples = chunk.shape[0]
-        # (b, G, Cg, positions) -> (G, b * positions, Cg): a row per input position
-        values = (
-            chunk.reshape(samples, groups, per_group, -1).permute(1, 0, 3, 2).reshape(groups, -1, per_group)
-        )
-        if groups == 1:
-            columns = row_product(values[0], matrices[0], None).unsqueeze(0)
-        else:
-            columns = values.new_empty((groups, values.shape[1], taps * out_group))
-            for group in range(groups):
-                columns[group] = row_product(values[group], matrices[group], None)
+        # (b, G, Cg, positions) viewed as (b, G, positions, Cg): a row per input position
+        values = chunk.reshape(samples, groups, per_group, -1).transpose(2, 3)
+        columns = values.new_empty((groups, samples, values.shape[2], taps * out_group))
+        for group in range(groups):
+            torch.matmul(values[:, group], matrices[group], out=columns[group])
+        columns = columns.flatten(1, 2)
         image = fold_fields(columns, geometry, samples).movedim(-1, 1)
         target = output[(slice(start, start + samples), slice(None), *inside)]
         copy_with_bias(target, image[(slice(None), slice(None), *kept)], per_channel)
