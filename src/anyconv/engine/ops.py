@@ -116,8 +116,11 @@ def op_plan(
     dilation: tuple[int, ...],
     groups: int,
     memory_budget: int,
+    grad_mode: bool = True,
 ) -> Plan:
-    """The engine's plan for one call of the ops, from their schema arguments (cached)."""
+    """The engine's plan for one call of the ops, from their schema arguments (cached); one per
+    ``grad_mode`` (whether the call's grad mode records), so that a plain eager call takes its
+    plan as it is."""
     instance, tensor_names, fixed = _variant(variant, options)
     geometry = op_geometry(input_shape[2:], weight_shape[2:], stride, padding, dilation)
     meta: dict[str, Any] = {"dtype": dtype, "device": "meta"}
@@ -129,7 +132,7 @@ def op_plan(
         groups,
         memory_budget,
     )
-    return replace(plan, option_names=tensor_names, fixed_options=fixed, grad_mode=True)
+    return replace(plan, option_names=tensor_names, fixed_options=fixed, grad_mode=grad_mode)
 
 
 @torch.library.custom_op("anyconv::generalized_conv", mutates_args=())

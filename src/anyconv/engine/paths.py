@@ -10,7 +10,6 @@ it is: ``docs/engine.md``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -84,7 +83,7 @@ def _fields(
     else:
         # the operator's own plan, cached on its arguments: a plan of many chunks costs to make
         geometry = plan.geometry
-        cached = op_plan(
+        function_plan = op_plan(
             arguments[0],
             arguments[1],
             tuple(input.shape),
@@ -95,8 +94,8 @@ def _fields(
             geometry.dilation,
             plan.groups,
             plan.budget,
+            torch.is_grad_enabled(),
         )
-        function_plan = replace(cached, grad_mode=torch.is_grad_enabled())
     tensors = [variant.options[name] for name in function_plan.option_names]
     if not records_graph(input, weight, bias, *tensors):
         # nothing to differentiate (inference): the forward alone, without autograd's Function
