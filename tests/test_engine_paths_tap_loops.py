@@ -279,6 +279,37 @@ def test_tropical_gradients_on_wide_rows(x_shape, w_shape, arguments, name, dtyp
         torch.testing.assert_close(got_grad, expected_grad.to(dtype))
 
 
+#: stride-2 grouped layers on rows wide enough for whole blocks of both phases (the input gradient's
+#: crop joins them by permutes), the padding before a row even and odd, widths even and odd
+TWO_PHASES = [
+    ((2, 3, 5, 70), (3, 1, 3, 3), {"padding": 1, "groups": 3, "stride": 2}),
+    ((1, 4, 4, 71), (8, 2, 4, 4), {"padding": (0, 2), "groups": 2, "stride": 2}),
+    ((1, 2, 3, 101), (2, 1, 1, 5), {"padding": (0, 3), "groups": 2, "stride": (1, 2)}),
+    ((2, 3, 96), (3, 1, 3), {"padding": 0, "groups": 3, "stride": 2}),
+]
+
+
+@pytest.mark.parametrize("name", ["dot", "l1", "max_plus"])
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "arguments"), TWO_PHASES, ids=["odd-pad", "even-pad", "pad3", "1d"]
+)
+def test_two_phase_rows_give_the_formulas_numbers(x_shape, w_shape, arguments, name):
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(x_shape, generator=generator, requires_grad=True)
+    w = torch.randn(w_shape, generator=generator, requires_grad=True)
+    variant, groups = resolve_variant(name), arguments["groups"]
+    plan = plan_conv(x, w, variant, arguments["stride"], arguments["padding"], 1, groups, "zeros", None)
+    assert plan.path == "tap loops"
+    output = anyconv.generalized_conv(x, w, name, **arguments)
+    grad = torch.randn(output.shape, generator=generator)
+    got = torch.autograd.grad(output, (x, w), grad)
+    x64, w64 = (tensor.detach().double().requires_grad_() for tensor in (x, w))
+    expected = naive_generalized_conv(x64, w64, name, **arguments)
+    torch.testing.assert_close(output, expected.float())
+    for got_grad, expected_grad in zip(got, torch.autograd.grad(expected, (x64, w64), grad.double())):
+        torch.testing.assert_close(got_grad, expected_grad.float())
+
+
 #: depthwise layers on images narrower than a vector, whose forward holds channels in the vectors:
 #: a partial last block of channels (20, 37), 1-D to 3-D, asymmetric padding, dilation
 NARROW_DEPTHWISE = [

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -517,6 +518,41 @@ inline InteriorShape interior_shape(const Layout& layout) {
           rows};
 }
 
+// The columns [FIRST, LAST) that both phases of a two-phase row read from the input (see
+// phase_span), cut to whole blocks of kLanes32 columns, for join_two_phases
+constexpr int64_t kLanes32 = 16;
+
+inline std::pair<int64_t, int64_t> both_phases(int64_t width, int64_t left, int64_t length) {
+  const auto [first_even, last_even] = phase_span(width, left, length, 0, 2);
+  const auto [first_odd, last_odd] = phase_span(width, left, length, 1, 2);
+  const int64_t first = std::max(first_even, first_odd);
+  const int64_t last = std::max(first, std::min(last_even, last_odd));
+  return {first, first + (last - first) / kLanes32 * kLanes32};
+}
+
+// Columns [FIRST, LAST) (whole blocks, see both_phases) of the two phases EVEN and ODD of a padded
+// row joined into the input row ROW (shifted by LEFT): row[2 j - left] = even[j] and
+// row[2 j + 1 - left] = odd[j], sixteen 32-bit columns a time by two permutes, where the strided
+// stores of each phase went element by element (the layout's strided loads GCC vectorises
+// itself). Returns false where it does nothing: other element sizes, or no AVX-512.
+template <typename E>
+inline bool join_two_phases(E* row, const E* even, const E* odd, int64_t left, int64_t first, int64_t last) {
+#ifdef __AVX512F__
+  if constexpr (sizeof(E) == 4) {
+    const __m512i low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    for (int64_t j = first; j < last; j += kLanes32) {
+      E* pair = row + 2 * j - left;
+      const __m512i a = _mm512_loadu_si512(even + j), b = _mm512_loadu_si512(odd + j);
+      _mm512_storeu_si512(pair, _mm512_permutex2var_epi32(a, low, b));
+      _mm512_storeu_si512(pair + kLanes32, _mm512_permutex2var_epi32(a, high, b));
+    }
+    return true;
+  }
+#endif
+  return false;
+}
+
 // Plane P of x into the interior of OUT's layout, leaving the padding as it is: into a buffer whose
 // padding is zero already (a thread's buffer reused plane after plane), a copy of the input rows
 // alone, where lay_out_plane walks and fills every padded row
@@ -556,10 +592,21 @@ void crop_interior(const T* out, S* x, int64_t p, const Layout& layout) {
       for (int64_t j = 0; j < width; ++j) target[j] = narrow<S>(from[left + j]);
       return;
     }
+    int64_t skip_first = 0, skip_last = 0;
+    if constexpr (std::is_same<S, T>::value) {
+      if (phases == 2) {
+        std::tie(skip_first, skip_last) = both_phases(width, left, length);
+        if (!join_two_phases(target, from, from + shape.rows * length, left, skip_first, skip_last))
+          skip_first = skip_last = 0;
+      }
+    }
     for (int64_t phase = 0; phase < phases; ++phase, from += shape.rows * length) {
       const auto [first, last] = phase_span(width, left, length, phase, phases);
       S* to = target + phase - left;
-      for (int64_t j = first; j < last; ++j) to[j * phases] = narrow<S>(from[j]);
+      // around the columns join_two_phases took (none where it took none)
+      const int64_t middle = std::max(first, std::min(last, skip_first));
+      for (int64_t j = first; j < middle; ++j) to[j * phases] = narrow<S>(from[j]);
+      for (int64_t j = std::min(last, std::max(middle, skip_last)); j < last; ++j) to[j * phases] = narrow<S>(from[j]);
     }
   });
 }
@@ -567,12 +614,12 @@ void crop_interior(const T* out, S* x, int64_t p, const Layout& layout) {
 // One (sample, group) of CHANNELS unpadded planes at X into a buffer of laid-out planes of
 // PLANE elements each, and its gradient back (crop_group)
 template <typename E>
-void lay_out_group(const E* x, E* out, int64_t channels, int64_t plane, const Layout& layout) {
+__attribute__((always_inline)) inline void lay_out_group(const E* x, E* out, int64_t channels, int64_t plane, const Layout& layout) {
   for (int64_t c = 0; c < channels; ++c) lay_out_interior(x, out + c * plane, c, layout);
 }
 
 template <typename S, typename T>
-void crop_group(const T* out, S* x, int64_t channels, int64_t plane, const Layout& layout) {
+__attribute__((always_inline)) inline void crop_group(const T* out, S* x, int64_t channels, int64_t plane, const Layout& layout) {
   for (int64_t c = 0; c < channels; ++c) crop_interior(out + c * plane, x, c, layout);
 }
 
@@ -1312,7 +1359,7 @@ __attribute__((always_inline)) inline Vector first_lanes(const Vector& values, i
 // Each tap's weight gradient, kept as a vector over the lanes (see backward_plane), summed across
 // its lanes, times SIGN, into GRAD_W
 template <typename T>
-void add_tap_sums(const typename Lanes<T>::Vector* tap_grads, T* grad_w, const Geometry& g, T sign) {
+__attribute__((always_inline)) inline void add_tap_sums(const typename Lanes<T>::Vector* tap_grads, T* grad_w, const Geometry& g, T sign) {
   constexpr int kLanes = Lanes<T>::kCount;
   for (int64_t t = 0; t < g.taps; ++t) {
     T weight_grad = 0;
