@@ -1838,11 +1838,7 @@ enum Operation { kDot = 0, kL1 = 1, kL1Adder = 2, kL2 = 3, kMaxPlus = 4, kMinPlu
 // whether no tropical term of the forward can be NaN: the input and the weights all finite
 template <typename S>
 bool finite_terms(const S* x, const S* w, const Geometry& g, const Layout* layout) {
-  int64_t plane = g.plane;
-  if (layout != nullptr) {
-    plane = 1;
-    for (int64_t d = 0; d < layout->ndim; ++d) plane *= layout->size[d];
-  }
+  const int64_t plane = layout != nullptr ? unpadded_plane(*layout) : g.plane;
   return all_finite(w, g.out_channels * g.taps) && all_finite(x, g.batch * g.channels * plane);
 }
 
