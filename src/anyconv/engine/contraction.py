@@ -1,6 +1,7 @@
 """The engine's autograd Function: fields meet filters chunk by chunk, forward and backward.
 
-Forward never holds more than one chunk of fields. Backward keeps only the input, the
+Forward never holds more than one chunk of fields, or takes the plan's own forward, which copies
+none (the tap products' on a dense layer: ``Plan.forward``). Backward keeps only the input, the
 weight and the variant's option tensors (and the output or kept values its backward reads).
 The backward is the one ``backward_choice.choose_backward`` names: a product variant's gradients
 as matrix products on shifted views of the input when the plan has ``tap_chunks``
@@ -12,6 +13,7 @@ back into the input with col2im.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -29,6 +31,9 @@ from .ops_memory_format import empty_like_input
 from .ops_second_order import second_order_gradients
 from .product_gradients import field_gradients, tap_gradients
 
+#: a forward's output and, where the backward reads one, its kept values
+ForwardResult = tuple[torch.Tensor, torch.Tensor | None]
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -44,6 +49,9 @@ class Plan:
     grad_mode: bool = True
     #: chunks for a backward on shifted views (``Backward.VIEWS``), or None
     tap_chunks: tuple[Chunk, ...] | None = None
+    #: the forward in place of the chunks' (``tap_products.tap_products_forward``), or None:
+    #: ``(input, weight, bias, keep) -> (output, kept or None)``, no graph recorded
+    forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, bool], ForwardResult] | None = None
 
 
 def options_of(plan: Plan, option_tensors: tuple[torch.Tensor, ...], filters_per_group: int) -> dict:
@@ -111,9 +119,12 @@ class GeneralizedConvFunction(torch.autograd.Function):
         records_graph = plan.grad_mode and any(ctx.needs_input_grad)
         backward = choose_backward(variant, ctx.needs_input_grad[4:], plan.tap_chunks is not None)
         keeps_output, keeps_kept = saved_for(variant, backward) if records_graph else (False, False)
-        output, kept = contract_chunks(
-            input, weight, None if keeps_output else bias, plan, option_tensors, keep=keeps_kept
-        )
+        if plan.forward is not None:
+            output, kept = plan.forward(input, weight, None if keeps_output else bias, keeps_kept)
+        else:
+            output, kept = contract_chunks(
+                input, weight, None if keeps_output else bias, plan, option_tensors, keep=keeps_kept
+            )
         ctx.plan = plan
         ctx.keeps_output, ctx.keeps_kept = keeps_output, keeps_kept
         extra = (*((output,) if keeps_output else ()), *((kept,) if keeps_kept else ()))

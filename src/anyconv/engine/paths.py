@@ -10,20 +10,22 @@ it is: ``docs/engine.md``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from ..variants import Variant
 from ..variants.fused import record_eager_call
-from .contraction import GeneralizedConvFunction, contract_chunks
+from .contraction import ForwardResult, GeneralizedConvFunction, contract_chunks
 from .fields_plan import fields_plan
 from .machinery import machinery_watches, records_graph
 from .ops import op_padding, op_plan, run_generalized_conv, variant_arguments
 from .ops_memory_format import output_memory_format
 from .pointwise import pointwise_conv, pointwise_fits
 from .tap_loops import tap_loops_conv, tap_loops_fit
-from .tap_products import tap_products_conv, tap_products_fit
+from .tap_products import tap_forward_fits, tap_products_conv, tap_products_fit, tap_products_forward
 from .triton_conv import triton_conv, triton_conv_fits
 
 if TYPE_CHECKING:
@@ -67,14 +69,29 @@ def _triton(
     return output.contiguous(memory_format=output_memory_format(input, weight))
 
 
-def _fields(
+def _tap_forward(
     plan: ConvPlan, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: Variant
+) -> torch.Tensor:
+    """The fields path with the tap products' forward (``tap_forward_fits``)."""
+    forward = partial(tap_products_forward, variant, plan.geometry, plan.groups, plan.budget)
+    return _fields(plan, input, weight, bias, variant, forward)
+
+
+def _fields(
+    plan: ConvPlan,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    variant: Variant,
+    forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, bool], ForwardResult] | None = None,
 ) -> torch.Tensor:
     arguments = variant_arguments(variant)
     if arguments is not None and machinery_watches(input, weight, bias):
         return run_generalized_conv(
             input, weight, bias, variant, arguments, plan.geometry, plan.groups, plan.budget
         )
+    if forward is not None and not records_graph(input, weight, bias):
+        return forward(input, weight, bias, False)[0]
     # the plain autograd Function: for a variant not registered by name (no compile, export or
     # torch.func), and in plain eager calls, where the custom operator's dispatch (its arguments
     # bound and flattened, forward and backward) cost as much as a small layer's whole work
@@ -96,6 +113,8 @@ def _fields(
             plan.budget,
             torch.is_grad_enabled(),
         )
+    if forward is not None:
+        function_plan = replace(function_plan, forward=forward)
     tensors = [variant.options[name] for name in function_plan.option_names]
     if not records_graph(input, weight, bias, *tensors):
         # nothing to differentiate (inference): the forward alone, without autograd's Function
@@ -124,6 +143,11 @@ PATHS = (
         "tap products",
         lambda plan, variant, input, weight: tap_products_fit(variant, input, weight, plan.groups),
         _tap_products,
+    ),
+    Path(
+        "tap forward",
+        lambda plan, variant, input, weight: tap_forward_fits(variant, input, weight, plan.groups),
+        _tap_forward,
     ),
     Path("fields", lambda plan, variant, input, weight: True, _fields),
 )

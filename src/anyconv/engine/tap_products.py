@@ -24,6 +24,7 @@ import torch
 from ..geometry import Geometry
 from ..variants import L2, RBF, Cosine, Dot, Polynomial, SharpenedCosine, Variant
 from .machinery import machinery_watches, records_graph
+from .ops_memory_format import output_memory_format
 from .tap_cosine import composed_cosine, loops_cosine
 from .tap_loops import filter_blocks_fit, tap_loops_conv, tap_quotient_conv, tap_sums_fit
 from .tap_norms import Primitive, field_squares, safe_sqrt
@@ -65,6 +66,70 @@ def tap_products_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor
         and input.dtype in (torch.float32, torch.float64)
         and not machinery_watches(input, weight)
     )
+
+
+def tap_forward_fits(variant: Variant, input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
+    """Whether the fields path takes its forward from this path (:func:`tap_products_forward`) and
+    keeps its own backward: a call that records a graph (or could: grad mode on), which
+    :func:`tap_products_fit` leaves to the fields path, of one of this path's variants whose
+    options are numbers, on a dense layer whose filter blocks the loops take, and that torch's
+    machinery does not watch (its calls take the custom operator, whose forward is the chunks').
+
+    The backward reads the input, the weight and the output (the even polynomial: s + c), as after
+    the chunks' forward; the forward copies no fields.
+
+    >>> import torch
+    >>> x, w = torch.randn(1, 8, 40, 40), torch.randn(16, 8, 3, 3)
+    >>> tap_forward_fits(RBF(), x, w, 1) == (filter_blocks_fit(x, w, 1) and torch.is_grad_enabled())
+    True
+    >>> tap_forward_fits(Dot(), x, w, 1)
+    False
+    """
+    return (
+        type(variant) in _VARIANTS
+        and torch.is_grad_enabled()
+        and not any(isinstance(value, torch.Tensor) for value in variant.options.values())
+        and filter_blocks_fit(input, weight, groups)
+        and not machinery_watches(input, weight)
+    )
+
+
+def tap_products_forward(
+    variant: Variant,
+    geometry: Geometry,
+    groups: int,
+    memory_budget: int,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    keep: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The output of a call of :func:`tap_forward_fits` with no graph recorded, in torch's layout for
+    it, and with ``keep`` the values its backward reads (the even polynomial's s + c), else None.
+
+    >>> import torch
+    >>> from anyconv.geometry import make_geometry
+    >>> x, w = torch.randn(1, 8, 40, 40), torch.randn(16, 8, 3, 3)
+    >>> if tap_forward_fits(Polynomial(degree=2), x, w, 1):
+    ...     geometry = make_geometry((40, 40), 3, padding=1)
+    ...     y, s = tap_products_forward(Polynomial(degree=2), geometry, 1, 2**20, x, w, None, True)
+    ...     assert torch.allclose(y, s.square()) and y.shape == (1, 16, 40, 40)
+    """
+    layout = output_memory_format(input, weight)
+    with torch.no_grad():
+        if not keep:
+            output = tap_products_conv(input, weight, bias, variant, geometry, groups, memory_budget)
+            return _not_a_view(output.contiguous(memory_format=layout)), None
+        assert isinstance(variant, Polynomial), "of this path's variants only the even polynomial keeps"
+        shifted = tap_loops_conv(input, weight, None, _DOT, geometry, groups, memory_budget)
+        shifted = _not_a_view(shifted.add_(variant.options["c"]).contiguous(memory_format=layout))
+        return add_bias(shifted.pow(variant.options["degree"]), bias, False), shifted
+
+
+def _not_a_view(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``'s values in a tensor that is no view, sharing its storage: autograd refuses any
+    in-place change of a view that a Function returns (a ``ReLU(inplace=True)`` after the layer)."""
+    return tensor.new_empty(0).set_(tensor) if tensor._is_view() else tensor
 
 
 def tap_primitive(input: torch.Tensor, weight: torch.Tensor, groups: int) -> Primitive | None:
@@ -154,12 +219,14 @@ def tap_products_conv(
     elif isinstance(variant, RBF):
         gamma = 1 / weight[0].numel() if options["gamma"] is None else options["gamma"]
         # the primitive's l2 is -sum (p - w)^2, summed tap by tap
-        distances = primitive(input, weight, None, _L2, geometry, groups, memory_budget)
-        output = (distances.view(grouped) * gamma).exp()
+        distances = primitive(input, weight, None, _L2, geometry, groups, memory_budget).view(grouped)
+        # without a graph in place: one output-sized tensor, not three
+        output = (distances * gamma).exp() if recording else distances.mul_(gamma).exp_()
     else:
         products = primitive(input, weight, None, _DOT, geometry, groups, memory_budget).view(grouped)
         if isinstance(variant, Polynomial):
-            output = (products + options["c"]).pow(options["degree"])
+            shifted = products + options["c"] if recording else products.add_(options["c"])
+            output = shifted.pow(options["degree"]) if recording else shifted.pow_(options["degree"])
         else:
             squares = field_squares(primitive, input, geometry, groups, memory_budget)
             field_norms = safe_sqrt(squares).unsqueeze(2)
