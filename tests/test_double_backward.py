@@ -173,10 +173,10 @@ SMOOTH = {
 PATHS_OF = {
     "dot": ("pointwise", "tap loops", "fields", "shifted views"),
     "l2": ("tap loops", "fields", "shifted views"),
-    "rbf": ("tap products", "fields", "shifted views"),
-    "polynomial": ("tap products", "fields", "shifted views"),
+    "rbf": ("tap products", "tap forward", "fields", "shifted views"),
+    "polynomial": ("tap products", "tap forward", "fields", "shifted views"),
     "cosine": ("pointwise", "tap products", "fields", "shifted views"),
-    "sharpened_cosine": ("tap products", "fields", "shifted views"),
+    "sharpened_cosine": ("tap products", "tap forward", "fields", "shifted views"),
 }
 #: grouping -> groups, for 4 input and 4 output channels
 GROUPINGS = {"groups1": 1, "2-per-group": 2, "depthwise": 4}
@@ -198,8 +198,9 @@ def _table():
     for variant, paths in PATHS_OF.items():
         for path in paths:
             for grouping, groups in GROUPINGS.items():
-                # the tap loops and products take grouped convolutions only
-                if path.startswith("tap") and groups == 1:
+                # the tap loops and products take grouped convolutions only, the tap forward
+                # dense ones only
+                if path.startswith("tap") and (groups == 1) != (path == "tap forward"):
                     continue
                 for ndim in GEOMETRIES:
                     cases.append(
@@ -220,6 +221,7 @@ def _force(path, monkeypatch):
     if path in ("fields", "shifted views"):
         monkeypatch.setattr(PATHS, "tap_loops_fit", lambda *arguments: False)
         monkeypatch.setattr(PATHS, "tap_products_fit", lambda *arguments: False)
+        monkeypatch.setattr(PATHS, "tap_forward_fits", lambda *arguments: False)
     if path == "shifted views":
         take_views_everywhere(monkeypatch)
 

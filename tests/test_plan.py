@@ -34,7 +34,7 @@ PATHS = [
     ("3x3", (2, 4, 8, 8), (6, 4, 3, 3), "dot", {"padding": 1}, "tap loops"),
     ("3x3-many-channels", (1, 130, 5, 5), (6, 130, 3, 3), "dot", {"padding": 1}, "fields"),
     ("3x3-cosine", (2, 4, 8, 8), (6, 4, 3, 3), "cosine", {"padding": 1}, "tap products"),
-    ("3x3-rbf", (2, 4, 8, 8), (6, 4, 3, 3), "rbf", {"padding": 1}, "fields"),
+    ("3x3-rbf", (2, 4, 8, 8), (6, 4, 3, 3), "rbf", {"padding": 1}, "tap forward"),
     ("3x3-l2", (2, 4, 8, 8), (6, 4, 3, 3), "l2", {}, "tap loops"),
     ("3x3-l1", (2, 4, 8, 8), (6, 4, 3, 3), "l1", {}, "tap loops"),
     ("3x3-l1-many-channels", (1, 130, 5, 5), (6, 130, 3, 3), "l1", {}, "tap loops"),
