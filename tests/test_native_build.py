@@ -18,7 +18,7 @@ import torch
 
 import anyconv
 from anyconv.cli.main import main
-from anyconv.engine import fields_fold
+from anyconv.engine import fields_columns, fields_fold
 from anyconv.variants import fused, native, native_cache
 
 needs_compiler = pytest.mark.skipif(native.compiler() is None, reason="no C++ compiler here")
@@ -204,6 +204,7 @@ def _forget():
     native.load.cache_clear()
     fused._splits_rows_itself.cache_clear()
     fields_fold._function.cache_clear()
+    fields_columns._function.cache_clear()
 
 
 def _run_every_kernel() -> list[warnings.WarningMessage]:
@@ -371,8 +372,9 @@ def test_check_reports_the_path_of_every_fused_variant(
     lines = capsys.readouterr().out.splitlines()
     for variant in ("l1", "lp", "max_plus", "min_plus"):
         assert any(line.split()[:1] == [variant] and expected in line for line in lines), lines
-    fold = [line for line in lines if line.startswith("the fold of the fields path's backward")]
-    assert len(fold) == 1 and expected in fold[0], lines
+    for copy in ("the columns of the fields path's forward", "the fold of the fields path's backward"):
+        reported = [line for line in lines if line.startswith(copy)]
+        assert len(reported) == 1 and expected in reported[0], lines
 
 
 @needs_compiler
@@ -380,5 +382,5 @@ def test_check_reports_native_libraries(built_cache, fresh_native, monkeypatch, 
     monkeypatch.setenv("ANYCONV_CACHE_DIR", str(built_cache))
     assert main(["check", "--input-size", "5", "--kernel-size", "3"]) == 0
     out = capsys.readouterr().out
-    # the four fused variants and the fields path's fold
-    assert out.count(f"native: {built_cache}") == 5
+    # the four fused variants and the fields path's columns and fold
+    assert out.count(f"native: {built_cache}") == 6

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 import anyconv
 
+from ..engine.fields_columns import columns_path
 from ..engine.fields_fold import fold_path
 from ..errors import ArgumentError
 from ..functional.allocation import device_memory
@@ -96,6 +97,7 @@ def run(arguments: argparse.Namespace) -> int:
     print("fused loops on this machine (float32, float64, bfloat16, float16 on CPU):")
     for variant, path in native_paths().items():
         print(f"  {variant.ljust(8)}  {path}")
+    print(f"the columns of the fields path's forward: {columns_path()}")
     print(f"the fold of the fields path's backward: {fold_path()}")
     if all(outcome.passed for outcome in outcomes):
         print(f"OK: every largest difference is at most {TOLERANCE:.0e}")

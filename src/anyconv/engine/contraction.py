@@ -27,6 +27,7 @@ from .blocks import as_chunk_result, bias_grad, chunk_results, output_block, wri
 from .chunks import Chunk
 from .field_products import is_plain_product, write_products
 from .fields import add_field_grads, chunk_fields, fields_buffer, filters_of, weight_of
+from .fields_columns import columns_fit, write_column_products
 from .ops_memory_format import empty_like_input
 from .ops_second_order import second_order_gradients
 from .product_gradients import field_gradients, tap_gradients
@@ -76,12 +77,18 @@ def contract_chunks(
     backward (laid out like the output), else None.
     """
     geometry, groups = plan.geometry, plan.groups
-    filters = filters_of(weight, groups)
-    options = options_of(plan, option_tensors, filters.shape[1])
     output = empty_like_input(input, weight, (input.shape[0], weight.shape[0], *geometry.output_size))
-    kept = None
     buffer = fields_buffer(input, plan.chunks)
     plain = is_plain_product(plan.variant)
+    if plain and not keep and columns_fit(input):
+        # the standard product from columns: no channels-last slab, no reordered weight
+        for chunk in plan.chunks:
+            block = output_block(output, chunk, groups)
+            write_column_products(block, input, weight, bias, geometry, chunk, groups, buffer)
+        return output, None
+    filters = filters_of(weight, groups)
+    options = options_of(plan, option_tensors, filters.shape[1])
+    kept = None
     for chunk in plan.chunks:
         fields = chunk_fields(input, geometry, chunk, groups, buffer)
         if keep:

@@ -40,6 +40,7 @@ SOURCES = {
     "fused_power.cpp": ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd", "-ffast-math"),
     "tap_loops.cpp": ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd", "-fno-math-errno"),
     "fields_fold.cpp": ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd"),
+    "fields_columns.cpp": ("-O3", "-march=native", "-std=c++17"),
 }
 #: tried first: the forward loops split their rows on OpenMP threads, which (libgomp being
 #: loaded already by torch under the same name) are torch's own; without it, Python threads do
@@ -50,7 +51,7 @@ HEADERS = ("fused_blocks.h", "storage_types.h")
 #: (macOS, musl) have none and declare no vector pow, so their builds need nothing extra
 _EXTRA_LIBRARIES = {"fused_power.cpp": ("-lmvec",)} if platform.libc_ver()[0] == "glibc" else {}
 _FALLBACK = (
-    "the native loops (of l1, lp, max_plus, min_plus, the tap loops and the fields path's fold) run their "
+    "the native loops (of l1, lp, max_plus, min_plus, the tap loops and the fields path's copies) run their "
     "eager path (same numbers, slower)"
 )
 _lock = threading.Lock()

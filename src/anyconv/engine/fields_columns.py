@@ -1,0 +1,151 @@
+"""The standard convolution's step of the fields path from columns: a chunk's input copied out as
+columns (G, Cg * K, b * positions) by the native copy (``variants/fields_columns.cpp``), then one
+matrix product per group with the weight as it lies, (Og, Cg * K) times those columns.
+
+The fields' own layout (G, M, K), taps in (kernel, channel) order, needs a channels-last slab of
+the input and a reordered copy of the weight (as large as the weight) on every call before its
+product; the columns read a channels-first input in place and take the weight's order, so neither
+copy is made. Where the native copy is not loaded, or the input is not channels first, the fields
+path multiplies its fields (``field_products.write_products``); why the columns where they run:
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from functools import cache, lru_cache
+from typing import Any
+
+import torch
+
+from ..geometry import Geometry
+from ..variants.fused import NATIVE_DTYPES
+from ..variants.native import load, load_library, native_enabled
+from .blocks import copy_with_bias
+from .chunks import Chunk
+
+_SOURCE = "fields_columns.cpp"
+_POINTER, _SIZE = ctypes.c_void_p, ctypes.c_int64
+#: the copy's limit on spatial dimensions (``kMaxDimensions``)
+MAX_DIMENSIONS = 8
+#: elements copied per thread below which waking another thread costs more than it saves
+_WORK_PER_THREAD = 2**15
+
+
+def columns_fit(input: torch.Tensor) -> bool:
+    """Whether the native columns take a call's chunks: a contiguous channels-first CPU input of a
+    dtype the loops take, at most MAX_DIMENSIONS spatial dimensions, the copy built, and no trace.
+
+    >>> columns_fit(torch.randn(1, 4, 6, 6)) in (True, False)
+    True
+    >>> columns_fit(torch.randn(1, 4, 6, 6).to(memory_format=torch.channels_last))
+    False
+    """
+    return (
+        input.device.type == "cpu"
+        and input.dtype in NATIVE_DTYPES
+        and input.dim() - 2 <= MAX_DIMENSIONS
+        and input.is_contiguous()
+        and not torch.compiler.is_compiling()
+        and native_enabled()
+        and _function(input.element_size()) is not None
+    )
+
+
+def columns_path() -> str:
+    """``"native: <library>"`` or ``"eager: <why, and the fix>"``, as ``anyconv check`` reports it."""
+    if not native_enabled():
+        return "eager: ANYCONV_NATIVE=0 asks for it"
+    return load(_SOURCE).detail
+
+
+def write_column_products(
+    block: torch.Tensor,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    geometry: Geometry,
+    chunk: Chunk,
+    groups: int,
+    buffer: torch.Tensor,
+) -> None:
+    """``block`` (b, G, Og, *region) = the weight times ``chunk``'s columns of ``input``, plus ``bias``.
+
+    ``input`` (B, C, *spatial) passes :func:`columns_fit`; ``geometry`` holds the zero padding
+    still to apply; ``buffer`` (flat, at least the chunk's fields' size) receives the columns.
+
+    >>> import torch.nn.functional as F
+    >>> from anyconv.engine.chunks import plan_chunks
+    >>> from anyconv.geometry import make_geometry
+    >>> x, w = torch.randn(2, 4, 6, 6), torch.randn(8, 4, 3, 3)
+    >>> geometry = make_geometry((6, 6), 3, padding=1)
+    >>> if columns_fit(x):
+    ...     out = torch.empty(2, 8, 6, 6)
+    ...     for chunk in plan_chunks(geometry, 2, 4 * 44, 2**18):
+    ...         block = out.unflatten(1, (1, -1))[(slice(None),) * 3 + chunk.region][chunk.samples]
+    ...         write_column_products(block, x, w, None, geometry, chunk, 1, torch.empty(2 * 36 * 36))
+    ...     assert torch.allclose(out, F.conv2d(x, w, padding=1), atol=1e-5)
+    """
+    samples, channels = chunk.samples.stop - chunk.samples.start, input.shape[1]
+    region = tuple(piece.stop - piece.start for piece in chunk.region)
+    filters = weight.reshape(groups, weight.shape[0] // groups, -1)
+    shape = (groups, filters.shape[2], samples * math.prod(region))
+    columns = buffer[: math.prod(shape)].view(shape)
+    work = columns.numel()
+    _function(input.element_size())(
+        input[chunk.samples].data_ptr(),
+        columns.data_ptr(),
+        samples,
+        channels,
+        geometry.ndim,
+        *_sizes(geometry),
+        *_region(tuple(piece.start for piece in chunk.region), region),
+        max(1, min(torch.get_num_threads(), work // _WORK_PER_THREAD)),
+    )
+    ndim = geometry.ndim
+    biases = None if bias is None else bias.view(groups, -1, *(1,) * ndim)
+    if samples == 1 and block.is_contiguous():
+        # one sample: the products' (G, Og, positions) is the block's own layout
+        products = block.view(groups, filters.shape[1], -1)
+        torch.bmm(filters, columns, out=products)
+        if biases is not None:
+            block.add_(biases)
+        return
+    products = torch.bmm(filters, columns).unflatten(2, (samples, *region))
+    # (G, Og, b, *region) -> (b, G, Og, *region), the bias added in the same copy
+    copy_with_bias(block, products.movedim(2, 0), biases)
+
+
+@cache
+def _function(element_size: int) -> Any:
+    """The native copy for elements of ``element_size`` bytes, or None where it is not built."""
+    library = load_library(_SOURCE)
+    if library is None or not hasattr(library, f"fields_columns_{element_size}"):
+        return None
+    function = getattr(library, f"fields_columns_{element_size}")
+    function.argtypes = (_POINTER, _POINTER, *(_SIZE,) * 3, *(_POINTER,) * 7, ctypes.c_int)
+    function.restype = None
+    return function
+
+
+@lru_cache(maxsize=256)
+def _sizes(geometry: Geometry) -> tuple[Any, ...]:
+    """The input and kernel sizes, stride, padding before and dilation as C arrays (kept alive by
+    the cache)."""
+    return tuple(
+        (ctypes.c_int64 * geometry.ndim)(*values)
+        for values in (
+            geometry.input_size,
+            geometry.kernel_size,
+            geometry.stride,
+            tuple(before for before, _ in geometry.padding),
+            geometry.dilation,
+        )
+    )
+
+
+@lru_cache(maxsize=1024)
+def _region(start: tuple[int, ...], count: tuple[int, ...]) -> tuple[Any, ...]:
+    """A chunk's first output position and its count per dimension as C arrays (cached: kept alive)."""
+    return tuple((ctypes.c_int64 * len(values))(*values) for values in (start, count))
