@@ -174,7 +174,8 @@ def test_columns_equal_a_loop_over_fields_and_taps(ndim, data, dtype):
     # a region of output positions, as a chunk has one
     start = tuple(draw(st.integers(0, n - 1)) for n in geometry.output_size)
     count = tuple(draw(st.integers(1, n - s)) for s, n in zip(start, geometry.output_size))
-    columns = x.new_empty((channels, *kernel, samples, *count))
+    # NaN where the copy writes nothing: every element must be written
+    columns = x.new_full((channels, *kernel, samples, *count), float("nan"))
     fields_columns._function(x.element_size())(
         x.data_ptr(),
         columns.data_ptr(),
@@ -188,11 +189,23 @@ def test_columns_equal_a_loop_over_fields_and_taps(ndim, data, dtype):
     assert torch.equal(columns, _naive_columns(x, geometry, start, count))
 
 
-def test_columns_are_torchs_unfold_in_2d():
+#: (kernel, stride, padding, dilation) in 2-D: strided and dilated lines, and 'same' padding at
+#: stride 1, whose lines inside the input the copy takes as one run with their edges zeroed after
+UNFOLDS = [
+    ((3, 2), (2, 1), (1, 2), (1, 3)),
+    ((3, 3), (1, 1), (1, 1), (1, 1)),
+    ((5, 3), (1, 1), (4, 2), (2, 2)),
+]
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding", "dilation"), UNFOLDS, ids=lambda value: str(value))
+def test_columns_are_torchs_unfold_in_2d(kernel, stride, padding, dilation):
     x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
-    geometry = make_geometry((9, 8), (3, 2), (2, 1), ((1, 1), (2, 2)), (1, 3))
-    count = geometry.output_size
-    columns = x.new_empty((3 * 6, 2 * math.prod(count)))
+    pairs = tuple((side, side) for side in padding)
+    geometry = make_geometry((9, 8), kernel, stride, pairs, dilation)
+    count, taps = geometry.output_size, math.prod(kernel)
+    # NaN where the copy writes nothing: every element must be written
+    columns = x.new_full((3 * taps, 2 * math.prod(count)), float("nan"))
     fields_columns._function(8)(
         x.data_ptr(),
         columns.data_ptr(),
@@ -203,8 +216,8 @@ def test_columns_are_torchs_unfold_in_2d():
         *fields_columns._region((0, 0), count),
         1,
     )
-    unfolded = F.unfold(x, (3, 2), dilation=(1, 3), padding=(1, 2), stride=(2, 1))  # (b, C * K, L)
-    assert torch.equal(columns.view(18, 2, -1).transpose(0, 1), unfolded)
+    unfolded = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (b, C * K, L)
+    assert torch.equal(columns.view(3 * taps, 2, -1).transpose(0, 1), unfolded)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -40,7 +40,7 @@ SOURCES = {
     "fused_power.cpp": ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd", "-ffast-math"),
     "tap_loops.cpp": ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd", "-fno-math-errno"),
     "fields_fold.cpp": ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd"),
-    "fields_columns.cpp": ("-O3", "-march=native", "-std=c++17"),
+    "fields_columns.cpp": ("-O3", "-march=native", "-std=c++17", "-fno-tree-loop-distribute-patterns"),
 }
 #: tried first: the forward loops split their rows on OpenMP threads, which (libgomp being
 #: loaded already by torch under the same name) are torch's own; without it, Python threads do
