@@ -125,3 +125,12 @@ def fits_mode(geometry: dict, mode: str) -> bool:
 def torch_pad(padding: list[tuple[int, int]]) -> tuple[int, ...]:
     """Pairs per dimension in F.pad's order: last dimension first."""
     return tuple(amount for pair in reversed(padding) for amount in pair)
+
+
+def case_tensors(case: dict, dtype: torch.dtype = torch.float64, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random input, weight and bias of a test case's shapes (``case["x"]``, ``case["w"]``)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(case["x"], generator=generator, dtype=dtype)
+    w = torch.randn(case["w"], generator=generator, dtype=dtype)
+    b = torch.randn(case["w"][0], generator=generator, dtype=dtype)
+    return x, w, b

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import case_tensors
 from reference_conv import naive_conv
 
 import anyconv
@@ -96,14 +97,6 @@ def taken(monkeypatch):
     return calls
 
 
-def _tensors(case, dtype=torch.float64, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(case["x"], generator=generator, dtype=dtype)
-    w = torch.randn(case["w"], generator=generator, dtype=dtype)
-    b = torch.randn(case["w"][0], generator=generator, dtype=dtype)
-    return x, w, b
-
-
 def _reference(x, w, b, arguments):
     """torch's convolution of the case (per-side padding and other modes applied first), or the
     naive one for N = 4."""
@@ -128,7 +121,7 @@ def _reference(x, w, b, arguments):
 @pytest.mark.parametrize("budget", [None, 1], ids=["default budget", "chunks within a sample"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_products_equal_torchs_convolution(case, budget, taken):
-    x, w, b = _tensors(case)
+    x, w, b = case_tensors(case)
     expected = _reference(x, w, b, case["with"])
     got = anyconv.conv(x, w, b, memory_budget=budget, **case["with"])
     assert taken, "the columns wrote no chunk"
@@ -223,7 +216,7 @@ def test_columns_are_torchs_unfold_in_2d(kernel, stride, padding, dilation):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_is_within_torchs_own_error(dtype, taken):
     case = CASES[1]
-    x, w, b = _tensors(case)
+    x, w, b = case_tensors(case)
     expected = F.conv2d(x, w, b, **case["with"])
     got = anyconv.conv(x.to(dtype), w.to(dtype), b.to(dtype), **case["with"])
     theirs = F.conv2d(x.to(dtype), w.to(dtype), b.to(dtype), **case["with"])
@@ -234,7 +227,7 @@ def test_low_precision_is_within_torchs_own_error(dtype, taken):
 
 def test_nan_and_inf_reach_the_outputs_torch_gives_them(taken):
     case = CASES[0]
-    x, w, b = _tensors(case)
+    x, w, b = case_tensors(case)
     x[0, 3, 2, 2] = float("nan")
     x[1, 5, 0, 0] = float("inf")
     w[2, 7, 1, 1] = float("-inf")
@@ -247,7 +240,7 @@ def test_nan_and_inf_reach_the_outputs_torch_gives_them(taken):
 
 def test_gradients_through_the_columns_forward_equal_torchs(taken):
     case = CASES[2]
-    x, w, b = (tensor.requires_grad_() for tensor in _tensors(case))
+    x, w, b = (tensor.requires_grad_() for tensor in case_tensors(case))
     got = anyconv.conv(x, w, b, **case["with"])
     expected = F.conv2d(x, w, b, **case["with"])
     grad = torch.randn_like(expected)
@@ -259,7 +252,7 @@ def test_gradients_through_the_columns_forward_equal_torchs(taken):
 
 
 def test_where_the_columns_are_not_taken(taken, monkeypatch):
-    x, w, b = _tensors(CASES[0])
+    x, w, b = case_tensors(CASES[0])
     # a channels-last input: the fields path's channels-last slab, read in place
     got = anyconv.conv(x.contiguous(memory_format=torch.channels_last), w, b, padding=1)
     torch.testing.assert_close(got, F.conv2d(x, w, b, padding=1))
@@ -274,7 +267,7 @@ def test_where_the_columns_are_not_taken(taken, monkeypatch):
 def test_a_chunk_plan_covers_the_output_once(taken):
     # chunks within a sample write their regions of the output and nothing else
     case = CASES[0]
-    x, w, b = _tensors(case)
+    x, w, b = case_tensors(case)
     geometry = make_geometry(x.shape[2:], 3, padding=1)
     assert len(plan_chunks(geometry, x.shape[0], 8 * (130 * 9 + 6), 2**12)) > x.shape[0]
     torch.testing.assert_close(

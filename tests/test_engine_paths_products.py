@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import case_tensors
 from torch.autograd import gradcheck, gradgradcheck
 from variant_reference import naive_generalized_conv
 
@@ -106,14 +107,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _tensors(case, dtype=torch.float64, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(case["x"], generator=generator, dtype=dtype)
-    w = torch.randn(case["w"], generator=generator, dtype=dtype)
-    b = torch.randn(case["w"][0], generator=generator, dtype=dtype)
-    return x, w, b
-
-
 def _options(options, out_channels, requires_grad=False):
     built = {}
     for name, value in options.items():
@@ -146,7 +139,7 @@ def taken(monkeypatch):
 @pytest.mark.parametrize(("variant_id", "name", "options"), VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_forward_and_gradients_equal_the_naive_formula(case, variant_id, name, options, taken):
-    x, w, b = _tensors(case)
+    x, w, b = case_tensors(case)
     inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
     naive_inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
     mine, theirs = _options(options, w.shape[0], True), _options(options, w.shape[0], True)
@@ -166,7 +159,7 @@ def test_forward_and_gradients_equal_the_naive_formula(case, variant_id, name, o
 @pytest.mark.parametrize(("variant_id", "name", "options"), VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("case", CASES[:7], ids=IDS[:7])
 def test_gradients_equal_the_fields_path(case, variant_id, name, options, monkeypatch):
-    x, w, b = _tensors(case)
+    x, w, b = case_tensors(case)
     # a zero field: the path's norms have the fields path's gradient there (its radial term is 0)
     x[0, :, :3] = 0
 
@@ -187,7 +180,7 @@ def test_gradients_equal_the_fields_path(case, variant_id, name, options, monkey
     "case", [case for case in CASES if case["id"] in ("multiplier-2", "1d-stride3", "3d-stride2-grouped")]
 )
 def test_gradcheck(case, variant_id, name, options):
-    x, w, b = (tensor.requires_grad_() for tensor in _tensors(case))
+    x, w, b = (tensor.requires_grad_() for tensor in case_tensors(case))
     built = _options(options, w.shape[0], True)
     learnable = {option: value for option, value in built.items() if torch.is_tensor(value)}
     fixed = {option: value for option, value in built.items() if option not in learnable}
@@ -230,7 +223,7 @@ def test_gradgradcheck(name, options, arguments, taken):
 @pytest.mark.parametrize("poisoned", ["input", "weight"])
 def test_nan_and_inf_propagate_as_the_formula(name, poisoned):
     case = CASES[5]
-    x, w, b = _tensors(case)
+    x, w, b = case_tensors(case)
     if poisoned == "input":
         x[0, 1, 3, 4] = float("nan")
         x[0, 6, 0, 0] = float("inf")
@@ -247,7 +240,7 @@ def test_nan_and_inf_propagate_as_the_formula(name, poisoned):
 @pytest.mark.parametrize(("variant_id", "name", "options"), VARIANTS, ids=VARIANT_IDS)
 def test_float32_matches_float64(variant_id, name, options):
     case = CASES[5]
-    x, w, b = _tensors(case)
+    x, w, b = case_tensors(case)
     built = _options(options, w.shape[0])
     expected = anyconv.generalized_conv(x, w, name, b, **case["with"], **built)
     as_float = {option: value.float() if torch.is_tensor(value) else value for option, value in built.items()}
@@ -267,13 +260,13 @@ def test_data_far_from_zero_does_not_cancel():
 
 @pytest.mark.parametrize("budget", [1, 10**9], ids=["a-sample-per-chunk", "one-chunk"])
 def test_chunks_of_samples_give_the_same_numbers(budget):
-    x, w, b = _tensors({"x": (5, 4, 6, 6), "w": (4, 1, 3, 3)})
+    x, w, b = case_tensors({"x": (5, 4, 6, 6), "w": (4, 1, 3, 3)})
     output = anyconv.generalized_conv(x, w, "cosine", b, padding=1, groups=4, memory_budget=budget)
     torch.testing.assert_close(output, naive_generalized_conv(x, w, "cosine", b, padding=1, groups=4))
 
 
 def test_unbatched_input():
-    x, w, b = _tensors(CASES[0])
+    x, w, b = case_tensors(CASES[0])
     torch.testing.assert_close(
         anyconv.generalized_conv(x[0], w, "sharpened_cosine", b, padding=1, groups=6),
         naive_generalized_conv(x[:1], w, "sharpened_cosine", b, padding=1, groups=6)[0],

@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import case_tensors
 from torch_reference import torch_conv
 from variant_reference import naive_generalized_conv
 
@@ -117,14 +118,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _tensors(case, dtype=torch.float64, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(case["x"], generator=generator, dtype=dtype)
-    w = torch.randn(case["w"], generator=generator, dtype=dtype)
-    b = torch.randn(case["w"][0], generator=generator, dtype=dtype)
-    return x, w, b
-
-
 def _fields_path(monkeypatch, function):
     """Run ``function`` with the fast paths turned off: the engine's fields path computes it."""
     with monkeypatch.context() as patch:
@@ -138,14 +131,14 @@ def _fields_path(monkeypatch, function):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_the_path_is_taken(case):
-    x, w, _ = _tensors(case)
+    x, w, _ = case_tensors(case)
     variant, groups = resolve_variant("l1"), case["with"]["groups"]
     assert plan_conv(x, w, variant, 1, 0, 1, groups, "zeros", None).path == "tap loops"
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_dot_equals_torch(case):
-    x, w, b = _tensors(case)
+    x, w, b = case_tensors(case)
     if w.dim() > 5:
         pytest.skip("torch has no 4-D convolution (the naive formula checks this case)")
     expected = torch_conv(x, w, b, **case["with"])
@@ -156,7 +149,7 @@ def test_dot_equals_torch(case):
 @pytest.mark.parametrize(("name", "options"), VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_forward_equals_the_naive_formula(case, name, options):
-    x, w, b = _tensors(case)
+    x, w, b = case_tensors(case)
     expected = naive_generalized_conv(x, w, name, b, **case["with"])
     torch.testing.assert_close(anyconv.generalized_conv(x, w, name, b, **case["with"], **options), expected)
 
@@ -164,7 +157,7 @@ def test_forward_equals_the_naive_formula(case, name, options):
 @pytest.mark.parametrize(("name", "options"), VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_gradients_equal_the_fields_path(case, name, options, monkeypatch):
-    x, w, b = _tensors(case)
+    x, w, b = case_tensors(case)
 
     def gradients():
         inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
@@ -183,7 +176,7 @@ def test_gradients_equal_the_fields_path(case, name, options, monkeypatch):
 )
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_gradients_equal_the_naive_formula(case, name, options):
-    x, w, b = _tensors(case)
+    x, w, b = case_tensors(case)
     inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
     naive_inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
     output = anyconv.generalized_conv(*inputs[:2], name, inputs[2], **case["with"])
@@ -199,7 +192,7 @@ def test_gradients_equal_the_naive_formula(case, name, options):
     "case", [case for case in CASES if case["id"] in ("2d-multiplier-2", "1d-stride3", "3d-stride2")]
 )
 def test_gradcheck(case, name, options):
-    x, w, b = (tensor.requires_grad_() for tensor in _tensors(case))
+    x, w, b = (tensor.requires_grad_() for tensor in case_tensors(case))
     if name == "l1" and options:
         pytest.skip("AdderNet's rule is not the derivative of the output")
     assert torch.autograd.gradcheck(
@@ -210,7 +203,7 @@ def test_gradcheck(case, name, options):
 @pytest.mark.parametrize(("name", "options"), VARIANTS, ids=VARIANT_IDS)
 def test_float32_matches_float64(name, options):
     case = CASES[0]
-    x, w, b = _tensors(case)
+    x, w, b = case_tensors(case)
     expected = anyconv.generalized_conv(x, w, name, b, **case["with"], **options)
     got = anyconv.generalized_conv(x.float(), w.float(), name, b.float(), **case["with"], **options)
     torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)
@@ -218,7 +211,7 @@ def test_float32_matches_float64(name, options):
 
 @pytest.mark.parametrize("budget", [1, 10**9], ids=["a-sample-per-chunk", "one-chunk"])
 def test_chunks_of_samples_give_the_same_numbers(budget):
-    x, w, b = _tensors({"x": (5, 4, 6, 6), "w": (4, 1, 3, 3)})
+    x, w, b = case_tensors({"x": (5, 4, 6, 6), "w": (4, 1, 3, 3)})
     inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
     output = anyconv.generalized_conv(
         *inputs[:2], "max_plus", inputs[2], padding=1, groups=4, memory_budget=budget
@@ -230,7 +223,7 @@ def test_chunks_of_samples_give_the_same_numbers(budget):
 
 
 def test_unbatched_input():
-    x, w, b = _tensors(CASES[0])
+    x, w, b = case_tensors(CASES[0])
     torch.testing.assert_close(
         anyconv.generalized_conv(x[0], w, "l1", b, padding=1, groups=6),
         naive_generalized_conv(x[:1], w, "l1", b, padding=1, groups=6)[0],
@@ -338,7 +331,7 @@ def test_narrow_depthwise_forward_as_the_formula(x_shape, w_shape, arguments, na
 
 @pytest.mark.parametrize("name", ["dot", "l1", "l2", "max_plus", "min_plus"])
 def test_nan_and_inf_propagate_as_the_formula(name):
-    x, w, b = _tensors(CASES[0])
+    x, w, b = case_tensors(CASES[0])
     x[0, 1, 3, 4] = float("nan")
     x[1, 2, 0, 0] = float("inf")
     expected = naive_generalized_conv(x, w, name, b, padding=1, groups=6)
@@ -512,7 +505,7 @@ CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 def test_channels_last_input_equals_the_naive_formula(case, name, options):
     """A channels-last input (as timm's ConvNeXt gives its depthwise layers): the formula's numbers
     forward and backward, and a channels-last output."""
-    x, w, b = _tensors(case)
+    x, w, b = case_tensors(case)
     layout = CHANNELS_LAST[x.dim()]
     last = x.contiguous(memory_format=layout).requires_grad_()
     inputs = [last, w.clone().requires_grad_(), b.clone().requires_grad_()]
@@ -560,7 +553,7 @@ IN_PLACE_CASES = [
 @pytest.mark.parametrize("name", ["dot", "l1", "max_plus"])
 @pytest.mark.parametrize("case", IN_PLACE_CASES, ids=[case["id"] for case in IN_PLACE_CASES])
 def test_a_channels_last_depthwise_input_is_read_in_place(case, name, dtype):
-    x, w, b = _tensors(case)
+    x, w, b = case_tensors(case)
     layout = CHANNELS_LAST[x.dim()]
     last = x.to(dtype).contiguous(memory_format=layout)
     assert tap_loops_fit(resolve_variant(name), last, w, case["with"]["groups"])
@@ -583,7 +576,7 @@ def test_a_channels_last_depthwise_input_is_read_in_place(case, name, dtype):
 def test_a_channels_last_depthwise_quotient_is_read_in_place(case, name):
     """The cosines' one pass of the loops (anyconv::tap_quotient, no graph to record) on a
     channels-last input: the formula's numbers, a channels-last output."""
-    x, w, b = _tensors(case)
+    x, w, b = case_tensors(case)
     layout = CHANNELS_LAST[x.dim()]
     with torch.no_grad():
         output = anyconv.generalized_conv(x.contiguous(memory_format=layout), w, name, b, **case["with"])
@@ -609,7 +602,7 @@ def test_a_channels_last_depthwise_quotient_is_read_in_place(case, name):
 def test_the_quotient_on_rows_narrower_than_a_vector_equals_the_formula(case, name):
     """Channels first, rows narrower than a vector: the channel-vector quotient, whose |p|^2 is a
     sum over kernel rows of the rows' sums of squares where a row holds a whole block of outputs."""
-    x, w, b = _tensors(case)
+    x, w, b = case_tensors(case)
     with torch.no_grad():
         output = anyconv.generalized_conv(x, w, name, b, **case["with"])
     torch.testing.assert_close(output, naive_generalized_conv(x, w, name, b, **case["with"]))
