@@ -41,10 +41,12 @@ def _generalized(name, channels=4, out_channels=8, kernel=3, **arguments):
 
 #: the dense layers' paths other than the fields path: the tap loops' filter blocks take the
 #: variants the loops know (and, with gradients off, the tap products compose the others from them;
-#: with gradients on, the cosine in eager calls, whose compiled trace takes the fields path)
+#: with gradients on, the cosine in eager calls, and the other product variants' forward in eager
+#: calls that the fields path's backward follows: their compiled traces take the fields path)
 _DENSE_PATHS = {
     **dict.fromkeys(("dot", "l1", "l2", "max_plus", "min_plus"), "tap loops"),
     "cosine": "tap products",
+    **dict.fromkeys(("polynomial", "rbf", "sharpened_cosine"), "tap forward"),
 }
 
 #: id -> (module factory, input sizes, the path eager takes for it)

@@ -12,6 +12,7 @@ from conftest import take_views_everywhere
 
 import anyconv
 from anyconv.engine import chunks as chunks_module
+from anyconv.engine import contraction as contraction_module
 from anyconv.engine import fields as fields_module
 from anyconv.engine.chunks import plan_chunks
 from anyconv.geometry import make_geometry
@@ -144,15 +145,17 @@ def test_backward_keeps_only_input_and_weight():
 
 
 def _slab_copies(monkeypatch) -> list:
-    """Count the chunks the engine runs: each chunk's slab of the input is copied once."""
+    """Count the chunks the engine runs: each chunk's slab of the input is copied once, or (the
+    standard product on a channels-first input) its columns are."""
     calls = []
-    original = fields_module.chunk_slab
+    for module, name in ((fields_module, "chunk_slab"), (contraction_module, "write_column_products")):
+        original = getattr(module, name)
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
+        def counting(*args, original=original, **kwargs):
+            calls.append(1)
+            return original(*args, **kwargs)
 
-    monkeypatch.setattr(fields_module, "chunk_slab", counting)
+        monkeypatch.setattr(module, name, counting)
     return calls
 
 

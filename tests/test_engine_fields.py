@@ -26,8 +26,16 @@ PRODUCTS = importlib.import_module("anyconv.engine.field_products")
 CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
-#: the tap loops' filter blocks would take the dense cases (see conftest.fields_for_dense)
-pytestmark = pytest.mark.usefixtures("fields_for_dense")
+#: the tap loops' filter blocks would take the dense cases (see conftest.fields_for_dense), and
+#: the columns the standard product on channels-first inputs (tests/test_engine_fields_columns.py):
+#: here the rows' form, which every other variant and channels-last input takes
+pytestmark = pytest.mark.usefixtures("fields_for_dense", "rows_form")
+
+
+@pytest.fixture
+def rows_form(monkeypatch):
+    """The fields path's rows (G, M, Kg) for the standard product too: the columns turned off."""
+    monkeypatch.setattr(CONTRACTION, "columns_fit", lambda *arguments: False)
 
 
 # input shape, weight shape, conv arguments, memory budget (None: the default); every case has

@@ -154,8 +154,9 @@ def test_products_composed_from_the_blocks_equal_the_naive_formula(case, name, o
         assert _path(x, w, name, arguments, **options) == "tap products"
         torch.testing.assert_close(anyconv.generalized_conv(x, w, name, b, **arguments, **options), expected)
     # recorded for autograd: the cosine by the loops (a backward from the input, the weight and the
-    # kept quotient), the others by the fields path, whose backward keeps less than their composition
-    assert _path(x, w, name, arguments, **options) == ("tap products" if name == "cosine" else "fields")
+    # kept quotient), the others by the fields path's backward (which keeps less than their
+    # composition) after the tap products' forward
+    assert _path(x, w, name, arguments, **options) == ("tap products" if name == "cosine" else "tap forward")
     if name == "cosine":
         inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
         naive_inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]

@@ -129,7 +129,11 @@ def tap_products_forward(
 def _not_a_view(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor``'s values in a tensor that is no view, sharing its storage: autograd refuses any
     in-place change of a view that a Function returns (a ``ReLU(inplace=True)`` after the layer)."""
-    return tensor.new_empty(0).set_(tensor) if tensor._is_view() else tensor
+    if not tensor._is_view():
+        return tensor
+    return tensor.new_empty(0).set_(
+        tensor.untyped_storage(), tensor.storage_offset(), tensor.shape, tensor.stride()
+    )
 
 
 def tap_primitive(input: torch.Tensor, weight: torch.Tensor, groups: int) -> Primitive | None:
