@@ -205,9 +205,10 @@ def eps_negligible(field_norms: torch.Tensor, filter_norms: torch.Tensor, eps: f
     """
     if outputs < _CHECKED_DIVISION or torch.compiler.is_compiling():
         return False
-    # amin propagates NaN
-    smallest = field_norms.amin() * filter_norms.amin()
-    return bool(smallest * torch.finfo(field_norms.dtype).eps > 4 * eps)
+    # amin propagates NaN, and NaN > x is False: one number read back and compared in Python,
+    # where the comparison in tensors took five more small operations
+    smallest = (field_norms.amin() * filter_norms.amin()).item()
+    return smallest * torch.finfo(field_norms.dtype).eps > 4 * eps
 
 
 def direction(vectors: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
