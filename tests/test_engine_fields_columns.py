@@ -274,3 +274,23 @@ def test_a_chunk_plan_covers_the_output_once(taken):
         anyconv.conv(x, w, b, padding=1, memory_budget=1), F.conv2d(x, w, b, padding=1)
     )
     assert len(taken) > x.shape[0]
+
+
+@pytest.mark.parametrize(
+    ("channels", "kernel", "path"),
+    [(32, 3, "fields"), (128, 2, "fields"), (16, 3, "tap loops"), (64, 5, "tap loops")],
+    ids=["32-channels-k3", "128-channels-k2", "16-channels-k3", "64-channels-k5"],
+)
+def test_a_1d_dense_dot_of_few_taps_takes_the_columns(channels, kernel, path, taken):
+    # the filter blocks take three taps at a time; with many channels one product over all the taps
+    # of the columns measured faster (tap_loops.MAX_COLUMNS_KERNEL)
+    from anyconv.engine.plan import plan_conv
+    from anyconv.engine.tap_loops import filter_blocks_fit
+    from anyconv.variants import Dot
+
+    x, w, b = case_tensors({"x": (2, channels, 1100), "w": (8, channels, kernel)})
+    if not filter_blocks_fit(x, w, 1):
+        pytest.skip("the tap loops are not built here")
+    assert plan_conv(x, w, Dot(), 1, 1, 1, 1, "zeros", None).path == path
+    torch.testing.assert_close(anyconv.conv(x, w, b, padding=1), F.conv1d(x, w, b, padding=1))
+    assert bool(taken) == (path == "fields")
