@@ -4,8 +4,8 @@ from the tap products (``tap_products_forward``) and its backward from the field
 
 Against the naive float64 formulas and the fields path, forward, gradients and second derivatives,
 in 1-D to 3-D with stride, dilation, padding modes and channels-last; the path taken and where it
-is not; NaN and inf; data far from zero; the output saved for the backward guarded against
-in-place changes.
+is not; NaN and inf; data far from zero; a bfloat16 cosine; the output saved for the backward
+guarded against in-place changes.
 """
 
 from __future__ import annotations
@@ -233,3 +233,19 @@ def test_an_in_place_activation_after_the_layer_gives_the_formulas_numbers(varia
     torch.testing.assert_close(output, expected)
     for got, want in zip(_gradients(output, inputs), _gradients(expected, naive_inputs)):
         torch.testing.assert_close(got, want)
+
+
+def test_a_bfloat16_cosine_takes_the_path_within_bfloat16s_error(taken):
+    # the tap products keep the float cosine's recorded calls (loops_cosine); a bfloat16 one comes here
+    x, w, _ = _tensors(CASES[0])
+    mine = [x.bfloat16().requires_grad_(), w.bfloat16().requires_grad_()]
+    exact = [x.clone().requires_grad_(), w.clone().requires_grad_()]
+    output = anyconv.generalized_conv(*mine, "cosine", padding=1)
+    expected = naive_generalized_conv(*exact, "cosine", padding=1)
+    assert taken == ["cosine"] and output.dtype == torch.bfloat16
+    torch.testing.assert_close(output.double(), expected, rtol=0, atol=2**-7)
+    grad = torch.randn(expected.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for got, want in zip(
+        torch.autograd.grad(output, mine, grad.bfloat16()), torch.autograd.grad(expected, exact, grad)
+    ):
+        assert (got.double() - want).abs().max() <= 2**-6 * want.abs().max()
