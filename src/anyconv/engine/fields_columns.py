@@ -21,7 +21,7 @@ import torch
 
 from ..geometry import Geometry
 from ..variants.fused import NATIVE_DTYPES
-from ..variants.native import load, load_library, native_enabled
+from ..variants.native import int64_arrays, load_library, native_enabled, native_path
 from .blocks import copy_with_bias
 from .chunks import Chunk
 
@@ -55,9 +55,7 @@ def columns_fit(input: torch.Tensor) -> bool:
 
 def columns_path() -> str:
     """``"native: <library>"`` or ``"eager: <why, and the fix>"``, as ``anyconv check`` reports it."""
-    if not native_enabled():
-        return "eager: ANYCONV_NATIVE=0 asks for it"
-    return load(_SOURCE).detail
+    return native_path(_SOURCE)
 
 
 def write_column_products(
@@ -133,19 +131,11 @@ def _function(element_size: int) -> Any:
 def _sizes(geometry: Geometry) -> tuple[Any, ...]:
     """The input and kernel sizes, stride, padding before and dilation as C arrays (kept alive by
     the cache)."""
-    return tuple(
-        (ctypes.c_int64 * geometry.ndim)(*values)
-        for values in (
-            geometry.input_size,
-            geometry.kernel_size,
-            geometry.stride,
-            tuple(before for before, _ in geometry.padding),
-            geometry.dilation,
-        )
-    )
+    before = tuple(amount for amount, _ in geometry.padding)
+    return int64_arrays(geometry.input_size, geometry.kernel_size, geometry.stride, before, geometry.dilation)
 
 
 @lru_cache(maxsize=1024)
 def _region(start: tuple[int, ...], count: tuple[int, ...]) -> tuple[Any, ...]:
     """A chunk's first output position and its count per dimension as C arrays (cached: kept alive)."""
-    return tuple((ctypes.c_int64 * len(values))(*values) for values in (start, count))
+    return int64_arrays(start, count)

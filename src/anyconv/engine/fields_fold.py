@@ -18,7 +18,7 @@ import torch
 from ..functional.im2col import add_blocks
 from ..geometry import Geometry
 from ..variants.fused import NATIVE_DTYPES
-from ..variants.native import load, load_library, native_enabled
+from ..variants.native import int64_arrays, load_library, native_enabled, native_path
 
 _SOURCE = "fields_fold.cpp"
 _POINTER, _SIZE = ctypes.c_void_p, ctypes.c_int64
@@ -67,9 +67,7 @@ def fold_fields(grad_fields: torch.Tensor, geometry: Geometry, samples: int) -> 
 
 def fold_path() -> str:
     """``"native: <library>"`` or ``"eager: <why, and the fix>"``, as ``anyconv check`` reports it."""
-    if not native_enabled():
-        return "eager: ANYCONV_NATIVE=0 asks for it"
-    return load(_SOURCE).detail
+    return native_path(_SOURCE)
 
 
 def _native(grad_fields: torch.Tensor) -> Any:
@@ -100,13 +98,6 @@ def _function(suffix: str) -> Any:
 @lru_cache(maxsize=256)
 def _sizes(geometry: Geometry) -> tuple[Any, ...]:
     """The slab, output and kernel sizes, stride and dilation as C arrays (kept alive by the cache)."""
-    return tuple(
-        (ctypes.c_int64 * geometry.ndim)(*values)
-        for values in (
-            geometry.padded_size,
-            geometry.output_size,
-            geometry.kernel_size,
-            geometry.stride,
-            geometry.dilation,
-        )
+    return int64_arrays(
+        geometry.padded_size, geometry.output_size, geometry.kernel_size, geometry.stride, geometry.dilation
     )

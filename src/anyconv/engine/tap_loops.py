@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ..geometry import Geometry
 from ..variants import L1, L2, Dot, MaxPlus, MinPlus, Variant
 from ..variants.fused import NATIVE_DTYPES, record_native_call
-from ..variants.native import load_library, native_enabled
+from ..variants.native import int64_arrays, load_library, native_enabled
 from ..variants.triton_backend import backend
 from .blocks import bias_grad
 from .graph_gradients import gradients_as_graph
@@ -734,14 +734,10 @@ def _phase_layout(image: torch.Tensor, padded: torch.Tensor, geometry: Geometry,
 def _layout_arguments(geometry: Geometry) -> tuple[Any, ...]:
     """The layout of :func:`_padded` as the loops take it: the number of dimensions, the input's
     size, the padding before, the padded size (its last a multiple of the phases), the phases."""
-
-    def int64s(values: tuple[int, ...]) -> ctypes.Array:
-        return (ctypes.c_int64 * len(values))(*values)
-
     phases = geometry.stride[-1]
     sizes = (*geometry.padded_size[:-1], -(-geometry.padded_size[-1] // phases) * phases)
     before = tuple(amount for amount, _ in geometry.padding)
-    return geometry.ndim, int64s(geometry.input_size), int64s(before), int64s(sizes), phases
+    return geometry.ndim, *int64_arrays(geometry.input_size, before, sizes), phases
 
 
 @lru_cache(maxsize=256)

@@ -19,7 +19,7 @@ from functools import cache, lru_cache, partial
 import torch
 
 from .filter_sums import FilterGradientSum, handed_back
-from .native import load, load_library, native_enabled
+from .native import load_library, native_enabled, native_path
 from .triton_backend import forget_triton, took_triton, triton_twin
 
 #: elements of one eager broadcast block (fields x filters x taps): 8 MiB in float32
@@ -72,11 +72,9 @@ def native_paths() -> dict[str, str]:
     >>> sorted(native_paths())
     ['l1', 'lp', 'max_plus', 'min_plus']
     """
-    if not native_enabled():
-        return dict.fromkeys(NATIVE_SOURCES, "eager: ANYCONV_NATIVE=0 asks for it")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return {variant: load(source).detail for variant, source in NATIVE_SOURCES.items()}
+        return {variant: native_path(source) for variant, source in NATIVE_SOURCES.items()}
 
 
 def last_path() -> str | None:

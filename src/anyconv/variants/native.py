@@ -109,6 +109,28 @@ def load_library(source_name: str) -> ctypes.CDLL | None:
     return load(source_name).library
 
 
+def native_path(source_name: str) -> str:
+    """``"native: <library>"`` or ``"eager: <why, and the fix>"`` for ``source_name``, as
+    ``anyconv check`` reports it.
+
+    >>> native_path("fields_fold.cpp").startswith(("native: ", "eager: "))
+    True
+    """
+    if not native_enabled():
+        return "eager: ANYCONV_NATIVE=0 asks for it"
+    return load(source_name).detail
+
+
+def int64_arrays(*sequences: tuple[int, ...]) -> tuple[ctypes.Array, ...]:
+    """Each of ``sequences`` as a C array of int64, for the native functions' size arguments (the
+    caller keeps them alive as long as a call may read them).
+
+    >>> [list(array) for array in int64_arrays((1, 2), (3,))]
+    [[1, 2], [3]]
+    """
+    return tuple((ctypes.c_int64 * len(values))(*values) for values in sequences)
+
+
 @cache
 def load(source_name: str) -> Loaded:
     """Build ``source_name`` if its cache entry is missing or damaged, then load it; once per process.
