@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import torch
 
+#: the tensor types no machinery wraps
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
 
 def machinery_watches(*tensors: torch.Tensor | None) -> bool:
     """Whether torch's machinery watches a call on ``tensors`` (None is ignored): torch.compile or
@@ -18,15 +21,25 @@ def machinery_watches(*tensors: torch.Tensor | None) -> bool:
     >>> machinery_watches(torch.ones(2), None)
     False
     """
-    present = [tensor for tensor in tensors if tensor is not None]
-    return (
+    if (
         torch.compiler.is_compiling()
         or torch._C._are_functorch_transforms_active()
         or torch._C._len_torch_dispatch_stack() > 0
         or torch._C._is_torch_function_mode_enabled()
-        or any(torch.is_autocast_enabled(tensor.device.type) for tensor in present)
-        or any(type(tensor) not in (torch.Tensor, torch.nn.Parameter) for tensor in present)
-    )
+    ):
+        return True
+    # a plain loop, each device asked about autocast once: this runs on every call
+    device = None
+    for tensor in tensors:
+        if tensor is None:
+            continue
+        if type(tensor) not in _PLAIN:
+            return True
+        if tensor.device.type != device:
+            device = tensor.device.type
+            if torch.is_autocast_enabled(device):
+                return True
+    return False
 
 
 def records_graph(*tensors: object) -> bool:

@@ -50,12 +50,14 @@ def triton_chosen(tensor: torch.Tensor) -> bool:
     >>> triton_chosen(torch.ones(1)) == (backend() == "triton")
     True
     """
-    if backend() == "triton" and not triton_available():
+    # read once: every call of a fused variant asks, and the environment is slow to read
+    asked = backend() == "triton"
+    if asked and not triton_available():
         raise invalid("ANYCONV_BACKEND", "triton", "auto, since triton is not installed (anyconv[gpu])")
     # the kernels sum in floating point: integer tensors keep the exact eager path
     if not tensor.is_floating_point():
         return False
-    if backend() == "triton":
+    if asked:
         # the interpreter reads CPU memory; other devices keep the eager path
         return tensor.device.type in ("cpu", "cuda")
     return tensor.device.type == "cuda" and triton_available()
