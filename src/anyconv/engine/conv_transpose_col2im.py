@@ -80,8 +80,8 @@ def col2im_transpose(
 
     ``geometry`` is :func:`col2im_geometry`'s; the output starts ``padding`` into its image, and
     ``output_padding`` past the image's end (where ``padding`` crops less) is zeros. Twice
-    differentiable through autograd (col2im's backward is im2col); the result may be a view of a
-    larger tensor. The crop and the zeros are plain integers and the chunks a split, so a trace
+    differentiable through autograd (col2im's backward is im2col); the result is a tensor of its
+    own (no view). The crop and the zeros are plain integers and the chunks a split, so a trace
     with symbolic sizes (torch.compile, torch.export) keeps them symbolic; a trace passes the whole
     batch as ``samples_per_chunk`` (one chunk), a graph cannot loop a size-dependent number of times.
 
@@ -97,15 +97,27 @@ def col2im_transpose(
     matrices = weight.reshape(groups, channels // groups, -1).transpose(1, 2)
     # output_padding's positions beyond the image, which no field reaches: what padding leaves of it
     beyond = tuple(max(0, more - pad) for pad, more in zip(padding, output_padding))
-    # cropping the padding is a view; the copy that follows (cat, bias or layout) makes it whole
-    crop = image_crop(geometry, padding, output_padding)
-    chunks = [batched] if samples_per_chunk >= batch else batched.split(samples_per_chunk)
-    parts = []
-    for chunk in chunks:
+
+    def image(chunk: torch.Tensor) -> torch.Tensor:
         values = chunk.reshape(chunk.shape[0], groups, channels // groups, geometry.num_positions)
-        columns = torch.matmul(matrices, values).flatten(1, 2)
-        parts.append(Col2Im.apply(columns, geometry)[(slice(None), slice(None), *crop)])
-    output = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return Col2Im.apply(torch.matmul(matrices, values).flatten(1, 2), geometry)
+
+    if samples_per_chunk >= batch:
+        # the crop and the zeros in one F.pad: one copy, and one node whose backward is one copy,
+        # where a view cropped dimension by dimension has a backward per dimension, each a
+        # zero-filled image and a copy
+        amounts = tuple(
+            amount
+            for pad, more in zip(reversed(padding), reversed(output_padding))
+            for amount in (-pad, more - pad)
+        )
+        whole = image(batched)
+        return F.pad(whole, amounts) if any(amounts) else whole
+    # cropping the padding is a view; the cat that follows makes it whole
+    crop = image_crop(geometry, padding, output_padding)
+    output = torch.cat(
+        [image(chunk)[(slice(None), slice(None), *crop)] for chunk in batched.split(samples_per_chunk)]
+    )
     if any(beyond):
         output = F.pad(output, tuple(amount for more in reversed(beyond) for amount in (0, more)))
     return output
