@@ -13,6 +13,7 @@ from ..variants import Cosine, Dot, Variant
 from .machinery import machinery_watches, records_graph
 from .ops_memory_format import channels_last_format
 from .pointwise_cosine import bias_view, composed_cosine, pointwise_cosine, recomputes
+from .tap_products import add_bias
 
 
 def pointwise_fits(variant: Variant, input: torch.Tensor, geometry: Geometry) -> bool:
@@ -73,17 +74,19 @@ def pointwise_conv(
     if isinstance(variant, Cosine):
         output = _cosine(fields, filters, bias, variant, recording, rows=False)
         return output.reshape(batch, weight.shape[0], *strided.shape[2:])
-    if bias is None:
-        output = torch.matmul(filters, fields)
-    else:
+    if bias is not None and recording:
         output = _biased_products(fields, filters, bias)
-    return output.reshape(batch, weight.shape[0], *strided.shape[2:])
+        return output.reshape(batch, weight.shape[0], *strided.shape[2:])
+    # without a graph, the product and an add in place: baddbmm's copy of the broadcast bias
+    # into its output before the product measured slower
+    output = torch.matmul(filters, fields)
+    return add_bias(output.reshape(batch, weight.shape[0], *strided.shape[2:]), bias, recording)
 
 
 def _biased_products(fields: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``filters @ fields`` plus the bias of each filter, (B, G, Og, L) from fields (B, G, Cg, L) and
-    filters (G, Og, Cg): one baddbmm, whose product starts from the bias, where a product and an add
-    make the output twice (and, recording a graph, keep two of its size).
+    filters (G, Og, Cg): one baddbmm, whose product starts from the bias, where a recorded product
+    and add make the output twice and keep both.
 
     >>> f, w, b = torch.randn(2, 3, 4, 5), torch.randn(3, 6, 4), torch.randn(18)
     >>> torch.allclose(_biased_products(f, w, b), w @ f + b.view(3, 6, 1), atol=1e-6)
