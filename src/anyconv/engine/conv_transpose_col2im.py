@@ -100,7 +100,7 @@ def col2im_transpose(
 
     def image(chunk: torch.Tensor) -> torch.Tensor:
         values = chunk.reshape(chunk.shape[0], groups, channels // groups, geometry.num_positions)
-        return summed_columns(torch.matmul(matrices, values).flatten(1, 2), geometry)
+        return Col2Im.apply(torch.matmul(matrices, values).flatten(1, 2), geometry)
 
     if samples_per_chunk >= batch:
         # the crop and the zeros in one F.pad: one copy, and one node whose backward is one copy,
@@ -121,32 +121,6 @@ def col2im_transpose(
     if any(beyond):
         output = F.pad(output, tuple(amount for more in reversed(beyond) for amount in (0, more)))
     return output
-
-
-def summed_columns(columns: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-    """col2im of ``columns`` (B, C * K, L) into the image ``geometry.padded_size``, differentiable
-    twice: torch's own col2im (``F.fold``, one native pass) for floating 1-D and 2-D geometry, a 1-D
-    one as a row of a 2-D image; :class:`~anyconv.functional.im2col.Col2Im` (one strided add per
-    tap) for integer dtypes (which ``F.fold`` does not take) and 3-D and up.
-
-    >>> import torch
-    >>> geometry = col2im_geometry((4,), (3,), (2,), (1,))
-    >>> columns = torch.randn(2, 6, 4, dtype=torch.float64)
-    >>> torch.allclose(summed_columns(columns, geometry), Col2Im.apply(columns, geometry))
-    True
-    """
-    if not columns.is_floating_point() or geometry.ndim > 2:
-        return Col2Im.apply(columns, geometry)
-    # a 1-D geometry is the single row of a 2-D one
-    lead = (1,) * (2 - geometry.ndim)
-    image = F.fold(
-        columns,
-        output_size=(*lead, *geometry.padded_size),
-        kernel_size=(*lead, *geometry.kernel_size),
-        dilation=(*lead, *geometry.dilation),
-        stride=(*lead, *geometry.stride),
-    )
-    return image if geometry.ndim == 2 else image.view(*image.shape[:2], *geometry.padded_size)
 
 
 def folded_transpose(
