@@ -7,12 +7,14 @@ field it would have read in the matching convolution; col2im adds those fields i
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
 from ..functional.im2col import Col2Im
 from ..geometry import Geometry, make_geometry
+from ..geometry.arguments import is_traced
 from .blocks import copy_with_bias
 from .fields_fold import fold_fields
 from .ops_memory_format import empty_like_input
@@ -34,7 +36,17 @@ def col2im_geometry(
         (size - 1) * step + spacing * (kernel - 1) + 1
         for size, step, spacing, kernel in zip(input_size, stride, dilation, kernel_size)
     )
-    return make_geometry(full_size, kernel_size, stride, 0, dilation)
+    if is_traced((*input_size, *full_size)):
+        return make_geometry(full_size, kernel_size, stride, 0, dilation)
+    # plain sizes: the normalised geometry once per call's sizes, not the arguments checked again
+    return _cached_geometry(full_size, kernel_size, stride, dilation)
+
+
+@lru_cache(maxsize=256)
+def _cached_geometry(
+    size: tuple[int, ...], kernel_size: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]
+) -> Geometry:
+    return make_geometry(size, kernel_size, stride, 0, dilation)
 
 
 def col2im_sample_bytes(

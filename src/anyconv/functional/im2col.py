@@ -8,12 +8,14 @@ size and any dtype that adds). Each is the other's backward, through two autogra
 from __future__ import annotations
 
 import itertools
+from functools import lru_cache
 from types import EllipsisType
 from typing import Any
 
 import torch
 
 from ..geometry import Geometry
+from ..geometry.arguments import is_traced
 from .allocation import empty_for_copy
 
 
@@ -64,11 +66,27 @@ def col2im(columns: torch.Tensor, geometry: Geometry) -> torch.Tensor:
 
 def add_blocks(image: torch.Tensor, blocks: torch.Tensor, geometry: Geometry) -> None:
     """Add fields shaped (*lead, *kernel, *out), any strides, into an image (*lead, *padded) in place."""
-    positions = (slice(None),) * geometry.ndim
-    for tap in itertools.product(*(range(kernel) for kernel in geometry.kernel_size)):
-        target: tuple[EllipsisType | slice, ...] = (..., *tap_slices(geometry, tap))
-        source: tuple[EllipsisType | int | slice, ...] = (..., *tap, *positions)
+    # a trace's geometry may hold symbolic sizes, which cannot be hashed: its indices made anew
+    pairs = _tap_indices(geometry) if is_traced(geometry.output_size) else _cached_tap_indices(geometry)
+    for target, source in pairs:
         image[target] += blocks[source]
+
+
+Index = tuple[EllipsisType | int | slice, ...]
+
+
+def _tap_indices(geometry: Geometry) -> list[tuple[Index, Index]]:
+    """For each kernel tap, the index of the image it adds into and that of its blocks."""
+    positions = (slice(None),) * geometry.ndim
+    return [
+        ((..., *tap_slices(geometry, tap)), (..., *tap, *positions))
+        for tap in itertools.product(*(range(kernel) for kernel in geometry.kernel_size))
+    ]
+
+
+# made once per geometry: a call of col2im indexes every tap, the slices cost as much as the adds
+# of a small image
+_cached_tap_indices = lru_cache(maxsize=256)(_tap_indices)
 
 
 class Im2Col(torch.autograd.Function):
