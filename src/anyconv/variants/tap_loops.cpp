@@ -202,12 +202,21 @@ struct Geometry {
   int64_t width, step;
 };
 
-// 512 bits of T: the loops below are written on these vectors (GCC and Clang vector extensions)
+// The bytes of one vector: a register's where the compiler targets AVX-512, else 256 bits. A
+// 512-bit vector on a narrower target is split by the compiler into register-sized halves, and
+// GCC then took about five times as long (over 25 minutes) to compile this file for AVX2
+#ifdef __AVX512F__
+constexpr int kVectorBytes = 64;
+#else
+constexpr int kVectorBytes = 32;
+#endif
+
+// One vector of T: the loops below are written on these vectors (GCC and Clang vector extensions)
 // rather than left to the auto-vectoriser, which vectorised the wrong loop (over taps, by gathers)
 template <typename T>
 struct Lanes {
-  static constexpr int kCount = 64 / sizeof(T);
-  typedef T Vector __attribute__((vector_size(64)));
+  static constexpr int kCount = kVectorBytes / sizeof(T);
+  typedef T Vector __attribute__((vector_size(kVectorBytes)));
 };
 
 // COUNT lanes of a vector read from SOURCE (STEP apart), widened to the compute type; the other
