@@ -18,7 +18,7 @@ import torch
 
 import anyconv
 from anyconv.cli.main import main
-from anyconv.engine import fields_columns, fields_fold
+from anyconv.engine import fields_columns, fields_fold, tap_loops
 from anyconv.variants import fused, native, native_cache
 
 needs_compiler = pytest.mark.skipif(native.compiler() is None, reason="no C++ compiler here")
@@ -288,6 +288,26 @@ def test_compile_error_warns_with_the_compiler_message(fresh_native, monkeypatch
     messages = [str(warning.message) for warning in caught]
     assert len(messages) == 2, messages  # one per source file: each failed on its own
     assert all("could not compile" in message and "missing.h" in message for message in messages)
+
+
+def test_tap_loops_build_the_asked_dtype_only(fresh_native, monkeypatch):
+    """The tap loops are one library per dtype: a float64 call waits for the float64 loops only."""
+    asked = []
+
+    def build(source_name, cxx, part):
+        asked.append((source_name, part))
+        raise OSError("not built in this test")
+
+    monkeypatch.setattr(native, "_build", build)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not tap_loops._loops_built("f64")
+    assert asked == [("tap_loops.cpp", "f64")]
+    assert any("could not compile tap_loops.cpp (f64)" in str(warning.message) for warning in caught)
+    with pytest.raises(ValueError, match="part='f8' of tap_loops.cpp"):
+        native.load("tap_loops.cpp", "f8")
+    with pytest.raises(ValueError, match="part='f32' of fused_kernels.cpp"):
+        native.load("fused_kernels.cpp", "f32")
 
 
 def test_native_off_is_silent(fresh_native, monkeypatch):

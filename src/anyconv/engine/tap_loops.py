@@ -178,9 +178,7 @@ def _runs_here(input: torch.Tensor) -> bool:
     return (
         input.device.type == "cpu"
         and input.dtype in NATIVE_DTYPES
-        and _loops_available()
-        # a compiler without _Float16 builds no float16 loops
-        and (input.dtype != torch.float16 or _float16_loops_built())
+        and _loops_built(NATIVE_DTYPES[input.dtype])
     )
 
 
@@ -191,17 +189,14 @@ def _dense_fits(input: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 @torch.compiler.assume_constant_result
-def _loops_available() -> bool:
-    """The loops enabled and compiled, the Triton kernels not asked for; torch.compile takes the
-    answer as a constant of the graph instead of tracing the build and the environment."""
+def _loops_built(part: str) -> bool:
+    """The loops of one dtype (``part``, its NATIVE_DTYPES suffix) enabled and compiled (a compiler
+    without ``_Float16`` builds no float16 loops), the Triton kernels not asked for; torch.compile
+    takes the answer as a constant of the graph instead of tracing the build and the environment."""
     # ANYCONV_BACKEND=triton asks for the Triton kernels on CPU tensors too
-    return native_enabled() and backend() != "triton" and load_library(_SOURCE) is not None
-
-
-@torch.compiler.assume_constant_result
-def _float16_loops_built() -> bool:
-    """The library has its float16 loops (a constant of the graph under torch.compile too)."""
-    return hasattr(load_library(_SOURCE), f"tap_forward_{NATIVE_DTYPES[torch.float16]}")
+    if not native_enabled() or backend() == "triton":
+        return False
+    return hasattr(load_library(_SOURCE, part), f"tap_forward_{part}")
 
 
 def tap_loops_conv(
@@ -720,7 +715,7 @@ def _phase_layout(image: torch.Tensor, padded: torch.Tensor, geometry: Geometry,
     """``padded`` = :func:`_padded` (``image``) by the loops' copy, or with ``adjoint`` ``image`` from
     ``padded``: both contiguous, of one dtype."""
     elements = padded.numel()
-    _phase_layout_function()(
+    _phase_layout_function(NATIVE_DTYPES[image.dtype])(
         image.data_ptr(),
         padded.data_ptr(),
         image.element_size(),
@@ -782,8 +777,9 @@ def _indices(sizes: tuple[int, ...]) -> itertools.product:
 
 
 @cache
-def _phase_layout_function() -> Any:
-    library = load_library(_SOURCE)
+def _phase_layout_function(part: str) -> Any:
+    # every part's library has the copy (it moves elements by size): the one already loaded
+    library = load_library(_SOURCE, part)
     assert library is not None, "the tap loops run only where their library loaded"
     function = library.tap_phase_layout
     function.argtypes = (_POINTER, _POINTER, *(_SIZE,) * 3, *(_POINTER,) * 3, _SIZE, _FLAG, _FLAG)
@@ -793,7 +789,8 @@ def _phase_layout_function() -> Any:
 
 @cache
 def _function(name: str, dtype: torch.dtype) -> Any:
-    function = getattr(load_library(_SOURCE), f"{name}_{NATIVE_DTYPES[dtype]}")
+    part = NATIVE_DTYPES[dtype]
+    function = getattr(load_library(_SOURCE, part), f"{name}_{part}")
     operation, pointers = _ENTRY_POINTS[name]
     function.argtypes = (
         *(_FLAG,) * operation,

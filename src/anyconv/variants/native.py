@@ -42,6 +42,10 @@ SOURCES = {
     "fields_fold.cpp": ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd"),
     "fields_columns.cpp": ("-O3", "-march=native", "-std=c++17", "-fno-tree-loop-distribute-patterns"),
 }
+#: sources built as one library per part, each part's compile defining ANYCONV_PART_<PART>: the tap
+#: loops one per dtype, so that a first call waits for its own dtype's loops only (the four
+#: together took about four times as long to compile)
+PARTS = {"tap_loops.cpp": ("f32", "f64", "bf16", "f16")}
 #: tried first: the forward loops split their rows on OpenMP threads, which (libgomp being
 #: loaded already by torch under the same name) are torch's own; without it, Python threads do
 OPENMP_FLAGS = ("-fopenmp",)
@@ -99,26 +103,30 @@ def compiler() -> tuple[str, ...] | None:
     return None if found is None else (found,)
 
 
-def load_library(source_name: str) -> ctypes.CDLL | None:
-    """The compiled library of ``source_name``, or None (with one warning) when it cannot be had.
+def load_library(source_name: str, part: str | None = None) -> ctypes.CDLL | None:
+    """The compiled library of ``source_name`` (its ``part``, for a source of ``PARTS``), or None
+    (with one warning) when it cannot be had.
 
     >>> library = load_library("fused_kernels.cpp")
     >>> library is None or hasattr(library, "anyconv_openmp")
     True
+    >>> library = load_library("tap_loops.cpp", "f64")
+    >>> library is None or hasattr(library, "tap_forward_f64") and not hasattr(library, "tap_forward_f32")
+    True
     """
-    return load(source_name).library
+    return load(source_name, part).library
 
 
-def native_path(source_name: str) -> str:
-    """``"native: <library>"`` or ``"eager: <why, and the fix>"`` for ``source_name``, as
-    ``anyconv check`` reports it.
+def native_path(source_name: str, part: str | None = None) -> str:
+    """``"native: <library>"`` or ``"eager: <why, and the fix>"`` for ``source_name`` (and
+    ``part``), as ``anyconv check`` reports it.
 
     >>> native_path("fields_fold.cpp").startswith(("native: ", "eager: "))
     True
     """
     if not native_enabled():
         return "eager: ANYCONV_NATIVE=0 asks for it"
-    return load(source_name).detail
+    return load(source_name, part).detail
 
 
 def int64_arrays(*sequences: tuple[int, ...]) -> tuple[ctypes.Array, ...]:
@@ -132,12 +140,15 @@ def int64_arrays(*sequences: tuple[int, ...]) -> tuple[ctypes.Array, ...]:
 
 
 @cache
-def load(source_name: str) -> Loaded:
-    """Build ``source_name`` if its cache entry is missing or damaged, then load it; once per process.
+def load(source_name: str, part: str | None = None) -> Loaded:
+    """Build ``source_name`` (its ``part``) if its cache entry is missing or damaged, then load it;
+    once per process.
 
     >>> load("fused_power.cpp").detail.startswith(("native", "eager"))
     True
     """
+    if part not in PARTS.get(source_name, (None,)):
+        raise ValueError(f"part={part!r} of {source_name}: expected one of {PARTS.get(source_name, (None,))}")
     cxx = compiler()
     if cxx is None:
         chosen = os.environ.get("CXX", "").strip()
@@ -148,7 +159,7 @@ def load(source_name: str) -> Loaded:
         )
     with _lock:
         try:
-            path = _build(source_name, cxx)
+            path = _build(source_name, cxx, part)
         except _CacheNotWritable as error:
             return _fallback(
                 f"cannot write the native cache ({error})", "set ANYCONV_CACHE_DIR to a writable directory"
@@ -157,7 +168,8 @@ def load(source_name: str) -> Loaded:
             output = (getattr(error, "stderr", "") or str(error)).strip()
             first_error = next((line for line in output.splitlines() if "error" in line), output[:200])
             return _fallback(
-                f"could not compile {source_name} with {' '.join(cxx)}: {first_error}",
+                f"could not compile {source_name}{'' if part is None else f' ({part})'} with "
+                f"{' '.join(cxx)}: {first_error}",
                 "set CXX to a working C++ compiler (ANYCONV_NATIVE=0 silences this)",
                 output[:2000],
             )
@@ -179,17 +191,22 @@ def _fallback(reason: str, fix: str, output: str = "") -> Loaded:
     return Loaded(None, f"eager: {reason}; to fix: {fix}")
 
 
-def _build(source_name: str, cxx: tuple[str, ...]) -> Path:
-    """Compile one source into the cache, with OpenMP when the compiler has it, else without."""
+def _build(source_name: str, cxx: tuple[str, ...], part: str | None) -> Path:
+    """Compile one source (or one part of it) into the cache, with OpenMP when the compiler has
+    it, else without."""
+    flags = SOURCES[source_name]
+    if part is not None:
+        flags = (*flags, f"-DANYCONV_PART_{part.upper()}")
     try:
-        return _build_with(source_name, cxx, (*SOURCES[source_name], *OPENMP_FLAGS))
+        return _build_with(source_name, cxx, (*flags, *OPENMP_FLAGS), part)
     except subprocess.CalledProcessError:
-        return _build_with(source_name, cxx, SOURCES[source_name])
+        return _build_with(source_name, cxx, flags, part)
 
 
-def _build_with(source_name: str, cxx: tuple[str, ...], flags: tuple[str, ...]) -> Path:
+def _build_with(source_name: str, cxx: tuple[str, ...], flags: tuple[str, ...], part: str | None) -> Path:
     """The cache entry of this source, compiler, flags and CPU: checked, else built under a lock."""
     source = Path(__file__).with_name(source_name)
+    stem = source.stem if part is None else f"{source.stem}_{part}"
     libraries = _EXTRA_LIBRARIES.get(source_name, ())
     link_flags = tuple(flag for flag in flags if flag in OPENMP_FLAGS)
     key = entry_key(
@@ -203,7 +220,7 @@ def _build_with(source_name: str, cxx: tuple[str, ...], flags: tuple[str, ...]) 
         cpu_description(),
     )
     directory = cache_dir()
-    target = directory / f"{source.stem}-{key}.so"
+    target = directory / f"{stem}-{key}.so"
     # an intact entry is loaded without a lock, so a read-only cache filled beforehand still serves
     if is_intact(target):
         return target
@@ -215,7 +232,7 @@ def _build_with(source_name: str, cxx: tuple[str, ...], flags: tuple[str, ...]) 
             if is_intact(target):
                 return target
             scratch = Path(held.enter_context(tempfile.TemporaryDirectory(dir=directory)))
-        built, compiled = scratch / target.name, scratch / f"{source.stem}.o"
+        built, compiled = scratch / target.name, scratch / f"{stem}.o"
         # compiled and linked apart: a link with -ffast-math adds gcc's crtfastmath.o, whose
         # constructor would turn on flush-to-zero for the whole process when the library loads
         compile_command = [*cxx, *flags, "-fPIC", "-c", str(source), "-o", str(compiled)]

@@ -1947,13 +1947,28 @@ void backward_any(int operation, const S* x, const S* w, const S* y, const S* gr
     cosine_backward<T>(x, w, scale, offset, kept, grad, grad_x, grad_w, radial, g, layout, threads);         \
   }
 
-TAP_COSINE_BACKWARD(float, f32)
-TAP_COSINE_BACKWARD(double, f64)
+// One library per dtype (ANYCONV_PART_<dtype>, see native.py's PARTS), or every dtype in one
+// when no part is named
+#if !defined(ANYCONV_PART_F32) && !defined(ANYCONV_PART_F64) && !defined(ANYCONV_PART_BF16) && \
+    !defined(ANYCONV_PART_F16)
+#define ANYCONV_PART_F32
+#define ANYCONV_PART_F64
+#define ANYCONV_PART_BF16
+#define ANYCONV_PART_F16
+#endif
 
+#ifdef ANYCONV_PART_F32
+TAP_COSINE_BACKWARD(float, f32)
 TAP_LOOPS(float, f32)
+#endif
+#ifdef ANYCONV_PART_F64
+TAP_COSINE_BACKWARD(double, f64)
 TAP_LOOPS(double, f64)
+#endif
+#ifdef ANYCONV_PART_BF16
 TAP_LOOPS(anyconv::BFloat16, bf16)
-#ifdef ANYCONV_HAVE_FLOAT16
+#endif
+#if defined(ANYCONV_PART_F16) && defined(ANYCONV_HAVE_FLOAT16)
 TAP_LOOPS(_Float16, f16)
 #endif
 
