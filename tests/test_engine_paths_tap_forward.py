@@ -118,7 +118,11 @@ def test_float32_forward_and_gradients_equal_the_fields_path(case, variant_id, n
         fields = run()
     clear_plans()
     for got, expected in zip(mine, fields):
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        # float32 rounding of sums whose terms reach the largest value: a weight gradient of
+        # order 0.1 sums outputs of order 100 (the polynomial's cube), and the two paths sum in
+        # different orders (and fuse multiply-adds differently on different instruction sets)
+        scale = max(1.0, expected.abs().max().item())
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6 * scale)
 
 
 def test_the_path_is_taken_only_where_it_fits(taken):
