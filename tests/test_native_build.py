@@ -395,6 +395,17 @@ def test_check_reports_the_path_of_every_fused_variant(
     for copy in ("the columns of the fields path's forward", "the fold of the fields path's backward"):
         reported = [line for line in lines if line.startswith(copy)]
         assert len(reported) == 1 and expected in reported[0], lines
+    for dtype in ("float32", "float64", "bfloat16", "float16"):
+        assert any(line.split()[:1] == [dtype] and expected in line for line in lines), lines
+
+
+@needs_compiler
+def test_check_reports_the_tap_loops_of_each_dtype(capsys):
+    assert main(["check", "--input-size", "5", "--kernel-size", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for dtype, part in (("float32", "f32"), ("float64", "f64")):
+        reported = [line for line in lines if line.split()[:2] == [dtype, "native:"]]
+        assert len(reported) == 1 and f"tap_loops_{part}-" in reported[0], lines
 
 
 @needs_compiler

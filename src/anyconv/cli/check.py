@@ -18,6 +18,7 @@ import anyconv
 
 from ..engine.fields_columns import columns_path
 from ..engine.fields_fold import fold_path
+from ..engine.tap_loops import loops_paths
 from ..errors import ArgumentError
 from ..functional.allocation import device_memory
 from ..geometry import Geometry, Summary
@@ -97,6 +98,9 @@ def run(arguments: argparse.Namespace) -> int:
     print("fused loops on this machine (float32, float64, bfloat16, float16 on CPU):")
     for variant, path in native_paths().items():
         print(f"  {variant.ljust(8)}  {path}")
+    print("tap loops on this machine (depthwise, grouped and few-channel layers), by dtype:")
+    for dtype, path in loops_paths().items():
+        print(f"  {dtype.ljust(8)}  {path}")
     print(f"the columns of the fields path's forward: {columns_path()}")
     print(f"the fold of the fields path's backward: {fold_path()}")
     if all(outcome.passed for outcome in outcomes):

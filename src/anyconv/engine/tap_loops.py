@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ..geometry import Geometry
 from ..variants import L1, L2, Dot, MaxPlus, MinPlus, Variant
 from ..variants.fused import NATIVE_DTYPES, record_native_call
-from ..variants.native import int64_arrays, load_library, native_enabled
+from ..variants.native import int64_arrays, load_library, native_enabled, native_path
 from ..variants.triton_backend import backend
 from .blocks import bias_grad
 from .graph_gradients import gradients_as_graph
@@ -197,6 +197,22 @@ def _loops_built(part: str) -> bool:
     if not native_enabled() or backend() == "triton":
         return False
     return hasattr(load_library(_SOURCE, part), f"tap_forward_{part}")
+
+
+def loops_paths() -> dict[str, str]:
+    """For each dtype the tap loops compile for, ``"native: <library>"`` or ``"eager: <why, and
+    the fix>"``, as ``anyconv check`` reports it (asking builds that dtype's library).
+
+    >>> sorted(loops_paths())
+    ['bfloat16', 'float16', 'float32', 'float64']
+    """
+    paths = {}
+    for dtype, part in NATIVE_DTYPES.items():
+        path = native_path(_SOURCE, part)
+        if path.startswith("native: ") and not hasattr(load_library(_SOURCE, part), f"tap_forward_{part}"):
+            path = "eager: this compiler has no _Float16 (GCC 12 or Clang 15 and later have it)"
+        paths[str(dtype).removeprefix("torch.")] = path
+    return paths
 
 
 def tap_loops_conv(
