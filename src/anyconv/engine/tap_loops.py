@@ -731,7 +731,8 @@ def _phase_layout(image: torch.Tensor, padded: torch.Tensor, geometry: Geometry,
     """``padded`` = :func:`_padded` (``image``) by the loops' copy, or with ``adjoint`` ``image`` from
     ``padded``: both contiguous, of one dtype."""
     elements = padded.numel()
-    _phase_layout_function(NATIVE_DTYPES[image.dtype])(
+    # the copy moves elements by size: any dtype's library has it, the image's own where it has one
+    _phase_layout_function(NATIVE_DTYPES.get(image.dtype, NATIVE_DTYPES[torch.float32]))(
         image.data_ptr(),
         padded.data_ptr(),
         image.element_size(),
@@ -794,7 +795,6 @@ def _indices(sizes: tuple[int, ...]) -> itertools.product:
 
 @cache
 def _phase_layout_function(part: str) -> Any:
-    # every part's library has the copy (it moves elements by size): the one already loaded
     library = load_library(_SOURCE, part)
     assert library is not None, "the tap loops run only where their library loaded"
     function = library.tap_phase_layout
