@@ -196,6 +196,12 @@ def _loops_built(part: str) -> bool:
     # ANYCONV_BACKEND=triton asks for the Triton kernels on CPU tensors too
     if not native_enabled() or backend() == "triton":
         return False
+    return _has_loops(part)
+
+
+def _has_loops(part: str) -> bool:
+    """The library of ``part`` loaded and holding its loops (a compiler without ``_Float16``
+    builds a float16 library without them)."""
     return hasattr(load_library(_SOURCE, part), f"tap_forward_{part}")
 
 
@@ -209,7 +215,7 @@ def loops_paths() -> dict[str, str]:
     paths = {}
     for dtype, part in NATIVE_DTYPES.items():
         path = native_path(_SOURCE, part)
-        if path.startswith("native: ") and not hasattr(load_library(_SOURCE, part), f"tap_forward_{part}"):
+        if path.startswith("native: ") and not _has_loops(part):
             path = "eager: this compiler has no _Float16 (GCC 12 or Clang 15 and later have it)"
         paths[str(dtype).removeprefix("torch.")] = path
     return paths
