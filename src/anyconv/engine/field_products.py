@@ -54,7 +54,7 @@ def row_product(left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | No
     >>> row_product(torch.ones(2, 3), torch.ones(4, 3), torch.arange(4.0)).tolist()[0]
     [3.0, 4.0, 5.0, 6.0]
     """
-    if _inner_product_fits(left, right):
+    if inner_product_fits(left, right):
         # the bias goes into the product's own pass over its result
         return torch.ops.mkldnn._linear_pointwise(left, right, bias, "none", [], "")
     if bias is None:
@@ -62,7 +62,7 @@ def row_product(left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | No
     return torch.addmm(bias, left, right.t())
 
 
-def _inner_product_fits(rows: torch.Tensor, filters: torch.Tensor) -> bool:
+def inner_product_fits(rows: torch.Tensor, filters: torch.Tensor) -> bool:
     """oneDNN's inner product takes these: built into torch, enabled, CPU float32.
 
     It ran faster than the BLAS behind ``torch.mm`` on the engine's shapes (a field per row, a

@@ -1,6 +1,7 @@
 """The standard convolution's step of the fields path from columns: a chunk's input copied out as
 columns (G, Cg * K, b * positions) by the native copy (``variants/fields_columns.cpp``), then one
-matrix product per group with the weight as it lies, (Og, Cg * K) times those columns.
+matrix product per group with the weight as it lies, (Og, Cg * K) times those columns (through
+oneDNN's inner product where ``field_products.inner_product_fits``).
 
 The fields' own layout (G, M, K), taps in (kernel, channel) order, needs a channels-last slab of
 the input and a reordered copy of the weight (as large as the weight) on every call before its
@@ -24,6 +25,7 @@ from ..variants.fused import NATIVE_DTYPES
 from ..variants.native import int64_arrays, load_library, native_enabled, native_path
 from .blocks import copy_with_bias
 from .chunks import Chunk
+from .field_products import inner_product_fits, row_product
 
 _SOURCE = "fields_columns.cpp"
 _POINTER, _SIZE = ctypes.c_void_p, ctypes.c_int64
@@ -101,18 +103,27 @@ def write_column_products(
         *_region(tuple(piece.start for piece in chunk.region), region),
         max(1, min(torch.get_num_threads(), work // _WORK_PER_THREAD)),
     )
-    ndim = geometry.ndim
-    biases = None if bias is None else bias.view(groups, -1, *(1,) * ndim)
-    if samples == 1 and block.is_contiguous():
-        # one sample: the products' (G, Og, positions) is the block's own layout
-        products = block.view(groups, filters.shape[1], -1)
-        torch.bmm(filters, columns, out=products)
-        if biases is not None:
-            block.add_(biases)
+    biases = None if bias is None else bias.view(groups, -1, *(1,) * geometry.ndim)
+    if not inner_product_fits(columns, filters):
+        if samples == 1 and block.is_contiguous():
+            # one sample: the products' (G, Og, positions) is the block's own layout
+            torch.bmm(filters, columns, out=block.view(groups, filters.shape[1], -1))
+            if biases is not None:
+                block.add_(biases)
+            return
+        products = torch.bmm(filters, columns).unflatten(2, (samples, *region))
+        # (G, Og, b, *region) -> (b, G, Og, *region), the bias added in the same copy
+        copy_with_bias(block, products.movedim(2, 0), biases)
         return
-    products = torch.bmm(filters, columns).unflatten(2, (samples, *region))
-    # (G, Og, b, *region) -> (b, G, Og, *region), the bias added in the same copy
-    copy_with_bias(block, products.movedim(2, 0), biases)
+    for group in range(groups):
+        # oneDNN's inner product takes the columns as its weights, read through the transposed
+        # view, where the BLAS behind torch.bmm ran slower (docs/benchmarks.md)
+        products = row_product(filters[group], columns[group].T, None).unflatten(1, (samples, *region))
+        copy_with_bias(
+            block[:, group],
+            products.movedim(1, 0),
+            None if biases is None else biases[group],
+        )
 
 
 @cache
