@@ -5,6 +5,8 @@ matrix-product variants at stride 1 only, where it is the faster backward."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -206,22 +208,33 @@ def test_engine_takes_the_views_backward_for_matrix_product_variants_at_stride_1
     assert calls == ["dot", "l2", "cosine"] and gamma.grad is not None
 
 
+def _weight(*shape: int, dtype: torch.dtype = DOUBLE) -> torch.Tensor:
+    return torch.empty(*shape, dtype=dtype)
+
+
 def test_fit_rule_keeps_depthwise_strided_small_and_narrow_on_copied_fields():
     geometry = make_geometry((32, 32), 3, padding=1)
-    assert not shifted_views.shifted_views_fit(make_geometry((8, 8), 3, padding=1), torch.empty(4, 8, 3, 3))
+    assert not shifted_views.shifted_views_fit(make_geometry((8, 8), 3, padding=1), _weight(4, 8, 3, 3))
     few = shifted_views.MIN_CHANNELS_PER_GROUP - 1
-    assert shifted_views.shifted_views_fit(
-        geometry, torch.empty(4, shifted_views.MIN_CHANNELS_PER_GROUP, 3, 3)
-    )
-    assert not shifted_views.shifted_views_fit(geometry, torch.empty(4, few, 3, 3))
-    assert not shifted_views.shifted_views_fit(
-        make_geometry((64, 64), 3, stride=(1, 2)), torch.empty(4, 8, 3, 3)
-    )
+    assert shifted_views.shifted_views_fit(geometry, _weight(4, shifted_views.MIN_CHANNELS_PER_GROUP, 3, 3))
+    assert not shifted_views.shifted_views_fit(geometry, _weight(4, few, 3, 3))
+    assert not shifted_views.shifted_views_fit(make_geometry((64, 64), 3, stride=(1, 2)), _weight(4, 8, 3, 3))
     # 16 x 16 takes the views with wide groups only
     mid = make_geometry((16, 16), 3, padding=1)
     wide = shifted_views.WIDE_CHANNELS
-    assert shifted_views.shifted_views_fit(mid, torch.empty(4, wide, 3, 3))
-    assert not shifted_views.shifted_views_fit(mid, torch.empty(4, wide - 1, 3, 3))
+    assert shifted_views.shifted_views_fit(mid, _weight(4, wide, 3, 3))
+    assert not shifted_views.shifted_views_fit(mid, _weight(4, wide - 1, 3, 3))
+
+
+def test_fit_rule_leaves_float32_to_the_fields_where_onednn_takes_their_products(monkeypatch):
+    geometry = make_geometry((32, 32), 3, padding=1)
+    products = importlib.import_module("anyconv.engine.matrix_products")
+    onednn = products.inner_product_takes(torch.float32)
+    assert shifted_views.shifted_views_fit(geometry, _weight(4, 8, 3, 3, dtype=torch.float32)) is not onednn
+    assert shifted_views.shifted_views_fit(geometry, _weight(4, 8, 3, 3, dtype=torch.bfloat16))
+    # without oneDNN in torch, float32 takes the views as the other dtypes do
+    monkeypatch.setattr(products, "_inner_product_available", lambda: False)
+    assert shifted_views.shifted_views_fit(geometry, _weight(4, 8, 3, 3, dtype=torch.float32))
 
 
 def test_a_subclass_that_redefines_contract_defines_its_product_backward_too():

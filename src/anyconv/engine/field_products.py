@@ -1,17 +1,15 @@
 """The standard convolution's step of the fields path: a chunk's fields times the filters, into the output.
 
-One matrix product per group, through oneDNN's inner product where torch ships it for the tensors
-(CPU, float32), else ``torch.matmul``; either way a matrix product, never a convolution kernel.
+One matrix product per group (``matrix_products.row_product``), never a convolution kernel.
 """
 
 from __future__ import annotations
-
-from functools import lru_cache
 
 import torch
 
 from ..variants import Dot, Variant
 from .blocks import write_block
+from .matrix_products import row_product
 
 
 def is_plain_product(variant: Variant) -> bool:
@@ -45,38 +43,3 @@ def write_products(
     for group in range(groups):
         result = row_product(fields[group], filters[group], None if biases is None else biases[group])
         write_block(block[:, group : group + 1], result.unsqueeze(0))
-
-
-def row_product(left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``left`` (m, K) times ``right`` (n, K) transposed, plus ``bias`` (n,): (m, n); no autograd
-    through oneDNN's inner product, so for tensors that need no gradient.
-
-    >>> row_product(torch.ones(2, 3), torch.ones(4, 3), torch.arange(4.0)).tolist()[0]
-    [3.0, 4.0, 5.0, 6.0]
-    """
-    if inner_product_fits(left, right):
-        # the bias goes into the product's own pass over its result
-        return torch.ops.mkldnn._linear_pointwise(left, right, bias, "none", [], "")
-    if bias is None:
-        return torch.mm(left, right.t())
-    return torch.addmm(bias, left, right.t())
-
-
-def inner_product_fits(rows: torch.Tensor, filters: torch.Tensor) -> bool:
-    """oneDNN's inner product takes these: built into torch, enabled, CPU float32.
-
-    It ran faster than the BLAS behind ``torch.mm`` on the engine's shapes (a field per row, a
-    filter per column) on the processors measured (docs/benchmarks.md).
-    """
-    return (
-        rows.dtype == torch.float32
-        and filters.dtype == torch.float32
-        and rows.device.type == "cpu"
-        and _inner_product_available()
-        and bool(torch.backends.mkldnn.enabled)
-    )
-
-
-@lru_cache(maxsize=1)
-def _inner_product_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")

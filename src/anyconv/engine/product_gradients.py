@@ -31,6 +31,7 @@ from .backward_choice import reads_of
 from .blocks import as_chunk_result, chunk_results, output_block, write_block
 from .chunks import Chunk
 from .fields import add_image_grad, chunk_image, filters_of
+from .matrix_products import batched_product
 from .shifted_views import (
     TapLayout,
     add_tap_products,
@@ -83,9 +84,9 @@ def field_gradients(
     )
     if centre is not None:
         filters = filters - centre
-    grad_fields = torch.matmul(pair_scale, filters.conj())
+    grad_fields = batched_product(pair_scale, filters.conj())
     if centre is None:
-        grad_filters = torch.matmul(pair_scale.mT, fields.conj())
+        grad_filters = batched_product(pair_scale.mT, fields.conj())
         if field_radial is not None:
             grad_fields.addcmul_(fields, field_radial, value=-1)
     else:

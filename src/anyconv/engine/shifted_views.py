@@ -30,6 +30,7 @@ from ..geometry import Geometry
 from .blocks import copy_with_bias
 from .chunks import Chunk
 from .fields import chunk_image
+from .matrix_products import inner_product_takes
 
 
 @dataclass(frozen=True)
@@ -244,16 +245,19 @@ def shifted_views_fit(geometry: Geometry, weight: torch.Tensor) -> bool:
     """Whether a backward on shifted views beats copying the fields and folding their gradients.
 
     At stride 2 the phase split and the smaller products made it no faster, so it is kept for
-    stride 1.
+    stride 1. Where oneDNN's inner product takes the copied fields' products (float32), those
+    ran faster than the views' per-tap products, which accumulate in place through the BLAS
+    (docs/benchmarks.md).
 
     >>> from anyconv.geometry import make_geometry
-    >>> shifted_views_fit(make_geometry((32, 32), 3, padding=1), torch.empty(4, 8, 3, 3))
+    >>> double = {"dtype": torch.float64}
+    >>> shifted_views_fit(make_geometry((32, 32), 3, padding=1), torch.empty(4, 8, 3, 3, **double))
     True
-    >>> shifted_views_fit(make_geometry((16, 16), 3, padding=1), torch.empty(4, 8, 3, 3))
+    >>> shifted_views_fit(make_geometry((16, 16), 3, padding=1), torch.empty(4, 8, 3, 3, **double))
     False
-    >>> shifted_views_fit(make_geometry((16, 16), 3, padding=1), torch.empty(4, 32, 3, 3))
+    >>> shifted_views_fit(make_geometry((16, 16), 3, padding=1), torch.empty(4, 32, 3, 3, **double))
     True
-    >>> shifted_views_fit(make_geometry((8, 8), 3, stride=2), torch.empty(4, 8, 3, 3))
+    >>> shifted_views_fit(make_geometry((8, 8), 3, stride=2), torch.empty(4, 8, 3, 3, **double))
     False
     """
     channels, positions = weight.shape[1], geometry.num_positions
@@ -266,4 +270,5 @@ def shifted_views_fit(geometry: Geometry, weight: torch.Tensor) -> bool:
         and channels >= MIN_CHANNELS_PER_GROUP
         and large_enough
         and not weight.is_complex()
+        and not inner_product_takes(weight.dtype)
     )

@@ -1,0 +1,78 @@
+"""The engine's float32 matrix products on CPU: through oneDNN's inner product where torch ships it.
+
+Every product here is a plain matrix product (never a convolution kernel), taken by oneDNN's inner
+product (``torch.ops.mkldnn._linear_pointwise``) for CPU float32 tensors where torch is built with
+it and it is enabled, else by ``torch.matmul``. The BLAS behind ``torch.matmul`` (MKL) ran up to
+half as fast on the engine's shapes, most on processors where it takes no AVX-512 path
+(docs/benchmarks.md). No autograd goes through the inner product: these serve forwards without a
+graph and backwards written by hand.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+
+def row_product(left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``left`` (m, K) times ``right`` (n, K) transposed, plus ``bias`` (n,): (m, n).
+
+    ``right`` may be any strided view (oneDNN lays its weights out itself); ``left`` runs fastest
+    contiguous.
+
+    >>> row_product(torch.ones(2, 3), torch.ones(4, 3), torch.arange(4.0)).tolist()[0]
+    [3.0, 4.0, 5.0, 6.0]
+    """
+    if inner_product_fits(left, right):
+        # the bias goes into the product's own pass over its result
+        return torch.ops.mkldnn._linear_pointwise(left, right, bias, "none", [], "")
+    if bias is None:
+        return torch.mm(left, right.t())
+    return torch.addmm(bias, left, right.t())
+
+
+def batched_product(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``left`` (G, m, K) times ``right`` (G, K, n): (G, m, n), one row product per group where
+    oneDNN takes them, else ``torch.matmul`` (complex tensors, other dtypes, other devices).
+
+    >>> left, right = torch.randn(2, 3, 4), torch.randn(2, 4, 5)
+    >>> torch.allclose(batched_product(left, right), left @ right, atol=1e-6)
+    True
+    """
+    if not inner_product_fits(left, right):
+        return torch.matmul(left, right)
+    if left.shape[0] == 1:
+        return row_product(left[0], right[0].mT, None).unsqueeze(0)
+    return torch.stack([row_product(one, other.mT, None) for one, other in zip(left, right)])
+
+
+def inner_product_fits(left: torch.Tensor, right: torch.Tensor) -> bool:
+    """oneDNN's inner product takes these: built into torch, enabled, CPU float32 both.
+
+    >>> inner_product_fits(torch.ones(2, 3, dtype=torch.float64), torch.ones(4, 3, dtype=torch.float64))
+    False
+    """
+    return (
+        left.dtype == torch.float32
+        and right.dtype == torch.float32
+        and left.device.type == "cpu"
+        and right.device.type == "cpu"
+        and _inner_product_available()
+        and bool(torch.backends.mkldnn.enabled)
+    )
+
+
+def inner_product_takes(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's inner product takes CPU products of ``dtype`` in this build of torch (what
+    a plan made from shapes and dtype can know: not the device, nor the switch of the moment).
+
+    >>> inner_product_takes(torch.float64)
+    False
+    """
+    return dtype == torch.float32 and _inner_product_available()
+
+
+@lru_cache(maxsize=1)
+def _inner_product_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
