@@ -22,6 +22,7 @@ from anyconv.geometry import make_geometry
 FIELDS = importlib.import_module("anyconv.engine.fields")
 CONTRACTION = importlib.import_module("anyconv.engine.contraction")
 PRODUCTS = importlib.import_module("anyconv.engine.field_products")
+MATRIX_PRODUCTS = importlib.import_module("anyconv.engine.matrix_products")
 
 CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
@@ -188,6 +189,7 @@ def test_a_channels_first_input_with_aliasing_channel_stride_is_padded_channels_
 )
 def test_the_product_takes_the_fields_as_rows(case, channels_last, monkeypatch):
     # oneDNN's weights are the filters, never the fields (whose product ran slower, docs/benchmarks.md)
+    monkeypatch.setattr(MATRIX_PRODUCTS, "MIN_WORK", 1)
     x, w, b = _tensors(case, torch.float32, channels_last=channels_last)
     rows = []
     original = PRODUCTS.row_product
@@ -207,6 +209,8 @@ def test_the_product_takes_the_fields_as_rows(case, channels_last, monkeypatch):
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
 @pytest.mark.parametrize("case", [CASES[1], CASES[0]], ids=["per-sample", "whole-chunk"])
 def test_torch_mm_serves_when_onednn_is_off(case, monkeypatch):
+    # products of every size through oneDNN while it is on
+    monkeypatch.setattr(MATRIX_PRODUCTS, "MIN_WORK", 1)
     x, w, b = _tensors(case, torch.float32)
     products = _counting(monkeypatch, torch.ops.mkldnn, "_linear_pointwise")
     with torch.no_grad():

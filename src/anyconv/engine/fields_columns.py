@@ -1,7 +1,7 @@
 """The standard convolution's step of the fields path from columns: a chunk's input copied out as
 columns (G, Cg * K, b * positions) by the native copy (``variants/fields_columns.cpp``), then one
 matrix product per group with the weight as it lies, (Og, Cg * K) times those columns (through
-oneDNN's inner product where ``matrix_products.inner_product_fits``).
+oneDNN's inner product where ``matrix_products.inner_product_pays``).
 
 The fields' own layout (G, M, K), taps in (kernel, channel) order, needs a channels-last slab of
 the input and a reordered copy of the weight (as large as the weight) on every call before its
@@ -25,7 +25,7 @@ from ..variants.fused import NATIVE_DTYPES
 from ..variants.native import int64_arrays, load_library, native_enabled, native_path
 from .blocks import copy_with_bias
 from .chunks import Chunk
-from .matrix_products import inner_product_fits, row_product
+from .matrix_products import inner_product_pays, row_product
 
 _SOURCE = "fields_columns.cpp"
 _POINTER, _SIZE = ctypes.c_void_p, ctypes.c_int64
@@ -104,7 +104,7 @@ def write_column_products(
         max(1, min(torch.get_num_threads(), work // _WORK_PER_THREAD)),
     )
     biases = None if bias is None else bias.view(groups, -1, *(1,) * geometry.ndim)
-    if not inner_product_fits(columns, filters):
+    if not inner_product_pays(filters[0], columns[0].T):
         if samples == 1 and block.is_contiguous():
             # one sample: the products' (G, Og, positions) is the block's own layout
             torch.bmm(filters, columns, out=block.view(groups, filters.shape[1], -1))

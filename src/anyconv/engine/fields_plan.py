@@ -38,10 +38,11 @@ def fields_plan(
     >>> import torch
     >>> from anyconv.geometry import make_geometry
     >>> from anyconv.variants import Dot
-    >>> x, w = torch.empty(2, 8, 32, 32, device="meta"), torch.empty(8, 8, 3, 3, device="meta")
+    >>> meta = {"device": "meta", "dtype": torch.float64}
+    >>> x, w = torch.empty(2, 8, 32, 32, **meta), torch.empty(8, 8, 3, 3, **meta)
     >>> plan = fields_plan(x, w, Dot(), make_geometry((32, 32), 3, padding=1), 1, 2**18)
     >>> len(plan.chunks), len(plan.tap_chunks)
-    (4, 1)
+    (6, 1)
     """
     taps = weight[0].numel()
     filters_per_group = weight.shape[0] // groups

@@ -14,6 +14,10 @@ from functools import lru_cache
 
 import torch
 
+#: multiply-adds of a product below which oneDNN's setup per call costs more than the BLAS takes
+#: for the whole product (a 128 x 128 x 128 product takes about as long either way)
+MIN_WORK = 2**21
+
 
 def row_product(left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``left`` (m, K) times ``right`` (n, K) transposed, plus ``bias`` (n,): (m, n).
@@ -24,7 +28,7 @@ def row_product(left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | No
     >>> row_product(torch.ones(2, 3), torch.ones(4, 3), torch.arange(4.0)).tolist()[0]
     [3.0, 4.0, 5.0, 6.0]
     """
-    if inner_product_fits(left, right):
+    if inner_product_pays(left, right):
         # the bias goes into the product's own pass over its result
         return torch.ops.mkldnn._linear_pointwise(left, right, bias, "none", [], "")
     if bias is None:
@@ -40,11 +44,22 @@ def batched_product(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     >>> torch.allclose(batched_product(left, right), left @ right, atol=1e-6)
     True
     """
-    if not inner_product_fits(left, right):
+    if left.shape[0] == 0 or not inner_product_pays(left[0], right[0].mT):
         return torch.matmul(left, right)
     if left.shape[0] == 1:
         return row_product(left[0], right[0].mT, None).unsqueeze(0)
     return torch.stack([row_product(one, other.mT, None) for one, other in zip(left, right)])
+
+
+def inner_product_pays(left: torch.Tensor, right: torch.Tensor) -> bool:
+    """Whether oneDNN's inner product takes ``left`` (m, K) times ``right`` (n, K) transposed: it
+    fits them, and the product is large enough to repay its setup per call (``MIN_WORK``).
+
+    >>> inner_product_pays(torch.ones(8, 96), torch.ones(24, 96))
+    False
+    """
+    work = left.shape[-2] * left.shape[-1] * right.shape[-2]
+    return work >= MIN_WORK and inner_product_fits(left, right)
 
 
 def inner_product_fits(left: torch.Tensor, right: torch.Tensor) -> bool:

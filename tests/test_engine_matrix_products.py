@@ -1,0 +1,161 @@
+"""The engine's float32 matrix products (engine/matrix_products.py) and the paths that take them.
+
+oneDNN's inner product serves float32 CPU products from ``MIN_WORK`` multiply-adds; each product
+and each path that takes it (the columns' forward, the fields' backward, the pointwise path
+without a graph) is checked against the float64 product or torch's convolution, on strided
+operands, hostile values, and with oneDNN switched off.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch_reference import torch_conv
+
+import anyconv
+from anyconv.engine.plan import clear_plans
+
+PRODUCTS = importlib.import_module("anyconv.engine.matrix_products")
+ONEDNN = PRODUCTS.inner_product_takes(torch.float32)
+needs_onednn = pytest.mark.skipif(not ONEDNN, reason="torch is built without oneDNN's inner product")
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The inner products called, one entry (left shape, right shape) per call."""
+    seen = []
+    original = torch.ops.mkldnn._linear_pointwise
+
+    def spy(left, right, *rest):
+        seen.append((tuple(left.shape), tuple(right.shape)))
+        return original(left, right, *rest)
+
+    if ONEDNN:
+        monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", spy)
+    return seen
+
+
+@pytest.fixture
+def every_size(monkeypatch):
+    """oneDNN for products of every size, so that small test shapes take it."""
+    monkeypatch.setattr(PRODUCTS, "MIN_WORK", 1)
+
+
+def _product64(left, right):
+    return (left.double() @ right.double()).float()
+
+
+@needs_onednn
+@settings(max_examples=30, deadline=None)
+@given(
+    groups=st.integers(1, 3),
+    m=st.integers(1, 40),
+    k=st.integers(1, 40),
+    n=st.integers(1, 40),
+    transposed=st.booleans(),
+)
+def test_batched_product_equals_the_float64_product_on_strided_operands(groups, m, k, n, transposed):
+    generator = torch.Generator().manual_seed(m * 10_000 + k * 100 + n)
+    left = torch.randn(groups, m, k, generator=generator)
+    right = torch.randn(groups, n, k, generator=generator).mT if transposed else torch.randn(groups, k, n)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PRODUCTS, "MIN_WORK", 1)
+        got = PRODUCTS.batched_product(left, right)
+    torch.testing.assert_close(got, _product64(left, right), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_row_product_adds_the_bias_and_spreads_nan_and_inf_as_the_float64_product(every_size):
+    left, right, bias = torch.randn(6, 5), torch.randn(4, 5), torch.randn(4)
+    left[1, 2], left[3, 0], right[2, 4] = float("nan"), float("inf"), float("-inf")
+    got = PRODUCTS.row_product(left, right, bias)
+    expected = (left.double() @ right.double().T + bias.double()).float()
+    torch.testing.assert_close(got, expected, equal_nan=True)
+
+
+@needs_onednn
+def test_small_products_take_the_blas_and_large_ones_onednn(calls):
+    small = PRODUCTS.row_product(torch.ones(8, 96), torch.ones(24, 96), None)
+    assert calls == [] and small.shape == (8, 24)
+    large = PRODUCTS.row_product(torch.ones(128, 128), torch.ones(128, 128), None)
+    assert calls == [((128, 128), (128, 128))] and torch.all(large == 128)
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+def test_other_dtypes_and_switched_off_onednn_take_the_blas(calls, every_size):
+    left, right = torch.randn(2, 6, 5, dtype=torch.float64), torch.randn(2, 5, 4, dtype=torch.float64)
+    torch.testing.assert_close(PRODUCTS.batched_product(left, right), left @ right)
+    with torch.backends.mkldnn.flags(enabled=False):
+        single = left.float()
+        torch.testing.assert_close(PRODUCTS.batched_product(single, right.float()), single @ right.float())
+    assert calls == []
+
+
+DENSE = [
+    {"id": "2d-3x3", "x": (2, 16, 12, 11), "w": (12, 16, 3, 3), "with": {"padding": 1}},
+    {"id": "2d-groups", "x": (2, 32, 10, 9), "w": (12, 16, 3, 3), "with": {"padding": 1, "groups": 2}},
+    {"id": "1d-k3", "x": (2, 32, 64), "w": (16, 32, 3), "with": {"padding": 1}},
+    {"id": "3d", "x": (1, 8, 5, 6, 7), "w": (6, 8, 3, 3, 3), "with": {"padding": 1, "stride": 2}},
+]
+
+
+def _case(case, requires_grad=False):
+    generator = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(shape, generator=generator) for shape in (case["x"], case["w"], case["w"][:1])]
+    return [tensor.requires_grad_(requires_grad) for tensor in tensors]
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", DENSE, ids=[case["id"] for case in DENSE])
+def test_the_fields_path_forward_and_backward_take_onednn_and_equal_torch(
+    case, calls, every_size, fields_for_dense
+):
+    x, w, b = _case(case, requires_grad=True)
+    clear_plans()
+    got = anyconv.conv(x, w, b, **case["with"])
+    forward_calls = len(calls)
+    got.backward(torch.ones_like(got))
+    assert forward_calls > 0 and len(calls) > forward_calls
+    doubles = [tensor.detach().double().requires_grad_() for tensor in (x, w, b)]
+    expected = torch_conv(*doubles, **case["with"])
+    expected.backward(torch.ones_like(expected))
+    torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-4)
+    for mine, theirs in zip((x, w, b), doubles):
+        torch.testing.assert_close(mine.grad, theirs.grad.float(), rtol=1e-4, atol=1e-3)
+
+
+POINTWISE = [
+    {"id": "channels-first", "x": (2, 24, 9, 8), "w": (40, 24, 1, 1), "with": {}, "last": False},
+    {"id": "groups", "x": (2, 24, 9, 8), "w": (40, 12, 1, 1), "with": {"groups": 2}, "last": False},
+    {"id": "stride", "x": (3, 24, 9, 8), "w": (40, 24, 1, 1), "with": {"stride": 2}, "last": False},
+    {"id": "channels-last", "x": (2, 24, 9, 8), "w": (40, 24, 1, 1), "with": {}, "last": True},
+    {"id": "squeeze-excitation", "x": (8, 96, 1, 1), "w": (24, 96, 1, 1), "with": {}, "last": False},
+]
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("case", POINTWISE, ids=[case["id"] for case in POINTWISE])
+def test_the_pointwise_path_without_a_graph_takes_onednn_and_equals_torch(case, bias, calls, every_size):
+    x, w, b = _case(case)
+    if case["last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    b = b if bias else None
+    with torch.no_grad():
+        got = anyconv.conv(x, w, b, **case["with"])
+    assert calls
+    expected = torch_conv(x.double(), w.double(), None if b is None else b.double(), **case["with"])
+    torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)
+    if case["last"]:
+        assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_onednn
+def test_the_pointwise_path_with_a_graph_leaves_onednn_to_none(calls, every_size):
+    x, w, b = _case(POINTWISE[0], requires_grad=True)
+    anyconv.conv(x, w, b).sum().backward()
+    assert calls == [] and x.grad is not None
