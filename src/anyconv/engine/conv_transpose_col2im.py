@@ -17,6 +17,7 @@ from ..geometry import Geometry, make_geometry
 from ..geometry.arguments import is_traced
 from .blocks import copy_with_bias
 from .fields_fold import fold_fields
+from .matrix_products import batched_product, inner_product_pays
 from .ops_memory_format import empty_like_input
 
 
@@ -187,10 +188,16 @@ def folded_transpose(
         samples = chunk.shape[0]
         # (b, G, Cg, positions) viewed as (b, G, positions, Cg): a row per input position
         values = chunk.reshape(samples, groups, per_group, -1).transpose(2, 3)
-        columns = values.new_empty((groups, samples, values.shape[2], taps * out_group))
-        for group in range(groups):
-            torch.matmul(values[:, group], matrices[group], out=columns[group])
-        columns = columns.flatten(1, 2)
+        if inner_product_pays(values[0, 0], matrices[0].mT):
+            # oneDNN's inner product on the rows copied out, (G, b * positions, Cg): a copy of the
+            # input, where a product per sample would copy its larger result into the columns
+            rows = values.transpose(0, 1).reshape(groups, -1, per_group)
+            columns = batched_product(rows, matrices)
+        else:
+            columns = values.new_empty((groups, samples, values.shape[2], taps * out_group))
+            for group in range(groups):
+                torch.matmul(values[:, group], matrices[group], out=columns[group])
+            columns = columns.flatten(1, 2)
         image = fold_fields(columns, geometry, samples).movedim(-1, 1)
         target = output[(slice(start, start + samples), slice(None), *inside)]
         copy_with_bias(target, image[(slice(None), slice(None), *kept)], per_channel)

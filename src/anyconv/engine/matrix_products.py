@@ -63,7 +63,8 @@ def inner_product_pays(left: torch.Tensor, right: torch.Tensor) -> bool:
 
 
 def inner_product_fits(left: torch.Tensor, right: torch.Tensor) -> bool:
-    """oneDNN's inner product takes these: built into torch, enabled, CPU float32 both.
+    """oneDNN's inner product takes these: built into torch, enabled, CPU float32 both, and no
+    trace being recorded (torch.compile and torch.export keep the portable ``torch.matmul``).
 
     >>> inner_product_fits(torch.ones(2, 3, dtype=torch.float64), torch.ones(4, 3, dtype=torch.float64))
     False
@@ -75,6 +76,7 @@ def inner_product_fits(left: torch.Tensor, right: torch.Tensor) -> bool:
         and right.device.type == "cpu"
         and _inner_product_available()
         and bool(torch.backends.mkldnn.enabled)
+        and not torch.compiler.is_compiling()
     )
 
 

@@ -94,12 +94,7 @@ def _products(filters: torch.Tensor, fields: torch.Tensor, recording: bool) -> t
     >>> torch.allclose(_products(w, f, False), w @ f, atol=1e-4)
     True
     """
-    if (
-        recording
-        or torch.compiler.is_compiling()
-        or 0 in fields.shape[:2]
-        or not inner_product_pays(filters[0], fields[0, 0].T)
-    ):
+    if recording or 0 in fields.shape[:2] or not inner_product_pays(filters[0], fields[0, 0].T):
         return torch.matmul(filters, fields)
     batch, groups = fields.shape[:2]
     output = fields.new_empty((batch, groups, filters.shape[1], fields.shape[3]))
@@ -161,7 +156,7 @@ def _row_products(
     filters = weight.reshape(weight.shape[0], -1)
     if isinstance(variant, Cosine):
         return _cosine(rows, filters, bias, variant, records_graph(input, weight, bias), rows=True)
-    if not records_graph(input, weight, bias) and not torch.compiler.is_compiling():
+    if not records_graph(input, weight, bias):
         return row_product(rows, filters, bias)
     if bias is None:
         return rows @ filters.T
