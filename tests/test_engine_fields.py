@@ -22,7 +22,7 @@ from anyconv.geometry import make_geometry
 FIELDS = importlib.import_module("anyconv.engine.fields")
 CONTRACTION = importlib.import_module("anyconv.engine.contraction")
 PRODUCTS = importlib.import_module("anyconv.engine.field_products")
-MATRIX_PRODUCTS = importlib.import_module("anyconv.engine.matrix_products")
+MATRIX_PRODUCTS = importlib.import_module("anyconv.variants.matrix_products")
 
 CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 

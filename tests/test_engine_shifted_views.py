@@ -228,7 +228,7 @@ def test_fit_rule_keeps_depthwise_strided_small_and_narrow_on_copied_fields():
 
 def test_fit_rule_leaves_float32_to_the_fields_where_onednn_takes_their_products(monkeypatch):
     geometry = make_geometry((32, 32), 3, padding=1)
-    products = importlib.import_module("anyconv.engine.matrix_products")
+    products = importlib.import_module("anyconv.variants.matrix_products")
     onednn = products.inner_product_takes(torch.float32)
     assert shifted_views.shifted_views_fit(geometry, _weight(4, 8, 3, 3, dtype=torch.float32)) is not onednn
     assert shifted_views.shifted_views_fit(geometry, _weight(4, 8, 3, 3, dtype=torch.bfloat16))

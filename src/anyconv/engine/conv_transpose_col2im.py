@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from ..functional.im2col import Col2Im
 from ..geometry import Geometry, make_geometry
 from ..geometry.arguments import is_traced
+from ..variants.matrix_products import batched_product, inner_product_pays
 from .blocks import copy_with_bias
 from .fields_fold import fold_fields
-from .matrix_products import batched_product, inner_product_pays
 from .ops_memory_format import empty_like_input
 
 

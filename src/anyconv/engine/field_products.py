@@ -1,6 +1,6 @@
 """The standard convolution's step of the fields path: a chunk's fields times the filters, into the output.
 
-One matrix product per group (``matrix_products.row_product``), never a convolution kernel.
+One matrix product per group (``variants.matrix_products.row_product``), never a convolution kernel.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 
 from ..variants import Dot, Variant
+from ..variants.matrix_products import row_product
 from .blocks import write_block
-from .matrix_products import row_product
 
 
 def is_plain_product(variant: Variant) -> bool:

@@ -1,7 +1,7 @@
 """The standard convolution's step of the fields path from columns: a chunk's input copied out as
 columns (G, Cg * K, b * positions) by the native copy (``variants/fields_columns.cpp``), then one
 matrix product per group with the weight as it lies, (Og, Cg * K) times those columns (through
-oneDNN's inner product where ``matrix_products.inner_product_pays``).
+oneDNN's inner product where ``variants.matrix_products.inner_product_pays``).
 
 The fields' own layout (G, M, K), taps in (kernel, channel) order, needs a channels-last slab of
 the input and a reordered copy of the weight (as large as the weight) on every call before its
@@ -22,10 +22,10 @@ import torch
 
 from ..geometry import Geometry
 from ..variants.fused import NATIVE_DTYPES
+from ..variants.matrix_products import inner_product_pays, row_product
 from ..variants.native import int64_arrays, load_library, native_enabled, native_path
 from .blocks import copy_with_bias
 from .chunks import Chunk
-from .matrix_products import inner_product_pays, row_product
 
 _SOURCE = "fields_columns.cpp"
 _POINTER, _SIZE = ctypes.c_void_p, ctypes.c_int64

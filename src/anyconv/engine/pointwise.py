@@ -12,8 +12,8 @@ import torch
 
 from ..geometry import Geometry
 from ..variants import Cosine, Dot, Variant
+from ..variants.matrix_products import inner_product_pays, row_product
 from .machinery import machinery_watches, records_graph
-from .matrix_products import inner_product_pays, row_product
 from .ops_memory_format import channels_last_format
 from .pointwise_cosine import bias_view, composed_cosine, pointwise_cosine, recomputes
 from .tap_products import add_bias

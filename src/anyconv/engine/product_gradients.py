@@ -26,12 +26,12 @@ import torch
 
 from ..geometry import Geometry
 from ..variants import ProductVariant
+from ..variants.matrix_products import batched_product
 from ..variants.squared import centred_blocks
 from .backward_choice import reads_of
 from .blocks import as_chunk_result, chunk_results, output_block, write_block
 from .chunks import Chunk
 from .fields import add_image_grad, chunk_image, filters_of
-from .matrix_products import batched_product
 from .shifted_views import (
     TapLayout,
     add_tap_products,

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 import torch
 
 from ..geometry import Geometry
+from ..variants.matrix_products import inner_product_takes
 from .blocks import copy_with_bias
 from .chunks import Chunk
 from .fields import chunk_image
-from .matrix_products import inner_product_takes
 
 
 @dataclass(frozen=True)

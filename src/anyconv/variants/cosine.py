@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .base import Option, ProductVariant
+from .matrix_products import batched_product
 from .options import check_positive
 
 
@@ -51,7 +52,7 @@ class Cosine(ProductVariant):
 
     def contract(self, fields: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
         field_norms, filter_norms = _norms(fields, filters)
-        products = torch.bmm(fields, filters.transpose(1, 2))
+        products = batched_product(fields, filters.mT)
         # divided in place (in float32 for float16, rounded once into the product's dtype)
         return products.div_(_denominator(field_norms, filter_norms, self.eps))
 
@@ -101,7 +102,7 @@ class SharpenedCosine(ProductVariant):
         self, fields: torch.Tensor, filters: torch.Tensor, exponent: Option = 2.0, q: Option = 1e-3
     ) -> torch.Tensor:
         field_norms, filter_norms = _norms(fields, filters)
-        products = torch.bmm(fields, filters.transpose(1, 2))
+        products = batched_product(fields, filters.mT)
         denominator = (field_norms + q) * (filter_norms + q)
         # in place on the fresh product where that keeps the dtype (tensor options may promote it)
         in_place = denominator.dtype == products.dtype

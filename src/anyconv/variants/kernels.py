@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .base import Option, ProductVariant
+from .matrix_products import batched_product
 from .options import check_finite, check_positive, check_positive_integer
 from .squared import centre_far_from_zero, squared_distance_partials, squared_distances
 
@@ -85,7 +86,7 @@ class Polynomial(ProductVariant):
     def contract(
         self, fields: torch.Tensor, filters: torch.Tensor, degree: int = 3, c: Option = 1.0
     ) -> torch.Tensor:
-        return (torch.bmm(fields, filters.transpose(1, 2)) + c).pow(degree)
+        return (batched_product(fields, filters.mT) + c).pow(degree)
 
     #: one of them, by the degree (see __init__)
     reads = frozenset({"output", "kept"})
@@ -100,7 +101,7 @@ class Polynomial(ProductVariant):
         self, fields: torch.Tensor, filters: torch.Tensor, degree: int = 3, c: Option = 1.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The output and s + c, which the backward of an even degree needs."""
-        shifted = torch.bmm(fields, filters.transpose(1, 2)) + c
+        shifted = batched_product(fields, filters.mT) + c
         return shifted.pow(degree), shifted
 
     def product_backward(

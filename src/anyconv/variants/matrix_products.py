@@ -1,11 +1,11 @@
-"""The engine's float32 matrix products on CPU: through oneDNN's inner product where torch ships it.
+"""Float32 matrix products on CPU: through oneDNN's inner product where torch ships it.
 
 Every product here is a plain matrix product (never a convolution kernel), taken by oneDNN's inner
 product (``torch.ops.mkldnn._linear_pointwise``) for CPU float32 tensors where torch is built with
 it and it is enabled, else by ``torch.matmul``. The BLAS behind ``torch.matmul`` (MKL) ran up to
 half as fast on the engine's shapes, most on processors where it takes no AVX-512 path
 (docs/benchmarks.md). No autograd goes through the inner product: these serve forwards without a
-graph and backwards written by hand.
+graph and backwards written by hand; where autograd would record one, ``torch.matmul`` runs.
 """
 
 from __future__ import annotations
@@ -63,8 +63,9 @@ def inner_product_pays(left: torch.Tensor, right: torch.Tensor) -> bool:
 
 
 def inner_product_fits(left: torch.Tensor, right: torch.Tensor) -> bool:
-    """oneDNN's inner product takes these: built into torch, enabled, CPU float32 both, and no
-    trace being recorded (torch.compile and torch.export keep the portable ``torch.matmul``).
+    """oneDNN's inner product takes these: built into torch, enabled, CPU float32 both, no graph
+    to record through them (it has no autograd formula), and no trace being recorded
+    (torch.compile and torch.export keep the portable ``torch.matmul``).
 
     >>> inner_product_fits(torch.ones(2, 3, dtype=torch.float64), torch.ones(4, 3, dtype=torch.float64))
     False
@@ -76,6 +77,7 @@ def inner_product_fits(left: torch.Tensor, right: torch.Tensor) -> bool:
         and right.device.type == "cpu"
         and _inner_product_available()
         and bool(torch.backends.mkldnn.enabled)
+        and not (torch.is_grad_enabled() and (left.requires_grad or right.requires_grad))
         and not torch.compiler.is_compiling()
     )
 

@@ -1,4 +1,4 @@
-"""The engine's float32 matrix products (engine/matrix_products.py) and the paths that take them.
+"""The float32 matrix products (variants/matrix_products.py) and the engine paths that take them.
 
 oneDNN's inner product serves float32 CPU products from ``MIN_WORK`` multiply-adds; each product
 and each path that takes it (the columns' forward, the fields' backward, the pointwise path
@@ -19,7 +19,7 @@ from torch_reference import torch_conv
 import anyconv
 from anyconv.engine.plan import clear_plans
 
-PRODUCTS = importlib.import_module("anyconv.engine.matrix_products")
+PRODUCTS = importlib.import_module("anyconv.variants.matrix_products")
 ONEDNN = PRODUCTS.inner_product_takes(torch.float32)
 needs_onednn = pytest.mark.skipif(not ONEDNN, reason="torch is built without oneDNN's inner product")
 
