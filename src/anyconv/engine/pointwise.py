@@ -6,13 +6,11 @@ and divided by the norms for ``cosine`` (``engine/pointwise_cosine.py``).
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 
 from ..geometry import Geometry
 from ..variants import Cosine, Dot, Variant
-from ..variants.matrix_products import inner_product_pays, row_product
+from ..variants.matrix_products import filters_times_columns, row_product
 from .machinery import machinery_watches, records_graph
 from .ops_memory_format import channels_last_format
 from .pointwise_cosine import bias_view, composed_cosine, pointwise_cosine, recomputes
@@ -82,25 +80,8 @@ def pointwise_conv(
         return output.reshape(batch, weight.shape[0], *strided.shape[2:])
     # without a graph, the product and an add in place: baddbmm's copy of the broadcast bias
     # into its output before the product measured slower
-    output = _products(filters, fields, recording)
+    output = filters_times_columns(filters, fields)
     return add_bias(output.reshape(batch, weight.shape[0], *strided.shape[2:]), bias, recording)
-
-
-def _products(filters: torch.Tensor, fields: torch.Tensor, recording: bool) -> torch.Tensor:
-    """``filters`` (G, Og, Cg) times ``fields`` (B, G, Cg, L): (B, G, Og, L); without a graph, through
-    oneDNN's inner product where it takes them (the fields as its weights, a transposed view).
-
-    >>> f, w = torch.randn(2, 3, 64, 512), torch.randn(3, 128, 64)
-    >>> torch.allclose(_products(w, f, False), w @ f, atol=1e-4)
-    True
-    """
-    if recording or 0 in fields.shape[:2] or not inner_product_pays(filters[0], fields[0, 0].T):
-        return torch.matmul(filters, fields)
-    batch, groups = fields.shape[:2]
-    output = fields.new_empty((batch, groups, filters.shape[1], fields.shape[3]))
-    for sample, group in itertools.product(range(batch), range(groups)):
-        output[sample, group] = row_product(filters[group], fields[sample, group].T, None)
-    return output
 
 
 def _biased_products(fields: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -156,11 +137,7 @@ def _row_products(
     filters = weight.reshape(weight.shape[0], -1)
     if isinstance(variant, Cosine):
         return _cosine(rows, filters, bias, variant, records_graph(input, weight, bias), rows=True)
-    if not records_graph(input, weight, bias):
-        return row_product(rows, filters, bias)
-    if bias is None:
-        return rows @ filters.T
-    return torch.addmm(bias, rows, filters.T)
+    return row_product(rows, filters, bias)
 
 
 def _cosine(

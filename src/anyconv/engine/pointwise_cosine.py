@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..variants.matrix_products import filters_times_columns, row_product
 from .graph_gradients import gradients_as_graph
 from .tap_norms import direction, divide_by_norms, eps_negligible, safe_sqrt
 
@@ -132,7 +133,7 @@ def _channels(rows: bool) -> int:
 
 
 def _products(fields: torch.Tensor, filters: torch.Tensor, rows: bool) -> torch.Tensor:
-    return fields @ filters.T if rows else filters @ fields
+    return row_product(fields, filters, None) if rows else filters_times_columns(filters, fields)
 
 
 def bias_view(bias: torch.Tensor, filters: torch.Tensor, rows: bool) -> torch.Tensor:

@@ -10,6 +10,7 @@ graph and backwards written by hand; where autograd would record one, ``torch.ma
 
 from __future__ import annotations
 
+import itertools
 from functools import lru_cache
 
 import torch
@@ -49,6 +50,24 @@ def batched_product(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     if left.shape[0] == 1:
         return row_product(left[0], right[0].mT, None).unsqueeze(0)
     return torch.stack([row_product(one, other.mT, None) for one, other in zip(left, right)])
+
+
+def filters_times_columns(filters: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """``filters`` (G, Og, Cg) times ``columns`` (B, G, Cg, L): (B, G, Og, L), one row product per
+    sample and group where oneDNN takes them (the columns as its weights, a transposed view), else
+    ``torch.matmul``.
+
+    >>> columns, filters = torch.randn(2, 3, 64, 512), torch.randn(3, 128, 64)
+    >>> torch.allclose(filters_times_columns(filters, columns), filters @ columns, atol=1e-4)
+    True
+    """
+    batch, groups = columns.shape[:2]
+    if batch == 0 or groups == 0 or not inner_product_pays(filters[0], columns[0, 0].mT):
+        return torch.matmul(filters, columns)
+    output = columns.new_empty((batch, groups, filters.shape[1], columns.shape[3]))
+    for sample, group in itertools.product(range(batch), range(groups)):
+        output[sample, group] = row_product(filters[group], columns[sample, group].mT, None)
+    return output
 
 
 def inner_product_pays(left: torch.Tensor, right: torch.Tensor) -> bool:
