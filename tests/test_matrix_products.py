@@ -159,3 +159,61 @@ def test_the_pointwise_path_with_a_graph_leaves_onednn_to_none(calls, every_size
     x, w, b = _case(POINTWISE[0], requires_grad=True)
     anyconv.conv(x, w, b).sum().backward()
     assert calls == [] and x.grad is not None
+
+
+TRANSPOSED = [
+    {"id": "2x2-s2", "x": (2, 16, 7, 6), "w": (16, 8, 2, 2), "with": {"stride": 2}},
+    {
+        "id": "4x4-s2-groups",
+        "x": (2, 16, 5, 5),
+        "w": (16, 4, 4, 4),
+        "with": {"stride": 2, "padding": 1, "groups": 2},
+    },
+]
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", TRANSPOSED, ids=[case["id"] for case in TRANSPOSED])
+def test_conv_transpose_products_with_a_graph_take_onednn_both_ways_and_equal_torch(case, calls, every_size):
+    generator = torch.Generator().manual_seed(1)
+    out_channels = case["w"][1] * case["with"].get("groups", 1)
+    x, w, b = (torch.randn(shape, generator=generator) for shape in (case["x"], case["w"], (out_channels,)))
+    tensors = [tensor.requires_grad_() for tensor in (x, w, b)]
+    got = anyconv.conv_transpose(*tensors, **case["with"])
+    grad = torch.randn(got.shape, generator=generator)
+    forward_calls = len(calls)
+    got.backward(grad)
+    assert forward_calls > 0 and len(calls) > forward_calls
+    doubles = [tensor.detach().double().requires_grad_() for tensor in tensors]
+    expected = torch.nn.functional.conv_transpose2d(*doubles, **case["with"])
+    expected.backward(grad.double())
+    torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-4)
+    for mine, theirs in zip(tensors, doubles):
+        torch.testing.assert_close(mine.grad, theirs.grad.float(), rtol=1e-5, atol=1e-4)
+
+
+@needs_onednn
+def test_the_recorded_product_is_twice_differentiable(every_size):
+    generator = torch.Generator().manual_seed(2)
+    filters = torch.randn(2, 5, 4, generator=generator)
+    columns = torch.randn(3, 2, 4, 6, generator=generator)
+    grad = torch.randn(3, 2, 5, 6, generator=generator)
+
+    def second_order(product, left, right):
+        left, right = left.clone().requires_grad_(), right.clone().requires_grad_()
+        first = torch.autograd.grad(product(left, right), (left, right), grad, create_graph=True)
+        return torch.autograd.grad(sum((g * g).sum() for g in first), (left, right))
+
+    mine = second_order(PRODUCTS.filters_times_columns, filters, columns)
+    theirs = second_order(torch.matmul, filters.double(), columns.double())
+    for a, b in zip(mine, theirs):
+        torch.testing.assert_close(a, b.float(), rtol=1e-5, atol=1e-4)
+
+
+@needs_onednn
+def test_torch_func_sees_torch_ops_only(calls, every_size):
+    filters, columns = torch.randn(2, 5, 4), torch.randn(3, 2, 4, 6)
+    gradient = torch.func.grad(lambda f: PRODUCTS.filters_times_columns(f, columns).square().sum())(filters)
+    expected = torch.func.grad(lambda f: torch.matmul(f, columns).square().sum())(filters)
+    torch.testing.assert_close(gradient, expected)
+    assert calls == []

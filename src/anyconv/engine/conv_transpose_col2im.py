@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..functional.im2col import Col2Im
 from ..geometry import Geometry, make_geometry
 from ..geometry.arguments import is_traced
-from ..variants.matrix_products import batched_product, inner_product_pays
+from ..variants.matrix_products import batched_product, filters_times_columns, inner_product_pays
 from .blocks import copy_with_bias
 from .fields_fold import fold_fields
 from .ops_memory_format import empty_like_input
@@ -113,7 +113,7 @@ def col2im_transpose(
 
     def image(chunk: torch.Tensor) -> torch.Tensor:
         values = chunk.reshape(chunk.shape[0], groups, channels // groups, geometry.num_positions)
-        return Col2Im.apply(torch.matmul(matrices, values).flatten(1, 2), geometry)
+        return Col2Im.apply(filters_times_columns(matrices, values).flatten(1, 2), geometry)
 
     if samples_per_chunk >= batch:
         # the crop and the zeros in one F.pad: one copy, and one node whose backward is one copy,

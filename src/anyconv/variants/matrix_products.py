@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from functools import lru_cache
+from typing import Any
 
 import torch
 
@@ -62,12 +63,54 @@ def filters_times_columns(filters: torch.Tensor, columns: torch.Tensor) -> torch
     True
     """
     batch, groups = columns.shape[:2]
-    if batch == 0 or groups == 0 or not inner_product_pays(filters[0], columns[0, 0].mT):
+    if batch == 0 or groups == 0 or not _pays(filters[0], columns[0, 0].mT):
         return torch.matmul(filters, columns)
+    if _records(filters, columns):
+        if torch._C._are_functorch_transforms_active():
+            # torch.func's transforms see through torch's own ops only
+            return torch.matmul(filters, columns)
+        return _FiltersTimesColumns.apply(filters, columns)
     output = columns.new_empty((batch, groups, filters.shape[1], columns.shape[3]))
     for sample, group in itertools.product(range(batch), range(groups)):
         output[sample, group] = row_product(filters[group], columns[sample, group].mT, None)
     return output
+
+
+class _FiltersTimesColumns(torch.autograd.Function):
+    """:func:`filters_times_columns` recorded by autograd: its backward's two products through
+    oneDNN too; with a graph asked of the backward (double backward), the backward's products are
+    recorded in turn, through this Function or ``torch.matmul``."""
+
+    @staticmethod
+    def forward(filters: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        return filters_times_columns(filters, columns)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor, torch.Tensor], output: torch.Tensor) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        filters, columns = ctx.saved_tensors
+        grad_filters = grad_columns = None
+        if ctx.needs_input_grad[1]:
+            grad_columns = filters_times_columns(filters.mT, grad)
+        if ctx.needs_input_grad[0]:
+            grad_filters = _filters_gradient(grad, columns)
+        return grad_filters, grad_columns
+
+
+def _filters_gradient(grad: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """The sum over samples of ``grad`` (B, G, Og, L) times ``columns`` (B, G, Cg, L) transposed:
+    (G, Og, Cg); a row product per sample and group (both operands rows of L) where oneDNN takes
+    them, else recorded through torch.matmul."""
+    if not inner_product_pays(grad[0, 0], columns[0, 0]):
+        return torch.matmul(grad, columns.mT).sum(0)
+    batch, groups = columns.shape[:2]
+    total = grad.new_zeros((groups, grad.shape[2], columns.shape[2]))
+    for sample, group in itertools.product(range(batch), range(groups)):
+        total[group] += row_product(grad[sample, group], columns[sample, group], None)
+    return total
 
 
 def inner_product_pays(left: torch.Tensor, right: torch.Tensor) -> bool:
@@ -77,8 +120,17 @@ def inner_product_pays(left: torch.Tensor, right: torch.Tensor) -> bool:
     >>> inner_product_pays(torch.ones(8, 96), torch.ones(24, 96))
     False
     """
+    return _pays(left, right) and not _records(left, right)
+
+
+def _pays(left: torch.Tensor, right: torch.Tensor) -> bool:
+    """:func:`inner_product_pays`, whether or not autograd would record through the product."""
     work = left.shape[-2] * left.shape[-1] * right.shape[-2]
-    return work >= MIN_WORK and inner_product_fits(left, right)
+    return work >= MIN_WORK and _onednn_fits(left, right)
+
+
+def _records(left: torch.Tensor, right: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and (left.requires_grad or right.requires_grad)
 
 
 def inner_product_fits(left: torch.Tensor, right: torch.Tensor) -> bool:
@@ -89,6 +141,10 @@ def inner_product_fits(left: torch.Tensor, right: torch.Tensor) -> bool:
     >>> inner_product_fits(torch.ones(2, 3, dtype=torch.float64), torch.ones(4, 3, dtype=torch.float64))
     False
     """
+    return _onednn_fits(left, right) and not _records(left, right)
+
+
+def _onednn_fits(left: torch.Tensor, right: torch.Tensor) -> bool:
     return (
         left.dtype == torch.float32
         and right.dtype == torch.float32
@@ -96,7 +152,6 @@ def inner_product_fits(left: torch.Tensor, right: torch.Tensor) -> bool:
         and right.device.type == "cpu"
         and _inner_product_available()
         and bool(torch.backends.mkldnn.enabled)
-        and not (torch.is_grad_enabled() and (left.requires_grad or right.requires_grad))
         and not torch.compiler.is_compiling()
     )
 
