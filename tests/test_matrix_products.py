@@ -43,6 +43,7 @@ def calls(monkeypatch):
 def every_size(monkeypatch):
     """oneDNN for products of every size, so that small test shapes take it."""
     monkeypatch.setattr(PRODUCTS, "MIN_WORK", 1)
+    monkeypatch.setattr(PRODUCTS, "MIN_SPLIT_WORK", 1)
 
 
 def _product64(left, right):
@@ -83,6 +84,11 @@ def test_small_products_take_the_blas_and_large_ones_onednn(calls):
     assert calls == [] and small.shape == (8, 24)
     large = PRODUCTS.row_product(torch.ones(128, 128), torch.ones(128, 128), None)
     assert calls == [((128, 128), (128, 128))] and torch.all(large == 128)
+    # a product per sample and group pays later than one product
+    filters, columns = torch.ones(1, 128, 128), torch.ones(2, 1, 128, 128)
+    assert torch.all(PRODUCTS.filters_times_columns(filters, columns) == 128) and len(calls) == 1
+    columns = torch.ones(2, 1, 128, 1024)
+    assert torch.all(PRODUCTS.filters_times_columns(filters, columns) == 128) and len(calls) == 3
 
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")

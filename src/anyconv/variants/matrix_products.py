@@ -19,6 +19,9 @@ import torch
 #: multiply-adds of a product below which oneDNN's setup per call costs more than the BLAS takes
 #: for the whole product (a 128 x 128 x 128 product takes about as long either way)
 MIN_WORK = 2**21
+#: the same for :func:`filters_times_columns`, whose products per sample and group stand where
+#: ``torch.matmul`` takes the whole batch in one call: below this, one call measured faster
+MIN_SPLIT_WORK = 2**24
 
 
 def row_product(left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -63,7 +66,7 @@ def filters_times_columns(filters: torch.Tensor, columns: torch.Tensor) -> torch
     True
     """
     batch, groups = columns.shape[:2]
-    if batch == 0 or groups == 0 or not _pays(filters[0], columns[0, 0].mT):
+    if batch == 0 or groups == 0 or not _pays(filters[0], columns[0, 0].mT, MIN_SPLIT_WORK):
         return torch.matmul(filters, columns)
     if _records(filters, columns):
         if torch._C._are_functorch_transforms_active():
@@ -123,10 +126,11 @@ def inner_product_pays(left: torch.Tensor, right: torch.Tensor) -> bool:
     return _pays(left, right) and not _records(left, right)
 
 
-def _pays(left: torch.Tensor, right: torch.Tensor) -> bool:
-    """:func:`inner_product_pays`, whether or not autograd would record through the product."""
+def _pays(left: torch.Tensor, right: torch.Tensor, least: int | None = None) -> bool:
+    """:func:`inner_product_pays` from ``least`` multiply-adds (``MIN_WORK`` if None), whether or
+    not autograd would record through the product."""
     work = left.shape[-2] * left.shape[-1] * right.shape[-2]
-    return work >= MIN_WORK and _onednn_fits(left, right)
+    return work >= (MIN_WORK if least is None else least) and _onednn_fits(left, right)
 
 
 def _records(left: torch.Tensor, right: torch.Tensor) -> bool:
