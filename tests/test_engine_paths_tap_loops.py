@@ -686,3 +686,49 @@ def test_the_loops_add_the_bias_as_they_store(x_shape, w_shape, groups, channels
     # one rounding of the sum and the bias together: within the stored type's half unit of it
     tolerance = 0 if dtype == torch.float64 else torch.finfo(dtype).eps
     torch.testing.assert_close(got[:, 2:].double(), expected[:, 2:], rtol=tolerance, atol=1e-9)
+
+
+#: depthwise rows of at least a vector, four output rows at a time reading each input place once
+#: (stationary_rows in tap_loops.cpp): kernels 3 to 7, dilated, rows not a multiple of four,
+#: widths of one vector, one and a half, and several, and 3-D (rows of four across two planes
+#: fall back to the tap-by-tap blocks)
+FOUR_ROWS = [
+    ((2, 3, 13, 16), (3, 1, 7, 7), {"padding": 3, "groups": 3}),
+    ((1, 4, 10, 23), (4, 1, 5, 5), {"padding": 2, "groups": 4}),
+    ((1, 2, 9, 40), (2, 1, 3, 3), {"padding": 2, "dilation": 2, "groups": 2}),
+    ((1, 2, 6, 33), (4, 1, 3, 5), {"padding": (1, 0), "groups": 2}),
+    ((1, 2, 3, 6, 17), (2, 1, 3, 3, 3), {"padding": 1, "groups": 2}),
+]
+
+
+#: max_plus not in bfloat16, whose coarse values tie: amax splits a tie's gradient, the loops give
+#: it to the first tap (test_a_tropical_tie_goes_to_the_first_tap)
+FOUR_ROWS_VARIANTS = [
+    (name, dtype)
+    for name in ("dot", "l1", "max_plus")
+    for dtype in (torch.float32, torch.float64, torch.bfloat16)
+    if (name, dtype) != ("max_plus", torch.bfloat16)
+]
+
+
+@pytest.mark.parametrize(("name", "dtype"), FOUR_ROWS_VARIANTS, ids=str)
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "arguments"), FOUR_ROWS, ids=["7x7", "5x5", "dilated", "multiplier-2", "3d"]
+)
+def test_rows_of_four_read_once_give_the_formulas_numbers(x_shape, w_shape, arguments, name, dtype):
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(x_shape, generator=generator).to(dtype).requires_grad_()
+    w = torch.randn(w_shape, generator=generator).to(dtype).requires_grad_()
+    b = torch.randn(w_shape[0], generator=generator).to(dtype)
+    variant, groups = resolve_variant(name), arguments["groups"]
+    padding, dilation = arguments["padding"], arguments.get("dilation", 1)
+    assert plan_conv(x, w, variant, 1, padding, dilation, groups, "zeros", None).path == "tap loops"
+    output = anyconv.generalized_conv(x, w, name, b, **arguments)
+    grad = torch.randn(output.shape, generator=generator).to(dtype)
+    got = torch.autograd.grad(output, (x, w), grad)
+    x64, w64 = (tensor.detach().double().requires_grad_() for tensor in (x, w))
+    expected = naive_generalized_conv(x64, w64, name, b.double(), **arguments)
+    tolerance = {"rtol": 2e-2, "atol": 5e-2} if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(output, expected.to(dtype), **tolerance)
+    for got_grad, expected_grad in zip(got, torch.autograd.grad(expected, (x64, w64), grad.double())):
+        torch.testing.assert_close(got_grad, expected_grad.to(dtype), **tolerance)

@@ -1318,10 +1318,153 @@ void forward_filter_vectors(const S* x, const S* w, const S* bias, S* y, const G
   }
 }
 
+// The taps of kRowsTogether output rows of a depthwise filter, spacing apart in the padded input,
+// grouped by the input place they read: each vector loaded once meets every row whose tap reads
+// it (a 7 x 7 kernel over four rows: 70 places, where tap by tap each row loads its own 49). The
+// places go in increasing order, so each row meets its taps in the tap order, the sums' order of
+// forward_block; runs of places read by the same rows (MASK) share one specialised loop.
+struct StationaryPlace {
+  int64_t offset;
+  int64_t weight[kRowsTogether];  // the tap's weight column per row, or -1
+};
+struct Stationary {
+  int64_t spacing = 0;  // 0: not taken
+  std::vector<StationaryPlace> places;
+  std::vector<std::pair<int, int64_t>> runs;  // (mask of rows, end of the run in places)
+};
+
+// The schedule where it holds the tap order: one input channel per group, unit step, tap offsets
+// increasing and each row's span shorter than the spacing; else spacing 0
+inline Stationary stationary_schedule(const Geometry& g) {
+  Stationary schedule;
+  if (g.channels != g.groups || g.step != 1 || g.rows < kRowsTogether || g.taps < 2) return schedule;
+  const int64_t spacing = g.row_offsets[1] - g.row_offsets[0];
+  for (int64_t t = 1; t < g.taps; ++t) {
+    if (g.tap_offsets[t] <= g.tap_offsets[t - 1]) return schedule;
+  }
+  if (spacing <= 0) return schedule;
+  std::vector<std::pair<int64_t, std::pair<int, int64_t>>> reads;  // (place, (row, weight column))
+  for (int r = 0; r < kRowsTogether; ++r) {
+    for (int64_t t = 0; t < g.taps; ++t) reads.push_back({r * spacing + g.tap_offsets[t], {r, g.weight_index[t]}});
+  }
+  std::sort(reads.begin(), reads.end());
+  for (const auto& [offset, read] : reads) {
+    if (schedule.places.empty() || schedule.places.back().offset != offset) {
+      StationaryPlace place{offset, {}};
+      std::fill(std::begin(place.weight), std::end(place.weight), -1);
+      schedule.places.push_back(place);
+    }
+    schedule.places.back().weight[read.first] = read.second;
+  }
+  for (int64_t i = 0; i < static_cast<int64_t>(schedule.places.size()); ++i) {
+    int mask = 0;
+    for (int r = 0; r < kRowsTogether; ++r) mask |= (schedule.places[i].weight[r] >= 0) << r;
+    if (schedule.runs.empty() || schedule.runs.back().first != mask) schedule.runs.push_back({mask, 0});
+    schedule.runs.back().second = i + 1;
+  }
+  schedule.spacing = spacing;
+  return schedule;
+}
+
+template <typename S, typename Op, int VECTORS, int MASK, int R>
+__attribute__((always_inline)) inline void stationary_row(typename Lanes<Compute<S>>::Vector (&values)[kRowsTogether][VECTORS],
+                                                          const typename Lanes<Compute<S>>::Vector (&read)[VECTORS],
+                                                          const S* w, const StationaryPlace& place) {
+  if constexpr (((MASK >> R) & 1) != 0) {
+    const Compute<S> weight = widen(w[place.weight[R]]);
+    for (int v = 0; v < VECTORS; ++v) values[R][v] = Op::step(values[R][v], read[v], weight);
+  }
+}
+
+template <typename S, typename Op, int VECTORS, int MASK>
+__attribute__((always_inline)) inline void stationary_run(typename Lanes<Compute<S>>::Vector (&values)[kRowsTogether][VECTORS],
+                                                          const S* base, const S* w, const StationaryPlace* place,
+                                                          const StationaryPlace* end, int64_t last) {
+  using Vector = typename Lanes<Compute<S>>::Vector;
+  constexpr int kLanes = Lanes<Compute<S>>::kCount;
+  static_assert(kRowsTogether == 4, "the rows below are written out");
+  for (; place != end; ++place) {
+    const S* source = base + place->offset;
+    Vector read[VECTORS];
+    for (int v = 0; v < VECTORS - 1; ++v) read[v] = load(source + v * kLanes, 1);
+    read[VECTORS - 1] = load(source + last, 1);
+    stationary_row<S, Op, VECTORS, MASK, 0>(values, read, w, *place);
+    stationary_row<S, Op, VECTORS, MASK, 1>(values, read, w, *place);
+    stationary_row<S, Op, VECTORS, MASK, 2>(values, read, w, *place);
+    stationary_row<S, Op, VECTORS, MASK, 3>(values, read, w, *place);
+  }
+}
+
+// forward_block's whole-vector blocks over kRowsTogether rows from ORIGIN, spacing apart, by the
+// schedule's places
+template <typename S, typename Out, typename Op, int VECTORS>
+__attribute__((always_inline)) inline void stationary_block(const S* x, const S* w, Out* const* outs, int64_t origin,
+                                                            const Stationary& schedule, const S* bias, int64_t first,
+                                                            int64_t last_vector) {
+  using T = Compute<S>;
+  using Vector = typename Lanes<T>::Vector;
+  constexpr int kLanes = Lanes<T>::kCount;
+  Vector values[kRowsTogether][VECTORS];
+  for (int r = 0; r < kRowsTogether; ++r) {
+    for (int v = 0; v < VECTORS; ++v) values[r][v] = Vector{} + Op::start();
+  }
+  const S* base = x + origin + first;
+  const StationaryPlace* places = schedule.places.data();
+  int64_t begin = 0;
+  for (const auto& [mask, end] : schedule.runs) {
+    switch (mask) {
+#define ANYCONV_STATIONARY_RUN(MASK)                                                                     \
+  case MASK:                                                                                             \
+    stationary_run<S, Op, VECTORS, MASK>(values, base, w, places + begin, places + end, last_vector);    \
+    break;
+      ANYCONV_STATIONARY_RUN(1) ANYCONV_STATIONARY_RUN(2) ANYCONV_STATIONARY_RUN(3) ANYCONV_STATIONARY_RUN(4)
+      ANYCONV_STATIONARY_RUN(5) ANYCONV_STATIONARY_RUN(6) ANYCONV_STATIONARY_RUN(7) ANYCONV_STATIONARY_RUN(8)
+      ANYCONV_STATIONARY_RUN(9) ANYCONV_STATIONARY_RUN(10) ANYCONV_STATIONARY_RUN(11) ANYCONV_STATIONARY_RUN(12)
+      ANYCONV_STATIONARY_RUN(13) ANYCONV_STATIONARY_RUN(14) ANYCONV_STATIONARY_RUN(15)
+#undef ANYCONV_STATIONARY_RUN
+      default:
+        break;
+    }
+    begin = end;
+  }
+  if (bias != nullptr) {
+    const T added = widen(*bias);
+    for (int r = 0; r < kRowsTogether; ++r) {
+      for (int v = 0; v < VECTORS; ++v) values[r][v] = values[r][v] + added;
+    }
+  }
+  for (int r = 0; r < kRowsTogether; ++r) {
+    Out* out = outs[r] + first;
+    for (int v = 0; v < VECTORS - 1; ++v) store(out + v * kLanes, values[r][v]);
+    store(out + last_vector, values[r][VECTORS - 1]);
+  }
+}
+
+// forward_rows for kRowsTogether rows of at least a vector each, by the schedule
+template <typename S, typename Out, typename Op>
+void stationary_rows(const S* x, const S* w, Out* const* outs, int64_t origin, const Stationary& schedule,
+                     const Geometry& g, const S* bias) {
+  constexpr int64_t kLanes = Lanes<Compute<S>>::kCount;
+  if (g.width > kLanes && g.width < 2 * kLanes) {
+    stationary_block<S, Out, Op, 2>(x, w, outs, origin, schedule, bias, 0, g.width - kLanes);
+    return;
+  }
+  const int64_t block = g.width >= 2 * kLanes ? 2 * kLanes : kLanes;
+  for (int64_t start = 0; start < g.width; start += block) {
+    const int64_t first = start + block <= g.width ? start : g.width - block;
+    if (block == kLanes) {
+      stationary_block<S, Out, Op, 1>(x, w, outs, origin, schedule, bias, first, 0);
+    } else {
+      stationary_block<S, Out, Op, 2>(x, w, outs, origin, schedule, bias, first, kLanes);
+    }
+  }
+}
+
 // One output plane of filter FILTER over one (sample, group) SOURCE of the padded layout, plus
 // CHANNEL_BIAS where not null
 template <typename S, typename Op, typename Out = S>
-void forward_plane(const S* source, const S* filter, Out* plane, const Geometry& g, const S* channel_bias) {
+void forward_plane(const S* source, const S* filter, Out* plane, const Geometry& g, const S* channel_bias,
+                   const Stationary* schedule = nullptr) {
   const bool narrow_rows = g.width < Lanes<Compute<S>>::kCount;
   Out* outs[kNarrowRowsTogether];
   int64_t r = 0;
@@ -1330,9 +1473,17 @@ void forward_plane(const S* source, const S* filter, Out* plane, const Geometry&
     for (int i = 0; i < kNarrowRowsTogether; ++i) outs[i] = plane + (r + i) * g.width;
     forward_rows<S, Out, Op, kNarrowRowsTogether>(source, filter, outs, g.row_offsets + r, g, channel_bias);
   }
+  const bool stationary = schedule != nullptr && schedule->spacing > 0 && !narrow_rows;
   for (; r + kRowsTogether <= g.rows; r += kRowsTogether) {
     for (int i = 0; i < kRowsTogether; ++i) outs[i] = plane + (r + i) * g.width;
-    forward_rows<S, Out, Op, kRowsTogether>(source, filter, outs, g.row_offsets + r, g, channel_bias);
+    const int64_t* origins = g.row_offsets + r;
+    bool evenly = stationary;
+    for (int i = 1; evenly && i < kRowsTogether; ++i) evenly = origins[i] - origins[0] == i * schedule->spacing;
+    if (evenly) {
+      stationary_rows<S, Out, Op>(source, filter, outs, origins[0], *schedule, g, channel_bias);
+    } else {
+      forward_rows<S, Out, Op, kRowsTogether>(source, filter, outs, origins, g, channel_bias);
+    }
   }
   for (; r < g.rows; ++r) {
     outs[0] = plane + r * g.width;
@@ -1350,8 +1501,9 @@ void forward(const S* x, const S* w, const S* bias, S* y, const Geometry& g, con
   if (takes_channel_vectors<S>(g, layout))
     return forward_channel_vectors<S, ReducedOutputs<Compute<S>, Op>>(x, w, nullptr, nullptr, y, bias, g, *layout,
                                                                       threads);
+  const Stationary schedule = stationary_schedule(g);
   each_output_plane(x, w, y, g, layout, threads, [&](const S* source, const S* filter, S* plane, int64_t o) {
-    forward_plane<S, Op>(source, filter, plane, g, bias == nullptr ? nullptr : bias + o);
+    forward_plane<S, Op>(source, filter, plane, g, bias == nullptr ? nullptr : bias + o, &schedule);
   });
 }
 
@@ -1519,6 +1671,7 @@ void backward(const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* g
   const int64_t pairs = g.batch * g.groups, output_plane = g.rows * g.width;
   const int64_t group_elements = per_group_in * g.plane;
   const int64_t input_plane = layout != nullptr ? unpadded_plane(*layout) : g.plane;
+  const Stationary schedule = stationary_schedule(g);
 #pragma omp parallel num_threads(threads)
   {
     std::vector<T> found(Op::kWinner ? g.width : 0);
@@ -1557,7 +1710,7 @@ void backward(const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* g
         }
         const S* plane_y = y == nullptr ? nullptr : y + output_at;
         if (!outputs.empty()) {
-          forward_plane<S, Op>(source, w + o * g.taps, outputs.data(), g, nullptr);
+          forward_plane<S, Op>(source, w + o * g.taps, outputs.data(), g, nullptr, &schedule);
           plane_y = outputs.data();
         }
         backward_plane<S, Op>(source, w + o * g.taps, plane_y, grad + output_at, group_grad, channel_grad, g,
@@ -1651,6 +1804,7 @@ void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, co
   const int64_t pairs = g.batch * g.groups, output_plane = g.rows * g.width;
   const int64_t group_elements = per_group_in * g.plane;
   const int64_t input_plane = unpadded_plane(layout);
+  const Stationary schedule = stationary_schedule(g);
 #pragma omp parallel num_threads(threads)
   {
     // zero filled once: the planes laid out into it write the same interior places only
@@ -1668,7 +1822,7 @@ void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, co
       std::fill(input_grads.begin(), input_grads.end(), T(0));
       std::fill(radial_grads.begin(), radial_grads.end(), T(0));
       const S* group_filters = w + group * per_group_out * g.taps;
-      forward_plane<S, Squares<T>>(source, group_filters, norms.data(), g, nullptr);
+      forward_plane<S, Squares<T>>(source, group_filters, norms.data(), g, nullptr, &schedule);
       for (int64_t v = 0; v < output_plane; ++v) norms[v] = std::sqrt(norms[v]);
       for (int64_t j = 0; j < per_group_out; ++j) {
         const int64_t o = group * per_group_out + j;
@@ -1679,7 +1833,7 @@ void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, co
         const T* __restrict field_norms = norms.data();
         const T filter_scale = scale[o], filter_offset = offset[o];
         if (kept == nullptr) {
-          forward_plane<S, Dot<T>>(source, w + o * g.taps, products, g, nullptr);
+          forward_plane<S, Dot<T>>(source, w + o * g.taps, products, g, nullptr, &schedule);
 #pragma omp simd
           for (int64_t v = 0; v < output_plane; ++v) products[v] /= field_norms[v] * filter_scale + filter_offset;
         } else {
