@@ -689,9 +689,9 @@ def test_the_loops_add_the_bias_as_they_store(x_shape, w_shape, groups, channels
 
 
 #: depthwise rows of at least a vector, four output rows at a time reading each input place once
-#: (stationary_rows in tap_loops.cpp): kernels 3 to 7, dilated, rows not a multiple of four,
-#: widths of one vector, one and a half, and several, and 3-D (rows of four across two planes
-#: fall back to the tap-by-tap blocks)
+#: (stationary_rows in tap_loops.cpp; the cosine's quotient in stationary_quotient_block): kernels
+#: 3 to 7, dilated, rows not a multiple of four, widths of one vector, one and a half, and several,
+#: and 3-D (rows of four across two planes fall back to the tap-by-tap blocks)
 FOUR_ROWS = [
     ((2, 3, 13, 16), (3, 1, 7, 7), {"padding": 3, "groups": 3}),
     ((1, 4, 10, 23), (4, 1, 5, 5), {"padding": 2, "groups": 4}),
@@ -705,7 +705,7 @@ FOUR_ROWS = [
 #: it to the first tap (test_a_tropical_tie_goes_to_the_first_tap)
 FOUR_ROWS_VARIANTS = [
     (name, dtype)
-    for name in ("dot", "l1", "max_plus")
+    for name in ("dot", "l1", "max_plus", "cosine")
     for dtype in (torch.float32, torch.float64, torch.bfloat16)
     if (name, dtype) != ("max_plus", torch.bfloat16)
 ]
@@ -722,7 +722,8 @@ def test_rows_of_four_read_once_give_the_formulas_numbers(x_shape, w_shape, argu
     b = torch.randn(w_shape[0], generator=generator).to(dtype)
     variant, groups = resolve_variant(name), arguments["groups"]
     padding, dilation = arguments["padding"], arguments.get("dilation", 1)
-    assert plan_conv(x, w, variant, 1, padding, dilation, groups, "zeros", None).path == "tap loops"
+    path = "tap products" if name == "cosine" else "tap loops"
+    assert plan_conv(x, w, variant, 1, padding, dilation, groups, "zeros", None).path == path
     output = anyconv.generalized_conv(x, w, name, b, **arguments)
     grad = torch.randn(output.shape, generator=generator).to(dtype)
     got = torch.autograd.grad(output, (x, w), grad)

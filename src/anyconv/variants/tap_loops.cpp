@@ -1366,6 +1366,13 @@ inline Stationary stationary_schedule(const Geometry& g) {
   return schedule;
 }
 
+// every mask of rows a run of places may have (kRowsTogether = 4), for the switches below
+#define ANYCONV_STATIONARY_MASKS                                                                         \
+  ANYCONV_STATIONARY_RUN(1) ANYCONV_STATIONARY_RUN(2) ANYCONV_STATIONARY_RUN(3) ANYCONV_STATIONARY_RUN(4)     \
+  ANYCONV_STATIONARY_RUN(5) ANYCONV_STATIONARY_RUN(6) ANYCONV_STATIONARY_RUN(7) ANYCONV_STATIONARY_RUN(8)     \
+  ANYCONV_STATIONARY_RUN(9) ANYCONV_STATIONARY_RUN(10) ANYCONV_STATIONARY_RUN(11) ANYCONV_STATIONARY_RUN(12)  \
+  ANYCONV_STATIONARY_RUN(13) ANYCONV_STATIONARY_RUN(14) ANYCONV_STATIONARY_RUN(15)
+
 template <typename S, typename Op, int VECTORS, int MASK, int R>
 __attribute__((always_inline)) inline void stationary_row(typename Lanes<Compute<S>>::Vector (&values)[kRowsTogether][VECTORS],
                                                           const typename Lanes<Compute<S>>::Vector (&read)[VECTORS],
@@ -1417,10 +1424,7 @@ __attribute__((always_inline)) inline void stationary_block(const S* x, const S*
   case MASK:                                                                                             \
     stationary_run<S, Op, VECTORS, MASK>(values, base, w, places + begin, places + end, last_vector);    \
     break;
-      ANYCONV_STATIONARY_RUN(1) ANYCONV_STATIONARY_RUN(2) ANYCONV_STATIONARY_RUN(3) ANYCONV_STATIONARY_RUN(4)
-      ANYCONV_STATIONARY_RUN(5) ANYCONV_STATIONARY_RUN(6) ANYCONV_STATIONARY_RUN(7) ANYCONV_STATIONARY_RUN(8)
-      ANYCONV_STATIONARY_RUN(9) ANYCONV_STATIONARY_RUN(10) ANYCONV_STATIONARY_RUN(11) ANYCONV_STATIONARY_RUN(12)
-      ANYCONV_STATIONARY_RUN(13) ANYCONV_STATIONARY_RUN(14) ANYCONV_STATIONARY_RUN(15)
+      ANYCONV_STATIONARY_MASKS
 #undef ANYCONV_STATIONARY_RUN
       default:
         break;
@@ -1437,6 +1441,102 @@ __attribute__((always_inline)) inline void stationary_block(const S* x, const S*
     Out* out = outs[r] + first;
     for (int v = 0; v < VECTORS - 1; ++v) store(out + v * kLanes, values[r][v]);
     store(out + last_vector, values[r][VECTORS - 1]);
+  }
+}
+
+// The quotient's two sums per output (see quotient_block) at each place of a run, the squares of
+// a place once for all the rows that read it
+template <typename S, int VECTORS, int MASK, int R>
+__attribute__((always_inline)) inline void stationary_quotient_row(
+    typename Lanes<Compute<S>>::Vector (&products)[kRowsTogether][VECTORS],
+    typename Lanes<Compute<S>>::Vector (&squares)[kRowsTogether][VECTORS],
+    const typename Lanes<Compute<S>>::Vector (&read)[VECTORS], const typename Lanes<Compute<S>>::Vector (&square)[VECTORS],
+    const S* w, const StationaryPlace& place) {
+  if constexpr (((MASK >> R) & 1) != 0) {
+    const Compute<S> weight = widen(w[place.weight[R]]);
+    for (int v = 0; v < VECTORS; ++v) {
+      products[R][v] += read[v] * weight;
+      squares[R][v] += square[v];
+    }
+  }
+}
+
+template <typename S, int VECTORS, int MASK>
+__attribute__((always_inline)) inline void stationary_quotient_run(
+    typename Lanes<Compute<S>>::Vector (&products)[kRowsTogether][VECTORS],
+    typename Lanes<Compute<S>>::Vector (&squares)[kRowsTogether][VECTORS], const S* base, const S* w,
+    const StationaryPlace* place, const StationaryPlace* end, int64_t last) {
+  using Vector = typename Lanes<Compute<S>>::Vector;
+  constexpr int kLanes = Lanes<Compute<S>>::kCount;
+  for (; place != end; ++place) {
+    const S* source = base + place->offset;
+    Vector read[VECTORS], square[VECTORS];
+    for (int v = 0; v < VECTORS - 1; ++v) read[v] = load(source + v * kLanes, 1);
+    read[VECTORS - 1] = load(source + last, 1);
+    for (int v = 0; v < VECTORS; ++v) square[v] = read[v] * read[v];
+    stationary_quotient_row<S, VECTORS, MASK, 0>(products, squares, read, square, w, *place);
+    stationary_quotient_row<S, VECTORS, MASK, 1>(products, squares, read, square, w, *place);
+    stationary_quotient_row<S, VECTORS, MASK, 2>(products, squares, read, square, w, *place);
+    stationary_quotient_row<S, VECTORS, MASK, 3>(products, squares, read, square, w, *place);
+  }
+}
+
+// quotient_block's whole-vector blocks over kRowsTogether rows from ORIGIN, by the schedule's places
+template <typename S, int VECTORS>
+__attribute__((always_inline)) inline void stationary_quotient_block(const S* x, const S* w, S* const* outs,
+                                                                     int64_t origin, const Stationary& schedule,
+                                                                     int64_t first, int64_t last_vector,
+                                                                     Compute<S> scale, Compute<S> offset,
+                                                                     const S* bias) {
+  using Vector = typename Lanes<Compute<S>>::Vector;
+  constexpr int kLanes = Lanes<Compute<S>>::kCount;
+  Vector products[kRowsTogether][VECTORS], squares[kRowsTogether][VECTORS];
+  for (int r = 0; r < kRowsTogether; ++r) {
+    for (int v = 0; v < VECTORS; ++v) products[r][v] = squares[r][v] = Vector{};
+  }
+  const S* base = x + origin + first;
+  const StationaryPlace* places = schedule.places.data();
+  int64_t begin = 0;
+  for (const auto& [mask, end] : schedule.runs) {
+    switch (mask) {
+#define ANYCONV_STATIONARY_RUN(MASK)                                                                            \
+  case MASK:                                                                                                    \
+    stationary_quotient_run<S, VECTORS, MASK>(products, squares, base, w, places + begin, places + end, last_vector); \
+    break;
+      ANYCONV_STATIONARY_MASKS
+#undef ANYCONV_STATIONARY_RUN
+      default:
+        break;
+    }
+    begin = end;
+  }
+  for (int r = 0; r < kRowsTogether; ++r) {
+    for (int v = 0; v < VECTORS; ++v) {
+      const Vector norms = square_root(squares[r][v]);
+      Vector result = products[r][v] / (norms * scale + offset);
+      if (bias != nullptr) result = result + widen(*bias);
+      store(outs[r] + first + (v == VECTORS - 1 ? last_vector : int64_t(v) * kLanes), result);
+    }
+  }
+}
+
+// The blocks of a row at least a vector wide, as forward_rows cuts them: BLOCK(first, last_vector,
+// vectors), vectors 1 or 2 as a std::integral_constant
+template <typename S, typename Block>
+__attribute__((always_inline)) inline void whole_vector_blocks(int64_t width, Block&& block) {
+  constexpr int64_t kLanes = Lanes<Compute<S>>::kCount;
+  if (width > kLanes && width < 2 * kLanes) {
+    block(0, width - kLanes, std::integral_constant<int, 2>{});
+    return;
+  }
+  const int64_t size = width >= 2 * kLanes ? 2 * kLanes : kLanes;
+  for (int64_t start = 0; start < width; start += size) {
+    const int64_t first = start + size <= width ? start : width - size;
+    if (size == kLanes) {
+      block(first, 0, std::integral_constant<int, 1>{});
+    } else {
+      block(first, kLanes, std::integral_constant<int, 2>{});
+    }
   }
 }
 
@@ -1980,10 +2080,25 @@ void quotient(const S* x, const S* w, const Compute<S>* scale, const Compute<S>*
     if (layout == nullptr && g.out_channels / g.groups >= kFiltersTogether)
       return quotient_of_sums<S>(x, w, scale, offset, y, bias, g, threads);
   }
+  // four rows by the places they read, where the eight products and eight sums of squares fit
+  // the 32 vector registers of AVX-512 (AVX2's 16 would spill them)
+  const Stationary schedule = kVectorBytes == 64 && g.width >= Lanes<Compute<S>>::kCount ? stationary_schedule(g)
+                                                                                         : Stationary{};
   each_output_plane(x, w, y, g, layout, threads, [&](const S* source, const S* filter, S* plane, int64_t o) {
     const S* channel_bias = bias == nullptr ? nullptr : bias + o;
-    S* outs[kQuotientRowsTogether];
+    S* outs[kRowsTogether];
     int64_t r = 0;
+    for (; schedule.spacing > 0 && r + kRowsTogether <= g.rows; r += kRowsTogether) {
+      const int64_t* origins = g.row_offsets + r;
+      bool evenly = true;
+      for (int i = 1; evenly && i < kRowsTogether; ++i) evenly = origins[i] - origins[0] == i * schedule.spacing;
+      if (!evenly) break;
+      for (int i = 0; i < kRowsTogether; ++i) outs[i] = plane + (r + i) * g.width;
+      whole_vector_blocks<S>(g.width, [&](int64_t first, int64_t last_vector, auto vectors) {
+        stationary_quotient_block<S, decltype(vectors)::value>(source, filter, outs, origins[0], schedule, first,
+                                                               last_vector, scale[o], offset[o], channel_bias);
+      });
+    }
     for (; r + kQuotientRowsTogether <= g.rows; r += kQuotientRowsTogether) {
       for (int i = 0; i < kQuotientRowsTogether; ++i) outs[i] = plane + (r + i) * g.width;
       quotient_rows<S, kQuotientRowsTogether>(source, filter, outs, g.row_offsets + r, g, scale[o], offset[o],
