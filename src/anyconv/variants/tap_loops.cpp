@@ -276,6 +276,31 @@ __attribute__((always_inline)) inline void store_partial(S* target, const typena
   store(target, values, count);
 }
 
+// A block's sums into ROWS rows of outputs (OUTS[r] from output FIRST, the last vector LAST_VECTOR
+// after it, COUNT lanes of it when PARTIAL), plus the channel's BIAS where not null: added in the
+// same store, no pass over the output of its own
+template <typename S, typename Out, int VECTORS, int ROWS, bool PARTIAL>
+__attribute__((always_inline)) inline void store_rows(typename Lanes<Compute<S>>::Vector (&values)[ROWS][VECTORS],
+                                                      Out* const* outs, const S* bias, int64_t first,
+                                                      int64_t last_vector, int count) {
+  constexpr int kLanes = Lanes<Compute<S>>::kCount;
+  if (bias != nullptr) {
+    const Compute<S> added = widen(*bias);
+    for (int r = 0; r < ROWS; ++r) {
+      for (int v = 0; v < VECTORS; ++v) values[r][v] = values[r][v] + added;
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) {
+    Out* out = outs[r] + first;
+    for (int v = 0; v < VECTORS - 1; ++v) store(out + v * kLanes, values[r][v]);
+    if (PARTIAL) {
+      store_partial(out + last_vector, values[r][VECTORS - 1], count);
+    } else {
+      store(out + last_vector, values[r][VECTORS - 1]);
+    }
+  }
+}
+
 // VECTORS vectors of outputs in each of ROWS rows (OUTS[r] from output FIRST, read from ORIGINS[r]
 // + FIRST * step; the last COUNT lanes of each row's last vector when PARTIAL), their values in
 // registers while every tap meets them: ROWS x VECTORS independent reductions, where one alone
@@ -313,22 +338,7 @@ __attribute__((always_inline)) inline void forward_block(const S* x, const S* w,
       }
     }
   }
-  if (bias != nullptr) {
-    // the channel's bias in the same store: no pass over the output of its own
-    const T added = widen(*bias);
-    for (int r = 0; r < ROWS; ++r) {
-      for (int v = 0; v < VECTORS; ++v) values[r][v] = values[r][v] + added;
-    }
-  }
-  for (int r = 0; r < ROWS; ++r) {
-    Out* out = outs[r] + first;
-    for (int v = 0; v < VECTORS - 1; ++v) store(out + v * kLanes, values[r][v]);
-    if (PARTIAL) {
-      store_partial(out + last_vector, values[r][VECTORS - 1], last_count);
-    } else {
-      store(out + last_vector, values[r][VECTORS - 1]);
-    }
-  }
+  store_rows<S, Out, VECTORS, ROWS, PARTIAL>(values, outs, bias, first, last_vector, last_count);
 }
 
 // ROWS output rows of one channel, OUTS[r][i] for i < width read from ORIGINS[r]: the blocks as
@@ -1431,17 +1441,7 @@ __attribute__((always_inline)) inline void stationary_block(const S* x, const S*
     }
     begin = end;
   }
-  if (bias != nullptr) {
-    const T added = widen(*bias);
-    for (int r = 0; r < kRowsTogether; ++r) {
-      for (int v = 0; v < VECTORS; ++v) values[r][v] = values[r][v] + added;
-    }
-  }
-  for (int r = 0; r < kRowsTogether; ++r) {
-    Out* out = outs[r] + first;
-    for (int v = 0; v < VECTORS - 1; ++v) store(out + v * kLanes, values[r][v]);
-    store(out + last_vector, values[r][VECTORS - 1]);
-  }
+  store_rows<S, Out, VECTORS, kRowsTogether, false>(values, outs, bias, first, last_vector, kLanes);
 }
 
 // The quotient's two sums per output (see quotient_block) at each place of a run, the squares of
