@@ -161,10 +161,46 @@ def test_the_pointwise_path_without_a_graph_takes_onednn_and_equals_torch(case, 
 
 
 @needs_onednn
-def test_the_pointwise_path_with_a_graph_leaves_onednn_to_none(calls, every_size):
-    x, w, b = _case(POINTWISE[0], requires_grad=True)
-    anyconv.conv(x, w, b).sum().backward()
-    assert calls == [] and x.grad is not None
+@pytest.mark.parametrize(
+    "wanted",
+    [(True, True, True), (False, False, True), (True, False, False)],
+    ids=["all", "bias-only", "input-only"],
+)
+def test_the_channels_last_pointwise_path_with_a_graph_takes_onednn_both_ways(wanted, calls, every_size):
+    x, w, b = _case(POINTWISE[3])
+    x = x.contiguous(memory_format=torch.channels_last)
+    tensors = [tensor.requires_grad_(want) for tensor, want in zip((x, w, b), wanted)]
+    got = anyconv.conv(*tensors)
+    grad = torch.randn(got.shape, generator=torch.Generator().manual_seed(3))
+    forward_calls = len(calls)
+    got.backward(grad)
+    assert forward_calls > 0 and (len(calls) > forward_calls) == any(wanted[:2])
+    doubles = [tensor.detach().double().requires_grad_(want) for tensor, want in zip(tensors, wanted)]
+    expected = torch_conv(*doubles)
+    expected.backward(grad.double())
+    torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)
+    for mine, theirs, want in zip(tensors, doubles, wanted):
+        assert (mine.grad is not None) == want
+        if want:
+            torch.testing.assert_close(mine.grad, theirs.grad.float(), rtol=1e-5, atol=1e-4)
+
+
+@needs_onednn
+def test_the_recorded_row_product_is_twice_differentiable(every_size):
+    generator = torch.Generator().manual_seed(4)
+    left, right, bias = (torch.randn(shape, generator=generator) for shape in ((6, 5), (4, 5), (4,)))
+    grad = torch.randn(6, 4, generator=generator)
+
+    def second_order(product, *tensors):
+        tensors = [tensor.clone().requires_grad_() for tensor in tensors]
+        first = torch.autograd.grad(product(*tensors), tensors, grad.to(tensors[0].dtype), create_graph=True)
+        # the bias' second derivative is zero (materialized: autograd finds no path to it)
+        return torch.autograd.grad(sum((g * g).sum() for g in first), tensors, materialize_grads=True)
+
+    mine = second_order(PRODUCTS.row_product, left, right, bias)
+    theirs = second_order(lambda a, b, c: a @ b.T + c, left.double(), right.double(), bias.double())
+    for a, b in zip(mine, theirs):
+        torch.testing.assert_close(a, b.float(), rtol=1e-5, atol=1e-4)
 
 
 TRANSPOSED = [

@@ -33,12 +33,38 @@ def row_product(left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | No
     >>> row_product(torch.ones(2, 3), torch.ones(4, 3), torch.arange(4.0)).tolist()[0]
     [3.0, 4.0, 5.0, 6.0]
     """
-    if inner_product_pays(left, right):
-        # the bias goes into the product's own pass over its result
-        return torch.ops.mkldnn._linear_pointwise(left, right, bias, "none", [], "")
+    if _pays(left, right):
+        if not _records(left, right, bias):
+            # the bias goes into the product's own pass over its result
+            return torch.ops.mkldnn._linear_pointwise(left, right, bias, "none", [], "")
+        if not torch._C._are_functorch_transforms_active():
+            return _RowProduct.apply(left, right, bias)
     if bias is None:
         return torch.mm(left, right.t())
     return torch.addmm(bias, left, right.t())
+
+
+class _RowProduct(torch.autograd.Function):
+    """:func:`row_product` recorded by autograd: its backward's products through oneDNN too, each
+    operand of the weight's gradient read through a transposed view (a product taken as its
+    transpose, whose first operand is then the contiguous one); with a graph asked of the backward
+    (double backward), the backward's products are recorded in turn."""
+
+    @staticmethod
+    def forward(left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return row_product(left, right, bias)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor, torch.Tensor, Any], output: torch.Tensor) -> None:
+        ctx.save_for_backward(inputs[0], inputs[1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        left, right = ctx.saved_tensors
+        grad_left = row_product(grad, right.mT, None) if ctx.needs_input_grad[0] else None
+        grad_right = row_product(left.mT, grad.mT, None).mT if ctx.needs_input_grad[1] else None
+        grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
+        return grad_left, grad_right, grad_bias
 
 
 def batched_product(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -133,8 +159,9 @@ def _pays(left: torch.Tensor, right: torch.Tensor, least: int | None = None) -> 
     return work >= (MIN_WORK if least is None else least) and _onednn_fits(left, right)
 
 
-def _records(left: torch.Tensor, right: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and (left.requires_grad or right.requires_grad)
+def _records(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd would record an op on ``tensors`` (None for an absent bias)."""
+    return torch.is_grad_enabled() and any(tensor is not None and tensor.requires_grad for tensor in tensors)
 
 
 def inner_product_fits(left: torch.Tensor, right: torch.Tensor) -> bool:
