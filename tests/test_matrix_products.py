@@ -259,3 +259,47 @@ def test_torch_func_sees_torch_ops_only(calls, every_size):
     expected = torch.func.grad(lambda f: torch.matmul(f, columns).square().sum())(filters)
     torch.testing.assert_close(gradient, expected)
     assert calls == []
+
+
+def _pointwise_cosine(x, w, b, eps):
+    """The 1x1 cosine by its formula: (p . w) / (|p| |w| + eps) + b at every position."""
+    fields, filters = x.movedim(1, -1), w.flatten(1)
+    products = fields @ filters.T
+    norms = torch.linalg.vector_norm(fields, dim=-1, keepdim=True)
+    denominator = norms * torch.linalg.vector_norm(filters, dim=-1)
+    return (products / (denominator + eps) + b).movedim(-1, 1)
+
+
+@needs_onednn
+@pytest.mark.parametrize("eps", [1e-8, 10.0], ids=["unit-vectors", "eps-counts"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        # outputs enough for the backward that recomputes (pointwise_cosine.RECOMPUTE_OUTPUTS)
+        {"x": (2, 24, 32, 32), "w": (40, 24, 1, 1), "last": False},
+        {"x": (2, 24, 32, 32), "w": (40, 24, 1, 1), "last": True},
+    ],
+    ids=["channels-first", "channels-last"],
+)
+def test_the_pointwise_cosines_backward_takes_onednn_and_equals_the_formula(
+    case, eps, calls, every_size, monkeypatch
+):
+    # eps 10 keeps the backward from its unit-vector form (eps negligible against every |p| |w|)
+    monkeypatch.setattr(anyconv.variants.Cosine, "eps", eps)
+    clear_plans()
+    x, w, b = _case(case)
+    if case["last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    tensors = [tensor.requires_grad_() for tensor in (x, w, b)]
+    got = anyconv.generalized_conv(tensors[0], tensors[1], "cosine", tensors[2])
+    assert got.numel() >= importlib.import_module("anyconv.engine.pointwise_cosine").RECOMPUTE_OUTPUTS
+    grad = torch.randn(got.shape, generator=torch.Generator().manual_seed(6))
+    forward_calls = len(calls)
+    got.backward(grad)
+    assert len(calls) > forward_calls
+    doubles = [tensor.detach().double().requires_grad_() for tensor in tensors]
+    expected = _pointwise_cosine(*doubles, eps)
+    expected.backward(grad.double())
+    torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)
+    for mine, theirs in zip(tensors, doubles):
+        torch.testing.assert_close(mine.grad, theirs.grad.float(), rtol=1e-4, atol=1e-4)

@@ -25,7 +25,12 @@ from typing import Any
 
 import torch
 
-from ..variants.matrix_products import filters_times_columns, row_product
+from ..variants.matrix_products import (
+    filters_gradient,
+    filters_times_columns,
+    row_product,
+    rows_transposed_product,
+)
 from .graph_gradients import gradients_as_graph
 from .tap_norms import direction, divide_by_norms, eps_negligible, safe_sqrt
 
@@ -108,15 +113,15 @@ def _unit_gradients(
     units, unit_fields = filters / norms, fields / field_norms
     grad_fields = grad_filters = None
     if needs[0]:
-        along = units.transpose(-1, -2) @ grad if not rows else grad @ units
+        along = filters_times_columns(units.mT, grad) if not rows else row_product(grad, units.mT, None)
         along -= unit_fields * (unit_fields * along).sum(_channels(rows), keepdim=True)
         grad_fields = along.div_(field_norms)
     if needs[1]:
         if rows:
-            across = grad.T @ unit_fields
+            across = rows_transposed_product(grad, unit_fields)
         else:
             # (B, G, Og, L) x (B, G, L, Cg), summed over the samples: (G, Og, Cg)
-            across = (grad @ unit_fields.transpose(-1, -2)).sum(0)
+            across = filters_gradient(grad, unit_fields)
         across -= units * (units * across).sum(-1, keepdim=True)
         grad_filters = across.div_(norms)
     return grad_fields, grad_filters
@@ -201,17 +206,20 @@ def _gradients(
     grad_fields = grad_filters = None
     if needs[0]:
         to_fields = (radial * filter_norms).sum(-1 if rows else -2, keepdim=True)
-        grad_fields = scaled @ filters if rows else filters.transpose(-1, -2) @ scaled
+        if rows:
+            grad_fields = row_product(scaled, filters.mT, None)
+        else:
+            grad_fields = filters_times_columns(filters.mT, scaled)
         grad_fields -= direction(fields, field_norms) * to_fields
         del to_fields
     if needs[1]:
         reduced = (0,) if rows else (0, 3)
         to_filters = (radial * field_norms).sum(reduced)
         if rows:
-            grad_filters = scaled.T @ fields
+            grad_filters = rows_transposed_product(scaled, fields)
             to_filters = to_filters[:, None]
         else:
-            grad_filters = (scaled @ fields.transpose(-1, -2)).sum(0)
+            grad_filters = filters_gradient(scaled, fields)
             to_filters = to_filters[..., None]
         grad_filters -= direction(filters, filter_norms if not rows else filter_norms[:, None]) * to_filters
     return grad_fields, grad_filters

@@ -62,9 +62,20 @@ class _RowProduct(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         left, right = ctx.saved_tensors
         grad_left = row_product(grad, right.mT, None) if ctx.needs_input_grad[0] else None
-        grad_right = row_product(left.mT, grad.mT, None).mT if ctx.needs_input_grad[1] else None
+        grad_right = rows_transposed_product(grad, left) if ctx.needs_input_grad[1] else None
         grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
         return grad_left, grad_right, grad_bias
+
+
+def rows_transposed_product(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``left`` (m, a) transposed times ``right`` (m, b): (a, b), a sum over the m rows (a weight's
+    gradient), taken as the transpose of ``right``'s columns times ``left``'s.
+
+    >>> left, right = torch.randn(5, 2), torch.randn(5, 3)
+    >>> torch.allclose(rows_transposed_product(left, right), left.T @ right, atol=1e-6)
+    True
+    """
+    return row_product(right.mT, left.mT, None).mT
 
 
 def batched_product(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -125,15 +136,20 @@ class _FiltersTimesColumns(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_columns = filters_times_columns(filters.mT, grad)
         if ctx.needs_input_grad[0]:
-            grad_filters = _filters_gradient(grad, columns)
+            grad_filters = filters_gradient(grad, columns)
         return grad_filters, grad_columns
 
 
-def _filters_gradient(grad: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+def filters_gradient(grad: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     """The sum over samples of ``grad`` (B, G, Og, L) times ``columns`` (B, G, Cg, L) transposed:
     (G, Og, Cg); a row product per sample and group (both operands rows of L) where oneDNN takes
-    them, else recorded through torch.matmul."""
-    if not inner_product_pays(grad[0, 0], columns[0, 0]):
+    them (from ``MIN_SPLIT_WORK``: the batch is split), else recorded through torch.matmul.
+
+    >>> grad, columns = torch.randn(2, 1, 3, 5), torch.randn(2, 1, 4, 5)
+    >>> torch.allclose(filters_gradient(grad, columns), (grad @ columns.mT).sum(0), atol=1e-6)
+    True
+    """
+    if not _pays(grad[0, 0], columns[0, 0], MIN_SPLIT_WORK) or _records(grad, columns):
         return torch.matmul(grad, columns.mT).sum(0)
     batch, groups = columns.shape[:2]
     total = grad.new_zeros((groups, grad.shape[2], columns.shape[2]))
