@@ -4,8 +4,9 @@ Every product here is a plain matrix product (never a convolution kernel), taken
 product (``torch.ops.mkldnn._linear_pointwise``) for CPU float32 tensors where torch is built with
 it and it is enabled, else by ``torch.matmul``. The BLAS behind ``torch.matmul`` (MKL) ran up to
 half as fast on the engine's shapes, most on processors where it takes no AVX-512 path
-(docs/benchmarks.md). No autograd goes through the inner product: these serve forwards without a
-graph and backwards written by hand; where autograd would record one, ``torch.matmul`` runs.
+(docs/benchmarks.md). The inner product has no autograd formula: where autograd records a
+product, an autograd Function of this file takes it, its backward's products through oneDNN too
+(``torch.matmul`` under torch.func's transforms).
 """
 
 from __future__ import annotations
@@ -180,18 +181,13 @@ def _records(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(tensor is not None and tensor.requires_grad for tensor in tensors)
 
 
-def inner_product_fits(left: torch.Tensor, right: torch.Tensor) -> bool:
-    """oneDNN's inner product takes these: built into torch, enabled, CPU float32 both, no graph
-    to record through them (it has no autograd formula), and no trace being recorded
-    (torch.compile and torch.export keep the portable ``torch.matmul``).
+def _onednn_fits(left: torch.Tensor, right: torch.Tensor) -> bool:
+    """oneDNN's inner product takes these: built into torch, enabled, CPU float32 both, and no trace
+    being recorded (torch.compile and torch.export keep the portable ``torch.matmul``).
 
-    >>> inner_product_fits(torch.ones(2, 3, dtype=torch.float64), torch.ones(4, 3, dtype=torch.float64))
+    >>> _onednn_fits(torch.ones(2, 3, dtype=torch.float64), torch.ones(4, 3, dtype=torch.float64))
     False
     """
-    return _onednn_fits(left, right) and not _records(left, right)
-
-
-def _onednn_fits(left: torch.Tensor, right: torch.Tensor) -> bool:
     return (
         left.dtype == torch.float32
         and right.dtype == torch.float32
