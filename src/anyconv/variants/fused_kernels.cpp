@@ -121,7 +121,9 @@ inline void take_winners(const S* g, const Compute<S> (&tap)[MB][out_lanes<Compu
 // the tap that wins each (field, filter), the first on a tie, takes the whole gradient; when the
 // best value is NaN the winner is the first NaN tap (as torch's max picks it). Two
 // sweeps: the best value, then the first tap reaching it, counted without branches (a select
-// that tracks the winning tap made gcc emit a mispredicted branch per vector, 6x slower).
+// that tracks the winning tap made gcc emit a mispredicted branch per vector, 6x slower). The
+// search flag is cleared by selects: multiplied by a comparison turned into 0 or 1, gcc kept it
+// in vectors on AVX-512 (mask registers) but made it a scalar branch per element on AVX2.
 // FINITE: no NaN and no inf in the block's fields or the filters, and the plain max / min serve.
 // grad_rows: the field gradient of the block's MB fields (MB x K, in the compute type)
 template <typename S, int MB, bool MINIMUM, bool FINITE>
@@ -179,9 +181,9 @@ void tropical_backward_block(const S* f, const Compute<S>* wt, const S* g, Compu
 #pragma omp simd
       for (int64_t o = 0; o < OB; ++o) {
         const T value = MINIMUM ? x - w[o] : x + w[o];
-        // products of 0/1, not &&: a logical and made gcc branch per element, 10x slower
-        searching[i][o] *= static_cast<T>(value != best[i][o]);
-        if (!FINITE) searching[i][o] *= static_cast<T>(value == value);
+        // two selects, not &&: a logical and made gcc branch per element, 10x slower
+        searching[i][o] = value != best[i][o] ? searching[i][o] : T(0);
+        if (!FINITE) searching[i][o] = value == value ? searching[i][o] : T(0);
         tap[i][o] += searching[i][o];
       }
     }
