@@ -1181,9 +1181,16 @@ void forward_filter_blocks(const S* x, const S* w, const S* bias, S* y, const Ge
 }
 
 // output positions of a row, and vectors of filters, the filter-vector forward takes together
-// (see filter_vectors_block): 14 x 2 sums in registers, and 14 divides the widths networks use
+// (see filter_vectors_block): P x 2 sums in registers beside two weight vectors and a broadcast
+// value, 14 x 2 of AVX-512's 32 registers (14 divides the widths networks use) and 6 x 2 of
+// AVX2's 16 (14 x 2 there kept the sums on the stack, loaded and stored at every tap)
+#ifdef __AVX512F__
 constexpr int kPositionsTogether = 14;
 constexpr int kShortPositions = 8;
+#else
+constexpr int kPositionsTogether = 6;
+constexpr int kShortPositions = 4;
+#endif
 constexpr int kFilterVectors = 2;
 // taps from which the filter vectors take a layer: their outputs are written lane by lane, which
 // a few taps' steps do not pay for (a 1x1 layer of 24 channels ran faster in filter blocks)
