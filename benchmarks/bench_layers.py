@@ -285,12 +285,19 @@ def _high_water_mib() -> float:
 def peak_memory(row: Row, method: str) -> float:
     """In this process: MiB of resident memory that one forward+backward of ``method`` adds.
 
-    A warm-up on a tiny input first loads what every call shares (native libraries, threads).
+    A warm-up on a tiny input first loads what every call shares (native libraries, threads),
+    and one small product through oneDNN's inner product initialises that library (about 5 MiB
+    here, once per process), as torch's own tiny convolution does for torch: the tiny input's
+    products are too small to reach oneDNN in anyconv.
     """
+    import torch
+
     x, w, b, functions = _layer(row, tiny=True)
     for tensor in (x, w, b):
         tensor.requires_grad_(True)
     caller(x, w, b, True)(functions[method])
+    if torch.backends.mkldnn.is_available():
+        torch.ops.mkldnn._linear_pointwise(torch.ones(4, 4), torch.ones(4, 4), None, "none", [], "")
     x, w, b, functions = _layer(row)
     for tensor in (x, w, b):
         tensor.requires_grad_(True)
