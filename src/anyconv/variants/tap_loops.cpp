@@ -30,7 +30,7 @@
 #include <utility>
 #include <vector>
 
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -1204,16 +1204,22 @@ constexpr int64_t kMinVectorTaps = 64;
 // OUTS[f] filter f's output row from the first position, for the block's COUNT filters; BIASES
 // theirs or null; COLUMNS the positions written (the first COLUMNS of P)
 // VALUE in every lane, read from memory straight into the vector where the compiler targets
-// AVX-512 (GCC compiled `Vector{} + value` to an add, then a broadcast on the shuffle port that
-// the multiply-adds need)
+// AVX-512 or AVX (GCC compiled `Vector{} + value` to an add, then a broadcast on the shuffle port
+// that the multiply-adds need)
 template <typename S>
 __attribute__((always_inline)) inline typename Lanes<Compute<S>>::Vector broadcast(const S* value) {
   using Vector = typename Lanes<Compute<S>>::Vector;
-#ifdef __AVX512F__
+#if defined(__AVX512F__)
   if constexpr (std::is_same<S, float>::value) {
     return reinterpret_cast<Vector>(_mm512_set1_ps(*value));
   } else if constexpr (std::is_same<S, double>::value) {
     return reinterpret_cast<Vector>(_mm512_set1_pd(*value));
+  }
+#elif defined(__AVX__)
+  if constexpr (std::is_same<S, float>::value) {
+    return reinterpret_cast<Vector>(_mm256_set1_ps(*value));
+  } else if constexpr (std::is_same<S, double>::value) {
+    return reinterpret_cast<Vector>(_mm256_set1_pd(*value));
   }
 #endif
   return Vector{} + widen(*value);
