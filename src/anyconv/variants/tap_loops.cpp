@@ -94,36 +94,30 @@ inline A absolute(A values) {
   }
 }
 
-// x + w and x - w for the tropical steps, where w is a vector like x: as multiply-adds by one (the
-// product is exact, so they round as the plain sum and difference do) where the compiler targets
-// AVX-512. The tropical step is an add and a maximum; as a multiply-add and a maximum it ran
+// x + w, or x - w with SUBTRACT, for the tropical steps, where w is a vector like x: as
+// multiply-adds by one (the product is exact, so they round as the plain sum and difference do)
+// where the compiler targets AVX-512. The tropical step is an add and a maximum; as a multiply-add and a maximum it ran
 // faster on the AMD EPYC (Zen 4) it was timed on, whose adds and multiply-adds use different
 // vector pipes (docs/benchmarks.md). Not taken: l1's step (a difference, a mask and a sum), which
 // timed no faster so, and AVX2 builds, where the constant and the multiply-add's overwritten
 // operand cost registers the blocks do not have.
-template <typename A, typename W>
-__attribute__((always_inline)) inline A plus(A x, W w) {
+template <bool SUBTRACT, typename A, typename W>
+__attribute__((always_inline)) inline A add_weight(A x, W w) {
   if constexpr (std::is_same<A, W>::value && !std::is_floating_point<A>::value) {
 #if defined(__AVX512F__)
     if constexpr (sizeof(A) == 64 && sizeof(x[0]) == 4) {
-      return reinterpret_cast<A>(_mm512_fmadd_ps(reinterpret_cast<__m512>(w), _mm512_set1_ps(1.0f),
-                                                 reinterpret_cast<__m512>(x)));
+      const __m512 values = reinterpret_cast<__m512>(x), weights = reinterpret_cast<__m512>(w);
+      const __m512 one = _mm512_set1_ps(1.0f);
+      return reinterpret_cast<A>(SUBTRACT ? _mm512_fnmadd_ps(weights, one, values)
+                                          : _mm512_fmadd_ps(weights, one, values));
     }
 #endif
   }
-  return x + w;
-}
-template <typename A, typename W>
-__attribute__((always_inline)) inline A minus(A x, W w) {
-  if constexpr (std::is_same<A, W>::value && !std::is_floating_point<A>::value) {
-#if defined(__AVX512F__)
-    if constexpr (sizeof(A) == 64 && sizeof(x[0]) == 4) {
-      return reinterpret_cast<A>(_mm512_fnmadd_ps(reinterpret_cast<__m512>(w), _mm512_set1_ps(1.0f),
-                                                  reinterpret_cast<__m512>(x)));
-    }
-#endif
+  if constexpr (SUBTRACT) {
+    return x - w;
+  } else {
+    return x + w;
   }
-  return x - w;
 }
 
 template <typename T>
@@ -183,7 +177,7 @@ struct MaxPlus {
   }
   template <typename A, typename W>
   static A step(A acc, A x, W w) {
-    A value = plus(x, w);
+    A value = add_weight<false>(x, w);
     return ((value > acc) | (value != value)) ? value : acc;
   }
   static constexpr T kWeightSign = T(1);
@@ -199,7 +193,7 @@ struct MinPlus {
   }
   template <typename A, typename W>
   static A step(A acc, A x, W w) {
-    A value = minus(x, w);
+    A value = add_weight<true>(x, w);
     return ((value < acc) | (value != value)) ? value : acc;
   }
   static constexpr T kWeightSign = T(-1);
@@ -211,7 +205,7 @@ template <typename T>
 struct FiniteMaxPlus : MaxPlus<T> {
   template <typename A, typename W>
   static A step(A acc, A x, W w) {
-    A value = plus(x, w);
+    A value = add_weight<false>(x, w);
     return value > acc ? value : acc;
   }
 };
@@ -220,7 +214,7 @@ template <typename T>
 struct FiniteMinPlus : MinPlus<T> {
   template <typename A, typename W>
   static A step(A acc, A x, W w) {
-    A value = minus(x, w);
+    A value = add_weight<true>(x, w);
     return value < acc ? value : acc;
   }
 };
