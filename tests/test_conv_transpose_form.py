@@ -105,7 +105,11 @@ def test_the_rule_on_the_benchmark_rows_and_the_memory_cases(
 def _spied(monkeypatch):
     """Record which form each call takes."""
     taken = []
-    for name, form in (("col2im_transpose", "col2im"), ("_phases", "phases")):
+    for name, form in (
+        ("col2im_transpose", "col2im"),
+        ("recorded_transpose", "col2im"),
+        ("_phases", "phases"),
+    ):
         original = getattr(TRANSPOSE, name)
 
         def spy(*args, original=original, form=form, **kwargs):
@@ -247,9 +251,9 @@ INFERENCE_CASES = [
 def test_inference_folds_the_columns_without_autograd(monkeypatch, input, weight, options, channels_last):
     """No gradient to record, taps that overlap at a stride: the col2im form multiplies without
     autograd and folds the columns in the fields path's layout (folded_transpose); with a
-    gradient to record, it keeps the autograd form."""
+    gradient to record, the same fold under an autograd Function (recorded_transpose)."""
     taken = []
-    for name in ("folded_transpose", "col2im_transpose"):
+    for name in ("folded_transpose", "col2im_transpose", "recorded_transpose"):
         original = getattr(TRANSPOSE, name)
         monkeypatch.setattr(
             TRANSPOSE, name, lambda *args, _f=original, _n=name, **kw: taken.append(_n) or _f(*args, **kw)
@@ -266,7 +270,7 @@ def test_inference_folds_the_columns_without_autograd(monkeypatch, input, weight
         with torch.inference_mode():
             in_inference_mode = anyconv.conv_transpose(x, w, b, **options)
         recorded = anyconv.conv_transpose(x, w.requires_grad_(), b, **options)
-    assert taken == ["folded_transpose", "folded_transpose", "col2im_transpose"]
+    assert taken == ["folded_transpose", "folded_transpose", "recorded_transpose"]
     for result in (ours, in_inference_mode, recorded):
         torch.testing.assert_close(result, reference, rtol=1e-4, atol=1e-4)
         # the layout of the autograd form (torch's own in 2-D: test_conv_transpose's layout test)

@@ -34,6 +34,7 @@ from .arguments import check_conv_tensors
 from .chunks import resolve_budget
 from .conv import conv
 from .conv_transpose_col2im import col2im_geometry, col2im_sample_bytes, col2im_transpose, folded_transpose
+from .conv_transpose_recorded import adjoint_geometry, recorded_transpose
 from .machinery import machinery_watches, records_graph
 from .ops_autocast import autocast_dtype, cast
 from .ops_memory_format import output_memory_format
@@ -119,13 +120,20 @@ def conv_transpose(
     form, samples_per_chunk = transposed_form(
         batched.shape[0], sample_bytes, resolve_budget(memory_budget), FORM, traced=is_traced(output_shape)
     )
-    if (
-        form == "col2im"
-        and _folds_faster(kernel_size, steps, spacings)
-        and not _watched(batched, weight, bias)
-    ):
+    folds = form == "col2im" and _folds_faster(kernel_size, steps, spacings)
+    # the recorded fold's backward reads the gradient as the adjoint convolution does
+    adjoint = None
+    if folds and records_graph(batched, weight, bias) and not machinery_watches(batched, weight, bias):
+        adjoint = adjoint_geometry(
+            tuple(batched.shape[2:]), kernel_size, steps, amounts, spacings, output_size
+        )
+    if folds and not _watched(batched, weight, bias):
         output = folded_transpose(
             batched, weight, bias, groups, geometry, amounts, extra, output_size, samples_per_chunk
+        )
+    elif adjoint is not None:
+        output = recorded_transpose(
+            batched, weight, bias, groups, geometry, adjoint, amounts, extra, samples_per_chunk
         )
     elif form == "col2im":
         output = col2im_transpose(batched, weight, groups, geometry, amounts, extra, samples_per_chunk)

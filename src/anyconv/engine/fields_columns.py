@@ -126,6 +126,36 @@ def write_column_products(
         )
 
 
+def copy_columns(input: torch.Tensor, geometry: Geometry, samples: slice, columns: torch.Tensor) -> None:
+    """Write the columns (C * K, b * positions) of ``samples`` of ``input`` into ``columns``, every
+    output position of ``geometry`` (whose zero padding is still to apply): rows in (channel, tap)
+    order, F.unfold's, the samples side by side along the positions.
+
+    ``input`` passes :func:`columns_fit`; ``columns`` is contiguous, of that many elements.
+
+    >>> import torch.nn.functional as F
+    >>> from anyconv.geometry import make_geometry
+    >>> x = torch.randn(2, 3, 5, 5)
+    >>> geometry = make_geometry((5, 5), 3, stride=2, padding=1)
+    >>> if columns_fit(x):
+    ...     columns = torch.empty(27, 2 * 9)
+    ...     copy_columns(x, geometry, slice(0, 2), columns)
+    ...     expected = F.unfold(x, 3, padding=1, stride=2).transpose(0, 1).reshape(27, -1)
+    ...     assert torch.equal(columns, expected)
+    """
+    count = samples.stop - samples.start
+    _function(input.element_size())(
+        input[samples].data_ptr(),
+        columns.data_ptr(),
+        count,
+        input.shape[1],
+        geometry.ndim,
+        *_sizes(geometry),
+        *_region((0,) * geometry.ndim, geometry.output_size),
+        max(1, min(torch.get_num_threads(), columns.numel() // _WORK_PER_THREAD)),
+    )
+
+
 @cache
 def _function(element_size: int) -> Any:
     """The native copy for elements of ``element_size`` bytes, or None where it is not built."""

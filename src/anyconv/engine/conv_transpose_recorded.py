@@ -1,0 +1,167 @@
+"""The col2im form of ``conv_transpose`` when autograd records it: the inference forward, and a
+backward of two matrix products on the columns of the output's gradient.
+
+The forward is :func:`~anyconv.engine.conv_transpose_col2im.folded_transpose`, run without a graph:
+its columns are freed once folded, and only the input, the weight and the bias are kept. The
+backward reads the output's gradient as the transposed convolution's adjoint, the convolution of
+the same kernel, stride, padding and dilation, reads its input: as columns (G, Og * K, b * positions),
+one column per input position, copied out natively (``fields_columns``) where the copy is built.
+Per group, with the weight as it lies, (Cg, Og * K):
+
+- the input's gradient is the weight times the columns: (Cg, b * positions);
+- the weight's gradient is the input, (Cg, b * positions), times the columns transposed, summed
+  over the chunks of samples.
+
+Where autograd kept the col2im form's graph instead, its backward took four products per chunk and
+a strided add per kernel tap, and kept the products' operands. A second derivative (a backward
+asked for a graph) differentiates that autograd form, recomputed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..functional.im2col import im2col
+from ..geometry import Geometry, make_geometry
+from ..variants.matrix_products import row_product
+from .blocks import bias_grad
+from .conv_transpose_col2im import col2im_transpose, folded_transpose
+from .fields_columns import columns_fit, copy_columns
+from .graph_gradients import gradients_as_graph
+
+
+def adjoint_geometry(
+    input_size: tuple[int, ...],
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+    output_size: tuple[int, ...],
+) -> Geometry | None:
+    """The convolution of the transposed one's output whose fields are one per input position (its
+    adjoint), or None where that convolution has more positions than the input (an
+    ``output_padding`` of a stride or more, which a dilation allows).
+
+    >>> adjoint_geometry((16, 16), (4, 4), (2, 2), (1, 1), (1, 1), (32, 32)).output_size
+    (16, 16)
+    >>> adjoint_geometry((2,), (1,), (2,), (0,), (3,), (5,)) is None
+    True
+    """
+    geometry = make_geometry(output_size, kernel_size, stride, padding, dilation)
+    return geometry if geometry.output_size == input_size else None
+
+
+def recorded_transpose(
+    batched: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    groups: int,
+    geometry: Geometry,
+    adjoint: Geometry,
+    padding: tuple[int, ...],
+    output_padding: tuple[int, ...],
+    samples_per_chunk: int,
+) -> torch.Tensor:
+    """The col2im form's output (before its memory format is set) with the backward of the module
+    docstring; ``geometry`` is ``col2im_geometry``'s, ``adjoint`` :func:`adjoint_geometry`'s.
+
+    >>> from anyconv.engine.conv_transpose_col2im import col2im_geometry
+    >>> x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    >>> w = torch.randn(4, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    >>> geometry = col2im_geometry((5, 5), (4, 4), (2, 2), (1, 1))
+    >>> adjoint = adjoint_geometry((5, 5), (4, 4), (2, 2), (1, 1), (1, 1), (10, 10))
+    >>> function = lambda x, w: recorded_transpose(x, w, None, 1, geometry, adjoint, (1, 1), (0, 0), 1)
+    >>> torch.autograd.gradcheck(function, (x, w)) and torch.autograd.gradgradcheck(function, (x, w))
+    True
+    """
+    arguments = (groups, geometry, adjoint, padding, output_padding, samples_per_chunk)
+    output: torch.Tensor = _RecordedTranspose.apply(batched, weight, bias, arguments)
+    return output
+
+
+class _RecordedTranspose(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, arguments: tuple
+    ) -> torch.Tensor:
+        groups, geometry, adjoint, padding, output_padding, samples_per_chunk = arguments
+        ctx.save_for_backward(input, weight, bias)
+        ctx.arguments = arguments
+        return folded_transpose(
+            input,
+            weight,
+            bias,
+            groups,
+            geometry,
+            padding,
+            output_padding,
+            adjoint.input_size,
+            samples_per_chunk,
+        )
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        input, weight, bias = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():
+            # a graph of the gradients is asked for: the autograd col2im form's, recomputed
+            def recompute() -> torch.Tensor:
+                groups, geometry, _, padding, output_padding, samples_per_chunk = ctx.arguments
+                output = col2im_transpose(
+                    input, weight, groups, geometry, padding, output_padding, samples_per_chunk
+                )
+                return output if bias is None else output + bias.view(-1, *(1,) * geometry.ndim)
+
+            return (*gradients_as_graph(recompute, (input, weight, bias), needs, grad), None)
+        grad_input, grad_weight = _gradients(grad.contiguous(), input, weight, needs, ctx.arguments)
+        return grad_input, grad_weight, bias_grad(grad) if needs[2] else None, None
+
+
+def _gradients(
+    grad: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, needs: tuple[bool, ...], arguments: tuple
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The input's and the weight's gradients (module docstring), chunk by chunk of samples."""
+    groups, _, adjoint, _, _, samples_per_chunk = arguments
+    batch, channels = input.shape[:2]
+    per_group = channels // groups
+    # (C, Og, *kernel) as it lies, (G, Cg, Og * K): the rows of the columns are (Og, K) per group
+    matrices = weight.reshape(groups, per_group, -1)
+    grad_input = input.new_empty(input.shape) if needs[0] else None
+    grad_matrices = torch.zeros_like(matrices) if needs[1] else None
+    native = columns_fit(grad)
+    for start in range(0, batch, samples_per_chunk):
+        samples = slice(start, min(batch, start + samples_per_chunk))
+        columns = _columns(grad, adjoint, samples, groups, native)
+        count = samples.stop - samples.start
+        for group in range(groups):
+            channels_of = slice(group * per_group, (group + 1) * per_group)
+            if grad_input is not None:
+                product = row_product(matrices[group], columns[group].mT, None)
+                # (Cg, b * positions) -> (b, Cg, *spatial)
+                grad_input[samples, channels_of] = product.view(per_group, count, *input.shape[2:]).transpose(
+                    0, 1
+                )
+            if grad_matrices is not None:
+                rows = input[samples, channels_of].transpose(0, 1).reshape(per_group, -1)
+                grad_matrices[group] += row_product(rows, columns[group], None)
+    grad_weight = None if grad_matrices is None else grad_matrices.view(weight.shape)
+    return grad_input, grad_weight
+
+
+def _columns(
+    grad: torch.Tensor, adjoint: Geometry, samples: slice, groups: int, native: bool
+) -> torch.Tensor:
+    """The columns of ``samples`` of the output's gradient: (G, Og * K, b * positions)."""
+    count, channels = samples.stop - samples.start, grad.shape[1]
+    rows = channels * adjoint.kernel_volume
+    if native:
+        columns = grad.new_empty((rows, count * adjoint.num_positions))
+        copy_columns(grad, adjoint, samples, columns)
+        return columns.view(groups, rows // groups, -1)
+    amounts = tuple(amount for pair in reversed(adjoint.padding) for amount in pair)
+    # (b, C * K, positions) -> (C * K, b * positions): the native copy's layout
+    unfolded = im2col(F.pad(grad[samples], amounts), adjoint).transpose(0, 1)
+    return unfolded.reshape(groups, rows // groups, -1)
