@@ -25,6 +25,7 @@ CASES = [
     ("chunks-of-one-sample", (5, 8, 16, 16), (8, 4, 4, 4), dict(stride=2, padding=1, groups=2), 300 * 2**10),
     ("1d-dilated", (2, 3, 9), (3, 5, 3), dict(stride=2, padding=2, dilation=2), None),
     ("3d", (1, 4, 3, 4, 3), (4, 3, 3, 2, 3), dict(stride=2, padding=1), None),
+    ("empty-batch", (0, 4, 3, 3), (4, 2, 3, 3), dict(stride=2), None),
     ("asymmetric-strides", (2, 2, 4, 3), (2, 3, 3, 4), dict(stride=(2, 3), padding=(1, 0)), None),
 ]
 
@@ -125,3 +126,13 @@ def test_an_output_padding_past_the_stride_keeps_the_autograd_form(monkeypatch):
     taken = _spied(monkeypatch)
     _assert_gradients_match_torch((2, 3, 4), (3, 2, 3), options, None)
     assert taken == ["col2im_transpose"]
+
+
+def test_a_bias_alone_needs_no_product(monkeypatch):
+    x, w, b = _tensors((2, 4, 5, 5), (4, 3, 4, 4), dict(stride=2, padding=1))
+    products = []
+    original = RECORDED.row_product
+    monkeypatch.setattr(RECORDED, "row_product", lambda *args: products.append(1) or original(*args))
+    out = anyconv.conv_transpose(x.detach(), w.detach(), b, stride=2, padding=1)
+    (grad_bias,) = torch.autograd.grad(out, (b,), torch.ones_like(out))
+    assert products == [] and torch.equal(grad_bias, torch.full_like(b, out[:, 0].numel()))

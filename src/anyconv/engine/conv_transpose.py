@@ -117,8 +117,9 @@ def conv_transpose(
     layout = output_memory_format(batched, weight)
     geometry = col2im_geometry(tuple(batched.shape[2:]), kernel_size, steps, spacings)
     sample_bytes = col2im_sample_bytes(geometry, out_channels, output_size, batched.element_size())
+    budget = resolve_budget(memory_budget)
     form, samples_per_chunk = transposed_form(
-        batched.shape[0], sample_bytes, resolve_budget(memory_budget), FORM, traced=is_traced(output_shape)
+        batched.shape[0], sample_bytes, budget, FORM, traced=is_traced(output_shape)
     )
     folds = form == "col2im" and _folds_faster(kernel_size, steps, spacings)
     # the recorded fold's backward reads the gradient as the adjoint convolution does
@@ -132,9 +133,8 @@ def conv_transpose(
             batched, weight, bias, groups, geometry, amounts, extra, output_size, samples_per_chunk
         )
     elif adjoint is not None:
-        output = recorded_transpose(
-            batched, weight, bias, groups, geometry, adjoint, amounts, extra, samples_per_chunk
-        )
+        arguments = (groups, geometry, adjoint, amounts, extra, samples_per_chunk, budget)
+        output = recorded_transpose(batched, weight, bias, arguments)
     elif form == "col2im":
         output = col2im_transpose(batched, weight, groups, geometry, amounts, extra, samples_per_chunk)
         if bias is not None:

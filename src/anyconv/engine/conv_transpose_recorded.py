@@ -28,6 +28,7 @@ from ..functional.im2col import im2col
 from ..geometry import Geometry, make_geometry
 from ..variants.matrix_products import row_product
 from .blocks import bias_grad
+from .chunks import Chunk, plan_chunks
 from .conv_transpose_col2im import col2im_transpose, folded_transpose
 from .fields_columns import columns_fit, copy_columns
 from .graph_gradients import gradients_as_graph
@@ -54,30 +55,39 @@ def adjoint_geometry(
     return geometry if geometry.output_size == input_size else None
 
 
+def recorded_chunks(
+    adjoint: Geometry, batch: int, rows: int, element_size: int, budget: int
+) -> tuple[Chunk, ...]:
+    """The chunks (samples x input positions) of the backward: each holds the columns of its
+    positions, ``rows`` (out channels x taps) each, and the copy of them that oneDNN's inner
+    product lays out as its weights, within ``budget`` bytes (``plan_chunks``).
+
+    >>> adjoint = adjoint_geometry((16, 16), (4, 4), (2, 2), (1, 1), (1, 1), (32, 32))
+    >>> chunks = recorded_chunks(adjoint, 2, 1024, 4, 2**20)
+    >>> [(chunk.samples.start, chunk.region[0].start, chunk.region[0].stop) for chunk in chunks]
+    [(0, 0, 8), (1, 0, 8), (0, 8, 16), (1, 8, 16)]
+    """
+    return plan_chunks(adjoint, batch, 2 * rows * element_size, budget)
+
+
 def recorded_transpose(
-    batched: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    groups: int,
-    geometry: Geometry,
-    adjoint: Geometry,
-    padding: tuple[int, ...],
-    output_padding: tuple[int, ...],
-    samples_per_chunk: int,
+    batched: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, arguments: tuple[Any, ...]
 ) -> torch.Tensor:
     """The col2im form's output (before its memory format is set) with the backward of the module
-    docstring; ``geometry`` is ``col2im_geometry``'s, ``adjoint`` :func:`adjoint_geometry`'s.
+    docstring. ``arguments``: the groups, ``col2im_geometry``'s geometry, :func:`adjoint_geometry`'s,
+    the padding and output_padding, the samples of each chunk of the forward, and the bytes of
+    each chunk of the backward (:func:`recorded_chunks`).
 
     >>> from anyconv.engine.conv_transpose_col2im import col2im_geometry
     >>> x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
     >>> w = torch.randn(4, 3, 4, 4, dtype=torch.float64, requires_grad=True)
     >>> geometry = col2im_geometry((5, 5), (4, 4), (2, 2), (1, 1))
     >>> adjoint = adjoint_geometry((5, 5), (4, 4), (2, 2), (1, 1), (1, 1), (10, 10))
-    >>> function = lambda x, w: recorded_transpose(x, w, None, 1, geometry, adjoint, (1, 1), (0, 0), 1)
+    >>> arguments = (1, geometry, adjoint, (1, 1), (0, 0), 2, 2**18)
+    >>> function = lambda x, w: recorded_transpose(x, w, None, arguments)
     >>> torch.autograd.gradcheck(function, (x, w)) and torch.autograd.gradgradcheck(function, (x, w))
     True
     """
-    arguments = (groups, geometry, adjoint, padding, output_padding, samples_per_chunk)
     output: torch.Tensor = _RecordedTranspose.apply(batched, weight, bias, arguments)
     return output
 
@@ -87,19 +97,12 @@ class _RecordedTranspose(torch.autograd.Function):
     def forward(
         ctx: Any, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, arguments: tuple
     ) -> torch.Tensor:
-        groups, geometry, adjoint, padding, output_padding, samples_per_chunk = arguments
+        groups, geometry, adjoint, padding, output_padding, samples_per_chunk, _ = arguments
         ctx.save_for_backward(input, weight, bias)
         ctx.arguments = arguments
+        output_size = adjoint.input_size
         return folded_transpose(
-            input,
-            weight,
-            bias,
-            groups,
-            geometry,
-            padding,
-            output_padding,
-            adjoint.input_size,
-            samples_per_chunk,
+            input, weight, bias, groups, geometry, padding, output_padding, output_size, samples_per_chunk
         )
 
     @staticmethod
@@ -109,59 +112,69 @@ class _RecordedTranspose(torch.autograd.Function):
         if torch.is_grad_enabled():
             # a graph of the gradients is asked for: the autograd col2im form's, recomputed
             def recompute() -> torch.Tensor:
-                groups, geometry, _, padding, output_padding, samples_per_chunk = ctx.arguments
+                groups, geometry, _, padding, output_padding, samples_per_chunk, _ = ctx.arguments
                 output = col2im_transpose(
                     input, weight, groups, geometry, padding, output_padding, samples_per_chunk
                 )
                 return output if bias is None else output + bias.view(-1, *(1,) * geometry.ndim)
 
             return (*gradients_as_graph(recompute, (input, weight, bias), needs, grad), None)
-        grad_input, grad_weight = _gradients(grad.contiguous(), input, weight, needs, ctx.arguments)
+        grad_input = grad_weight = None
+        if needs[0] or needs[1]:
+            grad_input, grad_weight = _gradients(grad.contiguous(), input, weight, needs, ctx.arguments)
         return grad_input, grad_weight, bias_grad(grad) if needs[2] else None, None
 
 
 def _gradients(
     grad: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, needs: tuple[bool, ...], arguments: tuple
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The input's and the weight's gradients (module docstring), chunk by chunk of samples."""
-    groups, _, adjoint, _, _, samples_per_chunk = arguments
+    """The input's and the weight's gradients (module docstring), chunk by chunk."""
+    groups, _, adjoint, _, _, _, budget = arguments
     batch, channels = input.shape[:2]
     per_group = channels // groups
     # (C, Og, *kernel) as it lies, (G, Cg, Og * K): the rows of the columns are (Og, K) per group
     matrices = weight.reshape(groups, per_group, -1)
     grad_input = input.new_empty(input.shape) if needs[0] else None
-    grad_matrices = torch.zeros_like(matrices) if needs[1] else None
-    native = columns_fit(grad)
-    for start in range(0, batch, samples_per_chunk):
-        samples = slice(start, min(batch, start + samples_per_chunk))
-        columns = _columns(grad, adjoint, samples, groups, native)
-        count = samples.stop - samples.start
+    grad_matrices = None
+    if needs[1]:
+        # each chunk's first product is written, the later ones added: zeros only for no chunk
+        grad_matrices = torch.empty_like(matrices) if batch else torch.zeros_like(matrices)
+    native, rows = columns_fit(grad), grad.shape[1] * adjoint.kernel_volume
+    for index, chunk in enumerate(recorded_chunks(adjoint, batch, rows, grad.element_size(), budget)):
+        columns = _columns(grad, adjoint, chunk, groups, native)
+        counts = (
+            chunk.samples.stop - chunk.samples.start,
+            *(part.stop - part.start for part in chunk.region),
+        )
         for group in range(groups):
-            channels_of = slice(group * per_group, (group + 1) * per_group)
+            # (b, Cg, *region) of the input and of its gradient
+            place = (chunk.samples, slice(group * per_group, (group + 1) * per_group), *chunk.region)
             if grad_input is not None:
                 product = row_product(matrices[group], columns[group].mT, None)
-                # (Cg, b * positions) -> (b, Cg, *spatial)
-                grad_input[samples, channels_of] = product.view(per_group, count, *input.shape[2:]).transpose(
-                    0, 1
-                )
+                # (Cg, b * positions) -> (b, Cg, *region)
+                grad_input[place] = product.view(per_group, *counts).transpose(0, 1)
+                del product
             if grad_matrices is not None:
-                rows = input[samples, channels_of].transpose(0, 1).reshape(per_group, -1)
-                grad_matrices[group] += row_product(rows, columns[group], None)
+                values = input[place].transpose(0, 1).reshape(per_group, -1)
+                product = row_product(values, columns[group], None)
+                if index == 0:
+                    grad_matrices[group] = product
+                else:
+                    grad_matrices[group] += product
+                del product
     grad_weight = None if grad_matrices is None else grad_matrices.view(weight.shape)
     return grad_input, grad_weight
 
 
-def _columns(
-    grad: torch.Tensor, adjoint: Geometry, samples: slice, groups: int, native: bool
-) -> torch.Tensor:
-    """The columns of ``samples`` of the output's gradient: (G, Og * K, b * positions)."""
-    count, channels = samples.stop - samples.start, grad.shape[1]
-    rows = channels * adjoint.kernel_volume
+def _columns(grad: torch.Tensor, adjoint: Geometry, chunk: Chunk, groups: int, native: bool) -> torch.Tensor:
+    """The columns of ``chunk`` of the output's gradient: (G, Og * K, b * positions)."""
+    rows = grad.shape[1] * adjoint.kernel_volume
     if native:
-        columns = grad.new_empty((rows, count * adjoint.num_positions))
-        copy_columns(grad, adjoint, samples, columns)
+        columns = grad.new_empty((rows, chunk.num_fields))
+        copy_columns(grad, adjoint, chunk.samples, chunk.region, columns)
         return columns.view(groups, rows // groups, -1)
     amounts = tuple(amount for pair in reversed(adjoint.padding) for amount in pair)
+    slab = F.pad(grad[chunk.samples], amounts)[(slice(None), slice(None), *chunk.slab)]
     # (b, C * K, positions) -> (C * K, b * positions): the native copy's layout
-    unfolded = im2col(F.pad(grad[samples], amounts), adjoint).transpose(0, 1)
+    unfolded = im2col(slab, chunk.geometry).transpose(0, 1)
     return unfolded.reshape(groups, rows // groups, -1)

@@ -126,10 +126,13 @@ def write_column_products(
         )
 
 
-def copy_columns(input: torch.Tensor, geometry: Geometry, samples: slice, columns: torch.Tensor) -> None:
-    """Write the columns (C * K, b * positions) of ``samples`` of ``input`` into ``columns``, every
-    output position of ``geometry`` (whose zero padding is still to apply): rows in (channel, tap)
-    order, F.unfold's, the samples side by side along the positions.
+def copy_columns(
+    input: torch.Tensor, geometry: Geometry, samples: slice, region: tuple[slice, ...], columns: torch.Tensor
+) -> None:
+    """Write the columns (C * K, b * positions) of ``samples`` of ``input`` into ``columns``, for the
+    output positions ``region`` (a slice per dimension) of ``geometry`` (whose zero padding is
+    still to apply): rows in (channel, tap) order, F.unfold's, the samples side by side along the
+    positions.
 
     ``input`` passes :func:`columns_fit`; ``columns`` is contiguous, of that many elements.
 
@@ -138,20 +141,20 @@ def copy_columns(input: torch.Tensor, geometry: Geometry, samples: slice, column
     >>> x = torch.randn(2, 3, 5, 5)
     >>> geometry = make_geometry((5, 5), 3, stride=2, padding=1)
     >>> if columns_fit(x):
-    ...     columns = torch.empty(27, 2 * 9)
-    ...     copy_columns(x, geometry, slice(0, 2), columns)
-    ...     expected = F.unfold(x, 3, padding=1, stride=2).transpose(0, 1).reshape(27, -1)
-    ...     assert torch.equal(columns, expected)
+    ...     columns = torch.empty(27, 2 * 6)
+    ...     copy_columns(x, geometry, slice(0, 2), (slice(1, 3), slice(0, 3)), columns)
+    ...     unfolded = F.unfold(x, 3, padding=1, stride=2).unflatten(2, (3, 3))[..., 1:3, :]
+    ...     assert torch.equal(columns, unfolded.transpose(0, 1).reshape(27, -1))
     """
-    count = samples.stop - samples.start
+    counts = tuple(part.stop - part.start for part in region)
     _function(input.element_size())(
         input[samples].data_ptr(),
         columns.data_ptr(),
-        count,
+        samples.stop - samples.start,
         input.shape[1],
         geometry.ndim,
         *_sizes(geometry),
-        *_region((0,) * geometry.ndim, geometry.output_size),
+        *_region(tuple(part.start for part in region), counts),
         max(1, min(torch.get_num_threads(), columns.numel() // _WORK_PER_THREAD)),
     )
 
