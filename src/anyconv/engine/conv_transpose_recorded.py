@@ -55,19 +55,26 @@ def adjoint_geometry(
     return geometry if geometry.output_size == input_size else None
 
 
+#: the share of the memory budget a chunk of the backward's columns takes: beside them stand
+#: oneDNN's copy of them, the weight gradient and its product per chunk, and oneDNN's primitives,
+#: which the budget does not count (a quarter kept the U-Net decoder row of bench_layers within
+#: twice torch's peak; half took 2.04x: docs/benchmarks.md)
+BACKWARD_SHARE = 4
+
+
 def recorded_chunks(
     adjoint: Geometry, batch: int, rows: int, element_size: int, budget: int
 ) -> tuple[Chunk, ...]:
     """The chunks (samples x input positions) of the backward: each holds the columns of its
     positions, ``rows`` (out channels x taps) each, and the copy of them that oneDNN's inner
-    product lays out as its weights, within ``budget`` bytes (``plan_chunks``).
+    product lays out as its weights, within ``budget / BACKWARD_SHARE`` bytes (``plan_chunks``).
 
     >>> adjoint = adjoint_geometry((16, 16), (4, 4), (2, 2), (1, 1), (1, 1), (32, 32))
-    >>> chunks = recorded_chunks(adjoint, 2, 1024, 4, 2**20)
+    >>> chunks = recorded_chunks(adjoint, 2, 1024, 4, 4 * 2**20)
     >>> [(chunk.samples.start, chunk.region[0].start, chunk.region[0].stop) for chunk in chunks]
     [(0, 0, 8), (1, 0, 8), (0, 8, 16), (1, 8, 16)]
     """
-    return plan_chunks(adjoint, batch, 2 * rows * element_size, budget)
+    return plan_chunks(adjoint, batch, 2 * rows * element_size, budget // BACKWARD_SHARE)
 
 
 def recorded_transpose(
@@ -135,10 +142,9 @@ def _gradients(
     # (C, Og, *kernel) as it lies, (G, Cg, Og * K): the rows of the columns are (Og, K) per group
     matrices = weight.reshape(groups, per_group, -1)
     grad_input = input.new_empty(input.shape) if needs[0] else None
-    grad_matrices = None
-    if needs[1]:
-        # each chunk's first product is written, the later ones added: zeros only for no chunk
-        grad_matrices = torch.empty_like(matrices) if batch else torch.zeros_like(matrices)
+    # per group, the weight's gradient transposed, (Og * K, Cg): the columns are the product's
+    # first operand, so that oneDNN lays out a copy of the input's rows, not of the columns
+    transposed: list[torch.Tensor] = []
     native, rows = columns_fit(grad), grad.shape[1] * adjoint.kernel_volume
     for index, chunk in enumerate(recorded_chunks(adjoint, batch, rows, grad.element_size(), budget)):
         columns = _columns(grad, adjoint, chunk, groups, native)
@@ -154,16 +160,24 @@ def _gradients(
                 # (Cg, b * positions) -> (b, Cg, *region)
                 grad_input[place] = product.view(per_group, *counts).transpose(0, 1)
                 del product
-            if grad_matrices is not None:
-                values = input[place].transpose(0, 1).reshape(per_group, -1)
-                product = row_product(values, columns[group], None)
+            if needs[1]:
+                # contiguous: a region's rows lie apart in the input, and oneDNN took weights
+                # read with that row stride a hundred times slower than laid out
+                values = input[place].transpose(0, 1).reshape(per_group, -1).contiguous()
+                product = row_product(columns[group], values, None)
                 if index == 0:
-                    grad_matrices[group] = product
+                    transposed.append(product)
                 else:
-                    grad_matrices[group] += product
+                    transposed[group] += product
                 del product
-    grad_weight = None if grad_matrices is None else grad_matrices.view(weight.shape)
-    return grad_input, grad_weight
+        # freed before the next chunk's are made
+        del columns
+    if not needs[1]:
+        return grad_input, None
+    if not transposed:
+        return grad_input, torch.zeros_like(weight)
+    # (G, Cg, Og * K) in one copy: the weight's layout
+    return grad_input, torch.stack([part.mT for part in transposed]).view(weight.shape)
 
 
 def _columns(grad: torch.Tensor, adjoint: Geometry, chunk: Chunk, groups: int, native: bool) -> torch.Tensor:
