@@ -79,6 +79,29 @@ def test_row_product_adds_the_bias_and_spreads_nan_and_inf_as_the_float64_produc
 
 
 @needs_onednn
+@pytest.mark.parametrize("which", ["left", "right", "both"])
+def test_operands_with_rows_apart_reach_onednn_laid_out(monkeypatch, which, every_size):
+    # slices of wider matrices: oneDNN read such weights hundreds of times slower than laid out
+    seen = []
+    original = torch.ops.mkldnn._linear_pointwise
+
+    def spy(left, right, *rest):
+        seen.append((left.stride(), right.stride()))
+        return original(left, right, *rest)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", spy)
+    generator = torch.Generator().manual_seed(3)
+    left, right = torch.randn(6, 9, generator=generator), torch.randn(4, 9, generator=generator)
+    if which in ("left", "both"):
+        left = torch.randn(6, 16, generator=generator)[:, :9]
+    if which in ("right", "both"):
+        right = torch.randn(4, 16, generator=generator)[:, :9]
+    got = PRODUCTS.row_product(left, right, None)
+    assert seen == [((9, 1), (9, 1))]
+    torch.testing.assert_close(got, _product64(left, right.T), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
 def test_small_products_take_the_blas_and_large_ones_onednn(calls):
     small = PRODUCTS.row_product(torch.ones(8, 96), torch.ones(24, 96), None)
     assert calls == [] and small.shape == (8, 24)

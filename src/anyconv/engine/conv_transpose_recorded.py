@@ -161,9 +161,7 @@ def _gradients(
                 grad_input[place] = product.view(per_group, *counts).transpose(0, 1)
                 del product
             if needs[1]:
-                # contiguous: a region's rows lie apart in the input, and oneDNN took weights
-                # read with that row stride a hundred times slower than laid out
-                values = input[place].transpose(0, 1).reshape(per_group, -1).contiguous()
+                values = input[place].transpose(0, 1).reshape(per_group, -1)
                 product = row_product(columns[group], values, None)
                 if index == 0:
                     transposed.append(product)

@@ -35,6 +35,7 @@ def row_product(left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | No
     [3.0, 4.0, 5.0, 6.0]
     """
     if _pays(left, right):
+        left, right = _laid_out(left), _laid_out(right)
         if not _records(left, right, bias):
             # the bias goes into the product's own pass over its result
             return torch.ops.mkldnn._linear_pointwise(left, right, bias, "none", [], "")
@@ -43,6 +44,21 @@ def row_product(left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | No
     if bias is None:
         return torch.mm(left, right.t())
     return torch.addmm(bias, left, right.t())
+
+
+def _laid_out(matrix: torch.Tensor) -> torch.Tensor:
+    """``matrix`` itself where it or its transpose is contiguous, else a contiguous copy: oneDNN
+    read a matrix whose rows lie further apart than their length (a slice of a wider one) hundreds
+    of times slower as its weights, and a few times slower as its input, than the copy costs
+    (docs/benchmarks.md).
+
+    >>> wide = torch.ones(4, 8)
+    >>> _laid_out(wide[:, :3]).stride(), _laid_out(wide.mT).stride()
+    ((3, 1), (1, 8))
+    """
+    if matrix.is_contiguous() or matrix.mT.is_contiguous():
+        return matrix
+    return matrix.contiguous()
 
 
 class _RowProduct(torch.autograd.Function):
