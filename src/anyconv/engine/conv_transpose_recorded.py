@@ -5,12 +5,14 @@ The forward is :func:`~anyconv.engine.conv_transpose_col2im.folded_transpose`, r
 its columns are freed once folded, and only the input, the weight and the bias are kept. The
 backward reads the output's gradient as the transposed convolution's adjoint, the convolution of
 the same kernel, stride, padding and dilation, reads its input: as columns (G, Og * K, b * positions),
-one column per input position, copied out natively (``fields_columns``) where the copy is built.
-Per group, with the weight as it lies, (Cg, Og * K):
+one column per input position, copied out natively (``fields_columns``) where the copy is built,
+in chunks of samples and input positions (:func:`recorded_chunks`). Per group, with the weight as
+it lies, (Cg, Og * K):
 
 - the input's gradient is the weight times the columns: (Cg, b * positions);
-- the weight's gradient is the input, (Cg, b * positions), times the columns transposed, summed
-  over the chunks of samples.
+- the weight's gradient, transposed, is the columns times the input's rows, (Cg, b * positions),
+  summed over the chunks and put in the weight's layout once at the end: the columns are the
+  product's first operand, so that oneDNN lays out a copy of the rows, not of the columns.
 
 Where autograd kept the col2im form's graph instead, its backward took four products per chunk and
 a strided add per kernel tap, and kept the products' operands. A second derivative (a backward
