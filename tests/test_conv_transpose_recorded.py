@@ -136,3 +136,21 @@ def test_a_bias_alone_needs_no_product(monkeypatch):
     out = anyconv.conv_transpose(x.detach(), w.detach(), b, stride=2, padding=1)
     (grad_bias,) = torch.autograd.grad(out, (b,), torch.ones_like(out))
     assert products == [] and torch.equal(grad_bias, torch.full_like(b, out[:, 0].numel()))
+
+
+def test_complex_gradients_are_the_adjoints_torch_gives(monkeypatch):
+    taken = _spied(monkeypatch)
+    generator = torch.Generator().manual_seed(0)
+    x, w = (
+        torch.randn(shape, dtype=torch.complex128, generator=generator)
+        for shape in ((2, 4, 5, 5), (4, 3, 4, 4))
+    )
+    x.requires_grad_(), w.requires_grad_()
+    ours = anyconv.conv_transpose(x, w, stride=2, padding=1)
+    theirs = torch.nn.functional.conv_transpose2d(x, w, stride=2, padding=1)
+    grad = torch.randn(ours.shape, dtype=torch.complex128, generator=generator)
+    for mine, reference in zip(
+        torch.autograd.grad(ours, (x, w), grad), torch.autograd.grad(theirs, (x, w), grad)
+    ):
+        torch.testing.assert_close(mine, reference)
+    assert taken == ["recorded_transpose"]

@@ -143,6 +143,9 @@ def _gradients(
     per_group = channels // groups
     # (C, Og, *kernel) as it lies, (G, Cg, Og * K): the rows of the columns are (Og, K) per group
     matrices = weight.reshape(groups, per_group, -1)
+    # autograd's gradients of complex tensors are the adjoints: the conjugates of the factors
+    factor = input.conj() if input.is_complex() else input
+    matrices = matrices.conj() if matrices.is_complex() else matrices
     grad_input = input.new_empty(input.shape) if needs[0] else None
     # per group, the weight's gradient transposed, (Og * K, Cg): the columns are the product's
     # first operand, so that oneDNN lays out a copy of the input's rows, not of the columns
@@ -163,7 +166,7 @@ def _gradients(
                 grad_input[place] = product.view(per_group, *counts).transpose(0, 1)
                 del product
             if needs[1]:
-                values = input[place].transpose(0, 1).reshape(per_group, -1)
+                values = factor[place].transpose(0, 1).reshape(per_group, -1)
                 product = row_product(columns[group], values, None)
                 if index == 0:
                     transposed.append(product)
