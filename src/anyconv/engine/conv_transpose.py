@@ -122,13 +122,14 @@ def conv_transpose(
         batched.shape[0], sample_bytes, budget, FORM, traced=is_traced(output_shape)
     )
     folds = form == "col2im" and _folds_faster(kernel_size, steps, spacings)
-    # the recorded fold's backward reads the gradient as the adjoint convolution does
+    recorded, watched = records_graph(batched, weight, bias), machinery_watches(batched, weight, bias)
     adjoint = None
-    if folds and records_graph(batched, weight, bias) and not machinery_watches(batched, weight, bias):
+    if folds and recorded and not watched:
+        # the recorded fold's backward reads the gradient as the adjoint convolution does
         adjoint = adjoint_geometry(
             tuple(batched.shape[2:]), kernel_size, steps, amounts, spacings, output_size
         )
-    if folds and not _watched(batched, weight, bias):
+    if folds and not (recorded or watched):
         output = folded_transpose(
             batched, weight, bias, groups, geometry, amounts, extra, output_size, samples_per_chunk
         )
@@ -161,12 +162,6 @@ def _folds_faster(kernel_size: tuple[int, ...], steps: tuple[int, ...], spacings
     return max(steps) > 1 and any(
         spacing * (kernel - 1) >= step for kernel, step, spacing in zip(kernel_size, steps, spacings)
     )
-
-
-def _watched(*tensors: torch.Tensor | None) -> bool:
-    """Whether autograd records this call or a compiler, transform or mode watches it: then the
-    col2im form keeps its autograd functions."""
-    return records_graph(*tensors) or machinery_watches(*tensors)
 
 
 def transposed_form(

@@ -87,22 +87,12 @@ def write_column_products(
     ...         write_column_products(block, x, w, None, geometry, chunk, 1, torch.empty(2 * 36 * 36))
     ...     assert torch.allclose(out, F.conv2d(x, w, padding=1), atol=1e-5)
     """
-    samples, channels = chunk.samples.stop - chunk.samples.start, input.shape[1]
+    samples = chunk.samples.stop - chunk.samples.start
     region = tuple(piece.stop - piece.start for piece in chunk.region)
     filters = weight.reshape(groups, weight.shape[0] // groups, -1)
     shape = (groups, filters.shape[2], samples * math.prod(region))
     columns = buffer[: math.prod(shape)].view(shape)
-    work = columns.numel()
-    _function(input.element_size())(
-        input[chunk.samples].data_ptr(),
-        columns.data_ptr(),
-        samples,
-        channels,
-        geometry.ndim,
-        *_sizes(geometry),
-        *_region(tuple(piece.start for piece in chunk.region), region),
-        max(1, min(torch.get_num_threads(), work // _WORK_PER_THREAD)),
-    )
+    copy_columns(input, geometry, chunk.samples, chunk.region, columns)
     biases = None if bias is None else bias.view(groups, -1, *(1,) * geometry.ndim)
     if not inner_product_pays(filters[0], columns[0].T):
         if samples == 1 and block.is_contiguous():
