@@ -255,17 +255,22 @@ def test_l2_issue_example_near_1000():
 
 
 def test_sharpened_cosine_learnable_exponent_below_one_zero_fields_keep_finite_weight_gradients():
-    input = torch.zeros(1, 2, 5, 5)
-    input[:, :, 2:, 2:] = torch.rand(1, 2, 3, 3)
+    # float64: the learnable and the fixed exponent take different float32 roundings
+    generator = torch.Generator().manual_seed(0)
+    input = torch.zeros(1, 2, 5, 5, dtype=torch.float64)
+    input[:, :, 2:, 2:] = torch.rand(1, 2, 3, 3, dtype=torch.float64, generator=generator)
+    exponent = torch.full((4,), 0.5, dtype=torch.float64)
     layer = anyconv.nn.GeneralizedConv2d(
-        2, 4, 3, padding=1, variant="sharpened_cosine", exponent=torch.full((4,), 0.5), q=0.1
+        2, 4, 3, padding=1, variant="sharpened_cosine", exponent=exponent, q=0.1, dtype=torch.float64
     )
-    layer.weight.data.normal_()
+    layer.weight.data.normal_(generator=generator)
     layer(input).sum().backward()
     assert layer.weight.grad.isfinite().all()
     assert layer.variant_options["exponent"].grad.isfinite().all()
     # a fixed exponent below 1 takes the same gradient (0 at s = 0)
-    fixed = anyconv.nn.GeneralizedConv2d(2, 4, 3, padding=1, variant="sharpened_cosine", exponent=0.5, q=0.1)
+    fixed = anyconv.nn.GeneralizedConv2d(
+        2, 4, 3, padding=1, variant="sharpened_cosine", exponent=0.5, q=0.1, dtype=torch.float64
+    )
     fixed.weight.data.copy_(layer.weight.data)
     fixed.bias.data.copy_(layer.bias.data)
     fixed(input).sum().backward()
