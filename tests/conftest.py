@@ -1,8 +1,10 @@
 """Fixtures shared by the test modules."""
 
 import importlib
+import os
 
 import pytest
+import torch
 
 #: the planner of the fields path, whose choice of a backward on shifted views tests override
 FIELDS_PLAN = importlib.import_module("anyconv.engine.fields_plan")
@@ -10,6 +12,32 @@ PLAN = importlib.import_module("anyconv.engine.plan")
 TAP_LOOPS = importlib.import_module("anyconv.engine.tap_loops")
 TAP_PRODUCTS = importlib.import_module("anyconv.engine.tap_products")
 FUSED = importlib.import_module("anyconv.variants.fused")
+
+
+def _share_the_cores_among_workers() -> None:
+    """Give each pytest-xdist worker its share of the cores.
+
+    Each worker is a process with torch's (and the native loops') OpenMP pool of one thread per
+    core; with two workers on two cores that is twice as many threads as cores, whose spinning
+    waits slow both workers. The tests that check splits over threads ask for them explicitly.
+    """
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // int(workers)))
+
+
+_share_the_cores_among_workers()
+
+
+@pytest.fixture
+def two_threads():
+    """Two threads for the test, whatever the worker's share of the cores: for the modules whose
+    loops split their work among threads (``pytestmark = pytest.mark.usefixtures("two_threads")``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -32,7 +32,8 @@ from anyconv.geometry import make_geometry
 needs_native = pytest.mark.skipif(
     not columns_fit(torch.ones(1, 1, 2)), reason="the native copy is not built here (no C++ compiler)"
 )
-pytestmark = needs_native
+#: two threads, for the copy's split of its columns among them
+pytestmark = [needs_native, pytest.mark.usefixtures("two_threads")]
 
 #: x shape, weight shape, arguments; more than 8 channels per group (the tap loops take fewer) and
 #: more than 128 input channels, or a grouped layer, where the filter blocks step aside

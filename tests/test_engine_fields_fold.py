@@ -23,6 +23,8 @@ from anyconv.variants import fused
 FOLD = importlib.import_module("anyconv.engine.fields_fold")
 
 needs_native = pytest.mark.skipif(not fused.native_kernels_available(), reason="no C++ compiler here")
+#: two threads, for the fold's split of its slab among them
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 # chunk input size, kernel, stride, dilation, samples, groups, channels per group
 CASES = [

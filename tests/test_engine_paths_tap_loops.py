@@ -112,10 +112,14 @@ VARIANTS = [
 ]
 VARIANT_IDS = ["dot", "l1", "l1-adder", "l2", "max_plus", "min_plus"]
 
-pytestmark = pytest.mark.skipif(
-    not tap_loops_fit(resolve_variant("dot"), torch.ones(1, 2, 3), torch.ones(2, 1, 3), 2),
-    reason="the tap loops are not compiled here (no C++ compiler, or ANYCONV_NATIVE=0)",
-)
+#: two threads, for the loops' split of their rows among them
+pytestmark = [
+    pytest.mark.skipif(
+        not tap_loops_fit(resolve_variant("dot"), torch.ones(1, 2, 3), torch.ones(2, 1, 3), 2),
+        reason="the tap loops are not compiled here (no C++ compiler, or ANYCONV_NATIVE=0)",
+    ),
+    pytest.mark.usefixtures("two_threads"),
+]
 
 
 def _fields_path(monkeypatch, function):

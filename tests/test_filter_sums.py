@@ -15,6 +15,9 @@ from anyconv.engine import contraction
 from anyconv.variants import L1, MaxPlus, fused
 from anyconv.variants.filter_sums import FilterGradientSum
 
+#: two threads, for the per-thread parts of the sums
+pytestmark = pytest.mark.usefixtures("two_threads")
+
 BACKWARDS = {
     "l1": lambda f, w, g, **sum_: fused.l1_backward(f, w, g, **sum_),
     "max_plus": lambda f, w, g, **sum_: fused.tropical_backward(f, w, g, minimum=False, **sum_),

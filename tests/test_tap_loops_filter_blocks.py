@@ -26,10 +26,14 @@ from anyconv.engine.plan import plan_conv
 from anyconv.engine.tap_loops import FILTERS_TOGETHER, MAX_BLOCKED_CHANNELS, filter_blocks_fit
 from anyconv.variants import resolve_variant
 
-pytestmark = pytest.mark.skipif(
-    not filter_blocks_fit(torch.ones(1, 1, 4), torch.ones(FILTERS_TOGETHER, 1, 3), 1),
-    reason="the tap loops are not built here",
-)
+#: two threads, for the loops' split of their rows among them
+pytestmark = [
+    pytest.mark.skipif(
+        not filter_blocks_fit(torch.ones(1, 1, 4), torch.ones(FILTERS_TOGETHER, 1, 3), 1),
+        reason="the tap loops are not built here",
+    ),
+    pytest.mark.usefixtures("two_threads"),
+]
 
 #: the geometry arguments a case may leave out, and their defaults
 _DEFAULTS = (("stride", 1), ("padding", 0), ("dilation", 1))

@@ -11,8 +11,9 @@ import anyconv
 from anyconv.engine.plan import plan_conv
 from anyconv.variants import fused, resolve_variant
 
-# the calls below test the fields path's fused loops: dense layers there, not in the filter blocks
-pytestmark = pytest.mark.usefixtures("fields_for_dense")
+# the calls below test the fields path's fused loops: dense layers there, not in the filter blocks;
+# two threads, for the splits of the loops' work among them
+pytestmark = pytest.mark.usefixtures("fields_for_dense", "two_threads")
 
 SHAPES = [
     pytest.param((1, 300, 70), 64, id="threads-and-remainders"),
