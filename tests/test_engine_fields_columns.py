@@ -252,6 +252,50 @@ def test_gradients_through_the_columns_forward_equal_torchs(taken):
         torch.testing.assert_close(mine, theirs)
 
 
+@pytest.fixture
+def backward_taken(monkeypatch):
+    """(needs input, needs weight) of each chunk whose gradients the columns' backward took."""
+    calls = []
+    gradients = contraction.column_gradients
+
+    def spy(*arguments):
+        calls.append(arguments[-2:])
+        return gradients(*arguments)
+
+    monkeypatch.setattr(contraction, "column_gradients", spy)
+    return calls
+
+
+@pytest.mark.parametrize("wanted", ["all", "weight", "input"])
+@pytest.mark.parametrize("budget", [None, 1], ids=["default budget", "chunks within a sample"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_the_columns_backward_equals_torchs_gradients(case, budget, wanted, backward_taken):
+    # the weight gradient from the columns, in the weight's own order, and the fields' gradient
+    # folded back: against autograd through torch's convolution, or gradcheck for N = 4
+    x, w, b = case_tensors(case)
+    inputs = {"all": (x, w, b), "weight": (w,), "input": (x,)}[wanted]
+    for tensor in inputs:
+        tensor.requires_grad_()
+    if x.dim() in TORCH_CONV:
+        got = anyconv.conv(x, w, b, memory_budget=budget, **case["with"])
+        expected = _reference(x, w, b, case["with"])
+        grad = torch.randn_like(expected)
+        for mine, theirs in zip(
+            torch.autograd.grad(got, inputs, grad), torch.autograd.grad(expected, inputs, grad)
+        ):
+            torch.testing.assert_close(mine, theirs)
+    else:
+
+        def function(*tensors):
+            given = dict(zip({"all": "xwb", "weight": "w", "input": "x"}[wanted], tensors))
+            arguments = (given.get("x", x), given.get("w", w), given.get("b", b))
+            return anyconv.conv(*arguments, memory_budget=budget, **case["with"])
+
+        assert torch.autograd.gradcheck(function, inputs, fast_mode=True)
+    needs = {"all": (True, True), "weight": (False, True), "input": (True, False)}[wanted]
+    assert backward_taken and all(taken == needs for taken in backward_taken)
+
+
 def test_where_the_columns_are_not_taken(taken, monkeypatch):
     x, w, b = case_tensors(CASES[0])
     # a channels-last input: the fields path's channels-last slab, read in place

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 
@@ -25,9 +25,9 @@ from ..variants.filter_sums import FilterGradientSum
 from .backward_choice import Backward, choose_backward, reads_of, saved_for
 from .blocks import as_chunk_result, bias_grad, chunk_results, output_block, write_block
 from .chunks import Chunk
-from .field_products import is_plain_product, write_products
+from .field_products import has_plain_gradients, is_plain_product, write_products
 from .fields import add_field_grads, chunk_fields, fields_buffer, filters_of, weight_of
-from .fields_columns import columns_fit, write_column_products
+from .fields_columns import column_gradients, columns_fit, write_column_products
 from .ops_memory_format import empty_like_input
 from .ops_second_order import second_order_gradients
 from .product_gradients import field_gradients, tap_gradients
@@ -248,33 +248,44 @@ def _fields_backward(
     filter_sum = None
     if backward is Backward.OWN and needs_weight and "filter_sum" in variant.reads:
         filter_sum = FilterGradientSum(filters)
-    grad_filters = torch.zeros_like(filters) if needs_weight and filter_sum is None else None
+    # the standard product's backward: its weight gradient from the native columns, in the
+    # weight's own order (G, Og, Cg * K), no fields copied
+    by_columns = backward is Backward.PRODUCT and has_plain_gradients(variant) and columns_fit(input)
+    grad_filters = None
+    if needs_weight and filter_sum is None:
+        per_group = (groups, weight.shape[0] // groups, weight[0].numel())
+        grad_filters = weight.new_zeros(per_group) if by_columns else torch.zeros_like(filters)
     grad_options = [
         torch.zeros_like(value) if needed else None for value, needed in zip(option_tensors, needs_options)
     ]
     buffer = fields_buffer(input, plan.chunks)
     for chunk in plan.chunks:
-        fields = chunk_fields(input, geometry, chunk, groups, buffer)
         grad = as_chunk_result(output_block(grad_output, chunk, groups))
-        own_output, own_kept = chunk_results((output, kept), chunk, groups)
         chunk_option_grads: tuple = ()
         grad_fields: torch.Tensor | None
         grad_chunk_filters: torch.Tensor | None
-        if backward is Backward.PRODUCT:
-            assert isinstance(variant, ProductVariant)
-            grad_fields, grad_chunk_filters = field_gradients(
-                variant, fields, filters, grad, own_output, own_kept, options, centre
-            )
-        elif backward is Backward.OWN:
-            assert variant.contract_backward is not None
-            reads = reads_of(variant, own_output, filter_sum=filter_sum)
-            grad_fields, grad_chunk_filters = variant.contract_backward(
-                fields, filters, grad, **reads, **options
+        if by_columns:
+            grad_fields, grad_chunk_filters = column_gradients(
+                input, filters, grad, geometry, chunk, buffer, needs_input, needs_weight
             )
         else:
-            grad_fields, grad_chunk_filters, chunk_option_grads = _autograd_chunk(
-                plan, fields, filters, options, grad, needs_input, needs_weight, needs_options
-            )
+            fields = chunk_fields(input, geometry, chunk, groups, buffer)
+            own_output, own_kept = chunk_results((output, kept), chunk, groups)
+            if backward is Backward.PRODUCT:
+                assert isinstance(variant, ProductVariant)
+                grad_fields, grad_chunk_filters = field_gradients(
+                    variant, fields, filters, grad, own_output, own_kept, options, centre
+                )
+            elif backward is Backward.OWN:
+                assert variant.contract_backward is not None
+                reads = reads_of(variant, own_output, filter_sum=filter_sum)
+                grad_fields, grad_chunk_filters = variant.contract_backward(
+                    fields, filters, grad, **reads, **options
+                )
+            else:
+                grad_fields, grad_chunk_filters, chunk_option_grads = _autograd_chunk(
+                    plan, fields, filters, options, grad, needs_input, needs_weight, needs_options
+                )
         if needs_input:
             assert grad_input is not None and grad_fields is not None
             add_field_grads(grad_input, grad_fields, geometry, chunk)
@@ -290,7 +301,10 @@ def _fields_backward(
         chunk_option_grads = ()
     if filter_sum is not None:
         grad_filters = filter_sum.total()
-    grad_weight = weight_of(cast(torch.Tensor, grad_filters), weight) if needs_weight else None
+    grad_weight = None
+    if needs_weight:
+        assert grad_filters is not None
+        grad_weight = grad_filters.view_as(weight) if by_columns else weight_of(grad_filters, weight)
     return grad_input, grad_weight, tuple(grad_options)
 
 

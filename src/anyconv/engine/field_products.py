@@ -22,6 +22,23 @@ def is_plain_product(variant: Variant) -> bool:
     return type(variant).contract is Dot.contract
 
 
+def has_plain_gradients(variant: Variant) -> bool:
+    """Whether ``variant``'s backward is the standard convolution's: ``Dot``'s ``contract``,
+    ``product_backward`` (the output gradient is the pair scale) and ``gradient_centre`` (none),
+    none of them overridden.
+
+    >>> from anyconv.variants import Cosine
+    >>> has_plain_gradients(Dot()), has_plain_gradients(Cosine())
+    (True, False)
+    """
+    kind = type(variant)
+    return (
+        kind.contract is Dot.contract
+        and getattr(kind, "product_backward", None) is Dot.product_backward
+        and getattr(kind, "gradient_centre", None) is Dot.gradient_centre
+    )
+
+
 def write_products(
     block: torch.Tensor, fields: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor | None
 ) -> None:

@@ -8,7 +8,8 @@ the input and a reordered copy of the weight (as large as the weight) on every c
 product; the columns read a channels-first input in place and take the weight's order, so neither
 copy is made. Where the native copy is not loaded, or the input is not channels first, the fields
 path multiplies its fields (``field_products.write_products``); why the columns where they run:
-docs/benchmarks.md.
+docs/benchmarks.md. The backward of the same calls takes the weight's gradient from the same
+columns (:func:`column_gradients`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from ..geometry import Geometry
 from ..variants.fused import NATIVE_DTYPES
-from ..variants.matrix_products import inner_product_pays, row_product
+from ..variants.matrix_products import batched_product, inner_product_pays, row_product
 from ..variants.native import int64_arrays, load_library, native_enabled, native_path
 from .blocks import copy_with_bias
 from .chunks import Chunk
@@ -114,6 +115,50 @@ def write_column_products(
             products.movedim(1, 0),
             None if biases is None else biases[group],
         )
+
+
+def column_gradients(
+    input: torch.Tensor,
+    filters: torch.Tensor,
+    grad: torch.Tensor,
+    geometry: Geometry,
+    chunk: Chunk,
+    buffer: torch.Tensor,
+    needs_input: bool,
+    needs_weight: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """One chunk's gradients of the standard product, each None where not needed: its fields'
+    (G, M, Kg), ``grad`` (G, M, Og) times ``filters`` (G, Og, Kg), for the fold; and the weight's
+    (G, Og, Cg * K) in the weight's own order, ``grad`` transposed times the chunk's columns of
+    ``input``, copied natively into ``buffer`` (at least the chunk's fields' size).
+
+    Where the fields' backward copies every field's taps one by one through a strided view and
+    reorders the weight gradient after, the columns are the forward's own copy (each tap's row of
+    positions in one run) and need no reordering.
+
+    >>> import torch.nn.functional as F
+    >>> from anyconv.engine.chunks import plan_chunks
+    >>> from anyconv.engine.fields import filters_of
+    >>> from anyconv.geometry import make_geometry
+    >>> x, w = torch.randn(2, 4, 6, 6, dtype=torch.float64), torch.randn(8, 4, 3, 3, dtype=torch.float64)
+    >>> geometry = make_geometry((6, 6), 3, padding=1)
+    >>> (chunk,) = plan_chunks(geometry, 2, 8 * 44, 2**20)
+    >>> grad = torch.randn(2, 8, 6, 6, dtype=torch.float64)
+    >>> rows = grad.permute(1, 0, 2, 3).reshape(1, 8, -1).mT
+    >>> buffer = torch.empty(4 * 9 * 72, dtype=torch.float64)
+    >>> if columns_fit(x):
+    ...     _, weight_grad = column_gradients(x, filters_of(w, 1), rows, geometry, chunk, buffer, False, True)
+    ...     expected = torch.nn.grad.conv2d_weight(x, w.shape, grad, padding=1)
+    ...     assert torch.allclose(weight_grad.view_as(w), expected)
+    """
+    grad_fields = batched_product(grad, filters) if needs_input else None
+    grad_weight = None
+    if needs_weight:
+        shape = (filters.shape[0], filters.shape[2], grad.shape[1])
+        columns = buffer[: math.prod(shape)].view(shape)
+        copy_columns(input, geometry, chunk.samples, chunk.region, columns)
+        grad_weight = batched_product(grad.mT, columns.mT)
+    return grad_fields, grad_weight
 
 
 def copy_columns(
