@@ -1483,20 +1483,23 @@ __attribute__((always_inline)) inline void stationary_block(const S* x, const S*
   store_rows<S, Out, VECTORS, kRowsTogether, false>(values, outs, bias, first, last_vector, kLanes);
 }
 
-// The quotient's two sums per output (see quotient_block) at each place of a run, the squares of
-// a place once for all the rows that read it
+// The quotient's products (see quotient_block) at one place of a run, for each row that reads it
 template <typename S, int VECTORS, int MASK, int R>
 __attribute__((always_inline)) inline void stationary_quotient_row(
     typename Lanes<Compute<S>>::Vector (&products)[kRowsTogether][VECTORS],
-    typename Lanes<Compute<S>>::Vector (&squares)[kRowsTogether][VECTORS],
-    const typename Lanes<Compute<S>>::Vector (&read)[VECTORS], const typename Lanes<Compute<S>>::Vector (&square)[VECTORS],
-    const S* w, const StationaryPlace& place) {
+    const typename Lanes<Compute<S>>::Vector (&read)[VECTORS], const S* w, const StationaryPlace& place) {
   if constexpr (((MASK >> R) & 1) != 0) {
     const Compute<S> weight = widen(w[place.weight[R]]);
-    for (int v = 0; v < VECTORS; ++v) {
-      products[R][v] += read[v] * weight;
-      squares[R][v] += square[v];
-    }
+    for (int v = 0; v < VECTORS; ++v) products[R][v] += read[v] * weight;
+  }
+}
+
+// The run's sum of squares into each row of MASK: every row of a run reads all its places
+template <int VECTORS, int MASK, int R, typename Vector>
+__attribute__((always_inline)) inline void stationary_squares_row(Vector (&squares)[kRowsTogether][VECTORS],
+                                                                  const Vector (&run)[VECTORS]) {
+  if constexpr (((MASK >> R) & 1) != 0) {
+    for (int v = 0; v < VECTORS; ++v) squares[R][v] += run[v];
   }
 }
 
@@ -1507,17 +1510,24 @@ __attribute__((always_inline)) inline void stationary_quotient_run(
     const StationaryPlace* place, const StationaryPlace* end, int64_t last) {
   using Vector = typename Lanes<Compute<S>>::Vector;
   constexpr int kLanes = Lanes<Compute<S>>::kCount;
+  // the squares of the run's places summed once, then added to each of its rows: one multiply-add
+  // per place, where adding each place's square to every row that reads it took one per row
+  Vector run[VECTORS] = {};
   for (; place != end; ++place) {
     const S* source = base + place->offset;
-    Vector read[VECTORS], square[VECTORS];
+    Vector read[VECTORS];
     for (int v = 0; v < VECTORS - 1; ++v) read[v] = load(source + v * kLanes, 1);
     read[VECTORS - 1] = load(source + last, 1);
-    for (int v = 0; v < VECTORS; ++v) square[v] = read[v] * read[v];
-    stationary_quotient_row<S, VECTORS, MASK, 0>(products, squares, read, square, w, *place);
-    stationary_quotient_row<S, VECTORS, MASK, 1>(products, squares, read, square, w, *place);
-    stationary_quotient_row<S, VECTORS, MASK, 2>(products, squares, read, square, w, *place);
-    stationary_quotient_row<S, VECTORS, MASK, 3>(products, squares, read, square, w, *place);
+    for (int v = 0; v < VECTORS; ++v) run[v] += read[v] * read[v];
+    stationary_quotient_row<S, VECTORS, MASK, 0>(products, read, w, *place);
+    stationary_quotient_row<S, VECTORS, MASK, 1>(products, read, w, *place);
+    stationary_quotient_row<S, VECTORS, MASK, 2>(products, read, w, *place);
+    stationary_quotient_row<S, VECTORS, MASK, 3>(products, read, w, *place);
   }
+  stationary_squares_row<VECTORS, MASK, 0>(squares, run);
+  stationary_squares_row<VECTORS, MASK, 1>(squares, run);
+  stationary_squares_row<VECTORS, MASK, 2>(squares, run);
+  stationary_squares_row<VECTORS, MASK, 3>(squares, run);
 }
 
 // quotient_block's whole-vector blocks over kRowsTogether rows from ORIGIN, by the schedule's places
