@@ -862,7 +862,22 @@ template <typename T>
 void row_sums_of_squares(const T* xs, T* sums, int64_t plane, int64_t run) {
   using Vector = typename Lanes<T>::Vector;
   constexpr int kLanes = Lanes<T>::kCount;
-  for (int64_t p = 0; p + run <= plane; ++p) {
+  // four positions together: four independent chains of multiply-adds, where one position's
+  // chain alone waited on each multiply-add's latency (each sum in the same order as below)
+  constexpr int kTogether = 4;
+  int64_t p = 0;
+  for (; p + kTogether - 1 + run <= plane; p += kTogether) {
+    Vector totals[kTogether] = {};
+    for (int64_t k = 0; k < run; ++k) {
+      for (int j = 0; j < kTogether; ++j) {
+        Vector values;
+        std::memcpy(&values, xs + (p + j + k) * kLanes, sizeof(values));
+        totals[j] += values * values;
+      }
+    }
+    std::memcpy(sums + p * kLanes, totals, sizeof(totals));
+  }
+  for (; p + run <= plane; ++p) {
     Vector total{};
     for (int64_t k = 0; k < run; ++k) {
       Vector values;
