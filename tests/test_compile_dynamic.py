@@ -44,7 +44,7 @@ def _generalized(name, channels=4, out_channels=8, kernel=3, **arguments):
 #: with gradients on, the cosine in eager calls, and the other product variants' forward in eager
 #: calls that the fields path's backward follows: their compiled traces take the fields path)
 _DENSE_PATHS = {
-    **dict.fromkeys(("dot", "l1", "l2", "max_plus", "min_plus"), "tap loops"),
+    **dict.fromkeys(("dot", "l1", "l2", "lp", "max_plus", "min_plus"), "tap loops"),
     "cosine": "tap products",
     **dict.fromkeys(("polynomial", "rbf", "sharpened_cosine"), "tap forward"),
 }
@@ -59,12 +59,13 @@ MODULES = {
         f"{name}-depthwise": (
             _generalized(name, padding=1, stride=(1, 2), groups=4),
             SIZES_2D,
-            "tap loops" if name in ("dot", "l1", "l2", "max_plus", "min_plus") else "tap products",
+            "tap loops" if name in ("dot", "l1", "l2", "lp", "max_plus", "min_plus") else "tap products",
         )
         for name in (
             "dot",
             "l1",
             "l2",
+            "lp",
             "max_plus",
             "min_plus",
             "cosine",

@@ -3,8 +3,9 @@ taps, or the standard convolution of a dense layer with up to MAX_BLOCKED_CHANNE
 receptive fields copied.
 
 Compiled loops (``variants/tap_loops.cpp``) run over the kernel taps of each output row, reading
-the zero-padded input in place, forward and backward, for ``dot``, ``l1``, ``l2``, ``max_plus``
-and ``min_plus``. A grouped layer's loops pad the input themselves, forward and backward, a
+the zero-padded input in place, forward and backward, for ``dot``, ``l1``, ``l2``, ``max_plus``,
+``min_plus`` and ``lp`` for p = 1 to 4 (the loops' sums of |p - w|^p, the root taken after:
+:func:`loops_power`). A grouped layer's loops pad the input themselves, forward and backward, a
 (sample, group) at a time in a buffer that stays in cache, and crop its gradient the same way. A
 (fields x filters) product would multiply matrices only a few columns wide. The forward of a
 dense layer takes its filters in blocks, so that every input value loaded feeds every filter of
@@ -31,9 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry import Geometry
-from ..variants import L1, L2, Dot, MaxPlus, MinPlus, Variant
+from ..variants import L1, L2, Dot, Lp, MaxPlus, MinPlus, Variant
 from ..variants.fused import NATIVE_DTYPES, record_native_call
 from ..variants.native import int64_arrays, load_library, native_enabled, native_path
+from ..variants.power_roots import negated_root_, root_slope
 from ..variants.triton_backend import backend
 from .blocks import bias_grad
 from .graph_gradients import gradients_as_graph
@@ -76,8 +78,10 @@ MAX_COLUMNS_KERNEL = 3
 MIN_COLUMNS_CHANNELS = 32
 _OPERATIONS = {Dot: 0, L1: 1, L2: 3, MaxPlus: 4, MinPlus: 5}
 _L1_ADDER = 2
+#: lp's operation per whole p: the loops' sums -sum |p - w|^p (l1's for 1, l2's for 2)
+_POWER_OPERATIONS = {1: 1, 2: 3, 3: 6, 4: 7}
 #: the variants the loops know that are no matrix product (their fields path is fused loops)
-_DISTANCES = (L1, MaxPlus, MinPlus)
+_DISTANCES = (L1, Lp, MaxPlus, MinPlus)
 _TROPICAL = (_OPERATIONS[MaxPlus], _OPERATIONS[MinPlus])
 #: tap steps (one output, one tap) a thread must get for the loops to split between threads
 _WORK_PER_THREAD = 2**18
@@ -106,10 +110,29 @@ def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, g
     >>> tap_loops_fit(L1(), torch.randn(1, 8, 5, 5), torch.randn(8, 1, 3, 3), 8) in (True, False)
     True
     """
-    if type(variant) not in _OPERATIONS or (type(variant) is Dot and _columns_take(weight, groups)):
+    if type(variant) is Lp:
+        if loops_power(variant) is None:
+            return False
+    elif type(variant) not in _OPERATIONS or (type(variant) is Dot and _columns_take(weight, groups)):
         return False
     max_channels = None if type(variant) in _DISTANCES else MAX_BLOCKED_CHANNELS
     return tap_sums_fit(input, weight, groups) or filter_blocks_fit(input, weight, groups, max_channels)
+
+
+def loops_power(variant: Lp) -> int | None:
+    """The exponent of an ``lp`` whose sums the loops take: a whole number from 1 to 4 given as a
+    number (the exponents the fused loops also take by products), else None.
+
+    The loops sum -|p - w|^p tap by tap (p = 1 and 2: as ``l1`` and ``l2``), and the root of the
+    sum is taken after them, in the forward and, through the sum's gradient, in the backward.
+
+    >>> loops_power(Lp(p=3)), loops_power(Lp(p=2.5))
+    (3, None)
+    """
+    p = variant.options["p"]
+    if type(p) not in (int, float) or p not in _POWER_OPERATIONS:
+        return None
+    return int(p)
 
 
 def _columns_take(weight: torch.Tensor, groups: int) -> bool:
@@ -256,13 +279,15 @@ def tap_loops_conv(
 
 @dataclass(frozen=True)
 class TapPlan:
-    """The geometry (its padding applied by the loops), groups, the loops' operation code, and how
-    many samples share one padded copy of the input."""
+    """The geometry (its padding applied by the loops), groups, the loops' operation code, how
+    many samples share one padded copy of the input, and the exponent of an ``lp`` whose root is
+    taken after the loops' sums (1: no root)."""
 
     geometry: Geometry
     groups: int
     operation: int
     samples_per_chunk: int
+    power: int = 1
 
 
 @lru_cache(maxsize=1024)
@@ -280,12 +305,17 @@ def _tap_plan(
 ) -> TapPlan:
     """The loops' plan for one call of the ops, from their schema arguments (cached)."""
     instance = op_variant(variant, options)
-    operation = _OPERATIONS[type(instance)]
-    if operation == _OPERATIONS[L1] and instance.options["adder_grad"]:
-        operation = _L1_ADDER
+    power = 1
+    if isinstance(instance, Lp):
+        power = loops_power(instance) or 1
+        operation = _POWER_OPERATIONS[power]
+    else:
+        operation = _OPERATIONS[type(instance)]
+        if operation == _OPERATIONS[L1] and instance.options["adder_grad"]:
+            operation = _L1_ADDER
     geometry = op_geometry(input_shape[2:], weight_shape[2:], stride, padding, dilation)
     sample_bytes = 2 * dtype.itemsize * input_shape[1] * _layout(geometry, weight_shape[1])[3]
-    return TapPlan(geometry, groups, operation, max(1, memory_budget // sample_bytes))
+    return TapPlan(geometry, groups, operation, max(1, memory_budget // sample_bytes), power)
 
 
 def _loops_forward(
@@ -307,8 +337,19 @@ def _loops_forward(
     plan = plan_of(_tap_plan, input, weight, *arguments)
     record_native_call()
     weight = weight.contiguous()
-    # the loops add the bias as they store each output
     bias = None if bias is None else bias.to(input.dtype).contiguous()
+    if plan.power == 1:
+        # the loops add the bias as they store each output
+        return _sums(input, weight, bias, plan)
+    # lp: -S^(1/p) from the loops' -S, as the fields path takes the root of its sums, then the bias
+    output = negated_root_(_sums(input, weight, None, plan), plan.power)
+    return output if bias is None else output.add_(bias.view(-1, *(1,) * plan.geometry.ndim))
+
+
+def _sums(
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: TapPlan
+) -> torch.Tensor:
+    """The loops' forward of ``plan``'s operation on a contiguous ``weight``, plus ``bias``."""
     output = _output(input, weight, plan.geometry.output_size, plan.groups, plan.geometry.stride[-1])
     if not output.is_contiguous():
         # a depthwise layer on a channels-last input: read in place, a vector of channels per
@@ -380,7 +421,11 @@ def _loops_backward(
     :func:`loops_gradients`)."""
     plan = plan_of(_tap_plan, input, weight, *arguments)
     record_native_call()
-    weight, grad_output = weight.contiguous(), grad_output.contiguous()
+    weight = weight.contiguous()
+    if plan.power > 1:
+        # lp = -S^(1/p) of the loops' -S: their gradient of S^(1/p - 1) / p times the output's
+        grad_output = root_slope(_sums(input, weight, None, plan), grad_output, plan.power)
+    grad_output = grad_output.contiguous()
     grad_input = torch.empty_like(input)
     if _lays_out_itself(input, plan):
         # the loops lay out each (sample, group) and crop its gradient themselves

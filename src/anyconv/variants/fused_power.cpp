@@ -121,6 +121,18 @@ void lp_backward(const S* f, const Compute<S>* w, const S* h, S* gf, Compute<S>*
   });
 }
 
+// The cube root of every value, for lp's sums where the tap loops summed them
+// (variants/power_roots.py): vectorised through libmvec, whose cbrt keeps 0, inf and NaN (fast
+// math's rewrites of sqrt and division into estimates do not, so the square roots and the
+// divisions of that module stay torch's)
+template <typename S>
+void cube_roots(const S* values, S* out, int64_t count, int threads) {
+  anyconv::split_rows(0, count, threads, [&](int64_t a, int64_t b, int64_t) {
+#pragma omp simd
+    for (int64_t i = a; i < b; ++i) out[i] = anyconv::narrow<S>(std::cbrt(anyconv::widen(values[i])));
+  });
+}
+
 }  // namespace
 
 #define ANYCONV_EXPORT(S, T, SUFFIX)                                                                     \
@@ -132,6 +144,9 @@ void lp_backward(const S* f, const Compute<S>* w, const S* h, S* gf, Compute<S>*
                                        int64_t O, int64_t m0, int64_t m1, int threads,                    \
                                        int64_t part_stride, int64_t k0, int64_t k1, double p) {           \
     lp_backward<S>(f, w, h, gf, gw, K, O, m0, m1, threads, part_stride, k0, k1, p);                       \
+  }                                                                                                       \
+  extern "C" void lp_cbrt_##SUFFIX(const S* values, S* out, int64_t count, int threads) {                 \
+    cube_roots<S>(values, out, count, threads);                                                            \
   }
 
 ANYCONV_EXPORT(float, float, f32)

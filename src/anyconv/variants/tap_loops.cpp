@@ -166,6 +166,36 @@ struct L2 {
   }
 };
 
+// lp's sums for a whole p of 3 or 4: -sum |x - w|^P, negated as L2's (whose sums are lp's for p = 2);
+// the engine takes the root (see engine/tap_loops.py). |d|^P as P - 1 products of |d|, as the
+// fused loops take it; NaN stays NaN and inf gives -inf
+template <typename T, int P>
+struct PowerSum {
+  static_assert(P == 3 || P == 4, "the whole powers the loops take besides l1's and l2's");
+  static constexpr bool kWinner = false;
+  static T start() { return T(0); }
+  template <typename A>
+  static A power(A d) {
+    const A magnitude = absolute(d);
+    A result = magnitude * magnitude * magnitude;
+    if constexpr (P == 4) result = result * magnitude;
+    return result;
+  }
+  template <typename A, typename W>
+  static A step(A acc, A x, W w) {
+    return acc - power(A(x - w));
+  }
+  // d|d|^P / dd = P |d|^(P - 1) sign(d): P |d| d for 3, P d^2 d for 4 (0 at d = 0)
+  template <typename A>
+  static void partials(A x, T w, A g, A& dx, A& dw) {
+    const A d = x - w;
+    const A slope = P == 3 ? absolute(d) * d : d * d * d;
+    const A term = T(P) * slope * g;
+    dx = -term;
+    dw = term;
+  }
+};
+
 // the tropical pair: a NaN term wins (and stays), as in torch's max and min
 template <typename T>
 struct MaxPlus {
@@ -2175,7 +2205,7 @@ void quotient(const S* x, const S* w, const Compute<S>* scale, const Compute<S>*
   });
 }
 
-enum Operation { kDot = 0, kL1 = 1, kL1Adder = 2, kL2 = 3, kMaxPlus = 4, kMinPlus = 5 };
+enum Operation { kDot = 0, kL1 = 1, kL1Adder = 2, kL2 = 3, kMaxPlus = 4, kMinPlus = 5, kPower3 = 6, kPower4 = 7 };
 
 // whether no tropical term of the forward can be NaN: the input and the weights all finite
 template <typename S>
@@ -2200,6 +2230,8 @@ void forward_any(int operation, const S* x, const S* w, S* y, const S* bias, con
     case kL2: return forward<S, L2<T>>(x, w, bias, y, g, layout, threads);
     case kMaxPlus: return forward<S, MaxPlus<T>>(x, w, bias, y, g, layout, threads);
     case kMinPlus: return forward<S, MinPlus<T>>(x, w, bias, y, g, layout, threads);
+    case kPower3: return forward<S, PowerSum<T, 3>>(x, w, bias, y, g, layout, threads);
+    case kPower4: return forward<S, PowerSum<T, 4>>(x, w, bias, y, g, layout, threads);
   }
 }
 
@@ -2214,6 +2246,8 @@ void backward_any(int operation, const S* x, const S* w, const S* y, const S* gr
     case kL2: return backward<S, L2<T>>(x, w, y, grad, grad_x, grad_w, g, layout, threads);
     case kMaxPlus: return backward<S, MaxPlus<T>>(x, w, y, grad, grad_x, grad_w, g, layout, threads);
     case kMinPlus: return backward<S, MinPlus<T>>(x, w, y, grad, grad_x, grad_w, g, layout, threads);
+    case kPower3: return backward<S, PowerSum<T, 3>>(x, w, y, grad, grad_x, grad_w, g, layout, threads);
+    case kPower4: return backward<S, PowerSum<T, 4>>(x, w, y, grad, grad_x, grad_w, g, layout, threads);
   }
 }
 

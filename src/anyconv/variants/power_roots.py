@@ -1,0 +1,107 @@
+"""The root of ``lp``'s sums where the engine's tap loops took them (``engine/tap_loops.py``).
+
+The loops give -S, S = sum |p - w|^p, tap by tap; ``lp`` is -S^(1/p), and the loops' backward
+of S takes the output's gradient times S^(1/p - 1) / p. For a whole p from 2 to 4 both are square
+and cube roots: torch's ``sqrt`` and ``rsqrt``, and a cube root vectorised through glibc's
+libmvec (``fused_power.cpp``) where torch has none: its ``pow`` with an exponent of 1/3 calls the
+scalar power function for every element, which took several times as long as the loops' sums on
+a depthwise layer. Where the native library is not built, ``pow`` takes the cube roots.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from functools import cache
+from typing import Any
+
+import torch
+
+from .fused import NATIVE_DTYPES
+from .native import load_library, native_enabled
+
+_SOURCE = "fused_power.cpp"
+_POINTER, _SIZE, _FLAG = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+#: elements per thread below which a second thread costs more than it saves
+_PER_THREAD = 2**15
+
+
+def negated_root_(sums: torch.Tensor, p: int) -> torch.Tensor:
+    """``sums`` (-S, as the loops give it, p = 2, 3 or 4) becomes -S^(1/p) in place; returned.
+
+    >>> root = negated_root_(torch.tensor([-8.0, -27.0, 0.0]), 3)
+    >>> torch.allclose(root, torch.tensor([-2.0, -3.0, 0.0]))
+    True
+    """
+    if p == 3:
+        # the cube root is odd: -S^(1/3) is the cube root of -S
+        return cube_root(sums, out=sums)
+    roots = sums.neg_().sqrt_()
+    return (roots.sqrt_() if p == 4 else roots).neg_()
+
+
+def root_slope(sums: torch.Tensor, grad: torch.Tensor, p: int) -> torch.Tensor:
+    """``grad`` times S^(1/p - 1) / p from ``sums`` (-S): the gradient of S for an output gradient
+    ``grad`` of -S^(1/p); infinite where S is 0 and 0 where S is infinite, as torch's ``pow``.
+
+    >>> root_slope(torch.tensor([-4.0, -16.0]), torch.tensor([1.0, 2.0]), 2)
+    tensor([0.2500, 0.2500])
+    """
+    if p == 3:
+        # S^(-2/3) / 3 = 1 / (3 cbrt(S)^2)
+        roots = cube_root(sums)
+        return grad / roots.mul_(roots).mul_(3)
+    sums = sums.neg()
+    # S^(-1/2) / 2, or S^(-3/4) / 4 = S^(-1/2) S^(-1/4) / 4
+    slope = sums.sqrt().rsqrt_().mul_(sums.rsqrt_()) if p == 4 else sums.rsqrt_()
+    return slope.mul_(grad).div_(p)
+
+
+def cube_root(values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The cube root of every value (odd: negative for negative values), into ``out`` if given.
+
+    >>> cube_root(torch.tensor([-8.0, 0.0, 27.0]))
+    tensor([-2.,  0.,  3.])
+    """
+    function = _function(values)
+    if function is None or not _dense(values):
+        # in float32 at least: torch's bfloat16 pow rounds the exponent 1/3 to bfloat16 too
+        wide = values.to(torch.promote_types(values.dtype, torch.float32))
+        roots = wide.abs().pow_(1 / 3).mul_(wide.sign()).to(values.dtype)
+        return roots if out is None else out.copy_(roots)
+    if out is None:
+        out = torch.empty_like(values)
+    function(values.data_ptr(), out.data_ptr(), values.numel(), _threads(values))
+    return out
+
+
+def _dense(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor``'s elements fill its memory in some order (channels first or last), so
+    that an elementwise pass may walk the memory as a flat array into a tensor like it."""
+    return tensor.is_contiguous() or any(
+        tensor.dim() == rank and tensor.is_contiguous(memory_format=layout)
+        for rank, layout in ((4, torch.channels_last), (5, torch.channels_last_3d))
+    )
+
+
+def _threads(tensor: torch.Tensor) -> int:
+    return max(1, min(torch.get_num_threads(), tensor.numel() // _PER_THREAD))
+
+
+def _function(tensor: torch.Tensor) -> Any:
+    """The native cube roots for ``tensor``'s dtype, None where they are not built or enabled."""
+    if tensor.device.type != "cpu" or tensor.dtype not in NATIVE_DTYPES or not native_enabled():
+        return None
+    return _bound(NATIVE_DTYPES[tensor.dtype])
+
+
+@cache
+def _bound(part: str) -> Any:
+    library = load_library(_SOURCE)
+    symbol = f"lp_cbrt_{part}"
+    # a compiler without _Float16 builds no float16 roots
+    if library is None or not hasattr(library, symbol):
+        return None
+    function = getattr(library, symbol)
+    function.argtypes = [_POINTER, _POINTER, _SIZE, _FLAG]
+    function.restype = None
+    return function
