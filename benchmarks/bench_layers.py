@@ -9,7 +9,8 @@ load. A call shorter than ``BLOCK_SECONDS`` is repeated back to back to fill abo
 its time is the mean, so that a fast call is not timed with the state the previous method left
 (threads asleep or spinning, caches). The table gives the median and quartiles of those ratios
 over the rounds, forward (under ``no_grad``) and forward+backward. ``cosine`` is also given as a
-ratio to ``dot`` (the same layer through ``anyconv.conv``). With ``--memory`` each (row, method)
+ratio to ``dot`` (the same layer through ``anyconv.conv``), and ``lp`` (p = 3) as a ratio to
+``l1``. With ``--memory`` each (row, method)
 runs its forward+backward once in a fresh process, whose peak resident memory above its inputs is
 reported next to torch's.
 """
@@ -165,7 +166,11 @@ ROWS = (
     ),
     Row("1x1 on 1x1", "MobileNetV3 squeeze-excitation (96 -> 24)", (8, 96, 1, 1), 24, 1),
 )
-METHODS = ("anyconv", "l1", "max_plus", "cosine")
+METHODS = ("anyconv", "l1", "max_plus", "cosine", "lp")
+#: the variants' options: lp's p a whole number other than l1's 1 and l2's 2
+METHOD_OPTIONS = {"lp": {"p": 3.0}}
+#: (name, numerator, denominator): method over method, timed in the same round
+METHOD_RATIOS = (("cosine / dot", "cosine", "anyconv"), ("lp / l1", "lp", "l1"))
 PASSES = ("forward", "forward+backward")
 
 
@@ -197,7 +202,7 @@ def _layer(row: Row, tiny: bool = False):
         methods = {"anyconv": lambda x, w, b: anyconv.conv(x, w, b, **arguments)}
         for variant in METHODS[1:]:
             methods[variant] = lambda x, w, b, variant=variant: anyconv.generalized_conv(
-                x, w, variant, b, **arguments
+                x, w, variant, b, **arguments, **METHOD_OPTIONS.get(variant, {})
             )
     methods["torch"] = lambda x, w, b: torch_op(x, w, b, **arguments)
     return x, w, b, methods
@@ -257,8 +262,9 @@ def time_row(row: Row, methods: list[str], rounds: int, backward: bool) -> dict[
         repeats[name] = max(1, min(MAX_REPEATS, round(BLOCK_SECONDS / (time.perf_counter() - start))))
     ratios: dict[str, list[float]] = {name: [] for name in methods}
     ratios["torch_ms"] = []
-    if "cosine" in methods and "anyconv" in methods:
-        ratios["cosine / dot"] = []
+    pairs = [ratio for ratio in METHOD_RATIOS if ratio[1] in methods and ratio[2] in methods]
+    for name, _, _ in pairs:
+        ratios[name] = []
     for _ in range(rounds):
         times = {}
         for name in ("torch", *methods):
@@ -269,8 +275,8 @@ def time_row(row: Row, methods: list[str], rounds: int, backward: bool) -> dict[
         ratios["torch_ms"].append(1000 * times["torch"])
         for name in methods:
             ratios[name].append(times[name] / times["torch"])
-        if "cosine / dot" in ratios:
-            ratios["cosine / dot"].append(times["cosine"] / times["anyconv"])
+        for name, top, bottom in pairs:
+            ratios[name].append(times[top] / times[bottom])
     return ratios
 
 
@@ -368,7 +374,7 @@ def main() -> None:
             torch_ms = statistics.median(ratios.pop("torch_ms"))
             for method, values in ratios.items():
                 low, middle, high = _quartiles(values)
-                if mode == "forward" and method != "cosine / dot":
+                if mode == "forward" and method not in {name for name, _, _ in METHOD_RATIOS}:
                     forward_medians.setdefault(method, []).append((middle, row.name))
                 memory = ""
                 if args.memory and mode == "forward+backward" and method in METHODS:

@@ -33,6 +33,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+from bench_layers import METHOD_OPTIONS as LAYER_OPTIONS
 from bench_layers import METHODS as LAYER_METHODS
 from bench_layers import ROWS, Row, caller, random_tensors
 from bench_variants import OPTIONS as VARIANT_OPTIONS
@@ -123,6 +124,7 @@ def _row_layer(row: Row) -> dict:
         transposed=row.transposed,
         arguments=dict(stride=row.stride, padding=row.padding, dilation=row.dilation, groups=row.groups),
         methods=("anyconv",) if row.transposed else LAYER_METHODS,
+        options=LAYER_OPTIONS,
     )
 
 
@@ -132,7 +134,7 @@ def calls(layer: dict, package: ModuleType, method: str):
     if method == "anyconv":
         operation = package.conv_transpose if layer.get("transposed") else package.conv
         return lambda x, w, b: operation(x, w, b, **arguments)
-    options = VARIANT_OPTIONS.get(method, {})
+    options = layer.get("options", VARIANT_OPTIONS).get(method, {})
     return lambda x, w, b: package.generalized_conv(x, w, method, b, **arguments, **options)
 
 
