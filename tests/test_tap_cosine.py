@@ -222,3 +222,26 @@ def test_a_second_backward_of_the_same_graph_gives_the_same_gradients(case):
     changed.detach().zero_()
     for value, reference in zip(torch.autograd.grad(changed, inputs, grad), first):
         torch.testing.assert_close(value, reference, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "arguments"),
+    [
+        ((2, 4, 21, 35), (4, 1, 3, 3), {"padding": 1, "groups": 4}),
+        ((1, 3, 18, 16), (3, 1, 5, 5), {"padding": 2, "groups": 3}),
+    ],
+    ids=["3x3-rows-of-two-vectors", "5x5-a-vector-wide"],
+)
+def test_float32_depthwise_gradients_equal_the_float64_formula(x_shape, w_shape, arguments):
+    """float32 rows at least a vector wide: the backward's y and |p| from the four-row quotient in
+    one pass (quotient_and_norms_plane), the rows past the last four by the two sums' passes."""
+    x, w, b = _tensors(x_shape, w_shape)
+    inputs = [tensor.float().requires_grad_() for tensor in (x, w, b)]
+    output = anyconv.generalized_conv(*inputs[:2], "cosine", inputs[2], **arguments)
+    assert type(output.grad_fn).__name__ == "_LoopsCosineBackward"
+    naive_inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
+    expected = naive_generalized_conv(*naive_inputs[:2], "cosine", naive_inputs[2], **arguments)
+    grad = torch.randn(output.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    got = torch.autograd.grad(output, inputs, grad.float())
+    for value, reference in zip(got, torch.autograd.grad(expected, naive_inputs, grad)):
+        torch.testing.assert_close(value.double(), reference, rtol=1e-4, atol=1e-4)

@@ -1581,7 +1581,7 @@ __attribute__((always_inline)) inline void stationary_quotient_block(const S* x,
                                                                      int64_t origin, const Stationary& schedule,
                                                                      int64_t first, int64_t last_vector,
                                                                      Compute<S> scale, Compute<S> offset,
-                                                                     const S* bias) {
+                                                                     const S* bias, S* const* norm_outs = nullptr) {
   using Vector = typename Lanes<Compute<S>>::Vector;
   constexpr int kLanes = Lanes<Compute<S>>::kCount;
   Vector products[kRowsTogether][VECTORS], squares[kRowsTogether][VECTORS];
@@ -1609,7 +1609,10 @@ __attribute__((always_inline)) inline void stationary_quotient_block(const S* x,
       const Vector norms = square_root(squares[r][v]);
       Vector result = products[r][v] / (norms * scale + offset);
       if (bias != nullptr) result = result + widen(*bias);
-      store(outs[r] + first + (v == VECTORS - 1 ? last_vector : int64_t(v) * kLanes), result);
+      const int64_t at = first + (v == VECTORS - 1 ? last_vector : int64_t(v) * kLanes);
+      store(outs[r] + at, result);
+      // |p| too, for the cosine's backward (quotient_and_norms_plane)
+      if (norm_outs != nullptr) store(norm_outs[r] + at, norms);
     }
   }
 }
@@ -1921,6 +1924,47 @@ void backward(const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* g
   }
 }
 
+// The cosine backward's recomputation on a depthwise plane (one filter per group, S float or
+// double): y = p . w / (|p| SCALE + OFFSET) into Y and |p| into NORMS, in one pass over the taps
+// where the four-row quotient takes the rows (AVX-512, rows at least a vector wide), else by a
+// pass of the sums of squares and one of the products
+template <typename S>
+void quotient_and_norms_plane(const S* source, const S* filter, S* y, S* norms, const Geometry& g, S scale,
+                              S offset, const Stationary& schedule) {
+  int64_t r = 0;
+  if (kVectorBytes == 64 && schedule.spacing > 0 && g.width >= Lanes<S>::kCount) {
+    S* outs[kRowsTogether];
+    S* norm_outs[kRowsTogether];
+    for (; r + kRowsTogether <= g.rows; r += kRowsTogether) {
+      const int64_t* origins = g.row_offsets + r;
+      bool evenly = true;
+      for (int i = 1; evenly && i < kRowsTogether; ++i) evenly = origins[i] - origins[0] == i * schedule.spacing;
+      if (!evenly) break;
+      for (int i = 0; i < kRowsTogether; ++i) {
+        outs[i] = y + (r + i) * g.width;
+        norm_outs[i] = norms + (r + i) * g.width;
+      }
+      whole_vector_blocks<S>(g.width, [&](int64_t first, int64_t last_vector, auto vectors) {
+        stationary_quotient_block<S, decltype(vectors)::value>(source, filter, outs, origins[0], schedule, first,
+                                                               last_vector, scale, offset, nullptr, norm_outs);
+      });
+    }
+  }
+  if (r == g.rows) return;
+  // the other rows: the two sums' passes, then the root and the division
+  Geometry rest = g;
+  rest.rows = g.rows - r;
+  rest.row_offsets = g.row_offsets + r;
+  S* __restrict rest_norms = norms + r * g.width;
+  S* __restrict rest_y = y + r * g.width;
+  const int64_t count = rest.rows * g.width;
+  forward_plane<S, Squares<S>>(source, filter, rest_norms, rest, nullptr, &schedule);
+  for (int64_t v = 0; v < count; ++v) rest_norms[v] = std::sqrt(rest_norms[v]);
+  forward_plane<S, Dot<S>>(source, filter, rest_y, rest, nullptr, &schedule);
+#pragma omp simd
+  for (int64_t v = 0; v < count; ++v) rest_y[v] /= rest_norms[v] * scale + offset;
+}
+
 // The cosine's backward_plane for a group of one filter (depthwise): at every tap, A w - R x into
 // the input gradient and A x into the weight's (the dot's and the Radial backward's terms), in
 // one pass over the taps where the two took two
@@ -2016,22 +2060,30 @@ void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, co
       std::fill(input_grads.begin(), input_grads.end(), T(0));
       std::fill(radial_grads.begin(), radial_grads.end(), T(0));
       const S* group_filters = w + group * per_group_out * g.taps;
-      forward_plane<S, Squares<T>>(source, group_filters, norms.data(), g, nullptr, &schedule);
-      for (int64_t v = 0; v < output_plane; ++v) norms[v] = std::sqrt(norms[v]);
+      // a depthwise group's y and |p| in one pass; else |p| once for the group's filters
+      const bool together = per_group_out == 1 && kept == nullptr;
+      if (together) {
+        quotient_and_norms_plane<S>(source, group_filters, scaled.data(), norms.data(), g, scale[group], offset[group],
+                                    schedule);
+      } else {
+        forward_plane<S, Squares<T>>(source, group_filters, norms.data(), g, nullptr, &schedule);
+        for (int64_t v = 0; v < output_plane; ++v) norms[v] = std::sqrt(norms[v]);
+      }
       for (int64_t j = 0; j < per_group_out; ++j) {
         const int64_t o = group * per_group_out + j;
         const S* incoming = grad + (b * g.out_channels + o) * output_plane;
-        // y = p . w / D, or the kept y, into SCALED; then a = grad / D in its place
+        // y = p . w / D, or the kept y, into SCALED (a depthwise group's is there already); then
+        // a = grad / D in its place
         T* __restrict products = scaled.data();
         T* __restrict to_radial = radial_grads.data();
         const T* __restrict field_norms = norms.data();
         const T filter_scale = scale[o], filter_offset = offset[o];
-        if (kept == nullptr) {
+        if (kept != nullptr) {
+          std::memcpy(products, kept + (b * g.out_channels + o) * output_plane, output_plane * sizeof(T));
+        } else if (!together) {
           forward_plane<S, Dot<T>>(source, w + o * g.taps, products, g, nullptr, &schedule);
 #pragma omp simd
           for (int64_t v = 0; v < output_plane; ++v) products[v] /= field_norms[v] * filter_scale + filter_offset;
-        } else {
-          std::memcpy(products, kept + (b * g.out_channels + o) * output_plane, output_plane * sizeof(T));
         }
         T radial_sum = 0;
 #pragma omp simd reduction(+ : radial_sum)
