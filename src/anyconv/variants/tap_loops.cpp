@@ -2020,6 +2020,75 @@ void cosine_backward_plane(const S* __restrict x, const S* __restrict w, const S
   add_tap_sums(tap_grads, grad_w, g, S(1));
 }
 
+// The places a gathered backward lays out before a plane (see cosine_backward_gathered): its
+// largest tap offset (a block of vectors goes after it)
+inline int64_t gather_margin(const Geometry& g) { return *std::max_element(g.tap_offsets, g.tap_offsets + g.taps); }
+constexpr int kGatherVectors = 4;
+
+// cosine_backward_plane gathered, for a depthwise group at unit step whose filter is finite: A
+// (the output gradient over D) and R (the radial term) laid into EA and ER at the places of the
+// padded plane where their outputs' fields start (MARGIN places in, zero elsewhere), each place's
+// input gradient is the sum over taps of A w - x R at the places that read it, summed in registers
+// over the taps and stored once, where the scatter form added into the input gradient tap by tap
+// through memory. The weight's gradient is, per tap, A times x shifted by the tap, as there. A
+// zero A times an infinite weight would give NaN where the scatter adds nothing: hence finite.
+template <typename S>
+void cosine_backward_gathered(const S* __restrict x, const S* __restrict w, const S* __restrict along,
+                              const S* __restrict radial, S* __restrict grad_x, S* __restrict grad_w,
+                              const Geometry& g, S* __restrict ea, S* __restrict er, int64_t margin,
+                              typename Lanes<S>::Vector* __restrict tap_grads) {
+  using Vector = typename Lanes<S>::Vector;
+  constexpr int kLanes = Lanes<S>::kCount;
+  constexpr int kTogether = kGatherVectors;
+  // the same places for every plane: the others stay zero
+  for (int64_t r = 0; r < g.rows; ++r) {
+    std::memcpy(ea + margin + g.row_offsets[r], along + r * g.width, g.width * sizeof(S));
+    std::memcpy(er + margin + g.row_offsets[r], radial + r * g.width, g.width * sizeof(S));
+  }
+  int64_t q = 0;
+  for (; q + kTogether * kLanes <= g.plane; q += kTogether * kLanes) {
+    Vector dots[kTogether] = {}, boxes[kTogether] = {};
+    for (int64_t t = 0; t < g.taps; ++t) {
+      const S weight = w[g.weight_index[t]];
+      const S* a = ea + margin + q - g.tap_offsets[t];
+      const S* r = er + margin + q - g.tap_offsets[t];
+      for (int j = 0; j < kTogether; ++j) {
+        dots[j] += load(a + j * kLanes, 1) * weight;
+        boxes[j] += load(r + j * kLanes, 1);
+      }
+    }
+    for (int j = 0; j < kTogether; ++j) {
+      const Vector result = dots[j] - load(x + q + j * kLanes, 1) * boxes[j];
+      std::memcpy(grad_x + q + j * kLanes, &result, sizeof(result));
+    }
+  }
+  for (; q < g.plane; q += kLanes) {
+    const int count = static_cast<int>(std::min<int64_t>(kLanes, g.plane - q));
+    Vector dot{}, box{};
+    for (int64_t t = 0; t < g.taps; ++t) {
+      dot += load_partial(ea + margin + q - g.tap_offsets[t], 1, count) * w[g.weight_index[t]];
+      box += load_partial(er + margin + q - g.tap_offsets[t], 1, count);
+    }
+    store_partial(grad_x + q, dot - load_partial(x + q, 1, count) * box, count);
+  }
+  for (int64_t t = 0; t < g.taps; ++t) {
+    Vector sums[kTogether] = {};
+    for (int64_t r = 0; r < g.rows; ++r) {
+      const S* a = along + r * g.width;
+      const S* source = x + g.row_offsets[r] + g.tap_offsets[t];
+      int64_t i = 0;
+      for (; i + kLanes <= g.width; i += kLanes) sums[(i / kLanes) % kTogether] += load(a + i, 1) * load(source + i, 1);
+      if (i < g.width) {
+        const int count = static_cast<int>(g.width - i);
+        // the lanes past COUNT are zero in both
+        sums[kTogether - 1] += load_partial(a + i, 1, count) * load_partial(source + i, 1, count);
+      }
+    }
+    tap_grads[t] = (sums[0] + sums[1]) + (sums[2] + sums[3]);
+  }
+  add_tap_sums(tap_grads, grad_w, g, S(1));
+}
+
 // The cosine's input and weight gradients on a grouped layer, given the unpadded input and its
 // LAYOUT (see tap_cosine.py for the formulas): per (sample, group), in the thread's buffers, |p|
 // of every field, then per filter o its products p . w, D = |p| scale[o] + offset[o], a = grad / D
@@ -2050,6 +2119,14 @@ void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, co
     std::vector<T> input_grads(group_elements), norms(output_plane), scaled(output_plane), radial_grads(output_plane);
     std::vector<T> unused(0), no_weight_grads(g.taps);
     std::vector<Vector> tap_grads(g.taps);
+    // a depthwise group at unit stride gathers its gradients (cosine_backward_gathered): its
+    // outputs' fields start at a third of the plane's places or more, where a stride leaves a
+    // quarter or less (and a phase per stride step) for the gather to sum over every place
+    const bool gathers = per_group_out == 1 && per_group_in == 1 && g.step == 1 && layout.phases == 1 &&
+                         3 * g.rows * g.width >= g.plane;
+    const int64_t margin = gathers ? gather_margin(g) : 0;
+    const int64_t gathered = gathers ? margin + g.plane + kGatherVectors * Lanes<T>::kCount : 0;
+    std::vector<T> gathered_a(gathered), gathered_r(gathered);
 #pragma omp for schedule(static)
     for (int64_t index = 0; index < pairs; ++index) {
       const int64_t b = index / g.groups, group = index % g.groups;
@@ -2096,7 +2173,10 @@ void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, co
         }
         radial[b * g.out_channels + o] = radial_sum;
         S* filter_grad = grad_w + (b * g.out_channels + o) * g.taps;
-        if (per_group_out == 1) {
+        if (gathers && all_finite(w + o * g.taps, g.taps)) {
+          cosine_backward_gathered(source, w + o * g.taps, products, to_radial, input_grads.data(), filter_grad, g,
+                                   gathered_a.data(), gathered_r.data(), margin, tap_grads.data());
+        } else if (per_group_out == 1) {
           cosine_backward_plane(source, w + o * g.taps, products, to_radial, input_grads.data(), filter_grad, g,
                                 tap_grads.data());
         } else {
