@@ -1857,6 +1857,89 @@ void backward_plane(const S* __restrict x, const S* __restrict w, const S* __res
 // (sample, group) of x into a buffer of its own, accumulates its gradient in another and crops
 // that into grad_x, all in cache, where the padded copies of x and of its gradient went to memory
 // and back; a tropical forward recomputes the winners' outputs plane by plane (Y is not read).
+// The places a gathered backward lays out before a plane (see gathered_backward_plane): its
+// largest tap offset (a block of vectors goes after it)
+inline int64_t gather_margin(const Geometry& g) { return *std::max_element(g.tap_offsets, g.tap_offsets + g.taps); }
+constexpr int kGatherVectors = 4;
+
+// Whether a layer's backward gathers (gathered_backward_plane): one input channel and one filter
+// per group, laid out by the loops at unit stride, its outputs' fields starting at a third of the
+// plane's places or more, where a stride leaves a quarter or fewer (and a phase per stride step)
+// for the gather to sum over every place
+inline bool gathers_backward(const Geometry& g, const Layout* layout) {
+  return layout != nullptr && g.channels == g.groups && g.out_channels == g.groups && g.step == 1 &&
+         layout->phases == 1 && 3 * g.rows * g.width >= g.plane;
+}
+
+// The backward of a depthwise group at unit stride whose filter is finite, gathered: the
+// standard product's (backward_plane's for Dot) or, with RADIAL, the cosine's
+// (cosine_backward_plane's). A (the output gradient, or for the cosine the gradient over D) and R
+// (the cosine's radial term) laid into EA and ER at the places of the padded plane where their
+// outputs' fields start (MARGIN places in, zero elsewhere), each place's input gradient is the sum
+// over taps of A w (- x R) at the places that read it, summed in registers over the taps and
+// stored once into GRAD_X, where the scatter form added into it tap by tap through memory, each
+// tap's loads waiting on the stores of the tap before. The weight's gradient is, per tap, A times
+// x shifted by the tap, as there. A zero A times an infinite weight would give NaN where the
+// scatter adds nothing: hence a finite filter.
+template <typename S, bool RADIAL>
+void gathered_backward_plane(const S* __restrict x, const S* __restrict w, const S* __restrict along,
+                             const S* __restrict radial, S* __restrict grad_x, S* __restrict grad_w,
+                             const Geometry& g, S* __restrict ea, S* __restrict er, int64_t margin,
+                             typename Lanes<S>::Vector* __restrict tap_grads) {
+  using Vector = typename Lanes<S>::Vector;
+  constexpr int kLanes = Lanes<S>::kCount;
+  constexpr int kTogether = kGatherVectors;
+  // the same places for every plane: the others stay zero
+  for (int64_t r = 0; r < g.rows; ++r) {
+    std::memcpy(ea + margin + g.row_offsets[r], along + r * g.width, g.width * sizeof(S));
+    if constexpr (RADIAL) std::memcpy(er + margin + g.row_offsets[r], radial + r * g.width, g.width * sizeof(S));
+  }
+  int64_t q = 0;
+  for (; q + kTogether * kLanes <= g.plane; q += kTogether * kLanes) {
+    Vector dots[kTogether] = {}, boxes[kTogether] = {};
+    for (int64_t t = 0; t < g.taps; ++t) {
+      const S weight = w[g.weight_index[t]];
+      const S* a = ea + margin + q - g.tap_offsets[t];
+      const S* r = er + margin + q - g.tap_offsets[t];
+      for (int j = 0; j < kTogether; ++j) {
+        dots[j] += load(a + j * kLanes, 1) * weight;
+        if constexpr (RADIAL) boxes[j] += load(r + j * kLanes, 1);
+      }
+    }
+    for (int j = 0; j < kTogether; ++j) {
+      Vector result = dots[j];
+      if constexpr (RADIAL) result -= load(x + q + j * kLanes, 1) * boxes[j];
+      std::memcpy(grad_x + q + j * kLanes, &result, sizeof(result));
+    }
+  }
+  for (; q < g.plane; q += kLanes) {
+    const int count = static_cast<int>(std::min<int64_t>(kLanes, g.plane - q));
+    Vector dot{}, box{};
+    for (int64_t t = 0; t < g.taps; ++t) {
+      dot += load_partial(ea + margin + q - g.tap_offsets[t], 1, count) * w[g.weight_index[t]];
+      if constexpr (RADIAL) box += load_partial(er + margin + q - g.tap_offsets[t], 1, count);
+    }
+    if constexpr (RADIAL) dot -= load_partial(x + q, 1, count) * box;
+    store_partial(grad_x + q, dot, count);
+  }
+  for (int64_t t = 0; t < g.taps; ++t) {
+    Vector sums[kTogether] = {};
+    for (int64_t r = 0; r < g.rows; ++r) {
+      const S* a = along + r * g.width;
+      const S* source = x + g.row_offsets[r] + g.tap_offsets[t];
+      int64_t i = 0;
+      for (; i + kLanes <= g.width; i += kLanes) sums[(i / kLanes) % kTogether] += load(a + i, 1) * load(source + i, 1);
+      if (i < g.width) {
+        const int count = static_cast<int>(g.width - i);
+        // the lanes past COUNT are zero in both
+        sums[kTogether - 1] += load_partial(a + i, 1, count) * load_partial(source + i, 1, count);
+      }
+    }
+    tap_grads[t] = (sums[0] + sums[1]) + (sums[2] + sums[3]);
+  }
+  add_tap_sums(tap_grads, grad_w, g, S(1));
+}
+
 template <typename S, typename Op>
 void backward(const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* grad_w, const Geometry& g,
               const Layout* layout, int threads) {
@@ -1879,6 +1962,11 @@ void backward(const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* g
     // zero filled once: the planes laid out into it write the same interior places only
     std::vector<E> laid_out(layout != nullptr ? group_elements : 0);
     std::vector<S> outputs(layout != nullptr && Op::kWinner && kSameType ? output_plane : 0);
+    // the standard product's depthwise backward at unit stride gathers (gathered_backward_plane)
+    constexpr bool kGathers = kSameType && std::is_same<Op, Dot<T>>::value;
+    const bool gathers = kGathers && gathers_backward(g, layout);
+    const int64_t margin = gathers ? gather_margin(g) : 0;
+    std::vector<T> gathered(gathers ? margin + g.plane + kGatherVectors * Lanes<T>::kCount : 0);
 #pragma omp for schedule(static)
     for (int64_t index = 0; index < pairs; ++index) {
       const int64_t b = index / g.groups, group = index % g.groups;
@@ -1909,6 +1997,13 @@ void backward(const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* g
         if (!outputs.empty()) {
           forward_plane<S, Op>(source, w + o * g.taps, outputs.data(), g, nullptr, &schedule);
           plane_y = outputs.data();
+        }
+        if constexpr (kGathers) {
+          if (gathers && all_finite(w + o * g.taps, g.taps)) {
+            gathered_backward_plane<S, false>(source, w + o * g.taps, grad + output_at, nullptr, group_grad,
+                                              channel_grad, g, gathered.data(), nullptr, margin, tap_grads.data());
+            continue;
+          }
         }
         backward_plane<S, Op>(source, w + o * g.taps, plane_y, grad + output_at, group_grad, channel_grad, g,
                               found, best, tap_grads.data());
@@ -2020,75 +2115,6 @@ void cosine_backward_plane(const S* __restrict x, const S* __restrict w, const S
   add_tap_sums(tap_grads, grad_w, g, S(1));
 }
 
-// The places a gathered backward lays out before a plane (see cosine_backward_gathered): its
-// largest tap offset (a block of vectors goes after it)
-inline int64_t gather_margin(const Geometry& g) { return *std::max_element(g.tap_offsets, g.tap_offsets + g.taps); }
-constexpr int kGatherVectors = 4;
-
-// cosine_backward_plane gathered, for a depthwise group at unit step whose filter is finite: A
-// (the output gradient over D) and R (the radial term) laid into EA and ER at the places of the
-// padded plane where their outputs' fields start (MARGIN places in, zero elsewhere), each place's
-// input gradient is the sum over taps of A w - x R at the places that read it, summed in registers
-// over the taps and stored once, where the scatter form added into the input gradient tap by tap
-// through memory. The weight's gradient is, per tap, A times x shifted by the tap, as there. A
-// zero A times an infinite weight would give NaN where the scatter adds nothing: hence finite.
-template <typename S>
-void cosine_backward_gathered(const S* __restrict x, const S* __restrict w, const S* __restrict along,
-                              const S* __restrict radial, S* __restrict grad_x, S* __restrict grad_w,
-                              const Geometry& g, S* __restrict ea, S* __restrict er, int64_t margin,
-                              typename Lanes<S>::Vector* __restrict tap_grads) {
-  using Vector = typename Lanes<S>::Vector;
-  constexpr int kLanes = Lanes<S>::kCount;
-  constexpr int kTogether = kGatherVectors;
-  // the same places for every plane: the others stay zero
-  for (int64_t r = 0; r < g.rows; ++r) {
-    std::memcpy(ea + margin + g.row_offsets[r], along + r * g.width, g.width * sizeof(S));
-    std::memcpy(er + margin + g.row_offsets[r], radial + r * g.width, g.width * sizeof(S));
-  }
-  int64_t q = 0;
-  for (; q + kTogether * kLanes <= g.plane; q += kTogether * kLanes) {
-    Vector dots[kTogether] = {}, boxes[kTogether] = {};
-    for (int64_t t = 0; t < g.taps; ++t) {
-      const S weight = w[g.weight_index[t]];
-      const S* a = ea + margin + q - g.tap_offsets[t];
-      const S* r = er + margin + q - g.tap_offsets[t];
-      for (int j = 0; j < kTogether; ++j) {
-        dots[j] += load(a + j * kLanes, 1) * weight;
-        boxes[j] += load(r + j * kLanes, 1);
-      }
-    }
-    for (int j = 0; j < kTogether; ++j) {
-      const Vector result = dots[j] - load(x + q + j * kLanes, 1) * boxes[j];
-      std::memcpy(grad_x + q + j * kLanes, &result, sizeof(result));
-    }
-  }
-  for (; q < g.plane; q += kLanes) {
-    const int count = static_cast<int>(std::min<int64_t>(kLanes, g.plane - q));
-    Vector dot{}, box{};
-    for (int64_t t = 0; t < g.taps; ++t) {
-      dot += load_partial(ea + margin + q - g.tap_offsets[t], 1, count) * w[g.weight_index[t]];
-      box += load_partial(er + margin + q - g.tap_offsets[t], 1, count);
-    }
-    store_partial(grad_x + q, dot - load_partial(x + q, 1, count) * box, count);
-  }
-  for (int64_t t = 0; t < g.taps; ++t) {
-    Vector sums[kTogether] = {};
-    for (int64_t r = 0; r < g.rows; ++r) {
-      const S* a = along + r * g.width;
-      const S* source = x + g.row_offsets[r] + g.tap_offsets[t];
-      int64_t i = 0;
-      for (; i + kLanes <= g.width; i += kLanes) sums[(i / kLanes) % kTogether] += load(a + i, 1) * load(source + i, 1);
-      if (i < g.width) {
-        const int count = static_cast<int>(g.width - i);
-        // the lanes past COUNT are zero in both
-        sums[kTogether - 1] += load_partial(a + i, 1, count) * load_partial(source + i, 1, count);
-      }
-    }
-    tap_grads[t] = (sums[0] + sums[1]) + (sums[2] + sums[3]);
-  }
-  add_tap_sums(tap_grads, grad_w, g, S(1));
-}
-
 // The cosine's input and weight gradients on a grouped layer, given the unpadded input and its
 // LAYOUT (see tap_cosine.py for the formulas): per (sample, group), in the thread's buffers, |p|
 // of every field, then per filter o its products p . w, D = |p| scale[o] + offset[o], a = grad / D
@@ -2119,11 +2145,7 @@ void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, co
     std::vector<T> input_grads(group_elements), norms(output_plane), scaled(output_plane), radial_grads(output_plane);
     std::vector<T> unused(0), no_weight_grads(g.taps);
     std::vector<Vector> tap_grads(g.taps);
-    // a depthwise group at unit stride gathers its gradients (cosine_backward_gathered): its
-    // outputs' fields start at a third of the plane's places or more, where a stride leaves a
-    // quarter or less (and a phase per stride step) for the gather to sum over every place
-    const bool gathers = per_group_out == 1 && per_group_in == 1 && g.step == 1 && layout.phases == 1 &&
-                         3 * g.rows * g.width >= g.plane;
+    const bool gathers = gathers_backward(g, &layout);
     const int64_t margin = gathers ? gather_margin(g) : 0;
     const int64_t gathered = gathers ? margin + g.plane + kGatherVectors * Lanes<T>::kCount : 0;
     std::vector<T> gathered_a(gathered), gathered_r(gathered);
@@ -2174,8 +2196,9 @@ void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, co
         radial[b * g.out_channels + o] = radial_sum;
         S* filter_grad = grad_w + (b * g.out_channels + o) * g.taps;
         if (gathers && all_finite(w + o * g.taps, g.taps)) {
-          cosine_backward_gathered(source, w + o * g.taps, products, to_radial, input_grads.data(), filter_grad, g,
-                                   gathered_a.data(), gathered_r.data(), margin, tap_grads.data());
+          gathered_backward_plane<S, true>(source, w + o * g.taps, products, to_radial, input_grads.data(),
+                                           filter_grad, g, gathered_a.data(), gathered_r.data(), margin,
+                                           tap_grads.data());
         } else if (per_group_out == 1) {
           cosine_backward_plane(source, w + o * g.taps, products, to_radial, input_grads.data(), filter_grad, g,
                                 tap_grads.data());
