@@ -1849,14 +1849,6 @@ void backward_plane(const S* __restrict x, const S* __restrict w, const S* __res
   add_tap_sums(tap_grads, grad_w, g, sign);
 }
 
-// Threads split (sample, group) pairs: each writes only its group's input gradient, and each
-// sample its own weight-gradient slice (summed over samples by the caller). The narrower types
-// accumulate both in T buffers of the thread's own, rounded once into grad_x and grad_w (which
-// the caller zero filled, as the wider types add into them in place). Given a LAYOUT (not null),
-// x and grad_x are unpadded, as in the forward's each_output_plane: each thread lays out one
-// (sample, group) of x into a buffer of its own, accumulates its gradient in another and crops
-// that into grad_x, all in cache, where the padded copies of x and of its gradient went to memory
-// and back; a tropical forward recomputes the winners' outputs plane by plane (Y is not read).
 // The places a gathered backward lays out before a plane (see gathered_backward_plane): its
 // largest tap offset (a block of vectors goes after it)
 inline int64_t gather_margin(const Geometry& g) { return *std::max_element(g.tap_offsets, g.tap_offsets + g.taps); }
@@ -1899,11 +1891,10 @@ void gathered_backward_plane(const S* __restrict x, const S* __restrict w, const
     Vector dots[kTogether] = {}, boxes[kTogether] = {};
     for (int64_t t = 0; t < g.taps; ++t) {
       const S weight = w[g.weight_index[t]];
-      const S* a = ea + margin + q - g.tap_offsets[t];
-      const S* r = er + margin + q - g.tap_offsets[t];
+      const int64_t at = margin + q - g.tap_offsets[t];
       for (int j = 0; j < kTogether; ++j) {
-        dots[j] += load(a + j * kLanes, 1) * weight;
-        if constexpr (RADIAL) boxes[j] += load(r + j * kLanes, 1);
+        dots[j] += load(ea + at + j * kLanes, 1) * weight;
+        if constexpr (RADIAL) boxes[j] += load(er + at + j * kLanes, 1);
       }
     }
     for (int j = 0; j < kTogether; ++j) {
@@ -1940,6 +1931,14 @@ void gathered_backward_plane(const S* __restrict x, const S* __restrict w, const
   add_tap_sums(tap_grads, grad_w, g, S(1));
 }
 
+// Threads split (sample, group) pairs: each writes only its group's input gradient, and each
+// sample its own weight-gradient slice (summed over samples by the caller). The narrower types
+// accumulate both in T buffers of the thread's own, rounded once into grad_x and grad_w (which
+// the caller zero filled, as the wider types add into them in place). Given a LAYOUT (not null),
+// x and grad_x are unpadded, as in the forward's each_output_plane: each thread lays out one
+// (sample, group) of x into a buffer of its own, accumulates its gradient in another and crops
+// that into grad_x, all in cache, where the padded copies of x and of its gradient went to memory
+// and back; a tropical forward recomputes the winners' outputs plane by plane (Y is not read).
 template <typename S, typename Op>
 void backward(const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* grad_w, const Geometry& g,
               const Layout* layout, int threads) {
