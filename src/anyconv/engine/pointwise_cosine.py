@@ -77,6 +77,15 @@ def composed_cosine(
     (:func:`eps_negligible`), the product of the unit vectors p / |p| and w / |w|: one pass over
     the fields where the division took two over the output (a 1x1 layer that widens its channels
     has an output several times its input)."""
+    output, _ = _cosine_and_units(fields, filters, eps, rows, recording)
+    return output
+
+
+def _cosine_and_units(
+    fields: torch.Tensor, filters: torch.Tensor, eps: float, rows: bool, recording: bool
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """:func:`composed_cosine`, and where it multiplied the unit vectors, those with the norms:
+    (p / |p|, w / |w|, |p|, |w|), which the recorded call's backward takes as they are."""
     if rows or fields.numel() <= SMALL_FIELDS:
         # a zero field gets the fields path's gradient (0) from either
         field_norms = torch.linalg.vector_norm(fields, dim=_channels(rows), keepdim=True)
@@ -86,14 +95,16 @@ def composed_cosine(
     if not recording and fields.shape[_channels(rows)] <= filters.shape[-2]:
         if eps_negligible(field_norms, filter_norms, eps, _output_count(fields, filters, rows)):
             units = filters / (filter_norms[:, None] if rows else filter_norms)
-            return _products(fields / field_norms, units, rows)
-    return divide_by_norms(_products(fields, filters, rows), field_norms, filter_norms, eps, recording)
+            unit_fields = fields / field_norms
+            return _products(unit_fields, units, rows), (unit_fields, units, field_norms, filter_norms)
+    output = divide_by_norms(_products(fields, filters, rows), field_norms, filter_norms, eps, recording)
+    return output, None
 
 
 def _unit_gradients(
     grad: torch.Tensor,
-    fields: torch.Tensor,
-    filters: torch.Tensor,
+    unit_fields: torch.Tensor,
+    units: torch.Tensor,
     field_norms: torch.Tensor,
     filter_norms: torch.Tensor,
     rows: bool,
@@ -110,11 +121,10 @@ def _unit_gradients(
     No output-sized tensor is made beyond the gradient itself, and the products are not recomputed.
     """
     norms = filter_norms[:, None] if rows else filter_norms
-    units, unit_fields = filters / norms, fields / field_norms
     grad_fields = grad_filters = None
     if needs[0]:
         along = filters_times_columns(units.mT, grad) if not rows else row_product(grad, units.mT, None)
-        along -= unit_fields * (unit_fields * along).sum(_channels(rows), keepdim=True)
+        along.addcmul_(unit_fields, (unit_fields * along).sum(_channels(rows), keepdim=True), value=-1)
         grad_fields = along.div_(field_norms)
     if needs[1]:
         if rows:
@@ -122,7 +132,7 @@ def _unit_gradients(
         else:
             # (B, G, Og, L) x (B, G, L, Cg), summed over the samples: (G, Og, Cg)
             across = filters_gradient(grad, unit_fields)
-        across -= units * (units * across).sum(-1, keepdim=True)
+        across.addcmul_(units, (units * across).sum(-1, keepdim=True), value=-1)
         grad_filters = across.div_(norms)
     return grad_fields, grad_filters
 
@@ -157,16 +167,18 @@ class _PointwiseCosine(torch.autograd.Function):
         eps: float,
         rows: bool,
     ) -> torch.Tensor:
-        output = composed_cosine(fields, filters, eps, rows, recording=False)
+        output, unit_vectors = _cosine_and_units(fields, filters, eps, rows, recording=False)
         if bias is not None:
             output += bias_view(bias, filters, rows)
-        ctx.save_for_backward(fields, filters, bias)
+        # the unit vectors and norms the product was made of, where it was (the backward's own,
+        # which it would otherwise make again): a tensor of the input's size more to keep
+        ctx.save_for_backward(fields, filters, bias, *(unit_vectors or ()))
         ctx.eps, ctx.rows = eps, rows
         return output
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        fields, filters, bias = ctx.saved_tensors
+        fields, filters, bias, *unit_vectors = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():
             # a graph of the gradients is asked for (a second derivative): the composed form's,
@@ -176,7 +188,10 @@ class _PointwiseCosine(torch.autograd.Function):
                 return output if bias is None else output + bias_view(bias, filters, ctx.rows)
 
             return (*gradients_as_graph(recompute, (fields, filters, bias), needs, grad), None, None)
-        grad_fields, grad_filters = _gradients(grad, fields, filters, ctx.eps, ctx.rows, needs)
+        if unit_vectors:
+            grad_fields, grad_filters = _unit_gradients(grad, *unit_vectors, ctx.rows, needs)
+        else:
+            grad_fields, grad_filters = _gradients(grad, fields, filters, ctx.eps, ctx.rows, needs)
         grad_bias = None
         if needs[2]:
             grad_bias = grad.sum(0) if ctx.rows else grad.sum((0, 3)).flatten()
@@ -197,7 +212,9 @@ def _gradients(
     field_norms = (fields * fields).sum(_channels(rows), keepdim=True).sqrt_()
     filter_norms = torch.linalg.vector_norm(filters, dim=-1, keepdim=not rows)
     if eps_negligible(field_norms, filter_norms, eps, _output_count(fields, filters, rows)):
-        return _unit_gradients(grad, fields, filters, field_norms, filter_norms, rows, needs)
+        norms = filter_norms[:, None] if rows else filter_norms
+        units, unit_fields = filters / norms, fields / field_norms
+        return _unit_gradients(grad, unit_fields, units, field_norms, filter_norms, rows, needs)
     products = _products(fields, filters, rows)
     denominator = field_norms * filter_norms + eps
     products.div_(denominator)
