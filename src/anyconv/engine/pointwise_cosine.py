@@ -189,7 +189,10 @@ class _PointwiseCosine(torch.autograd.Function):
 
             return (*gradients_as_graph(recompute, (fields, filters, bias), needs, grad), None, None)
         if unit_vectors:
-            grad_fields, grad_filters = _unit_gradients(grad, *unit_vectors, ctx.rows, needs)
+            unit_fields, units, field_norms, filter_norms = unit_vectors
+            grad_fields, grad_filters = _unit_gradients(
+                grad, unit_fields, units, field_norms, filter_norms, ctx.rows, needs
+            )
         else:
             grad_fields, grad_filters = _gradients(grad, fields, filters, ctx.eps, ctx.rows, needs)
         grad_bias = None
