@@ -393,7 +393,11 @@ def test_check_reports_the_path_of_every_fused_variant(
     lines = capsys.readouterr().out.splitlines()
     for variant in ("l1", "lp", "max_plus", "min_plus"):
         assert any(line.split()[:1] == [variant] and expected in line for line in lines), lines
-    for copy in ("the columns of the fields path's forward", "the fold of the fields path's backward"):
+    for copy in (
+        "the columns of the fields path's forward",
+        "the fold of the fields path's backward",
+        "the cosine of small rows (squeeze-excitation)",
+    ):
         reported = [line for line in lines if line.startswith(copy)]
         assert len(reported) == 1 and expected in reported[0], lines
     for dtype in ("float32", "float64", "bfloat16", "float16"):
@@ -417,5 +421,5 @@ def test_check_reports_native_libraries(built_cache, fresh_native, monkeypatch, 
     monkeypatch.setattr(check, "loops_paths", dict)
     assert main(["check", "--input-size", "5", "--kernel-size", "3"]) == 0
     out = capsys.readouterr().out
-    # the four fused variants and the fields path's columns and fold
-    assert out.count(f"native: {built_cache}") == 6
+    # the four fused variants, the fields path's columns and fold, and the small rows' cosine
+    assert out.count(f"native: {built_cache}") == 7

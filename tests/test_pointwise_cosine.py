@@ -13,7 +13,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from variant_reference import eps_zero_cosine, naive_generalized_conv
 
 import anyconv
-from anyconv.engine import pointwise, pointwise_cosine
+from anyconv.engine import cosine_rows, pointwise, pointwise_cosine
 
 #: x shape, weight shape, arguments, channels-last input
 CASES = [
@@ -31,8 +31,10 @@ IDS = ["columns", "grouped", "strided", "1d", "3d", "channels-last", "channels-l
 
 @pytest.fixture(autouse=True)
 def recompute_every_call(monkeypatch):
-    """The recomputing backward also for the small layers of these tests."""
+    """The recomputing backward also for the small layers of these tests (the small rows' native
+    cosine, tests/test_cosine_rows.py, set aside)."""
     monkeypatch.setattr(pointwise_cosine, "RECOMPUTE_OUTPUTS", 0)
+    monkeypatch.setattr(cosine_rows, "MAX_WORK", 0)
 
 
 def _tensors(case, dtype=torch.float64):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 import anyconv
 
+from ..engine.cosine_rows import cosine_rows_path
 from ..engine.fields_columns import columns_path
 from ..engine.fields_fold import fold_path
 from ..engine.tap_loops import loops_paths
@@ -103,6 +104,7 @@ def run(arguments: argparse.Namespace) -> int:
         print(f"  {dtype.ljust(8)}  {path}")
     print(f"the columns of the fields path's forward: {columns_path()}")
     print(f"the fold of the fields path's backward: {fold_path()}")
+    print(f"the cosine of small rows (squeeze-excitation): {cosine_rows_path()}")
     if all(outcome.passed for outcome in outcomes):
         print(f"OK: every largest difference is at most {TOLERANCE:.0e}")
         return 0

@@ -6,11 +6,14 @@ and divided by the norms for ``cosine`` (``engine/pointwise_cosine.py``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..geometry import Geometry
 from ..variants import Cosine, Dot, Variant
 from ..variants.matrix_products import filters_times_columns, row_product
+from .cosine_rows import cosine_rows, cosine_rows_fit
 from .machinery import machinery_watches, records_graph
 from .ops_memory_format import channels_last_format
 from .pointwise_cosine import bias_view, composed_cosine, pointwise_cosine, recomputes
@@ -149,6 +152,9 @@ def _cosine(
     rows: bool,
 ) -> torch.Tensor:
     """The cosine plus ``bias`` of ``fields`` and ``filters`` in either layout (``pointwise_cosine``)."""
+    if rows and cosine_rows_fit(fields, filters, bias):
+        # a few rows and filters (squeeze-excitation): one native call each way
+        return cosine_rows(fields, filters, bias, variant.eps, _composed_rows(variant.eps))
     if recording and recomputes(fields, filters, rows) and not machinery_watches(fields, filters, bias):
         # a backward that keeps the fields and filters only, where the composition keeps the
         # products and the denominator, each the output's size
@@ -158,3 +164,13 @@ def _cosine(
         return output
     shaped = bias_view(bias, filters, rows)
     return output + shaped if recording else output.add_(shaped)
+
+
+def _composed_rows(eps: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    """The rows' cosine plus bias as differentiable torch operations, for a second derivative."""
+
+    def composed(rows: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        output = composed_cosine(rows, filters, eps, rows=True, recording=True)
+        return output if bias is None else output + bias
+
+    return composed

@@ -41,6 +41,7 @@ SOURCES = {
     "tap_loops.cpp": ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd", "-fno-math-errno"),
     "fields_fold.cpp": ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd"),
     "fields_columns.cpp": ("-O3", "-march=native", "-std=c++17", "-fno-tree-loop-distribute-patterns"),
+    "cosine_rows.cpp": ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd", "-fno-math-errno"),
 }
 #: sources built as one library per part, each part's compile defining ANYCONV_PART_<PART>: the tap
 #: loops one per dtype, so that a first call waits for its own dtype's loops only (the four
@@ -55,8 +56,8 @@ HEADERS = ("fused_blocks.h", "storage_types.h")
 #: (macOS, musl) have none and declare no vector pow, so their builds need nothing extra
 _EXTRA_LIBRARIES = {"fused_power.cpp": ("-lmvec",)} if platform.libc_ver()[0] == "glibc" else {}
 _FALLBACK = (
-    "the native loops (of l1, lp, max_plus, min_plus, the tap loops and the fields path's copies) run their "
-    "eager path (same numbers, slower)"
+    "the native loops (of l1, lp, max_plus, min_plus, the tap loops, the fields path's copies and the "
+    "small layers' cosine) run their eager path (same numbers, slower)"
 )
 _lock = threading.Lock()
 _warned: set[str] = set()
