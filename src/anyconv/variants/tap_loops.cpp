@@ -1913,20 +1913,40 @@ void gathered_backward_plane(const S* __restrict x, const S* __restrict w, const
     if constexpr (RADIAL) dot -= load_partial(x + q, 1, count) * box;
     store_partial(grad_x + q, dot, count);
   }
+  static_assert(kTogether == 4, "the weight gradient's four sums are written out");
   for (int64_t t = 0; t < g.taps; ++t) {
-    Vector sums[kTogether] = {};
+    // four sums, each vector of a row into the one of its place modulo four; named, where sums
+    // indexed by (i / kLanes) % 4 lived in memory, each multiply-add waiting on a store
+    Vector sum0{}, sum1{}, sum2{}, sum3{};
     for (int64_t r = 0; r < g.rows; ++r) {
       const S* a = along + r * g.width;
       const S* source = x + g.row_offsets[r] + g.tap_offsets[t];
       int64_t i = 0;
-      for (; i + kLanes <= g.width; i += kLanes) sums[(i / kLanes) % kTogether] += load(a + i, 1) * load(source + i, 1);
+      for (; i + 4 * kLanes <= g.width; i += 4 * kLanes) {
+        sum0 += load(a + i, 1) * load(source + i, 1);
+        sum1 += load(a + i + kLanes, 1) * load(source + i + kLanes, 1);
+        sum2 += load(a + i + 2 * kLanes, 1) * load(source + i + 2 * kLanes, 1);
+        sum3 += load(a + i + 3 * kLanes, 1) * load(source + i + 3 * kLanes, 1);
+      }
+      if (i + kLanes <= g.width) {
+        sum0 += load(a + i, 1) * load(source + i, 1);
+        i += kLanes;
+        if (i + kLanes <= g.width) {
+          sum1 += load(a + i, 1) * load(source + i, 1);
+          i += kLanes;
+          if (i + kLanes <= g.width) {
+            sum2 += load(a + i, 1) * load(source + i, 1);
+            i += kLanes;
+          }
+        }
+      }
       if (i < g.width) {
         const int count = static_cast<int>(g.width - i);
         // the lanes past COUNT are zero in both
-        sums[kTogether - 1] += load_partial(a + i, 1, count) * load_partial(source + i, 1, count);
+        sum3 += load_partial(a + i, 1, count) * load_partial(source + i, 1, count);
       }
     }
-    tap_grads[t] = (sums[0] + sums[1]) + (sums[2] + sums[3]);
+    tap_grads[t] = (sum0 + sum1) + (sum2 + sum3);
   }
   add_tap_sums(tap_grads, grad_w, g, S(1));
 }
