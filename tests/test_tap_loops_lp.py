@@ -1,9 +1,10 @@
-"""``lp`` on the tap loops (engine/tap_loops.py, variants/power_roots.py): for a whole p from 1 to
-4 the loops sum -|p - w|^p tap by tap and the root is taken after them.
+"""``lp`` on the tap loops (engine/tap_loops.py, variants/power_roots.py): the loops sum
+-|p - w|^p tap by tap and the root is taken after them; for a whole p from 1 to 4 by products,
+for any other p > 0 by exp and log (on the layers whose every tap the loops sum).
 
 Every geometry of the tap loops' cases, against the naive float64 formula (forward and
 gradients), gradcheck, the fields path on hostile values (NaN, inf, a field equal to its filter),
-float32 against float64, and the exponents the loops leave to the fields path.
+float32 against float64, and the layers the loops leave to the fields path.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from anyconv.engine.plan import plan_conv
 from anyconv.engine.tap_loops import tap_loops_fit
 from anyconv.variants import Lp, resolve_variant
 
-#: the whole exponents whose sums the loops take (1 and 2: l1's and l2's loops)
-POWERS = [1.0, 2.0, 3.0, 4.0]
+#: the whole exponents whose sums the loops take by products (1 and 2: l1's and l2's loops), and
+#: others, by exp and log: under 1, between 1 and 2, a half, and a whole one past 4
+POWERS = [1.0, 2.0, 3.0, 4.0, 0.5, 1.5, 2.5, 5.0]
 #: a dense first layer: the loops' filter blocks take its forward, the fields path its backward
 DENSE = {
     "id": "dense-first-layer",
@@ -60,7 +62,7 @@ def test_lp_equals_the_naive_formula_forward_and_gradients(case, p):
         torch.testing.assert_close(value, reference)
 
 
-@pytest.mark.parametrize("p", [3.0, 4.0], ids=str)
+@pytest.mark.parametrize("p", [3.0, 4.0, 0.5, 2.5], ids=str)
 @pytest.mark.parametrize(
     "case", [case for case in LP_CASES if case["id"] in ("2d-multiplier-2", "1d-stride3", "3d-stride2")]
 )
@@ -123,7 +125,35 @@ def test_hostile_values_follow_the_fields_path(p, monkeypatch):
 
 
 @pytest.mark.parametrize("p", [2.5, 0.7, 5.0], ids=str)
-def test_other_exponents_stay_on_the_fields_path(p):
-    case = CASES[0]
-    x, w, _ = case_tensors(case)
+def test_other_exponents_on_a_dense_layer_stay_on_the_fields_path(p):
+    # the filter blocks take a whole p from 1 to 4 there; an exp and a log per term measured
+    # faster in the fields path's fused loops
+    case = {"x": (1, 16, 12, 12), "w": (8, 16, 3, 3), "with": {"padding": 1, "groups": 1}}
+    x, w, b = case_tensors(case)
+    assert _plan_path(x, w, 3.0, case) == "tap loops"
     assert _plan_path(x, w, p, case) == "fields"
+    output = anyconv.generalized_conv(x, w, "lp", b, p=p, **case["with"])
+    torch.testing.assert_close(output, naive_generalized_conv(x, w, "lp", b, p=p, **case["with"]))
+
+
+def test_concurrent_calls_with_different_exponents():
+    # the loops' run-time exponent is one per library: calls from two threads take turns
+    import threading
+
+    case = {"x": (2, 8, 16, 16), "w": (8, 1, 3, 3), "with": {"padding": 1, "groups": 8}}
+    x, w, _ = case_tensors(case)
+    expected = {p: naive_generalized_conv(x, w, "lp", p=p, **case["with"]) for p in (0.5, 2.5)}
+    failures = []
+
+    def run(p):
+        for _ in range(20):
+            got = anyconv.generalized_conv(x, w, "lp", p=p, **case["with"])
+            if not torch.allclose(got, expected[p]):
+                failures.append(p)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in (0.5, 2.5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []

@@ -4,9 +4,10 @@ receptive fields copied.
 
 Compiled loops (``variants/tap_loops.cpp``) run over the kernel taps of each output row, reading
 the zero-padded input in place, forward and backward, for ``dot``, ``l1``, ``l2``, ``max_plus``,
-``min_plus`` and ``lp`` for p = 1 to 4 (the loops' sums of |p - w|^p, the root taken after:
-:func:`loops_power`). A grouped layer's loops pad the input themselves, forward and backward, a
-(sample, group) at a time in a buffer that stays in cache, and crop its gradient the same way. A
+``min_plus`` and ``lp`` (the loops' sums of |p - w|^p, the root taken after: :func:`loops_power`;
+a p other than a whole 1 to 4 only where the loops sum every tap of few channels). A grouped
+layer's loops pad the input themselves, forward and backward, a (sample, group) at a time in a
+buffer that stays in cache, and crop its gradient the same way. A
 (fields x filters) product would multiply matrices only a few columns wide. The forward of a
 dense layer takes its filters in blocks, so that every input value loaded feeds every filter of
 a block: with 32 filters or more (16 in float64), two vectors of filters at 14 positions of a
@@ -78,8 +79,10 @@ MAX_COLUMNS_KERNEL = 3
 MIN_COLUMNS_CHANNELS = 32
 _OPERATIONS = {Dot: 0, L1: 1, L2: 3, MaxPlus: 4, MinPlus: 5}
 _L1_ADDER = 2
-#: lp's operation per whole p: the loops' sums -sum |p - w|^p (l1's for 1, l2's for 2)
+#: lp's operation per whole p: the loops' sums -sum |p - w|^p (l1's for 1, l2's for 2); any other
+#: p > 0 takes _REAL_POWER, |p - w|^p as exp(p log |p - w|) with p an argument of the loops
 _POWER_OPERATIONS = {1: 1, 2: 3, 3: 6, 4: 7}
+_REAL_POWER = 8
 #: the variants the loops know that are no matrix product (their fields path is fused loops)
 _DISTANCES = (L1, Lp, MaxPlus, MinPlus)
 _TROPICAL = (_OPERATIONS[MaxPlus], _OPERATIONS[MinPlus])
@@ -111,28 +114,36 @@ def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, g
     True
     """
     if type(variant) is Lp:
-        if loops_power(variant) is None:
+        power = loops_power(variant)
+        if power is None:
             return False
+        if power not in _POWER_OPERATIONS:
+            # an exp and a log per term: only where the loops sum every tap of a few channels; on
+            # a dense layer the fields path's fused loops, which vectorise the power too, measured
+            # faster (docs/benchmarks.md)
+            return tap_sums_fit(input, weight, groups)
     elif type(variant) not in _OPERATIONS or (type(variant) is Dot and _columns_take(weight, groups)):
         return False
     max_channels = None if type(variant) in _DISTANCES else MAX_BLOCKED_CHANNELS
     return tap_sums_fit(input, weight, groups) or filter_blocks_fit(input, weight, groups, max_channels)
 
 
-def loops_power(variant: Lp) -> int | None:
-    """The exponent of an ``lp`` whose sums the loops take: a whole number from 1 to 4 given as a
-    number (the exponents the fused loops also take by products), else None.
+def loops_power(variant: Lp) -> float | None:
+    """The exponent of an ``lp`` whose sums the loops take: its p, given as a number (None for
+    anything else).
 
-    The loops sum -|p - w|^p tap by tap (p = 1 and 2: as ``l1`` and ``l2``), and the root of the
-    sum is taken after them, in the forward and, through the sum's gradient, in the backward.
+    The loops sum -|p - w|^p tap by tap (p = 1 and 2: as ``l1`` and ``l2``; 3 and 4 by products,
+    exactly, as the fused loops take them; any other p as exp(p log |p - w|), 0 where p = w), and
+    the root of the sum is taken after them, in the forward and, through the sum's gradient, in
+    the backward.
 
     >>> loops_power(Lp(p=3)), loops_power(Lp(p=2.5))
-    (3, None)
+    (3.0, 2.5)
     """
     p = variant.options["p"]
-    if type(p) not in (int, float) or p not in _POWER_OPERATIONS:
+    if type(p) not in (int, float) or not p > 0:
         return None
-    return int(p)
+    return float(p)
 
 
 def _columns_take(weight: torch.Tensor, groups: int) -> bool:
@@ -287,7 +298,7 @@ class TapPlan:
     groups: int
     operation: int
     samples_per_chunk: int
-    power: int = 1
+    power: float = 1.0
 
 
 @lru_cache(maxsize=1024)
@@ -305,10 +316,11 @@ def _tap_plan(
 ) -> TapPlan:
     """The loops' plan for one call of the ops, from their schema arguments (cached)."""
     instance = op_variant(variant, options)
-    power = 1
+    power = 1.0
     if isinstance(instance, Lp):
-        power = loops_power(instance) or 1
-        operation = _POWER_OPERATIONS[power]
+        power = loops_power(instance) or 1.0
+        whole = int(power) == power and int(power) in _POWER_OPERATIONS
+        operation = _POWER_OPERATIONS[int(power)] if whole else _REAL_POWER
     else:
         operation = _OPERATIONS[type(instance)]
         if operation == _OPERATIONS[L1] and instance.options["adder_grad"]:
@@ -422,7 +434,7 @@ def _loops_backward(
     plan = plan_of(_tap_plan, input, weight, *arguments)
     record_native_call()
     weight = weight.contiguous()
-    if plan.power > 1:
+    if plan.power != 1:
         # lp = -S^(1/p) of the loops' -S: their gradient of S^(1/p - 1) / p times the output's
         grad_output = root_slope(_sums(input, weight, None, plan), grad_output, plan.power)
     grad_output = grad_output.contiguous()
@@ -864,6 +876,8 @@ def _function(name: str, dtype: torch.dtype) -> Any:
         *(_POINTER,) * pointers,
         *_GEOMETRY_ARGUMENTS,
         *_LAYOUT_ARGUMENTS,
+        # the operation's entry points take lp's exponent last
+        *(ctypes.c_double,) * operation,
     )
     function.restype = None
     return function
@@ -906,4 +920,5 @@ def _call(
         1,
         _threads(padded.shape[0] * weight.shape[0] * geometry.num_positions * taps.numel()),
         *layout,
+        *(plan.power,) * _ENTRY_POINTS[name][0],
     )

@@ -53,8 +53,14 @@ OPENMP_FLAGS = ("-fopenmp",)
 #: the headers the sources include; part of every source's cache key
 HEADERS = ("fused_blocks.h", "storage_types.h")
 #: glibc's vector math library, whose pow the vectorised power loops call; other C libraries
-#: (macOS, musl) have none and declare no vector pow, so their builds need nothing extra
-_EXTRA_LIBRARIES = {"fused_power.cpp": ("-lmvec",)} if platform.libc_ver()[0] == "glibc" else {}
+#: (macOS, musl) have none and declare no vector pow, so their builds need nothing extra. The tap
+#: loops call its x86-64 exp and log by name, weak symbols (lanes one by one where it lacks them),
+#: which the linker's --as-needed does not count as a need: hence --no-as-needed
+_EXTRA_LIBRARIES: dict[str, tuple[str, ...]] = (
+    {"fused_power.cpp": ("-lmvec",)} if platform.libc_ver()[0] == "glibc" else {}
+)
+if _EXTRA_LIBRARIES and platform.machine().lower() in ("x86_64", "amd64"):
+    _EXTRA_LIBRARIES["tap_loops.cpp"] = ("-Wl,--no-as-needed", "-lmvec")
 _FALLBACK = (
     "the native loops (of l1, lp, max_plus, min_plus, the tap loops, the fields path's copies and the "
     "small layers' cosine) run their eager path (same numbers, slower)"

@@ -25,23 +25,28 @@ _POINTER, _SIZE, _FLAG = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _PER_THREAD = 2**15
 
 
-def negated_root_(sums: torch.Tensor, p: int) -> torch.Tensor:
-    """``sums`` (-S, as the loops give it, p = 2, 3 or 4) becomes -S^(1/p) in place; returned.
+def negated_root_(sums: torch.Tensor, p: float) -> torch.Tensor:
+    """``sums`` (-S, as the loops give it, p > 0) becomes -S^(1/p) in place; returned.
 
     >>> root = negated_root_(torch.tensor([-8.0, -27.0, 0.0]), 3)
     >>> torch.allclose(root, torch.tensor([-2.0, -3.0, 0.0]))
     True
+    >>> negated_root_(torch.tensor([-4.0]), 0.5)
+    tensor([-16.])
     """
     if p == 3:
         # the cube root is odd: -S^(1/3) is the cube root of -S
         return cube_root(sums, out=sums)
+    if p not in (2, 4):
+        return sums.neg_().pow_(1 / p).neg_()
     roots = sums.neg_().sqrt_()
     return (roots.sqrt_() if p == 4 else roots).neg_()
 
 
-def root_slope(sums: torch.Tensor, grad: torch.Tensor, p: int) -> torch.Tensor:
+def root_slope(sums: torch.Tensor, grad: torch.Tensor, p: float) -> torch.Tensor:
     """``grad`` times S^(1/p - 1) / p from ``sums`` (-S): the gradient of S for an output gradient
-    ``grad`` of -S^(1/p); infinite where S is 0 and 0 where S is infinite, as torch's ``pow``.
+    ``grad`` of -S^(1/p); for p > 1 infinite where S is 0 and 0 where S is infinite, as torch's
+    ``pow``.
 
     >>> root_slope(torch.tensor([-4.0, -16.0]), torch.tensor([1.0, 2.0]), 2)
     tensor([0.2500, 0.2500])
@@ -51,6 +56,8 @@ def root_slope(sums: torch.Tensor, grad: torch.Tensor, p: int) -> torch.Tensor:
         roots = cube_root(sums)
         return grad / roots.mul_(roots).mul_(3)
     sums = sums.neg()
+    if p not in (2, 4):
+        return sums.pow_(1 / p - 1).mul_(grad).div_(p)
     # S^(-1/2) / 2, or S^(-3/4) / 4 = S^(-1/2) S^(-1/4) / 4
     slope = sums.sqrt().rsqrt_().mul_(sums.rsqrt_()) if p == 4 else sums.rsqrt_()
     return slope.mul_(grad).div_(p)

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -191,6 +192,116 @@ struct PowerSum {
     const A d = x - w;
     const A slope = P == 3 ? absolute(d) * d : d * d * d;
     const A term = T(P) * slope * g;
+    dx = -term;
+    dw = term;
+  }
+};
+
+// libmvec's vector exp and log (glibc 2.22 and later, x86-64) for the vectors of this build, weak:
+// null where the library lacks them, and the lanes then take std::exp and std::log one by one
+#if defined(__x86_64__) && defined(__GLIBC__)
+#define ANYCONV_VECTOR_MATH 1
+extern "C" {
+#if defined(__AVX512F__)
+__m512 _ZGVeN16v_expf(__m512) __attribute__((weak));
+__m512 _ZGVeN16v_logf(__m512) __attribute__((weak));
+__m512d _ZGVeN8v_exp(__m512d) __attribute__((weak));
+__m512d _ZGVeN8v_log(__m512d) __attribute__((weak));
+#elif defined(__AVX2__)
+__m256 _ZGVdN8v_expf(__m256) __attribute__((weak));
+__m256 _ZGVdN8v_logf(__m256) __attribute__((weak));
+__m256d _ZGVdN4v_exp(__m256d) __attribute__((weak));
+__m256d _ZGVdN4v_log(__m256d) __attribute__((weak));
+#endif
+}
+#endif
+
+// exp or log of every lane of a vector (LOG: log), or of a number
+template <bool LOG, typename A>
+inline A exp_or_log(A values) {
+  if constexpr (std::is_floating_point<A>::value) {
+    return LOG ? std::log(values) : std::exp(values);
+  } else {
+    constexpr int kCount = sizeof(A) / sizeof(values[0]);
+    using Lane = std::remove_reference_t<decltype(values[0])>;
+#if defined(ANYCONV_VECTOR_MATH) && (defined(__AVX512F__) || defined(__AVX2__))
+#if defined(__AVX512F__)
+    using Float = __m512;
+    using Double = __m512d;
+    constexpr auto* kFloat = LOG ? &_ZGVeN16v_logf : &_ZGVeN16v_expf;
+    constexpr auto* kDouble = LOG ? &_ZGVeN8v_log : &_ZGVeN8v_exp;
+#else
+    using Float = __m256;
+    using Double = __m256d;
+    constexpr auto* kFloat = LOG ? &_ZGVdN8v_logf : &_ZGVdN8v_expf;
+    constexpr auto* kDouble = LOG ? &_ZGVdN4v_log : &_ZGVdN4v_exp;
+#endif
+    if constexpr (std::is_same<Lane, float>::value && sizeof(A) == sizeof(Float)) {
+      if (kFloat != nullptr) {
+        Float in, out;
+        std::memcpy(&in, &values, sizeof(in));
+        out = kFloat(in);
+        std::memcpy(&values, &out, sizeof(out));
+        return values;
+      }
+    } else if constexpr (std::is_same<Lane, double>::value && sizeof(A) == sizeof(Double)) {
+      if (kDouble != nullptr) {
+        Double in, out;
+        std::memcpy(&in, &values, sizeof(in));
+        out = kDouble(in);
+        std::memcpy(&values, &out, sizeof(out));
+        return values;
+      }
+    }
+#endif
+    for (int lane = 0; lane < kCount; ++lane) values[lane] = LOG ? std::log(values[lane]) : std::exp(values[lane]);
+    return values;
+  }
+}
+
+// lp's run-time exponent: set by the entry points (under real_power_lock) before the loops run
+template <typename T>
+struct RealExponent {
+  static inline T value = T(1);
+};
+
+// |d|^POWER for a number or a vector, as exp(POWER log |d|), 0 at d = 0 for every power (as the
+// fused loops define it); NaN stays NaN, inf stays inf
+template <typename A, typename T>
+inline A magnitude_power(A d, T power) {
+  const A magnitude = absolute(d);
+  const A raised = exp_or_log<false>(A(power * exp_or_log<true>(magnitude)));
+  if constexpr (std::is_floating_point<A>::value) {
+    return magnitude == 0 ? A(0) : raised;
+  } else {
+    return magnitude == A{} ? A{} : raised;
+  }
+}
+
+// lp's sums for a p other than a whole 1 to 4 (p > 0, known at run time): -sum |x - w|^p,
+// negated as PowerSum's
+template <typename T>
+struct RealPowerSum {
+  static constexpr bool kWinner = false;
+  static T start() { return T(0); }
+  template <typename A, typename W>
+  static A step(A acc, A x, W w) {
+    return acc - magnitude_power(A(x - w), RealExponent<T>::value);
+  }
+  // d|d|^p / dd = p |d|^(p - 1) sign(d), and the term 0 at d = 0 whatever the gradient: there the
+  // fused loops' term is 0 even for an infinite gradient (the root's slope at a sum of 0), as
+  // torch's norms take a gradient of 0 at 0
+  template <typename A>
+  static void partials(A x, T w, A g, A& dx, A& dw) {
+    const T p = RealExponent<T>::value;
+    const A d = x - w;
+    const A slope = magnitude_power(d, T(p - 1));
+    A term = p * (d < 0 ? -slope : slope) * g;
+    if constexpr (std::is_floating_point<A>::value) {
+      term = d == 0 ? A(0) : term;
+    } else {
+      term = d == A{} ? A{} : term;
+    }
     dx = -term;
     dw = term;
   }
@@ -2379,7 +2490,20 @@ void quotient(const S* x, const S* w, const Compute<S>* scale, const Compute<S>*
   });
 }
 
-enum Operation { kDot = 0, kL1 = 1, kL1Adder = 2, kL2 = 3, kMaxPlus = 4, kMinPlus = 5, kPower3 = 6, kPower4 = 7 };
+enum Operation {
+  kDot = 0,
+  kL1 = 1,
+  kL1Adder = 2,
+  kL2 = 3,
+  kMaxPlus = 4,
+  kMinPlus = 5,
+  kPower3 = 6,
+  kPower4 = 7,
+  kRealPower = 8
+};
+
+// one call of the real power at a time: its exponent is a static of the loops' operation
+std::mutex real_power_lock;
 
 // whether no tropical term of the forward can be NaN: the input and the weights all finite
 template <typename S>
@@ -2390,7 +2514,7 @@ bool finite_terms(const S* x, const S* w, const Geometry& g, const Layout* layou
 
 template <typename S>
 void forward_any(int operation, const S* x, const S* w, S* y, const S* bias, const Geometry& g,
-                 const Layout* layout, int threads) {
+                 const Layout* layout, int threads, double exponent) {
   using T = Compute<S>;
   const bool tropical = operation == kMaxPlus || operation == kMinPlus;
   if (tropical && finite_terms(x, w, g, layout)) {
@@ -2406,12 +2530,17 @@ void forward_any(int operation, const S* x, const S* w, S* y, const S* bias, con
     case kMinPlus: return forward<S, MinPlus<T>>(x, w, bias, y, g, layout, threads);
     case kPower3: return forward<S, PowerSum<T, 3>>(x, w, bias, y, g, layout, threads);
     case kPower4: return forward<S, PowerSum<T, 4>>(x, w, bias, y, g, layout, threads);
+    case kRealPower: {
+      std::lock_guard<std::mutex> lock(real_power_lock);
+      RealExponent<T>::value = static_cast<T>(exponent);
+      return forward<S, RealPowerSum<T>>(x, w, bias, y, g, layout, threads);
+    }
   }
 }
 
 template <typename S>
 void backward_any(int operation, const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* grad_w,
-                  const Geometry& g, const Layout* layout, int threads) {
+                  const Geometry& g, const Layout* layout, int threads, double exponent) {
   using T = Compute<S>;
   switch (operation) {
     case kDot: return backward<S, Dot<T>>(x, w, y, grad, grad_x, grad_w, g, layout, threads);
@@ -2422,6 +2551,11 @@ void backward_any(int operation, const S* x, const S* w, const S* y, const S* gr
     case kMinPlus: return backward<S, MinPlus<T>>(x, w, y, grad, grad_x, grad_w, g, layout, threads);
     case kPower3: return backward<S, PowerSum<T, 3>>(x, w, y, grad, grad_x, grad_w, g, layout, threads);
     case kPower4: return backward<S, PowerSum<T, 4>>(x, w, y, grad, grad_x, grad_w, g, layout, threads);
+    case kRealPower: {
+      std::lock_guard<std::mutex> lock(real_power_lock);
+      RealExponent<T>::value = static_cast<T>(exponent);
+      return backward<S, RealPowerSum<T>>(x, w, y, grad, grad_x, grad_w, g, layout, threads);
+    }
   }
 }
 
@@ -2434,13 +2568,13 @@ void backward_any(int operation, const S* x, const S* w, const S* y, const S* gr
                                        const int64_t* weight_index, int64_t rows, const int64_t* row_offsets, \
                                        int64_t width, int64_t step, int threads, int64_t ndim,               \
                                        const int64_t* size, const int64_t* before, const int64_t* padded,    \
-                                       int64_t phases, int channels_last) {                                  \
+                                       int64_t phases, int channels_last, double exponent) {                 \
     /* ndim 0: x is laid out already; else x is the unpadded input, laid out by the loops; bias (O) or */   \
-    /* null, added in the loops' store */                                                                   \
+    /* null, added in the loops' store; exponent: lp's p for kRealPower */                                   \
     const Geometry g{batch, channels, out_channels, groups, plane, taps, tap_offsets, weight_index, rows,      \
                      row_offsets, width, step};                                                             \
     const Layout layout{ndim, size, before, padded, phases, channels_last != 0};                            \
-    forward_any<T>(operation, x, w, y, bias, g, ndim > 0 ? &layout : nullptr, threads);                     \
+    forward_any<T>(operation, x, w, y, bias, g, ndim > 0 ? &layout : nullptr, threads, exponent);           \
   }                                                                                                         \
   extern "C" void tap_backward_##SUFFIX(int operation, const T* x, const T* w, const T* y, const T* grad,    \
                                         T* grad_x, T* grad_w, int64_t batch, int64_t channels,               \
@@ -2449,12 +2583,13 @@ void backward_any(int operation, const S* x, const S* w, const S* y, const S* gr
                                         int64_t rows, const int64_t* row_offsets, int64_t width,             \
                                         int64_t step, int threads, int64_t ndim, const int64_t* size,        \
                                         const int64_t* before, const int64_t* padded, int64_t phases,        \
-                                        int channels_last) {                                                 \
+                                        int channels_last, double exponent) {                                \
     /* ndim 0: x and grad_x are laid out already; else both are unpadded (channels_last unused) */          \
     const Geometry g{batch, channels, out_channels, groups, plane, taps, tap_offsets, weight_index, rows,      \
                      row_offsets, width, step};                                                             \
     const Layout layout{ndim, size, before, padded, phases, channels_last != 0};                            \
-    backward_any<T>(operation, x, w, y, grad, grad_x, grad_w, g, ndim > 0 ? &layout : nullptr, threads);     \
+    backward_any<T>(operation, x, w, y, grad, grad_x, grad_w, g, ndim > 0 ? &layout : nullptr, threads,      \
+                    exponent);                                                                              \
   }                                                                                                         \
   extern "C" void tap_quotient_##SUFFIX(const T* x, const T* w, const anyconv::Compute<T>* scale,           \
                                         const anyconv::Compute<T>* offset, T* y, const T* bias,              \
