@@ -74,3 +74,13 @@ def test_a_channels_last_sum_keeps_its_layout(p):
     torch.testing.assert_close(root, expected)
     grad = torch.randn(2, 16, 5, 7)
     torch.testing.assert_close(power_roots.root_slope(sums, grad, p), grad * sums.neg().pow(1 / p - 1) / p)
+
+
+@pytest.mark.parametrize("p", [2, 3, 4, 0.5, 2.5])
+def test_the_negated_root_and_its_slope_for_any_p(p):
+    # a p other than 2, 3 and 4 (the tap loops' other exponents) takes torch's pow
+    sums = _sums(torch.float64)
+    wide = sums.neg()
+    _same(power_roots.negated_root_(sums.clone(), p), wide.pow(1 / p).neg(), 4e-15)
+    grad = torch.linspace(-2, 2, sums.numel(), dtype=torch.float64)
+    _same(power_roots.root_slope(sums, grad, p), grad * wide.pow(1 / p - 1) / p, 8e-15)
