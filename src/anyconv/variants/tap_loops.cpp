@@ -1964,6 +1964,8 @@ void backward_plane(const S* __restrict x, const S* __restrict w, const S* __res
 // largest tap offset (a block of vectors goes after it)
 inline int64_t gather_margin(const Geometry& g) { return *std::max_element(g.tap_offsets, g.tap_offsets + g.taps); }
 constexpr int kGatherVectors = 4;
+// taps whose weight-gradient sums the gathered backward takes together
+constexpr int kTapBlock = 8;
 
 // Whether a layer's backward gathers (gathered_backward_plane): one input channel and one filter
 // per group, laid out by the loops at unit stride, its outputs' fields starting at a third of the
@@ -2024,40 +2026,34 @@ void gathered_backward_plane(const S* __restrict x, const S* __restrict w, const
     if constexpr (RADIAL) dot -= load_partial(x + q, 1, count) * box;
     store_partial(grad_x + q, dot, count);
   }
-  static_assert(kTogether == 4, "the weight gradient's four sums are written out");
-  for (int64_t t = 0; t < g.taps; ++t) {
-    // four sums, each vector of a row into the one of its place modulo four; named, where sums
-    // indexed by (i / kLanes) % 4 lived in memory, each multiply-add waiting on a store
-    Vector sum0{}, sum1{}, sum2{}, sum3{};
+  // the weight's gradient, per tap the sum over places of A times x shifted by the tap: the taps
+  // kTapBlock at a time, a sum each, every vector of A loaded once per block and meeting each of
+  // its taps, so that the multiply-adds in flight are independent; one tap's sums alone (four,
+  // by place modulo four) waited on their latency on rows of a vector or two
+  for (int64_t t0 = 0; t0 < g.taps; t0 += kTapBlock) {
+    const int64_t count = std::min<int64_t>(kTapBlock, g.taps - t0);
+    const int64_t* offsets = g.tap_offsets + t0;
+    Vector sums[kTapBlock] = {};
     for (int64_t r = 0; r < g.rows; ++r) {
       const S* a = along + r * g.width;
-      const S* source = x + g.row_offsets[r] + g.tap_offsets[t];
+      const S* row = x + g.row_offsets[r];
       int64_t i = 0;
-      for (; i + 4 * kLanes <= g.width; i += 4 * kLanes) {
-        sum0 += load(a + i, 1) * load(source + i, 1);
-        sum1 += load(a + i + kLanes, 1) * load(source + i + kLanes, 1);
-        sum2 += load(a + i + 2 * kLanes, 1) * load(source + i + 2 * kLanes, 1);
-        sum3 += load(a + i + 3 * kLanes, 1) * load(source + i + 3 * kLanes, 1);
-      }
-      if (i + kLanes <= g.width) {
-        sum0 += load(a + i, 1) * load(source + i, 1);
-        i += kLanes;
-        if (i + kLanes <= g.width) {
-          sum1 += load(a + i, 1) * load(source + i, 1);
-          i += kLanes;
-          if (i + kLanes <= g.width) {
-            sum2 += load(a + i, 1) * load(source + i, 1);
-            i += kLanes;
-          }
+      for (; i + kLanes <= g.width; i += kLanes) {
+        const Vector values = load(a + i, 1);
+        for (int j = 0; j < kTapBlock; ++j) {
+          if (j < count) sums[j] += values * load(row + offsets[j] + i, 1);
         }
       }
       if (i < g.width) {
-        const int count = static_cast<int>(g.width - i);
-        // the lanes past COUNT are zero in both
-        sum3 += load_partial(a + i, 1, count) * load_partial(source + i, 1, count);
+        const int remaining = static_cast<int>(g.width - i);
+        // the lanes past REMAINING are zero in both
+        const Vector values = load_partial(a + i, 1, remaining);
+        for (int j = 0; j < kTapBlock; ++j) {
+          if (j < count) sums[j] += values * load_partial(row + offsets[j] + i, 1, remaining);
+        }
       }
     }
-    tap_grads[t] = (sum0 + sum1) + (sum2 + sum3);
+    for (int64_t j = 0; j < count; ++j) tap_grads[t0 + j] = sums[j];
   }
   add_tap_sums(tap_grads, grad_w, g, S(1));
 }
