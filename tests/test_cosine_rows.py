@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_pointwise_cosine import _graph
 from torch.autograd import gradcheck, gradgradcheck
 from variant_reference import naive_generalized_conv
 
@@ -41,16 +42,6 @@ def _tensors(case, dtype=torch.float64, seed=0):
     w = torch.randn(w_shape, generator=generator, dtype=torch.float64).to(dtype)
     b = torch.randn(w_shape[0], generator=generator, dtype=torch.float64).to(dtype) if biased else None
     return x, w, b
-
-
-def _graph(output):
-    names, nodes = set(), [output.grad_fn]
-    while nodes:
-        node = nodes.pop()
-        if node is not None and type(node).__name__ not in names:
-            names.add(type(node).__name__)
-            nodes.extend(parent for parent, _ in node.next_functions)
-    return names
 
 
 def _gradients(x, w, b, grad_seed=1):

@@ -43,12 +43,36 @@ void forward(const S* rows, const S* filters, const S* bias, double eps, S* out,
   }
 }
 
+// GRADS (count, c), one per vector of OWN (count, c): the sum over the OTHER vectors (others, c) of
+// SCALED[i * own_step + j * other_step] times the other vector, minus the vector's direction (0
+// where its norm is 0; NaN and inf flow through) times TO[i]
+template <typename S>
+void gradients_of(const S* own, const S* other, const double* scaled, int64_t own_step, int64_t other_step,
+                  const std::vector<double>& norms, const std::vector<double>& to, int64_t count, int64_t others,
+                  int64_t c, S* grads) {
+  std::vector<double> sums(c);
+  for (int64_t i = 0; i < count; ++i) {
+    std::fill(sums.begin(), sums.end(), 0.0);
+    for (int64_t j = 0; j < others; ++j) {
+      const double a = scaled[i * own_step + j * other_step];
+      const S* vector = other + j * c;
+#pragma omp simd
+      for (int64_t k = 0; k < c; ++k) sums[k] += a * static_cast<double>(vector[k]);
+    }
+    const S* mine = own + i * c;
+    for (int64_t k = 0; k < c; ++k) {
+      const double direction = norms[i] == 0 ? 0.0 : static_cast<double>(mine[k]) / norms[i];
+      grads[i * c + k] = static_cast<S>(sums[k] - direction * to[i]);
+    }
+  }
+}
+
 // GRAD_ROWS (m, c) and GRAD_FILTERS (o, c), each skipped where null, for the output gradient GRAD (m, o)
 template <typename S>
 void backward(const S* grad, const S* rows, const S* filters, double eps, S* grad_rows, S* grad_filters, int64_t m,
               int64_t o, int64_t c) {
   const std::vector<double> field_norms = norms_of(rows, m, c), filter_norms = norms_of(filters, o, c);
-  std::vector<double> scaled(m * o), to_fields(m, 0.0), to_filters(o, 0.0), sums(c);
+  std::vector<double> scaled(m * o), to_fields(m, 0.0), to_filters(o, 0.0);
   for (int64_t i = 0; i < m; ++i) {
     for (int64_t j = 0; j < o; ++j) {
       const double denominator = field_norms[i] * filter_norms[j] + eps;
@@ -59,37 +83,10 @@ void backward(const S* grad, const S* rows, const S* filters, double eps, S* gra
       to_filters[j] += a * y * field_norms[i];
     }
   }
-  // a vector's direction, 0 where its norm is 0 (NaN and inf flow through)
-  auto direction = [](const S* vector, double norm, int64_t k) {
-    return norm == 0 ? 0.0 : static_cast<double>(vector[k]) / norm;
-  };
-  if (grad_rows != nullptr) {
-    for (int64_t i = 0; i < m; ++i) {
-      std::fill(sums.begin(), sums.end(), 0.0);
-      for (int64_t j = 0; j < o; ++j) {
-        const double a = scaled[i * o + j];
-        const S* filter = filters + j * c;
-#pragma omp simd
-        for (int64_t k = 0; k < c; ++k) sums[k] += a * static_cast<double>(filter[k]);
-      }
-      for (int64_t k = 0; k < c; ++k)
-        grad_rows[i * c + k] = static_cast<S>(sums[k] - direction(rows + i * c, field_norms[i], k) * to_fields[i]);
-    }
-  }
-  if (grad_filters != nullptr) {
-    for (int64_t j = 0; j < o; ++j) {
-      std::fill(sums.begin(), sums.end(), 0.0);
-      for (int64_t i = 0; i < m; ++i) {
-        const double a = scaled[i * o + j];
-        const S* row = rows + i * c;
-#pragma omp simd
-        for (int64_t k = 0; k < c; ++k) sums[k] += a * static_cast<double>(row[k]);
-      }
-      for (int64_t k = 0; k < c; ++k)
-        grad_filters[j * c + k] =
-            static_cast<S>(sums[k] - direction(filters + j * c, filter_norms[j], k) * to_filters[j]);
-    }
-  }
+  if (grad_rows != nullptr)
+    gradients_of(rows, filters, scaled.data(), o, 1, field_norms, to_fields, m, o, c, grad_rows);
+  if (grad_filters != nullptr)
+    gradients_of(filters, rows, scaled.data(), 1, o, filter_norms, to_filters, o, m, c, grad_filters);
 }
 
 }  // namespace
