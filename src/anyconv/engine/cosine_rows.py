@@ -13,7 +13,6 @@ the library is built; a second derivative differentiates the composed form.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -22,6 +21,7 @@ import torch
 from ..variants.native import load_library, native_enabled, native_path
 from .graph_gradients import gradients_as_graph
 from .machinery import machinery_watches, records_graph
+from .pointwise_cosine import composed_cosine
 
 _SOURCE = "cosine_rows.cpp"
 _POINTER, _SIZE = ctypes.c_void_p, ctypes.c_int64
@@ -65,35 +65,29 @@ def cosine_rows_fit(rows: torch.Tensor, filters: torch.Tensor, bias: torch.Tenso
 
 
 def cosine_rows(
-    rows: torch.Tensor,
-    filters: torch.Tensor,
-    bias: torch.Tensor | None,
-    eps: float,
-    composed: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
+    rows: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor | None, eps: float
 ) -> torch.Tensor:
     """``sum p * w / (|p| |w| + eps)`` plus ``bias`` for ``rows`` (M, C) and ``filters`` (O, C): (M, O).
 
-    The arguments pass :func:`cosine_rows_fit`. ``composed(rows, filters, bias)`` computes the
-    same with differentiable torch operations, for a second derivative.
+    The arguments pass :func:`cosine_rows_fit`; a second derivative differentiates the pointwise
+    path's composition (:func:`~anyconv.engine.pointwise_cosine.composed_cosine`).
 
     >>> import torch.nn.functional as F
     >>> p, w = torch.randn(4, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
     >>> if cosine_rows_fit(p, w, None):
     ...     expected = F.normalize(p, dim=1) @ F.normalize(w, dim=1).T
-    ...     assert torch.allclose(cosine_rows(p, w, None, 0.0, None), expected)
+    ...     assert torch.allclose(cosine_rows(p, w, None, 0.0), expected)
     """
     if records_graph(rows, filters, bias):
-        return _CosineRows.apply(rows, filters, bias, eps, composed)
+        return _CosineRows.apply(rows, filters, bias, eps)
     return _forward(rows, filters, bias, eps)
 
 
 def _forward(
     rows: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor | None, eps: float
 ) -> torch.Tensor:
-    functions = _functions(_PARTS[rows.dtype])
-    assert functions is not None, "taken only where cosine_rows_fit"
     output = rows.new_empty((rows.shape[0], filters.shape[0]))
-    functions[0](
+    _native(rows)[0](
         rows.data_ptr(),
         filters.data_ptr(),
         None if bias is None else bias.data_ptr(),
@@ -113,10 +107,9 @@ class _CosineRows(torch.autograd.Function):
         filters: torch.Tensor,
         bias: torch.Tensor | None,
         eps: float,
-        composed: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
     ) -> torch.Tensor:
         ctx.save_for_backward(rows, filters, bias)
-        ctx.eps, ctx.composed = eps, composed
+        ctx.eps = eps
         return _forward(rows, filters, bias, eps)
 
     @staticmethod
@@ -125,16 +118,15 @@ class _CosineRows(torch.autograd.Function):
         needs = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():
             # a graph of the gradients is asked for (a second derivative): the composed form's
-            gradients = gradients_as_graph(
-                lambda: ctx.composed(rows, filters, bias), (rows, filters, bias), needs, grad
-            )
-            return (*gradients, None, None)
+            def composed() -> torch.Tensor:
+                output = composed_cosine(rows, filters, ctx.eps, rows=True, recording=True)
+                return output if bias is None else output + bias
+
+            return (*gradients_as_graph(composed, (rows, filters, bias), needs, grad), None)
         grad = grad.contiguous()
         grad_rows = torch.empty_like(rows) if needs[0] else None
         grad_filters = torch.empty_like(filters) if needs[1] else None
-        functions = _functions(_PARTS[rows.dtype])
-        assert functions is not None, "taken only where cosine_rows_fit"
-        functions[1](
+        _native(rows)[1](
             grad.data_ptr(),
             rows.data_ptr(),
             filters.data_ptr(),
@@ -144,7 +136,14 @@ class _CosineRows(torch.autograd.Function):
             *grad.shape,
             rows.shape[1],
         )
-        return grad_rows, grad_filters, grad.sum(0) if needs[2] else None, None, None
+        return grad_rows, grad_filters, grad.sum(0) if needs[2] else None, None
+
+
+def _native(rows: torch.Tensor) -> tuple[Any, Any]:
+    """The native forward and backward for ``rows``'s dtype, which passed :func:`cosine_rows_fit`."""
+    functions = _functions(_PARTS[rows.dtype])
+    assert functions is not None, "taken only where cosine_rows_fit"
+    return functions
 
 
 @cache

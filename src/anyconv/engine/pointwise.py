@@ -6,8 +6,6 @@ and divided by the norms for ``cosine`` (``engine/pointwise_cosine.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from ..geometry import Geometry
@@ -154,7 +152,7 @@ def _cosine(
     """The cosine plus ``bias`` of ``fields`` and ``filters`` in either layout (``pointwise_cosine``)."""
     if rows and cosine_rows_fit(fields, filters, bias):
         # a few rows and filters (squeeze-excitation): one native call each way
-        return cosine_rows(fields, filters, bias, variant.eps, _composed_rows(variant.eps))
+        return cosine_rows(fields, filters, bias, variant.eps)
     if recording and recomputes(fields, filters, rows) and not machinery_watches(fields, filters, bias):
         # a backward that keeps the fields and filters only, where the composition keeps the
         # products and the denominator, each the output's size
@@ -164,13 +162,3 @@ def _cosine(
         return output
     shaped = bias_view(bias, filters, rows)
     return output + shaped if recording else output.add_(shaped)
-
-
-def _composed_rows(eps: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
-    """The rows' cosine plus bias as differentiable torch operations, for a second derivative."""
-
-    def composed(rows: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        output = composed_cosine(rows, filters, eps, rows=True, recording=True)
-        return output if bias is None else output + bias
-
-    return composed

@@ -319,8 +319,7 @@ def _tap_plan(
     power = 1.0
     if isinstance(instance, Lp):
         power = loops_power(instance) or 1.0
-        whole = int(power) == power and int(power) in _POWER_OPERATIONS
-        operation = _POWER_OPERATIONS[int(power)] if whole else _REAL_POWER
+        operation = _POWER_OPERATIONS[int(power)] if power in _POWER_OPERATIONS else _REAL_POWER
     else:
         operation = _OPERATIONS[type(instance)]
         if operation == _OPERATIONS[L1] and instance.options["adder_grad"]:

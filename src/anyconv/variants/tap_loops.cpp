@@ -265,17 +265,21 @@ struct RealExponent {
   static inline T value = T(1);
 };
 
+// VALUES, 0 where D is 0 (a number or a vector of lanes)
+template <typename A>
+inline A zero_where_zero(A d, A values) {
+  if constexpr (std::is_floating_point<A>::value) {
+    return d == 0 ? A(0) : values;
+  } else {
+    return d == A{} ? A{} : values;
+  }
+}
+
 // |d|^POWER for a number or a vector, as exp(POWER log |d|), 0 at d = 0 for every power (as the
 // fused loops define it); NaN stays NaN, inf stays inf
 template <typename A, typename T>
 inline A magnitude_power(A d, T power) {
-  const A magnitude = absolute(d);
-  const A raised = exp_or_log<false>(A(power * exp_or_log<true>(magnitude)));
-  if constexpr (std::is_floating_point<A>::value) {
-    return magnitude == 0 ? A(0) : raised;
-  } else {
-    return magnitude == A{} ? A{} : raised;
-  }
+  return zero_where_zero(d, exp_or_log<false>(A(power * exp_or_log<true>(absolute(d)))));
 }
 
 // lp's sums for a p other than a whole 1 to 4 (p > 0, known at run time): -sum |x - w|^p,
@@ -296,12 +300,7 @@ struct RealPowerSum {
     const T p = RealExponent<T>::value;
     const A d = x - w;
     const A slope = magnitude_power(d, T(p - 1));
-    A term = p * (d < 0 ? -slope : slope) * g;
-    if constexpr (std::is_floating_point<A>::value) {
-      term = d == 0 ? A(0) : term;
-    } else {
-      term = d == A{} ? A{} : term;
-    }
+    const A term = zero_where_zero(d, A(p * (d < 0 ? -slope : slope) * g));
     dx = -term;
     dw = term;
   }
