@@ -695,9 +695,11 @@ def test_the_loops_add_the_bias_as_they_store(x_shape, w_shape, groups, channels
 #: depthwise rows of at least a vector, four output rows at a time reading each input place once
 #: (stationary_rows in tap_loops.cpp; the cosine's quotient in stationary_quotient_block): kernels
 #: 3 to 7, dilated, rows not a multiple of four, widths of one vector, one and a half, and several,
-#: and 3-D (rows of four across two planes fall back to the tap-by-tap blocks)
+#: and 3-D (rows of four across two planes fall back to the tap-by-tap blocks); the square kernels
+#: at dilation 1 take the quotient's places written out (square_quotient_block) in float32 and float64
 FOUR_ROWS = [
     ((2, 3, 13, 16), (3, 1, 7, 7), {"padding": 3, "groups": 3}),
+    ((1, 2, 11, 37), (2, 1, 3, 3), {"padding": 1, "groups": 2}),
     ((1, 4, 10, 23), (4, 1, 5, 5), {"padding": 2, "groups": 4}),
     ((1, 2, 9, 40), (2, 1, 3, 3), {"padding": 2, "dilation": 2, "groups": 2}),
     ((1, 2, 6, 33), (4, 1, 3, 5), {"padding": (1, 0), "groups": 2}),
@@ -717,7 +719,7 @@ FOUR_ROWS_VARIANTS = [
 
 @pytest.mark.parametrize(("name", "dtype"), FOUR_ROWS_VARIANTS, ids=str)
 @pytest.mark.parametrize(
-    ("x_shape", "w_shape", "arguments"), FOUR_ROWS, ids=["7x7", "5x5", "dilated", "multiplier-2", "3d"]
+    ("x_shape", "w_shape", "arguments"), FOUR_ROWS, ids=["7x7", "3x3", "5x5", "dilated", "multiplier-2", "3d"]
 )
 def test_rows_of_four_read_once_give_the_formulas_numbers(x_shape, w_shape, arguments, name, dtype):
     generator = torch.Generator().manual_seed(5)

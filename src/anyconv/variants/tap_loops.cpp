@@ -1102,10 +1102,26 @@ void forward_channel_vectors(const S* x, const S* w, const Compute<S>* scale, co
         for (; i + kOutputsTogether / 2 <= g.width; i += kOutputsTogether / 2)
           Outputs::template outputs<kOutputsTogether / 2>(xs.data(), ws.data(), scales.data(), offsets.data(),
                                                           squares, run, out + i * kLanes, g.row_offsets[r] + i, g);
-        for (; i < g.width; ++i)
-          Outputs::template outputs<1>(xs.data(), ws.data(), scales.data(), offsets.data(), squares, run,
-                                       out + i * kLanes,
-                                       g.row_offsets[r] + i, g);
+        // the last one to three together too: one at a time, each output's taps were one chain of
+        // dependent multiply-adds
+        const auto rest = [&](auto count) {
+          Outputs::template outputs<decltype(count)::value>(xs.data(), ws.data(), scales.data(), offsets.data(),
+                                                            squares, run, out + i * kLanes, g.row_offsets[r] + i, g);
+        };
+        static_assert(kOutputsTogether / 2 == 4, "the rest below is one to three outputs");
+        switch (g.width - i) {
+          case 3:
+            rest(std::integral_constant<int, 3>{});
+            break;
+          case 2:
+            rest(std::integral_constant<int, 2>{});
+            break;
+          case 1:
+            rest(std::integral_constant<int, 1>{});
+            break;
+          default:
+            break;
+        }
       }
       if (bias != nullptr) {
         // the bias added here, on the thread's own buffer, rather than in a pass over the output
@@ -1535,7 +1551,26 @@ struct Stationary {
   int64_t spacing = 0;  // 0: not taken
   std::vector<StationaryPlace> places;
   std::vector<std::pair<int, int64_t>> runs;  // (mask of rows, end of the run in places)
+  // K where the taps are a whole K x K kernel at dilation 1 in kernel order, K one of
+  // kSquareKernels (see square_quotient_block), else 0
+  int square = 0;
 };
+
+// the square kernels whose quotient has its places written out at compile time
+constexpr int kSquareKernels[] = {3, 5, 7};
+
+// K when G's taps are every tap of a K x K kernel one position apart along rows SPACING apart, in
+// kernel order and with the weight's columns in that order, K one of kSquareKernels; else 0
+inline int square_kernel(const Geometry& g, int64_t spacing) {
+  for (const int k : kSquareKernels) {
+    if (g.taps != k * k) continue;
+    for (int64_t t = 0; t < g.taps; ++t) {
+      if (g.tap_offsets[t] != (t / k) * spacing + t % k || g.weight_index[t] != t) return 0;
+    }
+    return k;
+  }
+  return 0;
+}
 
 // The schedule where it holds the tap order: one input channel per group, unit step, tap offsets
 // increasing and each row's span shorter than the spacing; else spacing 0
@@ -1567,6 +1602,7 @@ inline Stationary stationary_schedule(const Geometry& g) {
     schedule.runs.back().second = i + 1;
   }
   schedule.spacing = spacing;
+  schedule.square = square_kernel(g, spacing);
   return schedule;
 }
 
@@ -1685,6 +1721,28 @@ __attribute__((always_inline)) inline void stationary_quotient_run(
   stationary_squares_row<VECTORS, MASK, 3>(squares, run);
 }
 
+// The quotients p . w / (|p| SCALE + OFFSET) (+ BIAS) of kRowsTogether rows of VECTORS vectors from
+// their PRODUCTS and SQUARES into OUTS, and |p| into NORM_OUTS where not null
+template <typename S, int VECTORS>
+__attribute__((always_inline)) inline void store_quotients(
+    const typename Lanes<Compute<S>>::Vector (&products)[kRowsTogether][VECTORS],
+    const typename Lanes<Compute<S>>::Vector (&squares)[kRowsTogether][VECTORS], S* const* outs, int64_t first,
+    int64_t last_vector, Compute<S> scale, Compute<S> offset, const S* bias, S* const* norm_outs) {
+  using Vector = typename Lanes<Compute<S>>::Vector;
+  constexpr int kLanes = Lanes<Compute<S>>::kCount;
+  for (int r = 0; r < kRowsTogether; ++r) {
+    for (int v = 0; v < VECTORS; ++v) {
+      const Vector norms = square_root(squares[r][v]);
+      Vector result = products[r][v] / (norms * scale + offset);
+      if (bias != nullptr) result = result + widen(*bias);
+      const int64_t at = first + (v == VECTORS - 1 ? last_vector : int64_t(v) * kLanes);
+      store(outs[r] + at, result);
+      // |p| too, for the cosine's backward (quotient_and_norms_plane)
+      if (norm_outs != nullptr) store(norm_outs[r] + at, norms);
+    }
+  }
+}
+
 // quotient_block's whole-vector blocks over kRowsTogether rows from ORIGIN, by the schedule's places
 template <typename S, int VECTORS>
 __attribute__((always_inline)) inline void stationary_quotient_block(const S* x, const S* w, S* const* outs,
@@ -1714,16 +1772,83 @@ __attribute__((always_inline)) inline void stationary_quotient_block(const S* x,
     }
     begin = end;
   }
+  store_quotients<S, VECTORS>(products, squares, outs, first, last_vector, scale, offset, bias, norm_outs);
+}
+
+// stationary_quotient_block for the taps of a K x K kernel (Stationary::square): the same places
+// in the same order, each row's products and each run's squares summed as there, but with the
+// runs and their rows known at compile time, so that the sums stay in registers where the
+// schedule's switch between runs kept them in memory. Not inlined: each of its bodies, unrolled
+// for every place, is compiled once instead of at every call
+template <typename S, int K, int VECTORS>
+__attribute__((noinline)) void square_quotient_block(const S* x, const S* w, S* const* outs,
+                                                                 int64_t origin, int64_t spacing, int64_t first,
+                                                                 int64_t last_vector, Compute<S> scale,
+                                                                 Compute<S> offset, const S* bias,
+                                                                 S* const* norm_outs) {
+  using T = Compute<S>;
+  using Vector = typename Lanes<T>::Vector;
+  constexpr int kLanes = Lanes<T>::kCount;
+  static_assert(kRowsTogether == 4, "input rows below: K + 3");
+  Vector products[kRowsTogether][VECTORS], squares[kRowsTogether][VECTORS];
   for (int r = 0; r < kRowsTogether; ++r) {
-    for (int v = 0; v < VECTORS; ++v) {
-      const Vector norms = square_root(squares[r][v]);
-      Vector result = products[r][v] / (norms * scale + offset);
-      if (bias != nullptr) result = result + widen(*bias);
-      const int64_t at = first + (v == VECTORS - 1 ? last_vector : int64_t(v) * kLanes);
-      store(outs[r] + at, result);
-      // |p| too, for the cosine's backward (quotient_and_norms_plane)
-      if (norm_outs != nullptr) store(norm_outs[r] + at, norms);
+    for (int v = 0; v < VECTORS; ++v) products[r][v] = squares[r][v] = Vector{};
+  }
+  const S* base = x + origin + first;
+  // input row i is kernel row i - r of output row r
+#pragma GCC unroll 16
+  for (int i = 0; i < K + kRowsTogether - 1; ++i) {
+    Vector run[VECTORS] = {};
+#pragma GCC unroll 16
+    for (int j = 0; j < K; ++j) {
+      const S* source = base + i * spacing + j;
+      Vector read[VECTORS];
+      for (int v = 0; v < VECTORS - 1; ++v) read[v] = load(source + v * kLanes, 1);
+      read[VECTORS - 1] = load(source + last_vector, 1);
+      for (int v = 0; v < VECTORS; ++v) run[v] += read[v] * read[v];
+#pragma GCC unroll 4
+      for (int r = 0; r < kRowsTogether; ++r) {
+        if (i - r < 0 || i - r >= K) continue;
+        const T weight = widen(w[(i - r) * K + j]);
+        for (int v = 0; v < VECTORS; ++v) products[r][v] += read[v] * weight;
+      }
     }
+#pragma GCC unroll 4
+    for (int r = 0; r < kRowsTogether; ++r) {
+      if (i - r < 0 || i - r >= K) continue;
+      for (int v = 0; v < VECTORS; ++v) squares[r][v] += run[v];
+    }
+  }
+  store_quotients<S, VECTORS>(products, squares, outs, first, last_vector, scale, offset, bias, norm_outs);
+}
+
+// stationary_quotient_block, or square_quotient_block where the schedule's taps are a square kernel
+// (float and double)
+template <typename S, int VECTORS>
+__attribute__((always_inline)) inline void quotient_block_by_places(const S* x, const S* w, S* const* outs,
+                                                                    int64_t origin, const Stationary& schedule,
+                                                                    int64_t first, int64_t last_vector,
+                                                                    Compute<S> scale, Compute<S> offset,
+                                                                    const S* bias, S* const* norm_outs = nullptr) {
+  const int64_t spacing = schedule.spacing;
+  // float and double only: GCC took minutes more to compile the unrolled widening of float16
+  if constexpr (!std::is_same<S, Compute<S>>::value) {
+    return stationary_quotient_block<S, VECTORS>(x, w, outs, origin, schedule, first, last_vector, scale, offset,
+                                                 bias, norm_outs);
+  }
+  switch (schedule.square) {
+    case 3:
+      return square_quotient_block<S, 3, VECTORS>(x, w, outs, origin, spacing, first, last_vector, scale, offset,
+                                                  bias, norm_outs);
+    case 5:
+      return square_quotient_block<S, 5, VECTORS>(x, w, outs, origin, spacing, first, last_vector, scale, offset,
+                                                  bias, norm_outs);
+    case 7:
+      return square_quotient_block<S, 7, VECTORS>(x, w, outs, origin, spacing, first, last_vector, scale, offset,
+                                                  bias, norm_outs);
+    default:
+      return stationary_quotient_block<S, VECTORS>(x, w, outs, origin, schedule, first, last_vector, scale, offset,
+                                                   bias, norm_outs);
   }
 }
 
@@ -1792,9 +1917,25 @@ void forward_plane(const S* source, const S* filter, Out* plane, const Geometry&
       forward_rows<S, Out, Op, kRowsTogether>(source, filter, outs, origins, g, channel_bias);
     }
   }
-  for (; r < g.rows; ++r) {
-    outs[0] = plane + r * g.width;
-    forward_rows<S, Out, Op, 1>(source, filter, outs, g.row_offsets + r, g, channel_bias);
+  // the last one to three rows together too: one at a time, each output's taps were one chain of
+  // dependent steps
+  const auto rest = [&](auto rows) {
+    for (int i = 0; i < decltype(rows)::value; ++i) outs[i] = plane + (r + i) * g.width;
+    forward_rows<S, Out, Op, decltype(rows)::value>(source, filter, outs, g.row_offsets + r, g, channel_bias);
+  };
+  static_assert(kRowsTogether == 4, "the rest below is one to three rows");
+  switch (g.rows - r) {
+    case 3:
+      rest(std::integral_constant<int, 3>{});
+      break;
+    case 2:
+      rest(std::integral_constant<int, 2>{});
+      break;
+    case 1:
+      rest(std::integral_constant<int, 1>{});
+      break;
+    default:
+      break;
   }
 }
 
@@ -2165,7 +2306,7 @@ void quotient_and_norms_plane(const S* source, const S* filter, S* y, S* norms, 
         norm_outs[i] = norms + (r + i) * g.width;
       }
       whole_vector_blocks<S>(g.width, [&](int64_t first, int64_t last_vector, auto vectors) {
-        stationary_quotient_block<S, decltype(vectors)::value>(source, filter, outs, origins[0], schedule, first,
+        quotient_block_by_places<S, decltype(vectors)::value>(source, filter, outs, origins[0], schedule, first,
                                                                last_vector, scale, offset, nullptr, norm_outs);
       });
     }
@@ -2469,7 +2610,7 @@ void quotient(const S* x, const S* w, const Compute<S>* scale, const Compute<S>*
       if (!evenly) break;
       for (int i = 0; i < kRowsTogether; ++i) outs[i] = plane + (r + i) * g.width;
       whole_vector_blocks<S>(g.width, [&](int64_t first, int64_t last_vector, auto vectors) {
-        stationary_quotient_block<S, decltype(vectors)::value>(source, filter, outs, origins[0], schedule, first,
+        quotient_block_by_places<S, decltype(vectors)::value>(source, filter, outs, origins[0], schedule, first,
                                                                last_vector, scale[o], offset[o], channel_bias);
       });
     }
