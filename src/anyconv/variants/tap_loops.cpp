@@ -2285,10 +2285,92 @@ void backward(const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* g
   }
 }
 
+// The cosine family in one pass: each output's p . w and |p|^2 (the field's sum of squares over
+// the group's channels and the kernel's taps) accumulate from the same loads, and only
+// (p . w) / (|p| scale + offset) is stored. A zero field gives 0 / offset (0 for eps > 0); NaN
+// and inf flow through as in that formula.
+template <typename S, int VECTORS, int ROWS, bool PARTIAL>
+__attribute__((always_inline)) inline void quotient_block(const S* x, const S* w, S* const* outs, const int64_t* origins, const Geometry& g,
+                           int64_t first, int count, Compute<S> scale, Compute<S> offset, const S* bias,
+                           int64_t last_vector = (VECTORS - 1) * Lanes<Compute<S>>::kCount,
+                           S* const* norm_outs = nullptr) {
+  using T = Compute<S>;
+  using Vector = typename Lanes<T>::Vector;
+  constexpr int kLanes = Lanes<T>::kCount;
+  // where each vector starts, after FIRST: the last at LAST_VECTOR (as in forward_block)
+  const auto at = [last_vector](int v) { return v == VECTORS - 1 ? last_vector : int64_t(v) * kLanes; };
+  Vector products[ROWS][VECTORS], squares[ROWS][VECTORS];
+  for (int r = 0; r < ROWS; ++r) {
+    for (int v = 0; v < VECTORS; ++v) products[r][v] = squares[r][v] = Vector{};
+  }
+  for (int64_t t = 0; t < g.taps; ++t) {
+    const int64_t tap = g.tap_offsets[t] + first * g.step;
+    const T weight = widen(w[g.weight_index[t]]);
+#pragma GCC unroll 8
+    for (int r = 0; r < ROWS; ++r) {
+      const S* source = x + origins[r] + tap;
+#pragma GCC unroll 8
+      for (int v = 0; v < VECTORS; ++v) {
+        // whole vectors take load's constant default count
+        const Vector values = PARTIAL && v == VECTORS - 1 ? load_partial(source + at(v) * g.step, g.step, count)
+                                                          : load(source + at(v) * g.step, g.step);
+        products[r][v] += values * weight;
+        squares[r][v] += values * values;
+      }
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) {
+    for (int v = 0; v < VECTORS; ++v) {
+      const Vector norms = square_root(squares[r][v]);
+      Vector result = products[r][v] / (norms * scale + offset);
+      if (bias != nullptr) result = result + widen(*bias);
+      S* out = outs[r] + first + at(v);
+      // |p| too where asked, for the cosine's backward (quotient_and_norms_plane)
+      S* norm_out = norm_outs == nullptr ? nullptr : norm_outs[r] + first + at(v);
+      if (PARTIAL && v == VECTORS - 1) {
+        store_partial(out, result, count);
+        if (norm_out != nullptr) store_partial(norm_out, norms, count);
+      } else {
+        store(out, result);
+        if (norm_out != nullptr) store(norm_out, norms);
+      }
+    }
+  }
+}
+
+// ROWS output rows of the quotient for one filter, cut into blocks as forward_rows cuts them
+// (and |p| into NORM_OUTS where not null)
+template <typename S, int ROWS>
+void quotient_rows(const S* x, const S* w, S* const* outs, const int64_t* origins, const Geometry& g,
+                   Compute<S> scale, Compute<S> offset, const S* bias, S* const* norm_outs = nullptr) {
+  constexpr int64_t kLanes = Lanes<Compute<S>>::kCount;
+  const int64_t block = g.width >= 2 * kLanes ? 2 * kLanes : kLanes;
+  if (g.width < kLanes) {
+    quotient_block<S, 1, ROWS, true>(x, w, outs, origins, g, 0, static_cast<int>(g.width), scale, offset, bias,
+                                     0, norm_outs);
+    return;
+  }
+  if (g.width > kLanes && g.width < 2 * kLanes) {
+    // one block of two overlapping vectors: twice the independent sums of one vector at a time
+    quotient_block<S, 2, ROWS, false>(x, w, outs, origins, g, 0, kLanes, scale, offset, bias, g.width - kLanes,
+                                      norm_outs);
+    return;
+  }
+  for (int64_t start = 0; start < g.width; start += block) {
+    const int64_t first = start + block <= g.width ? start : g.width - block;
+    if (block == kLanes) {
+      quotient_block<S, 1, ROWS, false>(x, w, outs, origins, g, first, kLanes, scale, offset, bias, 0, norm_outs);
+    } else {
+      quotient_block<S, 2, ROWS, false>(x, w, outs, origins, g, first, kLanes, scale, offset, bias, kLanes,
+                                        norm_outs);
+    }
+  }
+}
+
 // The cosine backward's recomputation on a depthwise plane (one filter per group, S float or
 // double): y = p . w / (|p| SCALE + OFFSET) into Y and |p| into NORMS, in one pass over the taps
-// where the four-row quotient takes the rows (AVX-512, rows at least a vector wide), else by a
-// pass of the sums of squares and one of the products
+// where the four-row quotient takes the rows (AVX-512, rows at least a vector wide), else tap by
+// tap (quotient_block)
 template <typename S>
 void quotient_and_norms_plane(const S* source, const S* filter, S* y, S* norms, const Geometry& g, S scale,
                               S offset, const Stationary& schedule) {
@@ -2311,19 +2393,33 @@ void quotient_and_norms_plane(const S* source, const S* filter, S* y, S* norms, 
       });
     }
   }
-  if (r == g.rows) return;
-  // the other rows: the two sums' passes, then the root and the division
-  Geometry rest = g;
-  rest.rows = g.rows - r;
-  rest.row_offsets = g.row_offsets + r;
-  S* __restrict rest_norms = norms + r * g.width;
-  S* __restrict rest_y = y + r * g.width;
-  const int64_t count = rest.rows * g.width;
-  forward_plane<S, Squares<S>>(source, filter, rest_norms, rest, nullptr, &schedule);
-  for (int64_t v = 0; v < count; ++v) rest_norms[v] = std::sqrt(rest_norms[v]);
-  forward_plane<S, Dot<S>>(source, filter, rest_y, rest, nullptr, &schedule);
-#pragma omp simd
-  for (int64_t v = 0; v < count; ++v) rest_y[v] /= rest_norms[v] * scale + offset;
+  // the other rows: both sums tap by tap, four rows together, then the last one to three
+  S* outs[kRowsTogether];
+  S* norm_outs[kRowsTogether];
+  const auto rows = [&](auto together) {
+    constexpr int kTogether = decltype(together)::value;
+    for (int i = 0; i < kTogether; ++i) {
+      outs[i] = y + (r + i) * g.width;
+      norm_outs[i] = norms + (r + i) * g.width;
+    }
+    quotient_rows<S, kTogether>(source, filter, outs, g.row_offsets + r, g, scale, offset, nullptr, norm_outs);
+    r += kTogether;
+  };
+  while (r + kRowsTogether <= g.rows) rows(std::integral_constant<int, kRowsTogether>{});
+  static_assert(kRowsTogether == 4, "the rest below is one to three rows");
+  switch (g.rows - r) {
+    case 3:
+      rows(std::integral_constant<int, 3>{});
+      break;
+    case 2:
+      rows(std::integral_constant<int, 2>{});
+      break;
+    case 1:
+      rows(std::integral_constant<int, 1>{});
+      break;
+    default:
+      break;
+  }
 }
 
 // The cosine's backward_plane for a group of one filter (depthwise): at every tap, A w - R x into
@@ -2477,79 +2573,6 @@ void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, co
         backward_plane<S, Radial<T>>(source, group_filters, nullptr, radial_grads.data(), input_grads.data(),
                                      no_weight_grads.data(), g, unused, unused, tap_grads.data());
       crop_group(input_grads.data(), grad_x + input_at, per_group_in, g.plane, layout);
-    }
-  }
-}
-
-// The cosine family in one pass: each output's p . w and |p|^2 (the field's sum of squares over
-// the group's channels and the kernel's taps) accumulate from the same loads, and only
-// (p . w) / (|p| scale + offset) is stored. A zero field gives 0 / offset (0 for eps > 0); NaN
-// and inf flow through as in that formula.
-template <typename S, int VECTORS, int ROWS, bool PARTIAL>
-__attribute__((always_inline)) inline void quotient_block(const S* x, const S* w, S* const* outs, const int64_t* origins, const Geometry& g,
-                           int64_t first, int count, Compute<S> scale, Compute<S> offset, const S* bias,
-                           int64_t last_vector = (VECTORS - 1) * Lanes<Compute<S>>::kCount) {
-  using T = Compute<S>;
-  using Vector = typename Lanes<T>::Vector;
-  constexpr int kLanes = Lanes<T>::kCount;
-  // where each vector starts, after FIRST: the last at LAST_VECTOR (as in forward_block)
-  const auto at = [last_vector](int v) { return v == VECTORS - 1 ? last_vector : int64_t(v) * kLanes; };
-  Vector products[ROWS][VECTORS], squares[ROWS][VECTORS];
-  for (int r = 0; r < ROWS; ++r) {
-    for (int v = 0; v < VECTORS; ++v) products[r][v] = squares[r][v] = Vector{};
-  }
-  for (int64_t t = 0; t < g.taps; ++t) {
-    const int64_t tap = g.tap_offsets[t] + first * g.step;
-    const T weight = widen(w[g.weight_index[t]]);
-#pragma GCC unroll 8
-    for (int r = 0; r < ROWS; ++r) {
-      const S* source = x + origins[r] + tap;
-#pragma GCC unroll 8
-      for (int v = 0; v < VECTORS; ++v) {
-        // whole vectors take load's constant default count
-        const Vector values = PARTIAL && v == VECTORS - 1 ? load_partial(source + at(v) * g.step, g.step, count)
-                                                          : load(source + at(v) * g.step, g.step);
-        products[r][v] += values * weight;
-        squares[r][v] += values * values;
-      }
-    }
-  }
-  for (int r = 0; r < ROWS; ++r) {
-    for (int v = 0; v < VECTORS; ++v) {
-      const Vector norms = square_root(squares[r][v]);
-      Vector result = products[r][v] / (norms * scale + offset);
-      if (bias != nullptr) result = result + widen(*bias);
-      S* out = outs[r] + first + at(v);
-      if (PARTIAL && v == VECTORS - 1) {
-        store_partial(out, result, count);
-      } else {
-        store(out, result);
-      }
-    }
-  }
-}
-
-// ROWS output rows of the quotient for one filter, cut into blocks as forward_rows cuts them
-template <typename S, int ROWS>
-void quotient_rows(const S* x, const S* w, S* const* outs, const int64_t* origins, const Geometry& g,
-                   Compute<S> scale, Compute<S> offset, const S* bias) {
-  constexpr int64_t kLanes = Lanes<Compute<S>>::kCount;
-  const int64_t block = g.width >= 2 * kLanes ? 2 * kLanes : kLanes;
-  if (g.width < kLanes) {
-    quotient_block<S, 1, ROWS, true>(x, w, outs, origins, g, 0, static_cast<int>(g.width), scale, offset, bias);
-    return;
-  }
-  if (g.width > kLanes && g.width < 2 * kLanes) {
-    // one block of two overlapping vectors: twice the independent sums of one vector at a time
-    quotient_block<S, 2, ROWS, false>(x, w, outs, origins, g, 0, kLanes, scale, offset, bias, g.width - kLanes);
-    return;
-  }
-  for (int64_t start = 0; start < g.width; start += block) {
-    const int64_t first = start + block <= g.width ? start : g.width - block;
-    if (block == kLanes) {
-      quotient_block<S, 1, ROWS, false>(x, w, outs, origins, g, first, kLanes, scale, offset, bias);
-    } else {
-      quotient_block<S, 2, ROWS, false>(x, w, outs, origins, g, first, kLanes, scale, offset, bias);
     }
   }
 }
