@@ -2126,11 +2126,17 @@ inline bool gathers_backward(const Geometry& g, const Layout* layout) {
 // tap's loads waiting on the stores of the tap before. The weight's gradient is, per tap, A times
 // x shifted by the tap, as there. A zero A times an infinite weight would give NaN where the
 // scatter adds nothing: hence a finite filter.
+//
+// With RADIAL and a K x K kernel at dilation 1 (SQUARE = K, rows SPACING apart; else 0), the box
+// sum of R is taken by rows: EH holds at each place the sum of the K places of ER that end there,
+// and each place's box is the sum of K of those, K rows apart: 2 K loads a place, where the
+// taps' box took K^2
 template <typename S, bool RADIAL>
 void gathered_backward_plane(const S* __restrict x, const S* __restrict w, const S* __restrict along,
                              const S* __restrict radial, S* __restrict grad_x, S* __restrict grad_w,
                              const Geometry& g, S* __restrict ea, S* __restrict er, int64_t margin,
-                             typename Lanes<S>::Vector* __restrict tap_grads) {
+                             typename Lanes<S>::Vector* __restrict tap_grads, int square = 0,
+                             int64_t spacing = 0, S* __restrict eh = nullptr) {
   using Vector = typename Lanes<S>::Vector;
   constexpr int kLanes = Lanes<S>::kCount;
   constexpr int kTogether = kGatherVectors;
@@ -2138,6 +2144,16 @@ void gathered_backward_plane(const S* __restrict x, const S* __restrict w, const
   for (int64_t r = 0; r < g.rows; ++r) {
     std::memcpy(ea + margin + g.row_offsets[r], along + r * g.width, g.width * sizeof(S));
     if constexpr (RADIAL) std::memcpy(er + margin + g.row_offsets[r], radial + r * g.width, g.width * sizeof(S));
+  }
+  const bool by_rows = RADIAL && square > 0;
+  if (by_rows) {
+    // the places the boxes below read: from the first kernel row's reach to the plane's end
+    // (whole vectors past it read ER's zero tail)
+    for (int64_t p = margin - (square - 1) * spacing; p < margin + g.plane; p += kLanes) {
+      Vector sum{};
+      for (int k = 0; k < square; ++k) sum += load(er + p - k, 1);
+      std::memcpy(eh + p, &sum, sizeof(sum));
+    }
   }
   int64_t q = 0;
   for (; q + kTogether * kLanes <= g.plane; q += kTogether * kLanes) {
@@ -2147,7 +2163,13 @@ void gathered_backward_plane(const S* __restrict x, const S* __restrict w, const
       const int64_t at = margin + q - g.tap_offsets[t];
       for (int j = 0; j < kTogether; ++j) {
         dots[j] += load(ea + at + j * kLanes, 1) * weight;
-        if constexpr (RADIAL) boxes[j] += load(er + at + j * kLanes, 1);
+        if (RADIAL && !by_rows) boxes[j] += load(er + at + j * kLanes, 1);
+      }
+    }
+    if (by_rows) {
+      for (int k = 0; k < square; ++k) {
+        const int64_t at = margin + q - k * spacing;
+        for (int j = 0; j < kTogether; ++j) boxes[j] += load(eh + at + j * kLanes, 1);
       }
     }
     for (int j = 0; j < kTogether; ++j) {
@@ -2161,7 +2183,10 @@ void gathered_backward_plane(const S* __restrict x, const S* __restrict w, const
     Vector dot{}, box{};
     for (int64_t t = 0; t < g.taps; ++t) {
       dot += load_partial(ea + margin + q - g.tap_offsets[t], 1, count) * w[g.weight_index[t]];
-      if constexpr (RADIAL) box += load_partial(er + margin + q - g.tap_offsets[t], 1, count);
+      if (RADIAL && !by_rows) box += load_partial(er + margin + q - g.tap_offsets[t], 1, count);
+    }
+    if (by_rows) {
+      for (int k = 0; k < square; ++k) box += load_partial(eh + margin + q - k * spacing, 1, count);
     }
     if constexpr (RADIAL) dot -= load_partial(x + q, 1, count) * box;
     store_partial(grad_x + q, dot, count);
@@ -2510,7 +2535,7 @@ void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, co
     const bool gathers = gathers_backward(g, &layout);
     const int64_t margin = gathers ? gather_margin(g) : 0;
     const int64_t gathered = gathers ? margin + g.plane + kGatherVectors * Lanes<T>::kCount : 0;
-    std::vector<T> gathered_a(gathered), gathered_r(gathered);
+    std::vector<T> gathered_a(gathered), gathered_r(gathered), gathered_rows(gathered);
 #pragma omp for schedule(static)
     for (int64_t index = 0; index < pairs; ++index) {
       const int64_t b = index / g.groups, group = index % g.groups;
@@ -2560,7 +2585,8 @@ void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, co
         if (gathers && all_finite(w + o * g.taps, g.taps)) {
           gathered_backward_plane<S, true>(source, w + o * g.taps, products, to_radial, input_grads.data(),
                                            filter_grad, g, gathered_a.data(), gathered_r.data(), margin,
-                                           tap_grads.data());
+                                           tap_grads.data(), schedule.square, schedule.spacing,
+                                           gathered_rows.data());
         } else if (per_group_out == 1) {
           cosine_backward_plane(source, w + o * g.taps, products, to_radial, input_grads.data(), filter_grad, g,
                                 tap_grads.data());
