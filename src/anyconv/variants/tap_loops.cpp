@@ -893,6 +893,26 @@ inline Vector square_root(const Vector& values) {
 // value vector loaded once for all of them a kernel row's taps reach (see each_tap_vector)
 constexpr int kOutputsTogether = 8;
 
+// BODY(std::integral_constant<int, COUNT>{}) for a COUNT of one to three, the rest of a block of
+// four (nothing for zero): the rest taken together at a count known to the compiler, where one at
+// a time each output's taps were one chain of dependent steps
+template <typename Body>
+__attribute__((always_inline)) inline void with_rest_of_four(int64_t count, Body body) {
+  switch (count) {
+    case 3:
+      body(std::integral_constant<int, 3>{});
+      break;
+    case 2:
+      body(std::integral_constant<int, 2>{});
+      break;
+    case 1:
+      body(std::integral_constant<int, 1>{});
+      break;
+    default:
+      break;
+  }
+}
+
 // Hands body(j, values, weight) each tap's weight vector and the values vector of each of COUNT
 // outputs in a run: XS the laid-out channels (position-major, kLanes lanes each), the run's first
 // output at ORIGIN, WS the taps' weights (tap-major, kLanes lanes each)
@@ -1102,26 +1122,12 @@ void forward_channel_vectors(const S* x, const S* w, const Compute<S>* scale, co
         for (; i + kOutputsTogether / 2 <= g.width; i += kOutputsTogether / 2)
           Outputs::template outputs<kOutputsTogether / 2>(xs.data(), ws.data(), scales.data(), offsets.data(),
                                                           squares, run, out + i * kLanes, g.row_offsets[r] + i, g);
-        // the last one to three together too: one at a time, each output's taps were one chain of
-        // dependent multiply-adds
         const auto rest = [&](auto count) {
           Outputs::template outputs<decltype(count)::value>(xs.data(), ws.data(), scales.data(), offsets.data(),
                                                             squares, run, out + i * kLanes, g.row_offsets[r] + i, g);
         };
-        static_assert(kOutputsTogether / 2 == 4, "the rest below is one to three outputs");
-        switch (g.width - i) {
-          case 3:
-            rest(std::integral_constant<int, 3>{});
-            break;
-          case 2:
-            rest(std::integral_constant<int, 2>{});
-            break;
-          case 1:
-            rest(std::integral_constant<int, 1>{});
-            break;
-          default:
-            break;
-        }
+        static_assert(kOutputsTogether / 2 == 4, "the rest is one to three outputs");
+        with_rest_of_four(g.width - i, rest);
       }
       if (bias != nullptr) {
         // the bias added here, on the thread's own buffer, rather than in a pass over the output
@@ -1917,26 +1923,12 @@ void forward_plane(const S* source, const S* filter, Out* plane, const Geometry&
       forward_rows<S, Out, Op, kRowsTogether>(source, filter, outs, origins, g, channel_bias);
     }
   }
-  // the last one to three rows together too: one at a time, each output's taps were one chain of
-  // dependent steps
   const auto rest = [&](auto rows) {
     for (int i = 0; i < decltype(rows)::value; ++i) outs[i] = plane + (r + i) * g.width;
     forward_rows<S, Out, Op, decltype(rows)::value>(source, filter, outs, g.row_offsets + r, g, channel_bias);
   };
-  static_assert(kRowsTogether == 4, "the rest below is one to three rows");
-  switch (g.rows - r) {
-    case 3:
-      rest(std::integral_constant<int, 3>{});
-      break;
-    case 2:
-      rest(std::integral_constant<int, 2>{});
-      break;
-    case 1:
-      rest(std::integral_constant<int, 1>{});
-      break;
-    default:
-      break;
-  }
+  static_assert(kRowsTogether == 4, "the rest is one to three rows");
+  with_rest_of_four(g.rows - r, rest);
 }
 
 template <typename S, typename Op>
@@ -2431,20 +2423,8 @@ void quotient_and_norms_plane(const S* source, const S* filter, S* y, S* norms, 
     r += kTogether;
   };
   while (r + kRowsTogether <= g.rows) rows(std::integral_constant<int, kRowsTogether>{});
-  static_assert(kRowsTogether == 4, "the rest below is one to three rows");
-  switch (g.rows - r) {
-    case 3:
-      rows(std::integral_constant<int, 3>{});
-      break;
-    case 2:
-      rows(std::integral_constant<int, 2>{});
-      break;
-    case 1:
-      rows(std::integral_constant<int, 1>{});
-      break;
-    default:
-      break;
-  }
+  static_assert(kRowsTogether == 4, "the rest is one to three rows");
+  with_rest_of_four(g.rows - r, rows);
 }
 
 // The cosine's backward_plane for a group of one filter (depthwise): at every tap, A w - R x into
