@@ -10,7 +10,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import anyconv
-from anyconv.engine import paths
+from anyconv.engine import DEFAULT_MEMORY_BUDGET, paths
 from anyconv.engine.plan import ConvPlan, plan_conv
 from anyconv.engine.tap_loops import tap_loops_fit
 from anyconv.errors import ArgumentError, ArgumentTypeError
@@ -234,3 +234,17 @@ def test_unfold_module_checks_arguments_without_an_input():
         anyconv.nn.Unfold(3, padding_mode="mirror")
     with pytest.raises(ArgumentError, match="kernel_size"):
         anyconv.nn.Unfold(5)(torch.randn(1, 1, 3, 3))
+
+
+def test_without_grad_a_plain_products_chunks_hold_at_least_its_filters():
+    # filters of 4.5 MiB, over the default budget: one chunk of fields per call without grad
+    x, w = torch.randn(2, 256, 7, 7, dtype=DOUBLE), torch.randn(256, 256, 3, 3, dtype=DOUBLE)
+    filters = w.numel() * w.element_size()
+    with torch.no_grad():
+        plan = _plan(x, w, padding=1)
+        assert plan.path == "fields" and plan.budget == filters
+        assert _plan(x, w, resolve_variant("l1"), padding=1).budget == DEFAULT_MEMORY_BUDGET
+        assert _plan(x, w, padding=1, budget=2**20).budget == 2**20
+        out = anyconv.conv(x, w, padding=1)
+    assert _plan(x, w, padding=1).budget == DEFAULT_MEMORY_BUDGET
+    torch.testing.assert_close(out, torch.nn.functional.conv2d(x, w, padding=1))

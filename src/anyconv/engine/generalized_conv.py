@@ -35,7 +35,8 @@ def generalized_conv(
     Same arguments as :func:`anyconv.conv` (N is ``weight.dim() - 2``), plus the variant: a
     built-in name (see ``anyconv.variants.BUILTIN_VARIANTS``), a :class:`~anyconv.variants.Variant`
     subclass or instance, and its options. The fields are made chunk by chunk, each chunk under
-    ``memory_budget`` bytes (default 4 MiB), in forward and backward alike; ``bias`` is added last.
+    ``memory_budget`` bytes (default 4 MiB, or without autograd the filters' bytes where a plain
+    product's filters are larger), in forward and backward alike; ``bias`` is added last.
     Under ``torch.autocast`` it runs in autocast's dtype, as torch's convolutions do; a
     channels-last input gives a channels-last output.
 

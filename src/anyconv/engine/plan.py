@@ -15,7 +15,8 @@ from ..geometry import Geometry, make_geometry
 from ..variants import Variant
 from ..variants.native import native_enabled
 from ..variants.triton_backend import backend
-from .chunks import resolve_budget
+from .chunks import DEFAULT_MEMORY_BUDGET, resolve_budget
+from .field_products import is_plain_product
 from .fields import check_conv_sizes
 from .machinery import machinery_watches
 from .paths import choose_path
@@ -150,4 +151,28 @@ def _make_plan(
         )
     draft = ConvPlan("", geometry, padded_first, groups, budget, unbatched)
     path = choose_path(draft, variant, batched, weight)
+    if memory_budget is None and path == "fields":
+        budget = default_fields_budget(variant, weight, torch.is_grad_enabled())
     return ConvPlan(path, geometry, padded_first, groups, budget, unbatched)
+
+
+def default_fields_budget(variant: Variant, weight: torch.Tensor, grad_mode: bool) -> int:
+    """The fields path's bytes per chunk when the call gives no ``memory_budget``.
+
+    Each chunk's product reads every filter once, so chunks holding fewer bytes of fields than
+    the filters stream the filters more than the fields (dilated 3x3 d4, 512 x 4608 taps: 9 MiB).
+    Without autograd a plain product's chunks hold at least the filters' bytes: the forward's peak
+    stays under torch's own convolution's, which lays out the filters anew. Recorded for a
+    backward, the default holds: larger chunks raised that row's peak past twice torch's
+    (measurements in docs/benchmarks.md).
+
+    >>> from anyconv.variants import Cosine, Dot
+    >>> wide = torch.empty(512, 512, 3, 3, device="meta")
+    >>> default_fields_budget(Dot(), wide, False) // 2**20, default_fields_budget(Dot(), wide, True) // 2**20
+    (9, 4)
+    >>> default_fields_budget(Cosine(), wide, False) == DEFAULT_MEMORY_BUDGET
+    True
+    """
+    if grad_mode or not is_plain_product(variant):
+        return DEFAULT_MEMORY_BUDGET
+    return max(DEFAULT_MEMORY_BUDGET, weight.numel() * weight.element_size())
