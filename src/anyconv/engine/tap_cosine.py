@@ -185,7 +185,7 @@ def _gradients(
         found = tap_cosine_gradients(
             grad, input, weight, filter_norms, offsets, geometry, groups, memory_budget, kept
         )
-        return _with_radial_weight(found, weight, filter_norms, needs)
+        return found[0] if needs[0] else None, found[1] if needs[1] else None
     # (groups, filters per group, 1, ...): broadcast against (batch, groups, filters, *output)
     filter_column = filter_norms.view(groups, -1, *(1,) * ndim)
     field_norms = field_squares(tap_loops_conv, input, geometry, groups, memory_budget).to(compute).sqrt_()
@@ -223,20 +223,6 @@ def _gradients(
         )
         grad_weight -= radial_weight.view(weight.shape).to(weight.dtype)
     return grad_input, grad_weight
-
-
-def _with_radial_weight(
-    found: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    weight: torch.Tensor,
-    filter_norms: torch.Tensor,
-    needs: tuple[bool, ...],
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The gradients from :func:`tap_cosine_gradients`'s three results: the weight's gets its radial
-    term, minus (the sum of a y |p|) w / |w| per filter."""
-    grad_input, grad_weight, to_filter_norms = found
-    radial_weight = to_filter_norms[:, None] * direction(weight.flatten(1), filter_norms[:, None])
-    grad_weight -= radial_weight.view(weight.shape)
-    return grad_input if needs[0] else None, grad_weight if needs[1] else None
 
 
 def _radial_sums(

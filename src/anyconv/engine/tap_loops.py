@@ -100,7 +100,7 @@ _ENTRY_POINTS = {
     "tap_forward": (1, 4),
     "tap_backward": (1, 6),
     "tap_quotient": (0, 6),
-    "tap_cosine_backward": (0, 9),
+    "tap_cosine_backward": (0, 8),
 }
 
 
@@ -635,10 +635,9 @@ def tap_cosine_gradients(
     groups: int,
     memory_budget: int,
     kept: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The cosine's gradients by one pass of the loops per (sample, group) (where
-    :func:`cosine_gradients_fit`): the input's gradient, the weight's without its radial term, and
-    the sum over samples and positions of a y |p| per filter (the radial term's factor), with
+    :func:`cosine_gradients_fit`): the input's and the weight's (its radial term included), with
     ``scale`` = |w| and ``offset`` = eps per filter, and the quotient y where the forward ``kept``
     it; see ``engine/tap_cosine.py``."""
     plan = plan_of(_tap_plan, input, weight, *_dot_arguments(geometry, groups, memory_budget))
@@ -650,7 +649,6 @@ def tap_cosine_gradients(
     kept = None if kept is None else kept.contiguous()
     grad_input = torch.empty_like(input)
     grad_per_sample = weight.new_zeros((input.shape[0], *weight.shape))
-    radial = weight.new_empty((input.shape[0], weight.shape[0]))
     _call(
         "tap_cosine_backward",
         plan,
@@ -662,12 +660,11 @@ def tap_cosine_gradients(
         grad,
         grad_input,
         grad_per_sample,
-        radial,
         unpadded=True,
     )
     if given is not input:
         grad_input = torch.empty_like(given).copy_(grad_input)
-    return grad_input, grad_per_sample.sum(0), radial.sum(0)
+    return grad_input, grad_per_sample.sum(0)
 
 
 #: the loops' dot, whose plan (geometry, chunks of samples) the quotient shares

@@ -2487,15 +2487,17 @@ void cosine_backward_plane(const S* __restrict x, const S* __restrict w, const S
 // of every field, then per filter o its products p . w, D = |p| scale[o] + offset[o], a = grad / D
 // and y = p . w / D; the loops' dot backward of a goes into the input and weight gradients, and
 // sum over the group's filters of a y scale[o] / |p| (0 where |p| is 0) into the radial gradient
-// minus that times x (the Radial backward, over every tap of the group's channels). RADIAL (B, O)
-// gets the sum over positions of a y |p|, which the caller turns into the weight's radial term.
+// minus that times x (the Radial backward, over every tap of the group's channels). The weight's
+// gradient per sample (GRAD_W, (B, O, taps), which the caller sums over samples) gets its radial
+// term there too: minus the sum over positions of a y |p| times w / scale[o] (0 where scale[o] is
+// 0), where a pass of small tensor operations per call took it from a (B, O) sum.
 // Where the composition made and kept several output-sized tensors, nothing leaves the cache
 // but the gradients. KEPT, where not null, is y as the forward kept it (B, O, rows, width): a
 // dense layer's products are not recomputed. S is float or double (the narrower types keep the
 // composition).
 template <typename S>
 void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, const S* kept, const S* grad,
-                     S* grad_x, S* grad_w, S* radial, const Geometry& g, const Layout& layout, int threads) {
+                     S* grad_x, S* grad_w, const Geometry& g, const Layout& layout, int threads) {
   static_assert(std::is_same<S, Compute<S>>::value, "float and double only");
   using T = S;
   using E = Bits<S>;
@@ -2560,8 +2562,11 @@ void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, co
           to_radial[v] += field_norms[v] == 0 ? T(0) : ay * filter_scale / field_norms[v];
           radial_sum += ay * field_norms[v];
         }
-        radial[b * g.out_channels + o] = radial_sum;
         S* filter_grad = grad_w + (b * g.out_channels + o) * g.taps;
+        if (filter_scale != T(0)) {
+          // w / |w| as torch would divide it (the composed form's direction), then times the sum
+          for (int64_t t = 0; t < g.taps; ++t) filter_grad[t] -= radial_sum * (w[o * g.taps + t] / filter_scale);
+        }
         if (gathers && all_finite(w + o * g.taps, g.taps)) {
           gathered_backward_plane<S, true>(source, w + o * g.taps, products, to_radial, input_grads.data(),
                                            filter_grad, g, gathered_a.data(), gathered_r.data(), margin,
@@ -2773,7 +2778,6 @@ void backward_any(int operation, const S* x, const S* w, const S* y, const S* gr
 #define TAP_COSINE_BACKWARD(T, SUFFIX)                                                                      \
   extern "C" void tap_cosine_backward_##SUFFIX(const T* x, const T* w, const T* scale, const T* offset,     \
                                                const T* kept, const T* grad, T* grad_x, T* grad_w,         \
-                                               T* radial,                                                  \
                                                int64_t batch, int64_t channels, int64_t out_channels,      \
                                                int64_t groups, int64_t plane, int64_t taps,                \
                                                const int64_t* tap_offsets, const int64_t* weight_index,    \
@@ -2785,7 +2789,7 @@ void backward_any(int operation, const S* x, const S* w, const S* y, const S* gr
     const Geometry g{batch, channels, out_channels, groups, plane, taps, tap_offsets, weight_index, rows,      \
                      row_offsets, width, step};                                                             \
     const Layout layout{ndim, size, before, padded, phases};                                                \
-    cosine_backward<T>(x, w, scale, offset, kept, grad, grad_x, grad_w, radial, g, layout, threads);         \
+    cosine_backward<T>(x, w, scale, offset, kept, grad, grad_x, grad_w, g, layout, threads);                 \
   }
 
 // One library per dtype (ANYCONV_PART_<dtype>, see native.py's PARTS), or every dtype in one
