@@ -1727,24 +1727,31 @@ __attribute__((always_inline)) inline void stationary_quotient_run(
   stationary_squares_row<VECTORS, MASK, 3>(squares, run);
 }
 
-// The quotients p . w / (|p| SCALE + OFFSET) (+ BIAS) of kRowsTogether rows of VECTORS vectors from
-// their PRODUCTS and SQUARES into OUTS, and |p| into NORM_OUTS where not null
-template <typename S, int VECTORS>
+// The quotients p . w / (|p| SCALE + OFFSET) (+ BIAS) of ROWS rows of VECTORS vectors from their
+// PRODUCTS and SQUARES into OUTS, and |p| into NORM_OUTS where not null, each row's vectors from
+// FIRST, the last at LAST_VECTOR; PARTIAL: the last vector's first COUNT lanes only
+template <typename S, int VECTORS, int ROWS = kRowsTogether, bool PARTIAL = false>
 __attribute__((always_inline)) inline void store_quotients(
-    const typename Lanes<Compute<S>>::Vector (&products)[kRowsTogether][VECTORS],
-    const typename Lanes<Compute<S>>::Vector (&squares)[kRowsTogether][VECTORS], S* const* outs, int64_t first,
-    int64_t last_vector, Compute<S> scale, Compute<S> offset, const S* bias, S* const* norm_outs) {
+    const typename Lanes<Compute<S>>::Vector (&products)[ROWS][VECTORS],
+    const typename Lanes<Compute<S>>::Vector (&squares)[ROWS][VECTORS], S* const* outs, int64_t first,
+    int64_t last_vector, Compute<S> scale, Compute<S> offset, const S* bias, S* const* norm_outs,
+    int count = 0) {
   using Vector = typename Lanes<Compute<S>>::Vector;
   constexpr int kLanes = Lanes<Compute<S>>::kCount;
-  for (int r = 0; r < kRowsTogether; ++r) {
+  for (int r = 0; r < ROWS; ++r) {
     for (int v = 0; v < VECTORS; ++v) {
       const Vector norms = square_root(squares[r][v]);
       Vector result = products[r][v] / (norms * scale + offset);
       if (bias != nullptr) result = result + widen(*bias);
       const int64_t at = first + (v == VECTORS - 1 ? last_vector : int64_t(v) * kLanes);
-      store(outs[r] + at, result);
-      // |p| too, for the cosine's backward (quotient_and_norms_plane)
-      if (norm_outs != nullptr) store(norm_outs[r] + at, norms);
+      // |p| too where asked, for the cosine's backward (quotient_and_norms_plane)
+      if (PARTIAL && v == VECTORS - 1) {
+        store_partial(outs[r] + at, result, count);
+        if (norm_outs != nullptr) store_partial(norm_outs[r] + at, norms, count);
+      } else {
+        store(outs[r] + at, result);
+        if (norm_outs != nullptr) store(norm_outs[r] + at, norms);
+      }
     }
   }
 }
@@ -2336,23 +2343,8 @@ __attribute__((always_inline)) inline void quotient_block(const S* x, const S* w
       }
     }
   }
-  for (int r = 0; r < ROWS; ++r) {
-    for (int v = 0; v < VECTORS; ++v) {
-      const Vector norms = square_root(squares[r][v]);
-      Vector result = products[r][v] / (norms * scale + offset);
-      if (bias != nullptr) result = result + widen(*bias);
-      S* out = outs[r] + first + at(v);
-      // |p| too where asked, for the cosine's backward (quotient_and_norms_plane)
-      S* norm_out = norm_outs == nullptr ? nullptr : norm_outs[r] + first + at(v);
-      if (PARTIAL && v == VECTORS - 1) {
-        store_partial(out, result, count);
-        if (norm_out != nullptr) store_partial(norm_out, norms, count);
-      } else {
-        store(out, result);
-        if (norm_out != nullptr) store(norm_out, norms);
-      }
-    }
-  }
+  store_quotients<S, VECTORS, ROWS, PARTIAL>(products, squares, outs, first, last_vector, scale, offset, bias,
+                                             norm_outs, count);
 }
 
 // ROWS output rows of the quotient for one filter, cut into blocks as forward_rows cuts them
