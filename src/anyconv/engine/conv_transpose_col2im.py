@@ -17,7 +17,7 @@ from ..geometry import Geometry, make_geometry
 from ..geometry.arguments import is_traced
 from ..variants.matrix_products import batched_product, filters_times_columns, inner_product_pays
 from .blocks import copy_with_bias
-from .fields_fold import fold_fields
+from .fields_fold import fold_fields, fold_into, transposed_matrices
 from .ops_memory_format import empty_like_input
 
 
@@ -154,10 +154,11 @@ def folded_transpose(
     layout of a field's gradient in the fields path's backward, which its fold
     (:func:`anyconv.engine.fields_fold.fold_fields`, native where it loads) sums into a
     channels-last image in one pass. The product reads a channels-first input as it is, through
-    a transposed view, where a copy of its rows cost a pass over the input. The image's crop is
-    copied into the output, in torch's memory format, with the bias in the same copy; positions
-    past the image (``output_padding`` that ``padding`` does not crop) get the bias alone. No
-    autograd.
+    a transposed view, where a copy of its rows cost a pass over the input. Into a channels-first
+    output the native fold (:func:`anyconv.engine.fields_fold.fold_into`) writes the image's crop
+    and the bias itself; elsewhere the crop is copied into the output, in torch's memory format,
+    with the bias in the same copy. Positions past the image (``output_padding`` that ``padding``
+    does not crop) get the bias alone. No autograd.
 
     >>> import torch, torch.nn.functional as F
     >>> x, w = torch.randn(3, 4, 5, 5, dtype=torch.float64), torch.randn(4, 3, 3, 3, dtype=torch.float64)
@@ -169,9 +170,7 @@ def folded_transpose(
     batch, channels = batched.shape[:2]
     per_group, out_group, taps = channels // groups, weight.shape[1], geometry.kernel_volume
     # (C, Og, *kernel) -> (G, Cg, K * Og): a column per (tap, out channel), the fields' order
-    matrices = (
-        weight.reshape(groups, per_group, out_group, taps).transpose(2, 3).reshape(groups, per_group, -1)
-    )
+    matrices = transposed_matrices(weight.reshape(channels, out_group, taps)).reshape(groups, per_group, -1)
     output = empty_like_input(batched, weight, (batch, groups * out_group, *output_size))
     # the output positions the image covers once its padding is cropped; the rest (output_padding
     # past the image) no tap reaches
@@ -198,7 +197,9 @@ def folded_transpose(
             for group in range(groups):
                 torch.matmul(values[:, group], matrices[group], out=columns[group])
             columns = columns.flatten(1, 2)
-        image = fold_fields(columns, geometry, samples).movedim(-1, 1)
-        target = output[(slice(start, start + samples), slice(None), *inside)]
-        copy_with_bias(target, image[(slice(None), slice(None), *kept)], per_channel)
+        chunk_output = output[start : start + samples]
+        if not fold_into(columns, geometry, chunk_output, padding, bias):
+            image = fold_fields(columns, geometry, samples).movedim(-1, 1)
+            target = chunk_output[(slice(None), slice(None), *inside)]
+            copy_with_bias(target, image[(slice(None), slice(None), *kept)], per_channel)
     return output

@@ -71,22 +71,60 @@ Reaches find_reaches(const FoldGeometry& g, const std::vector<int64_t>& tap_stri
   return r;
 }
 
+// The strides of a fold's tables and fields: a tap's and an output place's along each dimension,
+// and the output places and taps of one field
+struct FoldStrides {
+  std::vector<int64_t> tap, place;
+  int64_t positions = 1, taps = 1;
+};
+
+inline FoldStrides fold_strides(const FoldGeometry& g) {
+  FoldStrides strides;
+  strides.tap.resize(g.ndim);
+  strides.place.resize(g.ndim);
+  for (int64_t d = g.ndim - 1; d >= 0; --d) {
+    strides.tap[d] = strides.taps;
+    strides.place[d] = strides.positions;
+    strides.positions *= g.out[d];
+    strides.taps *= g.kernel[d];
+  }
+  return strides;
+}
+
+// SUM (Cg values, zero on entry) = the fields of one group (BLOCK, (*out, *kernel, Cg)) that read
+// one slab position, taps in kernel order: AT and COUNT its reaches' start and count in the
+// tables per dimension, INDEX the odometer over them
+template <typename S>
+inline void sum_reaching(const S* block, Compute<S>* sum, const Reaches& reaches, const int64_t* at,
+                         const int64_t* count, int64_t* index, int64_t ndim, int64_t taps, int64_t per_group) {
+  std::fill(index, index + ndim, 0);
+  for (;;) {
+    int64_t tap = 0, place = 0;
+    for (int64_t d = 0; d < ndim; ++d) {
+      tap += reaches.tap[at[d] + index[d]];
+      place += reaches.place[at[d] + index[d]];
+    }
+    const S* source = block + (place * taps + tap) * per_group;
+#pragma omp simd
+    for (int64_t c = 0; c < per_group; ++c) sum[c] += anyconv::widen(source[c]);
+    // the next tap in kernel order (the last dimension fastest)
+    int64_t d = ndim - 1;
+    while (d >= 0 && ++index[d] == count[d]) index[d--] = 0;
+    if (d < 0) break;
+  }
+}
+
 // fields (G, b, *out, *kernel, Cg) contiguous -> slab (b, *slab, G * Cg) contiguous, every element
 // written (zero where no field reads)
 template <typename S>
 void fold(const S* fields, S* slab, const FoldGeometry& g, int threads) {
   using T = Compute<S>;
   const int64_t ndim = g.ndim;
-  int64_t slab_positions = 1, positions = 1, taps = 1;
-  std::vector<int64_t> tap_stride(ndim), place_stride(ndim);
-  for (int64_t d = ndim - 1; d >= 0; --d) {
-    tap_stride[d] = taps;
-    place_stride[d] = positions;
-    slab_positions *= g.slab[d];
-    positions *= g.out[d];
-    taps *= g.kernel[d];
-  }
-  const Reaches reaches = find_reaches(g, tap_stride, place_stride);
+  const FoldStrides strides = fold_strides(g);
+  const int64_t positions = strides.positions, taps = strides.taps;
+  int64_t slab_positions = 1;
+  for (int64_t d = 0; d < ndim; ++d) slab_positions *= g.slab[d];
+  const Reaches reaches = find_reaches(g, strides.tap, strides.place);
   const int64_t widest = reaches.widest;
   const int64_t channels = g.groups * g.per_group, per_group = g.per_group;
   // the threads split lines of the slab (a sample and every coordinate but the last): the last
@@ -120,32 +158,109 @@ void fold(const S* fields, S* slab, const FoldGeometry& g, int threads) {
         }
         for (int64_t group = 0; group < g.groups; ++group) {
           std::fill(sums.begin(), sums.end(), T(0));
-          T* sum = sums.data();
           const S* block = fields + (group * g.samples + sample) * positions * taps * per_group;
-          std::fill(index.begin(), index.end(), 0);
-          for (;;) {
-            int64_t tap = 0, place = 0;
-            for (int64_t d = 0; d < ndim; ++d) {
-              tap += reaches.tap[at[d] + index[d]];
-              place += reaches.place[at[d] + index[d]];
-            }
-            const S* source = block + (place * taps + tap) * per_group;
-#pragma omp simd
-            for (int64_t c = 0; c < per_group; ++c) sum[c] += anyconv::widen(source[c]);
-            // the next tap in kernel order (the last dimension fastest)
-            int64_t d = ndim - 1;
-            while (d >= 0 && ++index[d] == count[d]) index[d--] = 0;
-            if (d < 0) break;
-          }
+          sum_reaching(block, sums.data(), reaches, at.data(), count.data(), index.data(), ndim, taps, per_group);
           S* written = target + group * per_group;
-          for (int64_t c = 0; c < per_group; ++c) written[c] = anyconv::narrow<S>(sum[c]);
+          for (int64_t c = 0; c < per_group; ++c) written[c] = anyconv::narrow<S>(sums[c]);
         }
       }
     }
   }
 }
 
+// The fold straight into a channels-first output (the transposed convolution's col2im form):
+// y (b, G * Cg, *size) contiguous is the slab's region from START, plus BIAS (C values, or null)
+// per channel; places past the slab's end (output_padding past the image) get the bias alone.
+// Each output line's sums are made channels-last in a buffer of the thread's own (the fold's
+// contiguous reads of a tap's channels), then written channel by channel with the bias: one pass
+// over the output, where a channels-last slab and a transposing copy of its crop made two.
+template <typename S>
+void fold_into(const S* fields, S* y, const S* bias, const FoldGeometry& g, const int64_t* start,
+               const int64_t* size, int threads) {
+  using T = Compute<S>;
+  const int64_t ndim = g.ndim;
+  const FoldStrides strides = fold_strides(g);
+  const int64_t positions = strides.positions, taps = strides.taps;
+  const Reaches reaches = find_reaches(g, strides.tap, strides.place);
+  const int64_t widest = reaches.widest;
+  const int64_t channels = g.groups * g.per_group, per_group = g.per_group;
+  int64_t output_positions = 1;
+  for (int64_t d = 0; d < ndim; ++d) output_positions *= size[d];
+  const int64_t line = size[ndim - 1], sample_lines = output_positions / line, lines = g.samples * sample_lines;
+  // the reaches of slab coordinate c along dimension d, none past the slab's end
+  const auto reached = [&](int64_t d, int64_t coordinate, int64_t& at, int64_t& count) {
+    const bool inside = coordinate < g.slab[d];
+    at = inside ? (reaches.start[d] + coordinate) * widest : 0;
+    count = inside ? reaches.count[reaches.start[d] + coordinate] : 0;
+  };
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> sums(line * channels);
+    std::vector<int64_t> at(ndim), count(ndim), index(ndim);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < lines; ++item) {
+      const int64_t sample = item / sample_lines;
+      int64_t rest = item % sample_lines;
+      bool line_reached = true;
+      for (int64_t d = ndim - 2; d >= 0; --d) {
+        reached(d, start[d] + rest % size[d], at[d], count[d]);
+        rest /= size[d];
+        line_reached = line_reached && count[d] > 0;
+      }
+      std::fill(sums.begin(), sums.end(), T(0));
+      for (int64_t position = 0; line_reached && position < line; ++position) {
+        reached(ndim - 1, start[ndim - 1] + position, at[ndim - 1], count[ndim - 1]);
+        if (count[ndim - 1] == 0) continue;
+        for (int64_t group = 0; group < g.groups; ++group) {
+          const S* block = fields + (group * g.samples + sample) * positions * taps * per_group;
+          sum_reaching(block, sums.data() + position * channels + group * per_group, reaches, at.data(),
+                       count.data(), index.data(), ndim, taps, per_group);
+        }
+      }
+      const int64_t line_start = (item % sample_lines) * line;
+      for (int64_t c = 0; c < channels; ++c) {
+        S* target = y + (sample * channels + c) * output_positions + line_start;
+        const T shift = bias == nullptr ? T(0) : anyconv::widen(bias[c]);
+        for (int64_t position = 0; position < line; ++position)
+          target[position] = anyconv::narrow<S>(sums[position * channels + c] + shift);
+      }
+    }
+  }
+}
+
+// Each of COUNT (ROWS, COLUMNS) matrices at SOURCE transposed into TARGET, by element size: the
+// transposed convolution's weight in its fold's order, (C, Og, K) -> (C, K, Og). torch's copy of
+// such a permuted view went element by element through its generic strided loop, several times
+// slower than a plain copy; here each matrix is transposed in blocks that stay in the first cache.
+template <typename E>
+void transpose_matrices(const E* source, E* target, int64_t count, int64_t rows, int64_t columns, int threads) {
+  constexpr int64_t kBlock = 16;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t m = 0; m < count; ++m) {
+    const E* from = source + m * rows * columns;
+    E* to = target + m * rows * columns;
+    for (int64_t i0 = 0; i0 < rows; i0 += kBlock) {
+      const int64_t i1 = std::min(rows, i0 + kBlock);
+      for (int64_t j0 = 0; j0 < columns; j0 += kBlock) {
+        const int64_t j1 = std::min(columns, j0 + kBlock);
+        for (int64_t i = i0; i < i1; ++i)
+          for (int64_t j = j0; j < j1; ++j) to[j * rows + i] = from[i * columns + j];
+      }
+    }
+  }
+}
+
 }  // namespace
+
+#define TRANSPOSE_MATRICES(E, BYTES)                                                                      \
+  extern "C" void transpose_matrices_##BYTES(const E* source, E* target, int64_t count, int64_t rows,    \
+                                             int64_t columns, int threads) {                             \
+    transpose_matrices<E>(source, target, count, rows, columns, threads);                                \
+  }
+
+TRANSPOSE_MATRICES(uint16_t, 2)
+TRANSPOSE_MATRICES(uint32_t, 4)
+TRANSPOSE_MATRICES(uint64_t, 8)
 
 #define FOLD_FIELDS(T, SUFFIX)                                                                            \
   extern "C" void fold_fields_##SUFFIX(const T* fields, T* slab, int64_t samples, int64_t groups,        \
@@ -156,9 +271,24 @@ void fold(const S* fields, S* slab, const FoldGeometry& g, int threads) {
     fold<T>(fields, slab, g, threads);                                                                    \
   }
 
+#define FOLD_INTO(T, SUFFIX)                                                                              \
+  extern "C" void fold_into_##SUFFIX(const T* fields, T* y, const T* bias, int64_t samples, int64_t groups,  \
+                                     int64_t per_group, int64_t ndim, const int64_t* slab_size,           \
+                                     const int64_t* out_size, const int64_t* kernel, const int64_t* stride, \
+                                     const int64_t* dilation, const int64_t* start, const int64_t* size,    \
+                                     int threads) {                                                        \
+    /* bias: (G * Cg) or null; y: (samples, G * Cg, *size), the slab's region from start */               \
+    const FoldGeometry g{samples, groups, per_group, ndim, slab_size, out_size, kernel, stride, dilation}; \
+    fold_into<T>(fields, y, bias, g, start, size, threads);                                               \
+  }
+
 FOLD_FIELDS(float, f32)
 FOLD_FIELDS(double, f64)
 FOLD_FIELDS(anyconv::BFloat16, bf16)
+FOLD_INTO(float, f32)
+FOLD_INTO(double, f64)
+FOLD_INTO(anyconv::BFloat16, bf16)
 #ifdef ANYCONV_HAVE_FLOAT16
 FOLD_FIELDS(_Float16, f16)
+FOLD_INTO(_Float16, f16)
 #endif

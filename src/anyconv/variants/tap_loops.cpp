@@ -703,39 +703,79 @@ inline InteriorShape interior_shape(const Layout& layout) {
           rows};
 }
 
-// The columns [FIRST, LAST) that both phases of a two-phase row read from the input (see
-// phase_span), cut to whole blocks of kLanes32 columns, for join_two_phases
-constexpr int64_t kLanes32 = 16;
+// The columns of a two-phase row that read the input (phase_span): the even phase's, the odd
+// phase's, and [first, last) where both do. They depend on the row's shape alone, so they are
+// found once per plane: two divisions per phase and row cost as much as a short row's copy.
+struct TwoPhaseSpans {
+  int64_t first_even, last_even, first_odd, last_odd, first, last;
+};
 
-inline std::pair<int64_t, int64_t> both_phases(int64_t width, int64_t left, int64_t length) {
-  const auto [first_even, last_even] = phase_span(width, left, length, 0, 2);
-  const auto [first_odd, last_odd] = phase_span(width, left, length, 1, 2);
+inline TwoPhaseSpans two_phase_spans(const InteriorShape& shape) {
+  const auto [first_even, last_even] = phase_span(shape.width, shape.left, shape.length, 0, 2);
+  const auto [first_odd, last_odd] = phase_span(shape.width, shape.left, shape.length, 1, 2);
   const int64_t first = std::max(first_even, first_odd);
-  const int64_t last = std::max(first, std::min(last_even, last_odd));
-  return {first, first + (last - first) / kLanes32 * kLanes32};
+  return {first_even, last_even, first_odd, last_odd, first, std::max(first, std::min(last_even, last_odd))};
 }
 
-// Columns [FIRST, LAST) (whole blocks, see both_phases) of the two phases EVEN and ODD of a padded
-// row joined into the input row ROW (shifted by LEFT): row[2 j - left] = even[j] and
-// row[2 j + 1 - left] = odd[j], sixteen 32-bit columns a time by two permutes, where the strided
-// stores of each phase went element by element (the layout's strided loads GCC vectorises
-// itself). Returns false where it does nothing: other element sizes, or no AVX-512.
+#ifdef __AVX512F__
+// For COUNT (1 to 16) columns of each phase: the lanes they fill of the input row's two vectors
+// (2 COUNT columns) and of each phase's vector
+struct PairMasks {
+  __mmask16 low, high, kept;
+};
+
+inline PairMasks pair_masks(int64_t count) {
+  const auto lanes = [](int64_t n) { return static_cast<__mmask16>((1u << n) - 1); };
+  return {lanes(std::min<int64_t>(16, 2 * count)), lanes(std::max<int64_t>(0, 2 * count - 16)), lanes(count)};
+}
+#endif
+
+// Columns [FIRST, LAST) (both phases', see TwoPhaseSpans) of the two phases EVEN and ODD of a
+// padded row from the input row ROW (shifted by LEFT): even[j] = row[2 j - left] and odd[j] =
+// row[2 j + 1 - left], sixteen 32-bit columns of each a time by two masked loads and two
+// permutes, where GCC's vectorised strided loads went a phase at a time with a scalar rest.
+// Returns where it stopped: LAST, or FIRST where it does nothing (other element sizes, or no
+// AVX-512). Masked lanes are neither read nor written.
 template <typename E>
-inline bool join_two_phases(E* row, const E* even, const E* odd, int64_t left, int64_t first, int64_t last) {
+inline int64_t split_two_phases(const E* row, E* even, E* odd, int64_t left, int64_t first, int64_t last) {
+#ifdef __AVX512F__
+  if constexpr (sizeof(E) == 4) {
+    const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    for (int64_t j = first; j < last; j += 16) {
+      const PairMasks masks = pair_masks(std::min<int64_t>(16, last - j));
+      const E* pair = row + 2 * j - left;
+      const __m512i a = _mm512_maskz_loadu_epi32(masks.low, pair);
+      const __m512i b = _mm512_maskz_loadu_epi32(masks.high, pair + 16);
+      _mm512_mask_storeu_epi32(even + j, masks.kept, _mm512_permutex2var_epi32(a, evens, b));
+      _mm512_mask_storeu_epi32(odd + j, masks.kept, _mm512_permutex2var_epi32(a, odds, b));
+    }
+    return std::max(first, last);
+  }
+#endif
+  return first;
+}
+
+// The adjoint of split_two_phases: row[2 j - left] = even[j] and row[2 j + 1 - left] = odd[j]
+// for j in [FIRST, LAST), by two permutes where the strided stores went element by element
+template <typename E>
+inline int64_t join_two_phases(E* row, const E* even, const E* odd, int64_t left, int64_t first, int64_t last) {
 #ifdef __AVX512F__
   if constexpr (sizeof(E) == 4) {
     const __m512i low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    for (int64_t j = first; j < last; j += kLanes32) {
+    for (int64_t j = first; j < last; j += 16) {
+      const PairMasks masks = pair_masks(std::min<int64_t>(16, last - j));
       E* pair = row + 2 * j - left;
-      const __m512i a = _mm512_loadu_si512(even + j), b = _mm512_loadu_si512(odd + j);
-      _mm512_storeu_si512(pair, _mm512_permutex2var_epi32(a, low, b));
-      _mm512_storeu_si512(pair + kLanes32, _mm512_permutex2var_epi32(a, high, b));
+      const __m512i a = _mm512_maskz_loadu_epi32(masks.kept, even + j);
+      const __m512i b = _mm512_maskz_loadu_epi32(masks.kept, odd + j);
+      _mm512_mask_storeu_epi32(pair, masks.low, _mm512_permutex2var_epi32(a, low, b));
+      _mm512_mask_storeu_epi32(pair + 16, masks.high, _mm512_permutex2var_epi32(a, high, b));
     }
-    return true;
+    return std::max(first, last);
   }
 #endif
-  return false;
+  return first;
 }
 
 // Plane P of x into the interior of OUT's layout, leaving the padding as it is: into a buffer whose
@@ -745,6 +785,21 @@ template <typename E>
 void lay_out_interior(const E* x, E* out, int64_t p, const Layout& layout) {
   const InteriorShape shape = interior_shape(layout);
   const int64_t phases = shape.phases, width = shape.width, length = shape.length, left = shape.left;
+  if (phases == 2) {
+    const TwoPhaseSpans spans = two_phase_spans(shape);
+    each_input_row(x, p, layout, [&](const E* source, int64_t target_row) {
+      E* even = out + target_row * length;
+      E* odd = even + shape.rows * length;
+      const int64_t reached = split_two_phases(source, even, odd, left, spans.first, spans.last);
+      // each phase's columns outside what split_two_phases took (every column where it took none)
+      E* from = const_cast<E*>(source) - left;
+      phase_columns<2>(from, even, 0, spans.first_even, std::min(spans.first, spans.last_even), 2, false);
+      phase_columns<2>(from, even, 0, std::max(reached, spans.first_even), spans.last_even, 2, false);
+      phase_columns<2>(from + 1, odd, 0, spans.first_odd, std::min(spans.first, spans.last_odd), 2, false);
+      phase_columns<2>(from + 1, odd, 0, std::max(reached, spans.first_odd), spans.last_odd, 2, false);
+    });
+    return;
+  }
   each_input_row(x, p, layout, [&](const E* source, int64_t target_row) {
     E* target = out + target_row * length;
     if (phases == 1) {
@@ -755,11 +810,7 @@ void lay_out_interior(const E* x, E* out, int64_t p, const Layout& layout) {
     for (int64_t phase = 0; phase < phases; ++phase, target += shape.rows * length) {
       const auto [first, last] = phase_span(width, left, length, phase, phases);
       E* from = const_cast<E*>(source) + phase - left;
-      if (phases == 2) {
-        phase_columns<2>(from, target, 0, first, last, phases, false);
-      } else {
-        phase_columns<0>(from, target, 0, first, last, phases, false);
-      }
+      phase_columns<0>(from, target, 0, first, last, phases, false);
     }
   });
 }
@@ -770,6 +821,24 @@ template <typename S, typename T>
 void crop_interior(const T* out, S* x, int64_t p, const Layout& layout) {
   const InteriorShape shape = interior_shape(layout);
   const int64_t phases = shape.phases, width = shape.width, length = shape.length, left = shape.left;
+  if (phases == 2) {
+    const TwoPhaseSpans spans = two_phase_spans(shape);
+    each_input_row(x, p, layout, [&](const S* row, int64_t target_row) {
+      S* to = const_cast<S*>(row) - left;
+      const T* even = out + target_row * length;
+      const T* odd = even + shape.rows * length;
+      int64_t reached = spans.first;
+      if constexpr (std::is_same<S, T>::value) reached = join_two_phases(to + left, even, odd, left, spans.first, spans.last);
+      // each phase's columns outside what join_two_phases took (every column where it took none)
+      const auto rest = [&](const T* from, S* target, int64_t first, int64_t last) {
+        for (int64_t j = first; j < std::min(spans.first, last); ++j) target[2 * j] = narrow<S>(from[j]);
+        for (int64_t j = std::max(reached, first); j < last; ++j) target[2 * j] = narrow<S>(from[j]);
+      };
+      rest(even, to, spans.first_even, spans.last_even);
+      rest(odd, to + 1, spans.first_odd, spans.last_odd);
+    });
+    return;
+  }
   each_input_row(x, p, layout, [&](const S* row, int64_t target_row) {
     S* target = const_cast<S*>(row);
     const T* from = out + target_row * length;
@@ -777,21 +846,10 @@ void crop_interior(const T* out, S* x, int64_t p, const Layout& layout) {
       for (int64_t j = 0; j < width; ++j) target[j] = narrow<S>(from[left + j]);
       return;
     }
-    int64_t skip_first = 0, skip_last = 0;
-    if constexpr (std::is_same<S, T>::value) {
-      if (phases == 2) {
-        std::tie(skip_first, skip_last) = both_phases(width, left, length);
-        if (!join_two_phases(target, from, from + shape.rows * length, left, skip_first, skip_last))
-          skip_first = skip_last = 0;
-      }
-    }
     for (int64_t phase = 0; phase < phases; ++phase, from += shape.rows * length) {
       const auto [first, last] = phase_span(width, left, length, phase, phases);
       S* to = target + phase - left;
-      // around the columns join_two_phases took (none where it took none)
-      const int64_t middle = std::max(first, std::min(last, skip_first));
-      for (int64_t j = first; j < middle; ++j) to[j * phases] = narrow<S>(from[j]);
-      for (int64_t j = std::min(last, std::max(middle, skip_last)); j < last; ++j) to[j * phases] = narrow<S>(from[j]);
+      for (int64_t j = first; j < last; ++j) to[j * phases] = narrow<S>(from[j]);
     }
   });
 }
