@@ -294,3 +294,87 @@ def test_fields_backward_folds_natively(variant, monkeypatch, no_budget_floor):
     for ours, theirs in zip(natively, eagerly):
         assert torch.equal(ours, theirs)
     assert math.isfinite(natively[0].sum().item())
+
+
+@st.composite
+def regions(draw, geometry):
+    """A start inside the slab and a size that may run past its end (places no field reaches)."""
+    start = tuple(draw(st.integers(0, size - 1)) for size in geometry.padded_size)
+    size = tuple(draw(st.integers(1, whole - first + 2)) for first, whole in zip(start, geometry.padded_size))
+    return start, size
+
+
+def folded_region(slab, start, size, bias):
+    """The reference: the slab's region (zeros past its end) channels first, plus the bias."""
+    ndim = len(start)
+    padded = F.pad(slab.movedim(-1, 1), tuple(amount for extent in reversed(size) for amount in (0, extent)))
+    region = padded[(slice(None), slice(None), *(slice(s, s + n) for s, n in zip(start, size)))]
+    return region if bias is None else region + bias.reshape(-1, *(1,) * ndim)
+
+
+@needs_native
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=fold_cases(), seed=st.integers(0, 2**16), data=st.data())
+def test_fold_into_is_the_folds_region_plus_the_bias(case, seed, data):
+    for dtype in (torch.float32, torch.float64):
+        grad_fields, geometry = gradients_of(case, dtype, seed=seed)
+        start, size = data.draw(regions(geometry))
+        channels = case["groups"] * case["per_group"]
+        bias = data.draw(st.sampled_from([None, torch.randn(channels, dtype=dtype)]))
+        output = torch.full((case["samples"], channels, *size), float("nan"), dtype=dtype)
+        assert FOLD.fold_into(grad_fields, geometry, output, start, bias)
+        slab = FOLD.fold_fields(grad_fields, geometry, case["samples"])
+        # the same sums in the same order, the bias added last: bit for bit
+        assert torch.equal(output, folded_region(slab, start, size, bias))
+
+
+@needs_native
+def test_fold_into_keeps_nan_and_inf():
+    case = CASES[2]
+    grad_fields, geometry = gradients_of(case, torch.float32)
+    flat = grad_fields.view(-1)
+    flat[0], flat[-1] = float("nan"), float("inf")
+    start, size = (1, 0), tuple(extent - 1 for extent in geometry.padded_size)
+    output = torch.empty(case["samples"], case["groups"] * case["per_group"], *size)
+    assert FOLD.fold_into(grad_fields, geometry, output, start, None)
+    reference = folded_region(FOLD.fold_fields(grad_fields, geometry, case["samples"]), start, size, None)
+    assert torch.equal(output.isnan(), reference.isnan())
+    assert torch.equal(output.nan_to_num(), reference.nan_to_num())
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fold_into_in_half_precision_rounds_once(dtype):
+    case = CASES[2]
+    grad_fields, geometry = gradients_of(case, dtype)
+    bias = torch.randn(case["groups"] * case["per_group"]).to(dtype)
+    size = geometry.padded_size
+    output = torch.empty(case["samples"], bias.numel(), *size, dtype=dtype)
+    assert FOLD.fold_into(grad_fields, geometry, output, (0, 0), bias)
+    reference = folded_region(naive_fold(grad_fields, geometry, case["samples"]), (0, 0), size, bias.double())
+    torch.testing.assert_close(output.double(), reference, rtol=torch.finfo(dtype).eps, atol=1e-6)
+
+
+def test_fold_into_declines_what_it_cannot_write(monkeypatch):
+    grad_fields, geometry = gradients_of(CASES[2], torch.float32)
+    channels = CASES[2]["groups"] * CASES[2]["per_group"]
+    # a channels-last output, a graph being recorded, or no native fold: nothing written
+    output = torch.zeros(CASES[2]["samples"], *geometry.padded_size, channels).movedim(-1, 1)
+    assert not FOLD.fold_into(grad_fields, geometry, output, (0, 0), None)
+    assert not output.any()
+    assert not FOLD.fold_into(grad_fields.requires_grad_(), geometry, output.contiguous(), (0, 0), None)
+    monkeypatch.setattr(FOLD, "_native", lambda tensor, name="fold_fields": None)
+    assert not FOLD.fold_into(grad_fields.detach(), geometry, output.contiguous(), (0, 0), None)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64, torch.int16, torch.int64])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 5, 7), (2, 64, 16), (4, 17, 33)])
+def test_transposed_matrices_is_torchs_transpose(dtype, shape, monkeypatch):
+    matrices = (torch.randn(shape) * 100).to(dtype)
+    expected = matrices.mT.contiguous()
+    for native in ("1", "0"):
+        monkeypatch.setenv("ANYCONV_NATIVE", native)
+        transposed = FOLD.transposed_matrices(matrices)
+        assert transposed.is_contiguous() and torch.equal(transposed, expected)
+    # a strided view is read as its values
+    assert torch.equal(FOLD.transposed_matrices(matrices.mT), matrices.contiguous())
