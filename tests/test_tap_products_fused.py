@@ -206,6 +206,41 @@ def test_random_geometries_equal_the_naive_formula(
 
 @settings(max_examples=25, deadline=None)
 @given(
+    groups=st.integers(2, 3),
+    per_group=st.integers(1, 4),
+    filters=st.sampled_from([4, 5, 8]),
+    kernel=st.tuples(st.integers(2, 4), st.integers(1, 4)),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    padding=st.tuples(*(st.integers(0, 2),) * 4),
+    width=st.integers(1, 45),
+    name=st.sampled_from(["cosine", "sharpened_cosine"]),
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+)
+def test_random_grouped_geometries_of_several_filters_per_group_equal_the_naive_formula(
+    groups, per_group, filters, kernel, stride, dilation, padding, width, name, dtype
+):
+    # the loops lay each group out once: |p| once per field, then each filter's dot and division
+    generator = torch.Generator().manual_seed(width)
+    x = torch.randn(2, groups * per_group, 8, width + 7, generator=generator, dtype=torch.float64)
+    w = torch.randn(groups * filters, per_group, *kernel, generator=generator, dtype=torch.float64)
+    arguments = {
+        "stride": stride,
+        "dilation": dilation,
+        "padding": (padding[:2], padding[2:]),
+        "groups": groups,
+    }
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        calls = _spy(patch)
+        output = anyconv.generalized_conv(x.to(dtype), w.to(dtype), name, **arguments)
+    assert len(calls) == 1
+    tolerance = 1e-12 if dtype == torch.float64 else 2e-5
+    expected = naive_generalized_conv(x, w, name, **arguments)
+    torch.testing.assert_close(output.double(), expected, rtol=tolerance, atol=tolerance)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
     channels=st.integers(1, 4),
     filters=st.sampled_from([4, 5, 9, 33, 40]),
     kernel=st.tuples(st.integers(2, 5), st.integers(1, 5)),

@@ -2668,6 +2668,48 @@ void quotient_of_sums(const S* x, const S* w, const S* scale, const S* offset, S
   }
 }
 
+// The quotient of a grouped layer whose loops lay each (sample, group) of the input out (LAYOUT),
+// several filters per group: the group laid out once, each field's |p| once (its sum of squares,
+// one filter of ones, and the square root) into a plane of the thread's own, then each filter's
+// dot plane and its division while the plane is still in cache. The one pass (quotient_block)
+// sums |p|^2 again for every filter, and the three passes of quotient_of_sums lay the group out
+// twice and take the output through memory three times. Float and double only, as there.
+template <typename S>
+void quotient_of_groups(const S* x, const S* w, const S* scale, const S* offset, S* y, const S* bias,
+                        const Geometry& g, const Layout& layout, int threads) {
+  using E = Bits<S>;
+  const int64_t per_group_in = g.channels / g.groups, per_group_out = g.out_channels / g.groups;
+  const int64_t output_plane = g.rows * g.width, input_plane = unpadded_plane(layout);
+  const int64_t pairs = g.batch * g.groups;
+  const Stationary schedule = stationary_schedule(g);
+  const std::vector<S> ones(g.taps, S(1));
+#pragma omp parallel num_threads(threads)
+  {
+    // zero filled once: the groups laid out into it write the same interior places only
+    std::vector<E> laid_out(per_group_in * g.plane);
+    std::vector<S> norms(output_plane);
+    const S* source = reinterpret_cast<const S*>(laid_out.data());
+#pragma omp for schedule(static)
+    for (int64_t index = 0; index < pairs; ++index) {
+      const int64_t b = index / g.groups, group = index % g.groups;
+      const E* input = reinterpret_cast<const E*>(x + (b * g.channels + group * per_group_in) * input_plane);
+      lay_out_group(input, laid_out.data(), per_group_in, g.plane, layout);
+      forward_plane<S, Squares<S>>(source, ones.data(), norms.data(), g, nullptr, &schedule);
+      S* norm = norms.data();
+#pragma omp simd
+      for (int64_t i = 0; i < output_plane; ++i) norm[i] = std::sqrt(norm[i]);
+      for (int64_t j = 0; j < per_group_out; ++j) {
+        const int64_t o = group * per_group_out + j;
+        S* plane = y + (b * g.out_channels + o) * output_plane;
+        forward_plane<S, Dot<S>>(source, w + o * g.taps, plane, g, nullptr, &schedule);
+        const S factor = scale[o], added = offset[o], shift = bias == nullptr ? S(0) : bias[o];
+#pragma omp simd
+        for (int64_t i = 0; i < output_plane; ++i) plane[i] = plane[i] / (norm[i] * factor + added) + shift;
+      }
+    }
+  }
+}
+
 // every output plane (sample, filter o) of the quotient, scale[o] and offset[o] in the compute type
 template <typename S>
 void quotient(const S* x, const S* w, const Compute<S>* scale, const Compute<S>* offset, S* y, const S* bias,
@@ -2678,6 +2720,8 @@ void quotient(const S* x, const S* w, const Compute<S>* scale, const Compute<S>*
   if constexpr (std::is_same_v<S, Compute<S>>) {
     if (layout == nullptr && g.out_channels / g.groups >= kFiltersTogether)
       return quotient_of_sums<S>(x, w, scale, offset, y, bias, g, threads);
+    if (layout != nullptr && g.out_channels / g.groups >= kFiltersTogether)
+      return quotient_of_groups<S>(x, w, scale, offset, y, bias, g, *layout, threads);
   }
   // four rows by the places they read, where the eight products and eight sums of squares fit
   // the 32 vector registers of AVX-512 (AVX2's 16 would spill them)
