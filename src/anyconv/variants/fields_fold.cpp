@@ -114,6 +114,28 @@ inline void sum_reaching(const S* block, Compute<S>* sum, const Reaches& reaches
   }
 }
 
+// Where slab coordinate COORDINATE of dimension D finds its reaches in the tables (AT) and how many
+// there are (COUNT): none past the slab's end
+inline void reach(const Reaches& reaches, const FoldGeometry& g, int64_t d, int64_t coordinate, int64_t& at,
+                  int64_t& count) {
+  const bool inside = coordinate < g.slab[d];
+  at = inside ? (reaches.start[d] + coordinate) * reaches.widest : 0;
+  count = inside ? reaches.count[reaches.start[d] + coordinate] : 0;
+}
+
+// The reaches (AT, COUNT) of a line's coordinates but the last: line REST of a sample's lines over
+// EXTENT, from ORIGIN (every dimension but the last). False where none reaches the line.
+inline bool line_reaches(const Reaches& reaches, const FoldGeometry& g, int64_t rest, const int64_t* origin,
+                         const int64_t* extent, int64_t* at, int64_t* count) {
+  bool reached = true;
+  for (int64_t d = g.ndim - 2; d >= 0; --d) {
+    reach(reaches, g, d, origin[d] + rest % extent[d], at[d], count[d]);
+    rest /= extent[d];
+    reached = reached && count[d] > 0;
+  }
+  return reached;
+}
+
 // fields (G, b, *out, *kernel, Cg) contiguous -> slab (b, *slab, G * Cg) contiguous, every element
 // written (zero where no field reads)
 template <typename S>
@@ -125,7 +147,7 @@ void fold(const S* fields, S* slab, const FoldGeometry& g, int threads) {
   int64_t slab_positions = 1;
   for (int64_t d = 0; d < ndim; ++d) slab_positions *= g.slab[d];
   const Reaches reaches = find_reaches(g, strides.tap, strides.place);
-  const int64_t widest = reaches.widest;
+  const std::vector<int64_t> origin(ndim, 0);
   const int64_t channels = g.groups * g.per_group, per_group = g.per_group;
   // the threads split lines of the slab (a sample and every coordinate but the last): the last
   // coordinate runs along the line, so that only a line's start is divided out of its index
@@ -138,19 +160,10 @@ void fold(const S* fields, S* slab, const FoldGeometry& g, int threads) {
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < lines; ++item) {
       const int64_t sample = item / sample_lines;
-      int64_t rest = item % sample_lines;
-      bool line_reached = true;
-      for (int64_t d = ndim - 2; d >= 0; --d) {
-        const int64_t coordinate = reaches.start[d] + rest % g.slab[d];
-        rest /= g.slab[d];
-        at[d] = coordinate * widest;
-        count[d] = reaches.count[coordinate];
-        line_reached = line_reached && count[d] > 0;
-      }
+      const bool line_reached =
+          line_reaches(reaches, g, item % sample_lines, origin.data(), g.slab, at.data(), count.data());
       for (int64_t position = 0; position < line; ++position) {
-        const int64_t coordinate = reaches.start[ndim - 1] + position;
-        at[ndim - 1] = coordinate * widest;
-        count[ndim - 1] = reaches.count[coordinate];
+        reach(reaches, g, ndim - 1, position, at[ndim - 1], count[ndim - 1]);
         S* target = slab + (item * line + position) * channels;
         if (!line_reached || count[ndim - 1] == 0) {
           std::fill(target, target + channels, anyconv::narrow<S>(T(0)));
@@ -182,17 +195,10 @@ void fold_into(const S* fields, S* y, const S* bias, const FoldGeometry& g, cons
   const FoldStrides strides = fold_strides(g);
   const int64_t positions = strides.positions, taps = strides.taps;
   const Reaches reaches = find_reaches(g, strides.tap, strides.place);
-  const int64_t widest = reaches.widest;
   const int64_t channels = g.groups * g.per_group, per_group = g.per_group;
   int64_t output_positions = 1;
   for (int64_t d = 0; d < ndim; ++d) output_positions *= size[d];
   const int64_t line = size[ndim - 1], sample_lines = output_positions / line, lines = g.samples * sample_lines;
-  // the reaches of slab coordinate c along dimension d, none past the slab's end
-  const auto reached = [&](int64_t d, int64_t coordinate, int64_t& at, int64_t& count) {
-    const bool inside = coordinate < g.slab[d];
-    at = inside ? (reaches.start[d] + coordinate) * widest : 0;
-    count = inside ? reaches.count[reaches.start[d] + coordinate] : 0;
-  };
 #pragma omp parallel num_threads(threads)
   {
     std::vector<T> sums(line * channels);
@@ -200,16 +206,10 @@ void fold_into(const S* fields, S* y, const S* bias, const FoldGeometry& g, cons
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < lines; ++item) {
       const int64_t sample = item / sample_lines;
-      int64_t rest = item % sample_lines;
-      bool line_reached = true;
-      for (int64_t d = ndim - 2; d >= 0; --d) {
-        reached(d, start[d] + rest % size[d], at[d], count[d]);
-        rest /= size[d];
-        line_reached = line_reached && count[d] > 0;
-      }
+      const bool line_reached = line_reaches(reaches, g, item % sample_lines, start, size, at.data(), count.data());
       std::fill(sums.begin(), sums.end(), T(0));
       for (int64_t position = 0; line_reached && position < line; ++position) {
-        reached(ndim - 1, start[ndim - 1] + position, at[ndim - 1], count[ndim - 1]);
+        reach(reaches, g, ndim - 1, start[ndim - 1] + position, at[ndim - 1], count[ndim - 1]);
         if (count[ndim - 1] == 0) continue;
         for (int64_t group = 0; group < g.groups; ++group) {
           const S* block = fields + (group * g.samples + sample) * positions * taps * per_group;
