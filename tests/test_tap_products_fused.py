@@ -230,6 +230,11 @@ def test_random_grouped_geometries_of_several_filters_per_group_equal_the_naive_
         "padding": (padding[:2], padding[2:]),
         "groups": groups,
     }
+    _assert_one_call_gives_the_formula(x, w, name, dtype, arguments)
+
+
+def _assert_one_call_gives_the_formula(x, w, name, dtype, arguments):
+    """One call of the loops in DTYPE gives the naive formula of the float64 X and W."""
     with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
         calls = _spy(patch)
         output = anyconv.generalized_conv(x.to(dtype), w.to(dtype), name, **arguments)
@@ -259,13 +264,7 @@ def test_random_dense_geometries_equal_the_naive_formula(
     x = torch.randn(2, channels, 9, width + 8, generator=generator, dtype=torch.float64)
     w = torch.randn(filters, channels, *kernel, generator=generator, dtype=torch.float64)
     arguments = {"stride": stride, "dilation": dilation, "padding": (padding[:2], padding[2:])}
-    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
-        calls = _spy(patch)
-        output = anyconv.generalized_conv(x.to(dtype), w.to(dtype), name, **arguments)
-    assert len(calls) == 1
-    tolerance = 1e-12 if dtype == torch.float64 else 2e-5
-    expected = naive_generalized_conv(x, w, name, **arguments)
-    torch.testing.assert_close(output.double(), expected, rtol=tolerance, atol=tolerance)
+    _assert_one_call_gives_the_formula(x, w, name, dtype, arguments)
 
 
 def test_zero_fields_of_a_dense_layer_give_the_formulas(fused):
