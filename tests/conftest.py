@@ -80,10 +80,10 @@ def views_everywhere(monkeypatch):
 @pytest.fixture
 def fields_for_dense(monkeypatch):
     """The fields path for dense layers: the tap loops' filter blocks (which take the standard
-    convolution of up to MAX_BLOCKED_CHANNELS channels where the loops are built, and the tap
-    products the variants composed from it) turned off."""
+    convolution of up to MAX_BLOCKED_CHANNELS channels, MAX_BLOCKED_CHANNELS_1D in 1-D, where the
+    loops are built, and the tap products the variants composed from it) turned off."""
     for module in (TAP_LOOPS, TAP_PRODUCTS):
-        monkeypatch.setattr(module, "filter_blocks_fit", lambda *arguments: False)
+        monkeypatch.setattr(module, "filter_blocks_fit", lambda *arguments, **options: False)
     PLAN.clear_plans()
 
 

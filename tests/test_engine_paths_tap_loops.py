@@ -739,3 +739,16 @@ def test_rows_of_four_read_once_give_the_formulas_numbers(x_shape, w_shape, argu
     torch.testing.assert_close(output, expected.to(dtype), **tolerance)
     for got_grad, expected_grad in zip(got, torch.autograd.grad(expected, (x64, w64), grad.double())):
         torch.testing.assert_close(got_grad, expected_grad.to(dtype), **tolerance)
+
+
+def test_a_1d_layer_takes_the_filter_blocks_up_to_its_own_channel_limit():
+    from anyconv.engine.tap_loops import MAX_BLOCKED_CHANNELS_1D
+
+    x = torch.randn(1, MAX_BLOCKED_CHANNELS_1D, 40)
+    # 5 taps: past the columns' 1-D exception of at most 3
+    assert tap_loops_fit(resolve_variant("dot"), x, torch.randn(8, MAX_BLOCKED_CHANNELS_1D, 5), 1)
+    wide = torch.randn(1, MAX_BLOCKED_CHANNELS_1D + 1, 40)
+    assert not tap_loops_fit(resolve_variant("dot"), wide, torch.randn(8, MAX_BLOCKED_CHANNELS_1D + 1, 5), 1)
+    # a 2-D layer keeps the 2-D limit
+    square = torch.randn(1, MAX_BLOCKED_CHANNELS_1D, 6, 6)
+    assert not tap_loops_fit(resolve_variant("dot"), square, torch.randn(8, MAX_BLOCKED_CHANNELS_1D, 3, 3), 1)

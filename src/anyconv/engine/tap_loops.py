@@ -1,6 +1,6 @@
 """The tap-loops path: few input channels per group (depthwise), a dense first layer with few
-taps, or the standard convolution of a dense layer with up to MAX_BLOCKED_CHANNELS channels; no
-receptive fields copied.
+taps, or the standard convolution of a dense layer with up to MAX_BLOCKED_CHANNELS channels
+(MAX_BLOCKED_CHANNELS_1D in 1-D); no receptive fields copied.
 
 Compiled loops (``variants/tap_loops.cpp``) run over the kernel taps of each output row, reading
 the zero-padded input in place, forward and backward, for ``dot``, ``l1``, ``l2``, ``max_plus``,
@@ -69,6 +69,9 @@ FILTERS_TOGETHER = 4
 #: measured as fast or faster; l1, max_plus and min_plus, which have no matrix product, take the
 #: blocks at any channel count
 MAX_BLOCKED_CHANNELS = 128
+#: the same for a 1-D layer, whose filter blocks (filter vectors from 32 filters) still measured
+#: faster than the fields path at 256 channels (docs/benchmarks.md)
+MAX_BLOCKED_CHANNELS_1D = 256
 #: a dense layer with more filters takes the fields path's backward after the loops' forward
 #: (docs/benchmarks.md: a 1x1 layer 24 -> 144 against first layers 3 -> 16 to 64)
 MAX_DENSE_LOOPS_BACKWARD_FILTERS = 64
@@ -124,8 +127,10 @@ def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, g
             return tap_sums_fit(input, weight, groups)
     elif type(variant) not in _OPERATIONS or (type(variant) is Dot and _columns_take(weight, groups)):
         return False
-    max_channels = None if type(variant) in _DISTANCES else MAX_BLOCKED_CHANNELS
-    return tap_sums_fit(input, weight, groups) or filter_blocks_fit(input, weight, groups, max_channels)
+    any_channels = type(variant) in _DISTANCES
+    return tap_sums_fit(input, weight, groups) or filter_blocks_fit(
+        input, weight, groups, any_channels=any_channels
+    )
 
 
 def loops_power(variant: Lp) -> float | None:
@@ -172,24 +177,25 @@ def tap_sums_fit(input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool
 
 
 def filter_blocks_fit(
-    input: torch.Tensor, weight: torch.Tensor, groups: int, max_channels: int | None = MAX_BLOCKED_CHANNELS
+    input: torch.Tensor, weight: torch.Tensor, groups: int, *, any_channels: bool = False
 ) -> bool:
     """Whether the loops' forward takes a dense layer's filters in blocks: one group of at most
-    ``max_channels`` input channels (None: any) and at least FILTERS_TOGETHER filters, where the
-    loops run (:func:`tap_sums_fit`). Each input value the loops load then feeds every filter of a
-    block, and no fields are copied; with more channels than MAX_BLOCKED_CHANNELS the fields path,
-    whose copies weigh less against a product of many filters, measured as fast or faster for
-    ``dot`` (docs/benchmarks.md).
+    MAX_BLOCKED_CHANNELS input channels (MAX_BLOCKED_CHANNELS_1D for a 1-D layer; any number with
+    ``any_channels``) and at least FILTERS_TOGETHER filters, where the loops run
+    (:func:`tap_sums_fit`). Each input value the loops load then feeds every filter of a block, and
+    no fields are copied; with more channels the fields path, whose copies weigh less against a
+    product of many filters, measured as fast or faster for ``dot`` (docs/benchmarks.md).
 
     >>> import torch
     >>> filter_blocks_fit(torch.randn(1, 64, 9, 9), torch.randn(64, 64, 3, 3), 1) in (True, False)
     True
-    >>> filter_blocks_fit(torch.randn(1, 512, 9, 9), torch.randn(64, 512, 3, 3), 1)
+    >>> filter_blocks_fit(torch.randn(1, 256, 9, 9), torch.randn(64, 256, 3, 3), 1)
     False
     """
+    limit = MAX_BLOCKED_CHANNELS_1D if weight.dim() == 3 else MAX_BLOCKED_CHANNELS
     return (
         groups == 1
-        and (max_channels is None or weight.shape[1] <= max_channels)
+        and (any_channels or weight.shape[1] <= limit)
         and weight.shape[0] >= FILTERS_TOGETHER
         and not _pointwise_channels_last(input, weight)
         and _runs_here(input)
