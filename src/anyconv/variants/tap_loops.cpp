@@ -2638,6 +2638,14 @@ void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, co
   }
 }
 
+// The quotient's last step on one filter's dot plane of COUNT fields: each divided in place by its
+// field's |p| (NORMS) times FACTOR plus ADDED, then SHIFT (the bias) added
+template <typename S>
+inline void divide_by_norms(S* plane, const S* norms, int64_t count, S factor, S added, S shift) {
+#pragma omp simd
+  for (int64_t i = 0; i < count; ++i) plane[i] = plane[i] / (norms[i] * factor + added) + shift;
+}
+
 // The quotient of a layer whose dot the filter blocks or the filter vectors take (an input laid out
 // already, several filters per group): every filter's dot by them, then each field's |p|^2 once per
 // group (a single filter of ones), then the division in place. The one pass (quotient_block) sums
@@ -2662,9 +2670,7 @@ void quotient_of_sums(const S* x, const S* w, const S* scale, const S* offset, S
     const int64_t b = index / g.out_channels, o = index % g.out_channels;
     S* out = y + index * plane;
     const S* field_norms = norms + (b * g.groups + o / per_group_out) * plane;
-    const S factor = scale[o], added = offset[o], shift = bias == nullptr ? S(0) : bias[o];
-#pragma omp simd
-    for (int64_t i = 0; i < plane; ++i) out[i] = out[i] / (field_norms[i] * factor + added) + shift;
+    divide_by_norms(out, field_norms, plane, scale[o], offset[o], bias == nullptr ? S(0) : bias[o]);
   }
 }
 
@@ -2702,9 +2708,7 @@ void quotient_of_groups(const S* x, const S* w, const S* scale, const S* offset,
         const int64_t o = group * per_group_out + j;
         S* plane = y + (b * g.out_channels + o) * output_plane;
         forward_plane<S, Dot<S>>(source, w + o * g.taps, plane, g, nullptr, &schedule);
-        const S factor = scale[o], added = offset[o], shift = bias == nullptr ? S(0) : bias[o];
-#pragma omp simd
-        for (int64_t i = 0; i < output_plane; ++i) plane[i] = plane[i] / (norm[i] * factor + added) + shift;
+        divide_by_norms(plane, norm, output_plane, scale[o], offset[o], bias == nullptr ? S(0) : bias[o]);
       }
     }
   }
