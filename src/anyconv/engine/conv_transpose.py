@@ -80,7 +80,6 @@ def conv_transpose(
     >>> y.shape, torch.allclose(y, F.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1))
     (torch.Size([2, 3, 10, 10]), True)
     """
-    ndim, groups = check_conv_tensors(input, weight, bias, groups, transposed=True)
     lowered = autocast_dtype(input)
     if lowered is not None:
         # torch's policy for convolutions: run in autocast's dtype, with autocast off inside
@@ -96,6 +95,7 @@ def conv_transpose(
                 dilation,
                 memory_budget=memory_budget,
             )
+    ndim, groups = check_conv_tensors(input, weight, bias, groups, transposed=True)
     was_unbatched = input.dim() == ndim + 1
     batched = input.unsqueeze(0) if was_unbatched else input
     kernel_size = tuple(weight.shape[2:])

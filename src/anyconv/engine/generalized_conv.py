@@ -45,9 +45,6 @@ def generalized_conv(
     >>> generalized_conv(x, w, "dot", groups=2, padding="same").shape
     torch.Size([2, 6, 9, 9])
     """
-    _, groups = check_conv_tensors(input, weight, bias, groups)
-    variant = resolve_variant(variant, **variant_options)
-    check_call(variant, input, weight)
     lowered = autocast_dtype(input)
     if lowered is not None:
         # torch's policy for convolutions: run in autocast's dtype, with autocast off inside
@@ -63,7 +60,11 @@ def generalized_conv(
                 groups,
                 padding_mode=padding_mode,
                 memory_budget=memory_budget,
+                **variant_options,
             )
+    _, groups = check_conv_tensors(input, weight, bias, groups)
+    variant = resolve_variant(variant, **variant_options)
+    check_call(variant, input, weight)
     plan = plan_conv(input, weight, variant, stride, padding, dilation, groups, padding_mode, memory_budget)
     output = run_path(plan, prepare_input(input, plan.unbatched, plan.padding), weight, bias, variant)
     if plan.unbatched:
