@@ -1,9 +1,9 @@
 """Gradients that can be differentiated again: the engine's backward when autograd builds a graph.
 
 With ``create_graph=True`` the engine recomputes the variant's formula under autograd (im2col,
-itself twice differentiable, then ``contract``) and differentiates that; a variant whose backward
-is its own code (``contract_backward``: l1, lp, max_plus, min_plus) refuses the second backward
-(``backward_choice.differentiable_twice``).
+itself twice differentiable, then ``contract``) and differentiates that, by ``torch.func.vjp``
+under torch.func's transforms; a variant whose backward is its own code (``contract_backward``:
+l1, lp, max_plus, min_plus) refuses the second backward (``backward_choice.differentiable_twice``).
 """
 
 from __future__ import annotations
@@ -65,12 +65,42 @@ def second_order_gradients(
     """
     sources = (input, weight, *option_tensors)
     if not differentiable_twice(plan.variant):
-        return _refused(plan.variant.name, fast, needs, grad_output, *sources)
+        reason = (
+            f"no second derivative for variant {plan.variant.name!r} (its backward is its own code: "
+            "the fused loops of a non-smooth formula); compute its gradient without create_graph=True, "
+            "or use a smooth variant (dot, l2, rbf, polynomial, cosine, sharpened_cosine)"
+        )
+        return _refused(reason, fast, needs, grad_output, *sources)
+    if torch._C._are_functorch_transforms_active():
+        return _gradients_by_vjp(plan, sources, grad_output, needs)
     if not torch.is_grad_enabled():
         return _chunked_gradients(plan, input, weight, grad_output, option_tensors, needs)
     answers = gradients_as_graph(
         lambda: formula_output(input, weight, plan, options), sources, needs, grad_output
     )
+    return answers[0], answers[1], tuple(answers[2:])
+
+
+def _gradients_by_vjp(
+    plan: Plan, sources: tuple[torch.Tensor, ...], grad_output: torch.Tensor, needs: tuple[bool, ...]
+) -> Gradients:
+    """The gradients under torch.func's transforms: the formula's vjp, taken by ``torch.func.vjp``.
+
+    Inside a backward that a transform runs (``grad``, ``vjp``, ``jacrev``), ``torch.autograd.grad``
+    records at no level the transforms see: a ``jacrev`` of ``jacrev`` would find the second
+    derivative zero, and a ``jacrev`` finds the recomputed output unrecorded. ``torch.func.vjp``
+    opens its own level inside theirs, so each transform above differentiates the gradients again.
+    """
+    # imported here: contraction imports this module
+    from .contraction import options_of
+
+    filters_per_group = sources[1].shape[0] // plan.groups
+
+    def output_of(input: torch.Tensor, weight: torch.Tensor, *option_tensors: torch.Tensor) -> torch.Tensor:
+        return formula_output(input, weight, plan, options_of(plan, option_tensors, filters_per_group))
+
+    pullback = torch.func.vjp(output_of, *sources)[1]
+    answers = [gradient if needed else None for gradient, needed in zip(pullback(grad_output), needs)]
     return answers[0], answers[1], tuple(answers[2:])
 
 
@@ -118,12 +148,12 @@ def _chunked_gradients(
 
 
 def _refused(
-    name: str, fast: Callable[[], Gradients], needs: tuple[bool, ...], *sources: torch.Tensor
+    reason: str, fast: Callable[[], Gradients], needs: tuple[bool, ...], *sources: torch.Tensor
 ) -> Gradients:
-    """The engine's gradients, recorded by autograd as a node whose own backward raises."""
+    """The engine's gradients, recorded by autograd as a node whose own backward raises ``reason``."""
     grad_input, grad_weight, grad_options = fast()
     found = [gradient for gradient in (grad_input, grad_weight, *grad_options) if gradient is not None]
-    recorded = iter(_NoSecondDerivative.apply(name, len(found), *found, *sources))
+    recorded = iter(_NoSecondDerivative.apply(reason, len(found), *found, *sources))
     answers = [next(recorded) if needed else None for needed in needs]
     return answers[0], answers[1], tuple(answers[2:])
 
@@ -131,19 +161,18 @@ def _refused(
 class _NoSecondDerivative(torch.autograd.Function):
     """Passes gradients through; differentiating them raises a clear error, never a wrong number."""
 
+    # vmap over it (jacrev's vmapped vjp) maps the clones; its backward raises under vmap too
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(name: str, count: int, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(reason: str, count: int, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # the first ``count`` are the gradients; the sources after them make autograd record this node
         return tuple(tensor.clone() for tensor in tensors[:count])
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        ctx.name = inputs[0]
+        ctx.reason = inputs[0]
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> NoReturn:
-        raise RuntimeError(
-            f"anyconv: no second derivative for variant {ctx.name!r} (its backward is its own "
-            "code: the fused loops of a non-smooth formula); compute its gradient without "
-            "create_graph=True, or use a smooth variant (dot, l2, rbf, polynomial, cosine, sharpened_cosine)"
-        )
+        raise RuntimeError(f"anyconv: {ctx.reason}")
