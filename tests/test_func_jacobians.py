@@ -1,14 +1,17 @@
-"""torch.func's Jacobians and Hessians over anyconv: ``jacrev``, ``jacrev`` of ``jacrev`` or of ``grad``.
+"""torch.func's Jacobians and Hessians over anyconv (``jacrev``, ``jacfwd``, nested, ``hessian``)
+and eager forward mode (``torch.autograd.forward_ad``).
 
 Each against the variant's naive formula (``variant_reference``) differentiated by plain autograd,
 and the standard convolutions against torch's own, in float64. A variant whose backward is its own
-code (``l1``, ``max_plus``, ...) has first derivatives here and refuses the second by name.
+code (``l1``, ``max_plus``, ...) has reverse-mode first derivatives and refuses a second
+derivative and forward mode by name.
 """
 
 import pytest
 import torch
+import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
-from torch.func import grad, jacrev
+from torch.func import grad, hessian, jacfwd, jacrev
 from variant_reference import naive_generalized_conv
 
 import anyconv
@@ -96,3 +99,68 @@ def test_a_second_derivative_of_a_variant_with_its_own_backward_is_refused_by_na
 
     with pytest.raises(RuntimeError, match=f"no second derivative for variant '{variant}'"):
         jacrev(jacrev(loss))(weight)
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["input", "weight"])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("variant", SMOOTH)
+def test_forward_mode_matches_the_formulas_jacobian_and_hessian(variant, geometry, which):
+    """``jacfwd`` and ``torch.func.hessian`` (forward over reverse) run the op's ``jvp`` rule."""
+    input, weight, arguments = _tensors(geometry)
+    point = (input, weight)[which]
+    ours = _function_of(which, input, weight, anyconv.generalized_conv, variant, arguments)
+    formula = _function_of(which, input, weight, naive_generalized_conv, variant, arguments)
+    torch.testing.assert_close(jacfwd(ours)(point), torch.autograd.functional.jacobian(formula, point))
+    ours = _function_of(which, input, weight, anyconv.generalized_conv, variant, arguments, squared=True)
+    formula = _function_of(which, input, weight, naive_generalized_conv, variant, arguments, squared=True)
+    torch.testing.assert_close(hessian(ours)(point), torch.autograd.functional.hessian(formula, point))
+
+
+#: eager forward mode: (name, anyconv's call, the reference) on (input, weight, bias) with tangents
+DUAL_CASES = {
+    "conv": (
+        lambda x, w, b: anyconv.conv(x, w, b, padding=1, stride=2),
+        lambda x, w, b: F.conv2d(x, w, b, padding=1, stride=2),
+    ),
+    "conv_transpose": (
+        lambda x, w, b: anyconv.conv_transpose(x, w, b, stride=2, padding=1),
+        lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2, padding=1),
+    ),
+    "cosine": (
+        lambda x, w, b: anyconv.generalized_conv(x, w, "cosine", b, padding=1),
+        lambda x, w, b: naive_generalized_conv(x, w, "cosine", b, padding=1),
+    ),
+    "l2": (
+        lambda x, w, b: anyconv.generalized_conv(x, w, "l2", b, padding=1),
+        lambda x, w, b: naive_generalized_conv(x, w, "l2", b, padding=1),
+    ),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("case", DUAL_CASES)
+def test_eager_forward_mode_carries_every_tangent(case, dtype):
+    """Dual tensors had run the eager paths, which dropped the tangent without a word."""
+    generator = torch.Generator().manual_seed(2)
+    shapes = ((2, 4, 7, 7), (4, 4, 3, 3), (4,))
+    primals = [torch.randn(shape, dtype=dtype, generator=generator) for shape in shapes]
+    tangents = [torch.randn(shape, dtype=dtype, generator=generator) for shape in shapes]
+    ours, reference = DUAL_CASES[case]
+    with forward_ad.dual_level():
+        duals = [forward_ad.make_dual(primal, tangent) for primal, tangent in zip(primals, tangents)]
+        got, expected = forward_ad.unpack_dual(ours(*duals)), forward_ad.unpack_dual(reference(*duals))
+    assert got.tangent is not None
+    tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
+    torch.testing.assert_close(got.primal, expected.primal, **tolerance)
+    torch.testing.assert_close(got.tangent, expected.tangent, **tolerance)
+
+
+@pytest.mark.parametrize("variant", OWN_BACKWARD)
+def test_forward_mode_of_a_variant_with_its_own_backward_is_refused_by_name(variant):
+    input, weight, arguments = _tensors("2d-groups")
+    with pytest.raises(RuntimeError, match=f"no forward-mode derivative .* for variant '{variant}'"):
+        jacfwd(lambda w: anyconv.generalized_conv(input, w, variant, **arguments))(weight)
+    with forward_ad.dual_level(), pytest.raises(RuntimeError, match="no forward-mode derivative"):
+        anyconv.generalized_conv(
+            forward_ad.make_dual(input, torch.ones_like(input)), weight, variant, **arguments
+        )

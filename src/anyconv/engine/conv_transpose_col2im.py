@@ -12,7 +12,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from ..functional.im2col import Col2Im
+from ..functional.im2col import image_of
 from ..geometry import Geometry, make_geometry
 from ..geometry.arguments import is_traced
 from ..variants.matrix_products import batched_product, filters_times_columns, inner_product_pays
@@ -113,7 +113,7 @@ def col2im_transpose(
 
     def image(chunk: torch.Tensor) -> torch.Tensor:
         values = chunk.reshape(chunk.shape[0], groups, channels // groups, geometry.num_positions)
-        return Col2Im.apply(filters_times_columns(matrices, values).flatten(1, 2), geometry)
+        return image_of(filters_times_columns(matrices, values).flatten(1, 2), geometry)
 
     if samples_per_chunk >= batch:
         # the crop and the zeros in one F.pad: one copy, and one node whose backward is one copy,

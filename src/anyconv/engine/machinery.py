@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from ..functional.transforms import transformed
+
 #: the tensor types no machinery wraps
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
@@ -23,7 +25,7 @@ def machinery_watches(*tensors: torch.Tensor | None) -> bool:
     """
     if (
         torch.compiler.is_compiling()
-        or torch._C._are_functorch_transforms_active()
+        or transformed()
         or torch._C._len_torch_dispatch_stack() > 0
         or torch._C._is_torch_function_mode_enabled()
     ):

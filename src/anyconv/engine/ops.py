@@ -20,16 +20,17 @@ from typing import Any
 import torch
 from torch.fx.experimental.symbolic_shapes import guard_scalar
 
+from ..functional.transforms import transformed
 from ..geometry import Geometry, make_geometry
 from ..variants import BUILTIN_VARIANTS, Variant
-from .backward_choice import Backward, choose_backward, saved_for
+from .backward_choice import Backward, choose_backward, differentiable_twice, saved_for
 from .blocks import bias_grad
 from .contraction import Plan, contract_chunks, gradients, options_of
 from .fields_plan import fields_plan
 from .machinery import records_graph
 from .ops_key import plan_of
 from .ops_memory_format import empty_like_input
-from .ops_second_order import second_order_gradients
+from .ops_second_order import formula_tangent, second_order_gradients
 from .ops_vmap import forward_rule, looped
 
 
@@ -348,7 +349,32 @@ class GeneralizedConvOp(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         input, weight, _, arguments, *option_tensors = inputs
         _save(ctx, input, weight, option_tensors, output, arguments)
+        ctx.save_for_forward(input, weight, *option_tensors)
         ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def jvp(
+        ctx: Any,
+        input_tangent: torch.Tensor | None,
+        weight_tangent: torch.Tensor | None,
+        bias_tangent: torch.Tensor | None,
+        _: Any,
+        *option_tangents: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, None]:
+        """Forward mode (``jvp``, ``jacfwd``, ``torch.func.hessian``): the formula's own tangent."""
+        input, weight, *option_tensors = ctx.saved_tensors
+        plan = plan_of(op_plan, input, weight, *ctx.arguments)
+        if not differentiable_twice(plan.variant):
+            raise RuntimeError(
+                f"anyconv: no forward-mode derivative (jvp, jacfwd, torch.func.hessian) for variant "
+                f"{plan.variant.name!r}: its derivative is its own backward code; take reverse mode "
+                "(torch.func.vjp, jacrev, grad) instead"
+            )
+        sources = (input, weight, *option_tensors)
+        tangent = formula_tangent(plan, sources, (input_tangent, weight_tangent, *option_tangents))
+        if bias_tangent is not None:
+            tangent = tangent + bias_tangent.reshape(-1, *(1,) * (tangent.dim() - 2))
+        return tangent, None
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor, grad_kept: torch.Tensor) -> tuple:
@@ -413,7 +439,7 @@ def run_generalized_conv(
     op_arguments = (*schema_arguments(name, options, geometry, groups, memory_budget), keep_output, keep_kept)
     # a backward that reads the output gets it before bias: the bias then goes on after
     bias_in = None if keep_output else bias
-    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+    if not torch.compiler.is_compiling() and transformed():
         output, _ = GeneralizedConvOp.apply(input, weight, bias_in, op_arguments, *option_tensors)
     else:
         # the op itself: GeneralizedConvOp.apply binds its arguments by signature on every call

@@ -12,9 +12,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 
-from ..functional.im2col import Im2Col
+from ..functional.im2col import columns_of
+from ..functional.transforms import transformed
 from .backward_choice import differentiable_twice
 from .graph_gradients import gradients_as_graph
 
@@ -36,7 +38,7 @@ def formula_output(input: torch.Tensor, weight: torch.Tensor, plan: Plan, option
     outputs = []
     for start, stop in zip(starts, starts[1:]):
         # (b, C*K, L) in im2col's (channel, tap) order, which filters' rows share
-        columns = Im2Col.apply(padded[start:stop], geometry)
+        columns = columns_of(padded[start:stop], geometry)
         fields = columns.unflatten(1, (groups, -1)).permute(1, 0, 3, 2).reshape(groups, -1, filters.shape[-1])
         result = plan.variant.contract(fields, filters, **options)
         # (G, b*L, Og) -> (b, O, *out)
@@ -71,7 +73,7 @@ def second_order_gradients(
             "or use a smooth variant (dot, l2, rbf, polynomial, cosine, sharpened_cosine)"
         )
         return _refused(reason, fast, needs, grad_output, *sources)
-    if torch._C._are_functorch_transforms_active():
+    if transformed():
         return _gradients_by_vjp(plan, sources, grad_output, needs)
     if not torch.is_grad_enabled():
         return _chunked_gradients(plan, input, weight, grad_output, option_tensors, needs)
@@ -91,17 +93,42 @@ def _gradients_by_vjp(
     derivative zero, and a ``jacrev`` finds the recomputed output unrecorded. ``torch.func.vjp``
     opens its own level inside theirs, so each transform above differentiates the gradients again.
     """
+    pullback = torch.func.vjp(_formula_of(plan, sources[1].shape[0]), *sources)[1]
+    answers = [gradient if needed else None for gradient, needed in zip(pullback(grad_output), needs)]
+    return answers[0], answers[1], tuple(answers[2:])
+
+
+def formula_tangent(
+    plan: Plan, sources: tuple[torch.Tensor, ...], tangents: tuple[torch.Tensor | None, ...]
+) -> torch.Tensor:
+    """Forward mode: the tangent of the output before bias, for tangents of (input, weight,
+    *option_tensors) (None: zero), by ``torch.func.jvp`` of the formula."""
+    filled = tuple(
+        torch.zeros_like(source) if tangent is None else tangent for source, tangent in zip(sources, tangents)
+    )
+    formula = _formula_of(plan, sources[1].shape[0])
+    if torch._C._are_functorch_transforms_active():
+        return torch.func.jvp(formula, sources, filled)[1]
+    # forward mode in eager (a dual level of torch.autograd.forward_ad): torch.func.jvp would nest a
+    # second level, which torch refuses; the formula runs on dual tensors of the level being
+    # computed, with forward gradients switched back on (torch turns them off around a jvp rule)
+    with forward_ad._set_fwd_grad_enabled(True):
+        duals = [forward_ad.make_dual(source.detach(), tangent) for source, tangent in zip(sources, filled)]
+        primal, tangent = forward_ad.unpack_dual(formula(*duals))
+    return torch.zeros_like(primal) if tangent is None else tangent
+
+
+def _formula_of(plan: Plan, out_channels: int) -> Callable[..., torch.Tensor]:
+    """The output before bias as a function of (input, weight, *option_tensors)."""
     # imported here: contraction imports this module
     from .contraction import options_of
 
-    filters_per_group = sources[1].shape[0] // plan.groups
+    filters_per_group = out_channels // plan.groups
 
     def output_of(input: torch.Tensor, weight: torch.Tensor, *option_tensors: torch.Tensor) -> torch.Tensor:
         return formula_output(input, weight, plan, options_of(plan, option_tensors, filters_per_group))
 
-    pullback = torch.func.vjp(output_of, *sources)[1]
-    answers = [gradient if needed else None for gradient, needed in zip(pullback(grad_output), needs)]
-    return answers[0], answers[1], tuple(answers[2:])
+    return output_of
 
 
 def _chunked_gradients(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
+from ..functional.transforms import transformed
 from ..variants import Variant
 from ..variants.fused import record_eager_call
 from .contraction import ForwardResult, GeneralizedConvFunction, contract_chunks
@@ -166,8 +167,8 @@ def choose_path(plan: ConvPlan, variant: Variant, input: torch.Tensor, weight: t
     >>> plan_conv(x, w[:, :, :1, :1], Cosine(), 1, 0, 1, 1, "zeros", None).path
     'pointwise'
     """
-    if torch._C._are_functorch_transforms_active():
-        # torch.func's transforms see through the custom operator of the fields path only
+    if transformed():
+        # torch.func's transforms and forward mode see through the fields path's custom operator only
         return "fields"
     return next(path.name for path in PATHS if path.fits(plan, variant, input, weight))
 

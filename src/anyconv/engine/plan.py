@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..functional.transforms import transformed
 from ..geometry import Geometry, make_geometry
 from ..variants import Variant
 from ..variants.native import native_enabled
@@ -68,7 +69,8 @@ def plan_conv(
     The signature: the shapes, dtype and device, the arguments exactly as given, the variant's
     type and its numeric options (and which options are tensors), the grad mode, whether torch's
     machinery watches (``machinery_watches``: torch.func's transforms, autocast, modes, tensor
-    subclasses), and the environment's switches (``ANYCONV_NATIVE``,
+    subclasses) and whether a transform does (``transformed``: torch.func's, forward mode), and the
+    environment's switches (``ANYCONV_NATIVE``,
     ``ANYCONV_BACKEND``). A call that torch.compile traces is planned in the trace (its
     arguments may be symbolic), as is one whose arguments cannot serve as a key.
     """
@@ -93,6 +95,8 @@ def plan_conv(
             tuple(isinstance(value, torch.Tensor) for value in options.values()),
             torch.is_grad_enabled(),
             machinery_watches(input, weight),
+            # under these the fields path alone sees the call through (``choose_path``)
+            transformed(),
             native_enabled(),
             backend(),
         )

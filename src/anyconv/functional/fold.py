@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import EllipsisType
 from typing import Any
 
 import torch
@@ -10,7 +11,7 @@ from ..errors import ArgumentError
 from ..geometry import Geometry, infer_ndim, make_geometry, spatial_tuple
 from ..geometry.limits import culprit
 from .allocation import check_fits
-from .im2col import Col2Im
+from .im2col import image_of
 from .inputs import check_tensor
 
 
@@ -56,10 +57,13 @@ def fold(
     image_shape = (batched.shape[0], rows // geometry.kernel_volume, *geometry.padded_size)
     blame = culprit(geometry, padding, ("output_size", output_size))
     check_fits("the padded image", image_shape, batched, blame)
-    image = Col2Im.apply(batched, geometry)
-    crop = tuple(slice(before, before + length) for length, (before, _) in zip(size, geometry.padding))
+    image = image_of(batched, geometry)
+    crop: tuple[EllipsisType | slice, ...] = (
+        ...,
+        *(slice(before, before + length) for length, (before, _) in zip(size, geometry.padding)),
+    )
     # contiguous like F.fold's result, so that callers may .view() it as they would torch's
-    image = image[(..., *crop)].contiguous()
+    image = image[crop].contiguous()
     return image if input.dim() == 3 else image.squeeze(0)
 
 

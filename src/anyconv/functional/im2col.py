@@ -17,6 +17,7 @@ import torch
 from ..geometry import Geometry
 from ..geometry.arguments import is_traced
 from .allocation import empty_for_copy
+from .transforms import transformed
 
 
 def field_view(padded: torch.Tensor, geometry: Geometry) -> torch.Tensor:
@@ -104,7 +105,7 @@ class Im2Col(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_columns: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return Col2Im.apply(grad_columns, ctx.geometry), None
+        return image_of(grad_columns, ctx.geometry), None
 
 
 class Col2Im(torch.autograd.Function):
@@ -122,4 +123,42 @@ class Col2Im(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_image: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return Im2Col.apply(grad_image, ctx.geometry), None
+        return columns_of(grad_image, ctx.geometry), None
+
+
+# Forward mode needs a jvp rule, which torch.compile refuses to trace in an autograd Function:
+# the rules live in subclasses taken only under a transform (torch.func's, or a dual level).
+class _Im2ColWithTangent(Im2Col):
+    @staticmethod
+    def jvp(ctx: Any, padded_tangent: torch.Tensor, _: Any) -> torch.Tensor:
+        # linear: the tangent's own columns
+        return _Im2ColWithTangent.apply(padded_tangent, ctx.geometry)
+
+
+class _Col2ImWithTangent(Col2Im):
+    @staticmethod
+    def jvp(ctx: Any, columns_tangent: torch.Tensor, _: Any) -> torch.Tensor:
+        # linear: the tangent folded back
+        return _Col2ImWithTangent.apply(columns_tangent, ctx.geometry)
+
+
+def columns_of(padded: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """im2col of a padded input, differentiable in reverse mode, twice, and in forward mode.
+
+    >>> from anyconv.geometry import make_geometry
+    >>> columns_of(torch.arange(9.0).view(1, 1, 3, 3), make_geometry((3, 3), 2)).shape
+    torch.Size([1, 4, 4])
+    """
+    return (_Im2ColWithTangent if transformed() else Im2Col).apply(padded, geometry)
+
+
+def image_of(columns: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """col2im into the padded input's shape, differentiable as :func:`columns_of` is.
+
+    >>> from anyconv.geometry import make_geometry
+    >>> image_of(torch.ones(1, 4, 4), make_geometry((3, 3), 2))[0, 0]
+    tensor([[1., 2., 1.],
+            [2., 4., 2.],
+            [1., 2., 1.]])
+    """
+    return (_Col2ImWithTangent if transformed() else Col2Im).apply(columns, geometry)

@@ -9,7 +9,7 @@ import torch
 from ..geometry import make_geometry
 from ..geometry.limits import culprit
 from .allocation import check_fits, check_padded_fits
-from .im2col import Im2Col
+from .im2col import columns_of
 from .inputs import check_tensor, is_unbatched, prepare_input, spatial_ndim
 
 
@@ -44,5 +44,5 @@ def unfold(
     blame = culprit(geometry, padding, ("kernel_size", kernel_size))
     check_fits("the columns", columns_shape, input, blame)
     check_padded_fits(input, geometry, padding)
-    columns = Im2Col.apply(prepare_input(input, unbatched, geometry), geometry)
+    columns = columns_of(prepare_input(input, unbatched, geometry), geometry)
     return columns.squeeze(0) if unbatched else columns

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from ..functional.transforms import transformed
+
 #: multiply-adds of a product below which oneDNN's setup per call costs more than the BLAS takes
 #: for the whole product (a 128 x 128 x 128 product takes about as long either way)
 MIN_WORK = 2**21
@@ -39,8 +41,7 @@ def row_product(left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | No
         if not _records(left, right, bias):
             # the bias goes into the product's own pass over its result
             return torch.ops.mkldnn._linear_pointwise(left, right, bias, "none", [], "")
-        if not torch._C._are_functorch_transforms_active():
-            return _RowProduct.apply(left, right, bias)
+        return _RowProduct.apply(left, right, bias)
     if bias is None:
         return torch.mm(left, right.t())
     return torch.addmm(bias, left, right.t())
@@ -123,9 +124,6 @@ def filters_times_columns(filters: torch.Tensor, columns: torch.Tensor) -> torch
     if batch == 0 or groups == 0 or not _pays(filters[0], columns[0, 0].mT, MIN_SPLIT_WORK):
         return torch.matmul(filters, columns)
     if _records(filters, columns):
-        if torch._C._are_functorch_transforms_active():
-            # torch.func's transforms see through torch's own ops only
-            return torch.matmul(filters, columns)
         return _FiltersTimesColumns.apply(filters, columns)
     output = columns.new_empty((batch, groups, filters.shape[1], columns.shape[3]))
     for sample, group in itertools.product(range(batch), range(groups)):
@@ -198,8 +196,9 @@ def _records(*tensors: torch.Tensor | None) -> bool:
 
 
 def _onednn_fits(left: torch.Tensor, right: torch.Tensor) -> bool:
-    """oneDNN's inner product takes these: built into torch, enabled, CPU float32 both, and no trace
-    being recorded (torch.compile and torch.export keep the portable ``torch.matmul``).
+    """oneDNN's inner product takes these: built into torch, enabled, CPU float32 both, no trace
+    being recorded (torch.compile and torch.export keep the portable ``torch.matmul``), and no
+    transform that sees torch's own ops only (torch.func's, forward mode: ``transformed``).
 
     >>> _onednn_fits(torch.ones(2, 3, dtype=torch.float64), torch.ones(4, 3, dtype=torch.float64))
     False
@@ -212,6 +211,7 @@ def _onednn_fits(left: torch.Tensor, right: torch.Tensor) -> bool:
         and _inner_product_available()
         and bool(torch.backends.mkldnn.enabled)
         and not torch.compiler.is_compiling()
+        and not transformed()
     )
 
 

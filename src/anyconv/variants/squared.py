@@ -100,7 +100,8 @@ def _distances(
     # one quick reduction where a boolean all() is several times slower
     with torch.no_grad():
         # into the norms, read no more: one pass
-        margin = torch.add(distances, norms, alpha=-CANCELLATION_SHARE, out=norms)
+        # detached: under forward mode (jvp) an out= function refuses a tensor that has a tangent
+        margin = torch.add(distances.detach(), norms.detach(), alpha=-CANCELLATION_SHARE, out=norms.detach())
     # a float compared in Python: NaN is not >= 0 either
     if distances.numel() and not margin.amin().item() >= 0:
         _recompute(distances, ~(margin >= 0), fields, filters)
