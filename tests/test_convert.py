@@ -332,3 +332,65 @@ def test_refusal_leaves_model_untouched():
     with pytest.raises(ValueError):
         convert(model, "dot")
     assert type(model[0]) is torch.nn.Conv2d
+
+
+#: a parametrization as audio and GAN models register it: (name, how to register it on a layer)
+PARAMETRIZED = {
+    "weight_norm": lambda layer: torch.nn.utils.parametrizations.weight_norm(layer),
+    "spectral_norm": lambda layer: torch.nn.utils.parametrizations.spectral_norm(layer),
+    "weight_norm-and-the-bias-halved": lambda layer: torch.nn.utils.parametrize.register_parametrization(
+        torch.nn.utils.parametrizations.weight_norm(layer), "bias", _Halved()
+    ),
+}
+
+
+class _Halved(torch.nn.Module):
+    def forward(self, tensor):
+        return tensor / 2
+
+    def right_inverse(self, tensor):
+        return tensor * 2
+
+
+@pytest.mark.parametrize("variant", ["dot", "l1"])
+@pytest.mark.parametrize("case", PARAMETRIZED)
+def test_parametrized_layers_keep_their_parametrizations_and_originals(case, variant):
+    """A parametrized layer's weight is computed (torch.nn.utils.parametrize): the twin computes it
+    the same way from the same original Parameters, under the same state_dict keys."""
+    model = torch.nn.Sequential(
+        PARAMETRIZED[case](torch.nn.Conv1d(3, 4, 5, padding=2)), torch.nn.ReLU(), torch.nn.Conv1d(4, 2, 3)
+    ).eval()
+    x = torch.randn(2, 3, 16)
+    keys, parameters = list(model.state_dict()), list(model.parameters())
+    weight, bias = model[0].weight.detach(), model[0].bias.detach()
+    expected = anyconv.generalized_conv(x, weight, variant, bias, padding=2)
+    converted = anyconv.convert(model, variant)
+    assert isinstance(converted[0], GeneralizedConv1d)
+    assert list(converted.state_dict()) == keys
+    assert all(a is b for a, b in zip(converted.parameters(), parameters, strict=True))
+    torch.testing.assert_close(converted[0](x), expected)
+    # the gradient reaches the originals through the parametrization
+    converted[0](x).square().sum().backward()
+    assert all(original.grad is not None for original in converted[0].parametrizations.parameters())
+
+
+def test_a_pruned_layer_keeps_its_mask():
+    """Pruning (torch.nn.utils.prune) recomputes the weight from weight_orig and weight_mask in a
+    forward pre-hook: the twin keeps both and the hook, so a later change of weight_orig stays
+    masked, and prune.remove still makes the pruning permanent."""
+    layer = torch.nn.Conv2d(3, 4, 3, padding=1)
+    torch.nn.utils.prune.l1_unstructured(layer, "weight", amount=0.5)
+    keys = list(layer.state_dict())
+    twin = anyconv.convert(layer, "dot")
+    assert list(twin.state_dict()) == keys
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        twin.weight_orig.add_(1.0)
+    expected = torch.nn.functional.conv2d(
+        x, (layer.weight_orig * layer.weight_mask).detach(), layer.bias, padding=1
+    )
+    torch.testing.assert_close(twin(x), expected)
+    assert int((twin.weight == 0).sum()) == 54
+    torch.nn.utils.prune.remove(twin, "weight")
+    assert isinstance(twin.weight, torch.nn.Parameter)
+    torch.testing.assert_close(twin(x), expected)

@@ -12,6 +12,7 @@ from typing import Any, cast
 import torch
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.utils import parametrize, prune
 
 from ..engine.chunks import check_memory_budget
 from ..errors import ArgumentError, wrong_type
@@ -54,7 +55,10 @@ def convert(
     Every ``torch.nn.Conv1d/2d/3d`` and ``anyconv.nn.Conv1d/2d/3d/Nd`` becomes the matching
     ``GeneralizedConv1d/2d/3d/Nd`` with the same constructor arguments, holding the same weight
     and bias Parameter objects (so device, dtype, ``requires_grad``, ``state_dict`` keys and an
-    optimizer's references are kept). The swap is in place and the module is returned; if
+    optimizer's references are kept). A parametrized weight or bias (``weight_norm``,
+    ``spectral_norm``, any ``torch.nn.utils.parametrize`` chain) keeps its parametrizations over
+    the same original Parameters, and a pruned one (``torch.nn.utils.prune``) its ``_orig``,
+    ``_mask`` and the pruning's forward pre-hook. The swap is in place and the module is returned; if
     ``module`` is itself a convolution, the returned layer is its replacement.
 
     ``include(name, layer)`` chooses the layers: ``name`` is the qualified name ("" for the top
@@ -74,7 +78,7 @@ def convert(
     Left alone: transposed convolutions (a variant meets receptive fields of the input; a
     transposed convolution has none, it scatters each input value over the output), layers that
     are generalized already, and, when ``include`` rejects them, everything else. Hooks registered
-    on a replaced layer stay on the old object.
+    on a replaced layer stay on the old object (but for pruning's).
 
     >>> import torch
     >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3))
@@ -169,7 +173,7 @@ def _generalized_copy(
     variant_options: dict[str, Any],
 ) -> torch.nn.Module:
     """The generalized twin of ``layer``, built on the meta device, then given its Parameters."""
-    weight = cast(torch.Tensor, layer.weight)
+    weight = cast(torch.Tensor, layer.weight)  # computed where parametrized or pruned: its dtype and device
     options = {
         option: value.detach().to(device=weight.device, dtype=weight.dtype, copy=True)
         if isinstance(value, torch.Tensor)
@@ -192,9 +196,8 @@ def _generalized_copy(
         memory_budget=memory_budget if memory_budget is not None else getattr(layer, "memory_budget", None),
         **options,
     )
-    twin.weight = weight
-    twin.bias = layer.bias
-    # what a subclass adds (a buffer, a parameter, a submodule) stays, so state_dict keys are kept
+    # what a subclass adds (a buffer, a parameter, a submodule) stays, so state_dict keys are kept;
+    # so does what pruning adds (``weight_orig``, ``weight_mask``)
     for parameter_name, parameter in layer._parameters.items():
         if parameter_name not in ("weight", "bias"):
             twin.register_parameter(parameter_name, parameter)
@@ -202,6 +205,36 @@ def _generalized_copy(
         persistent = buffer_name not in layer._non_persistent_buffers_set
         twin.register_buffer(buffer_name, buffer, persistent=persistent)
     for child_name, child in layer._modules.items():
-        twin.add_module(child_name, child)
+        if child_name != "parametrizations" or not parametrize.is_parametrized(layer):
+            twin.add_module(child_name, child)
+    for name in ("weight", "bias"):
+        _carry(layer, twin, name)
     twin.train(layer.training)
     return twin
+
+
+def _carry(layer: torch.nn.Module, twin: torch.nn.Module, name: str) -> None:
+    """Give ``twin`` the ``layer``'s tensor ``name`` as the layer holds it: its Parameter (or None),
+    the same parametrizations over the same original Parameters (weight_norm, spectral_norm,
+    orthogonal...), or a pruned tensor with the pruning's forward pre-hook that recomputes it."""
+    if parametrize.is_parametrized(layer, name):
+        chain = cast(parametrize.ParametrizationList, cast(torch.nn.ModuleDict, layer.parametrizations)[name])
+        # registering runs each right_inverse on a stand-in; the layer's own originals (the
+        # objects an optimizer and a state_dict refer to) then take the stand-ins' places
+        setattr(twin, name, torch.nn.Parameter(getattr(layer, name).detach()))
+        for parametrization in chain:
+            parametrize.register_parametrization(twin, name, parametrization, unsafe=True)
+        twin_chain = cast(torch.nn.ModuleDict, twin.parametrizations)[name]
+        for original_name, original in chain.named_parameters(recurse=False):
+            setattr(twin_chain, original_name, original)
+        return
+    if name in layer._parameters:
+        setattr(twin, name, layer._parameters[name])
+        return
+    # pruned (torch.nn.utils.prune): the tensor is a plain attribute that a forward pre-hook
+    # recomputes from ``name + "_orig"`` and ``name + "_mask"``, which were carried above
+    del twin._parameters[name]
+    setattr(twin, name, getattr(layer, name))
+    for hook in layer._forward_pre_hooks.values():
+        if isinstance(hook, prune.BasePruningMethod) and hook._tensor_name == name:
+            twin.register_forward_pre_hook(hook)
