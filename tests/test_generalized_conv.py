@@ -133,3 +133,33 @@ def test_invalid_options_are_clear_errors(name, options, message):
     x, w = torch.randn(1, 4, 5, 5), torch.randn(4, 4, 3, 3)
     with pytest.raises((ValueError, TypeError), match=message.replace("(", r"\(")):
         anyconv.generalized_conv(x, w, name, **options)
+
+
+@pytest.mark.parametrize("variant", ["dot", "l1", "cosine", "max_plus", "rbf"])
+@pytest.mark.parametrize(
+    "arguments",
+    [dict(padding=1), dict(groups=2, stride=2), dict(groups=4, dilation=2)],
+    ids=["dense", "groups", "depthwise"],
+)
+def test_meta_tensors_give_torchs_shapes(variant, arguments):
+    """On the meta device (shape inference, models built before their memory) the operators' fake
+    kernels answer: the eager paths, which read data, had failed asking autocast about 'meta'."""
+    input = torch.empty(2, 4, 9, 9, device="meta", requires_grad=True)
+    weight = torch.empty(4, 4 // arguments.get("groups", 1), 3, 3, device="meta", requires_grad=True)
+    output = anyconv.generalized_conv(input, weight, variant, **arguments)
+    expected = torch.nn.functional.conv2d(input, weight, **arguments)
+    assert output.device.type == "meta" and output.shape == expected.shape
+    output.sum().backward()
+    assert input.grad.shape == input.shape and weight.grad.shape == weight.shape
+
+
+def test_meta_tensors_through_the_other_entry_points():
+    input = torch.empty(2, 4, 9, 9, device="meta")
+    transposed = anyconv.conv_transpose(input, torch.empty(4, 3, 3, 3, device="meta"), stride=2)
+    assert (
+        transposed.shape
+        == torch.nn.functional.conv_transpose2d(input, torch.empty(4, 3, 3, 3), stride=2).shape
+    )
+    assert anyconv.unfold(input, 3).shape == (2, 36, 49)
+    model = anyconv.convert(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3), torch.nn.Conv2d(4, 2, 1)), "l1")
+    assert model.to("meta")(input).shape == (2, 2, 7, 7)

@@ -14,10 +14,11 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 def machinery_watches(*tensors: torch.Tensor | None) -> bool:
     """Whether torch's machinery watches a call on ``tensors`` (None is ignored): torch.compile or
-    torch.export, torch.func's transforms, autocast, a dispatch or function mode, or a tensor
-    subclass (fake, functional) among them. Then the fields path calls the custom operator
-    ``anyconv::generalized_conv`` (else the plain Function computes the same numbers with less
-    overhead), and the eager shortcuts (the folded transpose, the loops' cosine) step aside.
+    torch.export, torch.func's transforms, autocast, a dispatch or function mode, a tensor
+    subclass (fake, functional) or a tensor on the meta device among them. Then the fields path
+    calls the custom operator ``anyconv::generalized_conv`` (else the plain Function computes the
+    same numbers with less overhead), and the eager shortcuts (the folded transpose, the loops'
+    cosine) step aside.
 
     >>> import torch
     >>> machinery_watches(torch.ones(2), None)
@@ -39,6 +40,9 @@ def machinery_watches(*tensors: torch.Tensor | None) -> bool:
             return True
         if tensor.device.type != device:
             device = tensor.device.type
+            if device == "meta":
+                # shapes only: the operators' fake kernels answer, the eager paths would read data
+                return True
             if torch.is_autocast_enabled(device):
                 return True
     return False
