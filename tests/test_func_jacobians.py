@@ -164,3 +164,20 @@ def test_forward_mode_of_a_variant_with_its_own_backward_is_refused_by_name(vari
         anyconv.generalized_conv(
             forward_ad.make_dual(input, torch.ones_like(input)), weight, variant, **arguments
         )
+
+
+@pytest.mark.parametrize("transform", [jacrev, jacfwd], ids=["jacrev", "jacfwd"])
+@pytest.mark.parametrize(
+    ("variant", "option", "fixed"), [("rbf", "gamma", {}), ("polynomial", "c", {"degree": 2})]
+)
+def test_jacobians_with_respect_to_a_per_channel_option(variant, option, fixed, transform):
+    input, weight, _ = _tensors("2d-groups")
+    values = torch.rand(4, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) + 0.1
+
+    def ours(tensor):
+        return anyconv.generalized_conv(input, weight, variant, groups=2, **fixed, **{option: tensor})
+
+    def formula(tensor):
+        return naive_generalized_conv(input, weight, variant, groups=2, **fixed, **{option: tensor})
+
+    torch.testing.assert_close(transform(ours)(values), torch.autograd.functional.jacobian(formula, values))
