@@ -102,7 +102,8 @@ def formula_tangent(
     plan: Plan, sources: tuple[torch.Tensor, ...], tangents: tuple[torch.Tensor | None, ...]
 ) -> torch.Tensor:
     """Forward mode: the tangent of the output before bias, for tangents of (input, weight,
-    *option_tensors) (None: zero), by ``torch.func.jvp`` of the formula."""
+    *option_tensors) (None: zero), from the formula: by ``torch.func.jvp`` under torch.func's
+    transforms, on dual tensors under an eager dual level."""
     filled = tuple(
         torch.zeros_like(source) if tangent is None else tangent for source, tangent in zip(sources, tangents)
     )
