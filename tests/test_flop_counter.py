@@ -70,3 +70,18 @@ def test_a_converted_model_counts_what_the_original_counts():
     input = torch.randn(2, 3, 16, 16)
     expected = _count(model, input)
     assert _count(anyconv.convert(model, "dot"), input) == expected
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "weight_shape", "options"),
+    [
+        ((2, 16, 8, 8), (16, 8, 4, 4), dict(stride=2, padding=1)),
+        ((2, 16, 8, 8), (16, 8, 2, 2), dict(stride=2)),
+        ((2, 16, 8, 8), (16, 4, 3, 3), dict(stride=2, padding=1, output_padding=1, groups=2)),
+    ],
+    ids=["4x4-stride-2", "2x2-stride-2", "grouped-output-padding"],
+)
+def test_conv_transpose_counts_what_torch_counts(input_shape, weight_shape, options):
+    input, weight = torch.randn(input_shape), torch.randn(weight_shape)
+    expected = _count(F.conv_transpose2d, input, weight, **options)
+    assert _count(anyconv.conv_transpose, input, weight, **options) == expected > 0
