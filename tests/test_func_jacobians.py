@@ -7,10 +7,13 @@ code (``l1``, ``max_plus``, ...) has reverse-mode first derivatives and refuses 
 derivative and forward mode by name.
 """
 
+import random
+
 import pytest
 import torch
 import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
+from reference import random_geometry
 from torch.func import grad, hessian, jacfwd, jacrev
 from variant_reference import naive_generalized_conv
 
@@ -181,3 +184,42 @@ def test_jacobians_with_respect_to_a_per_channel_option(variant, option, fixed, 
         return naive_generalized_conv(input, weight, variant, groups=2, **fixed, **{option: tensor})
 
     torch.testing.assert_close(transform(ours)(values), torch.autograd.functional.jacobian(formula, values))
+
+
+def _random_cases(count):
+    """Random geometries of 1 to 3 dimensions, with groups and per-side padding (seeded)."""
+    rng = random.Random(7)
+    cases = []
+    for index in range(count):
+        geometry = random_geometry(rng, 1 + index % 3, largest_size=5)
+        groups = rng.choice([1, 2])
+        channels, out_channels = 2 * groups, 2 * groups
+        cases.append(
+            (
+                (2, channels, *geometry["input_size"]),
+                (out_channels, channels // groups, *geometry["kernel_size"]),
+                dict(
+                    stride=geometry["stride"],
+                    dilation=geometry["dilation"],
+                    padding=list(geometry["padding"]),
+                    groups=groups,
+                ),
+            )
+        )
+    return cases
+
+
+@pytest.mark.parametrize("variant", ["dot", "cosine", "l2"])
+@pytest.mark.parametrize(("input_shape", "weight_shape", "arguments"), _random_cases(9))
+def test_both_modes_on_random_geometries(input_shape, weight_shape, arguments, variant):
+    generator = torch.Generator().manual_seed(5)
+    input = torch.randn(input_shape, dtype=torch.float64, generator=generator)
+    weight = torch.randn(weight_shape, dtype=torch.float64, generator=generator)
+    for which in (0, 1):
+        point = (input, weight)[which]
+        ours = _function_of(which, input, weight, anyconv.generalized_conv, variant, arguments)
+        expected = torch.autograd.functional.jacobian(
+            _function_of(which, input, weight, naive_generalized_conv, variant, arguments), point
+        )
+        torch.testing.assert_close(jacrev(ours)(point), expected)
+        torch.testing.assert_close(jacfwd(ours)(point), expected)
