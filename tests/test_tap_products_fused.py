@@ -172,17 +172,29 @@ def test_fused_equals_the_naive_formula(case, variant_id, name, options, fused):
     torch.testing.assert_close(output, expected)
 
 
+#: the hypothesis strategies the random geometries below share: where the fields lie, the
+#: plane's width (below, between and past vectors of lanes), and the cosine
+_PLACEMENTS = dict(
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    padding=st.tuples(*(st.integers(0, 2),) * 4),
+    width=st.integers(1, 45),
+    name=st.sampled_from(["cosine", "sharpened_cosine"]),
+)
+
+
+def _call_arguments(stride, dilation, padding, **more):
+    """generalized_conv's keyword arguments of a drawn geometry: padding drawn as four amounts."""
+    return {"stride": stride, "dilation": dilation, "padding": (padding[:2], padding[2:]), **more}
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     groups=st.integers(1, 3),
     per_group=st.integers(1, 3),
     multiplier=st.integers(1, 2),
     kernel=st.tuples(st.integers(2, 4), st.integers(1, 4)),  # 1x1 kernels take the pointwise path
-    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
-    padding=st.tuples(*(st.integers(0, 2),) * 4),
-    width=st.integers(1, 45),
-    name=st.sampled_from(["cosine", "sharpened_cosine"]),
+    **_PLACEMENTS,
 )
 def test_random_geometries_equal_the_naive_formula(
     groups, per_group, multiplier, kernel, stride, dilation, padding, width, name
@@ -191,12 +203,7 @@ def test_random_geometries_equal_the_naive_formula(
     generator = torch.Generator().manual_seed(width)
     x = torch.randn(2, 2 * groups * per_group, 8, width + 7, generator=generator, dtype=torch.float64)
     w = torch.randn(2 * groups * multiplier, per_group, *kernel, generator=generator, dtype=torch.float64)
-    arguments = {
-        "stride": stride,
-        "dilation": dilation,
-        "padding": (padding[:2], padding[2:]),
-        "groups": 2 * groups,
-    }
+    arguments = _call_arguments(stride, dilation, padding, groups=2 * groups)
     with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
         calls = _spy(patch)
         output = anyconv.generalized_conv(x, w, name, **arguments)
@@ -210,11 +217,7 @@ def test_random_geometries_equal_the_naive_formula(
     per_group=st.integers(1, 4),
     filters=st.sampled_from([4, 5, 8]),
     kernel=st.tuples(st.integers(2, 4), st.integers(1, 4)),
-    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
-    padding=st.tuples(*(st.integers(0, 2),) * 4),
-    width=st.integers(1, 45),
-    name=st.sampled_from(["cosine", "sharpened_cosine"]),
+    **_PLACEMENTS,
     dtype=st.sampled_from([torch.float64, torch.float32]),
 )
 def test_random_grouped_geometries_of_several_filters_per_group_equal_the_naive_formula(
@@ -224,12 +227,7 @@ def test_random_grouped_geometries_of_several_filters_per_group_equal_the_naive_
     generator = torch.Generator().manual_seed(width)
     x = torch.randn(2, groups * per_group, 8, width + 7, generator=generator, dtype=torch.float64)
     w = torch.randn(groups * filters, per_group, *kernel, generator=generator, dtype=torch.float64)
-    arguments = {
-        "stride": stride,
-        "dilation": dilation,
-        "padding": (padding[:2], padding[2:]),
-        "groups": groups,
-    }
+    arguments = _call_arguments(stride, dilation, padding, groups=groups)
     _assert_one_call_gives_the_formula(x, w, name, dtype, arguments)
 
 
@@ -249,11 +247,7 @@ def _assert_one_call_gives_the_formula(x, w, name, dtype, arguments):
     channels=st.integers(1, 4),
     filters=st.sampled_from([4, 5, 9, 33, 40]),
     kernel=st.tuples(st.integers(2, 5), st.integers(1, 5)),
-    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
-    padding=st.tuples(*(st.integers(0, 2),) * 4),
-    width=st.integers(1, 45),
-    name=st.sampled_from(["cosine", "sharpened_cosine"]),
+    **_PLACEMENTS,
     dtype=st.sampled_from([torch.float64, torch.float32]),
 )
 def test_random_dense_geometries_equal_the_naive_formula(
@@ -263,7 +257,7 @@ def test_random_dense_geometries_equal_the_naive_formula(
     generator = torch.Generator().manual_seed(width)
     x = torch.randn(2, channels, 9, width + 8, generator=generator, dtype=torch.float64)
     w = torch.randn(filters, channels, *kernel, generator=generator, dtype=torch.float64)
-    arguments = {"stride": stride, "dilation": dilation, "padding": (padding[:2], padding[2:])}
+    arguments = _call_arguments(stride, dilation, padding)
     _assert_one_call_gives_the_formula(x, w, name, dtype, arguments)
 
 

@@ -19,8 +19,12 @@ from torch.utils.flop_counter import register_flop_formula
 # the modules that register the operators, imported before their formulas are registered
 from . import ops, tap_loops, triton_conv  # noqa: F401
 
-_FORWARD = [torch.ops.anyconv.generalized_conv, torch.ops.anyconv.tap_loops, torch.ops.anyconv.tap_quotient]
-_FORWARD.append(torch.ops.anyconv.triton_conv)
+_FORWARD = [
+    torch.ops.anyconv.generalized_conv,
+    torch.ops.anyconv.tap_loops,
+    torch.ops.anyconv.tap_quotient,
+    torch.ops.anyconv.triton_conv,
+]
 _BACKWARD = [
     torch.ops.anyconv.generalized_conv_backward,
     torch.ops.anyconv.tap_loops_backward,
