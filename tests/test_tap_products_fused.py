@@ -231,11 +231,37 @@ def test_random_grouped_geometries_of_several_filters_per_group_equal_the_naive_
     _assert_one_call_gives_the_formula(x, w, name, dtype, arguments)
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    channels=st.sampled_from([2, 5, 16, 17, 40]),
+    kernel=st.tuples(st.integers(1, 4), st.integers(2, 9)),
+    rows=st.integers(1, 9),
+    bias=st.booleans(),
+    **_PLACEMENTS,
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+)
+def test_random_channels_last_depthwise_geometries_equal_the_naive_formula(
+    channels, kernel, rows, bias, stride, dilation, padding, width, name, dtype
+):
+    # the lanes hold channels: the quotient sums |p|^2 from the squares each kernel row's last tap
+    # meets, a row of outputs at a time, in blocks of eight outputs and their rest
+    generator = torch.Generator().manual_seed(width)
+    height, span = rows + (kernel[0] - 1) * dilation[0], (kernel[1] - 1) * dilation[1] + 1
+    x = torch.randn(2, channels, height, width + span, generator=generator, dtype=torch.float64)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(channels, 1, *kernel, generator=generator, dtype=torch.float64)
+    # a bias float32 holds exactly: the same bias in both dtypes
+    b = torch.randn(channels, generator=generator).double() if bias else None
+    arguments = _call_arguments(stride, dilation, padding, groups=channels, bias=b)
+    _assert_one_call_gives_the_formula(x, w, name, dtype, arguments)
+
+
 def _assert_one_call_gives_the_formula(x, w, name, dtype, arguments):
-    """One call of the loops in DTYPE gives the naive formula of the float64 X and W."""
+    """One call of the loops in DTYPE gives the naive formula of the float64 X and W (and bias)."""
+    cast = {key: value.to(dtype) if torch.is_tensor(value) else value for key, value in arguments.items()}
     with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
         calls = _spy(patch)
-        output = anyconv.generalized_conv(x.to(dtype), w.to(dtype), name, **arguments)
+        output = anyconv.generalized_conv(x.to(dtype), w.to(dtype), name, **cast)
     assert len(calls) == 1
     tolerance = 1e-12 if dtype == torch.float64 else 2e-5
     expected = naive_generalized_conv(x, w, name, **arguments)

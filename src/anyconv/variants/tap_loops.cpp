@@ -1006,10 +1006,10 @@ __attribute__((always_inline)) inline void each_tap_vector(const T* xs, const T*
 // WS the taps' weights (tap-major, kLanes lanes each); OUT COUNT vectors
 template <typename T, typename Op>
 struct ReducedOutputs {
-  // whether outputs() reads the sums of squares along kernel rows (see QuotientOutputs)
-  static constexpr bool kRowSquares = false;
+  // whether outputs() takes sums of squares over the kernel's rows (see QuotientOutputs)
+  static constexpr bool kColumnSquares = false;
   template <int COUNT>
-  __attribute__((always_inline)) static void outputs(const T* xs, const T* ws, const T*, const T*, const T*,
+  __attribute__((always_inline)) static void outputs(const T* xs, const T* ws, const T*, const T*, T*,
                                                      int64_t, T* out, int64_t origin, const Geometry& g) {
     using Vector = typename Lanes<T>::Vector;
     Vector acc[COUNT];
@@ -1025,26 +1025,44 @@ struct ReducedOutputs {
 // vector of each channel's
 template <typename T>
 struct QuotientOutputs {
-  static constexpr bool kRowSquares = true;
-  // ROW_SQUARES (or null): at each position the sum of x^2 over the RUN taps of a kernel row that
-  // start there, so that |p|^2 is a sum over the kernel's rows instead of over every tap
+  static constexpr bool kColumnSquares = true;
+  // COLUMN_SQUARES (or null): a buffer of the sums of x^2 over the kernel's rows (every one a run
+  // of RUN taps one position apart) from the position of the first output's first tap on, its
+  // first RUN - 1 filled; these outputs fill the next COUNT (the values the last tap of each kernel
+  // row meets) and take |p|^2 as a sum of RUN of them instead of one term per tap
   template <int COUNT>
   __attribute__((always_inline)) static void outputs(const T* xs, const T* ws, const T* scales, const T* offsets,
-                                                     const T* row_squares, int64_t run, T* out, int64_t origin,
+                                                     T* column_squares, int64_t run, T* out, int64_t origin,
                                                      const Geometry& g) {
     using Vector = typename Lanes<T>::Vector;
     constexpr int kLanes = Lanes<T>::kCount;
     Vector products[COUNT], squares[COUNT];
     for (int j = 0; j < COUNT; ++j) products[j] = squares[j] = Vector{};
-    if (row_squares != nullptr) {
-      each_tap_vector<T, COUNT>(xs, ws, origin, g, [&](int j, Vector values, Vector weight) {
-        products[j] += values * weight;
-      });
+    if (column_squares != nullptr) {
+      Vector columns[COUNT];
+      for (int j = 0; j < COUNT; ++j) columns[j] = Vector{};
       for (int64_t t = 0; t < g.taps; t += run) {
-        const T* at = row_squares + (origin + g.tap_offsets[t]) * kLanes;
+        // each_tap_vector's slide along one kernel row, taps in kernel order
+        const T* at = xs + (origin + g.tap_offsets[t]) * kLanes;
+        Vector window[COUNT];
+        for (int j = 0; j < COUNT; ++j) std::memcpy(&window[j], at + j * kLanes, sizeof(Vector));
+        for (int64_t u = 0; u < run; ++u) {
+          Vector weight;
+          std::memcpy(&weight, ws + (t + u) * kLanes, sizeof(weight));
+          for (int j = 0; j < COUNT; ++j) products[j] += window[j] * weight;
+          if (u + 1 < run) {
+            for (int j = 0; j + 1 < COUNT; ++j) window[j] = window[j + 1];
+            std::memcpy(&window[COUNT - 1], at + (COUNT + u) * kLanes, sizeof(Vector));
+          }
+        }
+        // the window now holds the positions RUN - 1 to COUNT + RUN - 2: the ones not yet summed
+        for (int j = 0; j < COUNT; ++j) columns[j] += window[j] * window[j];
+      }
+      std::memcpy(column_squares + (run - 1) * kLanes, columns, sizeof(columns));
+      for (int64_t u = 0; u < run; ++u) {
         for (int j = 0; j < COUNT; ++j) {
           Vector sums;
-          std::memcpy(&sums, at + j * kLanes, sizeof(sums));
+          std::memcpy(&sums, column_squares + (j + u) * kLanes, sizeof(sums));
           squares[j] += sums;
         }
       }
@@ -1074,35 +1092,37 @@ inline int64_t tap_run(const Geometry& g) {
   return run;
 }
 
-// SUMS[p] = the sum of XS[p + k]^2 for k < RUN, vectors of kLanes lanes, for every position from
-// which RUN positions fit in the PLANE
+// SUMS[c] = the sum of x^2 over the kernel's rows (its taps that start a run of RUN) at position
+// ORIGIN + c of XS (vectors of kLanes lanes), for c < POSITIONS
 template <typename T>
-void row_sums_of_squares(const T* xs, T* sums, int64_t plane, int64_t run) {
+void column_sums_of_squares(const T* xs, T* sums, int64_t origin, int64_t positions, int64_t run,
+                            const Geometry& g) {
   using Vector = typename Lanes<T>::Vector;
   constexpr int kLanes = Lanes<T>::kCount;
   // four positions together: four independent chains of multiply-adds, where one position's
   // chain alone waited on each multiply-add's latency (each sum in the same order as below)
   constexpr int kTogether = 4;
-  int64_t p = 0;
-  for (; p + kTogether - 1 + run <= plane; p += kTogether) {
+  int64_t c = 0;
+  for (; c + kTogether <= positions; c += kTogether) {
     Vector totals[kTogether] = {};
-    for (int64_t k = 0; k < run; ++k) {
+    for (int64_t t = 0; t < g.taps; t += run) {
+      const T* at = xs + (origin + g.tap_offsets[t] + c) * kLanes;
       for (int j = 0; j < kTogether; ++j) {
         Vector values;
-        std::memcpy(&values, xs + (p + j + k) * kLanes, sizeof(values));
+        std::memcpy(&values, at + j * kLanes, sizeof(values));
         totals[j] += values * values;
       }
     }
-    std::memcpy(sums + p * kLanes, totals, sizeof(totals));
+    std::memcpy(sums + c * kLanes, totals, sizeof(totals));
   }
-  for (; p + run <= plane; ++p) {
+  for (; c < positions; ++c) {
     Vector total{};
-    for (int64_t k = 0; k < run; ++k) {
+    for (int64_t t = 0; t < g.taps; t += run) {
       Vector values;
-      std::memcpy(&values, xs + (p + k) * kLanes, sizeof(values));
+      std::memcpy(&values, xs + (origin + g.tap_offsets[t] + c) * kLanes, sizeof(values));
       total += values * values;
     }
-    std::memcpy(sums + p * kLanes, &total, sizeof(total));
+    std::memcpy(sums + c * kLanes, &total, sizeof(total));
   }
 }
 
@@ -1121,15 +1141,15 @@ void forward_channel_vectors(const S* x, const S* w, const Compute<S>* scale, co
   const int64_t input_plane = unpadded_plane(layout);
   const int64_t length = layout.padded[layout.ndim - 1], left = layout.before[layout.ndim - 1];
   const int64_t width = layout.size[layout.ndim - 1];
-  // the quotient's |p|^2 by kernel rows where every kernel row is a run of RUN taps one position
-  // apart (a dilation of 1 along the last dimension), on rows wide enough for whole blocks of
-  // outputs (on 7 x 7 images the sums' pass cost more than it saved)
-  const int64_t run = Outputs::kRowSquares && g.width >= kOutputsTogether ? tap_run(g) : 0;
+  // the quotient's |p|^2 from sums over the kernel's rows where every kernel row is a run of RUN
+  // taps one position apart (a dilation of 1 along the last dimension), on rows wide enough for
+  // whole blocks of outputs (7 x 7 images sum the squares tap by tap)
+  const int64_t run = Outputs::kColumnSquares && g.width >= kOutputsTogether ? tap_run(g) : 0;
 #pragma omp parallel num_threads(threads)
   {
     std::vector<T> xs(g.plane * kLanes), ws(g.taps * kLanes), outs(output_plane * kLanes);
     std::vector<T> scales(kLanes, T(1)), offsets(kLanes, T(1));
-    std::vector<T> row_squares(run > 1 ? g.plane * kLanes : 0);
+    std::vector<T> column_squares(run > 1 ? (g.width + run - 1) * kLanes : 0);
 #pragma omp for schedule(static)
     for (int64_t index = 0; index < g.batch * blocks; ++index) {
       const int64_t b = index / blocks, first = (index % blocks) * kLanes;
@@ -1165,24 +1185,26 @@ void forward_channel_vectors(const S* x, const S* w, const Compute<S>* scale, co
           offsets[lane] = offset[first + lane];
         }
       }
-      const T* squares = nullptr;
-      if (run > 1) {
-        squares = row_squares.data();
-        row_sums_of_squares(xs.data(), row_squares.data(), g.plane, run);
-      }
       for (int64_t r = 0; r < g.rows; ++r) {
         T* out = outs.data() + r * g.width * kLanes;
+        T* squares = nullptr;
+        if (run > 1) {
+          // the row's first RUN - 1 column sums; each block of outputs adds those it reaches next
+          column_sums_of_squares(xs.data(), column_squares.data(), g.row_offsets[r], run - 1, run, g);
+          squares = column_squares.data();
+        }
+        const auto at = [&](int64_t i) { return squares == nullptr ? nullptr : squares + i * kLanes; };
         int64_t i = 0;
         for (; i + kOutputsTogether <= g.width; i += kOutputsTogether)
-          Outputs::template outputs<kOutputsTogether>(xs.data(), ws.data(), scales.data(), offsets.data(), squares,
+          Outputs::template outputs<kOutputsTogether>(xs.data(), ws.data(), scales.data(), offsets.data(), at(i),
                                                       run, out + i * kLanes, g.row_offsets[r] + i, g);
         // a narrow row's (7 x 7 images) or a row's rest: half as many together, not one at a time
         for (; i + kOutputsTogether / 2 <= g.width; i += kOutputsTogether / 2)
           Outputs::template outputs<kOutputsTogether / 2>(xs.data(), ws.data(), scales.data(), offsets.data(),
-                                                          squares, run, out + i * kLanes, g.row_offsets[r] + i, g);
+                                                          at(i), run, out + i * kLanes, g.row_offsets[r] + i, g);
         const auto rest = [&](auto count) {
           Outputs::template outputs<decltype(count)::value>(xs.data(), ws.data(), scales.data(), offsets.data(),
-                                                            squares, run, out + i * kLanes, g.row_offsets[r] + i, g);
+                                                            at(i), run, out + i * kLanes, g.row_offsets[r] + i, g);
         };
         static_assert(kOutputsTogether / 2 == 4, "the rest is one to three outputs");
         with_rest_of_four(g.width - i, rest);
