@@ -14,7 +14,7 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 def machinery_watches(*tensors: torch.Tensor | None) -> bool:
     """Whether torch's machinery watches a call on ``tensors`` (None is ignored): torch.compile or
-    torch.export, torch.func's transforms, autocast, a dispatch or function mode, a tensor
+    torch.export, torch.jit.trace, torch.func's transforms, autocast, a dispatch or function mode, a tensor
     subclass (fake, functional) or a tensor on the meta device among them. Then the fields path
     calls the custom operator ``anyconv::generalized_conv`` (else the plain Function computes the
     same numbers with less overhead), and the eager shortcuts (the folded transpose, the loops'
@@ -26,6 +26,9 @@ def machinery_watches(*tensors: torch.Tensor | None) -> bool:
     """
     if (
         torch.compiler.is_compiling()
+        # torch.jit.trace records torch's operators only: a native loop's output would be traced as
+        # the empty tensor it was written into
+        or torch._C._is_tracing()
         or transformed()
         or torch._C._len_torch_dispatch_stack() > 0
         or torch._C._is_torch_function_mode_enabled()
