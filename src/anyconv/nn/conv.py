@@ -18,6 +18,10 @@ from ..errors import invalid, wrong_type
 from ..geometry import spatial_tuple
 from ..geometry.arguments import as_int
 
+# torch.fx records a call of conv as one node, as it records torch's own modules, rather than
+# tracing into the engine (whose Python arithmetic on sizes a symbolic trace cannot run)
+torch.fx.wrap("conv")
+
 PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 
 # the mixins are placed before a torch conv module; the type checker reads them as one

@@ -13,6 +13,10 @@ from torch.nn.modules.conv import _ConvTransposeNd
 
 from ..engine import conv_transpose
 
+# torch.fx records a call of _conv_transpose_to as one node, as it records torch's own modules,
+# rather than tracing into the engine (whose Python arithmetic on sizes a symbolic trace cannot run)
+torch.fx.wrap("_conv_transpose_to")
+
 # the mixin is placed before a torch transposed-conv module; the type checker reads them as one
 if TYPE_CHECKING:
     TransposedModule = _ConvTransposeNd
@@ -29,28 +33,62 @@ class _TransposedConvolutions(TransposedModule):
         """Transposed convolution of ``input``; ``output_size`` picks output_padding as in torch."""
         if self.padding_mode != "zeros":
             raise ValueError(f"Only 'zeros' padding mode is supported for {type(self).__name__}")
-        ndim = len(self.kernel_size)
-        # torch's annotations say list[int]; torch passes these same tuples in its own forward
-        output_padding = self._output_padding(
+        return _conv_transpose_to(
             input,
             output_size,
-            self.stride,  # type: ignore[arg-type]
-            self.padding,  # type: ignore[arg-type]
-            self.kernel_size,  # type: ignore[arg-type]
-            ndim,
-            self.dilation,  # type: ignore[arg-type]
-        )
-        return conv_transpose(
-            input,
             self.weight,
             self.bias,
             self.stride,
-            self.padding,
-            output_padding,
+            self.padding,  # type: ignore[arg-type]  # a transposed module's padding is never a string
+            self.output_padding,
+            self.kernel_size,
             self.groups,
             self.dilation,
-            memory_budget=self.memory_budget,
+            self.memory_budget,
         )
+
+
+def _conv_transpose_to(
+    input: torch.Tensor,
+    output_size: list[int] | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    output_padding: tuple[int, ...],
+    kernel_size: tuple[int, ...],
+    groups: int,
+    dilation: tuple[int, ...],
+    memory_budget: int | None,
+) -> torch.Tensor:
+    """:func:`anyconv.conv_transpose` with the output_padding that gives ``output_size`` (if not
+    None) by torch's own rule; one function, so that torch.fx records the call, ``output_size``
+    among its arguments, as one node (torch.fx hands the forward a proxy for it)."""
+    if output_size is not None:
+        # torch's rule reads its module's output_padding only where no output_size is given
+        output_padding = tuple(
+            _ConvTransposeNd._output_padding(
+                None,  # type: ignore[arg-type]
+                input,
+                output_size,
+                stride,  # type: ignore[arg-type]
+                padding,  # type: ignore[arg-type]
+                kernel_size,  # type: ignore[arg-type]
+                len(kernel_size),
+                dilation,  # type: ignore[arg-type]
+            )
+        )
+    return conv_transpose(
+        input,
+        weight,
+        bias,
+        stride,
+        padding,
+        output_padding,
+        groups,
+        dilation,
+        memory_budget=memory_budget,
+    )
 
 
 class ConvTranspose1d(_TransposedConvolutions, torch.nn.ConvTranspose1d):

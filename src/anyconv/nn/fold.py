@@ -12,6 +12,10 @@ import torch
 from ..functional import fold
 from ..functional.fold import fold_geometry
 
+# torch.fx records a call of fold as one node, as it records torch's own modules, rather than
+# tracing into the engine (whose Python arithmetic on sizes a symbolic trace cannot run)
+torch.fx.wrap("fold")
+
 
 class Fold(torch.nn.Module):
     """Sum columns (B, C * prod(kernel_size), L) into an image (B, C, *output_size).

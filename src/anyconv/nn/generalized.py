@@ -19,6 +19,10 @@ from ..variants import Variant, resolve_variant
 from ..variants.checks import check_per_channel_options
 from .conv import Conv1d, Conv2d, Conv3d, ConvModule, ConvNd, PaddingMode
 
+# torch.fx records a call of generalized_conv as one node, as it records torch's own modules, rather than
+# tracing into the engine (whose Python arithmetic on sizes a symbolic trace cannot run)
+torch.fx.wrap("generalized_conv")
+
 VariantSpec = str | Variant | type[Variant]
 
 

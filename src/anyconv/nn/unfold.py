@@ -14,6 +14,10 @@ from ..geometry import infer_ndim, spatial_tuple
 from ..geometry.arguments import check_padding_mode
 from ..geometry.padding import padding_pairs
 
+# torch.fx records a call of unfold as one node, as it records torch's own modules, rather than
+# tracing into the engine (whose Python arithmetic on sizes a symbolic trace cannot run)
+torch.fx.wrap("unfold")
+
 
 class Unfold(torch.nn.Module):
     """Extract the receptive fields of (B, C, *spatial) as columns (B, C * prod(kernel_size), L).

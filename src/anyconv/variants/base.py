@@ -140,6 +140,19 @@ class Variant:
         options = ", ".join(f"{key}={_short(value)}" for key, value in self.options.items())
         return f"{type(self).__name__}({options})"
 
+    def __fx_create_arg__(self, tracer: Any) -> Any:
+        """A torch.fx graph's argument for this variant (an object no graph's code can spell): an
+        attribute of the traced module, read by a ``get_attr`` node.
+
+        >>> import torch, anyconv
+        >>> graph = torch.fx.symbolic_trace(anyconv.nn.GeneralizedConv2d(2, 3, 3, variant="l1"))
+        >>> [node.op for node in graph.graph.nodes]
+        ['placeholder', 'get_attr', 'get_attr', 'get_attr', 'call_function', 'output']
+        """
+        name = tracer.get_fresh_qualname("_anyconv_variant_")
+        setattr(tracer.root, name, self)
+        return tracer.create_node("get_attr", name, (), {})
+
 
 class ProductVariant(Variant):
     """A variant y = f(s, |p|, |w|) of the dot product s = p . w and the norms, and its backward.
