@@ -9,8 +9,8 @@ load. A call shorter than ``BLOCK_SECONDS`` is repeated back to back to fill abo
 its time is the mean, so that a fast call is not timed with the state the previous method left
 (threads asleep or spinning, caches). The table gives the median and quartiles of those ratios
 over the rounds, forward (under ``no_grad``) and forward+backward. ``cosine`` is also given as a
-ratio to ``dot`` (the same layer through ``anyconv.conv``), and ``lp`` (p = 3) as a ratio to
-``l1``. With ``--memory`` each (row, method)
+ratio to ``dot`` (the same layer through ``anyconv.conv``), and ``lp`` (p = 3, or ``--lp-p``) as a
+ratio to ``l1``. With ``--memory`` each (row, method)
 runs its forward+backward once in a fresh process, whose peak resident memory above its inputs is
 reported next to torch's.
 """
@@ -317,6 +317,7 @@ def peak_memory(row: Row, method: str) -> float:
 def _memory_in_subprocess(row: Row, method: str, threads: int | None) -> str:
     command = [sys.executable, __file__, "--peak", row.name, method]
     command += ["--threads", str(threads)] if threads else []
+    command += ["--lp-p", str(METHOD_OPTIONS["lp"]["p"])]
     # glibc keeps freed blocks under its adaptive mmap threshold resident, so the high-water mark
     # would depend on the order of frees; a fixed threshold returns large blocks at once
     environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
@@ -342,8 +343,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--memory", action="store_true", help="also the peak memory, one process per method")
+    parser.add_argument(
+        "--lp-p", type=float, default=METHOD_OPTIONS["lp"]["p"], help="lp's exponent p (default 3)"
+    )
     parser.add_argument("--peak", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    METHOD_OPTIONS["lp"]["p"] = args.lp_p
     import torch
 
     if args.threads:
@@ -356,7 +361,7 @@ def main() -> None:
     rows = _rows(args.rows)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, {args.rounds} rounds"
-        f"{', glibc thresholds fixed' if steady else ''}; "
+        f"{', glibc thresholds fixed' if steady else ''}, lp's p = {args.lp_p:g}; "
         "ratio = time / torch's time in the same round: median [quartiles]"
     )
     print()
