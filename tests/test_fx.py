@@ -10,6 +10,7 @@ import torch
 from test_models import NEEDS_TORCHVISION, torchvision
 
 import anyconv
+from anyconv.variants.base import with_tensor_options
 
 MODULES = {
     "conv1d": (lambda: anyconv.nn.Conv1d(3, 4, 3, padding="same", padding_mode="reflect"), (2, 3, 10)),
@@ -40,8 +41,11 @@ def test_the_symbolic_trace_gives_the_modules_numbers(name):
     torch.manual_seed(0)
     module = build()
     graph = torch.fx.symbolic_trace(module)
+    # one call of the engine per anyconv module (and one giving a variant the graph's tensors)
     calls = [node for node in graph.graph.nodes if node.op == "call_function"]
-    assert len(calls) == len([child for child in module.modules() if not list(child.children())])
+    engine_calls = [node for node in calls if node.target is not with_tensor_options]
+    layers = [child for child in module.modules() if type(child).__module__.startswith("anyconv")]
+    assert len(engine_calls) == len(layers)
     x = torch.randn(shape)
     with torch.no_grad():
         torch.testing.assert_close(graph(x), module(x))
@@ -51,9 +55,13 @@ def test_the_symbolic_trace_gives_the_modules_numbers(name):
         torch.testing.assert_close(copy.deepcopy(graph)(x), module(x))
 
 
-def test_the_traced_graph_trains_as_the_module():
+def test_the_traced_graph_holds_and_trains_the_modules_parameters():
+    # a per-channel option is a parameter of the module: the graph's too, so that an optimizer
+    # over the graph's parameters trains it and its state_dict saves it
     module = anyconv.nn.GeneralizedConv2d(3, 4, 3, variant="rbf", gamma=torch.full((4,), 0.5))
     graph = torch.fx.symbolic_trace(module)
+    assert graph.state_dict().keys() == module.state_dict().keys()
+    assert {id(parameter) for parameter in graph.parameters()} == {id(p) for p in module.parameters()}
     x = torch.randn(2, 3, 6, 6)
     graph(x).square().sum().backward()
     gradients = [parameter.grad.clone() for parameter in module.parameters()]
@@ -61,6 +69,18 @@ def test_the_traced_graph_trains_as_the_module():
     module(x).square().sum().backward()
     for got, expected in zip(gradients, (parameter.grad for parameter in module.parameters())):
         torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("variant", ["l1", "rbf-per-channel"])
+def test_a_saved_graph_loads_and_gives_the_modules_numbers(variant, tmp_path):
+    # torch.load retraces the graph's code: the variant's call is recorded, not run on proxies
+    module = MODULES[variant][0]()
+    torch.save(torch.fx.symbolic_trace(module), tmp_path / "graph.pt")
+    loaded = torch.load(tmp_path / "graph.pt", weights_only=False)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), module(x))
+    assert loaded.state_dict().keys() == module.state_dict().keys()
 
 
 @NEEDS_TORCHVISION

@@ -13,6 +13,7 @@ would inherit its parent's backward is refused when the class is made (see ``che
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -142,7 +143,9 @@ class Variant:
 
     def __fx_create_arg__(self, tracer: Any) -> Any:
         """A torch.fx graph's argument for this variant (an object no graph's code can spell): an
-        attribute of the traced module, read by a ``get_attr`` node.
+        attribute of the traced module, read by a ``get_attr`` node; with tensor options, a call of
+        :func:`with_tensor_options` that hands it the graph's own tensors (a module's parameters
+        stay the graph's: in its ``parameters()`` and ``state_dict``, trained and saved with it).
 
         >>> import torch, anyconv
         >>> graph = torch.fx.symbolic_trace(anyconv.nn.GeneralizedConv2d(2, 3, 3, variant="l1"))
@@ -151,7 +154,30 @@ class Variant:
         """
         name = tracer.get_fresh_qualname("_anyconv_variant_")
         setattr(tracer.root, name, self)
-        return tracer.create_node("get_attr", name, (), {})
+        node = tracer.create_node("get_attr", name, (), {})
+        tensors = {option: value for option, value in self.options.items() if isinstance(value, torch.Tensor)}
+        if not tensors:
+            return node
+        arguments = (node, tracer.create_arg(tensors))
+        call = tracer.create_node("call_function", with_tensor_options, arguments, {})
+        # as torch.fx.wrap marks its calls: the graph's code then wraps the function too, so that a
+        # trace of that code (torch.load of a saved graph retraces it) records it as one node
+        call.meta["is_wrapped"] = True
+        return call
+
+
+def with_tensor_options(variant: Variant, tensors: dict[str, torch.Tensor]) -> Variant:
+    """A copy of ``variant`` with its tensor options replaced by ``tensors`` (a traced graph's own),
+    unchecked, as a module's variant reads its parameters as they are at each call.
+
+    >>> import torch
+    >>> from anyconv.variants import RBF
+    >>> with_tensor_options(RBF(gamma=torch.ones(2)), {"gamma": torch.full((2,), 3.0)}).options["gamma"]
+    tensor([3., 3.])
+    """
+    copied = copy.copy(variant)
+    copied.options = {**variant.options, **tensors}
+    return copied
 
 
 class ProductVariant(Variant):
