@@ -154,6 +154,40 @@ def test_shared_layer_stays_shared():
     assert isinstance(model[0], GeneralizedConv1d) and model[1][0] is model[0]
 
 
+class _SameLayerTwice(torch.nn.Module):
+    """One convolution applied twice, held under two names of one module (and a None slot)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = torch.nn.Conv2d(2, 2, 3, padding=1)
+        self.second = self.first
+        self.register_module("absent", None)
+
+    def forward(self, x):
+        return self.second(torch.relu(self.first(x)))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [_SameLayerTwice, lambda: torch.nn.Sequential(*[torch.nn.Conv2d(2, 2, 3, padding=1)] * 2)],
+    ids=["two-attributes", "sequential"],
+)
+def test_a_layer_under_two_names_of_one_parent_is_converted_under_both(build):
+    # named_children() yields such a layer once: its second name had kept torch's layer, computing
+    # the plain convolution where the variant was asked for
+    model = build()
+    convert(model, "l1")
+    layers = list(model._modules.values())
+    assert isinstance(layers[0], GeneralizedConv2d) and layers[1] is layers[0]
+
+    def l1(y):
+        return anyconv.generalized_conv(y, layers[0].weight, "l1", layers[0].bias, padding=1)
+
+    x = torch.randn(1, 2, 5, 5)
+    expected = l1(torch.relu(l1(x))) if isinstance(model, _SameLayerTwice) else l1(l1(x))
+    torch.testing.assert_close(model(x), expected)
+
+
 def test_nested_model_and_training_mode_kept():
     model = torch.nn.Sequential(
         torch.nn.Sequential(Conv1d(1, 2, 3)), torch.nn.Sequential(torch.nn.Conv1d(2, 2, 1))

@@ -127,7 +127,11 @@ def _plan_swaps(
     swaps: list[tuple[torch.nn.Module, str, torch.nn.Module]],
 ) -> None:
     """Walk the tree depth first; ``done`` maps a visited layer's id to its replacement, if any."""
-    for child_name, child in parent.named_children():
+    # every name of every child: named_children() yields a child held under two names of one
+    # parent once, which would leave its second name holding the unconverted layer
+    for child_name, child in parent._modules.items():
+        if child is None:
+            continue
         name = f"{prefix}{child_name}"
         if id(child) not in done:
             done[id(child)] = swap(child, name)
