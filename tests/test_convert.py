@@ -1,9 +1,11 @@
 """anyconv.convert: every conv swapped for its generalized twin, parameters and checkpoints kept."""
 
 import io
+import warnings
 
 import pytest
 import torch
+import torch.nn.utils.prune
 
 import anyconv
 from anyconv.nn import (
@@ -428,3 +430,42 @@ def test_a_pruned_layer_keeps_its_mask():
     torch.nn.utils.prune.remove(twin, "weight")
     assert isinstance(twin.weight, torch.nn.Parameter)
     torch.testing.assert_close(twin(x), expected)
+
+
+def test_a_layer_of_the_older_weight_norm_recomputes_its_weight():
+    """torch.nn.utils.weight_norm (still in audio networks) recomputes the weight from weight_g and
+    weight_v in a forward pre-hook: the converted layer runs it too, so training g and v moves the
+    weight the variant computes with."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch deprecates it for the parametrization
+        layer = torch.nn.utils.weight_norm(torch.nn.Conv1d(2, 3, 3, padding=1))
+    keys = list(layer.state_dict())
+    twin = anyconv.convert(torch.nn.Sequential(layer), "l1")[0]
+    assert list(twin.state_dict()) == keys and twin.weight_g is layer.weight_g
+    with torch.no_grad():
+        twin.weight_g.mul_(2.0)
+    x = torch.randn(2, 2, 7)
+    weight = torch._weight_norm(twin.weight_v, twin.weight_g, 0).detach()
+    torch.testing.assert_close(twin(x), anyconv.generalized_conv(x, weight, "l1", twin.bias, padding=1))
+    twin(x).square().sum().backward()
+    assert twin.weight_g.grad is not None and twin.weight_v.grad is not None
+
+
+def test_hooks_go_with_the_converted_layer():
+    layer = torch.nn.Conv2d(2, 3, 3)
+    calls = []
+    handles = [
+        layer.register_forward_pre_hook(lambda module, args: calls.append(("pre", type(module).__name__))),
+        layer.register_forward_hook(lambda module, args, output: calls.append(("forward", output.shape))),
+        layer.register_full_backward_hook(lambda module, grad_in, grad_out: calls.append(("backward",))),
+        layer.register_state_dict_post_hook(lambda module, state, prefix, local: calls.append(("state",))),
+    ]
+    model = anyconv.convert(torch.nn.Sequential(layer), "cosine")
+    model(torch.randn(1, 2, 5, 5, requires_grad=True)).sum().backward()
+    model.state_dict()
+    assert calls == [("pre", "GeneralizedConv2d"), ("forward", (1, 3, 3, 3)), ("backward",), ("state",)]
+    # a handle taken on the layer before the conversion removes its hook from the converted one
+    for handle in handles:
+        handle.remove()
+    model(torch.randn(1, 2, 5, 5))
+    assert len(calls) == 4

@@ -12,7 +12,7 @@ from typing import Any, cast
 import torch
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.lazy import LazyModuleMixin
-from torch.nn.utils import parametrize, prune
+from torch.nn.utils import parametrize
 
 from ..engine.chunks import check_memory_budget
 from ..errors import ArgumentError, wrong_type
@@ -57,9 +57,11 @@ def convert(
     and bias Parameter objects (so device, dtype, ``requires_grad``, ``state_dict`` keys and an
     optimizer's references are kept). A parametrized weight or bias (``weight_norm``,
     ``spectral_norm``, any ``torch.nn.utils.parametrize`` chain) keeps its parametrizations over
-    the same original Parameters, and a pruned one (``torch.nn.utils.prune``) its ``_orig``,
-    ``_mask`` and the pruning's forward pre-hook. The swap is in place and the module is returned; if
-    ``module`` is itself a convolution, the returned layer is its replacement.
+    the same original Parameters, and a pruned one (``torch.nn.utils.prune``) or one normalised by
+    the older ``torch.nn.utils.weight_norm`` its Parameters (``_orig`` and ``_mask``, ``_g`` and
+    ``_v``) and the forward pre-hook that recomputes it from them. The swap is in place and the
+    module is returned; if ``module`` is itself a convolution, the returned layer is its
+    replacement.
 
     ``include(name, layer)`` chooses the layers: ``name`` is the qualified name ("" for the top
     module), the layer is converted when it returns True (default: every convolution). A layer
@@ -77,8 +79,9 @@ def convert(
 
     Left alone: transposed convolutions (a variant meets receptive fields of the input; a
     transposed convolution has none, it scatters each input value over the output), layers that
-    are generalized already, and, when ``include`` rejects them, everything else. Hooks registered
-    on a replaced layer stay on the old object (but for pruning's).
+    are generalized already, and, when ``include`` rejects them, everything else. The hooks of a
+    replaced layer (forward, backward, state_dict ones) go with it: the same hook dicts, so that a
+    handle taken before the conversion still removes its hook.
 
     >>> import torch
     >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3))
@@ -213,8 +216,24 @@ def _generalized_copy(
             twin.add_module(child_name, child)
     for name in ("weight", "bias"):
         _carry(layer, twin, name)
+    _share_hooks(layer, twin)
     twin.train(layer.training)
     return twin
+
+
+def _share_hooks(layer: torch.nn.Module, twin: torch.nn.Module) -> None:
+    """Give ``twin`` the ``layer``'s hooks, every kind (forward, pre-forward, backward, state_dict
+    and load_state_dict hooks, with their flags): the same dicts, so that a handle taken on the
+    layer removes its hook from the twin too. Among them are the pre-hooks that recompute a pruned
+    weight (``torch.nn.utils.prune``) or a weight-normalised one (the older
+    ``torch.nn.utils.weight_norm``) from the carried Parameters before each forward."""
+    for attribute in _HOOK_ATTRIBUTES:
+        if attribute in vars(layer):
+            object.__setattr__(twin, attribute, vars(layer)[attribute])
+
+
+#: the attributes in which torch.nn.Module keeps its hooks and their flags
+_HOOK_ATTRIBUTES = tuple(name for name in vars(torch.nn.Module()) if "hook" in name)
 
 
 def _carry(layer: torch.nn.Module, twin: torch.nn.Module, name: str) -> None:
@@ -235,10 +254,9 @@ def _carry(layer: torch.nn.Module, twin: torch.nn.Module, name: str) -> None:
     if name in layer._parameters:
         setattr(twin, name, layer._parameters[name])
         return
-    # pruned (torch.nn.utils.prune): the tensor is a plain attribute that a forward pre-hook
-    # recomputes from ``name + "_orig"`` and ``name + "_mask"``, which were carried above
+    # pruned (torch.nn.utils.prune) or weight-normalised by the older torch.nn.utils.weight_norm:
+    # the tensor is a plain attribute that a forward pre-hook (shared by _share_hooks) recomputes
+    # from Parameters carried above (``name + "_orig"`` and ``name + "_mask"``, or ``name + "_g"``
+    # and ``name + "_v"``)
     del twin._parameters[name]
     setattr(twin, name, getattr(layer, name))
-    for hook in layer._forward_pre_hooks.values():
-        if isinstance(hook, prune.BasePruningMethod) and hook._tensor_name == name:
-            twin.register_forward_pre_hook(hook)
