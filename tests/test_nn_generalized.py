@@ -95,6 +95,50 @@ def test_tensor_options_are_parameters_and_learn():
     torch.testing.assert_close(layer.variant_options.scale.grad, plain.sum(dim=(0, 2, 3)))
 
 
+def _rbf(gamma):
+    torch.manual_seed(0)
+    return acnn.GeneralizedConv2d(3, 4, 3, variant="rbf", gamma=torch.full((4,), gamma))
+
+
+def test_tensor_options_are_read_from_the_module_at_each_call():
+    """The variant computes with the option Parameters the module holds when it is called, not
+    those it was made with: load_state_dict(assign=True), a conversion that makes new Parameters,
+    and torch.func.functional_call all replace them."""
+    x = torch.randn(2, 3, 6, 6)
+    source, expected = _rbf(0.3), _rbf(0.3)(x)
+    loaded = _rbf(0.9)
+    loaded.load_state_dict(source.state_dict(), assign=True)
+    torch.testing.assert_close(loaded(x), expected)
+    # built on the meta device (no values to check yet), then loaded
+    with torch.device("meta"):
+        empty = acnn.GeneralizedConv2d(3, 4, 3, variant="rbf", gamma=torch.full((4,), 0.9))
+    empty.load_state_dict(source.state_dict(), assign=True)
+    torch.testing.assert_close(empty(x), expected)
+    # functional_call: the given option is used, and its gradient is the module's
+    parameters = {name: value.detach() for name, value in _rbf(0.9).named_parameters()}
+    parameters["variant_options.gamma"] = torch.full((4,), 0.3)
+    torch.testing.assert_close(torch.func.functional_call(source, parameters, (x,)), expected)
+    gradient = torch.func.grad(lambda given: torch.func.functional_call(source, given, (x,)).sum())(
+        parameters
+    )
+    source(x).sum().backward()
+    torch.testing.assert_close(gradient["variant_options.gamma"], source.variant_options.gamma.grad)
+
+
+def test_a_conversion_that_makes_new_parameters_reaches_the_variant():
+    previous = torch.__future__.get_overwrite_module_params_on_conversion()
+    torch.__future__.set_overwrite_module_params_on_conversion(True)
+    try:
+        layer = _rbf(0.3).double()
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(previous)
+    # the module's new Parameter is the one the variant reads
+    with torch.no_grad():
+        layer.variant_options.gamma.fill_(0.9)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), _rbf(0.9).double()(x))
+
+
 def test_float_options_and_repr():
     layer = acnn.GeneralizedConvNd(2, 3, (2, 2, 2, 2), variant=ScaledDot, scale=3.0, padding=1)
     assert "variant=ScaledDot(scale=3.0)" in repr(layer)

@@ -16,6 +16,7 @@ from torch.nn.common_types import _size_1_t, _size_2_t, _size_3_t
 from ..engine import generalized_conv
 from ..engine.chunks import check_memory_budget
 from ..variants import Variant, resolve_variant
+from ..variants.base import with_tensor_options
 from ..variants.checks import check_per_channel_options
 from .conv import Conv1d, Conv2d, Conv3d, ConvModule, ConvNd, PaddingMode
 
@@ -43,10 +44,16 @@ class _VariantComputation(ConvModule):
     def _conv_forward(
         self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
+        variant = self.variant
+        if self.variant_options:
+            # the tensor options as the module holds them now: load_state_dict(assign=True), a
+            # dtype or device conversion that makes new Parameters, or an assignment may have
+            # replaced the ones the variant was made with
+            variant = with_tensor_options(variant, dict(self.variant_options.items()))
         return generalized_conv(
             input,
             weight,
-            self.variant,
+            variant,
             bias,
             self.stride,
             self.padding,

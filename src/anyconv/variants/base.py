@@ -152,10 +152,16 @@ class Variant:
         >>> [node.op for node in graph.graph.nodes]
         ['placeholder', 'get_attr', 'get_attr', 'get_attr', 'call_function', 'output']
         """
+        # a module's variant carries its parameters as the trace hands them over: proxies
+        tensors = {
+            option: value
+            for option, value in self.options.items()
+            if isinstance(value, (torch.Tensor, torch.fx.Proxy))
+        }
         name = tracer.get_fresh_qualname("_anyconv_variant_")
-        setattr(tracer.root, name, self)
+        # the graph's attribute holds no tensor (nor proxy): the call below hands the variant its own
+        setattr(tracer.root, name, with_tensor_options(self, dict.fromkeys(tensors)))
         node = tracer.create_node("get_attr", name, (), {})
-        tensors = {option: value for option, value in self.options.items() if isinstance(value, torch.Tensor)}
         if not tensors:
             return node
         arguments = (node, tracer.create_arg(tensors))
@@ -166,9 +172,9 @@ class Variant:
         return call
 
 
-def with_tensor_options(variant: Variant, tensors: dict[str, torch.Tensor]) -> Variant:
-    """A copy of ``variant`` with its tensor options replaced by ``tensors`` (a traced graph's own),
-    unchecked, as a module's variant reads its parameters as they are at each call.
+def with_tensor_options(variant: Variant, tensors: Mapping[str, Any]) -> Variant:
+    """A copy of ``variant`` with its tensor options replaced by ``tensors`` (a module's or a traced
+    graph's parameters as they are at the call), unchecked, as they were checked when made.
 
     >>> import torch
     >>> from anyconv.variants import RBF

@@ -17,6 +17,9 @@ def _entries(option: str, value: Any, variant: str) -> list[float]:
     if isinstance(value, torch.Tensor):
         if not value.is_floating_point():
             raise wrong_type(option, value, f"a floating-point tensor for option {option!r} of {variant!r}")
+        if value.device.type == "meta":
+            # a model built on the meta device (its values loaded later): no values to check yet
+            return []
         return [float(entry) for entry in value.detach().reshape(-1).tolist()]
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise wrong_type(option, value, f"a number for option {option!r} of {variant!r}")
