@@ -469,3 +469,24 @@ def test_hooks_go_with_the_converted_layer():
         handle.remove()
     model(torch.randn(1, 2, 5, 5))
     assert len(calls) == 4
+
+
+# torch 2.13 deprecates torch.jit.script and trace, which models still hold
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_torchscript_module_holding_convolutions_is_refused():
+    # its compiled code calls torch's convolutions: converting it had silently changed nothing
+    network = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.ReLU())
+    x = torch.randn(1, 2, 5, 5)
+    for scripted, where in [
+        (torch.jit.script(network), "the module"),
+        (torch.jit.trace(network, x), "the module"),
+        (torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1), torch.jit.script(network)), "layer '1'"),
+    ]:
+        with pytest.raises(anyconv.errors.ArgumentError, match=f"{where} is a TorchScript module"):
+            convert(scripted, "l1")
+    # left out by include, or holding no convolution: the rest is converted
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 2, 1), torch.jit.script(network), torch.jit.script(torch.nn.ReLU())
+    )
+    convert(model, "l1", include=lambda name, layer: name != "1")
+    assert isinstance(model[0], GeneralizedConv2d)

@@ -69,13 +69,14 @@ def convert(
     Tensor-valued ``variant_options`` are copied for each layer onto its device and dtype, so each
     layer learns its own. ``memory_budget`` (bytes per call) defaults to the layer's own, if any.
 
-    A subclass that computes as its base class does (no ``forward`` or ``_conv_forward`` of its
-    own or of any class between it and the base) is converted as the base, keeping what it adds
-    (parameters, buffers, submodules) under the same names; its class and plain attributes are
-    not kept. A subclass with its own computation (padding or weight standardisation in its
-    forward, say) is refused rather than silently replaced: :func:`anyconv.intercept` computes such
-    layers with a variant. So is a lazy convolution whose shape is not known yet (run one forward
-    first). ``include`` is asked first: a layer it leaves out is never refused.
+    A subclass that computes as its base class does (no ``forward`` or ``_conv_forward`` of its own or
+    of any class between it and the base) is converted as the base, keeping what it adds (parameters,
+    buffers, submodules) under the same names; its class and plain attributes are not kept. A subclass
+    with its own computation (padding or weight standardisation in its forward, say) is refused rather
+    than silently replaced: :func:`anyconv.intercept` computes such layers with a variant. So are a
+    lazy convolution whose shape is not known yet (run one forward first) and a TorchScript module
+    holding convolutions (convert before scripting it). ``include`` is asked first: a layer it leaves
+    out is never refused.
 
     Left alone: transposed convolutions (a variant meets receptive fields of the input; a
     transposed convolution has none, it scatters each input value over the output), layers that
@@ -102,6 +103,13 @@ def convert(
     chosen = include if include is not None else _every_layer
 
     def swap(layer: torch.nn.Module, name: str) -> torch.nn.Module | None:
+        if _scripted_convolutions(layer) and chosen(name, layer):
+            where = f"layer {name!r}" if name else "the module"
+            raise ArgumentError(
+                f"{where} is a TorchScript module (torch.jit.script or trace) holding convolutions, "
+                "whose compiled code calls torch's own: convert the Python module before scripting "
+                "it, or leave it out with include="
+            )
         if not _is_candidate(layer) or not chosen(name, layer):
             return None
         base = _convertible_base(layer, name)
@@ -122,6 +130,15 @@ def _every_layer(name: str, layer: torch.nn.Module) -> bool:
     return True
 
 
+def _scripted_convolutions(layer: torch.nn.Module) -> bool:
+    """Whether ``layer`` is a TorchScript module with a convolution in it: its compiled code calls
+    torch's convolutions whatever its Python attributes are, so swapping them would change
+    nothing."""
+    return isinstance(layer, torch.jit.ScriptModule) and any(
+        "Conv" in getattr(module, "original_name", "") for module in layer.modules()
+    )
+
+
 def _plan_swaps(
     parent: torch.nn.Module,
     prefix: str,
@@ -138,7 +155,8 @@ def _plan_swaps(
         name = f"{prefix}{child_name}"
         if id(child) not in done:
             done[id(child)] = swap(child, name)
-            if done[id(child)] is None:
+            # nothing inside a TorchScript module can be swapped (its compiled code stays)
+            if done[id(child)] is None and not isinstance(child, torch.jit.ScriptModule):
                 _plan_swaps(child, f"{name}.", swap, done, swaps)
         if done[id(child)] is not None:
             swaps.append((parent, child_name, cast(torch.nn.Module, done[id(child)])))
