@@ -1042,7 +1042,9 @@ struct QuotientOutputs {
       Vector columns[COUNT];
       for (int j = 0; j < COUNT; ++j) columns[j] = Vector{};
       for (int64_t t = 0; t < g.taps; t += run) {
-        // each_tap_vector's slide along one kernel row, taps in kernel order
+        // each_tap_vector's slide along one kernel row, taps in kernel order, written out with the
+        // run length fixed (tap_run): through each_tap_vector with a hook at each run's end it
+        // took 1.02x-1.07x this time on depthwise 7x7 channels-last (compare_versions.py)
         const T* at = xs + (origin + g.tap_offsets[t]) * kLanes;
         Vector window[COUNT];
         for (int j = 0; j < COUNT; ++j) std::memcpy(&window[j], at + j * kLanes, sizeof(Vector));
