@@ -356,3 +356,130 @@ def test_distance_gradients_equal_the_naive_formula(case, name, options, request
         want = torch.autograd.grad(naive_generalized_conv(*naive, name, **arguments), naive, grad)
     for value, reference in zip(got, want):
         torch.testing.assert_close(value, reference, rtol=1e-9, atol=1e-9)
+
+
+#: dense layers of stride 1 with more taps than the loops' own backward takes: the input gradient
+#: as the loops' forward of the flipped, transposed filters (id, input, weight, arguments)
+TRANSPOSED_CASES = [
+    ("3x3", (2, 8, 9, 21), (12, 8, 3, 3), {"padding": 1}),
+    ("same-even-kernel", (1, 6, 10, 17), (8, 6, 4, 4), {"padding": "same"}),
+    ("valid", (2, 5, 9, 19), (7, 5, 3, 3), {}),
+    ("pairs", (1, 8, 9, 20), (9, 8, 3, 5), {"padding": ((0, 2), (4, 1))}),
+    ("dilation-2", (1, 8, 13, 30), (40, 8, 3, 3), {"padding": 2, "dilation": 2}),
+    ("filter-vectors", (2, 16, 9, 30), (48, 16, 3, 3), {"padding": 1}),
+    ("1-d", (2, 16, 300), (20, 16, 5), {"padding": 2}),
+    ("3-d", (1, 4, 5, 6, 15), (6, 4, 3, 3, 3), {"padding": 1}),
+    ("fewer-filters-than-channels", (1, 40, 8, 18), (4, 40, 3, 3), {"padding": 1}),
+]
+
+
+def _input_gradients_taken(monkeypatch):
+    """The input gradients :func:`transposed_input_gradient` returned, recorded as it is called."""
+    from anyconv.engine import tap_loops
+
+    taken = []
+    original = tap_loops.transposed_input_gradient
+
+    def recording(*arguments):
+        found = original(*arguments)
+        taken.append(found is not None)
+        return found
+
+    monkeypatch.setattr(tap_loops, "transposed_input_gradient", recording)
+    return taken
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", TRANSPOSED_CASES, ids=[case[0] for case in TRANSPOSED_CASES])
+def test_input_gradient_by_the_loops_equals_torch(case, dtype, monkeypatch):
+    _, x_shape, w_shape, arguments = case
+    taken = _input_gradients_taken(monkeypatch)
+    generator = torch.Generator().manual_seed(x_shape[-1])
+    x = torch.randn(x_shape, generator=generator, dtype=torch.float64)
+    w = torch.randn(w_shape, generator=generator, dtype=torch.float64)
+    grad = torch.randn(torch_conv(x, w, **arguments).shape, generator=generator, dtype=torch.float64)
+    mine = [tensor.to(dtype).requires_grad_() for tensor in (x, w)]
+    got = torch.autograd.grad(anyconv.conv(*mine, **arguments), mine, grad.to(dtype))
+    theirs = [tensor.clone().requires_grad_() for tensor in (x, w)]
+    want = torch.autograd.grad(torch_conv(*theirs, **arguments), theirs, grad)
+    assert taken == [True]
+    scale = x.abs().max().item() * w.abs().sum().item() + grad.abs().max().item() * w.abs().sum().item()
+    tolerance = 1e-12 if dtype == torch.float64 else 2**-20 * scale
+    for value, reference in zip(got, want):
+        assert value.dtype == dtype
+        torch.testing.assert_close(value.double(), reference, rtol=tolerance, atol=tolerance)
+
+
+def test_input_gradient_alone_and_weight_gradient_alone(monkeypatch):
+    taken = _input_gradients_taken(monkeypatch)
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 8, 9, 21, generator=generator, dtype=torch.float64)
+    w = torch.randn(12, 8, 3, 3, generator=generator, dtype=torch.float64)
+    for wanted in (0, 1):  # the input's gradient alone, then the weight's
+        mine = [tensor.clone().requires_grad_(which == wanted) for which, tensor in enumerate((x, w))]
+        theirs = [tensor.clone().requires_grad_(which == wanted) for which, tensor in enumerate((x, w))]
+        (got,) = torch.autograd.grad(anyconv.conv(*mine, padding=1).square().sum(), mine[wanted])
+        (want,) = torch.autograd.grad(torch_conv(*theirs, padding=1).square().sum(), theirs[wanted])
+        torch.testing.assert_close(got, want)
+    # the weight's gradient alone asks for no input gradient
+    assert taken == [True]
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "arguments"),
+    [
+        ((1, 8, 9, 21), (12, 8, 3, 3), {"padding": 3}),  # padding past the kernel's reach
+        ((1, 8, 10, 21), (12, 8, 3, 3), {"padding": 1, "stride": 2}),
+        ((1, 8, 9, 21), (12, 8, 3, 3), {"padding": 1, "dilation": (1, 2)}),
+    ],
+    ids=["padding-past-the-reach", "stride-2", "dilation-per-dimension"],
+)
+def test_input_gradient_where_the_loops_cannot_take_it(x_shape, w_shape, arguments, monkeypatch):
+    # beyond the kernel's reach the transposed padding would crop; a stride needs the phases:
+    # the fields path's gradient, equal to torch's
+    taken = _input_gradients_taken(monkeypatch)
+    generator = torch.Generator().manual_seed(9)
+    x = torch.randn(x_shape, generator=generator, dtype=torch.float64)
+    w = torch.randn(w_shape, generator=generator, dtype=torch.float64)
+    mine = [tensor.clone().requires_grad_() for tensor in (x, w)]
+    theirs = [tensor.clone().requires_grad_() for tensor in (x, w)]
+    got = torch.autograd.grad(anyconv.conv(*mine, **arguments).square().sum(), mine)
+    want = torch.autograd.grad(torch_conv(*theirs, **arguments).square().sum(), theirs)
+    for value, reference in zip(got, want):
+        torch.testing.assert_close(value, reference)
+    expected = [arguments.get("stride", 1) == 1 and arguments["padding"] <= 2]
+    assert taken == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 2),  # batch
+    st.integers(1, 12),  # channels
+    st.integers(FILTERS_TOGETHER, 36),  # filters
+    st.integers(1, 9),  # rows
+    st.integers(1, 40),  # width
+    st.integers(2, 5),  # kernel
+    st.integers(1, 2),  # dilation
+    st.integers(0, 4),  # padding before, along the rows
+    st.integers(0, 4),  # padding after
+)
+def test_random_input_gradients_equal_torch(
+    batch, channels, filters, rows, width, kernel, dilation, before, after
+):
+    if channels * kernel * kernel <= 32:
+        channels = 33 // (kernel * kernel) + 1  # past the loops' own backward (MAX_DENSE_TAPS)
+    span = dilation * (kernel - 1) + 1
+    if rows + before + after < span or width + 2 < span:
+        return
+    generator = torch.Generator().manual_seed(batch * 1000 + width * 10 + kernel)
+    x = torch.randn(batch, channels, rows, width, generator=generator, dtype=torch.float64)
+    w = torch.randn(filters, channels, kernel, kernel, generator=generator, dtype=torch.float64)
+    arguments = {"padding": ((before, after), (1, 1)), "dilation": dilation}
+    mine = [tensor.clone().requires_grad_() for tensor in (x, w)]
+    theirs = [tensor.clone().requires_grad_() for tensor in (x, w)]
+    output = torch_conv(*theirs, **arguments)
+    grad = torch.randn(output.shape, generator=generator, dtype=torch.float64)
+    got = torch.autograd.grad(anyconv.conv(*mine, **arguments), mine, grad)
+    want = torch.autograd.grad(output, theirs, grad)
+    for value, reference in zip(got, want):
+        torch.testing.assert_close(value, reference, rtol=1e-10, atol=1e-10)
