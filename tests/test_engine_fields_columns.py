@@ -24,7 +24,7 @@ from reference import case_tensors
 from reference_conv import naive_conv
 
 import anyconv
-from anyconv.engine import contraction, fields_columns
+from anyconv.engine import contraction, fields_columns, transposed_gradient
 from anyconv.engine.chunks import plan_chunks
 from anyconv.engine.fields_columns import columns_fit
 from anyconv.geometry import make_geometry
@@ -254,7 +254,10 @@ def test_gradients_through_the_columns_forward_equal_torchs(taken):
 
 @pytest.fixture
 def backward_taken(monkeypatch):
-    """(needs input, needs weight) of each chunk whose gradients the columns' backward took."""
+    """(needs input, needs weight) of each chunk whose gradients the columns' backward took, with
+    the input gradient of stride 1 left to them too (not taken as a convolution:
+    tests/test_transposed_gradient.py)."""
+    monkeypatch.setattr(transposed_gradient, "transposed_padding", lambda *arguments: None)
     calls = []
     gradients = contraction.column_gradients
 

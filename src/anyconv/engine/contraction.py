@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..geometry import Geometry
-from ..variants import ProductVariant, Variant
+from ..variants import Dot, ProductVariant, Variant
 from ..variants.filter_sums import FilterGradientSum
 from .backward_choice import Backward, choose_backward, reads_of, saved_for
 from .blocks import as_chunk_result, bias_grad, chunk_results, output_block, write_block
@@ -31,6 +31,7 @@ from .fields_columns import column_gradients, columns_fit, write_column_products
 from .ops_memory_format import empty_like_input
 from .ops_second_order import second_order_gradients
 from .product_gradients import field_gradients, tap_gradients
+from .transposed_gradient import transposed_input_gradient
 
 #: a forward's output and, where the backward reads one, its kept values
 ForwardResult = tuple[torch.Tensor, torch.Tensor | None]
@@ -53,6 +54,9 @@ class Plan:
     #: the forward in place of the chunks' (``tap_products.tap_products_forward``), or None:
     #: ``(input, weight, bias, keep) -> (output, kept or None)``, no graph recorded
     forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, bool], ForwardResult] | None = None
+    #: the memory budget the chunks were planned for (None: the default), for the convolution
+    #: that gives the standard product's input gradient (``transposed_gradient``)
+    budget: int | None = None
 
 
 def options_of(plan: Plan, option_tensors: tuple[torch.Tensor, ...], filters_per_group: int) -> dict:
@@ -192,6 +196,27 @@ def gradients(
     needs_options = tuple(needs[2:])
     grad_options: tuple = (None,) * len(option_tensors)
     backward = choose_backward(plan.variant, needs_options, plan.tap_chunks is not None)
+    grad_input = grad_weight = None
+    geometry = plan.geometry
+    if (
+        needs_input
+        and backward is Backward.PRODUCT
+        and type(plan.variant) is Dot
+        and (geometry.padding_mode == "zeros" or not geometry.is_padded)
+    ):
+        # the standard product's input gradient as a convolution, where it is one and measured faster
+        grad_input = transposed_input_gradient(
+            grad_output,
+            weight,
+            geometry.stride,
+            geometry.padding,
+            geometry.dilation,
+            plan.groups,
+            plan.budget,
+            by_loops=False,
+        )
+        needs_input = grad_input is None
+        needs = (needs_input, *needs[1:])
     if backward is Backward.VIEWS:
         assert isinstance(plan.variant, ProductVariant) and plan.tap_chunks is not None
         grad_input, grad_weight = tap_gradients(
@@ -208,10 +233,11 @@ def gradients(
             needs_input,
             needs_weight,
         )
-    else:
-        grad_input, grad_weight, grad_options = _fields_backward(
+    elif any(needs):
+        found, grad_weight, grad_options = _fields_backward(
             plan, backward, input, weight, grad_output, (output, kept), options, option_tensors, needs
         )
+        grad_input = found if needs_input else grad_input
     if grad_weight is not None:
         # contiguous like the parameter: DDP buckets and optimisers expect its strides
         grad_weight = grad_weight.contiguous()

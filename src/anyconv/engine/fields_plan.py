@@ -63,4 +63,6 @@ def fields_plan(
     options = variant.options
     tensors = tuple(name for name, value in options.items() if isinstance(value, torch.Tensor))
     fixed = tuple((name, value) for name, value in options.items() if name not in tensors)
-    return Plan(geometry, groups, chunks, variant, tensors, fixed, torch.is_grad_enabled(), tap_chunks)
+    return Plan(
+        geometry, groups, chunks, variant, tensors, fixed, torch.is_grad_enabled(), tap_chunks, budget=budget
+    )

@@ -52,6 +52,7 @@ from .ops import (
 )
 from .ops_key import plan_of
 from .ops_memory_format import CHANNELS_LAST, channels_last_format
+from .transposed_gradient import transposed_input_gradient
 
 #: at most this many input channels per group take the tap loops: each output then costs that
 #: many taps per kernel position, and the matrix product of the fields path has too few columns
@@ -550,55 +551,26 @@ def _dense_gradients(
     grad_output: torch.Tensor,
     needs: tuple[bool, ...],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The gradients of a dense layer whose backward the loops do not take: the input's by the
-    loops' forward where :func:`transposed_input_gradient` applies, the rest by the fields path."""
-    grad_input = transposed_input_gradient(arguments, grad_output, weight) if needs[0] else None
+    """The gradients of a dense layer whose backward the loops do not take: the input's of ``dot``
+    as a convolution where ``transposed_gradient`` takes it, the rest by the fields path."""
+    variant, _, stride, padding, dilation, _, memory_budget = arguments
+    grad_input = None
+    if needs[0] and variant == "dot":
+        # the transposed convolution's filters have the weight's shape with its channels swapped
+        by_loops = tap_loops_fit(Dot(), grad_output, weight.transpose(0, 1), 1)
+        pairs = tuple(zip(padding[::2], padding[1::2]))
+        grad_input = transposed_input_gradient(
+            grad_output, weight, stride, pairs, dilation, 1, memory_budget, by_loops
+        )
     rest = (needs[0] and grad_input is None, needs[1])
     grad_weight = None
     if any(rest):
         found = generalized_conv_backward_op(
             grad_output, input, weight, [], None, None, *arguments, list(rest)
         )
-        if rest[0]:
-            grad_input = found[0]
-        if rest[1]:
-            grad_weight = found[1]
+        grad_input = found[0] if rest[0] else grad_input
+        grad_weight = found[1] if rest[1] else None
     return grad_input, grad_weight
-
-
-def transposed_input_gradient(
-    arguments: tuple[Any, ...], grad_output: torch.Tensor, weight: torch.Tensor
-) -> torch.Tensor | None:
-    """The input gradient of a dense ``dot`` of stride 1 (``arguments``: the schema's after the
-    bias) as a convolution the loops' filter blocks compute, or None where it is not one.
-
-    With stride 1 the transposed convolution is the convolution of ``grad_output`` with the filters
-    flipped along every spatial dimension and their input and output channels swapped, padded by
-    ``dilation * (kernel - 1)`` less the forward's padding on each side. The fields path would copy
-    the fields' gradients and sum them back (col2im); the loops read ``grad_output`` in place.
-
-    >>> import torch
-    >>> x, w = torch.randn(1, 8, 40, 40, dtype=torch.float64), torch.randn(8, 8, 3, 3, dtype=torch.float64)
-    >>> g = torch.randn(1, 8, 40, 40, dtype=torch.float64)
-    >>> arguments = ("dot", "|", [1, 1], [1, 1, 1, 1], [1, 1], 1, 2**22)
-    >>> found = transposed_input_gradient(arguments, g, w)
-    >>> found is None or torch.allclose(found, torch.nn.grad.conv2d_input(x.shape, w, g, padding=1))
-    True
-    """
-    variant, options, stride, padding, dilation, groups, memory_budget = arguments
-    if variant != "dot" or groups != 1 or any(step != 1 for step in stride):
-        return None
-    reach = [spacing * (size - 1) for spacing, size in zip(dilation, weight.shape[2:])]
-    transposed_padding = [reach[side // 2] - pad for side, pad in enumerate(padding)]
-    if min(transposed_padding) < 0:
-        return None
-    flipped = weight.flip(tuple(range(2, weight.dim()))).transpose(0, 1)
-    if not tap_loops_fit(Dot(), grad_output, flipped, 1):
-        return None
-    transposed = (variant, options, stride, transposed_padding, dilation, 1, memory_budget)
-    if machinery_watches(grad_output, weight):
-        return tap_loops_op(grad_output, flipped, None, *transposed)
-    return _loops_forward(grad_output, flipped, None, *transposed)
 
 
 def loops_arguments(variant: Variant, geometry: Geometry, groups: int, memory_budget: int) -> tuple[Any, ...]:

@@ -1,0 +1,100 @@
+"""The input gradient of the standard convolution of stride 1, as the engine's own convolution.
+
+With stride 1 the input gradient of ``dot`` (a transposed convolution) is the convolution of the
+output's gradient with the filters flipped along every spatial dimension and, group by group, their
+input and output channels swapped, padded on each side by ``dilation * (kernel - 1)`` less the
+forward's padding there. The engine plans that convolution as any other (the tap loops read the
+gradient in place; the fields path copies its fields once), where the fields path's backward made
+each chunk's fields' gradients (a matrix as large as its fields) and summed them back into the
+input (col2im). Taken where that convolution measured faster (docs/benchmarks.md): where the tap
+loops compute it, or where it has no more input channels than outputs; a layer that widens its
+channels many times has a transposed convolution that narrows them, whose fields are long.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def transposed_padding(
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    dilation: Sequence[int],
+) -> tuple[tuple[int, int], ...] | None:
+    """The (before, after) padding per dimension of the convolution that gives the input gradient
+    of a stride-1 convolution padded by ``padding`` (zeros), or None where it has a stride or pads
+    past the kernel's reach (the gradient would then crop).
+
+    >>> transposed_padding((3, 3), (1, 1), ((0, 2), (1, 1)), (2, 1))
+    ((4, 2), (1, 1))
+    >>> transposed_padding((3,), (2,), ((1, 1),), (1,)) is None
+    True
+    """
+    if any(step != 1 for step in stride):
+        return None
+    pairs = []
+    for (before, after), size, spacing in zip(padding, kernel_size, dilation):
+        reach = spacing * (int(size) - 1)
+        if before > reach or after > reach:
+            return None
+        pairs.append((reach - before, reach - after))
+    return tuple(pairs)
+
+
+def flipped_filters(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The weight (O, C / groups, *kernel) of a convolution as the weight (C, O / groups, *kernel)
+    of its transposed convolution of stride 1: each group's channels swapped, every tap flipped,
+    contiguous (the fields path copies a strided weight chunk by chunk).
+
+    >>> w = torch.arange(8.0).view(4, 1, 2)
+    >>> flipped_filters(w, 2).flatten().tolist()
+    [1.0, 0.0, 3.0, 2.0, 5.0, 4.0, 7.0, 6.0]
+    """
+    out_channels, in_group, *kernel = weight.shape
+    per_group = weight.view(groups, out_channels // groups, in_group, *kernel).transpose(1, 2)
+    swapped = per_group.reshape(groups * in_group, out_channels // groups, *kernel)
+    return swapped.flip(tuple(range(2, weight.dim()))).contiguous()
+
+
+def transposed_input_gradient(
+    grad_output: torch.Tensor,
+    weight: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    dilation: Sequence[int],
+    groups: int,
+    memory_budget: int | None,
+    by_loops: bool,
+) -> torch.Tensor | None:
+    """The input gradient of ``dot`` with ``weight`` (its zero ``padding`` as (before, after) pairs),
+    as a convolution of ``grad_output``, or None where it is not one (:func:`transposed_padding`) or
+    the fields path's backward measured faster: the convolution widens its channels (more input
+    channels per group than outputs) and ``by_loops`` (whether the tap loops compute it) is False.
+    A complex weight enters conjugated, as in autograd's gradient of a complex convolution.
+
+    >>> import torch
+    >>> w = torch.randn(4, 6, 3, 3, dtype=torch.float64)
+    >>> g = torch.randn(2, 4, 7, 7, dtype=torch.float64)
+    >>> found = transposed_input_gradient(g, w, (1, 1), ((1, 1), (1, 1)), (1, 1), 1, None, False)
+    >>> torch.allclose(found, torch.nn.grad.conv2d_input((2, 6, 7, 7), w, g, padding=1))
+    True
+    """
+    transposed = transposed_padding(weight.shape[2:], stride, padding, dilation)
+    if transposed is None or (weight.shape[0] // groups > weight.shape[1] and not by_loops):
+        return None
+    # the engine's entry point, imported here: the paths whose backwards call this are below it
+    from .generalized_conv import generalized_conv
+
+    filters = flipped_filters(weight.conj() if weight.is_complex() else weight, groups)
+    return generalized_conv(
+        grad_output,
+        filters.resolve_conj(),
+        "dot",
+        padding=transposed,
+        dilation=tuple(dilation),
+        groups=groups,
+        memory_budget=memory_budget,
+    )
