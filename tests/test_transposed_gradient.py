@@ -1,10 +1,10 @@
 """The standard convolution's input gradient of stride 1 as a convolution (engine/transposed_gradient.py).
 
-The output's gradient convolved with the flipped, channel-swapped filters, on layers whose forward
-the tap loops take (dense, up to 128 channels) and on the fields path's (more channels, 1-D with
-three taps, groups of many channels), against torch's gradients in float64 and float32; where it
-does not apply (a stride, padding past the kernel's reach, a layer widening its channels on the
-fields path), the fields path's gradient, equal to torch's too.
+The output's gradient convolved with the flipped, channel-swapped filters where the tap loops
+compute that convolution (after a forward by the loops or by the fields path) and on 1-D layers
+that do not widen their channels, against torch's gradients in float64 and float32; where it is not
+taken (a stride, padding past the kernel's reach, 2-D layers of many channels per group, layers
+widening their channels), the fields path's gradient, equal to torch's too.
 """
 
 from __future__ import annotations
@@ -33,17 +33,21 @@ TAKEN = [
     ("loops-3-d", (1, 4, 5, 6, 15), (6, 4, 3, 3, 3), {"padding": 1}),
     ("loops-fewer-filters", (1, 40, 8, 18), (4, 40, 3, 3), {"padding": 1}),
     ("loops-reflect", (1, 8, 9, 21), (12, 8, 3, 3), {"padding": 1, "padding_mode": "reflect"}),
-    ("fields-wide", (1, 160, 6, 7), (150, 160, 3, 3), {"padding": 1}),
     ("fields-narrowing", (1, 200, 5, 9), (20, 200, 3, 3), {"padding": 1}),
+    ("fields-groups-narrowing", (1, 40, 6, 9), (8, 20, 3, 3), {"padding": 1, "groups": 2}),
     ("fields-1-d-columns", (2, 40, 50), (40, 40, 3), {"padding": 1}),
-    ("fields-groups", (1, 40, 6, 9), (20, 20, 3, 3), {"padding": 1, "groups": 2}),
-    ("fields-dilated", (1, 140, 9, 9), (140, 140, 3, 3), {"padding": 2, "dilation": 2}),
+    ("fields-1-d-groups", (1, 40, 30), (20, 20, 3), {"padding": 1, "groups": 2}),
 ]
-#: the fields path's gradient: a stride, padding past the reach, a widening layer on the fields path
+#: the fields path's gradient: a stride, padding past the reach, a 2-D layer whose transposed
+#: convolution the loops do not take, a layer widening its channels
 NOT_TAKEN = [
     ("stride-2", (1, 8, 10, 21), (12, 8, 3, 3), {"padding": 1, "stride": 2}),
     ("padding-past-the-reach", (1, 8, 9, 21), (12, 8, 3, 3), {"padding": 3}),
+    ("fields-many-channels", (1, 160, 6, 7), (150, 160, 3, 3), {"padding": 1}),
+    ("fields-dilated", (1, 140, 9, 9), (140, 140, 3, 3), {"padding": 2, "dilation": 2}),
+    ("fields-groups", (1, 40, 6, 9), (20, 20, 3, 3), {"padding": 1, "groups": 2}),
     ("fields-widening", (1, 140, 6, 7), (280, 140, 3, 3), {"padding": 1}),
+    ("1-d-widening", (1, 20, 40), (40, 20, 3), {"padding": 1}),
 ]
 
 

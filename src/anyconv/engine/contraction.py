@@ -213,7 +213,6 @@ def gradients(
             geometry.dilation,
             plan.groups,
             plan.budget,
-            by_loops=False,
         )
         needs_input = grad_input is None
         needs = (needs_input, *needs[1:])

@@ -556,12 +556,8 @@ def _dense_gradients(
     variant, _, stride, padding, dilation, _, memory_budget = arguments
     grad_input = None
     if needs[0] and variant == "dot":
-        # the transposed convolution's filters have the weight's shape with its channels swapped
-        by_loops = tap_loops_fit(Dot(), grad_output, weight.transpose(0, 1), 1)
         pairs = tuple(zip(padding[::2], padding[1::2]))
-        grad_input = transposed_input_gradient(
-            grad_output, weight, stride, pairs, dilation, 1, memory_budget, by_loops
-        )
+        grad_input = transposed_input_gradient(grad_output, weight, stride, pairs, dilation, 1, memory_budget)
     rest = (needs[0] and grad_input is None, needs[1])
     grad_weight = None
     if any(rest):

@@ -7,8 +7,9 @@ forward's padding there. The engine plans that convolution as any other (the tap
 gradient in place; the fields path copies its fields once), where the fields path's backward made
 each chunk's fields' gradients (a matrix as large as its fields) and summed them back into the
 input (col2im). Taken where that convolution measured faster (docs/benchmarks.md): where the tap
-loops compute it, or where it has no more input channels than outputs; a layer that widens its
-channels many times has a transposed convolution that narrows them, whose fields are long.
+loops compute it, and in 1-D where it has no more input channels than outputs (the fields path's
+own backward measured faster on 2-D layers of many channels, and on layers widening their
+channels, whose transposed convolution has long fields and few filters).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from ..variants import Dot
 
 
 def transposed_padding(
@@ -67,27 +70,35 @@ def transposed_input_gradient(
     dilation: Sequence[int],
     groups: int,
     memory_budget: int | None,
-    by_loops: bool,
 ) -> torch.Tensor | None:
     """The input gradient of ``dot`` with ``weight`` (its zero ``padding`` as (before, after) pairs),
     as a convolution of ``grad_output``, or None where it is not one (:func:`transposed_padding`) or
-    the fields path's backward measured faster: the convolution widens its channels (more input
-    channels per group than outputs) and ``by_loops`` (whether the tap loops compute it) is False.
-    A complex weight enters conjugated, as in autograd's gradient of a complex convolution.
+    the fields path's backward measured faster: the convolution is taken where the tap loops
+    compute it, and in 1-D where it has no more input channels per group than outputs; elsewhere
+    the fields path would compute it, and measured slower than its own backward in 2-D. A complex
+    weight enters conjugated, as in autograd's gradient of a complex convolution.
 
     >>> import torch
-    >>> w = torch.randn(4, 6, 3, 3, dtype=torch.float64)
-    >>> g = torch.randn(2, 4, 7, 7, dtype=torch.float64)
-    >>> found = transposed_input_gradient(g, w, (1, 1), ((1, 1), (1, 1)), (1, 1), 1, None, False)
-    >>> torch.allclose(found, torch.nn.grad.conv2d_input((2, 6, 7, 7), w, g, padding=1))
+    >>> w = torch.randn(4, 6, 5, dtype=torch.float64)
+    >>> g = torch.randn(2, 4, 9, dtype=torch.float64)
+    >>> found = transposed_input_gradient(g, w, (1,), ((2, 2),), (1,), 1, None)
+    >>> torch.allclose(found, torch.nn.grad.conv1d_input((2, 6, 9), w, g, padding=2))
     True
     """
     transposed = transposed_padding(weight.shape[2:], stride, padding, dilation)
-    if transposed is None or (weight.shape[0] // groups > weight.shape[1] and not by_loops):
+    if transposed is None:
         return None
-    # the engine's entry point, imported here: the paths whose backwards call this are below it
+    # the engine's entry point and the loops' rule, imported here: the paths whose backwards call
+    # this are below them
     from .generalized_conv import generalized_conv
+    from .tap_loops import tap_loops_fit
 
+    out_channels, in_group, *kernel = weight.shape
+    # the transposed convolution's weight, its shape alone, for the loops' rule
+    shape = weight.new_zeros(()).expand(groups * in_group, out_channels // groups, *kernel)
+    narrows_in_1d = len(kernel) == 1 and out_channels // groups <= in_group
+    if not (narrows_in_1d or tap_loops_fit(Dot(), grad_output, shape, groups)):
+        return None
     filters = flipped_filters(weight.conj() if weight.is_complex() else weight, groups)
     return generalized_conv(
         grad_output,
