@@ -172,3 +172,23 @@ def test_random_geometries_equal_torch(
     want = torch.autograd.grad(output, theirs, grad)
     for value, reference in zip(got, want):
         torch.testing.assert_close(value, reference, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("where", ["weight", "output gradient"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")], ids=["inf", "nan"])
+@pytest.mark.parametrize("case", [TAKEN[0], TAKEN[11], TAKEN[13]], ids=["loops", "fields", "1-d"])
+def test_special_values_give_torchs_gradients(case, value, where, taken):
+    # an inf or NaN of the weight would meet the zero padding of the output's gradient in the
+    # convolution (0 * inf = NaN where the formula has no term): such a weight keeps the fields
+    # path's gradient; special values of the output's gradient meet the filters as in the formula
+    _, x_shape, w_shape, arguments = case
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(x_shape, generator=generator, dtype=torch.float64)
+    w = torch.randn(w_shape, generator=generator, dtype=torch.float64)
+    grad = torch.randn(torch_conv(x, w, **arguments).shape, generator=generator, dtype=torch.float64)
+    (w if where == "weight" else grad).view(-1)[5] = value
+    got = _gradients(anyconv.conv, x, w, arguments, grad, torch.float64)
+    want = _gradients(torch_conv, x, w, arguments, grad, torch.float64)
+    assert len(taken) == (0 if where == "weight" else 1)
+    for value, reference in zip(got, want):
+        torch.testing.assert_close(value, reference, equal_nan=True)

@@ -52,7 +52,6 @@ from .ops import (
 )
 from .ops_key import plan_of
 from .ops_memory_format import CHANNELS_LAST, channels_last_format
-from .transposed_gradient import transposed_input_gradient
 
 #: at most this many input channels per group take the tap loops: each output then costs that
 #: many taps per kernel position, and the matrix product of the fields path has too few columns
@@ -535,37 +534,16 @@ def loops_gradients(
     torch's machinery watches (``machinery_watches``), else its body without the dispatch."""
     groups = arguments[5]
     if groups == 1 and not _dense_loops_backward(weight):
-        return _dense_gradients(arguments, input, weight, grad_output, needs)
-    if machinery_watches(grad_output, input, weight):
+        # the fields path's backward, its input gradient of dot at stride 1 the convolution the
+        # loops take (engine/transposed_gradient.py)
+        found = generalized_conv_backward_op(
+            grad_output, input, weight, [], None, None, *arguments, list(needs)
+        )
+    elif machinery_watches(grad_output, input, weight):
         found = tap_loops_backward_op(grad_output, input, weight, *arguments, list(needs))
     else:
         found = _loops_backward(grad_output, input, weight, arguments, list(needs))
     grad_input, grad_weight = (gradient if needed else None for gradient, needed in zip(found, needs))
-    return grad_input, grad_weight
-
-
-def _dense_gradients(
-    arguments: tuple[Any, ...],
-    input: torch.Tensor,
-    weight: torch.Tensor,
-    grad_output: torch.Tensor,
-    needs: tuple[bool, ...],
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The gradients of a dense layer whose backward the loops do not take: the input's of ``dot``
-    as a convolution where ``transposed_gradient`` takes it, the rest by the fields path."""
-    variant, _, stride, padding, dilation, _, memory_budget = arguments
-    grad_input = None
-    if needs[0] and variant == "dot":
-        pairs = tuple(zip(padding[::2], padding[1::2]))
-        grad_input = transposed_input_gradient(grad_output, weight, stride, pairs, dilation, 1, memory_budget)
-    rest = (needs[0] and grad_input is None, needs[1])
-    grad_weight = None
-    if any(rest):
-        found = generalized_conv_backward_op(
-            grad_output, input, weight, [], None, None, *arguments, list(rest)
-        )
-        grad_input = found[0] if rest[0] else grad_input
-        grad_weight = found[1] if rest[1] else None
     return grad_input, grad_weight
 
 

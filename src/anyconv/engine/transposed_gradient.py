@@ -76,7 +76,9 @@ def transposed_input_gradient(
     the fields path's backward measured faster: the convolution is taken where the tap loops
     compute it, and in 1-D where it has no more input channels per group than outputs; elsewhere
     the fields path would compute it, and measured slower than its own backward in 2-D. A complex
-    weight enters conjugated, as in autograd's gradient of a complex convolution.
+    weight enters conjugated, as in autograd's gradient of a complex convolution; a weight with an
+    inf or NaN keeps the fields path's gradient. Called with real tensors only (inside the
+    operators' bodies and the eager Function's backward): the finiteness check reads values.
 
     >>> import torch
     >>> w = torch.randn(4, 6, 5, dtype=torch.float64)
@@ -93,6 +95,10 @@ def transposed_input_gradient(
     from .generalized_conv import generalized_conv
     from .tap_loops import tap_loops_fit
 
+    if not bool(torch.isfinite(weight).all()):
+        # the convolution would meet an inf or NaN of the weight with the zero padding of the
+        # output's gradient (0 * inf = NaN) where the formula has no such term
+        return None
     out_channels, in_group, *kernel = weight.shape
     # the transposed convolution's weight, its shape alone, for the loops' rule
     shape = weight.new_zeros(()).expand(groups * in_group, out_channels // groups, *kernel)
