@@ -2,7 +2,8 @@
 """NaN and inf propagate exactly as in torch's convolution: nothing masks them, nothing invents them.
 
 Compared position by position with ``F.convNd`` (and ``F.unfold``/``F.fold``), in forward and
-in the weight gradient, across padding modes, groups, strides and chunk boundaries.
+in the input and weight gradients, across padding modes, groups, strides, chunk boundaries and the
+engine's paths.
 """
 
 import pytest
@@ -22,6 +23,13 @@ CASES = [
     {"id": "3d", "x": (1, 2, 5, 6, 4), "w": (2, 2, 2, 3, 2), "with": {"padding": 1}},
     # a tiny budget: many chunks, so a bad value sits on a chunk boundary
     {"id": "2d-chunked", "x": (3, 2, 12, 10), "w": (3, 2, 3, 3), "with": {"padding": 1, "memory_budget": 512}},
+    # the tap loops' filter blocks, whose input gradient of stride 1 is a convolution where the weight is finite
+    {"id": "2d-filter-blocks", "x": (1, 8, 9, 21), "w": (12, 8, 3, 3), "with": {"padding": 1}},
+    {"id": "2d-filter-blocks-stride-2", "x": (1, 8, 10, 21), "w": (12, 8, 3, 3), "with": {"padding": 1, "stride": 2}},
+    {"id": "1d-columns", "x": (2, 40, 30), "w": (40, 40, 3), "with": {"padding": 1}},
+    {"id": "2d-depthwise", "x": (2, 6, 9, 17), "w": (6, 1, 3, 3), "with": {"padding": 1, "groups": 6}},
+    {"id": "2d-first-layer", "x": (1, 3, 40, 40), "w": (8, 3, 3, 3), "with": {"padding": 1}},
+    {"id": "2d-pointwise", "x": (2, 8, 5, 6), "w": (12, 8, 1, 1), "with": {}},
 ]  # fmt: skip
 
 
@@ -70,8 +78,11 @@ def test_nan_and_inf_land_where_torch_puts_them(case, poisoned):
     assert reference.isnan().any() or reference.isinf().any()
     _same_specials(output, reference)
     grad = torch.randn(output.shape, dtype=torch.float64, generator=generator)
-    grad_weight = torch.autograd.grad(output, weight, grad)[0]
-    _same_specials(grad_weight, torch.autograd.grad(reference, weight, grad)[0])
+    for mine, theirs in zip(
+        torch.autograd.grad(output, (input, weight), grad),
+        torch.autograd.grad(reference, (input, weight), grad),
+    ):
+        _same_specials(mine, theirs)
 
 
 def test_nan_in_the_output_gradient_reaches_the_input_gradient():
