@@ -329,3 +329,24 @@ def test_squared_distances_at_any_scale_as_the_naive_float64_formula(
     centre = filters.mean(1, keepdim=True)
     norms = (fields - centre).square().sum(-1, keepdim=True) + (filters - centre).square().sum(-1)[:, None]
     assert ((got - expected).abs() <= 64 * torch.finfo(torch.float32).eps * norms).all()
+
+
+def test_l2_gradient_of_an_infinite_filter_entry_sums_the_output_gradients_first():
+    # the product form's convention (docs/numerics.md): -inf * sign(w) * sign(sum g) at the entry,
+    # where the formula's term-by-term sum of +-inf is NaN; every other entry the formula's
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 140, 5, 6, dtype=torch.float64, generator=generator)
+    w = torch.randn(8, 140, 3, 3, dtype=torch.float64, generator=generator)
+    w[2, 5, 1, 1], w[3, 7, 0, 2] = float("inf"), -float("inf")
+    mine = [x.clone().requires_grad_(), w.clone().requires_grad_()]
+    naive = [x.clone().requires_grad_(), w.clone().requires_grad_()]
+    output = anyconv.generalized_conv(*mine, "l2", padding=1)
+    grad = torch.randn(output.shape, dtype=torch.float64, generator=generator)
+    got = torch.autograd.grad(output, mine, grad)
+    want = torch.autograd.grad(naive_generalized_conv(*naive, "l2", padding=1), naive, grad)
+    for filter, entry in ((2, (5, 1, 1)), (3, (7, 0, 2))):
+        sign = -torch.sign(w[filter][entry]) * torch.sign(grad[0, filter].sum())
+        assert got[1][filter][entry] == sign * float("inf") and want[1][filter][entry].isnan()
+        got[1][filter][entry] = want[1][filter][entry] = 0.0
+    for value, reference in zip(got, want):
+        torch.testing.assert_close(value, reference, equal_nan=True)
