@@ -326,3 +326,23 @@ def test_the_pointwise_cosines_backward_takes_onednn_and_equals_the_formula(
     torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)
     for mine, theirs in zip(tensors, doubles):
         torch.testing.assert_close(mine.grad, theirs.grad.float(), rtol=1e-4, atol=1e-4)
+
+
+@needs_onednn
+def test_weight_gradients_over_many_positions_take_the_blas(calls, every_size):
+    # a sum at least LONG_REDUCTION times longer than either side of the result: the BLAS
+    generator = torch.Generator().manual_seed(5)
+    long_rows = PRODUCTS.LONG_REDUCTION * 24
+    left, right = (
+        torch.randn(long_rows, 24, generator=generator),
+        torch.randn(long_rows, 20, generator=generator),
+    )
+    torch.testing.assert_close(PRODUCTS.rows_transposed_product(left, right), _product64(left.T, right))
+    grad, columns = torch.randn(2, 1, 20, long_rows, generator=generator), torch.randn(2, 1, 24, long_rows)
+    expected = (grad.double() @ columns.double().mT).sum(0).float()
+    torch.testing.assert_close(PRODUCTS.filters_gradient(grad, columns), expected, rtol=1e-5, atol=1e-4)
+    assert calls == []
+    # a shorter sum: oneDNN
+    PRODUCTS.rows_transposed_product(left[:48], right[:48])
+    PRODUCTS.filters_gradient(grad[..., :48], columns[..., :48])
+    assert len(calls) == 3

@@ -25,6 +25,12 @@ MIN_WORK = 2**21
 #: the same for :func:`filters_times_columns`, whose products per sample and group stand where
 #: ``torch.matmul`` takes the whole batch in one call: below this, one call measured faster
 MIN_SPLIT_WORK = 2**24
+#: a pointwise layer's weight gradient (:func:`rows_transposed_product`, :func:`filters_gradient`)
+#: that sums at least this many times as many terms as either side of its result has rows takes the
+#: BLAS: oneDNN's inner product measured slower on those (docs/benchmarks.md); the fields'
+#: products, whose sums can be as long, measured faster through oneDNN, so
+#: :func:`batched_product` keeps it
+LONG_REDUCTION = 8
 
 
 def row_product(left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -93,6 +99,8 @@ def rows_transposed_product(left: torch.Tensor, right: torch.Tensor) -> torch.Te
     >>> torch.allclose(rows_transposed_product(left, right), left.T @ right, atol=1e-6)
     True
     """
+    if long_reduction(right.mT, left.mT):
+        return torch.mm(left.mT, right)
     return row_product(right.mT, left.mT, None).mT
 
 
@@ -164,13 +172,29 @@ def filters_gradient(grad: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     >>> torch.allclose(filters_gradient(grad, columns), (grad @ columns.mT).sum(0), atol=1e-6)
     True
     """
-    if not _pays(grad[0, 0], columns[0, 0], MIN_SPLIT_WORK) or _records(grad, columns):
+    if (
+        not _pays(grad[0, 0], columns[0, 0], MIN_SPLIT_WORK)
+        or _records(grad, columns)
+        or long_reduction(grad[0, 0], columns[0, 0])
+    ):
         return torch.matmul(grad, columns.mT).sum(0)
     batch, groups = columns.shape[:2]
     total = grad.new_zeros((groups, grad.shape[2], columns.shape[2]))
     for sample, group in itertools.product(range(batch), range(groups)):
         total[group] += row_product(grad[sample, group], columns[sample, group], None)
     return total
+
+
+def long_reduction(left: torch.Tensor, right: torch.Tensor) -> bool:
+    """Whether ``left`` (m, K) times ``right`` (n, K) transposed sums at least ``LONG_REDUCTION``
+    times as many terms (K) as m and n: a weight's gradient over many positions.
+
+    >>> long_reduction(torch.ones(144, 3136), torch.ones(24, 3136))
+    True
+    >>> long_reduction(torch.ones(455, 2304), torch.ones(256, 2304))
+    False
+    """
+    return left.shape[-1] >= LONG_REDUCTION * max(left.shape[-2], right.shape[-2])
 
 
 def inner_product_pays(left: torch.Tensor, right: torch.Tensor) -> bool:
