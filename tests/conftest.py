@@ -56,6 +56,20 @@ def _fresh_plans():
     PLAN.clear_plans()
 
 
+def count_calls(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, calls: list | None = None) -> list:
+    """Replace ``owner.name`` by a spy that calls it and appends 1 to ``calls`` (a new list if
+    None) on each call; the list is returned, so that several functions can share one count."""
+    calls = [] if calls is None else calls
+    original = getattr(owner, name)
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counting)
+    return calls
+
+
 def take_views_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the engine take its backward on shifted views for every real geometry.
 

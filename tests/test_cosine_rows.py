@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import count_calls
 from test_pointwise_cosine import _graph
 from torch.autograd import gradcheck, gradgradcheck
 from variant_reference import naive_generalized_conv
@@ -142,9 +143,7 @@ def test_only_the_gradients_asked_for(needed):
 
 def test_inference_takes_it_without_a_graph(monkeypatch):
     x, w, b = _tensors(CASES[0])
-    calls = []
-    original = cosine_rows._forward
-    monkeypatch.setattr(cosine_rows, "_forward", lambda *args: calls.append(1) or original(*args))
+    calls = count_calls(monkeypatch, cosine_rows, "_forward")
     with torch.no_grad():
         output = anyconv.generalized_conv(x, w, "cosine", b)
     assert calls and output.grad_fn is None

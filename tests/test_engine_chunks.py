@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import take_views_everywhere
+from conftest import count_calls, take_views_everywhere
 
 import anyconv
 from anyconv.engine import chunks as chunks_module
@@ -147,16 +147,8 @@ def test_backward_keeps_only_input_and_weight():
 def _slab_copies(monkeypatch) -> list:
     """Count the chunks the engine runs: each chunk's slab of the input is copied once, or (the
     standard product on a channels-first input) its columns are."""
-    calls = []
-    for module, name in ((fields_module, "chunk_slab"), (contraction_module, "write_column_products")):
-        original = getattr(module, name)
-
-        def counting(*args, original=original, **kwargs):
-            calls.append(1)
-            return original(*args, **kwargs)
-
-        monkeypatch.setattr(module, name, counting)
-    return calls
+    calls = count_calls(monkeypatch, fields_module, "chunk_slab")
+    return count_calls(monkeypatch, contraction_module, "write_column_products", calls)
 
 
 def test_a_tiny_budget_is_floored():

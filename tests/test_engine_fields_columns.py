@@ -18,6 +18,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import count_calls
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import case_tensors
@@ -87,15 +88,7 @@ TORCH_CONV = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
 @pytest.fixture
 def taken(monkeypatch):
     """The number of chunks whose products the columns wrote: a list that grows by one per chunk."""
-    calls = []
-    write = contraction.write_column_products
-
-    def spy(*arguments):
-        calls.append(1)
-        return write(*arguments)
-
-    monkeypatch.setattr(contraction, "write_column_products", spy)
-    return calls
+    return count_calls(monkeypatch, contraction, "write_column_products")
 
 
 def _reference(x, w, b, arguments):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import count_calls
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch_reference import torch_conv
@@ -54,15 +55,7 @@ NOT_TAKEN = [
 @pytest.fixture
 def taken(monkeypatch):
     """How many times the input gradient was taken as a convolution."""
-    calls = []
-    original = transposed_gradient.flipped_filters
-
-    def recording(*arguments):
-        calls.append(1)
-        return original(*arguments)
-
-    monkeypatch.setattr(transposed_gradient, "flipped_filters", recording)
-    return calls
+    return count_calls(monkeypatch, transposed_gradient, "flipped_filters")
 
 
 def _gradients(function, x, w, arguments, grad, dtype):
