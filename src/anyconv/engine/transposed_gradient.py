@@ -95,15 +95,16 @@ def transposed_input_gradient(
     from .generalized_conv import generalized_conv
     from .tap_loops import tap_loops_fit
 
-    if not bool(torch.isfinite(weight).all()):
-        # the convolution would meet an inf or NaN of the weight with the zero padding of the
-        # output's gradient (0 * inf = NaN) where the formula has no such term
-        return None
     out_channels, in_group, *kernel = weight.shape
     # the transposed convolution's weight, its shape alone, for the loops' rule
     shape = weight.new_zeros(()).expand(groups * in_group, out_channels // groups, *kernel)
     narrows_in_1d = len(kernel) == 1 and out_channels // groups <= in_group
     if not (narrows_in_1d or tap_loops_fit(Dot(), grad_output, shape, groups)):
+        return None
+    # after the rule, which reads shapes only: this reads every value of the weight
+    if not bool(torch.isfinite(weight).all()):
+        # the convolution would meet an inf or NaN of the weight with the zero padding of the
+        # output's gradient (0 * inf = NaN) where the formula has no such term
         return None
     filters = flipped_filters(weight.conj() if weight.is_complex() else weight, groups)
     return generalized_conv(
