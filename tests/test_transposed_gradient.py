@@ -48,7 +48,7 @@ NOT_TAKEN = [
     ("fields-dilated", (1, 140, 9, 9), (140, 140, 3, 3), {"padding": 2, "dilation": 2}),
     ("fields-groups", (1, 40, 6, 9), (20, 20, 3, 3), {"padding": 1, "groups": 2}),
     ("fields-widening", (1, 140, 6, 7), (280, 140, 3, 3), {"padding": 1}),
-    ("1-d-widening", (1, 20, 40), (40, 20, 3), {"padding": 1}),
+    ("1-d-widening", (1, 140, 40), (280, 140, 3), {"padding": 1}),
 ]
 
 

@@ -75,11 +75,6 @@ MAX_BLOCKED_CHANNELS_1D = 256
 #: a dense layer with more filters takes the fields path's backward after the loops' forward
 #: (docs/benchmarks.md: a 1x1 layer 24 -> 144 against first layers 3 -> 16 to 64)
 MAX_DENSE_LOOPS_BACKWARD_FILTERS = 64
-#: a 1-D dense layer of ``dot`` with at most this many taps per channel and at least
-#: MIN_COLUMNS_CHANNELS input channels takes the fields path, whose columns make one matrix product
-#: over all of a field's taps, where the filter blocks take three taps at a time (docs/benchmarks.md)
-MAX_COLUMNS_KERNEL = 3
-MIN_COLUMNS_CHANNELS = 32
 _OPERATIONS = {Dot: 0, L1: 1, L2: 3, MaxPlus: 4, MinPlus: 5}
 _L1_ADDER = 2
 #: lp's operation per whole p: the loops' sums -sum |p - w|^p (l1's for 1, l2's for 2); any other
@@ -125,7 +120,7 @@ def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, g
             # a dense layer the fields path's fused loops, which vectorise the power too, measured
             # faster (docs/benchmarks.md)
             return tap_sums_fit(input, weight, groups)
-    elif type(variant) not in _OPERATIONS or (type(variant) is Dot and _columns_take(weight, groups)):
+    elif type(variant) not in _OPERATIONS:
         return False
     any_channels = type(variant) in _DISTANCES
     return tap_sums_fit(input, weight, groups) or filter_blocks_fit(
@@ -149,16 +144,6 @@ def loops_power(variant: Lp) -> float | None:
     if type(p) not in (int, float) or not p > 0:
         return None
     return float(p)
-
-
-def _columns_take(weight: torch.Tensor, groups: int) -> bool:
-    """A 1-D dense layer whose ``dot`` the fields path's columns take (MAX_COLUMNS_KERNEL)."""
-    return (
-        groups == 1
-        and weight.dim() == 3
-        and weight.shape[2] <= MAX_COLUMNS_KERNEL
-        and weight.shape[1] >= MIN_COLUMNS_CHANNELS
-    )
 
 
 def tap_sums_fit(input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
