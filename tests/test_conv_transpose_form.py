@@ -275,3 +275,32 @@ def test_inference_folds_the_columns_without_autograd(monkeypatch, input, weight
         torch.testing.assert_close(result, reference, rtol=1e-4, atol=1e-4)
         # the layout of the autograd form (torch's own in 2-D: test_conv_transpose's layout test)
         assert result.stride() == recorded.stride()
+
+
+@pytest.mark.parametrize(
+    ("channels", "inferred"), [(256, "folded_transpose"), (64, "col2im_transpose")], ids=["256", "64"]
+)
+def test_taps_that_tile_fold_on_many_channels_and_keep_col2im_when_recorded(monkeypatch, channels, inferred):
+    """A 2x2 kernel at stride 2 (taps that never overlap): without a gradient to record, the fold
+    from MIN_TILING_FOLD_CHANNELS input channels, col2im's reordering copy below; recorded, col2im."""
+    taken = []
+    for name in ("folded_transpose", "col2im_transpose", "recorded_transpose"):
+        original = getattr(TRANSPOSE, name)
+        monkeypatch.setattr(
+            TRANSPOSE, name, lambda *args, _f=original, _n=name, **kw: taken.append(_n) or _f(*args, **kw)
+        )
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, channels, 5, 6, generator=generator, dtype=torch.float64)
+    w = torch.randn(channels, 3, 2, 2, generator=generator, dtype=torch.float64)
+    b = torch.randn(3, generator=generator, dtype=torch.float64)
+    reference = F.conv_transpose2d(x, w, b, stride=2)
+    with forced("auto"):
+        with torch.no_grad():
+            ours = anyconv.conv_transpose(x, w, b, stride=2)
+        recorded = anyconv.conv_transpose(x, w.requires_grad_(), b, stride=2)
+    assert taken == [inferred, "col2im_transpose"]
+    torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(recorded, reference)
+    (got,) = torch.autograd.grad(recorded.square().sum(), w)
+    (want,) = torch.autograd.grad(F.conv_transpose2d(x, w, b, stride=2).square().sum(), w)
+    torch.testing.assert_close(got, want)

@@ -18,8 +18,34 @@ def random_cases(ndim: int, count: int, seed: int, **limits) -> list:
     return [pytest.param(random_geometry(rng, ndim, **limits), id=f"{ndim}d-{i}") for i in range(count)]
 
 
+def tiling_case(input_size, kernel_size, padding=0, dilation=1, name=""):
+    """Fields that tile the padded input (the kernel as large as its stride): col2im's one-copy form."""
+    ndim = len(input_size)
+    case = {
+        "input_size": list(input_size),
+        "kernel_size": list(kernel_size),
+        "stride": list(kernel_size),
+        "dilation": [dilation] * ndim,
+        "padding": [(padding, padding)] * ndim,
+        "symmetric": True,
+    }
+    return pytest.param(case, id=f"tiles-{name or ndim}")
+
+
+#: fields that tile the input, each position at one tap of one field (functional.im2col.tiles)
+TILING = [
+    tiling_case((8, 6), (2, 2), name="2x2"),
+    tiling_case((4, 9), (2, 3), name="2x3"),
+    tiling_case((12,), (4,), name="1d"),
+    tiling_case((2, 4, 6), (1, 2, 3), name="3d"),
+    tiling_case((6, 4), (1, 2), padding=1, dilation=1, name="padded"),
+    tiling_case((3, 5), (1, 1), dilation=3, name="1x1-dilated"),
+    tiling_case((4, 2, 2, 4), (2, 2, 1, 2), name="4d"),
+]
+
 GEOMETRIES = (
-    random_cases(1, 50, 101)
+    TILING
+    + random_cases(1, 50, 101)
     + random_cases(2, 100, 102)
     + random_cases(3, 40, 103, largest_size=6)
     + random_cases(4, 15, 104, largest_size=4, largest_kernel=2)
@@ -148,6 +174,7 @@ GRADIENT_CASES = [
         id="3d-asymmetric",
     ),
     pytest.param(random_geometry(random.Random(44), 4, 3, 2), id="4d"),
+    *TILING,
 ]
 
 

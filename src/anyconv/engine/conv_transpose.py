@@ -121,10 +121,10 @@ def conv_transpose(
     form, samples_per_chunk = transposed_form(
         batched.shape[0], sample_bytes, budget, FORM, traced=is_traced(output_shape)
     )
-    folds = form == "col2im" and _folds_faster(kernel_size, steps, spacings)
+    folds = form == "col2im" and _folds_faster(kernel_size, steps, spacings, batched.shape[1] // groups)
     recorded, watched = records_graph(batched, weight, bias), machinery_watches(batched, weight, bias)
     adjoint = None
-    if folds and recorded and not watched:
+    if form == "col2im" and _taps_overlap(kernel_size, steps, spacings) and recorded and not watched:
         # the recorded fold's backward reads the gradient as the adjoint convolution does
         adjoint = adjoint_geometry(
             tuple(batched.shape[2:]), kernel_size, steps, amounts, spacings, output_size
@@ -146,18 +146,40 @@ def conv_transpose(
     return output.squeeze(0) if was_unbatched else output
 
 
-def _folds_faster(kernel_size: tuple[int, ...], steps: tuple[int, ...], spacings: tuple[int, ...]) -> bool:
-    """Whether the col2im form's inference route (:func:`folded_transpose`) is the faster one: a
-    stride above 1 with taps that overlap (a 3x3 or 4x4 kernel at stride 2). There col2im's
-    adds, one per tap, are strided and the fold's single pass wins; at stride 1 the adds are
-    contiguous, and where taps never overlap (2x2 at stride 2) each is a copy into the
-    channels-first output, both faster than the fold's channels-last image and its transposing
-    copy (measurements in docs/engine.md).
+#: a transposed convolution whose taps do not overlap (2x2 at stride 2) takes the fold when
+#: nothing is recorded from this many input channels per group: there the product, taken over
+#: every input position at once, outweighs what the fold adds (docs/engine.md)
+MIN_TILING_FOLD_CHANNELS = 256
 
-    >>> _folds_faster((4, 4), (2, 2), (1, 1)), _folds_faster((2, 2), (2, 2), (1, 1))
+
+def _folds_faster(
+    kernel_size: tuple[int, ...], steps: tuple[int, ...], spacings: tuple[int, ...], channels: int
+) -> bool:
+    """Whether the col2im form's inference route (:func:`folded_transpose`) is the faster one: a
+    stride above 1 with taps that overlap (a 3x3 or 4x4 kernel at stride 2), or taps that do not
+    (2x2 at stride 2) on at least MIN_TILING_FOLD_CHANNELS input ``channels`` per group. With
+    overlapping taps col2im's adds, one per tap, are strided and the fold's single pass wins; at
+    stride 1 the adds are contiguous; where taps never overlap col2im is one reordering copy, and
+    the fold's one product over every input position wins where the product weighs most
+    (measurements in docs/engine.md).
+
+    >>> _folds_faster((4, 4), (2, 2), (1, 1), 64), _folds_faster((2, 2), (2, 2), (1, 1), 64)
     (True, False)
-    >>> _folds_faster((3,), (1,), (1,))
-    False
+    >>> _folds_faster((2, 2), (2, 2), (1, 1), 256), _folds_faster((3,), (1,), (1,), 256)
+    (True, False)
+    """
+    if max(steps) == 1:
+        return False
+    return _taps_overlap(kernel_size, steps, spacings) or channels >= MIN_TILING_FOLD_CHANNELS
+
+
+def _taps_overlap(kernel_size: tuple[int, ...], steps: tuple[int, ...], spacings: tuple[int, ...]) -> bool:
+    """Whether two taps of the transposed convolution write one output position: a field's span
+    reaches past the stride along some dimension, where a stride above 1 makes the recorded fold
+    (:func:`recorded_transpose`) the faster route under autograd.
+
+    >>> _taps_overlap((4, 4), (2, 2), (1, 1)), _taps_overlap((2, 2), (2, 2), (1, 1))
+    (True, False)
     """
     return max(steps) > 1 and any(
         spacing * (kernel - 1) >= step for kernel, step, spacing in zip(kernel_size, steps, spacings)

@@ -2,7 +2,8 @@
 
 ``im2col`` copies the receptive fields out of a strided view; ``col2im`` adds them back with one
 strided add per kernel tap (K adds of B*C*L elements, integer slicing only, so it is exact for any
-size and any dtype that adds). Each is the other's backward, through two autograd Functions.
+size and any dtype that adds), or, where the fields tile the input (:func:`tiles`), reorders them
+in one copy. Each is the other's backward, through two autograd Functions.
 """
 
 from __future__ import annotations
@@ -60,9 +61,39 @@ def col2im(columns: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     batch = columns.shape[0]
     channels = columns.shape[1] // geometry.kernel_volume
     blocks = columns.reshape(batch, channels, *geometry.kernel_size, *geometry.output_size)
+    if tiles(geometry):
+        # each image position is one tap of one field: the sum is a reordering, one copy where
+        # zeros and an add per tap made K + 1 passes
+        ndim = geometry.ndim
+        order = (0, 1, *itertools.chain.from_iterable((2 + ndim + axis, 2 + axis) for axis in range(ndim)))
+        interleaved = tuple(size for pair in zip(geometry.output_size, geometry.kernel_size) for size in pair)
+        image = empty_for_copy((batch, channels, *interleaved), columns)
+        image.copy_(blocks.permute(order))
+        return image.view(batch, channels, *geometry.padded_size)
     image = columns.new_zeros((batch, channels, *geometry.padded_size))
     add_blocks(image, blocks, geometry)
     return image
+
+
+def tiles(geometry: Geometry) -> bool:
+    """Whether the fields tile the padded input: each position in exactly one field, at exactly
+    one tap (a kernel as large as its stride, undilated, covering the input to its end).
+
+    >>> from anyconv.geometry import make_geometry
+    >>> tiles(make_geometry((8, 6), 2, stride=2)), tiles(make_geometry((7, 6), 2, stride=2))
+    (True, False)
+    >>> tiles(make_geometry((8, 6), 3, stride=2)), tiles(make_geometry((8,), 2, stride=2, dilation=2))
+    (False, False)
+    """
+    if is_traced((*geometry.padded_size, *geometry.output_size)):
+        return False  # a comparison of symbolic sizes would guard the trace on it
+    sizes = zip(geometry.padded_size, geometry.output_size)
+    return all(
+        kernel == step and (kernel == 1 or spacing == 1) and padded == count * step
+        for kernel, step, spacing, (padded, count) in zip(
+            geometry.kernel_size, geometry.stride, geometry.dilation, sizes
+        )
+    )
 
 
 def add_blocks(image: torch.Tensor, blocks: torch.Tensor, geometry: Geometry) -> None:
