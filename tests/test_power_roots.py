@@ -84,3 +84,15 @@ def test_the_negated_root_and_its_slope_for_any_p(p):
     _same(power_roots.negated_root_(sums.clone(), p), wide.pow(1 / p).neg(), 4e-15)
     grad = torch.linspace(-2, 2, sums.numel(), dtype=torch.float64)
     _same(power_roots.root_slope(sums, grad, p), grad * wide.pow(1 / p - 1) / p, 8e-15)
+
+
+@pytest.mark.parametrize("p", [2, 3, 4])
+@pytest.mark.parametrize("columns", [144, 3], ids=["past-the-native-threshold", "below-it"])
+def test_the_root_factor_of_a_slice_of_a_wider_buffer_equals_pow(route, p, columns):
+    # the fields path's sums: rows of a wider buffer (Lp.contract_backward), special values included
+    buffer = _values().abs().repeat(40)[: 50 * (columns + 48)].view(50, columns + 48)
+    sums = buffer[:, :columns]
+    expected = sums.double().pow(1 / p - 1)
+    got = power_roots.root_factor_(sums.clone(), p)
+    _same(got.double(), expected, 2 * RTOL[route][torch.float32])
+    _same(power_roots.cube_root(sums).double(), sums.double().pow(1 / 3), RTOL[route][torch.float32])

@@ -11,6 +11,7 @@ from .base import Option, ProductVariant, Variant
 from .filter_sums import FilterGradientSum, handed_back
 from .fused import l1_backward, l1_distances, power_sums, power_sums_backward
 from .options import check_flag, check_positive
+from .power_roots import root_factor_
 from .squared import centre_far_from_zero, squared_distance_partials, squared_distances
 
 
@@ -126,7 +127,7 @@ class Lp(Variant):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         # d(-S^(1/p)) = -S^(1/p - 1) / p dS: the per-output factor the fused backward is given
         sums = power_sums(fields, filters, p)
-        return power_sums_backward(fields, filters, grad * sums.pow_(1 / p - 1), p, filter_sum)
+        return power_sums_backward(fields, filters, grad * root_factor_(sums, p), p, filter_sum)
 
     def working_elements(self, fields_per_chunk: int, taps: int, filters: int) -> int:
         return fields_per_chunk * filters

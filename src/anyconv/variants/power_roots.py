@@ -23,6 +23,9 @@ _SOURCE = "fused_power.cpp"
 _POINTER, _SIZE, _FLAG = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 #: elements per thread below which a second thread costs more than it saves
 _PER_THREAD = 2**15
+#: sums below this many elements take torch's pow for S^(-2/3): the cube roots' native call, a
+#: copy and two passes cost more there (4096 elements: 9 us against pow's 14; 1024: 7.5 against 5.6)
+MIN_CUBE_ROOTS = 2**11
 
 
 def negated_root_(sums: torch.Tensor, p: float) -> torch.Tensor:
@@ -51,16 +54,31 @@ def root_slope(sums: torch.Tensor, grad: torch.Tensor, p: float) -> torch.Tensor
     >>> root_slope(torch.tensor([-4.0, -16.0]), torch.tensor([1.0, 2.0]), 2)
     tensor([0.2500, 0.2500])
     """
+    return root_factor_(sums.neg(), p).mul_(grad).div_(p)
+
+
+def root_factor_(sums: torch.Tensor, p: Any) -> torch.Tensor:
+    """S^(1/p - 1) of the sums S >= 0, in place; returned: the factor of lp's slope in S, whose
+    output -S^(1/p) changes by -S^(1/p - 1) / p per unit of S. For a whole p from 2 to 4 from
+    square and cube roots (torch's ``pow`` with these exponents takes a scalar power function
+    per element); infinite where S is 0, 0 where S is infinite, NaN stays NaN, as ``pow``.
+
+    >>> root_factor_(torch.tensor([8.0, 0.0, float("inf")]), 3)
+    tensor([0.2500,    inf, 0.0000])
+    >>> torch.allclose(root_factor_(torch.tensor([16.0]), 4), torch.tensor([16.0 ** -0.75]))
+    True
+    """
+    if type(p) not in (int, float) or p not in (2, 3, 4) or (p == 3 and sums.numel() < MIN_CUBE_ROOTS):
+        return sums.pow_(1 / p - 1)
     if p == 3:
-        # S^(-2/3) / 3 = 1 / (3 cbrt(S)^2)
-        roots = cube_root(sums)
-        return grad / roots.mul_(roots).mul_(3)
-    sums = sums.neg()
-    if p not in (2, 4):
-        return sums.pow_(1 / p - 1).mul_(grad).div_(p)
-    # S^(-1/2) / 2, or S^(-3/4) / 4 = S^(-1/2) S^(-1/4) / 4
-    slope = sums.sqrt().rsqrt_().mul_(sums.rsqrt_()) if p == 4 else sums.rsqrt_()
-    return slope.mul_(grad).div_(p)
+        # S^(-2/3) = 1 / cbrt(S)^2
+        roots = cube_root(sums, out=sums)
+        return roots.mul_(roots).reciprocal_()
+    if p == 2:
+        return sums.rsqrt_()
+    # S^(-3/4) = S^(-1/2) S^(-1/4)
+    quarter = sums.sqrt().rsqrt_()
+    return sums.rsqrt_().mul_(quarter)
 
 
 def cube_root(values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -68,12 +86,19 @@ def cube_root(values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Te
 
     >>> cube_root(torch.tensor([-8.0, 0.0, 27.0]))
     tensor([-2.,  0.,  3.])
+    >>> cube_root(torch.tensor([[-8.0, 0.0, 27.0, 64.0]])[:, 1:3])
+    tensor([[0., 3.]])
     """
     function = _function(values)
-    if function is None or not _dense(values):
+    if function is None:
         # in float32 at least: torch's bfloat16 pow rounds the exponent 1/3 to bfloat16 too
         wide = values.to(torch.promote_types(values.dtype, torch.float32))
         roots = wide.abs().pow_(1 / 3).mul_(wide.sign()).to(values.dtype)
+        return roots if out is None else out.copy_(roots)
+    if not _dense(values) or (out is not None and out.stride() != values.stride()):
+        # a slice of a wider buffer (the fields path's sums): its roots laid out densely, a copy
+        # away from ``out``, where pow took a scalar power function per element
+        roots = cube_root(values.contiguous())
         return roots if out is None else out.copy_(roots)
     if out is None:
         out = torch.empty_like(values)
@@ -82,12 +107,23 @@ def cube_root(values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Te
 
 
 def _dense(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor``'s elements fill its memory in some order (channels first or last), so
-    that an elementwise pass may walk the memory as a flat array into a tensor like it."""
-    return tensor.is_contiguous() or any(
-        tensor.dim() == rank and tensor.is_contiguous(memory_format=layout)
-        for rank, layout in ((4, torch.channels_last), (5, torch.channels_last_3d))
-    )
+    """Whether ``tensor``'s elements fill its memory in some order of its dimensions (channels
+    first or last, or a transposed view), so that an elementwise pass may walk the memory as a
+    flat array into a tensor of the same strides.
+
+    >>> _dense(torch.ones(2, 3, 4).transpose(1, 2)), _dense(torch.ones(4, 6)[:, :3])
+    (True, False)
+    """
+    if tensor.is_contiguous():
+        return True
+    expected = 1
+    for stride, size in sorted(
+        (stride, size) for size, stride in zip(tensor.shape, tensor.stride()) if size > 1
+    ):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def _threads(tensor: torch.Tensor) -> int:
