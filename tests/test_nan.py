@@ -114,3 +114,26 @@ def test_unfold_and_fold_carry_nan_and_inf_through(dtype):
     blocks = _poison(torch.randn(columns.shape, generator=generator, dtype=torch.float64), generator, 3)
     image = anyconv.fold(blocks, (7, 6), (3, 2), padding=1, stride=(2, 1))
     _same_specials(image, F.fold(blocks, (7, 6), (3, 2), padding=1, stride=(2, 1)))
+
+
+@pytest.mark.usefixtures("two_threads")
+@pytest.mark.parametrize("variant", ["max_plus", "min_plus"])
+def test_a_tropical_forward_finds_a_nan_in_any_part_of_a_large_input(variant):
+    # the tap loops check the input's finiteness before their plain maximum, split over threads
+    # past 2**16 values each: a NaN, and an inf meeting an opposite inf in the weight, in the last
+    # part reach the output as in the formula (float64: fields of unfold, max or min over them)
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 8, 128, 130, generator=generator, dtype=torch.float64)
+    w = torch.randn(6, 8, 3, 3, generator=generator, dtype=torch.float64)
+    x[0, 7, 127, 129] = float("nan")
+    x[0, 6, 100, 3] = float("inf")
+    w[2, 6, 1, 1] = float("-inf")
+    with torch.no_grad():
+        got = anyconv.generalized_conv(x, w, variant, padding=1)
+    terms = F.unfold(x, 3, padding=1).unsqueeze(1) + (1 if variant == "max_plus" else -1) * w.view(
+        1, 6, -1, 1
+    )
+    reduce = torch.amax if variant == "max_plus" else torch.amin
+    expected = reduce(terms, dim=2).view(1, 6, 128, 130)
+    assert got.isnan().any()
+    torch.testing.assert_close(got, expected, equal_nan=True)

@@ -2797,11 +2797,27 @@ enum Operation {
 // one call of the real power at a time: its exponent is a static of the loops' operation
 std::mutex real_power_lock;
 
+// all_finite of COUNT values split over up to THREADS threads: a tropical forward reads its whole
+// input once more before the loops, a pass that a small layer's loops take about as long as
+template <typename S>
+bool all_finite_on(const S* values, int64_t count, int threads) {
+  constexpr int64_t kPerThread = int64_t(1) << 16;
+  const int parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, count / kPerThread)));
+  if (parts == 1) return all_finite(values, count);
+  bool finite = true;
+#pragma omp parallel for num_threads(parts) reduction(&& : finite) schedule(static)
+  for (int part = 0; part < parts; ++part) {
+    const int64_t begin = count * part / parts, end = count * (part + 1) / parts;
+    finite = all_finite(values + begin, end - begin) && finite;
+  }
+  return finite;
+}
+
 // whether no tropical term of the forward can be NaN: the input and the weights all finite
 template <typename S>
-bool finite_terms(const S* x, const S* w, const Geometry& g, const Layout* layout) {
+bool finite_terms(const S* x, const S* w, const Geometry& g, const Layout* layout, int threads) {
   const int64_t plane = layout != nullptr ? unpadded_plane(*layout) : g.plane;
-  return all_finite(w, g.out_channels * g.taps) && all_finite(x, g.batch * g.channels * plane);
+  return all_finite(w, g.out_channels * g.taps) && all_finite_on(x, g.batch * g.channels * plane, threads);
 }
 
 template <typename S>
@@ -2809,7 +2825,7 @@ void forward_any(int operation, const S* x, const S* w, S* y, const S* bias, con
                  const Layout* layout, int threads, double exponent) {
   using T = Compute<S>;
   const bool tropical = operation == kMaxPlus || operation == kMinPlus;
-  if (tropical && finite_terms(x, w, g, layout)) {
+  if (tropical && finite_terms(x, w, g, layout, threads)) {
     if (operation == kMaxPlus) return forward<S, FiniteMaxPlus<T>>(x, w, bias, y, g, layout, threads);
     return forward<S, FiniteMinPlus<T>>(x, w, bias, y, g, layout, threads);
   }
