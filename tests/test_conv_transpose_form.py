@@ -242,6 +242,17 @@ INFERENCE_CASES = [
 ]
 
 
+def _spy_on_routes(monkeypatch) -> list[str]:
+    """The names of the col2im form's routes, appended as each is called."""
+    taken: list[str] = []
+    for name in ("folded_transpose", "col2im_transpose", "recorded_transpose"):
+        original = getattr(TRANSPOSE, name)
+        monkeypatch.setattr(
+            TRANSPOSE, name, lambda *args, _f=original, _n=name, **kw: taken.append(_n) or _f(*args, **kw)
+        )
+    return taken
+
+
 @pytest.mark.parametrize(
     ("input", "weight", "options"),
     [case[1:] for case in INFERENCE_CASES],
@@ -252,12 +263,7 @@ def test_inference_folds_the_columns_without_autograd(monkeypatch, input, weight
     """No gradient to record, taps that overlap at a stride: the col2im form multiplies without
     autograd and folds the columns in the fields path's layout (folded_transpose); with a
     gradient to record, the same fold under an autograd Function (recorded_transpose)."""
-    taken = []
-    for name in ("folded_transpose", "col2im_transpose", "recorded_transpose"):
-        original = getattr(TRANSPOSE, name)
-        monkeypatch.setattr(
-            TRANSPOSE, name, lambda *args, _f=original, _n=name, **kw: taken.append(_n) or _f(*args, **kw)
-        )
+    taken = _spy_on_routes(monkeypatch)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(input, generator=generator)
     if channels_last and x.dim() in (4, 5):
@@ -283,12 +289,7 @@ def test_inference_folds_the_columns_without_autograd(monkeypatch, input, weight
 def test_taps_that_tile_fold_on_many_channels_and_keep_col2im_when_recorded(monkeypatch, channels, inferred):
     """A 2x2 kernel at stride 2 (taps that never overlap): without a gradient to record, the fold
     from MIN_TILING_FOLD_CHANNELS input channels, col2im's reordering copy below; recorded, col2im."""
-    taken = []
-    for name in ("folded_transpose", "col2im_transpose", "recorded_transpose"):
-        original = getattr(TRANSPOSE, name)
-        monkeypatch.setattr(
-            TRANSPOSE, name, lambda *args, _f=original, _n=name, **kw: taken.append(_n) or _f(*args, **kw)
-        )
+    taken = _spy_on_routes(monkeypatch)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, channels, 5, 6, generator=generator, dtype=torch.float64)
     w = torch.randn(channels, 3, 2, 2, generator=generator, dtype=torch.float64)
