@@ -139,6 +139,12 @@ ROWS = (
     Row(
         "grouped 3x3, 4 per group", "ResNeXt-50 32x4d layer1", (2, 128, 56, 56), 128, 3, padding=1, groups=32
     ),
+    Row(
+        "grouped 3x3, 16 per group", "ResNeXt-50 32x4d layer3", (2, 512, 14, 14), 512, 3, padding=1, groups=32
+    ),
+    Row(
+        "grouped 3x3, 32 per group", "ResNeXt-50 32x4d layer4", (2, 1024, 7, 7), 1024, 3, padding=1, groups=32
+    ),
     Row("dilated 3x3 d2", "DeepLabV3-ResNet-50 layer3 (output stride 8)", (1, 256, 28, 28), 256, 3, 1, 2, 2),
     Row("dilated 3x3 d4", "DeepLabV3-ResNet-50 layer4 (output stride 8)", (1, 512, 28, 28), 512, 3, 1, 4, 4),
     Row("1-D k3", "TCN / WaveNet-style audio block", (4, 128, 4096), 128, 3, padding=1),

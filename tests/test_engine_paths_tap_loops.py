@@ -52,6 +52,14 @@ CASES = [
         "with": {"padding": 1, "groups": 2},
     },
     {"id": "2d-grouped-8-per-group", "x": (1, 16, 6, 6), "w": (4, 8, 3, 3), "with": {"groups": 2}},
+    # the distances' limit (MAX_DISTANCE_CHANNELS_PER_GROUP); dot's on large images only
+    {
+        "id": "2d-grouped-16-per-group",
+        "x": (1, 32, 6, 7),
+        "w": (8, 16, 3, 3),
+        "with": {"padding": 1, "groups": 2},
+    },
+    {"id": "1d-grouped-24-per-group", "x": (2, 48, 11), "w": (6, 24, 3), "with": {"groups": 2}},
     {
         "id": "2d-dilated",
         "x": (1, 4, 11, 11),
@@ -752,3 +760,34 @@ def test_a_1d_layer_takes_the_filter_blocks_up_to_its_own_channel_limit():
     # a 2-D layer keeps the 2-D limit
     square = torch.randn(1, MAX_BLOCKED_CHANNELS_1D, 6, 6)
     assert not tap_loops_fit(resolve_variant("dot"), square, torch.randn(8, MAX_BLOCKED_CHANNELS_1D, 3, 3), 1)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "name", "taken"),
+    [
+        ((1, 32, 28, 28), (8, 16, 3, 3), "dot", True),
+        ((1, 32, 800), (8, 16, 3), "dot", True),
+        ((1, 32, 27, 28), (8, 16, 3, 3), "dot", False),
+        ((1, 48, 28, 28), (8, 24, 3, 3), "dot", False),
+        ((1, 48, 6, 6), (8, 24, 3, 3), "max_plus", True),
+        ((1, 50, 6, 6), (10, 25, 3, 3), "l1", False),
+    ],
+    ids=["dot-16-at-784", "dot-16-1d", "dot-16-below-784", "dot-24", "max_plus-24", "l1-25"],
+)
+def test_grouped_layers_take_the_loops_up_to_the_variants_channel_limit(x_shape, w_shape, name, taken):
+    # dot to 16 channels per group on inputs of 784 positions or more, the distances to 24 at any
+    # size; either way the formula's numbers, forward and gradients
+    x, w, b = case_tensors({"x": x_shape, "w": w_shape})
+    arguments = {"padding": 1, "groups": 2}
+    plan = plan_conv(x, w, resolve_variant(name), 1, 1, 1, 2, "zeros", None)
+    assert (plan.path == "tap loops") == taken
+    inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
+    naive_inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
+    output = anyconv.generalized_conv(*inputs[:2], name, inputs[2], **arguments)
+    expected = naive_generalized_conv(*naive_inputs[:2], name, naive_inputs[2], **arguments)
+    torch.testing.assert_close(output, expected)
+    grad = torch.randn(output.shape, dtype=output.dtype, generator=torch.Generator().manual_seed(2))
+    for got, want in zip(
+        torch.autograd.grad(output, inputs, grad), torch.autograd.grad(expected, naive_inputs, grad)
+    ):
+        torch.testing.assert_close(got, want)

@@ -92,15 +92,16 @@ def test_the_weight_gradient_over_many_chunks_is_the_formulas(variant, options, 
     chunk_fields = contraction.chunk_fields
     monkeypatch.setattr(contraction, "chunk_fields", lambda *args: chunks.append(1) or chunk_fields(*args))
     generator = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 32, 20, 20, generator=generator, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(8, 16, 3, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    # 32 channels per group: more than the tap loops take (tap_loops.MAX_DISTANCE_CHANNELS_PER_GROUP)
+    x = torch.randn(2, 64, 20, 20, generator=generator, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, 32, 3, 3, generator=generator, dtype=torch.float64, requires_grad=True)
     grad = torch.randn(2, 8, 20, 20, generator=generator, dtype=torch.float64)
     arguments = dict(padding=1, groups=2, **options)
     # a budget of a few rows: many chunks of the fields path
     output = anyconv.generalized_conv(x, w, variant, memory_budget=2**12, **arguments)
     chunks.clear()
     output.backward(grad)
-    assert handed == [(2, 4, 144)] and len(chunks) >= 4
+    assert handed == [(2, 4, 288)] and len(chunks) >= 4
     got_x, got_w = x.grad, w.grad
     x.grad = w.grad = None
     naive_options = {} if variant == "l1" else options
@@ -116,9 +117,10 @@ def test_the_weight_gradient_over_many_chunks_is_the_formulas(variant, options, 
 
 def _adder_filter_gradient(x, w, grad):
     fields = torch.nn.functional.unfold(x, 3, padding=1)  # (B, C*9, L)
-    fields = fields.view(2, 2, 144, -1)  # (B, G, taps, L)
+    taps = w.shape[1] * 9
+    fields = fields.view(2, 2, taps, -1)  # (B, G, taps, L)
     g = grad.view(2, 2, 4, -1)  # (B, G, O/G, L)
-    filters = w.view(2, 4, 144)
+    filters = w.view(2, 4, taps)
     # sum over samples and positions of g (p - w)
     products = torch.einsum("bgol,bgkl->gok", g, fields)
     return (products - filters * g.sum((0, 3)).unsqueeze(-1)).reshape(w.shape)

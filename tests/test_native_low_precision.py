@@ -35,7 +35,8 @@ TAP_LOOP_POWERS = (1.0, 2.0, 3.0, 4.0)
 LAYERS = [
     {"id": "dense", "x": (2, 6, 9, 8), "w": (5, 6, 3, 3), "with": {"padding": 1}, "taps": True},
     {"id": "dense-3-filters", "x": (2, 6, 9, 8), "w": (3, 6, 3, 3), "with": {"padding": 1}, "taps": False},
-    {"id": "grouped-strided", "x": (1, 24, 11, 10), "w": (6, 12, 3, 2), "with": {"stride": 2, "groups": 2}, "taps": False},
+    # more channels per group than any variant's loops take (tap_loops.MAX_DISTANCE_CHANNELS_PER_GROUP)
+    {"id": "grouped-strided", "x": (1, 64, 11, 10), "w": (6, 32, 3, 2), "with": {"stride": 2, "groups": 2}, "taps": False},
     {"id": "depthwise", "x": (2, 4, 21, 37), "w": (4, 1, 3, 3), "with": {"padding": 1, "groups": 4}, "taps": True},
     {"id": "depthwise-5x5-s2", "x": (1, 3, 23, 40), "w": (6, 1, 5, 5), "with": {"padding": 2, "stride": 2, "groups": 3}, "taps": True},
 ]  # fmt: skip

@@ -56,6 +56,15 @@ from .ops_memory_format import CHANNELS_LAST, channels_last_format
 #: at most this many input channels per group take the tap loops: each output then costs that
 #: many taps per kernel position, and the matrix product of the fields path has too few columns
 MAX_CHANNELS_PER_GROUP = 8
+#: the same for l1, lp, max_plus and min_plus, whose fields path has no matrix product: the loops
+#: measured faster up to 24 channels per group (ResNeXt's and RegNet's grouped layers), forward
+#: and forward+backward (docs/benchmarks.md)
+MAX_DISTANCE_CHANNELS_PER_GROUP = 24
+#: and for ``dot``, up to MAX_GROUPED_PRODUCT_CHANNELS per group on inputs of at least
+#: MIN_GROUPED_PRODUCT_POSITIONS positions per sample: on smaller images its forward+backward
+#: measured slower than the fields path's (docs/benchmarks.md)
+MAX_GROUPED_PRODUCT_CHANNELS = 16
+MIN_GROUPED_PRODUCT_POSITIONS = 784
 #: a dense convolution (one group) takes the tap loops when its fields have at most this many taps
 #: and its samples at least MIN_DENSE_POSITIONS positions: a network's first layer on a few image
 #: channels, whose fields path copies many short fields for a matrix product of few columns
@@ -119,13 +128,29 @@ def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, g
             # an exp and a log per term: only where the loops sum every tap of a few channels; on
             # a dense layer the fields path's fused loops, which vectorise the power too, measured
             # faster (docs/benchmarks.md)
-            return tap_sums_fit(input, weight, groups)
+            return tap_sums_fit(input, weight, groups, _per_group_limit(variant, input))
     elif type(variant) not in _OPERATIONS:
         return False
     any_channels = type(variant) in _DISTANCES
-    return tap_sums_fit(input, weight, groups) or filter_blocks_fit(
+    return tap_sums_fit(input, weight, groups, _per_group_limit(variant, input)) or filter_blocks_fit(
         input, weight, groups, any_channels=any_channels
     )
+
+
+def _per_group_limit(variant: Variant, input: torch.Tensor) -> int:
+    """The most input channels per group of a grouped layer whose taps the loops sum for ``variant``.
+
+    >>> import torch
+    >>> _per_group_limit(L1(), torch.ones(1, 4, 5, 5)), _per_group_limit(Dot(), torch.ones(1, 4, 5, 5))
+    (24, 8)
+    >>> _per_group_limit(Dot(), torch.ones(1, 4, 28, 28))
+    16
+    """
+    if type(variant) in _DISTANCES:
+        return MAX_DISTANCE_CHANNELS_PER_GROUP
+    if type(variant) is Dot and math.prod(input.shape[2:]) >= MIN_GROUPED_PRODUCT_POSITIONS:
+        return MAX_GROUPED_PRODUCT_CHANNELS
+    return MAX_CHANNELS_PER_GROUP
 
 
 def loops_power(variant: Lp) -> float | None:
@@ -146,19 +171,20 @@ def loops_power(variant: Lp) -> float | None:
     return float(p)
 
 
-def tap_sums_fit(input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
+def tap_sums_fit(
+    input: torch.Tensor, weight: torch.Tensor, groups: int, per_group: int = MAX_CHANNELS_PER_GROUP
+) -> bool:
     """Whether the loops take a call of any variant they know: floating CPU tensors (float16 where
-    the compiler has ``_Float16``), few input channels per group in a grouped convolution or few
-    taps on a large input in a dense one (see MAX_DENSE_TAPS), the loops compiled, and no
-    ``ANYCONV_BACKEND=triton``. The tap products sum their ``dot`` there.
+    the compiler has ``_Float16``), at most ``per_group`` input channels per group in a grouped
+    convolution (the variant's limit: :func:`_per_group_limit`) or few taps on a large input in a
+    dense one (see MAX_DENSE_TAPS), the loops compiled, and no ``ANYCONV_BACKEND=triton``. The tap
+    products sum their ``dot`` there, at the default limit.
 
     >>> import torch
     >>> tap_sums_fit(torch.randn(1, 8, 5, 5), torch.randn(8, 8, 3, 3), 1)
     False
     """
-    return (
-        weight.shape[1] <= MAX_CHANNELS_PER_GROUP if groups > 1 else _dense_fits(input, weight)
-    ) and _runs_here(input)
+    return (weight.shape[1] <= per_group if groups > 1 else _dense_fits(input, weight)) and _runs_here(input)
 
 
 def filter_blocks_fit(
