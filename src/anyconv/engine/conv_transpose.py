@@ -168,9 +168,9 @@ def _folds_faster(
     >>> _folds_faster((2, 2), (2, 2), (1, 1), 256), _folds_faster((3,), (1,), (1,), 256)
     (True, False)
     """
-    if max(steps) == 1:
-        return False
-    return _taps_overlap(kernel_size, steps, spacings) or channels >= MIN_TILING_FOLD_CHANNELS
+    return _taps_overlap(kernel_size, steps, spacings) or (
+        max(steps) > 1 and channels >= MIN_TILING_FOLD_CHANNELS
+    )
 
 
 def _taps_overlap(kernel_size: tuple[int, ...], steps: tuple[int, ...], spacings: tuple[int, ...]) -> bool:

@@ -120,6 +120,7 @@ def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, g
     >>> tap_loops_fit(L1(), torch.randn(1, 8, 5, 5), torch.randn(8, 1, 3, 3), 8) in (True, False)
     True
     """
+    per_group = _per_group_limit(variant, input)
     if type(variant) is Lp:
         power = loops_power(variant)
         if power is None:
@@ -128,11 +129,11 @@ def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, g
             # an exp and a log per term: only where the loops sum every tap of a few channels; on
             # a dense layer the fields path's fused loops, which vectorise the power too, measured
             # faster (docs/benchmarks.md)
-            return tap_sums_fit(input, weight, groups, _per_group_limit(variant, input))
+            return tap_sums_fit(input, weight, groups, per_group)
     elif type(variant) not in _OPERATIONS:
         return False
     any_channels = type(variant) in _DISTANCES
-    return tap_sums_fit(input, weight, groups, _per_group_limit(variant, input)) or filter_blocks_fit(
+    return tap_sums_fit(input, weight, groups, per_group) or filter_blocks_fit(
         input, weight, groups, any_channels=any_channels
     )
 
