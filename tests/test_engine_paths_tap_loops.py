@@ -256,17 +256,19 @@ def test_a_tropical_tie_goes_to_the_first_tap(name, monkeypatch):
         torch.testing.assert_close(got, expected)
 
 
-#: rows of whole vectors and a partial one (37 and 70 outputs wide), stride 1 and 2, dense and depthwise
+#: rows of whole vectors and a partial one (37, 70 and 14 outputs wide), stride 1 and 2, dense,
+#: depthwise and 16 channels per group
 WIDE_ROWS = [
     ((2, 3, 30, 37), (8, 3, 3, 3), {"padding": 1}),
     ((2, 6, 12, 37), (6, 1, 3, 3), {"padding": 1, "groups": 6, "stride": 2}),
     ((1, 4, 5, 70), (4, 1, 5, 5), {"padding": 2, "groups": 4}),
+    ((2, 32, 5, 14), (8, 16, 3, 3), {"padding": 1, "groups": 2}),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("name", ["max_plus", "min_plus"])
-@pytest.mark.parametrize(("x_shape", "w_shape", "arguments"), WIDE_ROWS, ids=["dense", "depthwise-s2", "5x5"])
+@pytest.mark.parametrize(("x_shape", "w_shape", "arguments"), WIDE_ROWS, ids=["dense", "depthwise-s2", "5x5", "grouped-14"])
 def test_tropical_gradients_on_wide_rows(x_shape, w_shape, arguments, name, dtype):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(x_shape, generator=generator, dtype=dtype, requires_grad=True)

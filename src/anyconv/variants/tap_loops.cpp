@@ -2046,6 +2046,17 @@ __attribute__((always_inline)) inline Vector first_lanes(const Vector& values, i
   return lanes < T(count) ? values : Vector{};
 }
 
+// VALUES with the lanes before SKIP set to zero: the last whole vector of a row that is no whole
+// number of vectors, whose first SKIP lanes the vector before it took
+template <typename Vector>
+__attribute__((always_inline)) inline Vector lanes_from(const Vector& values, int skip) {
+  using T = typename std::decay<decltype(values[0])>::type;
+  constexpr int kLanes = sizeof(Vector) / sizeof(T);
+  Vector lanes;
+  for (int lane = 0; lane < kLanes; ++lane) lanes[lane] = T(lane);
+  return lanes >= T(skip) ? values : Vector{};
+}
+
 // Each tap's weight gradient, kept as a vector over the lanes (see backward_plane), summed across
 // its lanes, times SIGN, into GRAD_W
 template <typename T>
@@ -2061,11 +2072,12 @@ __attribute__((always_inline)) inline void add_tap_sums(const typename Lanes<T>:
 // One vector of outputs of the tropical backward at one tap: per output, the first tap whose term
 // equals the output (or is NaN where it is) wins, and takes the output's gradient into the input
 // gradient (TARGET, STEP apart) and into the returned lanes, summed for the weight. FOUND marks
-// the outputs already won. PARTIAL: the first COUNT lanes only (the others come back zero)
+// the outputs already won. PARTIAL: the first COUNT lanes only (the others come back zero); a
+// whole vector whose first SKIP lanes another vector took leaves them as they are
 template <typename S, typename Op, bool PARTIAL>
 __attribute__((always_inline)) inline typename Lanes<Compute<S>>::Vector take_winners(
     const S* source, int64_t step, Compute<S> weight, const Compute<S>* out, Compute<S>* found,
-    const S* grad_row, Compute<S>* target, int count) {
+    const S* grad_row, Compute<S>* target, int count, int skip = 0) {
   using T = Compute<S>;
   using Vector = typename Lanes<T>::Vector;
   const auto lanes = [count](const auto* from, int64_t spacing) {
@@ -2075,7 +2087,8 @@ __attribute__((always_inline)) inline typename Lanes<Compute<S>>::Vector take_wi
   const Vector value = Op::term(lanes(source, step), weight);
   const Vector output = lanes(out, 1);
   const Vector seen = lanes(found, 1);
-  const auto wins = (seen == 0) & ((value == output) | ((value != value) & (output != output)));
+  auto wins = (seen == 0) & ((value == output) | ((value != value) & (output != output)));
+  if (skip > 0) wins &= lanes_from(Vector{} + T(1), skip) != 0;
   const Vector taken = wins ? lanes(grad_row, 1) : Vector{};
   const Vector now_found = wins ? Vector{} + T(1) : seen;
   if constexpr (PARTIAL) {
@@ -2084,7 +2097,7 @@ __attribute__((always_inline)) inline typename Lanes<Compute<S>>::Vector take_wi
     store(found, now_found);
   }
   if (step != 1) {
-    for (int lane = 0; lane < count; ++lane) target[lane * step] += taken[lane];
+    for (int lane = skip; lane < count; ++lane) target[lane * step] += taken[lane];
   } else if constexpr (PARTIAL) {
     store_partial(target, lanes(target, 1) + taken, count);
   } else {
@@ -2135,9 +2148,17 @@ void backward_plane(const S* __restrict x, const S* __restrict w, const S* __res
         for (; i + kLanes <= g.width; i += kLanes)
           weight_grads += take_winners<S, Op, false>(source + i * s, s, weight, out + i, found.data() + i,
                                                      grad_row + i, target + i * s, kLanes);
-        if (i < g.width)
+        if (i < g.width && g.width >= kLanes) {
+          // the row's last whole vector, its first lanes those the vector before took: a partial
+          // vector's lanes went one by one where the compiler does not target AVX-512
+          const int64_t start = g.width - kLanes;
+          weight_grads += take_winners<S, Op, false>(source + start * s, s, weight, out + start, found.data() + start,
+                                                     grad_row + start, target + start * s, kLanes,
+                                                     static_cast<int>(i - start));
+        } else if (i < g.width) {
           weight_grads += take_winners<S, Op, true>(source + i * s, s, weight, out + i, found.data() + i,
                                                     grad_row + i, target + i * s, static_cast<int>(g.width - i));
+        }
       } else {
         int64_t i = 0;
         // the contiguous case apart: with the strided scatter in the same loop, GCC kept an
@@ -2158,7 +2179,22 @@ void backward_plane(const S* __restrict x, const S* __restrict w, const S* __res
             weight_grads += dw;
           }
         }
-        if (i < g.width) {
+        if (i < g.width && g.width >= kLanes) {
+          // the row's last whole vector, its lanes before SKIP those the vector before took (as
+          // in the tropical case above)
+          const int64_t start = g.width - kLanes;
+          const int skip = static_cast<int>(i - start);
+          Vector dx, dw;
+          Op::partials(load(source + start * s, s), weight, load(grad_row + start, 1), dx, dw);
+          dx = lanes_from(dx, skip);
+          if (s == 1) {
+            store(target + start, load(target + start, 1) + dx);
+          } else {
+            for (int lane = skip; lane < kLanes; ++lane) target[(start + lane) * s] += dx[lane];
+          }
+          // lanes_from selects: a zero times an infinite weight would be NaN
+          weight_grads += lanes_from(dw, skip);
+        } else if (i < g.width) {
           // the row's last outputs in one partial vector: a scalar tail cost as much as the
           // whole vectors on rows a few vectors wide (56, 28 or 14 outputs)
           const int count = static_cast<int>(g.width - i);
