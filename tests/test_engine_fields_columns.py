@@ -25,9 +25,10 @@ from reference import case_tensors
 from reference_conv import naive_conv
 
 import anyconv
-from anyconv.engine import contraction, fields_columns, transposed_gradient
+from anyconv.engine import contraction, fields_columns, paths, transposed_gradient
 from anyconv.engine.chunks import plan_chunks
 from anyconv.engine.fields_columns import columns_fit
+from anyconv.engine.plan import clear_plans
 from anyconv.geometry import make_geometry
 
 needs_native = pytest.mark.skipif(
@@ -91,6 +92,16 @@ def taken(monkeypatch):
     return count_calls(monkeypatch, contraction, "write_column_products")
 
 
+@pytest.fixture
+def without_loops(monkeypatch):
+    """The tap loops stepped aside, so that the fields path takes the grouped layers of many
+    channels per group whose filters the loops take in blocks."""
+    monkeypatch.setattr(paths, "tap_loops_fit", lambda *arguments: False)
+    clear_plans()
+    yield
+    clear_plans()
+
+
 def _reference(x, w, b, arguments):
     """torch's convolution of the case (per-side padding and other modes applied first), or the
     naive one for N = 4."""
@@ -114,7 +125,7 @@ def _reference(x, w, b, arguments):
 
 @pytest.mark.parametrize("budget", [None, 1], ids=["default budget", "chunks within a sample"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_products_equal_torchs_convolution(case, budget, taken):
+def test_products_equal_torchs_convolution(case, budget, taken, without_loops):
     x, w, b = case_tensors(case)
     expected = _reference(x, w, b, case["with"])
     got = anyconv.conv(x, w, b, memory_budget=budget, **case["with"])
@@ -208,7 +219,7 @@ def test_columns_are_torchs_unfold_in_2d(kernel, stride, padding, dilation):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_is_within_torchs_own_error(dtype, taken):
+def test_low_precision_is_within_torchs_own_error(dtype, taken, without_loops):
     case = CASES[1]
     x, w, b = case_tensors(case)
     expected = F.conv2d(x, w, b, **case["with"])

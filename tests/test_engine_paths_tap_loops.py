@@ -6,6 +6,8 @@ variant, and the fields path (the same call with the tap loops turned off), forw
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -21,6 +23,7 @@ from anyconv.engine.tap_loops import (
     FILTERS_TOGETHER,
     MAX_BLOCKED_CHANNELS,
     _crop_into,
+    _lays_out,
     _padded,
     tap_loops_fit,
     tap_sums_fit,
@@ -268,7 +271,9 @@ WIDE_ROWS = [
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("name", ["max_plus", "min_plus"])
-@pytest.mark.parametrize(("x_shape", "w_shape", "arguments"), WIDE_ROWS, ids=["dense", "depthwise-s2", "5x5", "grouped-14"])
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "arguments"), WIDE_ROWS, ids=["dense", "depthwise-s2", "5x5", "grouped-14"]
+)
 def test_tropical_gradients_on_wide_rows(x_shape, w_shape, arguments, name, dtype):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(x_shape, generator=generator, dtype=dtype, requires_grad=True)
@@ -778,11 +783,14 @@ def test_a_1d_layer_takes_the_filter_blocks_up_to_its_own_channel_limit():
 )
 def test_grouped_layers_take_the_loops_up_to_the_variants_channel_limit(x_shape, w_shape, name, taken):
     # dot to 16 channels per group on inputs of 784 positions or more, the distances to 24 at any
-    # size; either way the formula's numbers, forward and gradients
+    # size, sum the taps (the loops lay out each group); with more, the loops take the filters in
+    # blocks; either way the formula's numbers, forward and gradients
     x, w, b = case_tensors({"x": x_shape, "w": w_shape})
     arguments = {"padding": 1, "groups": 2}
-    plan = plan_conv(x, w, resolve_variant(name), 1, 1, 1, 2, "zeros", None)
-    assert (plan.path == "tap loops") == taken
+    variant = resolve_variant(name)
+    plan = plan_conv(x, w, variant, 1, 1, 1, 2, "zeros", None)
+    assert plan.path == "tap loops"
+    assert _lays_out(variant, 2, w_shape[1], math.prod(x_shape[2:])) == taken
     inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
     naive_inputs = [tensor.clone().requires_grad_() for tensor in (x, w, b)]
     output = anyconv.generalized_conv(*inputs[:2], name, inputs[2], **arguments)

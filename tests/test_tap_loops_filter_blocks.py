@@ -356,3 +356,49 @@ def test_distance_gradients_equal_the_naive_formula(case, name, options, request
         want = torch.autograd.grad(naive_generalized_conv(*naive, name, **arguments), naive, grad)
     for value, reference in zip(got, want):
         torch.testing.assert_close(value, reference, rtol=1e-9, atol=1e-9)
+
+
+#: grouped layers of more than MAX_CHANNELS_PER_GROUP channels per group (ResNeXt's later stages),
+#: whose filters go in blocks group by group: filter blocks (fewer than two vectors of filters per
+#: group) and filter vectors (32 per group, 288 taps), strided, 1-D
+GROUPED_CASES = [
+    ("16-per-group", (2, 32, 6, 7), (8, 16, 3, 3), {"padding": 1, "groups": 2}),
+    ("32-per-group", (1, 64, 5, 7), (64, 32, 3, 3), {"padding": 1, "groups": 2}),
+    ("32-per-group-stride-2", (1, 96, 9, 11), (48, 32, 3, 3), {"padding": 1, "stride": 2, "groups": 3}),
+    ("1-d", (2, 40, 30), (10, 20, 5), {"padding": 2, "groups": 2}),
+]
+GROUPED_VARIANTS = ["dot", "l1", "max_plus", "cosine"]
+
+
+@pytest.mark.parametrize("name", GROUPED_VARIANTS)
+@pytest.mark.parametrize("case", GROUPED_CASES, ids=[case[0] for case in GROUPED_CASES])
+def test_grouped_layers_take_the_blocks_and_give_the_formulas_numbers(case, name):
+    _, x_shape, w_shape, arguments = case
+    generator = torch.Generator().manual_seed(11)
+    x = torch.randn(x_shape, generator=generator, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(w_shape, generator=generator, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(w_shape[0], generator=generator, dtype=torch.float64, requires_grad=True)
+    groups = arguments["groups"]
+    stride, padding, dilation = (arguments.get(key, default) for key, default in _DEFAULTS)
+    path = plan_conv(x, w, resolve_variant(name), stride, padding, dilation, groups, "zeros", None).path
+    assert filter_blocks_fit(x, w, groups)
+    assert path == ("tap products" if name == "cosine" else "tap loops")
+    output = anyconv.generalized_conv(x, w, name, b, **arguments)
+    expected = naive_generalized_conv(x, w, name, b, **arguments)
+    torch.testing.assert_close(output, expected)
+    grad = torch.randn(output.shape, generator=generator, dtype=torch.float64)
+    got = torch.autograd.grad(output, (x, w, b), grad)
+    for value, reference in zip(got, torch.autograd.grad(expected, (x, w, b), grad)):
+        torch.testing.assert_close(value, reference)
+    with torch.no_grad():
+        torch.testing.assert_close(anyconv.generalized_conv(x, w, name, b, **arguments), expected)
+
+
+def test_grouped_float32_blocks_equal_torch():
+    generator = torch.Generator().manual_seed(12)
+    x = torch.randn(2, 1024, 7, 7, generator=generator)
+    w = torch.randn(1024, 32, 3, 3, generator=generator)
+    expected = torch_conv(x.double(), w.double(), padding=1, groups=32)
+    scale = torch_conv(x.double().abs(), w.double().abs(), padding=1, groups=32).max().item()
+    got = anyconv.conv(x, w, padding=1, groups=32)
+    torch.testing.assert_close(got.double(), expected, rtol=2**-20 * scale, atol=2**-20 * scale)

@@ -38,6 +38,7 @@ TAKEN = [
     ("fields-groups-narrowing", (1, 40, 6, 9), (8, 20, 3, 3), {"padding": 1, "groups": 2}),
     ("fields-1-d-columns", (2, 40, 50), (40, 40, 3), {"padding": 1}),
     ("fields-1-d-groups", (1, 40, 30), (20, 20, 3), {"padding": 1, "groups": 2}),
+    ("loops-groups-in-blocks", (1, 40, 6, 9), (20, 20, 3, 3), {"padding": 1, "groups": 2}),
 ]
 #: the fields path's gradient: a stride, padding past the reach, a 2-D layer whose transposed
 #: convolution the loops do not take, a layer widening its channels
@@ -46,7 +47,7 @@ NOT_TAKEN = [
     ("padding-past-the-reach", (1, 8, 9, 21), (12, 8, 3, 3), {"padding": 3}),
     ("fields-many-channels", (1, 160, 6, 7), (150, 160, 3, 3), {"padding": 1}),
     ("fields-dilated", (1, 140, 9, 9), (140, 140, 3, 3), {"padding": 2, "dilation": 2}),
-    ("fields-groups", (1, 40, 6, 9), (20, 20, 3, 3), {"padding": 1, "groups": 2}),
+    ("fields-groups", (1, 40, 6, 9), (300, 20, 3, 3), {"padding": 1, "groups": 2}),
     ("fields-widening", (1, 140, 6, 7), (280, 140, 3, 3), {"padding": 1}),
     ("1-d-widening", (1, 140, 40), (280, 140, 3), {"padding": 1}),
 ]

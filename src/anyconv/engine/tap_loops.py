@@ -120,7 +120,7 @@ def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, g
     >>> tap_loops_fit(L1(), torch.randn(1, 8, 5, 5), torch.randn(8, 1, 3, 3), 8) in (True, False)
     True
     """
-    per_group = _per_group_limit(variant, input)
+    per_group = _per_group_limit(variant, math.prod(input.shape[2:]))
     if type(variant) is Lp:
         power = loops_power(variant)
         if power is None:
@@ -138,20 +138,31 @@ def tap_loops_fit(variant: Variant, input: torch.Tensor, weight: torch.Tensor, g
     )
 
 
-def _per_group_limit(variant: Variant, input: torch.Tensor) -> int:
-    """The most input channels per group of a grouped layer whose taps the loops sum for ``variant``.
+def _per_group_limit(variant: Variant, positions: int) -> int:
+    """The most input channels per group of a grouped layer whose taps the loops sum for ``variant``
+    on samples of ``positions`` positions; with more, its filters go in blocks
+    (:func:`filter_blocks_fit`).
 
-    >>> import torch
-    >>> _per_group_limit(L1(), torch.ones(1, 4, 5, 5)), _per_group_limit(Dot(), torch.ones(1, 4, 5, 5))
-    (24, 8)
-    >>> _per_group_limit(Dot(), torch.ones(1, 4, 28, 28))
-    16
+    >>> _per_group_limit(L1(), 25), _per_group_limit(Dot(), 25), _per_group_limit(Dot(), 28 * 28)
+    (24, 8, 16)
     """
     if type(variant) in _DISTANCES:
         return MAX_DISTANCE_CHANNELS_PER_GROUP
-    if type(variant) is Dot and math.prod(input.shape[2:]) >= MIN_GROUPED_PRODUCT_POSITIONS:
+    if type(variant) is Dot and positions >= MIN_GROUPED_PRODUCT_POSITIONS:
         return MAX_GROUPED_PRODUCT_CHANNELS
     return MAX_CHANNELS_PER_GROUP
+
+
+def _lays_out(variant: Variant, groups: int, per_group: int, positions: int) -> bool:
+    """Whether the loops sum the taps of a grouped layer, laying out each (sample, group) of its
+    input themselves, rather than take its filters in blocks (as a dense layer's) on an input
+    padded a few samples at a time: ``per_group`` input channels per group, samples of
+    ``positions`` positions (shapes only: the backward asks under torch's tracing too).
+
+    >>> _lays_out(L1(), 32, 16, 196), _lays_out(Dot(), 32, 16, 196), _lays_out(Dot(), 1, 3, 196)
+    (True, False, False)
+    """
+    return groups > 1 and per_group <= _per_group_limit(variant, positions)
 
 
 def loops_power(variant: Lp) -> float | None:
@@ -191,24 +202,28 @@ def tap_sums_fit(
 def filter_blocks_fit(
     input: torch.Tensor, weight: torch.Tensor, groups: int, *, any_channels: bool = False
 ) -> bool:
-    """Whether the loops' forward takes a dense layer's filters in blocks: one group of at most
-    MAX_BLOCKED_CHANNELS input channels (MAX_BLOCKED_CHANNELS_1D for a 1-D layer; any number with
-    ``any_channels``) and at least FILTERS_TOGETHER filters, where the loops run
-    (:func:`tap_sums_fit`). Each input value the loops load then feeds every filter of a block, and
-    no fields are copied; with more channels the fields path, whose copies weigh less against a
-    product of many filters, measured as fast or faster for ``dot`` (docs/benchmarks.md).
+    """Whether the loops' forward takes a layer's filters in blocks: at most MAX_BLOCKED_CHANNELS
+    input channels per group (MAX_BLOCKED_CHANNELS_1D for a 1-D layer; any number with
+    ``any_channels``) and at least FILTERS_TOGETHER filters per group, where the loops run
+    (:func:`tap_sums_fit`), in one group or in groups of more than MAX_CHANNELS_PER_GROUP input
+    channels (ResNeXt's later stages: 16 and 32). Each input value the loops load then feeds every
+    filter of a block, and no fields are copied; with more channels the fields path, whose copies
+    weigh less against a product of many filters, measured as fast or faster for ``dot``
+    (docs/benchmarks.md).
 
     >>> import torch
     >>> filter_blocks_fit(torch.randn(1, 64, 9, 9), torch.randn(64, 64, 3, 3), 1) in (True, False)
     True
     >>> filter_blocks_fit(torch.randn(1, 256, 9, 9), torch.randn(64, 256, 3, 3), 1)
     False
+    >>> filter_blocks_fit(torch.randn(1, 64, 9, 9), torch.randn(64, 4, 3, 3), 16)
+    False
     """
     limit = MAX_BLOCKED_CHANNELS_1D if weight.dim() == 3 else MAX_BLOCKED_CHANNELS
     return (
-        groups == 1
+        (groups == 1 or weight.shape[1] > MAX_CHANNELS_PER_GROUP)
         and (any_channels or weight.shape[1] <= limit)
-        and weight.shape[0] >= FILTERS_TOGETHER
+        and weight.shape[0] // groups >= FILTERS_TOGETHER
         and not _pointwise_channels_last(input, weight)
         and _runs_here(input)
     )
@@ -309,14 +324,17 @@ def tap_loops_conv(
 @dataclass(frozen=True)
 class TapPlan:
     """The geometry (its padding applied by the loops), groups, the loops' operation code, how
-    many samples share one padded copy of the input, and the exponent of an ``lp`` whose root is
-    taken after the loops' sums (1: no root)."""
+    many samples share one padded copy of the input, the exponent of an ``lp`` whose root is
+    taken after the loops' sums (1: no root), and whether the loops lay out each (sample, group)
+    of a contiguous input themselves: a grouped layer whose taps they sum (a dense one, or one
+    whose filters go in blocks, takes the input padded a few samples at a time)."""
 
     geometry: Geometry
     groups: int
     operation: int
     samples_per_chunk: int
     power: float = 1.0
+    lays_out: bool = False
 
 
 @lru_cache(maxsize=1024)
@@ -344,7 +362,8 @@ def _tap_plan(
             operation = _L1_ADDER
     geometry = op_geometry(input_shape[2:], weight_shape[2:], stride, padding, dilation)
     sample_bytes = 2 * dtype.itemsize * input_shape[1] * _layout(geometry, weight_shape[1])[3]
-    return TapPlan(geometry, groups, operation, max(1, memory_budget // sample_bytes), power)
+    lays_out = _lays_out(instance, groups, weight_shape[1], math.prod(input_shape[2:]))
+    return TapPlan(geometry, groups, operation, max(1, memory_budget // sample_bytes), power, lays_out)
 
 
 def _loops_forward(
@@ -385,7 +404,7 @@ def _sums(
         # position, into a channels-last output
         _call("tap_forward", plan, input, weight, output, bias, unpadded=True, channels_last=True)
         return output
-    if plan.groups > 1 and not input.is_contiguous():
+    if plan.lays_out and not input.is_contiguous():
         # a grouped layer's loops lay out each (sample, group) themselves from a channels-first
         # input: one copy into that layout (torch's transposing copy) is faster than padding a
         # channels-last input sample by sample (docs/benchmarks.md)
@@ -544,8 +563,9 @@ def loops_gradients(
     """The input and weight gradients of ``anyconv::tap_loops`` (its schema ``arguments`` after the
     bias), None where ``needs`` says False; no graph. Through ``anyconv::tap_loops_backward`` where
     torch's machinery watches (``machinery_watches``), else its body without the dispatch."""
-    groups = arguments[5]
-    if groups == 1 and not _dense_loops_backward(weight):
+    variant, options, groups = arguments[0], arguments[1], arguments[5]
+    lays_out = _lays_out(op_variant(variant, options), groups, weight.shape[1], math.prod(input.shape[2:]))
+    if not lays_out and not _dense_loops_backward(weight):
         # the fields path's backward, its input gradient of dot at stride 1 the convolution the
         # loops take (engine/transposed_gradient.py)
         found = generalized_conv_backward_op(
@@ -626,20 +646,23 @@ def tap_quotient_conv(
 
 
 def cosine_gradients_fit(input: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
-    """Whether :func:`tap_cosine_gradients` takes the cosine's backward: a grouped layer, or a dense
-    one whose backward the loops take (:func:`_dense_loops_backward`), on a float32 or float64
-    input, in an eager call that nothing watches."""
+    """Whether :func:`tap_cosine_gradients` takes the cosine's backward: a grouped layer of at most
+    MAX_CHANNELS_PER_GROUP channels per group, or a layer whose backward the loops take
+    (:func:`_dense_loops_backward`), on a float32 or float64 input, in an eager call that nothing
+    watches. The loops' pass goes filter by filter: with more channels per group (whose forward
+    takes filter blocks) the composition's fields backward takes all filters of a group at once."""
     return (
-        (groups > 1 or _dense_loops_backward(weight))
+        ((groups > 1 and weight.shape[1] <= MAX_CHANNELS_PER_GROUP) or _dense_loops_backward(weight))
         and input.dtype in (torch.float32, torch.float64)
         and not machinery_watches(input)
     )
 
 
 def _dense_loops_backward(weight: torch.Tensor) -> bool:
-    """Whether the loops take a dense layer's backward: with more filters or more taps, the
-    fields path's backward, which takes all filters of a block of fields at once, is faster than
-    the loops' filter by filter."""
+    """Whether the loops take the backward of a layer whose forward takes filter blocks (a dense
+    one, or a grouped one of many channels per group): with more filters or more taps, the fields
+    path's backward, which takes all filters of a block of fields at once, is faster than the
+    loops' filter by filter."""
     return (
         weight.shape[0] <= MAX_DENSE_LOOPS_BACKWARD_FILTERS and math.prod(weight.shape[1:]) <= MAX_DENSE_TAPS
     )
@@ -771,9 +794,10 @@ def _sample_chunks(batch: int, samples_per_chunk: int) -> list[slice]:
 
 def _lays_out_itself(input: torch.Tensor, plan: TapPlan) -> bool:
     """Whether the forward loops take the unpadded ``input`` and lay out each (sample, group) into
-    a buffer of their own: a grouped convolution (one (sample, group) per step, many steps to share
-    between threads; a dense one has one per sample) on a contiguous input."""
-    return plan.groups > 1 and input.is_contiguous()
+    a buffer of their own: a grouped convolution whose taps they sum (one (sample, group) per
+    step, many steps to share between threads; a dense one has one per sample) on a contiguous
+    input."""
+    return plan.lays_out and input.is_contiguous()
 
 
 def _padded(input: torch.Tensor, geometry: Geometry) -> torch.Tensor:

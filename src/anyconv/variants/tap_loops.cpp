@@ -2708,19 +2708,47 @@ inline void divide_by_norms(S* plane, const S* norms, int64_t count, S factor, S
 
 // The quotient of a layer whose dot the filter blocks or the filter vectors take (an input laid out
 // already, several filters per group): every filter's dot by them, then each field's |p|^2 once per
-// group (a single filter of ones), then the division in place. The one pass (quotient_block) sums
-// |p|^2 again for every filter and takes the filters one at a time. Float and double only: a
-// narrower type would round the dot before the division.
+// group, then the division in place. |p|^2 is the kernel's box sum of x^2 summed over the group's
+// channels, place by place, first: a few taps per field where the sum of squares over every tap
+// of the field took as many as the dot (and on rows narrower than a vector, lane by lane without
+// AVX-512). The one pass (quotient_block) sums |p|^2 again for every filter and takes the filters
+// one at a time. Float and double only: a narrower type would round the dot before the division.
 template <typename S>
 void quotient_of_sums(const S* x, const S* w, const S* scale, const S* offset, S* y, const S* bias,
                       const Geometry& g, int threads) {
   forward<S, Dot<S>>(x, w, nullptr, y, g, nullptr, threads);
-  Geometry per_group = g;
-  per_group.out_channels = g.groups;
-  const std::vector<S> ones(g.groups * g.taps, S(1));
+  const int64_t per_group_in = g.channels / g.groups, kernel = g.taps / per_group_in;
+  // x^2 summed over each group's channels, in the input's layout: one plane per (sample, group)
+  std::vector<S> channel_squares(g.batch * g.groups * g.plane);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t index = 0; index < g.batch * g.groups; ++index) {
+    S* __restrict target = channel_squares.data() + index * g.plane;
+    const S* __restrict source = x + index * per_group_in * g.plane;
+#pragma omp simd
+    for (int64_t i = 0; i < g.plane; ++i) target[i] = source[i] * source[i];
+    for (int64_t c = 1; c < per_group_in; ++c) {
+      const S* __restrict channel = source + c * g.plane;
+#pragma omp simd
+      for (int64_t i = 0; i < g.plane; ++i) target[i] += channel[i] * channel[i];
+    }
+  }
+  // the box: the taps of the group's first channel (offsets within one plane), a weight of ones
+  std::vector<int64_t> box_offsets, box_columns;
+  for (int64_t t = 0; t < g.taps; ++t) {
+    if (g.weight_index[t] < kernel) {
+      box_offsets.push_back(g.tap_offsets[t]);
+      box_columns.push_back(g.weight_index[t]);
+    }
+  }
+  Geometry box = g;
+  box.channels = box.out_channels = g.groups;
+  box.taps = kernel;
+  box.tap_offsets = box_offsets.data();
+  box.weight_index = box_columns.data();
+  const std::vector<S> ones(g.groups * kernel, S(1));
   const int64_t plane = g.rows * g.width, per_group_out = g.out_channels / g.groups;
   std::vector<S> squares(g.batch * g.groups * plane);
-  forward<S, Squares<S>>(x, ones.data(), nullptr, squares.data(), per_group, nullptr, threads);
+  forward<S, Dot<S>>(channel_squares.data(), ones.data(), nullptr, squares.data(), box, nullptr, threads);
   // |p| once per field, where the division below meets each field once per filter
   S* norms = squares.data();
 #pragma omp parallel for simd num_threads(threads) schedule(static)
