@@ -142,7 +142,7 @@ PRODUCTS = [
     ("polynomial", {"degree": 2}),
     ("rbf", {"gamma": 0.05}),
 ]
-PRODUCT_CASES = [CASES[0], CASES[3], CASES[7], CASES[8], CASES[10]]
+PRODUCT_CASES = [CASES[0], CASES[3], CASES[7], CASES[8], CASES[10], CASES[11], CASES[12]]
 
 
 @pytest.mark.parametrize(("name", "options"), PRODUCTS, ids=[name for name, _ in PRODUCTS])

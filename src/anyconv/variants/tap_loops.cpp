@@ -2706,19 +2706,13 @@ inline void divide_by_norms(S* plane, const S* norms, int64_t count, S factor, S
   for (int64_t i = 0; i < count; ++i) plane[i] = plane[i] / (norms[i] * factor + added) + shift;
 }
 
-// The quotient of a layer whose dot the filter blocks or the filter vectors take (an input laid out
-// already, several filters per group): every filter's dot by them, then each field's |p|^2 once per
-// group, then the division in place. |p|^2 is the kernel's box sum of x^2 summed over the group's
-// channels, place by place, first: a few taps per field where the sum of squares over every tap
-// of the field took as many as the dot (and on rows narrower than a vector, lane by lane without
-// AVX-512). The one pass (quotient_block) sums |p|^2 again for every filter and takes the filters
-// one at a time. Float and double only: a narrower type would round the dot before the division.
+// Each field's |p|^2 into SQUARES (batch, groups, output plane) for a layer of G on an input X laid
+// out already: x^2 summed over each group's channels place by place (one plane per (sample,
+// group), in the input's layout), then the kernel's box over it (the taps of the group's first
+// channel, a weight of ones)
 template <typename S>
-void quotient_of_sums(const S* x, const S* w, const S* scale, const S* offset, S* y, const S* bias,
-                      const Geometry& g, int threads) {
-  forward<S, Dot<S>>(x, w, nullptr, y, g, nullptr, threads);
+void channel_box_squares(const S* x, S* squares, const Geometry& g, int threads) {
   const int64_t per_group_in = g.channels / g.groups, kernel = g.taps / per_group_in;
-  // x^2 summed over each group's channels, in the input's layout: one plane per (sample, group)
   std::vector<S> channel_squares(g.batch * g.groups * g.plane);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t index = 0; index < g.batch * g.groups; ++index) {
@@ -2746,9 +2740,34 @@ void quotient_of_sums(const S* x, const S* w, const S* scale, const S* offset, S
   box.tap_offsets = box_offsets.data();
   box.weight_index = box_columns.data();
   const std::vector<S> ones(g.groups * kernel, S(1));
+  forward<S, Dot<S>>(channel_squares.data(), ones.data(), nullptr, squares, box, nullptr, threads);
+}
+
+// The quotient of a layer whose dot the filter blocks or the filter vectors take (an input laid out
+// already, several filters per group): every filter's dot by them, then each field's |p|^2 once per
+// group, then the division in place. From kMinChannelSquares channels per group |p|^2 is the
+// kernel's box sum of x^2 summed over the group's channels, place by place, first: a few taps per
+// field where the sum of squares over every tap of the field took as many as the dot (and on rows
+// narrower than a vector, lane by lane without AVX-512); with fewer (a first layer's three), the
+// extra pass over the input cost more than it saved. The one pass (quotient_block) sums |p|^2
+// again for every filter and takes the filters one at a time. Float and double only: a narrower
+// type would round the dot before the division.
+constexpr int64_t kMinChannelSquares = 8;
+template <typename S>
+void quotient_of_sums(const S* x, const S* w, const S* scale, const S* offset, S* y, const S* bias,
+                      const Geometry& g, int threads) {
+  forward<S, Dot<S>>(x, w, nullptr, y, g, nullptr, threads);
+  const int64_t per_group_in = g.channels / g.groups;
   const int64_t plane = g.rows * g.width, per_group_out = g.out_channels / g.groups;
   std::vector<S> squares(g.batch * g.groups * plane);
-  forward<S, Dot<S>>(channel_squares.data(), ones.data(), nullptr, squares.data(), box, nullptr, threads);
+  if (per_group_in < kMinChannelSquares) {
+    Geometry per_group = g;
+    per_group.out_channels = g.groups;
+    const std::vector<S> ones(g.groups * g.taps, S(1));
+    forward<S, Squares<S>>(x, ones.data(), nullptr, squares.data(), per_group, nullptr, threads);
+  } else {
+    channel_box_squares(x, squares.data(), g, threads);
+  }
   // |p| once per field, where the division below meets each field once per filter
   S* norms = squares.data();
 #pragma omp parallel for simd num_threads(threads) schedule(static)
