@@ -92,7 +92,6 @@ _POWER_OPERATIONS = {1: 1, 2: 3, 3: 6, 4: 7}
 _REAL_POWER = 8
 #: the variants the loops know that are no matrix product (their fields path is fused loops)
 _DISTANCES = (L1, Lp, MaxPlus, MinPlus)
-_TROPICAL = (_OPERATIONS[MaxPlus], _OPERATIONS[MinPlus])
 #: tap steps (one output, one tap) a thread must get for the loops to split between threads
 _WORK_PER_THREAD = 2**18
 #: elements of the padded input a thread must get for its copy to split between threads
@@ -488,17 +487,10 @@ def _loops_backward(
     grad_weight = torch.zeros_like(weight)
     for samples in _sample_chunks(input.shape[0], plan.samples_per_chunk):
         padded = _padded(input[samples], plan.geometry)
-        # the tropical gradient goes to the tap that won: the forward's output shows which
-        output = None
-        if plan.operation in _TROPICAL:
-            output = padded.new_empty(grad_output[samples].shape)
-            _call("tap_forward", plan, padded, weight, output, None)
         grad_padded = torch.zeros_like(padded)
         # one weight gradient per sample: the loops split samples between threads
         grad_per_sample = weight.new_zeros((padded.shape[0], *weight.shape))
-        _call(
-            "tap_backward", plan, padded, weight, output, grad_output[samples], grad_padded, grad_per_sample
-        )
+        _call("tap_backward", plan, padded, weight, None, grad_output[samples], grad_padded, grad_per_sample)
         _crop_into(grad_input[samples], grad_padded, plan.geometry)
         grad_weight += grad_per_sample.sum(0)
     return [

@@ -320,6 +320,11 @@ struct MaxPlus {
     A value = add_weight<false>(x, w);
     return ((value > acc) | (value != value)) ? value : acc;
   }
+  // where VALUE takes over from BEST as the winner so far: larger, or the first NaN
+  template <typename A>
+  static auto better(A value, A best) {
+    return (value > best) | ((value != value) & (best == best));
+  }
   static constexpr T kWeightSign = T(1);
 };
 
@@ -335,6 +340,10 @@ struct MinPlus {
   static A step(A acc, A x, W w) {
     A value = add_weight<true>(x, w);
     return ((value < acc) | (value != value)) ? value : acc;
+  }
+  template <typename A>
+  static auto better(A value, A best) {
+    return (value < best) | ((value != value) & (best == best));
   }
   static constexpr T kWeightSign = T(-1);
 };
@@ -2069,51 +2078,11 @@ __attribute__((always_inline)) inline void add_tap_sums(const typename Lanes<T>:
   }
 }
 
-// One vector of outputs of the tropical backward at one tap: per output, the first tap whose term
-// equals the output (or is NaN where it is) wins, and takes the output's gradient into the input
-// gradient (TARGET, STEP apart) and into the returned lanes, summed for the weight. FOUND marks
-// the outputs already won. PARTIAL: the first COUNT lanes only (the others come back zero); a
-// whole vector whose first SKIP lanes another vector took leaves them as they are
-template <typename S, typename Op, bool PARTIAL>
-__attribute__((always_inline)) inline typename Lanes<Compute<S>>::Vector take_winners(
-    const S* source, int64_t step, Compute<S> weight, const Compute<S>* out, Compute<S>* found,
-    const S* grad_row, Compute<S>* target, int count, int skip = 0) {
-  using T = Compute<S>;
-  using Vector = typename Lanes<T>::Vector;
-  const auto lanes = [count](const auto* from, int64_t spacing) {
-    if constexpr (PARTIAL) return load_partial(from, spacing, count);
-    else return load(from, spacing);
-  };
-  const Vector value = Op::term(lanes(source, step), weight);
-  const Vector output = lanes(out, 1);
-  const Vector seen = lanes(found, 1);
-  auto wins = (seen == 0) & ((value == output) | ((value != value) & (output != output)));
-  if (skip > 0) wins &= lanes_from(Vector{} + T(1), skip) != 0;
-  const Vector taken = wins ? lanes(grad_row, 1) : Vector{};
-  const Vector now_found = wins ? Vector{} + T(1) : seen;
-  if constexpr (PARTIAL) {
-    store_partial(found, now_found, count);
-  } else {
-    store(found, now_found);
-  }
-  if (step != 1) {
-    for (int lane = skip; lane < count; ++lane) target[lane * step] += taken[lane];
-  } else if constexpr (PARTIAL) {
-    store_partial(target, lanes(target, 1) + taken, count);
-  } else {
-    store(target, lanes(target, 1) + taken);
-  }
-  return taken;
-}
-
 // one output channel's gradient into its group's padded input gradient and its weight gradient,
-// both accumulated in the compute type T. The tropical winner is the first tap whose term equals
-// the output: the forward's y for float and double; for the narrower types the row's output is
-// recomputed in T (into BEST), as comparing with y rounded would let near-ties win
+// both accumulated in the compute type T (the tropical pair: tropical_backward_plane)
 template <typename S, typename Op>
-void backward_plane(const S* __restrict x, const S* __restrict w, const S* __restrict y,
-                    const S* __restrict grad, Compute<S>* __restrict grad_x, Compute<S>* __restrict grad_w,
-                    const Geometry& g, std::vector<Compute<S>>& found, std::vector<Compute<S>>& best,
+void backward_plane(const S* __restrict x, const S* __restrict w, const S* __restrict grad,
+                    Compute<S>* __restrict grad_x, Compute<S>* __restrict grad_w, const Geometry& g,
                     typename Lanes<Compute<S>>::Vector* __restrict tap_grads) {
   using T = Compute<S>;
   using Vector = typename Lanes<T>::Vector;
@@ -2125,17 +2094,6 @@ void backward_plane(const S* __restrict x, const S* __restrict w, const S* __res
   std::fill(tap_grads, tap_grads + g.taps, Vector{});
   for (int64_t r = 0; r < g.rows; ++r) {
     const S* __restrict grad_row = grad + r * g.width;
-    const T* __restrict out = nullptr;
-    if constexpr (Op::kWinner) {
-      std::fill(found.begin(), found.end(), T(0));
-      if constexpr (std::is_same<S, T>::value) {
-        out = y + r * g.width;
-      } else {
-        T* row_copy = best.data();
-        forward_rows<S, T, Op, 1>(x, w, &row_copy, g.row_offsets + r, g);
-        out = row_copy;
-      }
-    }
     for (int64_t t = 0; t < g.taps; ++t) {
       const int64_t offset = g.row_offsets[r] + g.tap_offsets[t];
       const S* __restrict source = x + offset;
@@ -2143,23 +2101,7 @@ void backward_plane(const S* __restrict x, const S* __restrict w, const S* __res
       const T weight = widen(w[g.weight_index[t]]);
       // the row's sum in a register, added to the tap's vector once
       Vector weight_grads{};
-      if constexpr (Op::kWinner) {
-        int64_t i = 0;
-        for (; i + kLanes <= g.width; i += kLanes)
-          weight_grads += take_winners<S, Op, false>(source + i * s, s, weight, out + i, found.data() + i,
-                                                     grad_row + i, target + i * s, kLanes);
-        if (i < g.width && g.width >= kLanes) {
-          // the row's last whole vector, its first lanes those the vector before took: a partial
-          // vector's lanes went one by one where the compiler does not target AVX-512
-          const int64_t start = g.width - kLanes;
-          weight_grads += take_winners<S, Op, false>(source + start * s, s, weight, out + start, found.data() + start,
-                                                     grad_row + start, target + start * s, kLanes,
-                                                     static_cast<int>(i - start));
-        } else if (i < g.width) {
-          weight_grads += take_winners<S, Op, true>(source + i * s, s, weight, out + i, found.data() + i,
-                                                    grad_row + i, target + i * s, static_cast<int>(g.width - i));
-        }
-      } else {
+      {
         int64_t i = 0;
         // the contiguous case apart: with the strided scatter in the same loop, GCC kept an
         // address per lane live and stepped all of them on every vector
@@ -2180,8 +2122,8 @@ void backward_plane(const S* __restrict x, const S* __restrict w, const S* __res
           }
         }
         if (i < g.width && g.width >= kLanes) {
-          // the row's last whole vector, its lanes before SKIP those the vector before took (as
-          // in the tropical case above)
+          // the row's last whole vector, its lanes before SKIP those the vector before took: a
+          // partial vector's lanes went one by one where the compiler does not target AVX-512
           const int64_t start = g.width - kLanes;
           const int skip = static_cast<int>(i - start);
           Vector dx, dw;
@@ -2212,9 +2154,86 @@ void backward_plane(const S* __restrict x, const S* __restrict w, const S* __res
       tap_grads[t] += weight_grads;
     }
   }
-  T sign = T(1);
-  if constexpr (Op::kWinner) sign = Op::kWeightSign;
-  add_tap_sums(tap_grads, grad_w, g, sign);
+  add_tap_sums(tap_grads, grad_w, g, T(1));
+}
+
+// The tropical pair's backward of one output channel (as backward_plane's): each output's winner,
+// the first tap whose term is the largest (max_plus; the smallest for min_plus) or the first NaN,
+// found with the terms in registers, VECTORS vectors of a row at a time, then the output's
+// gradient added to the input place and the weight column that tap reads. The taps are met once
+// per output, and the gradient once per output, where finding the winner tap by tap against the
+// forward's output read and wrote the input gradient and a mark per output at every tap; the
+// forward's output is not read (nor recomputed). Computed in T, as the forward computes.
+template <typename S, typename Op, int VECTORS>
+__attribute__((always_inline)) inline void winners_block(const S* x, const Compute<S>* weights, const S* grad_row,
+                                                         Compute<S>* grad_x, Compute<S>* grad_w, const Geometry& g,
+                                                         int64_t origin, const int64_t* firsts, int skip, int count) {
+  using T = Compute<S>;
+  using Vector = typename Lanes<T>::Vector;
+  constexpr int kLanes = Lanes<T>::kCount;
+  const int64_t s = g.step;
+  Vector best[VECTORS], winner[VECTORS];
+  for (int v = 0; v < VECTORS; ++v) {
+    best[v] = Vector{} + Op::start();
+    winner[v] = Vector{};
+  }
+  for (int64_t t = 0; t < g.taps; ++t) {
+    const S* source = x + origin + g.tap_offsets[t];
+    const Vector tap = Vector{} + T(t);
+    for (int v = 0; v < VECTORS; ++v) {
+      const Vector values = count < kLanes ? load_partial(source + firsts[v] * s, s, count)
+                                           : load(source + firsts[v] * s, s);
+      const Vector value = Op::term(values, weights[t]);
+      const auto better = Op::better(value, best[v]);
+      best[v] = better ? value : best[v];
+      winner[v] = better ? tap : winner[v];
+    }
+  }
+  for (int v = 0; v < VECTORS; ++v) {
+    const int first = v == VECTORS - 1 ? skip : 0;
+    for (int lane = first; lane < count; ++lane) {
+      const int64_t i = firsts[v] + lane;
+      const int64_t t = static_cast<int64_t>(winner[v][lane]);
+      const T gradient = widen(grad_row[i]);
+      grad_x[origin + g.tap_offsets[t] + i * s] += gradient;
+      grad_w[g.weight_index[t]] += Op::kWeightSign * gradient;
+    }
+  }
+}
+
+template <typename S, typename Op>
+void tropical_backward_plane(const S* __restrict x, const S* __restrict w, const S* __restrict grad,
+                             Compute<S>* __restrict grad_x, Compute<S>* __restrict grad_w, const Geometry& g,
+                             std::vector<Compute<S>>& weights) {
+  using T = Compute<S>;
+  constexpr int kLanes = Lanes<T>::kCount;
+  for (int64_t t = 0; t < g.taps; ++t) weights[t] = widen(w[g.weight_index[t]]);
+  for (int64_t r = 0; r < g.rows; ++r) {
+    const S* grad_row = grad + r * g.width;
+    const int64_t origin = g.row_offsets[r];
+    if (g.width < kLanes) {
+      const int64_t firsts[1] = {0};
+      winners_block<S, Op, 1>(x, weights.data(), grad_row, grad_x, grad_w, g, origin, firsts, 0,
+                              static_cast<int>(g.width));
+      continue;
+    }
+    // two vectors at a time (two independent chains of compares), the row's last vector ending
+    // at its end, its lanes the vector before took skipped
+    int64_t i = 0;
+    for (; i + 2 * kLanes <= g.width; i += 2 * kLanes) {
+      const int64_t firsts[2] = {i, i + kLanes};
+      winners_block<S, Op, 2>(x, weights.data(), grad_row, grad_x, grad_w, g, origin, firsts, 0, kLanes);
+    }
+    if (i + kLanes < g.width) {
+      const int64_t firsts[2] = {i, g.width - kLanes};
+      winners_block<S, Op, 2>(x, weights.data(), grad_row, grad_x, grad_w, g, origin, firsts,
+                              static_cast<int>(i + kLanes - (g.width - kLanes)), kLanes);
+    } else if (i < g.width) {
+      const int64_t firsts[1] = {g.width - kLanes};
+      winners_block<S, Op, 1>(x, weights.data(), grad_row, grad_x, grad_w, g, origin, firsts,
+                              static_cast<int>(i - (g.width - kLanes)), kLanes);
+    }
+  }
 }
 
 // The places a gathered backward lays out before a plane (see gathered_backward_plane): its
@@ -2347,9 +2366,10 @@ void gathered_backward_plane(const S* __restrict x, const S* __restrict w, const
 // x and grad_x are unpadded, as in the forward's each_output_plane: each thread lays out one
 // (sample, group) of x into a buffer of its own, accumulates its gradient in another and crops
 // that into grad_x, all in cache, where the padded copies of x and of its gradient went to memory
-// and back; a tropical forward recomputes the winners' outputs plane by plane (Y is not read).
+// and back. Y, the forward's output, is not read: the tropical pair finds its winners itself
+// (tropical_backward_plane).
 template <typename S, typename Op>
-void backward(const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* grad_w, const Geometry& g,
+void backward(const S* x, const S* w, const S* /* y */, const S* grad, S* grad_x, S* grad_w, const Geometry& g,
               const Layout* layout, int threads) {
   using T = Compute<S>;
   using E = Bits<S>;
@@ -2359,17 +2379,14 @@ void backward(const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* g
   const int64_t pairs = g.batch * g.groups, output_plane = g.rows * g.width;
   const int64_t group_elements = per_group_in * g.plane;
   const int64_t input_plane = layout != nullptr ? unpadded_plane(*layout) : g.plane;
-  const Stationary schedule = stationary_schedule(g);
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<T> found(Op::kWinner ? g.width : 0);
-    std::vector<T> best(Op::kWinner && !kSameType ? g.width : 0);
+    std::vector<T> weights(Op::kWinner ? g.taps : 0);
     std::vector<T> input_grads(in_place ? 0 : group_elements);
     std::vector<T> weight_grads(kSameType ? 0 : g.taps);
     std::vector<typename Lanes<T>::Vector> tap_grads(g.taps);
     // zero filled once: the planes laid out into it write the same interior places only
     std::vector<E> laid_out(layout != nullptr ? group_elements : 0);
-    std::vector<S> outputs(layout != nullptr && Op::kWinner && kSameType ? output_plane : 0);
     // the standard product's depthwise backward at unit stride gathers (gathered_backward_plane)
     constexpr bool kGathers = kSameType && std::is_same<Op, Dot<T>>::value;
     const bool gathers = kGathers && gathers_backward(g, layout);
@@ -2401,20 +2418,21 @@ void backward(const S* x, const S* w, const S* y, const S* grad, S* grad_x, S* g
         } else {
           std::fill(weight_grads.begin(), weight_grads.end(), T(0));
         }
-        const S* plane_y = y == nullptr ? nullptr : y + output_at;
-        if (!outputs.empty()) {
-          forward_plane<S, Op>(source, w + o * g.taps, outputs.data(), g, nullptr, &schedule);
-          plane_y = outputs.data();
-        }
-        if constexpr (kGathers) {
+        if constexpr (Op::kWinner) {
+          tropical_backward_plane<S, Op>(source, w + o * g.taps, grad + output_at, group_grad, channel_grad, g,
+                                         weights);
+        } else if constexpr (kGathers) {
           if (gathers && all_finite(w + o * g.taps, g.taps)) {
             gathered_backward_plane<S, false>(source, w + o * g.taps, grad + output_at, nullptr, group_grad,
                                               channel_grad, g, gathered.data(), nullptr, margin, tap_grads.data());
-            continue;
+          } else {
+            backward_plane<S, Op>(source, w + o * g.taps, grad + output_at, group_grad, channel_grad, g,
+                                  tap_grads.data());
           }
+        } else {
+          backward_plane<S, Op>(source, w + o * g.taps, grad + output_at, group_grad, channel_grad, g,
+                                tap_grads.data());
         }
-        backward_plane<S, Op>(source, w + o * g.taps, plane_y, grad + output_at, group_grad, channel_grad, g,
-                              found, best, tap_grads.data());
         if constexpr (!kSameType)
           for (int64_t t = 0; t < g.taps; ++t) filter_grad[t] = narrow<S>(weight_grads[t]);
       }
@@ -2622,7 +2640,7 @@ void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, co
     // zero filled once: the planes laid out into it write the same interior places only
     std::vector<E> laid_out(group_elements);
     std::vector<T> input_grads(group_elements), norms(output_plane), scaled(output_plane), radial_grads(output_plane);
-    std::vector<T> unused(0), no_weight_grads(g.taps);
+    std::vector<T> no_weight_grads(g.taps);
     std::vector<Vector> tap_grads(g.taps);
     const bool gathers = gathers_backward(g, &layout);
     const int64_t margin = gathers ? gather_margin(g) : 0;
@@ -2686,13 +2704,13 @@ void cosine_backward(const S* x, const S* w, const S* scale, const S* offset, co
           cosine_backward_plane(source, w + o * g.taps, products, to_radial, input_grads.data(), filter_grad, g,
                                 tap_grads.data());
         } else {
-          backward_plane<S, Dot<T>>(source, w + o * g.taps, nullptr, products, input_grads.data(), filter_grad, g,
-                                    unused, unused, tap_grads.data());
+          backward_plane<S, Dot<T>>(source, w + o * g.taps, products, input_grads.data(), filter_grad, g,
+                                    tap_grads.data());
         }
       }
       if (per_group_out > 1)
-        backward_plane<S, Radial<T>>(source, group_filters, nullptr, radial_grads.data(), input_grads.data(),
-                                     no_weight_grads.data(), g, unused, unused, tap_grads.data());
+        backward_plane<S, Radial<T>>(source, group_filters, radial_grads.data(), input_grads.data(),
+                                     no_weight_grads.data(), g, tap_grads.data());
       crop_group(input_grads.data(), grad_x + input_at, per_group_in, g.plane, layout);
     }
   }
