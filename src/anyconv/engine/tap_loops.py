@@ -1,22 +1,23 @@
 """The tap-loops path: few input channels per group (depthwise), a dense first layer with few
-taps, or the standard convolution of a dense layer with up to MAX_BLOCKED_CHANNELS channels
-(MAX_BLOCKED_CHANNELS_1D in 1-D); no receptive fields copied.
+taps, or the standard convolution of a dense layer (or of groups of many channels) with up to
+MAX_BLOCKED_CHANNELS channels per group (MAX_BLOCKED_CHANNELS_1D in 1-D); no receptive fields
+copied.
 
 Compiled loops (``variants/tap_loops.cpp``) run over the kernel taps of each output row, reading
 the zero-padded input in place, forward and backward, for ``dot``, ``l1``, ``l2``, ``max_plus``,
 ``min_plus`` and ``lp`` (the loops' sums of |p - w|^p, the root taken after: :func:`loops_power`;
 a p other than a whole 1 to 4 only where the loops sum every tap of few channels). A grouped
-layer's loops pad the input themselves, forward and backward, a (sample, group) at a time in a
-buffer that stays in cache, and crop its gradient the same way. A
-(fields x filters) product would multiply matrices only a few columns wide. The forward of a
-dense layer takes its filters in blocks, so that every input value loaded feeds every filter of
-a block: with 32 filters or more (16 in float64), two vectors of filters at 14 positions of a
-row, each input value broadcast; with fewer, FILTERS_TOGETHER filters at a time, tile by tile of
-the output. Its backward with many taps is the fields path's. They run as the custom operators
-``anyconv::tap_loops`` and ``anyconv::tap_loops_backward`` (fake implementations, an autograd
-formula), which torch.compile and torch.export keep as single calls. ``anyconv::tap_quotient``
-is the cosine family's forward without a graph in one pass of the loops; the cosine's backward
-on a grouped layer in eager calls is one pass per (sample, group) too
+layer's loops that sum its taps pad the input themselves, forward and backward, a (sample, group)
+at a time in a buffer that stays in cache, and crop its gradient the same way. A (fields x
+filters) product would multiply matrices only a few columns wide. The forward of a dense layer
+(and of groups of many channels) takes its filters in blocks, so that every input value loaded
+feeds every filter of a block: with 32 filters or more (16 in float64), two vectors of filters at
+14 positions of a row, each input value broadcast; with fewer, FILTERS_TOGETHER filters at a time,
+tile by tile of the output. Its backward with many taps is the fields path's. They run as the
+custom operators ``anyconv::tap_loops`` and ``anyconv::tap_loops_backward`` (fake implementations,
+an autograd formula), which torch.compile and torch.export keep as single calls.
+``anyconv::tap_quotient`` is the cosine family's forward without a graph in one pass of the loops;
+the cosine's backward on a grouped layer in eager calls is one pass per (sample, group) too
 (:func:`tap_cosine_gradients`).
 """
 
@@ -300,8 +301,9 @@ def tap_loops_conv(
     through the custom operator ``anyconv::tap_loops``.
 
     A dense layer's forward and backward pad samples a few at a time, their padded copy (and its
-    gradient) under ``memory_budget`` bytes when one sample fits; a grouped layer's loops pad one
-    (sample, group) at a time themselves.
+    gradient) under ``memory_budget`` bytes when one sample fits, as does a grouped layer whose
+    filters go in blocks; a grouped layer whose taps the loops sum is padded one (sample, group)
+    at a time by the loops themselves.
 
     >>> import torch, torch.nn.functional as F
     >>> from anyconv.geometry import make_geometry
